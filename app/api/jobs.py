@@ -1,0 +1,76 @@
+"""`/api/v1/jobs`: submit, status, cancel, list and history (seed 001)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app import registry
+from app.api.auth import Principal, require_principal
+from app.api.schemas import History, JobOut, JobPage, SubmitOut
+from app.domain.models import JobSpec, NAME_PATTERN
+from app.domain.states import JobStatus
+from app.errors import ValidationFailed
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+ID_PATTERN = r"^[0-9a-f]{24}$"
+
+
+def strict_query(*allowed: str):
+    """Unknown query parameters are refused by name, so `status[$ne]=x` and `a.b=1` never
+    pass silently."""
+
+    async def check(request: Request) -> None:
+        for key in request.query_params.keys():
+            if key not in allowed:
+                raise ValidationFailed(f"unknown query parameter {key!r}", field=key)
+
+    return Depends(check)
+
+
+@router.post("/submit", status_code=201, response_model=SubmitOut,
+             responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}})
+async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
+    registry.require(spec.engine, spec.operation)
+    job, created = await request.app.state.store.jobs.submit(spec, owner=who.user)
+    if not created:
+        response.status_code = 200
+    return SubmitOut(**JobOut.of(job).model_dump(), deduplicated=not created)
+
+
+@router.get("/", response_model=JobPage, dependencies=[strict_query("status", "engine", "workflow_id", "cursor", "limit")])
+async def list_jobs(
+    request: Request,
+    status: JobStatus | None = None,
+    engine: str | None = Query(None, pattern=NAME_PATTERN),
+    workflow_id: str | None = Query(None, pattern=ID_PATTERN),
+    cursor: str | None = Query(None, pattern=ID_PATTERN),
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = Depends(require_principal),
+):
+    docs, nxt = await request.app.state.store.jobs.list(
+        status=status.value if status else None, engine=engine, workflow_id=workflow_id, after=cursor, limit=limit
+    )
+    return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
+
+
+@router.get("/history", response_model=History, dependencies=[strict_query("hours", "engine")])
+async def history(
+    request: Request,
+    hours: float | None = Query(None, gt=0, le=24 * 366),
+    engine: str | None = Query(None, pattern=NAME_PATTERN),
+    who: Principal = Depends(require_principal),
+):
+    since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours else None
+    return History(**await request.app.state.store.jobs.history(since=since, engine=engine))
+
+
+@router.get("/{job_id}/status", response_model=JobOut)
+async def status(job_id: str, request: Request, who: Principal = Depends(require_principal)):
+    return JobOut.of(await request.app.state.store.jobs.get(job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
+    return JobOut.of(await request.app.state.store.jobs.cancel(job_id))

@@ -1,0 +1,96 @@
+"""Response models of the REST API, and the conversion from stored documents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.domain.retry import RetryConfig
+from app.domain.states import JobStatus
+
+
+class Progress(BaseModel):
+    percent: float = 0.0
+    stage: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    attempt: int | None = None
+    at: datetime | None = None
+    worker: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    engine: str
+    operation: str
+    name: str | None = None
+    status: JobStatus
+    priority: int
+    parameters: dict[str, Any]
+    owner: str | None = None
+    created_at: datetime
+    queued_at: datetime | None = None
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    execution_time_ms: int | None = None
+    result: Any = None
+    last_error: JobError | None = None
+    errors: list[JobError] = Field(default_factory=list)
+    attempt: int = 0
+    retry_count: int = 0
+    retry_config: RetryConfig
+    progress: Progress
+    timeout_seconds: float | None = None
+    dedupe_key: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    workflow_id: str | None = None
+    step_key: str | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    @classmethod
+    def of(cls, doc: dict) -> "JobOut":
+        return cls(id=doc["_id"], **{k: v for k, v in doc.items() if k in cls.model_fields and k != "id"})
+
+
+class SubmitOut(JobOut):
+    deduplicated: bool = Field(False, description="true when an existing live job with this dedupe_key was returned")
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as `cursor` to get the next page")
+
+
+class History(BaseModel):
+    total: int
+    counts: dict[str, int]
+    success_rate: float | None
+    avg_execution_time_ms: float | None
+
+
+class QueueOut(BaseModel):
+    name: str
+    running: int
+    queued: int
+    max_concurrent_jobs: int
+    paused: bool
+    oldest_queued_age_seconds: float | None = None
+
+
+class QueueStatus(BaseModel):
+    queues: list[QueueOut]
+
+
+class LimitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_concurrent_jobs: int = Field(ge=1, le=100_000)

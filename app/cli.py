@@ -1,0 +1,129 @@
+"""The `switchyard` command: `serve` (API + dashboard + in-process workers) and `worker`.
+
+Without `MONGODB_URL`, `serve` starts (or joins) the embedded server under the data
+directory and `worker` joins the one a running `serve` recorded there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Switchyard: MongoDB-backed job orchestrator")
+
+
+def _settings(handlers: str | None, lease_seconds: float | None = None) -> Settings:
+    s = Settings()
+    if handlers:
+        s.handlers = ",".join(filter(None, [s.handlers, handlers]))
+    if lease_seconds:
+        s.lease_seconds = lease_seconds
+    from app.logs import configure
+
+    configure(s.log_level, s.log_json)
+    return s
+
+
+def _admin_token(s: Settings) -> str:
+    """Nothing is open without a token: when none is configured, make one and keep it in
+    the data directory so restarts and the dashboard keep working."""
+    if s.admin_token:
+        return s.admin_token
+    path = s.data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    workers: int = typer.Option(4, min=0, help="in-process job slots (0: API only)"),
+    handlers: str = typer.Option(None, help="extra handler modules, comma-separated"),
+) -> None:
+    """Run the API, the dashboard and an in-process worker pool."""
+    import uvicorn
+
+    from app import embedded
+    from app.main import create_app
+
+    s = _settings(handlers)
+    server = None
+    url = s.mongodb_url
+    if not url:
+        server = embedded.start_or_join(s.data_dir.resolve())
+        url = server.url
+        typer.echo(f"embedded database: {url} (data in {s.data_dir.resolve() / 'db'})", err=True)
+    s.admin_token = _admin_token(s)
+    if not Settings().admin_token:
+        typer.echo(f"admin token (from {s.data_dir / 'admin_token'}): {s.admin_token}", err=True)
+    s.public_url = f"http://{host}:{port}"
+    typer.echo(f"Switchyard on http://{host}:{port}  (workers: {workers})", err=True)
+    try:
+        uvicorn.run(create_app(s, url=url, workers=workers), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@cli.command()
+def worker(
+    concurrency: int = typer.Option(4, min=1, help="job slots in this process"),
+    engines: str = typer.Option(None, help="only these engines, comma-separated"),
+    handlers: str = typer.Option(None, help="extra handler modules, comma-separated"),
+) -> None:
+    """Run a separate worker process against the same database."""
+    from app import embedded
+
+    s = _settings(handlers)
+    url = s.mongodb_url or embedded.recorded_url(s.data_dir.resolve())
+    if not url:
+        typer.echo(f"no MONGODB_URL and no running `switchyard serve` recorded in {s.data_dir.resolve()}", err=True)
+        raise typer.Exit(2)
+    only = [e.strip() for e in engines.split(",") if e.strip()] if engines else None
+    asyncio.run(_run_worker(s, url, concurrency, only))
+
+
+async def _run_worker(s: Settings, url: str, concurrency: int, engines: list[str] | None) -> None:
+    from app import registry
+    from app.store import connect
+    from app.worker.maintenance import Maintenance
+    from app.worker.processor import JobProcessor
+
+    registry.load(s.handler_modules())
+    store = connect(url, s)
+    await store.start()
+    maint = Maintenance(store, s)
+    proc = JobProcessor(store, s, concurrency=concurrency, engines=engines, kind="worker")
+    await maint.start()
+    await proc.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"worker {proc.worker_id} running (concurrency {concurrency})", file=sys.stderr, flush=True)
+    await stop.wait()
+    await proc.stop()
+    await maint.stop()
+    await store.close()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

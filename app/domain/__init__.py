@@ -1,0 +1,1 @@
+"""Pure domain: job states, validated specs and retry arithmetic. Imports nothing of ours."""

@@ -1,0 +1,114 @@
+"""Validated job input (`JobSpec`) and the pure pieces of a job document. No I/O here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.domain.retry import RetryConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
+MAX_DEPTH = 32
+
+
+def check_keys(value: Any, path: str = "parameters", depth: int = 0) -> None:
+    """Reject keys MongoDB could read as operators or paths (`$x`, `a.b`), at any depth, so
+    stored user data can never be interpreted. Raises ValueError naming the key's path."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or k.startswith("$") or "." in k or "\x00" in k:
+                raise ValueError(f"{path}: key {k!r} may not start with '$' or contain '.'")
+            check_keys(v, f"{path}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_keys(v, f"{path}[{i}]", depth + 1)
+
+
+class JobSpec(BaseModel):
+    """What a client may say about a job (seed 001's `AsyncJob`, plus scheduling and dedupe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str = Field(pattern=NAME_PATTERN)
+    operation: str = Field(pattern=NAME_PATTERN)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(5, ge=1, le=10, description="1 is highest, 10 lowest")
+    name: str | None = Field(None, max_length=200)
+    retry_config: RetryConfig | None = None
+    run_at: datetime | None = None
+    delay_seconds: float | None = Field(None, ge=0, le=366 * 86_400)
+    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86_400)
+    dedupe_key: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("parameters")
+    @classmethod
+    def _safe_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_keys(v)
+        return v
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> "JobSpec":
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("give run_at or delay_seconds, not both")
+        return self
+
+
+def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, retry: RetryConfig,
+                     workflow_id: str | None = None, depends_on: list[str] | None = None,
+                     step_key: str | None = None) -> dict[str, Any]:
+    """The document for a freshly accepted job, in `pending`, `scheduled` or `queued`.
+    The store adds `seq` to queued ones."""
+    from datetime import timedelta
+
+    from app.domain.states import JobStatus
+
+    run_at = spec.run_at or (now + timedelta(seconds=spec.delay_seconds) if spec.delay_seconds else None)
+    if depends_on:
+        status = JobStatus.PENDING
+    elif run_at is not None and run_at > now:
+        status = JobStatus.SCHEDULED
+    else:
+        status = JobStatus.QUEUED
+    doc: dict[str, Any] = {
+        "_id": job_id,
+        "engine": spec.engine,
+        "operation": spec.operation,
+        "parameters": spec.parameters,
+        "priority": spec.priority,
+        "name": spec.name,
+        "status": status.value,
+        "owner": owner,
+        "created_at": now,
+        "queued_at": now if status == JobStatus.QUEUED else None,
+        "run_at": run_at,
+        "started_at": None,
+        "completed_at": None,
+        "execution_time_ms": None,
+        "result": None,
+        "last_error": None,
+        "errors": [],
+        "attempt": 0,
+        "retry_count": 0,
+        "retry_config": retry.model_dump(),
+        "timeout_seconds": spec.timeout_seconds,
+        "progress": {"percent": 0.0, "stage": None, "data": {}},
+        "depends_on": depends_on or [],
+        "workflow_id": workflow_id,
+        "step_key": step_key,
+        "dedupe_key": spec.dedupe_key,
+        "cancel_requested": False,
+    }
+    if spec.dedupe_key:
+        doc["dedupe_active"] = f"{owner}:{spec.dedupe_key}"
+    return doc

@@ -1,0 +1,56 @@
+"""Wires the service together: the FastAPI app, its store, and (optionally) an in-process
+worker pool and maintenance loops, all started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import registry
+from app.api import errors, health, jobs, queues
+from app.settings import Settings
+from app.store import Store, connect
+from app.worker.maintenance import Maintenance
+from app.worker.processor import JobProcessor
+
+
+def create_app(settings: Settings, *, url: str | None = None, store: Store | None = None, workers: int = 0,
+               maintenance: bool = True) -> FastAPI:
+    """`url` (or a ready `store`) names the database; `workers` in-process job slots."""
+    registry.load(settings.handler_modules())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_store = store is None
+        st = store or connect(url or settings.mongodb_url, settings)
+        await st.start()
+        app.state.store = st
+        app.state.started = time.monotonic()
+        maint = Maintenance(st, settings) if maintenance else None
+        proc = JobProcessor(st, settings, concurrency=workers, kind="serve") if workers > 0 else None
+        if maint:
+            await maint.start()
+        if proc:
+            await proc.start()
+        app.state.processor = proc
+        try:
+            yield
+        finally:
+            if proc:
+                await proc.stop()
+            if maint:
+                await maint.stop()
+            if own_store:
+                await st.close()
+
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan,
+                  description="MongoDB-backed job and workflow orchestrator")
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
+    app.include_router(jobs.router)
+    return app

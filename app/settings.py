@@ -1,0 +1,87 @@
+"""The one validated `Settings` object, fed by the environment (and by CLI flags, which the
+CLI writes into it). Nothing else reads environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Seed 001's `default_queues`. An engine not named here starts with `general`'s limit.
+DEFAULT_QUEUE_LIMITS: dict[str, int] = {
+    "text_intelligence": 3,
+    "image_generation": 2,
+    "audio_generation": 2,
+    "video_pipeline": 1,
+    "creative_assistant": 3,
+    "social_media_planner": 2,
+    "discovery_analytics": 2,
+    "general": 2,
+}
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(name, *aliases)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", populate_by_name=True)
+
+    # database
+    mongodb_url: str | None = Field(None, validation_alias=_env("MONGODB_URL"))
+    mongodb_db: str = Field("switchyard", validation_alias=_env("MONGODB_DB"), pattern=r"^[A-Za-z0-9_-]{1,60}$")
+    data_dir: Path = Path("./.switchyard")
+
+    # security
+    admin_token: str | None = None
+
+    # email
+    smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
+
+    # leases and the worker loop
+    lease_seconds: float = Field(30.0, gt=0.2, le=3600)
+    poll_interval_seconds: float = Field(2.0, gt=0, le=60)
+    promote_interval_seconds: float = Field(0.25, gt=0, le=60)
+    claim_batch: int = Field(32, ge=1, le=1000)
+    cancel_grace_seconds: float = Field(10.0, ge=0, le=3600)
+    shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
+
+    # default retry policy (seed 001: 3 retries, 60 s base, exponential, capped at 1 h)
+    retry_max_retries: int = Field(3, ge=0, le=100)
+    retry_delay_seconds: float = Field(60.0, ge=0)
+    retry_max_delay_seconds: float = Field(3600.0, ge=0)
+
+    # queues
+    queue_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_QUEUE_LIMITS))
+
+    # handlers
+    handlers: str = Field("", description="extra handler modules, comma-separated")
+    http_allowlist: str = Field("", description="hosts or CIDRs the http_request handler may reach even if private")
+
+    # API
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    public_url: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease_seconds / 3
+
+    def default_limit(self, engine: str) -> int:
+        limits = {**DEFAULT_QUEUE_LIMITS, **self.queue_limits}
+        return limits.get(engine, limits["general"])
+
+    def handler_modules(self) -> list[str]:
+        return [m.strip() for m in self.handlers.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

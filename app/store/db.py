@@ -1,0 +1,82 @@
+"""Connection, the database clock, index creation, and the `Store` bundle.
+
+Invariant: every time that decides a lease (expiry, rescue, promotion) comes from `Clock`,
+which follows the database server's clock, so workers with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.settings import Settings
+
+
+class Clock:
+    """The database server's clock, read through `hello.localTime` and extrapolated locally
+    with the monotonic clock between syncs. Precision is about one round trip."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._db = db
+        self._base: datetime | None = None
+        self._mono = 0.0
+
+    async def sync(self) -> datetime:
+        t0 = time.monotonic()
+        reply = await self._db.command("hello")
+        t1 = time.monotonic()
+        server = reply["localTime"]
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=timezone.utc)
+        # The server read its clock somewhere inside the round trip: assume the middle.
+        self._base, self._mono = server, (t0 + t1) / 2
+        return self.now()
+
+    def now(self) -> datetime:
+        if self._base is None:  # before the first sync, fall back to the local clock
+            return datetime.now(timezone.utc)
+        return self._base + timedelta(seconds=time.monotonic() - self._mono)
+
+
+class Store:
+    """Bundles the per-collection stores that share one database and one clock."""
+
+    def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None) -> None:
+        from app.store.engines import EngineStore
+        from app.store.jobs import JobStore
+        from app.store.workers import WorkerStore
+
+        self.client = client
+        self.settings = settings
+        self.db = client[db_name or settings.mongodb_db]
+        self.clock = Clock(self.db)
+        self.engines = EngineStore(self.db, settings, self.clock)
+        self.workers = WorkerStore(self.db, settings, self.clock)
+        self.jobs = JobStore(self.db, settings, self.clock, self.engines)
+
+    async def start(self) -> None:
+        await self.clock.sync()
+        await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes())
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self.db.command("ping"), timeout=2)
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def connect(url: str, settings: Settings, db_name: str | None = None) -> Store:
+    """A `Store` on `url`. Writes are journaled (`j=true`) so an acknowledged job survives a
+    server crash on MongoDB and on the embedded server alike."""
+    client: AsyncMongoClient = AsyncMongoClient(
+        url, tz_aware=True, journal=True, serverSelectionTimeoutMS=10_000, connectTimeoutMS=5_000
+    )
+    return Store(client, settings, db_name)

@@ -1,0 +1,152 @@
+"""The `engines` collection: one small document per engine (queue).
+
+It holds what every worker must agree on:
+- `limit`, `paused`: the queue controls of seed 001;
+- `seq.pN`: the next sequence number of priority band N (1..10); enqueue takes numbers here;
+- `cursor.pN`: every job of band N with a lower seq has left `queued` (orphans aside, see
+  `JobStore.requeue_orphans`); claimers start their window here;
+- `running` and `holds.<worker>`: the concurrency permits. A worker takes permits here
+  before it claims jobs and gives them back after. Invariant: `running == sum(holds)` and a
+  reservation never makes `running` exceed `limit`, so the limit holds across all processes.
+  A dead worker's holds are dropped by the rescuer, so no permit outlives its worker's lease;
+- `queued`: a counter kept with `$inc` next to every move in and out of `queued`;
+- `wake`: bumped whenever claimers may have new work (enqueue, resume, limit raised, permits
+  returned); workers watch it through a change stream.
+
+The collection is tiny, so `$expr` guards and `find_one_and_update` are fine here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.errors import NotFound
+from app.settings import Settings
+
+PRIORITIES = range(1, 11)
+
+
+def band(priority: int) -> str:
+    return f"p{priority}"
+
+
+class EngineStore:
+    def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
+        self.col = db["engines"]
+        self.settings = settings
+        self.clock = clock
+
+    async def ensure_indexes(self) -> None:
+        return None  # looked up by _id only
+
+    def _defaults(self, engine: str) -> dict[str, Any]:
+        return {"limit": self.settings.default_limit(engine), "paused": False, "created_at": self.clock.now()}
+
+    async def ensure(self, engine: str) -> dict:
+        """The engine's document, created on first use with its default limit."""
+        doc = await self.col.find_one({"_id": engine})
+        if doc is None:
+            doc = await self.col.find_one_and_update(
+                {"_id": engine},
+                {"$setOnInsert": self._defaults(engine)},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        return doc
+
+    async def get(self, engine: str) -> dict:
+        doc = await self.col.find_one({"_id": engine})
+        if doc is None:
+            raise NotFound(f"unknown queue {engine!r}", field="name")
+        return doc
+
+    async def list(self) -> list[dict]:
+        return await self.col.find({}).sort("_id", 1).to_list(None)
+
+    async def allocate(self, engine: str, priority: int, n: int) -> int:
+        """Take `n` consecutive sequence numbers of a band; returns the first. Counts the
+        `n` jobs as queued and wakes claimers, in the same write."""
+        doc = await self.col.find_one_and_update(
+            {"_id": engine},
+            {"$inc": {f"seq.{band(priority)}": n, "queued": n, "wake": 1}, "$setOnInsert": self._defaults(engine)},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return doc["seq"][band(priority)] - n
+
+    async def count_left_queue(self, engine: str, n: int) -> None:
+        if n:
+            await self.col.update_one({"_id": engine}, {"$inc": {"queued": -n}})
+
+    async def advance_cursor(self, engine: str, priority: int, seq: int) -> None:
+        await self.col.update_one({"_id": engine}, {"$max": {f"cursor.{band(priority)}": seq}})
+
+    # --- permits -------------------------------------------------------------------------
+    async def reserve(self, engine: str, worker: str, n: int) -> bool:
+        """Take `n` permits for `worker`, only if the engine is not paused and `running + n`
+        stays within `limit`."""
+        res = await self.col.update_one(
+            {"_id": engine, "paused": False, "$expr": {"$lte": [{"$add": [{"$ifNull": ["$running", 0]}, n]}, "$limit"]}},
+            {"$inc": {"running": n, f"holds.{worker}": n}},
+        )
+        return res.modified_count == 1
+
+    async def release(self, engine: str, worker: str, n: int, *, left_queue: int = 0) -> bool:
+        """Give back `n` permits of `worker` (and count `left_queue` jobs out of `queued`).
+        A no-op when the worker's holds were already dropped by the rescuer."""
+        if n <= 0 and not left_queue:
+            return True
+        inc: dict[str, int] = {}
+        if left_queue:
+            inc["queued"] = -left_queue
+        filt: dict[str, Any] = {"_id": engine}
+        if n > 0:
+            inc.update({"running": -n, f"holds.{worker}": -n, "wake": 1})
+            filt[f"holds.{worker}"] = {"$gte": n}
+        res = await self.col.update_one(filt, {"$inc": inc})
+        if res.matched_count == 0 and left_queue:
+            await self.count_left_queue(engine, left_queue)
+        return res.matched_count == 1
+
+    async def drop_holds(self, worker: str) -> int:
+        """Return every permit a dead worker held. Guarded by the value read, so a race with
+        the worker's own release retries instead of double counting."""
+        dropped = 0
+        for _ in range(10):
+            docs = await self.col.find({f"holds.{worker}": {"$exists": True}}, {f"holds.{worker}": 1}).to_list(None)
+            if not docs:
+                break
+            for doc in docs:
+                n = doc["holds"][worker]
+                res = await self.col.update_one(
+                    {"_id": doc["_id"], f"holds.{worker}": n},
+                    {"$inc": {"running": -n, "wake": 1}, "$unset": {f"holds.{worker}": ""}},
+                )
+                dropped += n if res.modified_count else 0
+        return dropped
+
+    # --- queue controls ------------------------------------------------------------------
+    async def set_paused(self, engine: str, paused: bool) -> dict:
+        await self.ensure(engine)
+        update: dict[str, Any] = {"$set": {"paused": paused}}
+        if not paused:
+            update["$inc"] = {"wake": 1}
+        return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
+
+    async def set_limit(self, engine: str, limit: int) -> dict:
+        await self.ensure(engine)
+        return await self.col.find_one_and_update(
+            {"_id": engine}, {"$set": {"limit": limit}, "$inc": {"wake": 1}}, return_document=ReturnDocument.AFTER
+        )
+
+    async def reset_queued_counter(self, engine: str, value: int) -> None:
+        await self.col.update_one({"_id": engine}, {"$set": {"queued": value}})
+
+    def watch(self):
+        """A change stream of the writes that may give claimers new work."""
+        return self.col.watch(
+            [{"$match": {"$or": [{"operationType": "insert"}, {"updateDescription.updatedFields.wake": {"$exists": True}}]}}]
+        )

@@ -1,0 +1,149 @@
+"""Claiming and the queue-keeping moves of `JobStore`: claim, promote, rescue, orphans.
+
+The claim follows DESIGN.md §5: read the engine document, take the highest band with work,
+find a window of candidates with plain equality plus a seq range bounded on both sides,
+claim them in one `update_many({_id: {$in}, status: "queued"})` stamped with a fresh lease
+token, then read them back by token. Its cost depends on the window, never on queue depth.
+
+Invariant behind the cursor: a job gets a new, higher seq every time it enters `queued`, so
+once a window's candidates have left `queued` nothing below them can become claimable again,
+except a job whose seq was taken but whose write landed after a claimer passed it (an
+orphan). `requeue_orphans` gives those a fresh seq.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from pymongo import UpdateOne
+
+from app.domain.retry import RetryConfig
+from app.domain.states import JobStatus
+from app.store.engines import PRIORITIES, band
+
+QUEUED = JobStatus.QUEUED.value
+EPOCH = datetime(1970, 1, 1)
+MAX_WINDOW = 1 << 20
+
+
+class ClaimMixin:
+    async def _window(self, engine: str, priority: int, lo: int, hi: int, need: int) -> tuple[list[dict], int]:
+        """Candidates from the first non-empty window at or after `lo`, probing in growing
+        steps. Returns them and the new lower bound (everything below it has left queued)."""
+        width = max(64, need * 4)
+        while lo < hi:
+            filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}
+            found = await self.col.find(filt, {"_id": 1, "seq": 1, "queued_at": 1}).sort("seq", 1).limit(need).to_list(need)
+            if found:
+                return found, found[0]["seq"]
+            lo += width
+            width = min(width * 4, MAX_WINDOW)
+        return [], hi
+
+    async def claim(self, engine: dict, worker: str, k: int) -> list[dict]:
+        """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`, in
+        strict priority order, FIFO within a priority. The caller must hold `k` permits."""
+        name, seqs, cursors = engine["_id"], engine.get("seq", {}), engine.get("cursor", {})
+        token = uuid.uuid4().hex
+        now = self.clock.now()
+        stamp = {"status": JobStatus.RUNNING.value, "lease_owner": worker, "lease_token": token,
+                 "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
+        taken = 0
+        for p in PRIORITIES:
+            lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
+            start = lo
+            for _ in range(4):  # a few rounds when other claimers beat us to candidates
+                if taken >= k or lo >= hi:
+                    break
+                found, lo = await self._window(name, p, lo, hi, k - taken)
+                if not found:
+                    break
+                res = await self.col.update_many(
+                    {"_id": {"$in": [f["_id"] for f in found]}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}}
+                )
+                taken += res.modified_count
+                lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
+            if lo > start:
+                await self.engines.advance_cursor(name, p, lo)
+            if taken >= k:
+                break
+        if not taken:
+            return []
+        docs = await self.col.find({"lease_token": token}).to_list(None)
+        docs.sort(key=lambda d: (d["priority"], d["seq"]))
+        return docs
+
+    async def _requeue(self, jobs: list[dict], guard: dict, extra: dict | None = None) -> int:
+        """Give `jobs` fresh seqs (one `$inc` per band) and move them to queued, each guarded
+        by `guard` plus its own `_id`. Returns how many moved."""
+        groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        for j in jobs:
+            groups[(j["engine"], j["priority"])].append(j)
+        moved = 0
+        now = self.clock.now()
+        for (engine, prio), members in groups.items():
+            first = await self.engines.allocate(engine, prio, len(members))
+            ops = [
+                UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
+                          {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now, **(extra or {})}})
+                for i, j in enumerate(members)
+            ]
+            res = await self.col.bulk_write(ops, ordered=False)
+            moved += res.modified_count
+            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
+        return moved
+
+    async def promote_due(self, now: datetime, limit: int = 500) -> int:
+        """scheduled → queued for every job whose `run_at` has come."""
+        due = await self.col.find(
+            {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}}, {"engine": 1, "priority": 1}
+        ).limit(limit).to_list(limit)
+        return await self._requeue(due, {"status": JobStatus.SCHEDULED.value}) if due else 0
+
+    async def requeue_orphans(self, engine: dict, limit: int = 100) -> int:
+        """Queued jobs below their band's cursor get a fresh seq so claimers see them."""
+        moved = 0
+        for b, cursor in (engine.get("cursor") or {}).items():
+            p = int(b[1:])
+            stray = await self.col.find(
+                {"engine": engine["_id"], "status": QUEUED, "priority": p, "seq": {"$gte": 0, "$lt": cursor}},
+                {"engine": 1, "priority": 1, "seq": 1},
+            ).limit(limit).to_list(limit)
+            if stray:
+                # the old seq is part of the guard, so a job claimed meanwhile is left alone
+                n = await self._requeue(stray, {"status": QUEUED, "seq": None})
+                await self.engines.count_left_queue(engine["_id"], n)  # already counted as queued
+                moved += n
+        return moved
+
+    async def expired_leases(self, now: datetime, limit: int = 100) -> list[dict]:
+        return await self.col.find(
+            {"status": JobStatus.RUNNING.value, "lease_expires_at": {"$gte": EPOCH, "$lt": now}}
+        ).limit(limit).to_list(limit)
+
+    async def rescue(self, job: dict, now: datetime) -> str:
+        """running with an expired lease → queued (attempt counted) or failed when no
+        attempts are left. Returns the new status, or "" if the job moved on meanwhile."""
+        attempt = job.get("attempt", 1)
+        error = {"code": "lease_expired", "attempt": attempt, "at": now, "worker": job.get("lease_owner"),
+                 "message": f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} stopped or stalled)"}
+        guard = {"_id": job["_id"], "status": JobStatus.RUNNING.value, "lease_token": job["lease_token"],
+                 "lease_expires_at": {"$lt": now}}
+        clear = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
+        retry = RetryConfig(**job["retry_config"])
+        if attempt >= retry.max_attempts:
+            error["message"] += f"; no attempts left ({attempt}/{retry.max_attempts})"
+            res = await self.col.update_one(guard, {
+                "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now},
+                "$push": {"errors": error}, "$unset": {**clear, "dedupe_active": ""}})
+            return JobStatus.FAILED.value if res.modified_count else ""
+        seq = await self.engines.allocate(job["engine"], job["priority"], 1)
+        res = await self.col.update_one(guard, {
+            "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},
+            "$push": {"errors": error}, "$inc": {"retry_count": 1}, "$unset": clear})
+        if not res.modified_count:
+            await self.engines.count_left_queue(job["engine"], 1)
+            return ""
+        return QUEUED

@@ -1,0 +1,82 @@
+"""The read side of `JobStore`: listing with cursor pagination, history and queue figures.
+
+Filters are built here from validated values only, as plain equality, so no client JSON
+ever becomes part of a MongoDB filter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.domain.states import JobStatus
+from app.store.engines import PRIORITIES, band
+
+
+class ReadMixin:
+    async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
+                   owner: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+        """Newest first. `after` is the `next_cursor` of the previous page."""
+        filt: dict[str, Any] = {}
+        for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner)):
+            if value is not None:
+                filt[key] = str(value)
+        if after is not None:
+            filt["_id"] = {"$lt": str(after)}
+        docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return docs, (docs[-1]["_id"] if more and docs else None)
+
+    async def history(self, *, since: datetime | None = None, engine: str | None = None) -> dict[str, Any]:
+        match: dict[str, Any] = {}
+        if since is not None:
+            match["created_at"] = {"$gte": since}
+        if engine is not None:
+            match["engine"] = str(engine)
+        rows = await (await self.col.aggregate([
+            {"$match": match},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}, "ms": {"$sum": {"$ifNull": ["$execution_time_ms", 0]}},
+                        "timed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}}}},
+        ])).to_list(None)
+        counts = {s.value: 0 for s in JobStatus}
+        completed_ms = 0
+        for r in rows:
+            counts[r["_id"]] = r["n"]
+            if r["_id"] == JobStatus.COMPLETED.value:
+                completed_ms = r["ms"]
+        done, failed = counts["completed"], counts["failed"]
+        return {
+            "total": sum(counts.values()),
+            "counts": counts,
+            "success_rate": (done / (done + failed)) if done + failed else None,
+            "avg_execution_time_ms": (completed_ms / done) if done else None,
+        }
+
+    async def oldest_queued_at(self, engine: dict) -> datetime | None:
+        """When the longest-waiting queued job of `engine` became queued: the head of each
+        band is its oldest (FIFO by seq), so this probes one window per busy band."""
+        oldest = None
+        for p in PRIORITIES:
+            lo, hi = (engine.get("cursor") or {}).get(band(p), 0), (engine.get("seq") or {}).get(band(p), 0)
+            if lo >= hi:
+                continue
+            found, _ = await self._window(engine["_id"], p, lo, hi, 1)
+            if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
+                oldest = found[0]["queued_at"]
+        return oldest
+
+    async def count_queued(self, engine: str) -> int:
+        """Exact, but its cost grows with the queue; the status endpoints use the counter."""
+        return await self.col.count_documents({"engine": engine, "status": JobStatus.QUEUED.value})
+
+    async def queue_position(self, job: dict) -> int | None:
+        """How many queued jobs of the same engine are ahead of this one (higher priority, or
+        same priority with a lower seq). Counts, so its cost grows with the queue ahead."""
+        if job.get("status") != JobStatus.QUEUED.value:
+            return None
+        ahead = await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
+                                                "priority": job["priority"], "seq": {"$gte": 0, "$lt": job["seq"]}})
+        for p in range(1, job["priority"]):
+            ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value, "priority": p})
+        return ahead

@@ -1,0 +1,183 @@
+"""The `jobs` collection: insertion, and one guarded function per state transition.
+
+Every transition out of `running` is an `update_one` whose filter is plain equality on
+`{_id, status: "running", lease_token}`: a worker that lost its lease matches nothing and
+gets `LeaseLost` instead of overwriting the new owner's work. Other transitions are guarded
+by the state they start from. The claim machinery lives in `job_claims.py` and the read side
+in `job_reads.py`; both are part of `JobStore` and touch no other collection but `engines`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from app.domain.models import JobSpec, new_job_document
+from app.domain.retry import RetryConfig
+from app.domain.states import JobStatus
+from app.errors import InvalidTransition, LeaseLost, NotFound
+from app.settings import Settings
+from app.store.job_claims import ClaimMixin
+from app.store.job_reads import ReadMixin
+
+RUNNING = JobStatus.RUNNING.value
+LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": "", "dedupe_active": ""}
+
+
+def new_id() -> str:
+    return str(ObjectId())
+
+
+class JobStore(ClaimMixin, ReadMixin):
+    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines) -> None:
+        self.col = db["jobs"]
+        self.settings = settings
+        self.clock = clock
+        self.engines = engines
+
+    async def ensure_indexes(self) -> None:
+        c = self.col
+        # The claim window: equality on engine/status/priority, a bounded range on seq.
+        await c.create_index([("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("seq", ASCENDING)])
+        await c.create_index("lease_token", sparse=True)
+        await c.create_index([("status", ASCENDING), ("run_at", ASCENDING)])
+        await c.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
+        await c.create_index("dedupe_active", unique=True, partialFilterExpression={"dedupe_active": {"$exists": True}})
+        await c.create_index([("workflow_id", ASCENDING), ("_id", DESCENDING)], sparse=True)
+        await c.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+        await c.create_index([("engine", ASCENDING), ("_id", DESCENDING)])
+
+    def default_retry(self) -> RetryConfig:
+        s = self.settings
+        return RetryConfig(
+            max_retries=s.retry_max_retries, retry_delay_seconds=s.retry_delay_seconds, max_delay_seconds=s.retry_max_delay_seconds
+        )
+
+    # --- insertion -----------------------------------------------------------------------
+    async def submit(self, spec: JobSpec, owner: str) -> tuple[dict, bool]:
+        """Insert one job. Returns `(job, created)`; `created` is False when a live job with
+        the same `dedupe_key` exists, which is returned instead."""
+        if spec.dedupe_key:
+            existing = await self.col.find_one({"dedupe_active": f"{owner}:{spec.dedupe_key}"})
+            if existing:
+                return existing, False
+        doc = new_job_document(spec, job_id=new_id(), owner=owner, now=self.clock.now(), retry=spec.retry_config or self.default_retry())
+        queued = doc["status"] == JobStatus.QUEUED
+        if queued:
+            doc["seq"] = await self.engines.allocate(doc["engine"], doc["priority"], 1)
+        else:
+            await self.engines.ensure(doc["engine"])
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            if queued:  # the number we took stays unused; only the counter needs mending
+                await self.engines.count_left_queue(doc["engine"], 1)
+            existing = await self.col.find_one({"dedupe_active": doc["dedupe_active"]})
+            if existing is None:  # it finished in between: try once more
+                return await self.submit(spec, owner)
+            return existing, False
+        return doc, True
+
+    # --- guarded transitions -------------------------------------------------------------
+    async def _leased(self, job_id: str, token: str, update: dict[str, Any]) -> None:
+        res = await self.col.update_one({"_id": job_id, "status": RUNNING, "lease_token": token}, update)
+        if res.matched_count == 0:
+            raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
+
+    async def heartbeat(self, job_id: str, token: str) -> None:
+        expires = self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
+        await self._leased(job_id, token, {"$set": {"lease_expires_at": expires}})
+
+    async def progress(self, job_id: str, token: str, percent: float, stage: str | None, data: dict) -> None:
+        await self._leased(job_id, token, {"$set": {"progress": {"percent": percent, "stage": stage, "data": data}}})
+
+    async def complete(self, job_id: str, token: str, result: Any, execution_ms: int) -> None:
+        now = self.clock.now()
+        await self._leased(job_id, token, {
+            "$set": {"status": JobStatus.COMPLETED.value, "result": result, "completed_at": now,
+                     "execution_time_ms": execution_ms, "progress.percent": 100.0},
+            "$unset": LEASE_FIELDS,
+        })
+
+    async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None) -> None:
+        """running → failed: a permanent error, or the last attempt failed."""
+        await self._leased(job_id, token, {
+            "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": self.clock.now(),
+                     "execution_time_ms": execution_ms},
+            "$push": {"errors": error},
+            "$unset": LEASE_FIELDS,
+        })
+
+    async def retry(self, job_id: str, token: str, error: dict, delay_seconds: float) -> None:
+        """running → scheduled (the promoter queues it when `run_at` is due)."""
+        run_at = self.clock.now() + timedelta(seconds=delay_seconds)
+        await self._leased(job_id, token, {
+            "$set": {"status": JobStatus.SCHEDULED.value, "last_error": error, "run_at": run_at},
+            "$push": {"errors": error},
+            "$inc": {"retry_count": 1},
+            "$unset": {k: "" for k in ("lease_owner", "lease_token", "lease_expires_at")},
+        })
+
+    async def release(self, job_id: str, token: str, engine: str, priority: int) -> None:
+        """running → queued without counting the attempt (graceful shutdown)."""
+        seq = await self.engines.allocate(engine, priority, 1)
+        try:
+            await self._leased(job_id, token, {
+                "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},
+                "$inc": {"attempt": -1},
+                "$unset": {k: "" for k in ("lease_owner", "lease_token", "lease_expires_at")},
+            })
+        except LeaseLost:
+            await self.engines.count_left_queue(engine, 1)
+            raise
+
+    async def cancel_running(self, job_id: str, token: str, reason: str) -> None:
+        await self._leased(job_id, token, {
+            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason},
+            "$unset": LEASE_FIELDS,
+        })
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by user") -> dict:
+        """Cancel a job: at once when it waits, by request when it runs (its worker sees the
+        request, signals the handler, and stops it hard after the grace period)."""
+        for _ in range(5):
+            job = await self.get(job_id)
+            status = JobStatus(job["status"])
+            if status.terminal:
+                raise InvalidTransition(f"job {job_id} is already {status.value}", field="status")
+            if status == JobStatus.RUNNING:
+                res = await self.col.update_one(
+                    {"_id": job_id, "status": RUNNING}, {"$set": {"cancel_requested": True, "cancel_reason": reason}}
+                )
+            else:
+                res = await self.col.update_one(
+                    {"_id": job_id, "status": status.value},
+                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason},
+                     "$unset": {"dedupe_active": ""}},
+                )
+                if res.modified_count and status == JobStatus.QUEUED:
+                    await self.engines.count_left_queue(job["engine"], 1)
+            if res.modified_count:
+                return await self.get(job_id)
+        raise InvalidTransition(f"job {job_id} kept changing state; try again", field="status")
+
+    async def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        docs = await self.col.find({"_id": {"$in": job_ids}, "cancel_requested": True}, {"_id": 1}).to_list(None)
+        return {d["_id"] for d in docs}
+
+    async def get(self, job_id: str) -> dict:
+        doc = await self.col.find_one({"_id": job_id}) if isinstance(job_id, str) else None
+        if doc is None:
+            raise NotFound(f"job {job_id!r} not found", field="job_id")
+        return doc
+
+
+def error_entry(code: str, message: str, attempt: int, at: datetime, worker: str | None = None) -> dict:
+    return {"code": code, "message": message[:2000], "attempt": attempt, "at": at, "worker": worker}

@@ -1,0 +1,77 @@
+"""The `workers` collection: one document per worker process incarnation.
+
+A worker beats every lease/3; `expires_at` is one lease after its last beat, on the database
+clock. The rescuer marks a worker whose `expires_at` has passed `dead` (guarded on `alive`),
+then drops its engine permits. A worker that finds itself marked dead must abandon its jobs
+and register again under a new id: its old permits and leases are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timedelta
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.settings import Settings
+
+EPOCH = datetime(1970, 1, 1)
+
+
+class WorkerStore:
+    def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
+        self.col = db["workers"]
+        self.settings = settings
+        self.clock = clock
+
+    async def ensure_indexes(self) -> None:
+        await self.col.create_index([("status", 1), ("expires_at", 1)])
+
+    def _expiry(self) -> datetime:
+        return self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
+
+    async def register(self, worker_id: str, *, engines: list[str] | None, concurrency: int, kind: str) -> None:
+        now = self.clock.now()
+        await self.col.insert_one(
+            {
+                "_id": worker_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "kind": kind,
+                "engines": engines,
+                "concurrency": concurrency,
+                "running": 0,
+                "status": "alive",
+                "started_at": now,
+                "last_seen": now,
+                "expires_at": self._expiry(),
+            }
+        )
+
+    async def beat(self, worker_id: str, running: int) -> bool:
+        """Extend the worker's registration. False means it was declared dead."""
+        res = await self.col.update_one(
+            {"_id": worker_id, "status": "alive"},
+            {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": running}},
+        )
+        return res.matched_count == 1
+
+    async def stop(self, worker_id: str) -> None:
+        await self.col.update_one({"_id": worker_id}, {"$set": {"status": "stopped", "last_seen": self.clock.now()}})
+
+    async def expired(self, now: datetime) -> list[str]:
+        docs = await self.col.find({"status": "alive", "expires_at": {"$gte": EPOCH, "$lt": now}}, {"_id": 1}).to_list(100)
+        return [d["_id"] for d in docs]
+
+    async def mark_dead(self, worker_id: str, now: datetime) -> bool:
+        res = await self.col.update_one(
+            {"_id": worker_id, "status": "alive", "expires_at": {"$lt": now}}, {"$set": {"status": "dead", "died_at": now}}
+        )
+        return res.modified_count == 1
+
+    async def list(self, limit: int = 200) -> list[dict]:
+        return await self.col.find({}).sort("started_at", -1).to_list(limit)
+
+    async def alive_count(self) -> int:
+        return await self.col.count_documents({"status": "alive"})

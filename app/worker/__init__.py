@@ -1,0 +1,1 @@
+"""Workers: `JobProcessor` (claims and runs jobs), the executor, and maintenance loops."""

@@ -1,0 +1,117 @@
+"""Runs one leased job: the handler under its timeout, the cancellation grace period, the
+lease-lost stop, and progress reports. It decides the `Outcome`; `outcome.apply` writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from app import registry
+from app.context import JobContext
+from app.errors import LeaseLost
+from app.logs import job_logger
+from app.worker import outcome as oc
+
+
+class Execution:
+    """One attempt of one job on this worker. The processor sets `lost` when a heartbeat
+    finds the lease gone, `cancel_requested` when a user cancels, and `releasing` on
+    shutdown; the running attempt reacts within one event-loop turn."""
+
+    def __init__(self, store, job: dict, worker: str, cancel_grace: float) -> None:
+        self.store = store
+        self.job = job
+        self.token: str = job["lease_token"]
+        self.worker = worker
+        self.cancel_grace = cancel_grace
+        self.log = job_logger(job, worker=worker)
+        self.lost = asyncio.Event()
+        self.releasing = asyncio.Event()
+        self.ctx = JobContext(
+            job_id=job["_id"], engine=job["engine"], operation=job["operation"], attempt=job["attempt"],
+            params=job.get("parameters") or {}, parents=job.get("parents") or {}, workflow_id=job.get("workflow_id"),
+            _sink=self._progress,
+        )
+
+    @property
+    def cancel_requested(self) -> asyncio.Event:
+        return self.ctx.cancelled
+
+    async def _progress(self, percent: float, stage: str | None, data: dict) -> None:
+        try:
+            await self.store.jobs.progress(self.job["_id"], self.token, percent, stage, data)
+        except LeaseLost:
+            self.lost.set()
+
+    async def run(self) -> tuple[oc.Outcome, int]:
+        """Run the handler; returns the outcome and the run time in ms."""
+        start = time.monotonic()
+        h = registry.get(self.job["engine"], self.job["operation"])
+        if h is None:
+            return oc.Failure("no_handler", f"no handler for {self.job['engine']}.{self.job['operation']} on this worker"), 0
+        task = asyncio.create_task(h.fn(self.ctx))
+        timeout = self.job.get("timeout_seconds")
+        deadline = start + timeout if timeout else None
+        result = await self._supervise(task, deadline)
+        return result, int((time.monotonic() - start) * 1000)
+
+    async def _supervise(self, task: asyncio.Task, deadline: float | None) -> oc.Outcome:
+        signals = {
+            "lost": asyncio.ensure_future(self.lost.wait()),
+            "cancel": asyncio.ensure_future(self.cancel_requested.wait()),
+            "release": asyncio.ensure_future(self.releasing.wait()),
+        }
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                waiting = [task, *(f for f in signals.values() if not f.done())]
+                done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    return self._finished(task)
+                if signals["lost"].done():
+                    await _stop(task)
+                    return oc.Lost()
+                if signals["release"].done():
+                    await _stop(task)
+                    return oc.Released()
+                if signals["cancel"].done():
+                    return await self._cancel(task)
+                if deadline is not None and time.monotonic() >= deadline:
+                    await _stop(task)
+                    return oc.Failure("timeout", f"ran longer than timeout_seconds={self.job['timeout_seconds']}")
+        finally:
+            for f in signals.values():
+                f.cancel()
+
+    async def _cancel(self, task: asyncio.Task) -> oc.Outcome:
+        """The handler was told through `ctx.cancelled`; give it the grace period to stop."""
+        reason = "cancelled by user"
+        done, _ = await asyncio.wait([task], timeout=self.cancel_grace)
+        if not done:
+            self.log.warning("job.cancel_forced", grace_seconds=self.cancel_grace)
+            await _stop(task)
+            reason = f"cancelled by user; stopped after a {self.cancel_grace:g}s grace period"
+        return oc.Cancelled(reason)
+
+    def _finished(self, task: asyncio.Task) -> oc.Outcome:
+        if task.cancelled():
+            return oc.Cancelled("handler was cancelled")
+        exc = task.exception()
+        if exc is None:
+            if self.cancel_requested.is_set():
+                return oc.Cancelled("cancelled by user; the handler stopped early")
+            return oc.classify_result(task.result())
+        if isinstance(exc, asyncio.CancelledError) and self.cancel_requested.is_set():
+            return oc.Cancelled("cancelled by user")
+        self.log.info("job.handler_error", error_type=type(exc).__name__, error=str(exc)[:500])
+        return oc.classify_exception(exc)
+
+
+async def _stop(task: asyncio.Task) -> Any:
+    task.cancel()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=5)
+    except BaseException:  # the handler's own exception or cancellation; it is stopped either way
+        pass

@@ -1,0 +1,68 @@
+"""Maintenance that any number of processes may run at once, because every move it makes
+is guarded: the promoter (scheduled → queued when due), the rescuer (expired leases, dead
+workers and their permits) and the orphan sweeper (queued jobs a claimer's cursor passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.logs import get_logger, job_logger
+
+
+class Maintenance:
+    def __init__(self, store, settings) -> None:
+        self.store, self.settings = store, settings
+        self.log = get_logger("switchyard.maintenance")
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        for fn, every in ((self.promote, s.promote_interval_seconds),
+                          (self.rescue, min(1.0, s.lease_seconds / 4)),
+                          (self.sweep_orphans, 2.0)):
+            self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _every(self, fn, seconds: float) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("maintenance.error", task=fn.__name__, error=repr(exc))
+            await asyncio.sleep(seconds)
+
+    async def promote(self) -> int:
+        n = await self.store.jobs.promote_due(self.store.clock.now())
+        if n:
+            self.log.debug("maintenance.promoted", jobs=n)
+        return n
+
+    async def rescue(self) -> int:
+        """Dead workers first (their permits come back), then jobs whose lease expired."""
+        now = await self.store.clock.sync()
+        for worker in await self.store.workers.expired(now):
+            if await self.store.workers.mark_dead(worker, now):
+                permits = await self.store.engines.drop_holds(worker)
+                self.log.warning("maintenance.worker_dead", dead_worker=worker, permits_returned=permits)
+        rescued = 0
+        for job in await self.store.jobs.expired_leases(now):
+            status = await self.store.jobs.rescue(job, now)
+            if status:
+                rescued += 1
+                job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))
+        return rescued
+
+    async def sweep_orphans(self) -> int:
+        moved = 0
+        for engine in await self.store.engines.list():
+            moved += await self.store.jobs.requeue_orphans(engine)
+        if moved:
+            self.log.info("maintenance.orphans_requeued", jobs=moved)
+        return moved

@@ -1,0 +1,234 @@
+"""`JobProcessor`: one worker process's slots, permits and loops.
+
+Loops: fetch (claim when there are free slots and work), heartbeat (worker registration,
+job leases, clock sync), cancel watch (polls only while jobs run) and wake (a change stream
+on `engines`, with the poll interval as the fallback when it is down).
+
+Permits: `held[e]` permits of engine `e` are taken in the engine document before claiming;
+`busy[e]` of them run jobs. A finished job's permit stays with this worker while it has
+more work of that engine, and goes back as soon as a claim comes up short, the engine is
+paused, or the engine is over its (lowered) limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+from app.errors import LeaseLost
+from app.logs import get_logger
+from app.store.engines import PRIORITIES, band
+from app.worker import outcome as oc
+from app.worker.executor import Execution
+
+
+def has_work(engine: dict) -> bool:
+    seq, cur = engine.get("seq") or {}, engine.get("cursor") or {}
+    return any(cur.get(band(p), 0) < seq.get(band(p), 0) for p in PRIORITIES)
+
+
+class JobProcessor:
+    def __init__(self, store, settings, *, concurrency: int, engines: list[str] | None = None, kind: str = "worker") -> None:
+        self.store, self.settings = store, settings
+        self.concurrency = concurrency
+        self.only = set(engines) if engines else None
+        self.kind = kind
+        self.worker_id = _new_worker_id()
+        self.held: dict[str, int] = defaultdict(int)
+        self.busy: dict[str, int] = defaultdict(int)
+        self.running: dict[str, Execution] = {}
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._tasks: list[asyncio.Task] = []
+        self._execs: set[asyncio.Task] = set()
+        self.log = get_logger("switchyard.worker", worker=self.worker_id)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.clock.sync()
+        await self._register()
+        for loop in (self._fetch_loop, self._heartbeat_loop, self._cancel_loop, self._wake_loop):
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+        self.log.info("worker.started", concurrency=self.concurrency, engines=sorted(self.only or []) or "all")
+
+    async def _register(self) -> None:
+        await self.store.workers.register(self.worker_id, engines=sorted(self.only) if self.only else None,
+                                          concurrency=self.concurrency, kind=self.kind)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running jobs finish within `grace`; release the rest to the
+        queue without counting their attempt; return every permit."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.stopping = True
+        self.wake.set()
+        if self._execs:
+            self.log.info("worker.draining", running=len(self._execs), grace_seconds=grace)
+            await asyncio.wait(self._execs, timeout=grace)
+        for ex in list(self.running.values()):
+            ex.releasing.set()
+        if self._execs:
+            await asyncio.wait(self._execs, timeout=10)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for engine in list(self.held):
+            await self._give_back(engine, self.held[engine] - self.busy[engine])
+        await self.store.workers.stop(self.worker_id)
+        self.log.info("worker.stopped")
+
+    # --- fetching ------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.concurrency - len(self.running)
+
+    async def _fetch_loop(self) -> None:
+        rotation = 0
+        while not self.stopping:
+            try:
+                if self.free_slots() <= 0:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                self.wake.clear()
+                engines = [e for e in await self.store.engines.list() if self.only is None or e["_id"] in self.only]
+                rotation += 1
+                claimed = 0
+                for i in range(len(engines)):
+                    claimed += await self._fetch_engine(engines[(i + rotation) % len(engines)])
+                    if self.stopping or self.free_slots() <= 0:
+                        break
+                if not claimed:
+                    await _wait(self.wake, self.settings.poll_interval_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database blinked: back off and try again
+                self.log.warning("worker.fetch_error", error=repr(exc))
+                await asyncio.sleep(1)
+
+    async def _fetch_engine(self, engine: dict) -> int:
+        name = engine["_id"]
+        idle = self.held[name] - self.busy[name]
+        running, limit = engine.get("running", 0), engine["limit"]
+        if engine.get("paused") or not has_work(engine):
+            await self._give_back(name, idle)
+            return 0
+        if running > limit:  # the limit was lowered: shrink towards it
+            await self._give_back(name, min(idle, running - limit))
+            return 0
+        want = min(self.free_slots(), self.settings.claim_batch)
+        take = min(want - idle, limit - running)
+        if take > 0 and await self.store.engines.reserve(name, self.worker_id, take):
+            self.held[name] += take
+            idle += take
+        n = min(idle, want)
+        if n <= 0:
+            return 0
+        jobs = await self.store.jobs.claim(engine, self.worker_id, n)
+        for job in jobs:
+            self._launch(job)
+        unused = n - len(jobs) if len(jobs) < n else 0
+        await self._give_back(name, unused, left_queue=len(jobs))
+        return len(jobs)
+
+    async def _give_back(self, engine: str, n: int, left_queue: int = 0) -> None:
+        if n > 0 or left_queue:
+            n = max(n, 0)
+            await self.store.engines.release(engine, self.worker_id, n, left_queue=left_queue)
+            self.held[engine] -= n
+
+    # --- executing -----------------------------------------------------------------------
+    def _launch(self, job: dict) -> None:
+        ex = Execution(self.store, job, self.worker_id, self.settings.cancel_grace_seconds)
+        self.running[job["_id"]] = ex
+        self.busy[job["engine"]] += 1
+        task = asyncio.create_task(self._execute(ex), name=f"job-{job['_id']}")
+        self._execs.add(task)
+        task.add_done_callback(self._execs.discard)
+
+    async def _execute(self, ex: Execution) -> None:
+        job = ex.job
+        ex.log.info("job.started")
+        try:
+            outcome, ms = await ex.run()
+            status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id)
+            if status:
+                ex.log.info("job.finished", status=status, execution_time_ms=ms)
+        except LeaseLost:
+            ex.log.warning("job.lease_lost", note="another worker owns this job now; result discarded")
+        except Exception as exc:
+            ex.log.error("job.report_failed", error=repr(exc))
+        finally:
+            self.running.pop(job["_id"], None)
+            if ex.worker == self.worker_id:  # else its permit died with our old incarnation
+                self.busy[job["engine"]] -= 1
+            self.wake.set()
+
+    # --- background loops ----------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self.store.clock.sync()
+                if not await self.store.workers.beat(self.worker_id, len(self.running)):
+                    await self._declared_dead()
+                    continue
+                for job_id, ex in list(self.running.items()):
+                    try:
+                        await self.store.jobs.heartbeat(job_id, ex.token)
+                    except LeaseLost:
+                        ex.lost.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("worker.heartbeat_error", error=repr(exc))
+
+    async def _declared_dead(self) -> None:
+        """We stalled past our lease and the rescuer gave our jobs and permits away. Drop
+        everything and come back as a new worker."""
+        self.log.error("worker.declared_dead", running=len(self.running))
+        for ex in self.running.values():
+            ex.lost.set()
+        self.held.clear()
+        self.busy.clear()
+        self.worker_id = _new_worker_id()
+        self.log = get_logger("switchyard.worker", worker=self.worker_id)
+        await self._register()
+
+    async def _cancel_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25 if self.running else 1.0)
+            if not self.running:
+                continue
+            try:
+                for job_id in await self.store.jobs.cancel_requested(list(self.running)):
+                    ex = self.running.get(job_id)
+                    if ex and not ex.cancel_requested.is_set():
+                        ex.log.info("job.cancel_signalled")
+                        ex.cancel_requested.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("worker.cancel_poll_error", error=repr(exc))
+
+    async def _wake_loop(self) -> None:
+        while True:
+            try:
+                async with await self.store.engines.watch() as stream:
+                    async for _ in stream:
+                        self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # no change streams here: polling covers it
+                self.log.debug("worker.watch_error", error=repr(exc))
+                await asyncio.sleep(2)
+
+
+def _new_worker_id() -> str:
+    return "w" + uuid.uuid4().hex[:15]
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,15 @@
+"""Switchyard's built-in job handlers. Importing this package registers all of them.
+
+Each submodule owns one engine and registers its operations with `@handler` on import:
+
+- `handlers.general`: `general.echo`, `noop`, `sleep`, `fail`, `http_request`
+- `handlers.text_intelligence`: `text_intelligence.analyze`, `summarize`
+- `handlers.image_generation`: `image_generation.render`, `resize`
+
+Handlers use only the public API in `app` (`handler`, `JobContext`, `Retry`, `PermanentError`,
+`get_settings`); they never touch the store.
+"""
+
+from handlers import general, image_generation, text_intelligence
+
+__all__ = ["general", "image_generation", "text_intelligence"]

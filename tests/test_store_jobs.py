@@ -1,0 +1,110 @@
+"""Every transition of `app/store/jobs.py` and its guard, against the real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.states import JobStatus
+from app.errors import InvalidTransition, LeaseLost, NotFound
+
+
+async def test_submit_queues_with_a_sequence_number(jobs, store):
+    a = await jobs.queued()
+    b = await jobs.queued()
+    assert a["status"] == b["status"] == "queued"
+    assert b["seq"] == a["seq"] + 1
+    engine = await store.engines.get("testing")
+    assert engine["queued"] == 2
+    assert engine["limit"] == 2  # not in seed 001's queues: general's limit
+
+
+async def test_seed_default_limits_apply_to_known_engines(jobs, store):
+    await jobs.queued(engine="video_pipeline", operation="x")
+    assert (await store.engines.get("video_pipeline"))["limit"] == 1
+
+
+async def test_delay_makes_a_scheduled_job(jobs):
+    job = await jobs.scheduled(delay_seconds=60)
+    assert job["status"] == "scheduled" and "seq" not in job
+
+
+async def test_complete_requires_the_current_lease(jobs, store):
+    job = await jobs.running()
+    with pytest.raises(LeaseLost):
+        await store.jobs.complete(job["_id"], "not-the-token", {"x": 1}, 1)
+    await store.jobs.complete(job["_id"], job["lease_token"], {"x": 1}, 7)
+    done = await store.jobs.get(job["_id"])
+    assert done["status"] == "completed" and done["result"] == {"x": 1} and done["execution_time_ms"] == 7
+    assert "lease_token" not in done
+    with pytest.raises(LeaseLost):  # a second completion is refused too
+        await store.jobs.complete(job["_id"], job["lease_token"], {"x": 2}, 1)
+
+
+async def test_fail_records_the_error_history(jobs, store):
+    job = await jobs.failed()
+    assert job["status"] == "failed"
+    assert job["last_error"]["code"] == "boom" and len(job["errors"]) == 1
+
+
+async def test_retry_schedules_and_promote_requeues(jobs, store):
+    job = await jobs.running()
+    err = {"code": "E", "message": "m", "attempt": 1, "at": None, "worker": None}
+    await store.jobs.retry(job["_id"], job["lease_token"], err, 0.0)
+    mid = await store.jobs.get(job["_id"])
+    assert mid["status"] == "scheduled" and mid["retry_count"] == 1
+    assert await store.jobs.promote_due(store.clock.now()) == 1
+    again = await store.jobs.get(job["_id"])
+    assert again["status"] == "queued" and again["seq"] > job["seq"]
+    with pytest.raises(LeaseLost):
+        await store.jobs.heartbeat(job["_id"], job["lease_token"])
+
+
+async def test_release_does_not_count_the_attempt(jobs, store):
+    job = await jobs.running()
+    assert job["attempt"] == 1
+    await store.jobs.release(job["_id"], job["lease_token"], job["engine"], job["priority"])
+    back = await store.jobs.get(job["_id"])
+    assert back["status"] == "queued" and back["attempt"] == 0
+
+
+async def test_progress_and_heartbeat_are_fenced(jobs, store):
+    job = await jobs.running()
+    await store.jobs.progress(job["_id"], job["lease_token"], 40, "half", {"done": 4})
+    assert (await store.jobs.get(job["_id"]))["progress"] == {"percent": 40, "stage": "half", "data": {"done": 4}}
+    await store.jobs.heartbeat(job["_id"], job["lease_token"])
+    with pytest.raises(LeaseLost):
+        await store.jobs.progress(job["_id"], "stale", 50, None, {})
+
+
+async def test_cancel_waiting_jobs_at_once(jobs, store):
+    q = await jobs.queued()
+    s = await jobs.scheduled()
+    for j in (q, s):
+        out = await store.jobs.cancel(j["_id"])
+        assert out["status"] == "cancelled"
+    assert (await store.engines.get("testing"))["queued"] == 0
+    with pytest.raises(InvalidTransition):
+        await store.jobs.cancel(q["_id"])
+
+
+async def test_cancel_running_only_requests(jobs, store):
+    job = await jobs.running()
+    out = await store.jobs.cancel(job["_id"])
+    assert out["status"] == "running" and out["cancel_requested"] is True
+    assert await store.jobs.cancel_requested([job["_id"]]) == {job["_id"]}
+    await store.jobs.cancel_running(job["_id"], job["lease_token"], "stopped")
+    assert (await store.jobs.get(job["_id"]))["status"] == JobStatus.CANCELLED
+
+
+async def test_unknown_job_is_not_found(store):
+    with pytest.raises(NotFound):
+        await store.jobs.get("0" * 24)
+
+
+async def test_dedupe_returns_the_live_job(jobs, store):
+    a, created_a = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    b, created_b = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    assert created_a and not created_b and a["_id"] == b["_id"]
+    await store.jobs.cancel(a["_id"])  # once it is no longer live, the key is free again
+    c, created_c = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    assert created_c and c["_id"] != a["_id"]
