@@ -130,6 +130,8 @@ def is_forbidden_ip(ip: IPAddress) -> bool:
     """True for anything but a plain global unicast address, including IPv6 forms that embed a
     non-global IPv4 address. (Python 3.11 calls multicast and 6to4 ranges "global", hence the
     explicit checks.)"""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return is_forbidden_ip(ip.ipv4_mapped)  # ::ffff:a.b.c.d is judged as a.b.c.d
     if (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
             or ip.is_reserved or ip.is_unspecified or (ip.version == 6 and ip.is_site_local)):
         return True

@@ -1,0 +1,121 @@
+"""Claims, permits, promotion, rescue and orphans (`job_claims.py`, `engines.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from app.domain.retry import RetryConfig
+
+
+async def claim(store, engine: str, k: int, worker: str = "w1"):
+    return await store.jobs.claim(await store.engines.get(engine), worker, k)
+
+
+async def test_strict_priority_then_fifo(jobs, store):
+    made = []
+    for prio in (5, 9, 1, 5, 1, 3):
+        made.append((prio, (await jobs.queued(priority=prio))["_id"]))
+    got = []
+    for _ in range(6):
+        got += [(j["priority"], j["_id"]) for j in await claim(store, "testing", 1)]
+    expected = sorted(made, key=lambda pj: pj[0])  # stable: FIFO inside a priority
+    assert got == expected
+
+
+async def test_batch_claim_spans_bands_in_order(jobs, store):
+    for prio in (7, 2, 7, 2):
+        await jobs.queued(priority=prio)
+    batch = await claim(store, "testing", 3)
+    assert [j["priority"] for j in batch] == [2, 2, 7]
+    assert all(j["status"] == "running" and j["attempt"] == 1 for j in batch)
+    assert len({j["lease_token"] for j in batch}) == 1
+
+
+async def test_concurrent_claimers_never_share_a_job(jobs, store):
+    n = 300
+    await asyncio.gather(*(jobs.queued() for _ in range(n)))
+    owners: dict[str, str] = {}
+
+    async def claimer(name: str):
+        while True:
+            got = await claim(store, "testing", 7, worker=name)
+            if not got:
+                engine = await store.engines.get("testing")
+                if not any(engine.get("cursor", {}).get(b, 0) < s for b, s in engine.get("seq", {}).items()):
+                    return
+                continue
+            for j in got:
+                assert j["_id"] not in owners, "claimed twice"
+                owners[j["_id"]] = name
+
+    await asyncio.gather(*(claimer(f"w{i}") for i in range(8)))
+    assert len(owners) == n
+    assert len(set(owners.values())) > 1
+
+
+async def test_permits_hold_the_limit(store):
+    await store.engines.ensure("general")  # limit 2
+    assert await store.engines.reserve("general", "a", 2)
+    assert not await store.engines.reserve("general", "b", 1)
+    assert await store.engines.release("general", "a", 1)
+    assert await store.engines.reserve("general", "b", 1)
+    doc = await store.engines.get("general")
+    assert doc["running"] == 2 and doc["holds"] == {"a": 1, "b": 1}
+    assert await store.engines.drop_holds("a") == 1
+    doc = await store.engines.get("general")
+    assert doc["running"] == 1 and "a" not in doc["holds"]
+    assert not await store.engines.release("general", "a", 1)  # a dead worker's late release is a no-op
+    assert (await store.engines.get("general"))["running"] == 1
+
+
+async def test_pause_blocks_reservations(store):
+    await store.engines.set_paused("general", True)
+    assert not await store.engines.reserve("general", "a", 1)
+    await store.engines.set_paused("general", False)
+    assert await store.engines.reserve("general", "a", 1)
+
+
+async def test_rescue_requeues_then_fails_a_poison_job(jobs, store):
+    job = await jobs.running(retry_config=RetryConfig(max_retries=1))
+    later = store.clock.now() + timedelta(seconds=60)
+    expired = await store.jobs.expired_leases(later)
+    assert [j["_id"] for j in expired] == [job["_id"]]
+    assert await store.jobs.rescue(expired[0], later) == "queued"
+    again = await store.jobs.get(job["_id"])
+    assert again["retry_count"] == 1 and again["errors"][0]["code"] == "lease_expired"
+    second = (await claim(store, job["engine"], 1))[0]
+    assert second["attempt"] == 2
+    assert await store.jobs.rescue(second, later) == "failed"
+    dead = await store.jobs.get(job["_id"])
+    assert dead["status"] == "failed" and "no attempts left" in dead["last_error"]["message"]
+
+
+async def test_rescue_ignores_live_leases(jobs, store):
+    await jobs.running()
+    assert await store.jobs.expired_leases(store.clock.now()) == []
+
+
+async def test_orphan_below_the_cursor_is_requeued(jobs, store):
+    a = await jobs.queued()
+    b = await jobs.queued()
+    await claim(store, "testing", 1)  # takes a; cursor moves past it
+    await claim(store, "testing", 1)  # takes b
+    # a job whose seq a claimer already passed: as if its insert landed late
+    c = await jobs.queued()
+    await store.jobs.col.update_one({"_id": c["_id"]}, {"$set": {"seq": a["seq"]}})
+    await store.engines.advance_cursor("testing", 5, c["seq"] + 1)
+    assert await claim(store, "testing", 1) == []
+    assert await store.jobs.requeue_orphans(await store.engines.get("testing")) == 1
+    got = await claim(store, "testing", 1)
+    assert [j["_id"] for j in got] == [c["_id"]]
+    assert b["_id"] != c["_id"]
+
+
+async def test_queue_counter_follows_claims_and_oldest_age(jobs, store):
+    for _ in range(3):
+        await jobs.queued()
+    doc = await store.engines.get("testing")
+    assert doc["queued"] == 3 and await store.jobs.count_queued("testing") == 3
+    oldest = await store.jobs.oldest_queued_at(doc)
+    assert oldest is not None and oldest <= store.clock.now()
