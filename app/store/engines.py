@@ -82,7 +82,18 @@ class EngineStore:
             await self.col.update_one({"_id": engine}, {"$inc": {"queued": -n}})
 
     async def advance_cursor(self, engine: str, priority: int, seq: int) -> None:
-        await self.col.update_one({"_id": engine}, {"$max": {f"cursor.{band(priority)}": seq}})
+        await self.after_claim(engine, {priority: seq}, 0)
+
+    async def after_claim(self, engine: str, cursors: dict[int, int], taken: int) -> None:
+        """One write after a claim: move band cursors forward (never back) and count the
+        claimed jobs out of `queued`."""
+        update: dict[str, Any] = {}
+        if cursors:
+            update["$max"] = {f"cursor.{band(p)}": seq for p, seq in cursors.items()}
+        if taken:
+            update["$inc"] = {"queued": -taken}
+        if update:
+            await self.col.update_one({"_id": engine}, update)
 
     # --- permits -------------------------------------------------------------------------
     async def reserve(self, engine: str, worker: str, n: int) -> bool:
@@ -94,21 +105,14 @@ class EngineStore:
         )
         return res.modified_count == 1
 
-    async def release(self, engine: str, worker: str, n: int, *, left_queue: int = 0) -> bool:
-        """Give back `n` permits of `worker` (and count `left_queue` jobs out of `queued`).
-        A no-op when the worker's holds were already dropped by the rescuer."""
-        if n <= 0 and not left_queue:
+    async def release(self, engine: str, worker: str, n: int) -> bool:
+        """Give back `n` permits of `worker`. A no-op (False) when the worker's holds were
+        already dropped by the rescuer."""
+        if n <= 0:
             return True
-        inc: dict[str, int] = {}
-        if left_queue:
-            inc["queued"] = -left_queue
-        filt: dict[str, Any] = {"_id": engine}
-        if n > 0:
-            inc.update({"running": -n, f"holds.{worker}": -n, "wake": 1})
-            filt[f"holds.{worker}"] = {"$gte": n}
-        res = await self.col.update_one(filt, {"$inc": inc})
-        if res.matched_count == 0 and left_queue:
-            await self.count_left_queue(engine, left_queue)
+        res = await self.col.update_one(
+            {"_id": engine, f"holds.{worker}": {"$gte": n}}, {"$inc": {"running": -n, f"holds.{worker}": -n, "wake": 1}}
+        )
         return res.matched_count == 1
 
     async def drop_holds(self, worker: str) -> int:

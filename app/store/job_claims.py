@@ -51,6 +51,7 @@ class ClaimMixin:
         stamp = {"status": JobStatus.RUNNING.value, "lease_owner": worker, "lease_token": token,
                  "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
         taken = 0
+        moved: dict[int, int] = {}
         for p in PRIORITIES:
             lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
             start = lo
@@ -66,9 +67,10 @@ class ClaimMixin:
                 taken += res.modified_count
                 lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
             if lo > start:
-                await self.engines.advance_cursor(name, p, lo)
+                moved[p] = lo
             if taken >= k:
                 break
+        await self.engines.after_claim(name, moved, taken)
         if not taken:
             return []
         docs = await self.col.find({"lease_token": token}).to_list(None)

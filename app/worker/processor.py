@@ -126,14 +126,13 @@ class JobProcessor:
         jobs = await self.store.jobs.claim(engine, self.worker_id, n)
         for job in jobs:
             self._launch(job)
-        unused = n - len(jobs) if len(jobs) < n else 0
-        await self._give_back(name, unused, left_queue=len(jobs))
+        if len(jobs) < n:  # the queue ran dry: keep no idle permits
+            await self._give_back(name, n - len(jobs))
         return len(jobs)
 
-    async def _give_back(self, engine: str, n: int, left_queue: int = 0) -> None:
-        if n > 0 or left_queue:
-            n = max(n, 0)
-            await self.store.engines.release(engine, self.worker_id, n, left_queue=left_queue)
+    async def _give_back(self, engine: str, n: int) -> None:
+        if n > 0:
+            await self.store.engines.release(engine, self.worker_id, n)
             self.held[engine] -= n
 
     # --- executing -----------------------------------------------------------------------
