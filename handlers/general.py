@@ -170,7 +170,8 @@ async def check_address(host: str, port: int) -> list[IPAddress]:
     if host in hosts:
         return addrs
     for ip in addrs:
-        if is_forbidden_ip(ip) and not any(ip.version == n.version and ip in n for n in nets):
+        plain = ip.ipv4_mapped or ip if ip.version == 6 else ip  # ::ffff:10.0.0.1 matches 10.0.0.0/8
+        if is_forbidden_ip(ip) and not any(plain.version == n.version and plain in n for n in nets):
             raise PermanentError("forbidden_address", f"{host} resolves to {ip}, which is not a public address")
     return addrs
 
@@ -193,7 +194,8 @@ async def http_request(ctx: JobContext) -> dict:
     method = _string(p, "method", "GET", 10).upper()
     if method not in METHODS:
         raise _bad("method", f"must be one of {', '.join(METHODS)}")
-    headers = p.get("headers") or {}
+    headers = p.get("headers")
+    headers = {} if headers is None else headers
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise _bad("headers", "must be an object of string to string")
     for k, v in headers.items():

@@ -214,6 +214,7 @@ def test_is_forbidden_ip(address, forbidden):
 async def test_allowlist_by_cidr_and_hostname(allow, no_traffic):
     allow("10.0.0.0/8, internal.example")
     assert await check_address("10.2.3.4", 80) == [ipaddress.ip_address("10.2.3.4")]
+    assert await check_address("::ffff:10.2.3.4", 80) == [ipaddress.ip_address("::ffff:10.2.3.4")]
     with pytest.raises(PermanentError):
         await check_address("192.168.0.1", 80)
     allow("localhost")

@@ -17,7 +17,7 @@ from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
 from app.store.jobs import error_entry
 
-MAX_RESULT_BYTES = 4 * 1024 * 1024
+MAX_RESULT_BYTES = 12 * 1024 * 1024  # a job document must stay under MongoDB's 16 MiB
 
 
 @dataclass

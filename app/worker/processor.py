@@ -7,7 +7,7 @@ on `engines`, with the poll interval as the fallback when it is down).
 Permits: `held[e]` permits of engine `e` are taken in the engine document before claiming;
 `busy[e]` of them run jobs. A finished job's permit stays with this worker while it has
 more work of that engine, and goes back as soon as a claim comes up short, the engine is
-paused, or the engine is over its (lowered) limit.
+paused, or the engine is saturated (so that workers take turns).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ class JobProcessor:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for engine in list(self.held):
-            await self._give_back(engine, self.held[engine] - self.busy[engine])
+        await self.store.engines.drop_holds(self.worker_id)  # every permit, and our entries
+        self.held.clear()
         await self.store.workers.stop(self.worker_id)
         self.log.info("worker.stopped")
 
@@ -112,8 +112,11 @@ class JobProcessor:
         if engine.get("paused") or not has_work(engine):
             await self._give_back(name, idle)
             return 0
-        if running > limit:  # the limit was lowered: shrink towards it
-            await self._give_back(name, min(idle, running - limit))
+        if running >= limit and idle > 0:
+            # Saturated: other workers may be waiting for a permit, so ours go back into the
+            # pool instead of being reused, and every worker gets its turn. (Over the limit,
+            # after it was lowered, this also shrinks towards it.)
+            await self._give_back(name, idle)
             return 0
         want = min(self.free_slots(), self.settings.claim_batch)
         take = min(want - idle, limit - running)

@@ -1,0 +1,91 @@
+"""Real worker processes against the real server: the global per-engine limit, SIGKILL
+recovery, a poison job that kills its workers, and SIGTERM hand-back."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from app.domain.retry import RetryConfig
+from tests.helpers import eventually, wait_status
+from tests.procs import start_worker, stop
+from tests.test_worker_processor import peak_concurrency
+
+
+async def submit_ledger(jobs, ledger, n, seconds=0.3, **kw):
+    return [(await jobs.queued(engine="ledger", operation="work",
+                               parameters={"ledger": str(ledger), "seconds": seconds}, **kw))["_id"] for _ in range(n)]
+
+
+async def test_limit_holds_across_three_processes(db_url, store, jobs, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    ids = await submit_ledger(jobs, ledger, 14)
+    procs = [start_worker(db_url, store.db.name, concurrency=4) for _ in range(3)]
+    try:
+        for i in ids:
+            await wait_status(store, i, "completed", timeout=60)
+    finally:
+        for p in procs:
+            stop(p)
+    pids = {j["result"]["pid"] for j in [await store.jobs.get(i) for i in ids]}
+    assert len(pids) >= 2  # the work really was shared
+    assert peak_concurrency(ledger) == 2  # limit of `ledger` (general's default), never exceeded
+    assert (await store.engines.get("ledger")).get("running", 0) == 0
+
+
+async def test_sigkill_loses_nothing_and_leaks_no_permit(db_url, store, jobs, tmp_path):
+    await store.engines.set_limit("ledger", 4)
+    ledger = tmp_path / "ledger.jsonl"
+    ids = await submit_ledger(jobs, ledger, 8, seconds=3)
+    victim = start_worker(db_url, store.db.name, concurrency=4)
+
+    async def four_running():
+        docs = [await store.jobs.get(i) for i in ids]
+        return sum(d["status"] == "running" for d in docs) == 4
+
+    await eventually(four_running, timeout=30)
+    stop(victim, signal.SIGKILL)
+    engine = await store.engines.get("ledger")
+    assert engine["running"] == 4  # the dead worker's permits are still held...
+    survivor = start_worker(db_url, store.db.name, concurrency=4)
+    try:
+        done = [await wait_status(store, i, "completed", timeout=60) for i in ids]
+    finally:
+        stop(survivor)
+    rescued = [d for d in done if any(e["code"] == "lease_expired" for e in d["errors"])]
+    assert len(rescued) == 4 and all(d["attempt"] == 2 for d in rescued)
+    assert peak_concurrency(ledger) <= 4 + 4  # the killed four never wrote their end lines
+    engine = await store.engines.get("ledger")
+    assert engine.get("running", 0) == 0 and not engine.get("holds")  # ...and came back
+
+
+async def test_poison_job_ends_failed_after_max_attempts(db_url, store, jobs):
+    poison = await jobs.queued(operation="die", retry_config=RetryConfig(max_retries=1))
+    healthy = await jobs.queued(operation="ok")
+    deaths = 0
+    proc = start_worker(db_url, store.db.name, concurrency=2)
+    try:
+        for _ in range(400):
+            if (await store.jobs.get(poison["_id"]))["status"] == "failed":
+                break
+            if proc.poll() is not None:  # a supervisor restarts crashed workers
+                deaths += 1
+                proc = start_worker(db_url, store.db.name, concurrency=2)
+            await asyncio.sleep(0.1)
+        dead = await wait_status(store, poison["_id"], "failed", timeout=5)
+        await wait_status(store, healthy["_id"], "completed", timeout=30)
+    finally:
+        stop(proc)
+    assert dead["attempt"] == 2 and deaths >= 2
+    assert [e["code"] for e in dead["errors"]] == ["lease_expired", "lease_expired"]
+    assert "no attempts left" in dead["last_error"]["message"]
+
+
+async def test_sigterm_hands_running_jobs_back(db_url, store, jobs):
+    job = await jobs.queued(operation="stubborn", parameters={"seconds": 60})
+    proc = start_worker(db_url, store.db.name, concurrency=1, SWITCHYARD_SHUTDOWN_GRACE_SECONDS="0.5")
+    await wait_status(store, job["_id"], "running", timeout=30)
+    assert stop(proc, signal.SIGTERM) == 0
+    back = await store.jobs.get(job["_id"])
+    assert back["status"] == "queued" and back["attempt"] == 0 and back["errors"] == []
+    assert (await store.engines.get("testing")).get("running", 0) == 0
