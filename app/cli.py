@@ -71,6 +71,10 @@ def serve(
         typer.echo(f"admin token (from {s.data_dir / 'admin_token'}): {s.admin_token}", err=True)
     s.public_url = f"http://{host}:{port}"
     typer.echo(f"Switchyard on http://{host}:{port}  (workers: {workers})", err=True)
+    # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal to the
+    # handler found at start-up; a no-op one lets us stop the embedded server and exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(create_app(s, url=url, workers=workers), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5)

@@ -1,0 +1,232 @@
+"""Measure Celery 5.x on a MongoDB-wire-protocol server, for comparison with Switchyard.
+
+Broker: kombu's ``mongodb://`` transport.  Result backend: Celery's MongoDB backend.
+Both live in one dedicated database (``celery_bench``, dropped before each run);
+whatever database the given URL names is replaced by it, the query string is kept
+(pymongo needs ``?directConnection=true`` for a single non-replica-set server, and
+kombu's transport passes it through unchanged).
+
+API (each returns a dict):
+
+* ``drain(url, n, processes, threads, timeout)`` -- pre-fill the queue with ``n``
+  ``delay()`` calls, then start ``processes`` worker subprocesses (threads pool,
+  ``threads`` each) and time from their spawn (interpreter start-up included) until
+  ``n`` SUCCESS documents are in ``celery_taskmeta``:
+  ``{"jobs", "seconds", "jobs_per_s"}``.
+* ``delay_rate(url, seconds)`` -- one client calling ``delay()`` in a loop, no
+  workers: ``{"calls", "per_s"}``.
+* ``end_to_end(url, n, processes, threads)`` -- workers started and warmed up first,
+  then ``n`` tasks submitted one ``delay()`` at a time (the queue stays shallow because
+  workers keep pace with one submitter), timed until all results are stored:
+  ``{"jobs", "seconds", "jobs_per_s"}``.
+
+The worker subprocesses run ``python -m celery -A bench_celery worker`` with cwd set
+to this directory; they rebuild the same app from ``SWITCHYARD_BENCH_CELERY_URL``.
+kombu's mongodb transport polls: an empty poll (or a full prefetch window) sleeps
+``polling_interval`` seconds, 1.0 by default.  The default is kept, as a typical user
+runs it; set ``SWITCHYARD_BENCH_CELERY_POLL`` (seconds) to override it.
+
+Manual use:  python scripts/bench_celery.py --url 'mongodb://127.0.0.1:27555/?directConnection=true'
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+from celery import Celery
+from pymongo import MongoClient
+
+ENV_URL = "SWITCHYARD_BENCH_CELERY_URL"
+ENV_POLL = "SWITCHYARD_BENCH_CELERY_POLL"
+DB = "celery_bench"
+QUEUE = "celery_bench"
+TASK = "bench_celery.noop"
+RESULTS = "celery_taskmeta"  # Celery's MongoDB backend default collection
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def bench_url(url: str) -> str:
+    """``url`` with its database replaced by the dedicated benchmark database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + DB, parts.query, ""))
+
+
+def make_app(url: str):
+    """A Celery app on ``url`` (broker and backend) and its no-op task."""
+    url = bench_url(url)
+    app = Celery("bench_celery", broker=url, backend=url)
+    transport_options = {}
+    if os.environ.get(ENV_POLL):
+        transport_options["polling_interval"] = float(os.environ[ENV_POLL])
+    app.conf.update(
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=TASK)
+    def noop():
+        return None
+
+    return app, noop
+
+
+# The app the worker subprocesses load with ``-A bench_celery``.
+app, noop = make_app(os.environ.get(ENV_URL, "mongodb://127.0.0.1:27017/?directConnection=true"))
+
+
+def _db(url: str):
+    client = MongoClient(bench_url(url))
+    return client, client[DB]
+
+
+def _reset(url: str) -> None:
+    client = MongoClient(bench_url(url))
+    try:
+        client.drop_database(DB)
+    finally:
+        client.close()
+
+
+def _done(db) -> int:
+    return db[RESULTS].count_documents({"status": "SUCCESS"})
+
+
+def _start_workers(url: str, processes: int, threads: int, log) -> list:
+    env = dict(os.environ, **{ENV_URL: url})
+    env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
+    procs = []
+    for i in range(processes):
+        cmd = [sys.executable, "-m", "celery", "-A", "bench_celery", "worker",
+               "--pool", "threads", "--concurrency", str(threads),
+               "--without-gossip", "--without-mingle", "--without-heartbeat",
+               "-Q", QUEUE, "-n", f"bench{i}-{os.getpid()}@%h", "--loglevel", "WARNING"]
+        procs.append(subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
+def _stop_workers(procs: list, grace: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _wait_for(db, target: int, procs: list, timeout: float, log, poll: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while _done(db) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{_done(db)}/{target} results after {timeout}s")
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            log.seek(0)
+            raise RuntimeError("celery worker exited early:\n" + log.read().decode()[-3000:])
+        time.sleep(poll)
+
+
+def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
+          timeout: float = 600) -> dict:
+    """Pre-fill ``n`` tasks, then time ``processes`` workers until all results are stored."""
+    _reset(url)
+    client_app, task = make_app(url)
+    client, db = _db(url)
+    try:
+        for _ in range(n):
+            task.delay()
+        queued = db["messages"].count_documents({"queue": QUEUE})
+        if queued != n:
+            raise RuntimeError(f"expected {n} queued messages, found {queued}")
+        with tempfile.TemporaryFile() as log:
+            t0 = time.monotonic()
+            procs = _start_workers(url, processes, threads, log)
+            try:
+                _wait_for(db, n, procs, timeout, log)
+                seconds = time.monotonic() - t0
+            finally:
+                _stop_workers(procs)
+    finally:
+        client.close()
+        client_app.close()
+        _reset(url)
+    return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
+
+
+def delay_rate(url: str, seconds: float = 5.0) -> dict:
+    """Calls of ``delay()`` per second from one client with no workers running."""
+    _reset(url)
+    client_app, task = make_app(url)
+    try:
+        task.delay()  # connect, declare the queue: not timed
+        calls = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            task.delay()
+            calls += 1
+    finally:
+        client_app.close()
+        _reset(url)
+    return {"calls": calls, "per_s": round(calls / seconds, 2)}
+
+
+def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
+               timeout: float = 600) -> dict:
+    """With warm workers, submit ``n`` tasks one at a time and wait for all results."""
+    _reset(url)
+    client_app, task = make_app(url)
+    client, db = _db(url)
+    try:
+        with tempfile.TemporaryFile() as log:
+            procs = _start_workers(url, processes, threads, log)
+            try:
+                for _ in range(processes):  # warm-up: workers up and consuming
+                    task.delay()
+                _wait_for(db, processes, procs, 120, log)
+                time.sleep(1.0)  # let every worker settle into its polling loop
+                t0 = time.monotonic()
+                for _ in range(n):
+                    task.delay()
+                _wait_for(db, n + processes, procs, timeout, log)
+                seconds = time.monotonic() - t0
+            finally:
+                _stop_workers(procs)
+    finally:
+        client.close()
+        client_app.close()
+        _reset(url)
+    return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", required=True, help="mongodb:// URL of the server")
+    ap.add_argument("--n", type=int, default=2000, help="tasks for drain")
+    ap.add_argument("--e2e-n", type=int, default=300, help="tasks for end_to_end")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of delay_rate")
+    ap.add_argument("--timeout", type=float, default=600)
+    a = ap.parse_args(argv)
+    for name, fn in [
+        ("delay_rate", lambda: delay_rate(a.url, a.seconds)),
+        ("end_to_end", lambda: end_to_end(a.url, a.e2e_n, a.processes, a.threads, a.timeout)),
+        ("drain", lambda: drain(a.url, a.n, a.processes, a.threads, a.timeout)),
+    ]:
+        t = time.monotonic()
+        result = fn()
+        print(f"{name}: {result}  (wall {time.monotonic() - t:.1f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
