@@ -109,6 +109,4 @@ def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, r
         "dedupe_key": spec.dedupe_key,
         "cancel_requested": False,
     }
-    if spec.dedupe_key:
-        doc["dedupe_active"] = f"{owner}:{spec.dedupe_key}"
     return doc

@@ -46,6 +46,7 @@ class Store:
     """Bundles the per-collection stores that share one database and one clock."""
 
     def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None) -> None:
+        from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
         from app.store.jobs import JobStore
         from app.store.workers import WorkerStore
@@ -56,7 +57,7 @@ class Store:
         self.clock = Clock(self.db)
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
-        self.jobs = JobStore(self.db, settings, self.clock, self.engines)
+        self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db))
 
     async def start(self) -> None:
         await self.clock.sync()

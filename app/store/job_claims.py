@@ -52,6 +52,7 @@ class ClaimMixin:
                  "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
         taken = 0
         moved: dict[int, int] = {}
+        claimed_ids: list[str] = []  # candidates we tried; the token tells which we won
         for p in PRIORITIES:
             lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
             start = lo
@@ -61,9 +62,9 @@ class ClaimMixin:
                 found, lo = await self._window(name, p, lo, hi, k - taken)
                 if not found:
                     break
-                res = await self.col.update_many(
-                    {"_id": {"$in": [f["_id"] for f in found]}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}}
-                )
+                ids = [f["_id"] for f in found]
+                res = await self.col.update_many({"_id": {"$in": ids}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}})
+                claimed_ids += ids
                 taken += res.modified_count
                 lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
             if lo > start:
@@ -73,7 +74,7 @@ class ClaimMixin:
         await self.engines.after_claim(name, moved, taken)
         if not taken:
             return []
-        docs = await self.col.find({"lease_token": token}).to_list(None)
+        docs = await self.col.find({"_id": {"$in": claimed_ids}, "lease_token": token}).to_list(None)
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
         return docs
 
@@ -121,9 +122,13 @@ class ClaimMixin:
         return moved
 
     async def expired_leases(self, now: datetime, limit: int = 100) -> list[dict]:
-        return await self.col.find(
-            {"status": JobStatus.RUNNING.value, "lease_expires_at": {"$gte": EPOCH, "$lt": now}}
-        ).limit(limit).to_list(limit)
+        """Running jobs whose lease has passed, found per engine through the claim index's
+        (engine, status) prefix: running jobs are few (bounded by the limits)."""
+        out: list[dict] = []
+        for engine in await self.engines.list():
+            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}).to_list(None)
+            out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
+        return out[:limit]
 
     async def rescue(self, job: dict, now: datetime) -> str:
         """running with an expired lease → queued (attempt counted) or failed when no
@@ -131,15 +136,16 @@ class ClaimMixin:
         attempt = job.get("attempt", 1)
         error = {"code": "lease_expired", "attempt": attempt, "at": now, "worker": job.get("lease_owner"),
                  "message": f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} stopped or stalled)"}
+        # the exact expiry read: a heartbeat that renewed the lease meanwhile wins
         guard = {"_id": job["_id"], "status": JobStatus.RUNNING.value, "lease_token": job["lease_token"],
-                 "lease_expires_at": {"$lt": now}}
+                 "lease_expires_at": job["lease_expires_at"]}
         clear = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
         retry = RetryConfig(**job["retry_config"])
         if attempt >= retry.max_attempts:
             error["message"] += f"; no attempts left ({attempt}/{retry.max_attempts})"
             res = await self.col.update_one(guard, {
                 "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now},
-                "$push": {"errors": error}, "$unset": {**clear, "dedupe_active": ""}})
+                "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
         seq = await self.engines.allocate(job["engine"], job["priority"], 1)
         res = await self.col.update_one(guard, {

@@ -13,9 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from app.domain.models import JobSpec, new_job_document
 from app.domain.retry import RetryConfig
@@ -26,7 +25,7 @@ from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 
 RUNNING = JobStatus.RUNNING.value
-LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": "", "dedupe_active": ""}
+LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
 
 
 def new_id() -> str:
@@ -34,23 +33,24 @@ def new_id() -> str:
 
 
 class JobStore(ClaimMixin, ReadMixin):
-    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines) -> None:
+    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe) -> None:
         self.col = db["jobs"]
+        self.dedupe = dedupe
         self.settings = settings
         self.clock = clock
         self.engines = engines
 
     async def ensure_indexes(self) -> None:
+        """Few indexes on purpose: each one costs every transition a write on SecantusDB
+        (measured in docs/claiming.md). Everything else is found through these."""
         c = self.col
-        # The claim window: equality on engine/status/priority, a bounded range on seq.
+        # The claim window; its (engine, status) prefix also finds running jobs for the rescuer.
         await c.create_index([("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("seq", ASCENDING)])
-        await c.create_index("lease_token", sparse=True)
-        await c.create_index([("status", ASCENDING), ("run_at", ASCENDING)])
-        await c.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
-        await c.create_index("dedupe_active", unique=True, partialFilterExpression={"dedupe_active": {"$exists": True}})
-        await c.create_index([("workflow_id", ASCENDING), ("_id", DESCENDING)], sparse=True)
-        await c.create_index([("status", ASCENDING), ("_id", DESCENDING)])
-        await c.create_index([("engine", ASCENDING), ("_id", DESCENDING)])
+        # The promoter: only scheduled jobs are in it.
+        await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
+        # A workflow's steps: only workflow steps are in it.
+        await c.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)],
+                             partialFilterExpression={"workflow_id": {"$type": "string"}})
 
     def default_retry(self) -> RetryConfig:
         s = self.settings
@@ -62,26 +62,47 @@ class JobStore(ClaimMixin, ReadMixin):
     async def submit(self, spec: JobSpec, owner: str) -> tuple[dict, bool]:
         """Insert one job. Returns `(job, created)`; `created` is False when a live job with
         the same `dedupe_key` exists, which is returned instead."""
-        if spec.dedupe_key:
-            existing = await self.col.find_one({"dedupe_active": f"{owner}:{spec.dedupe_key}"})
-            if existing:
+        doc = self.build(spec, owner)
+        key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
+        while key:
+            bound = await self.dedupe.claim(key, doc["_id"])
+            if bound is None:
+                break
+            existing = await self.col.find_one({"_id": bound})
+            if existing is not None and not JobStatus(existing["status"]).terminal:
                 return existing, False
-        doc = new_job_document(spec, job_id=new_id(), owner=owner, now=self.clock.now(), retry=spec.retry_config or self.default_retry())
-        queued = doc["status"] == JobStatus.QUEUED
-        if queued:
+            await self.dedupe.drop_stale(key, bound)  # its job finished: the key is free
+        if doc["status"] == JobStatus.QUEUED:
             doc["seq"] = await self.engines.allocate(doc["engine"], doc["priority"], 1)
         else:
             await self.engines.ensure(doc["engine"])
         try:
             await self.col.insert_one(doc)
-        except DuplicateKeyError:
-            if queued:  # the number we took stays unused; only the counter needs mending
-                await self.engines.count_left_queue(doc["engine"], 1)
-            existing = await self.col.find_one({"dedupe_active": doc["dedupe_active"]})
-            if existing is None:  # it finished in between: try once more
-                return await self.submit(spec, owner)
-            return existing, False
+        except BaseException:
+            if key:
+                await self.dedupe.release(key, doc["_id"])
+            raise
         return doc, True
+
+    async def insert_many(self, docs: list[dict]) -> None:
+        """Insert new job documents together (`new_job_document` output). Queued ones get
+        their seqs with one `$inc` per (engine, priority)."""
+        groups: dict[tuple[str, int], list[dict]] = {}
+        for d in docs:
+            if d["status"] == JobStatus.QUEUED:
+                groups.setdefault((d["engine"], d["priority"]), []).append(d)
+        for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
+            await self.engines.ensure(engine)
+        for (engine, prio), members in groups.items():
+            first = await self.engines.allocate(engine, prio, len(members))
+            for i, d in enumerate(members):
+                d["seq"] = first + i
+        for i in range(0, len(docs), 5000):
+            await self.col.insert_many(docs[i:i + 5000], ordered=False)
+
+    def build(self, spec: JobSpec, owner: str, **kw: Any) -> dict:
+        return new_job_document(spec, job_id=new_id(), owner=owner, now=self.clock.now(),
+                                retry=spec.retry_config or self.default_retry(), **kw)
 
     # --- guarded transitions -------------------------------------------------------------
     async def _leased(self, job_id: str, token: str, update: dict[str, Any]) -> None:
@@ -120,7 +141,7 @@ class JobStore(ClaimMixin, ReadMixin):
             "$set": {"status": JobStatus.SCHEDULED.value, "last_error": error, "run_at": run_at},
             "$push": {"errors": error},
             "$inc": {"retry_count": 1},
-            "$unset": {k: "" for k in ("lease_owner", "lease_token", "lease_expires_at")},
+            "$unset": LEASE_FIELDS,
         })
 
     async def release(self, job_id: str, token: str, engine: str, priority: int) -> None:
@@ -130,7 +151,7 @@ class JobStore(ClaimMixin, ReadMixin):
             await self._leased(job_id, token, {
                 "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},
                 "$inc": {"attempt": -1},
-                "$unset": {k: "" for k in ("lease_owner", "lease_token", "lease_expires_at")},
+                "$unset": LEASE_FIELDS,
             })
         except LeaseLost:
             await self.engines.count_left_queue(engine, 1)
@@ -158,7 +179,7 @@ class JobStore(ClaimMixin, ReadMixin):
                 res = await self.col.update_one(
                     {"_id": job_id, "status": status.value},
                     {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason},
-                     "$unset": {"dedupe_active": ""}},
+                     },
                 )
                 if res.modified_count and status == JobStatus.QUEUED:
                     await self.engines.count_left_queue(job["engine"], 1)

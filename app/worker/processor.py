@@ -49,7 +49,7 @@ class JobProcessor:
         await self.store.clock.sync()
         await self._register()
         for loop in (self._fetch_loop, self._heartbeat_loop, self._cancel_loop, self._wake_loop):
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))  # fetch first
         self.log.info("worker.started", concurrency=self.concurrency, engines=sorted(self.only or []) or "all")
 
     async def _register(self) -> None:
@@ -62,6 +62,9 @@ class JobProcessor:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self.stopping = True
         self.wake.set()
+        # let a claim in flight finish and launch its jobs, so none is left leased but unrun
+        fetch = self._tasks[0]
+        await asyncio.wait([fetch], timeout=10)
         if self._execs:
             self.log.info("worker.draining", running=len(self._execs), grace_seconds=grace)
             await asyncio.wait(self._execs, timeout=grace)
