@@ -36,8 +36,18 @@ async def test_complete_requires_the_current_lease(jobs, store):
     done = await store.jobs.get(job["_id"])
     assert done["status"] == "completed" and done["result"] == {"x": 1} and done["execution_time_ms"] == 7
     assert "lease_token" not in done
-    with pytest.raises(LeaseLost):  # a second completion is refused too
-        await store.jobs.complete(job["_id"], job["lease_token"], {"x": 2}, 1)
+    # the same lease completing again is an idempotent no-op: nothing is overwritten
+    await store.jobs.complete(job["_id"], job["lease_token"], {"x": 2}, 1)
+    assert (await store.jobs.get(job["_id"]))["result"] == {"x": 1}
+
+
+async def test_complete_many_reports_exactly_the_lost_leases(jobs, store):
+    a, b, c = [await jobs.running() for _ in range(3)]
+    await store.jobs.complete(b["_id"], b["lease_token"], {"first": True}, 1)  # b finished by its lease
+    lost = await store.jobs.complete_many([(a["_id"], a["lease_token"], 1, 1), (b["_id"], "stale", 2, 1),
+                                           (c["_id"], c["lease_token"], 3, 1)])
+    assert lost == {b["_id"]}
+    assert [(await store.jobs.get(j["_id"]))["result"] for j in (a, b, c)] == [1, {"first": True}, 3]
 
 
 async def test_fail_records_the_error_history(jobs, store):

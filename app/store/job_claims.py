@@ -29,13 +29,14 @@ MAX_WINDOW = 1 << 20
 
 
 class ClaimMixin:
-    async def _window(self, engine: str, priority: int, lo: int, hi: int, need: int) -> tuple[list[dict], int]:
+    async def _window(self, engine: str, priority: int, lo: int, hi: int, need: int,
+                      projection: dict | None = None) -> tuple[list[dict], int]:
         """Candidates from the first non-empty window at or after `lo`, probing in growing
         steps. Returns them and the new lower bound (everything below it has left queued)."""
         width = max(64, need * 4)
         while lo < hi:
             filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}
-            found = await self.col.find(filt, {"_id": 1, "seq": 1, "queued_at": 1}).sort("seq", 1).limit(need).to_list(need)
+            found = await self.col.find(filt, projection).sort("seq", 1).limit(need).to_list(need)
             if found:
                 return found, found[0]["seq"]
             lo += width
@@ -52,7 +53,8 @@ class ClaimMixin:
                  "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
         taken = 0
         moved: dict[int, int] = {}
-        claimed_ids: list[str] = []  # candidates we tried; the token tells which we won
+        mine: list[dict] = []  # rounds we won outright: the candidates as read, stamped here
+        contested: list[str] = []  # rounds another claimer shared: the token tells which we won
         for p in PRIORITIES:
             lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
             start = lo
@@ -64,7 +66,10 @@ class ClaimMixin:
                     break
                 ids = [f["_id"] for f in found]
                 res = await self.col.update_many({"_id": {"$in": ids}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}})
-                claimed_ids += ids
+                if res.modified_count == len(found):
+                    mine += [{**f, **stamp, "attempt": f.get("attempt", 0) + 1} for f in found]
+                else:
+                    contested += ids
                 taken += res.modified_count
                 lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
             if lo > start:
@@ -74,7 +79,9 @@ class ClaimMixin:
         await self.engines.after_claim(name, moved, taken)
         if not taken:
             return []
-        docs = await self.col.find({"_id": {"$in": claimed_ids}, "lease_token": token}).to_list(None)
+        docs = mine
+        if contested:
+            docs += await self.col.find({"_id": {"$in": contested}, "lease_token": token}).to_list(None)
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
         return docs
 

@@ -61,7 +61,7 @@ class ReadMixin:
             lo, hi = (engine.get("cursor") or {}).get(band(p), 0), (engine.get("seq") or {}).get(band(p), 0)
             if lo >= hi:
                 continue
-            found, _ = await self._window(engine["_id"], p, lo, hi, 1)
+            found, _ = await self._window(engine["_id"], p, lo, hi, 1, {"queued_at": 1, "seq": 1})
             if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
                 oldest = found[0]["queued_at"]
         return oldest

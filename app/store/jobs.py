@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.domain.models import JobSpec, new_job_document
@@ -118,12 +118,26 @@ class JobStore(ClaimMixin, ReadMixin):
         await self._leased(job_id, token, {"$set": {"progress": {"percent": percent, "stage": stage, "data": data}}})
 
     async def complete(self, job_id: str, token: str, result: Any, execution_ms: int) -> None:
+        if await self.complete_many([(job_id, token, result, execution_ms)]):
+            raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
+
+    async def complete_many(self, items: list[tuple[str, str, Any, int]]) -> set[str]:
+        """running → completed for many jobs in one round trip, each guarded by its own
+        lease. Returns the ids whose lease was lost (nothing was written for them).
+        `finished_token` records which lease finished the job, which is how a partial
+        success is told apart from another owner's completion."""
         now = self.clock.now()
-        await self._leased(job_id, token, {
+        ops = [UpdateOne({"_id": jid, "status": RUNNING, "lease_token": token}, {
             "$set": {"status": JobStatus.COMPLETED.value, "result": result, "completed_at": now,
-                     "execution_time_ms": execution_ms, "progress.percent": 100.0},
+                     "execution_time_ms": ms, "progress.percent": 100.0, "finished_token": token},
             "$unset": LEASE_FIELDS,
-        })
+        }) for jid, token, result, ms in items]
+        res = await self.col.bulk_write(ops, ordered=False)
+        if res.modified_count == len(items):
+            return set()
+        tokens = {jid: token for jid, token, _, _ in items}
+        docs = await self.col.find({"_id": {"$in": list(tokens)}}, {"finished_token": 1}).to_list(None)
+        return {d["_id"] for d in docs if d.get("finished_token") != tokens[d["_id"]]} | (set(tokens) - {d["_id"] for d in docs})
 
     async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None) -> None:
         """running → failed: a permanent error, or the last attempt failed."""

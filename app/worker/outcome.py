@@ -73,13 +73,15 @@ def classify_exception(exc: BaseException) -> Outcome:
     return Failure(type(exc).__name__, str(exc) or repr(exc))
 
 
-async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str) -> str:
-    """Perform the transition for `outcome`; returns the job's new status ("" for Lost)."""
+async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str,
+                complete=None) -> str:
+    """Perform the transition for `outcome`; returns the job's new status ("" for Lost).
+    `complete` may batch completions (see `completer.py`); it defaults to the store's."""
     jobs = store.jobs
     jid = job["_id"]
     match outcome:
         case Success(result=result):
-            await jobs.complete(jid, token, result, execution_ms)
+            await (complete or jobs.complete)(jid, token, result, execution_ms)
             return "completed"
         case Cancelled(reason=reason):
             await jobs.cancel_running(jid, token, reason)

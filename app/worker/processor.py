@@ -20,6 +20,7 @@ from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import PRIORITIES, band
 from app.worker import outcome as oc
+from app.worker.completer import Completer
 from app.worker.executor import Execution
 
 
@@ -39,6 +40,7 @@ class JobProcessor:
         self.busy: dict[str, int] = defaultdict(int)
         self.running: dict[str, Execution] = {}
         self.wake = asyncio.Event()
+        self.completer = Completer(store)
         self.stopping = False
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -155,7 +157,7 @@ class JobProcessor:
         ex.log.info("job.started")
         try:
             outcome, ms = await ex.run()
-            status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id)
+            status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.completer.complete)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)
         except LeaseLost:
