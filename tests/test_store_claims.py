@@ -119,3 +119,26 @@ async def test_queue_counter_follows_claims_and_oldest_age(jobs, store):
     assert doc["queued"] == 3 and await store.jobs.count_queued("testing") == 3
     oldest = await store.jobs.oldest_queued_at(doc)
     assert oldest is not None and oldest <= store.clock.now()
+
+
+def _stages(plan: dict):
+    yield plan
+    for key in ("inputStage", "queryPlan"):
+        if isinstance(plan.get(key), dict):
+            yield from _stages(plan[key])
+    for sub in plan.get("inputStages", []):
+        yield from _stages(sub)
+
+
+async def test_claim_window_is_an_index_scan_bounded_by_the_window(jobs, store):
+    """On either server: the claim query uses the claim index, and the keys it examines are
+    bounded by the window, not by the queue's depth."""
+    spec = jobs.spec()
+    await store.jobs.insert_many([store.jobs.build(spec, "admin") for _ in range(5000)])
+    for lo in (0, 4000):
+        plan = await store.jobs.explain_window("testing", 5, lo, 64, 16)
+        winning = plan["queryPlanner"]["winningPlan"]
+        scans = [s for s in _stages(winning) if s.get("stage") == "IXSCAN"]
+        assert scans and scans[0]["keyPattern"] == {"engine": 1, "status": 1, "priority": 1, "seq": 1}
+        assert plan["executionStats"]["totalKeysExamined"] <= 64 + 1
+        assert plan["executionStats"]["totalDocsExamined"] <= 64

@@ -43,6 +43,12 @@ class ClaimMixin:
             width = min(width * 4, MAX_WINDOW)
         return [], hi
 
+    async def explain_window(self, engine: str, priority: int, lo: int, width: int, need: int) -> dict:
+        """The server's `executionStats` plan for one claim window (for tests and docs)."""
+        filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}
+        return await self.col.database.command({"explain": {"find": self.col.name, "filter": filt, "sort": {"seq": 1},
+                                                            "limit": need}, "verbosity": "executionStats"})
+
     async def claim(self, engine: dict, worker: str, k: int) -> list[dict]:
         """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`, in
         strict priority order, FIFO within a priority. The caller must hold `k` permits."""
