@@ -69,7 +69,8 @@ def serve(
     s.admin_token = _admin_token(s)
     if not Settings().admin_token:
         typer.echo(f"admin token (from {s.data_dir / 'admin_token'}): {s.admin_token}", err=True)
-    s.public_url = f"http://{host}:{port}"
+    if "public_url" not in s.model_fields_set:  # links in emails and logs point here
+        s.public_url = f"http://{host}:{port}"
     typer.echo(f"Switchyard on http://{host}:{port}  (workers: {workers})", err=True)
     # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal to the
     # handler found at start-up; a no-op one lets us stop the embedded server and exit 0.

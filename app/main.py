@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import registry
-from app.api import errors, health, jobs, queues
+from app.api import errors, health, jobs, queues, workflows
 from app.settings import Settings
 from app.store import Store, connect
 from app.worker.maintenance import Maintenance
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     errors.install(app)
     app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(workflows.router)
     app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(jobs.router)
     return app

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # queues
     queue_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_QUEUE_LIMITS))
 
+    # workflows
+    workflow_max_steps: int = Field(10_000, ge=1, le=100_000)
+
     # handlers
     handlers: str = Field("", description="extra handler modules, comma-separated")
     http_allowlist: str = Field("", description="hosts or CIDRs the http_request handler may reach even if private")

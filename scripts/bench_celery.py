@@ -1,32 +1,30 @@
 """Measure Celery 5.x on a MongoDB-wire-protocol server, for comparison with Switchyard.
 
-Broker: kombu's ``mongodb://`` transport.  Result backend: Celery's MongoDB backend.
-Both live in one dedicated database (``celery_bench``, dropped before each run);
-whatever database the given URL names is replaced by it, the query string is kept
-(pymongo needs ``?directConnection=true`` for a single non-replica-set server, and
-kombu's transport passes it through unchanged).
+Broker: kombu's ``mongodb://`` transport; result backend: Celery's MongoDB backend.
+Both use one dedicated database, ``celery_bench``, dropped before and after each run.
+The database named in the given URL is replaced and the query string kept: pymongo
+needs ``?directConnection=true`` for a single server, and kombu passes it through.
 
 API (each returns a dict):
 
-* ``drain(url, n, processes, threads, timeout)`` -- pre-fill the queue with ``n``
-  ``delay()`` calls, then start ``processes`` worker subprocesses (threads pool,
-  ``threads`` each) and time from their spawn (interpreter start-up included) until
-  ``n`` SUCCESS documents are in ``celery_taskmeta``:
-  ``{"jobs", "seconds", "jobs_per_s"}``.
-* ``delay_rate(url, seconds)`` -- one client calling ``delay()`` in a loop, no
-  workers: ``{"calls", "per_s"}``.
-* ``end_to_end(url, n, processes, threads)`` -- workers started and warmed up first,
-  then ``n`` tasks submitted one ``delay()`` at a time (the queue stays shallow because
-  workers keep pace with one submitter), timed until all results are stored:
-  ``{"jobs", "seconds", "jobs_per_s"}``.
+* ``drain(url, n, processes, threads, timeout)``: pre-fill the queue with ``n``
+  ``delay()`` calls, start ``processes`` worker subprocesses (threads pool,
+  ``threads`` each), time from their spawn (start-up included) until ``n`` results
+  are stored: ``{"jobs", "seconds", "jobs_per_s"}``.
+* ``delay_rate(url, seconds)``: one client calling ``delay()`` in a loop, no workers:
+  ``{"calls", "per_s"}``.
+* ``end_to_end(url, n, processes, threads, timeout, window)``: warm workers first,
+  then ``n`` tasks submitted one ``delay()`` at a time with at most ``window`` in
+  flight, timed until all results are stored: ``{"jobs", "seconds", "jobs_per_s"}``.
 
-The worker subprocesses run ``python -m celery -A bench_celery worker`` with cwd set
-to this directory; they rebuild the same app from ``SWITCHYARD_BENCH_CELERY_URL``.
-kombu's mongodb transport polls: an empty poll (or a full prefetch window) sleeps
-``polling_interval`` seconds, 1.0 by default.  The default is kept, as a typical user
-runs it; set ``SWITCHYARD_BENCH_CELERY_POLL`` (seconds) to override it.
+Workers run ``python -m celery -A bench_celery worker`` with cwd set to this folder
+and rebuild the same app from ``SWITCHYARD_BENCH_CELERY_URL``.  kombu's mongodb
+transport polls: when a poll finds nothing (or the prefetch window is full) the
+worker sleeps ``polling_interval``, 1.0 s by default.  The default is kept, as a
+typical user runs it; ``SWITCHYARD_BENCH_CELERY_POLL=<seconds>`` overrides it.
 
-Manual use:  python scripts/bench_celery.py --url 'mongodb://127.0.0.1:27555/?directConnection=true'
+Manual use:
+  python scripts/bench_celery.py --url 'mongodb://127.0.0.1:27555/?directConnection=true'
 """
 import argparse
 import os
@@ -37,8 +35,10 @@ import tempfile
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import kombu.transport.mongodb as kombu_mongodb
 from celery import Celery
 from pymongo import MongoClient
+from pymongo.errors import CollectionInvalid
 
 ENV_URL = "SWITCHYARD_BENCH_CELERY_URL"
 ENV_POLL = "SWITCHYARD_BENCH_CELERY_POLL"
@@ -62,12 +62,8 @@ def make_app(url: str):
     transport_options = {}
     if os.environ.get(ENV_POLL):
         transport_options["polling_interval"] = float(os.environ[ENV_POLL])
-    app.conf.update(
-        task_default_queue=QUEUE,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options=transport_options,
-        worker_hijack_root_logger=False,
-    )
+    app.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True,
+                    broker_transport_options=transport_options, worker_hijack_root_logger=False)
 
     @app.task(name=TASK)
     def noop():
@@ -75,6 +71,21 @@ def make_app(url: str):
 
     return app, noop
 
+
+_create_broadcast = kombu_mongodb.Channel._create_broadcast
+
+
+def _create_broadcast_tolerant(self, database):
+    # kombu lists collections, then creates the capped ``messages.broadcast``; on
+    # SecantusDB that check-then-create once crashed a starting worker with
+    # CollectionInvalid although the collection already existed.  Tolerate it.
+    try:
+        _create_broadcast(self, database)
+    except CollectionInvalid:
+        pass
+
+
+kombu_mongodb.Channel._create_broadcast = _create_broadcast_tolerant
 
 # The app the worker subprocesses load with ``-A bench_celery``.
 app, noop = make_app(os.environ.get(ENV_URL, "mongodb://127.0.0.1:27017/?directConnection=true"))
@@ -86,11 +97,9 @@ def _db(url: str):
 
 
 def _reset(url: str) -> None:
-    client = MongoClient(bench_url(url))
-    try:
+    client, _ = _db(url)
+    with client:
         client.drop_database(DB)
-    finally:
-        client.close()
 
 
 def _start_workers(url: str, processes: int, threads: int, log) -> list:
@@ -121,11 +130,8 @@ def _stop_workers(procs: list, grace: float = 10.0) -> None:
 
 
 def _wait_for(db, target: int, procs: list, timeout: float, log) -> None:
-    """Block until ``target`` results are stored.
-
-    Counting scans the collection on some servers (18 ms at 2000 docs on SecantusDB),
-    so the poll interval is 20x the last count's cost (0.05..1 s): <=5% extra load.
-    """
+    """Block until ``target`` results are stored.  Counting scans on SecantusDB (18 ms
+    at 2000 docs): sleep 20x the last count's cost (0.05..1 s), <=5% extra load."""
     deadline = time.monotonic() + timeout
     while True:
         t = time.monotonic()
@@ -141,9 +147,12 @@ def _wait_for(db, target: int, procs: list, timeout: float, log) -> None:
 
 
 def _check(db, target: int) -> None:
-    ok = db[RESULTS].count_documents({"status": "SUCCESS"})
-    if ok != target:
+    if (ok := db[RESULTS].count_documents({"status": "SUCCESS"})) != target:
         raise RuntimeError(f"{ok} SUCCESS results, expected {target}")
+
+
+def _rate(n: int, seconds: float) -> dict:
+    return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
 
 
 def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
@@ -171,7 +180,7 @@ def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
         client.close()
         client_app.close()
         _reset(url)
-    return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
+    return _rate(n, seconds)
 
 
 def delay_rate(url: str, seconds: float = 5.0) -> dict:
@@ -192,12 +201,14 @@ def delay_rate(url: str, seconds: float = 5.0) -> dict:
 
 
 def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
-               timeout: float = 600, window: int = 0) -> dict:
+               timeout: float = 600, window: int | None = None) -> dict:
     """With warm workers, submit ``n`` tasks one at a time and wait for all results.
 
-    ``window`` > 0 caps the tasks in flight (submitted, result not stored) so the queue
-    stays at most that deep even when ``delay()`` outruns the workers; 0 = no cap.
+    At most ``window`` tasks are in flight (submitted, result not stored), so the queue
+    stays shallow even though one ``delay()`` caller outruns the workers; the default
+    is ``processes * threads`` (one free thread per task); 0 = no cap.
     """
+    window = processes * threads if window is None else window
     _reset(url)
     client_app, task = make_app(url)
     client, db = _db(url)
@@ -227,7 +238,7 @@ def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
         client.close()
         client_app.close()
         _reset(url)
-    return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
+    return _rate(n, seconds)
 
 
 def main(argv=None) -> None:
@@ -239,7 +250,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of delay_rate")
     ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--window", type=int, default=0, help="end_to_end in-flight cap (0: none)")
+    ap.add_argument("--window", type=int, default=None,
+                    help="end_to_end in-flight cap (default processes*threads; 0: none)")
     a = ap.parse_args(argv)
     for name, fn in [
         ("delay_rate", lambda: delay_rate(a.url, a.seconds)),

@@ -69,3 +69,17 @@ async def work(ctx: JobContext) -> dict:
     with path.open("a") as f:
         f.write(json.dumps({"job": ctx.job_id, "pid": os.getpid(), "event": "end", "t": time.time()}) + "\n")
     return {"pid": os.getpid()}
+
+
+@handler(engine="testing", operation="collect")
+async def collect(ctx: JobContext) -> dict:
+    """Returns what it received from its parents, plus its own `value` parameter."""
+    return {"value": ctx.params.get("value"), "parents": ctx.parents, "n_parents": len(ctx.parents)}
+
+
+@handler(engine="testing", operation="fail_unless")
+async def fail_unless(ctx: JobContext) -> dict:
+    """Fails permanently until the file named by `marker` exists."""
+    if not Path(ctx.params["marker"]).exists():
+        raise PermanentError("not_yet", "the marker file is missing")
+    return {"ok": True}

@@ -142,3 +142,10 @@ async def test_claim_window_is_an_index_scan_bounded_by_the_window(jobs, store):
         assert scans and scans[0]["keyPattern"] == {"engine": 1, "status": 1, "priority": 1, "seq": 1}
         assert plan["executionStats"]["totalKeysExamined"] <= 64 + 1
         assert plan["executionStats"]["totalDocsExamined"] <= 64
+
+
+async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
+    await asyncio.gather(*(jobs.queued(engine="brand_new") for _ in range(200)))
+    doc = await store.engines.get("brand_new")
+    assert doc["queued"] == 200 == await store.jobs.count_queued("brand_new")
+    assert doc["seq"]["p5"] == 200 and not doc.get("inflight")

@@ -12,6 +12,7 @@ from app.api.schemas import History, JobOut, JobPage, SubmitOut
 from app.domain.models import JobSpec, NAME_PATTERN
 from app.domain.states import JobStatus
 from app.errors import ValidationFailed
+from app.store.why import explain
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{24}$"
@@ -68,9 +69,15 @@ async def history(
 
 @router.get("/{job_id}/status", response_model=JobOut)
 async def status(job_id: str, request: Request, who: Principal = Depends(require_principal)):
-    return JobOut.of(await request.app.state.store.jobs.get(job_id))
+    store = request.app.state.store
+    job = await store.jobs.get(job_id)
+    return JobOut.of(job, why=await explain(store, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
-    return JobOut.of(await request.app.state.store.jobs.cancel(job_id))
+    store = request.app.state.store
+    job = await store.jobs.cancel(job_id)
+    if job.get("workflow_id") and job["status"] == "cancelled":
+        await store.workflows.settle(job_id)  # its dependents are cancelled too
+    return JobOut.of(job)

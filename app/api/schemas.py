@@ -56,10 +56,11 @@ class JobOut(BaseModel):
     cancel_reason: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    why: dict | None = Field(None, description="why a job that is not running yet waits: reasons as data")
 
     @classmethod
-    def of(cls, doc: dict) -> "JobOut":
-        return cls(id=doc["_id"], **{k: v for k, v in doc.items() if k in cls.model_fields and k != "id"})
+    def of(cls, doc: dict, **extra) -> "JobOut":
+        return cls(id=doc["_id"], **{k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}, **extra)
 
 
 class SubmitOut(JobOut):

@@ -50,6 +50,7 @@ class Store:
         from app.store.engines import EngineStore
         from app.store.jobs import JobStore
         from app.store.workers import WorkerStore
+        from app.store.workflows import WorkflowStore
 
         self.client = client
         self.settings = settings
@@ -58,10 +59,12 @@ class Store:
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
         self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db))
+        self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs)
 
     async def start(self) -> None:
         await self.clock.sync()
-        await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes())
+        await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes(),
+                             self.workflows.ensure_indexes())
 
     async def ping(self) -> bool:
         try:

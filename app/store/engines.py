@@ -18,6 +18,8 @@ The collection is tiny, so `$expr` guards and `find_one_and_update` are fine her
 
 from __future__ import annotations
 
+import uuid
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -36,6 +38,7 @@ def band(priority: int) -> str:
 class EngineStore:
     def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
         self.col = db["engines"]
+        self._known: set[str] = set()  # engines whose document exists
         self.settings = settings
         self.clock = clock
 
@@ -49,12 +52,9 @@ class EngineStore:
         """The engine's document, created on first use with its default limit."""
         doc = await self.col.find_one({"_id": engine})
         if doc is None:
-            doc = await self.col.find_one_and_update(
-                {"_id": engine},
-                {"$setOnInsert": self._defaults(engine)},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
+            await self.col.update_one({"_id": engine}, {"$setOnInsert": self._defaults(engine)}, upsert=True)
+            doc = await self.col.find_one({"_id": engine})
+        self._known.add(engine)
         return doc
 
     async def get(self, engine: str) -> dict:
@@ -66,16 +66,39 @@ class EngineStore:
     async def list(self) -> list[dict]:
         return await self.col.find({}).sort("_id", 1).to_list(None)
 
-    async def allocate(self, engine: str, priority: int, n: int) -> int:
-        """Take `n` consecutive sequence numbers of a band; returns the first. Counts the
-        `n` jobs as queued and wakes claimers, in the same write."""
-        doc = await self.col.find_one_and_update(
-            {"_id": engine},
-            {"$inc": {f"seq.{band(priority)}": n, "queued": n, "wake": 1}, "$setOnInsert": self._defaults(engine)},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        return doc["seq"][band(priority)] - n
+    @asynccontextmanager
+    async def enqueue(self, engine: str, priority: int, n: int):
+        """Take `n` consecutive sequence numbers of a band for jobs about to enter `queued`
+        (yields the first) and count them as queued. Until the block has written the jobs,
+        an `inflight` marker holds the band's cursor where it is, so a claimer can never move
+        it past a job whose write has not landed yet. On exit the marker goes and claimers
+        are woken."""
+        tag = f"{band(priority)}_{uuid.uuid4().hex[:12]}"
+        update = {"$inc": {f"seq.{band(priority)}": n, "queued": n}, "$set": {f"inflight.{tag}": self.clock.now()}}
+        # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
+        # a retry would then count the jobs twice. The document is created first, once.
+        if engine not in self._known:
+            await self.ensure(engine)
+        doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
+        first = doc["seq"][band(priority)] - n
+        try:
+            yield first
+        finally:
+            await self.col.update_one({"_id": engine}, {"$unset": {f"inflight.{tag}": ""}, "$inc": {"wake": 1}})
+
+    @staticmethod
+    def cursor_ceiling(engine: dict, priority: int) -> int | None:
+        """While a band has writes in flight its cursor stays where it is."""
+        if any(tag.startswith(band(priority) + "_") for tag in engine.get("inflight") or {}):
+            return (engine.get("cursor") or {}).get(band(priority), 0)
+        return None
+
+    async def drop_stale_inflight(self, engine: dict, older_than) -> int:
+        """Markers left by a writer that died mid-enqueue; orphan sweeping covers its jobs."""
+        stale = [tag for tag, at in (engine.get("inflight") or {}).items() if at < older_than]
+        if stale:
+            await self.col.update_one({"_id": engine["_id"]}, {"$unset": {f"inflight.{t}": "" for t in stale}})
+        return len(stale)
 
     async def count_left_queue(self, engine: str, n: int) -> None:
         if n:

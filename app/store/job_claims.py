@@ -78,6 +78,9 @@ class ClaimMixin:
                     contested += ids
                 taken += res.modified_count
                 lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
+            ceiling = self.engines.cursor_ceiling(engine, p)
+            if ceiling is not None:
+                lo = min(lo, ceiling)
             if lo > start:
                 moved[p] = lo
             if taken >= k:
@@ -100,13 +103,13 @@ class ClaimMixin:
         moved = 0
         now = self.clock.now()
         for (engine, prio), members in groups.items():
-            first = await self.engines.allocate(engine, prio, len(members))
-            ops = [
-                UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
-                          {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now, **(extra or {})}})
-                for i, j in enumerate(members)
-            ]
-            res = await self.col.bulk_write(ops, ordered=False)
+            async with self.engines.enqueue(engine, prio, len(members)) as first:
+                ops = [
+                    UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
+                              {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now, **(extra or {})}})
+                    for i, j in enumerate(members)
+                ]
+                res = await self.col.bulk_write(ops, ordered=False)
             moved += res.modified_count
             await self.engines.count_left_queue(engine, len(members) - res.modified_count)
         return moved
@@ -119,7 +122,9 @@ class ClaimMixin:
         return await self._requeue(due, {"status": JobStatus.SCHEDULED.value}) if due else 0
 
     async def requeue_orphans(self, engine: dict, limit: int = 100) -> int:
-        """Queued jobs below their band's cursor get a fresh seq so claimers see them."""
+        """Queued jobs below their band's cursor get a fresh seq so claimers see them. They
+        exist only if a writer died mid-enqueue, so its stale marker goes first."""
+        await self.engines.drop_stale_inflight(engine, self.clock.now() - timedelta(seconds=60))
         moved = 0
         for b, cursor in (engine.get("cursor") or {}).items():
             p = int(b[1:])
@@ -160,10 +165,10 @@ class ClaimMixin:
                 "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now},
                 "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
-        seq = await self.engines.allocate(job["engine"], job["priority"], 1)
-        res = await self.col.update_one(guard, {
-            "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},
-            "$push": {"errors": error}, "$inc": {"retry_count": 1}, "$unset": clear})
+        async with self.engines.enqueue(job["engine"], job["priority"], 1) as seq:
+            res = await self.col.update_one(guard, {
+                "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},
+                "$push": {"errors": error}, "$inc": {"retry_count": 1}, "$unset": clear})
         if not res.modified_count:
             await self.engines.count_left_queue(job["engine"], 1)
             return ""

@@ -71,12 +71,15 @@ class ReadMixin:
         return await self.col.count_documents({"engine": engine, "status": JobStatus.QUEUED.value})
 
     async def queue_position(self, job: dict) -> int | None:
-        """How many queued jobs of the same engine are ahead of this one (higher priority, or
-        same priority with a lower seq). Counts, so its cost grows with the queue ahead."""
+        """How many queued jobs of the same engine are ahead of this one: every queued job of
+        a higher priority, and those of its own priority between the band's cursor and its
+        seq. Its cost grows with the line ahead of it, so callers bound how often they ask."""
         if job.get("status") != JobStatus.QUEUED.value:
             return None
+        engine = await self.engines.get(job["engine"])
+        lo = (engine.get("cursor") or {}).get(band(job["priority"]), 0)
         ahead = await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
-                                                "priority": job["priority"], "seq": {"$gte": 0, "$lt": job["seq"]}})
+                                                "priority": job["priority"], "seq": {"$gte": min(lo, job["seq"]), "$lt": job["seq"]}})
         for p in range(1, job["priority"]):
             ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value, "priority": p})
         return ahead

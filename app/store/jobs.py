@@ -10,6 +10,7 @@ in `job_reads.py`; both are part of `JobStore` and touch no other collection but
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from contextlib import AsyncExitStack
 from typing import Any
 
 from bson import ObjectId
@@ -23,6 +24,7 @@ from app.errors import InvalidTransition, LeaseLost, NotFound
 from app.settings import Settings
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
+from app.store.job_steps import StepMixin
 
 RUNNING = JobStatus.RUNNING.value
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
@@ -32,7 +34,7 @@ def new_id() -> str:
     return str(ObjectId())
 
 
-class JobStore(ClaimMixin, ReadMixin):
+class JobStore(ClaimMixin, ReadMixin, StepMixin):
     def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe) -> None:
         self.col = db["jobs"]
         self.dedupe = dedupe
@@ -72,12 +74,14 @@ class JobStore(ClaimMixin, ReadMixin):
             if existing is not None and not JobStatus(existing["status"]).terminal:
                 return existing, False
             await self.dedupe.drop_stale(key, bound)  # its job finished: the key is free
-        if doc["status"] == JobStatus.QUEUED:
-            doc["seq"] = await self.engines.allocate(doc["engine"], doc["priority"], 1)
-        else:
-            await self.engines.ensure(doc["engine"])
         try:
-            await self.col.insert_one(doc)
+            if doc["status"] == JobStatus.QUEUED:
+                async with self.engines.enqueue(doc["engine"], doc["priority"], 1) as seq:
+                    doc["seq"] = seq
+                    await self.col.insert_one(doc)
+            else:
+                await self.engines.ensure(doc["engine"])
+                await self.col.insert_one(doc)
         except BaseException:
             if key:
                 await self.dedupe.release(key, doc["_id"])
@@ -93,12 +97,13 @@ class JobStore(ClaimMixin, ReadMixin):
                 groups.setdefault((d["engine"], d["priority"]), []).append(d)
         for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
             await self.engines.ensure(engine)
-        for (engine, prio), members in groups.items():
-            first = await self.engines.allocate(engine, prio, len(members))
-            for i, d in enumerate(members):
-                d["seq"] = first + i
-        for i in range(0, len(docs), 5000):
-            await self.col.insert_many(docs[i:i + 5000], ordered=False)
+        async with AsyncExitStack() as stack:
+            for (engine, prio), members in groups.items():
+                first = await stack.enter_async_context(self.engines.enqueue(engine, prio, len(members)))
+                for i, d in enumerate(members):
+                    d["seq"] = first + i
+            for i in range(0, len(docs), 5000):
+                await self.col.insert_many(docs[i:i + 5000], ordered=False)
 
     def build(self, spec: JobSpec, owner: str, **kw: Any) -> dict:
         return new_job_document(spec, job_id=new_id(), owner=owner, now=self.clock.now(),
@@ -160,16 +165,16 @@ class JobStore(ClaimMixin, ReadMixin):
 
     async def release(self, job_id: str, token: str, engine: str, priority: int) -> None:
         """running → queued without counting the attempt (graceful shutdown)."""
-        seq = await self.engines.allocate(engine, priority, 1)
-        try:
-            await self._leased(job_id, token, {
-                "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},
-                "$inc": {"attempt": -1},
-                "$unset": LEASE_FIELDS,
-            })
-        except LeaseLost:
-            await self.engines.count_left_queue(engine, 1)
-            raise
+        async with self.engines.enqueue(engine, priority, 1) as seq:
+            try:
+                await self._leased(job_id, token, {
+                    "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},
+                    "$inc": {"attempt": -1},
+                    "$unset": LEASE_FIELDS,
+                })
+            except LeaseLost:
+                await self.engines.count_left_queue(engine, 1)
+                raise
 
     async def cancel_running(self, job_id: str, token: str, reason: str) -> None:
         await self._leased(job_id, token, {

@@ -20,7 +20,8 @@ class Maintenance:
         s = self.settings
         for fn, every in ((self.promote, s.promote_interval_seconds),
                           (self.rescue, min(1.0, s.lease_seconds / 4)),
-                          (self.sweep_orphans, 2.0)):
+                          (self.sweep_orphans, 2.0),
+                          (self.settle_steps, 2.0)):
             self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
 
     async def stop(self) -> None:
@@ -56,6 +57,8 @@ class Maintenance:
             status = await self.store.jobs.rescue(job, now)
             if status:
                 rescued += 1
+                if status == "failed" and job.get("workflow_id"):
+                    await self.store.workflows.settle(job["_id"])
                 job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))
         return rescued
 
@@ -66,3 +69,10 @@ class Maintenance:
         if moved:
             self.log.info("maintenance.orphans_requeued", jobs=moved)
         return moved
+
+    async def settle_steps(self) -> int:
+        """Replay the fan-out of finished workflow steps whose worker died before it ran."""
+        stragglers = await self.store.jobs.unsettled()
+        for job in stragglers:
+            await self.store.workflows.settle(job["_id"])
+        return len(stragglers)

@@ -156,10 +156,14 @@ class JobProcessor:
         job = ex.job
         ex.log.info("job.started")
         try:
+            if job.get("parent_ids"):
+                ex.ctx.parents = await self.store.jobs.parent_results(job)
             outcome, ms = await ex.run()
             status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.completer.complete)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)
+            if job.get("workflow_id") and status in ("completed", "failed", "cancelled"):
+                await self.store.workflows.settle(job["_id"])
         except LeaseLost:
             ex.log.warning("job.lease_lost", note="another worker owns this job now; result discarded")
         except Exception as exc:

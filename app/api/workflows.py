@@ -1,0 +1,154 @@
+"""`/api/v1/jobs/workflows`: submit, list, status (with "why is it waiting"), add steps,
+cancel and retry (seed 001, DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from app import registry
+from app.api.auth import Principal, require_principal
+from app.api.jobs import ID_PATTERN, strict_query
+from app.domain.workflow import AddSteps, WorkflowSpec
+from app.errors import ValidationFailed
+from app.store.why import explain
+
+router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
+STEP_STATUSES = ("pending", "scheduled", "queued", "running", "completed", "failed", "cancelled")
+
+
+class Created(BaseModel):
+    id: str
+    status: str
+    jobs: dict[str, str]
+
+
+class StepOut(BaseModel):
+    key: str
+    job_id: str
+    status: str
+    engine: str
+    operation: str
+    depends_on: list[str]
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    progress: float = 0.0
+    cancel_reason: str | None = None
+    why: dict | None = None
+
+
+class WorkflowOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    failure_policy: str
+    metadata: dict[str, Any] = {}
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    total: int
+    counts: dict[str, int]
+    progress: float
+    steps: list[StepOut] | None = None
+
+
+class WorkflowPage(BaseModel):
+    workflows: list[WorkflowOut]
+    next_cursor: str | None = None
+
+
+def require_handlers(steps) -> None:
+    for i, s in enumerate(steps):
+        registry.require(s.engine, s.operation, field=f"jobs[{i}].operation")
+
+
+def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
+    if steps is None:  # list view: counts from the mirrored terminal states only
+        counts = {s: 0 for s in STEP_STATUSES}
+        for st in (wf.get("steps") or {}).values():
+            if st.get("state"):
+                counts[st["state"]] += 1
+        started = None
+    else:
+        counts = {s: 0 for s in STEP_STATUSES}
+        for s in steps:
+            counts[s["status"]] += 1
+        starts = [s["started_at"] for s in steps if s.get("started_at")]
+        started = min(starts) if starts else None
+    done = counts["completed"] + counts["failed"] + counts["cancelled"]
+    status = wf["status"]
+    if status == "running" and steps is not None and started is None:
+        status = "pending"  # accepted, nothing has started yet
+    return WorkflowOut(id=wf["_id"], name=wf["name"], status=status, failure_policy=wf["failure_policy"],
+                       metadata=wf.get("metadata") or {}, created_at=wf["created_at"], started_at=started,
+                       completed_at=wf.get("completed_at"), total=wf["total"], counts=counts,
+                       progress=round(100 * done / wf["total"], 2) if wf["total"] else 100.0)
+
+
+@router.post("", status_code=201, response_model=Created)
+async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(require_principal)):
+    require_handlers(spec.jobs)
+    wf = await request.app.state.store.workflows.create(spec, owner=who.user)
+    return Created(id=wf["_id"], status=wf["status"], jobs={k: v["job_id"] for k, v in wf["steps"].items()})
+
+
+@router.get("", response_model=WorkflowPage, dependencies=[strict_query("status", "cursor", "limit")])
+async def list_workflows(request: Request, status: str | None = Query(None, pattern="^(running|completed|failed|cancelled)$"),
+                         cursor: str | None = Query(None, pattern=ID_PATTERN), limit: int = Query(50, ge=1, le=200),
+                         who: Principal = Depends(require_principal)):
+    store = request.app.state.store
+    docs, nxt = await store.workflows.list(status=status, after=cursor, limit=limit)
+    full = [await store.workflows.get(d["_id"]) for d in docs]
+    return WorkflowPage(workflows=[_view(d, None) for d in full], next_cursor=nxt)
+
+
+@router.get("/{workflow_id}/status", response_model=WorkflowOut)
+async def status(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
+    store = request.app.state.store
+    wf = await store.workflows.get(workflow_id)
+    steps = await store.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1, "engine": 1, "operation": 1, "depends_on": 1,
+                                                    "started_at": 1, "completed_at": 1, "progress": 1, "cancel_reason": 1,
+                                                    "waiting_on": 1, "run_at": 1, "retry_count": 1, "priority": 1, "seq": 1})
+    view = _view(wf, steps)
+    key_of = {s["_id"]: s["step_key"] for s in steps}
+    engines = {e["_id"]: e for e in await store.engines.list()}
+    counted = 0
+    out = []
+    for s in sorted(steps, key=lambda s: list(wf["steps"]).index(s["step_key"]) if s["step_key"] in wf["steps"] else 0):
+        count = s["status"] == "queued" and counted < 20  # positions cost a count each: the first 20
+        counted += count
+        why = await explain(store, s, engine=engines.get(s["engine"]), key_of=key_of, count_position=count)
+        out.append(StepOut(key=s["step_key"], job_id=s["_id"], status=s["status"], engine=s["engine"], operation=s["operation"],
+                           depends_on=s.get("depends_on") or [], started_at=s.get("started_at"), completed_at=s.get("completed_at"),
+                           progress=(s.get("progress") or {}).get("percent", 0.0), cancel_reason=s.get("cancel_reason"), why=why))
+    view.steps = out
+    return view
+
+
+@router.post("/{workflow_id}/jobs", response_model=Created)
+async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Principal = Depends(require_principal)):
+    require_handlers(body.jobs)
+    store = request.app.state.store
+    ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.user)
+    wf = await store.workflows.get(workflow_id)
+    return Created(id=workflow_id, status=wf["status"], jobs=ids)
+
+
+@router.post("/{workflow_id}/cancel", response_model=WorkflowOut)
+async def cancel(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
+    store = request.app.state.store
+    return _view(await store.workflows.cancel(workflow_id), None)
+
+
+@router.post("/{workflow_id}/retry", response_model=Created)
+async def retry(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
+    store = request.app.state.store
+    keys = await store.workflows.retry(workflow_id)
+    wf = await store.workflows.get(workflow_id)
+    return Created(id=workflow_id, status=wf["status"], jobs={k: wf["steps"][k]["job_id"] for k in keys})
+
+
+__all__ = ["router", "ValidationFailed"]

@@ -1,0 +1,96 @@
+"""The workflow-step side of `JobStore`: the moves on `jobs` that workflows make.
+
+A step waits in `pending` with `waiting_on`, the ids of its unfinished parents. When a
+parent completes, its fan-out `$pull`s its id from each child's `waiting_on`; a child whose
+list is empty moves to `queued`, guarded on `{status: "pending", waiting_on: []}`, so of
+several parents finishing at once exactly one promotes it. `$pull` is idempotent, which is
+what makes a fan-out safe to replay after a crash (see `fanout_pending`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.domain.states import JobStatus
+
+PENDING = JobStatus.PENDING.value
+WAITING = (JobStatus.PENDING.value, JobStatus.SCHEDULED.value, JobStatus.QUEUED.value)
+
+
+class StepMixin:
+    async def release_children(self, parent_id: str, children: list[str]) -> int:
+        """The parent completed: unblock its children; queue those with nothing left to wait on."""
+        if not children:
+            return 0
+        await self.col.update_many({"_id": {"$in": children}, "status": PENDING}, {"$pull": {"waiting_on": parent_id}})
+        ready = await self.col.find({"_id": {"$in": children}, "status": PENDING, "waiting_on": {"$size": 0}},
+                                    {"engine": 1, "priority": 1}).to_list(None)
+        return await self._requeue(ready, {"status": PENDING, "waiting_on": []}) if ready else 0
+
+    async def cancel_steps(self, ids: list[str], reason: str) -> list[str]:
+        """Cancel these steps if they still wait; ask running ones to stop. Returns the ids
+        cancelled here. One `update_many` per (status, engine), so a 10,000-step workflow
+        is cancelled in a handful of writes."""
+        if not ids:
+            return []
+        now = self.clock.now()
+        found = await self.col.find({"_id": {"$in": ids}, "status": {"$in": list(WAITING)}},
+                                    {"engine": 1, "status": 1}).to_list(None)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for j in found:
+            groups.setdefault((j["status"], j["engine"]), []).append(j["_id"])
+        for (status, engine), members in groups.items():
+            res = await self.col.update_many(
+                {"_id": {"$in": members}, "status": status},
+                {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason}})
+            if status == JobStatus.QUEUED.value:
+                await self.engines.count_left_queue(engine, res.modified_count)
+        await self.col.update_many({"_id": {"$in": ids}, "status": JobStatus.RUNNING.value},
+                                   {"$set": {"cancel_requested": True, "cancel_reason": reason}})
+        mine = await self.col.find({"_id": {"$in": [j["_id"] for j in found]}, "status": JobStatus.CANCELLED.value,
+                                    "completed_at": now}, {"_id": 1}).to_list(None)
+        return [d["_id"] for d in mine]
+
+    async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
+        return await self.col.find({"workflow_id": workflow_id}, projection).to_list(None)
+
+    async def parent_results(self, job: dict) -> dict[str, Any]:
+        ids = job.get("parent_ids") or []
+        if not ids:
+            return {}
+        docs = await self.col.find({"_id": {"$in": ids}}, {"step_key": 1, "result": 1}).to_list(None)
+        return {d["step_key"]: d.get("result") for d in docs}
+
+    async def fanout_done(self, job_id: str) -> None:
+        await self.col.update_one({"_id": job_id}, {"$unset": {"fanout_pending": ""}})
+
+    async def unsettled(self, limit: int = 100) -> list[dict]:
+        """Finished steps whose fan-out never ran (their worker died in between)."""
+        out: list[dict] = []
+        for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+            out += await self.col.find({"fanout_pending": True, "status": status.value}, {"_id": 1}).limit(limit).to_list(limit)
+        return out
+
+    async def add_dependents(self, parent_ids: list[str], child_id: str) -> None:
+        if parent_ids:
+            await self.col.update_many({"_id": {"$in": parent_ids}}, {"$addToSet": {"dependents": child_id}})
+
+    async def reset_steps(self, steps: list[dict], completed: set[str]) -> int:
+        """failed/cancelled steps back to pending (waiting on their unfinished parents), or
+        straight to queued when every parent has completed. Attempts start again."""
+        now = self.clock.now()
+        ready: list[dict] = []
+        moved = 0
+        for s in steps:
+            waiting = [p for p in s.get("parent_ids", []) if p not in completed]
+            res = await self.col.update_one(
+                {"_id": s["_id"], "status": s["status"]},
+                {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0, "fanout_pending": True,
+                          "completed_at": None, "started_at": None, "cancel_requested": False, "reset_at": now},
+                 "$unset": {"cancel_reason": "", "finished_token": ""}})
+            moved += res.modified_count
+            if res.modified_count and not waiting:
+                ready.append(s)
+        if ready:
+            await self._requeue(ready, {"status": PENDING, "waiting_on": []})
+        return moved

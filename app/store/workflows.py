@@ -1,0 +1,127 @@
+"""The `workflows` collection, and the workflow moves that span it and `jobs`.
+
+A workflow document holds its steps as a map `steps.<key> = {job_id, depends_on, state}`,
+where `state` mirrors the step's terminal status once its fan-out has run. Mirroring is an
+idempotent `$set`, so `settle` can be replayed; the workflow finishes when every step has a
+terminal state, and the move to a terminal status is guarded on `status: "running"`.
+
+Invariant: every terminal transition of a step is followed by `settle(step)`. Steps carry
+`fanout_pending: true` until their settle has run, and maintenance replays any finished step
+still marked, so a worker dying between the two cannot leave a workflow stuck.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.domain.states import JobStatus
+from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
+from app.errors import InvalidTransition, NotFound
+from app.store.workflow_flow import FlowMixin
+
+RUNNING = "running"
+
+
+class WorkflowStore(FlowMixin):
+    def __init__(self, db: AsyncDatabase, settings, clock, jobs) -> None:
+        self.col = db["workflows"]
+        self.settings, self.clock, self.jobs = settings, clock, jobs
+
+    async def ensure_indexes(self) -> None:
+        await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+        await self.jobs.col.create_index([("fanout_pending", ASCENDING), ("status", ASCENDING)],
+                                         partialFilterExpression={"fanout_pending": True})
+
+    async def get(self, workflow_id: str) -> dict:
+        doc = await self.col.find_one({"_id": workflow_id}) if isinstance(workflow_id, str) else None
+        if doc is None:
+            raise NotFound(f"workflow {workflow_id!r} not found", field="workflow_id")
+        return doc
+
+    async def list(self, *, status: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+        filt: dict[str, Any] = {} if status is None else {"status": str(status)}
+        if after:
+            filt["_id"] = {"$lt": str(after)}
+        docs = await self.col.find(filt, {"steps": 0}).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
+        return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
+
+    # --- creation ------------------------------------------------------------------------
+    def _step_docs(self, wf_id: str, steps: list[StepSpec], ids: dict[str, str], owner: str,
+                   done: set[str] = frozenset()) -> list[dict]:
+        children: dict[str, list[str]] = {s.key: [] for s in steps}
+        for s in steps:
+            for d in s.depends_on:
+                if d in children:
+                    children[d].append(ids[s.key])
+        docs = []
+        for s in steps:
+            spec = s.model_copy(update={"depends_on": []})
+            doc = self.jobs.build(spec, owner, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
+            doc["_id"] = ids[s.key]
+            doc.pop("key", None)
+            waiting = [ids[d] for d in s.depends_on if ids[d] not in done]
+            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
+                       fanout_pending=True)
+            if waiting:
+                doc["status"], doc["queued_at"] = JobStatus.PENDING.value, None
+            docs.append(doc)
+        return docs
+
+    async def create(self, spec: WorkflowSpec, owner: str) -> dict:
+        order = validate_steps(spec.jobs, cap=self.settings.workflow_max_steps)
+        wf_id = str(ObjectId())
+        ids = {s.key: str(ObjectId()) for s in spec.jobs}
+        by_key = {s.key: s for s in spec.jobs}
+        now = self.clock.now()
+        wf = {"_id": wf_id, "name": spec.name, "owner": owner, "status": RUNNING, "failure_policy": spec.failure_policy,
+              "metadata": spec.metadata, "created_at": now, "completed_at": None, "total": len(ids),
+              "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order}}
+        await self.col.insert_one(wf)
+        try:
+            await self.jobs.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
+        except BaseException:
+            await self.col.update_one({"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}})
+            await self.jobs.cancel_steps(list(ids.values()), "workflow could not be stored")
+            raise
+        return wf
+
+    async def add_steps(self, workflow_id: str, steps: list[StepSpec], owner: str) -> dict[str, str]:
+        """Add steps to an unfinished workflow. New steps may depend on existing ones; a
+        completed one counts as satisfied. Races with parents finishing are closed by
+        registering the child with its parents first, then re-reading their status."""
+        wf = await self.get(workflow_id)
+        if wf["status"] != RUNNING:
+            raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; steps can only be added while it runs",
+                                    field="status")
+        existing = {k: v["job_id"] for k, v in wf["steps"].items()}
+        order = validate_steps(steps, existing=set(existing), cap=self.settings.workflow_max_steps)
+        ids = {**existing, **{s.key: str(ObjectId()) for s in steps}}
+        by_key = {s.key: s for s in steps}
+        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {
+            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order},
+            "$inc": {"total": len(steps)}})
+        if not res.modified_count:
+            raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
+        docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner)
+        for d in docs:  # parents outside the batch learn of their new child first
+            await self.jobs.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])
+        for d in docs:  # insert as pending on every parent, then release the finished ones
+            if d["status"] == JobStatus.QUEUED.value:
+                d["status"] = JobStatus.PENDING.value
+            d["waiting_on"] = list(d["parent_ids"])
+        await self.jobs.insert_many(docs)
+        parents = {p for d in docs for p in d["parent_ids"]}
+        finished = {j["_id"] for j in await self.jobs.col.find({"_id": {"$in": list(parents)}, "status": "completed"},
+                                                               {"_id": 1}).to_list(None)}
+        for d in docs:
+            for p in d["parent_ids"]:
+                if p in finished:
+                    await self.jobs.release_children(p, [d["_id"]])
+        roots = [d for d in docs if not d["parent_ids"]]
+        if roots:
+            await self.jobs._requeue(roots, {"status": JobStatus.PENDING.value, "waiting_on": []})
+        return {s.key: ids[s.key] for s in steps}

@@ -1,0 +1,190 @@
+"""Workflows end to end against the real server, with an in-process worker: DAG shapes,
+result passing, failure policies, cancel, add-steps, retry and "why"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.worker.maintenance import Maintenance
+from app.worker.processor import JobProcessor
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def worker(store, settings):
+    await store.engines.set_limit("testing", 50)
+    maint = Maintenance(store, settings)
+    proc = JobProcessor(store, settings, concurrency=50)
+    await maint.start()
+    await proc.start()
+    yield proc
+    await proc.stop(grace=1)
+    await maint.stop()
+
+
+def step(key, deps=(), op="collect", value=None, **kw):
+    if value is not None:
+        kw["parameters"] = {"value": value}
+    return {"key": key, "engine": "testing", "operation": op, "depends_on": list(deps), **kw}
+
+
+async def submit(api, steps, **kw):
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "wf", "jobs": steps, **kw})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def wait_wf(api, wf_id, statuses=("completed",), timeout=60):
+    async def done():
+        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
+        return body if body["status"] in statuses else None
+    return await eventually(done, timeout=timeout, interval=0.1)
+
+
+async def docs(store, wf):
+    return {s["step_key"]: s for s in await store.jobs.steps_of(wf["id"])}
+
+
+def assert_order(steps: dict):
+    for s in steps.values():
+        for d in s["depends_on"]:
+            assert s["started_at"] >= steps[d]["completed_at"], f"{s['step_key']} started before {d} completed"
+
+
+async def test_diamond_passes_results(api, store, worker):
+    wf = await submit(api, [step("a", value=1), step("b", ["a"], value=2), step("c", ["a"], value=3), step("d", ["b", "c"])])
+    body = await wait_wf(api, wf["id"])
+    assert body["counts"]["completed"] == 4 and body["progress"] == 100
+    steps = await docs(store, wf)
+    assert steps["d"]["result"]["parents"]["b"]["value"] == 2 and steps["d"]["result"]["parents"]["c"]["value"] == 3
+    assert set(steps["b"]["result"]["parents"]) == {"a"}
+    assert_order(steps)
+
+
+async def test_chain_of_100(api, store, worker):
+    wf = await submit(api, [step(f"s{i}", [f"s{i - 1}"] if i else [], op="ok") for i in range(100)])
+    await wait_wf(api, wf["id"], timeout=120)
+    assert_order(await docs(store, wf))
+
+
+async def test_fan_out_500_and_fan_in(api, store, worker):
+    mids = [step(f"m{i}", ["root"], value=i) for i in range(500)]
+    wf = await submit(api, [step("root"), *mids, step("sink", [m["key"] for m in mids])])
+    await wait_wf(api, wf["id"], timeout=120)
+    steps = await docs(store, wf)
+    sink = steps["sink"]["result"]
+    assert sink["n_parents"] == 500 and sorted(p["value"] for p in sink["parents"].values()) == list(range(500))
+    assert_order(steps)
+
+
+async def test_fail_fast_cancels_everything_unfinished(api, store, worker):
+    wf = await submit(api, [step("bad", op="permanent"), step("after", ["bad"]),
+                            step("slow", op="stubborn", parameters={"seconds": 60}), step("later", ["slow"])])
+    body = await wait_wf(api, wf["id"], ("failed",), timeout=30)
+    steps = await docs(store, wf)
+    assert steps["bad"]["status"] == "failed"
+    assert {k: steps[k]["status"] for k in ("after", "slow", "later")} == {"after": "cancelled", "slow": "cancelled", "later": "cancelled"}
+    assert steps["after"]["cancel_reason"] == "dependency_failed"
+    assert body["counts"] == {**body["counts"], "failed": 1, "cancelled": 3}
+
+
+async def test_continue_runs_independent_branches(api, store, worker):
+    wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"]), step("grandchild", ["child"]),
+                            step("other"), step("other2", ["other"])], failure_policy="continue")
+    await wait_wf(api, wf["id"], ("failed",))
+    steps = await docs(store, wf)
+    assert steps["other2"]["status"] == "completed"
+    assert steps["child"]["cancel_reason"] == steps["grandchild"]["cancel_reason"] == "dependency_failed"
+
+
+async def test_cancel_a_workflow(api, store, worker):
+    wf = await submit(api, [step("slow", op="wait_cancel"), step("next", ["slow"])])
+    await eventually(lambda: _status(store, wf, "slow", "running"))
+    r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/cancel")
+    assert r.status_code == 200
+    await wait_wf(api, wf["id"], ("cancelled",))
+    steps = await docs(store, wf)
+    assert steps["slow"]["status"] == steps["next"]["status"] == "cancelled"
+    r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/cancel")
+    assert r.status_code == 409
+
+
+async def _status(store, wf, key, status):
+    return (await docs(store, wf))[key]["status"] == status
+
+
+async def test_add_steps_to_a_running_workflow(api, store, worker):
+    wf = await submit(api, [step("first", value="x"), step("gate", op="wait_cancel", parameters={"max": 60})])
+    await eventually(lambda: _status(store, wf, "first", "completed"))
+    r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/jobs",
+                       json={"jobs": [step("late", ["first"]), step("after_gate", ["gate"])]})
+    assert r.status_code == 200, r.text
+    await eventually(lambda: _status(store, wf, "late", "completed"))
+    steps = await docs(store, wf)
+    assert steps["late"]["result"]["parents"]["first"]["value"] == "x"  # a completed dependency counts as satisfied
+    assert steps["after_gate"]["status"] == "pending"
+    bad = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/jobs", json={"jobs": [step("x", ["y"]), step("y", ["x"])]})
+    assert bad.status_code == 422 and "cycle" in bad.json()["error"]["message"]
+    await api.post(f"/api/v1/jobs/{steps['gate']['_id']}/cancel")
+    await wait_wf(api, wf["id"], ("cancelled",))
+    assert (await docs(store, wf))["after_gate"]["cancel_reason"] == "dependency_cancelled"
+
+
+async def test_retry_keeps_completed_steps(api, store, worker, tmp_path):
+    marker = tmp_path / "ok"
+    wf = await submit(api, [step("done", value=7), step("flaky", ["done"], op="fail_unless", parameters={"marker": str(marker)}),
+                            step("tail", ["flaky"])])
+    await wait_wf(api, wf["id"], ("failed",))
+    before = await docs(store, wf)
+    marker.write_text("now it works")
+    r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/retry")
+    assert r.status_code == 200 and set(r.json()["jobs"]) == {"flaky", "tail"}
+    await wait_wf(api, wf["id"])
+    after = await docs(store, wf)
+    assert after["done"]["completed_at"] == before["done"]["completed_at"] and after["done"]["attempt"] == 1
+    assert after["tail"]["status"] == "completed"
+    assert (await api.post(f"/api/v1/jobs/workflows/{wf['id']}/retry")).status_code == 409
+
+
+@pytest.mark.parametrize("steps,needle", [
+    ([step("a", ["nope"])], "unknown step 'nope'"),
+    ([step("a"), step("a")], "duplicate step key 'a'"),
+    ([step("a", ["c"]), step("b", ["a"]), step("c", ["b"])], "cycle: a -> c -> b -> a"),
+    ([step("a", ["a"])], "depends on itself"),
+    ([{"key": "a", "engine": "nowhere", "operation": "x"}], "nowhere.x"),
+    ([step("a b")], "key"),
+])
+async def test_validation_names_the_problem(api, store, steps, needle):
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "bad", "jobs": steps})
+    assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
+    assert await store.workflows.col.count_documents({}) == 0 and await store.jobs.col.count_documents({}) == 0
+
+
+async def test_step_cap(api, store, settings):
+    settings.workflow_max_steps = 3
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "big", "jobs": [step(f"s{i}") for i in range(4)]})
+    assert r.status_code == 422 and "at most 3 steps" in r.json()["error"]["message"]
+
+
+async def test_why_a_step_waits(api, store):
+    await store.engines.set_paused("testing", True)
+    wf = await submit(api, [step("a"), step("b"), step("c", ["a", "b"])])
+    body = (await api.get(f"/api/v1/jobs/workflows/{wf['id']}/status")).json()
+    assert body["status"] == "pending"
+    by_key = {s["key"]: s for s in body["steps"]}
+    deps = by_key["c"]["why"]["reasons"][0]
+    assert deps["reason"] == "dependencies" and deps["waiting_for"] == ["a", "b"]
+    reasons = {r["reason"]: r for r in by_key["b"]["why"]["reasons"]}
+    assert reasons["paused"]["engine"] == "testing" and reasons["position"]["ahead"] == 1
+    single = (await api.get(f"/api/v1/jobs/{by_key['a']['job_id']}/status")).json()
+    assert {r["reason"] for r in single["why"]["reasons"]} == {"paused", "position"}
+    listing = (await api.get("/api/v1/jobs/workflows")).json()
+    assert [w["id"] for w in listing["workflows"]] == [wf["id"]]
+
+
+async def test_a_workflow_of_many_steps_is_accepted(api, store):
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "wide", "jobs": [step(f"s{i}") for i in range(2000)]})
+    assert r.status_code == 201 and len(r.json()["jobs"]) == 2000
+    assert (await store.engines.get("testing"))["queued"] == 2000
