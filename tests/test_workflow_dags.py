@@ -1,0 +1,64 @@
+"""Random DAGs (hypothesis) run by several real worker processes: from the timestamps in
+the database, no step started before all of its dependencies completed, and every
+workflow ended in a terminal state."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from app.domain.workflow import StepSpec, WorkflowSpec
+from tests.helpers import eventually
+from tests.procs import start_worker, stop
+
+
+@st.composite
+def dags(draw):
+    n = draw(st.integers(min_value=1, max_value=14))
+    steps = []
+    for i in range(n):
+        deps = draw(st.lists(st.integers(min_value=0, max_value=i - 1), unique=True, max_size=min(i, 4))) if i else []
+        op = draw(st.sampled_from(["ok", "ok", "ok", "flaky"]))
+        steps.append({"key": f"n{i}", "depends_on": [f"n{d}" for d in deps], "op": op})
+    return steps
+
+
+def generate(count: int) -> list[list[dict]]:
+    out: list[list[dict]] = []
+
+    @hsettings(max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(dags())
+    def collect(dag):
+        out.append(dag)
+
+    collect()
+    return out[:count]
+
+
+async def test_random_dags_respect_dependencies(db_url, store):
+    await store.engines.set_limit("testing", 8)
+    workers = [start_worker(db_url, store.db.name, concurrency=4) for _ in range(3)]
+    try:
+        made = []
+        for dag in generate(12):
+            spec = WorkflowSpec(name="random", jobs=[
+                StepSpec(key=s["key"], engine="testing", operation=s["op"], depends_on=s["depends_on"],
+                         parameters={"succeed_on": 2}, retry_config={"max_retries": 2, "retry_delay_seconds": 0.05})
+                for s in dag])
+            made.append(await store.workflows.create(spec, owner="admin"))
+
+        async def all_done():
+            docs = [await store.workflows.get(w["_id"]) for w in made]
+            return all(d["status"] in ("completed", "failed", "cancelled") for d in docs)
+
+        await eventually(all_done, timeout=120, interval=0.2)
+    finally:
+        for w in workers:
+            stop(w)
+    for wf in made:
+        assert (await store.workflows.get(wf["_id"]))["status"] == "completed"
+        steps = {s["step_key"]: s for s in await store.jobs.steps_of(wf["_id"])}
+        for s in steps.values():
+            for d in s["depends_on"]:
+                gap = (s["started_at"] - steps[d]["completed_at"]).total_seconds()
+                assert gap >= -0.002, f"{s['step_key']} started {-gap:.3f}s before {d} completed"
+    assert (await store.engines.get("testing")).get("running", 0) == 0
