@@ -43,6 +43,18 @@ class ClaimMixin:
             width = min(width * 4, MAX_WINDOW)
         return [], hi
 
+    async def peek(self, engine: dict, k: int) -> int:
+        """How many jobs (up to `k`) a claim could take now: the same window queries as a
+        claim, read-only. Lets a worker size its permit reservation, and lets a worker that
+        lost the race for a job find out without writing anything."""
+        seen = 0
+        for p in PRIORITIES:
+            lo, hi = (engine.get("cursor") or {}).get(band(p), 0), (engine.get("seq") or {}).get(band(p), 0)
+            if lo < hi and seen < k:
+                found, _ = await self._window(engine["_id"], p, lo, hi, k - seen, {"seq": 1})
+                seen += len(found)
+        return seen
+
     async def explain_window(self, engine: str, priority: int, lo: int, width: int, need: int) -> dict:
         """The server's `executionStats` plan for one claim window (for tests and docs)."""
         filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}

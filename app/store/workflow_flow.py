@@ -4,6 +4,8 @@ cancel and retry. Part of `WorkflowStore`."""
 
 from __future__ import annotations
 
+from pymongo import UpdateOne
+
 from app.domain.states import JobStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
@@ -31,11 +33,11 @@ class FlowMixin:
         status = JobStatus(job["status"])
         if not status.terminal:
             return
-        wf = await self.get(job["workflow_id"])
-        key = job["step_key"]
+        wf_id, key = job["workflow_id"], job["step_key"]
         if status == JobStatus.COMPLETED:
             await self.jobs.release_children(job_id, job.get("dependents") or [])
         else:
+            wf = await self.get(wf_id)
             open_keys = [k for k, s in wf["steps"].items() if s["state"] is None and k != key]
             if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
                 targets, reason = open_keys, DEPENDENCY_FAILED
@@ -43,9 +45,9 @@ class FlowMixin:
                 targets = [k for k in descendants(self._children(wf), [key]) if wf["steps"][k]["state"] is None]
                 reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
             await self._cancel_keys(wf, targets, reason)
-        await self._mirror(wf["_id"], {key: status.value})
+        await self._mirror(wf_id, {key: status.value})
         await self.jobs.fanout_done(job_id)
-        await self.finish_if_done(wf["_id"])
+        await self.finish_if_done(wf_id)
 
     async def _cancel_keys(self, wf: dict, keys: list[str], reason: str) -> None:
         ids = {wf["steps"][k]["job_id"]: k for k in keys}
@@ -56,15 +58,22 @@ class FlowMixin:
                 await self.jobs.fanout_done(i)
 
     async def _mirror(self, workflow_id: str, states: dict[str, str]) -> None:
-        await self.col.update_one({"_id": workflow_id}, {"$set": {f"steps.{k}.state": v for k, v in states.items()}})
+        """Record steps' terminal states. Each write is guarded on the state still being
+        unset, so a replayed settle counts nothing twice; `open`, `n_failed` and
+        `n_cancelled` are what finishing reads instead of the whole steps map."""
+        ops = [UpdateOne({"_id": workflow_id, f"steps.{k}.state": None},
+                         {"$set": {f"steps.{k}.state": v},
+                          "$inc": {"open": -1, "n_failed": int(v == "failed"), "n_cancelled": int(v == "cancelled")}})
+               for k, v in states.items()]
+        if ops:
+            await self.col.bulk_write(ops, ordered=False)
 
     async def finish_if_done(self, workflow_id: str) -> str | None:
-        wf = await self.get(workflow_id)
-        states = [s["state"] for s in wf["steps"].values()]
-        if wf["status"] != RUNNING or any(s is None for s in states):
+        wf = await self.col.find_one({"_id": workflow_id}, {"status": 1, "open": 1, "n_failed": 1, "n_cancelled": 1})
+        if not wf or wf["status"] != RUNNING or wf.get("open", 1) > 0:
             return None
-        final = "failed" if "failed" in states else "cancelled" if "cancelled" in states else "completed"
-        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING},
+        final = "failed" if wf.get("n_failed") else "cancelled" if wf.get("n_cancelled") else "completed"
+        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING, "open": 0},
                                         {"$set": {"status": final, "completed_at": self.clock.now()}})
         return final if res.modified_count else None
 
@@ -92,7 +101,9 @@ class FlowMixin:
             raise InvalidTransition(f"workflow {workflow_id} has no failed steps to retry", field="status")
         res = await self.col.update_one({"_id": workflow_id, "status": wf["status"]}, {
             "$set": {"status": RUNNING, "completed_at": None, "cancel_requested": False,
-                     **{f"steps.{s['step_key']}.state": None for s in again}}})
+                     **{f"steps.{s['step_key']}.state": None for s in again}},
+            "$inc": {"open": len(again), "n_failed": -sum(s["status"] == "failed" for s in again),
+                     "n_cancelled": -sum(s["status"] == "cancelled" for s in again)}})
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} changed meanwhile; try again", field="status")
         completed = {s["_id"] for s in steps if s["status"] == "completed"}

@@ -79,6 +79,7 @@ class WorkflowStore(FlowMixin):
         now = self.clock.now()
         wf = {"_id": wf_id, "name": spec.name, "owner": owner, "status": RUNNING, "failure_policy": spec.failure_policy,
               "metadata": spec.metadata, "created_at": now, "completed_at": None, "total": len(ids),
+              "open": len(ids), "n_failed": 0, "n_cancelled": 0,
               "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order}}
         await self.col.insert_one(wf)
         try:
@@ -103,7 +104,7 @@ class WorkflowStore(FlowMixin):
         by_key = {s.key: s for s in steps}
         res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {
             "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order},
-            "$inc": {"total": len(steps)}})
+            "$inc": {"total": len(steps), "open": len(steps)}})
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
         docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner)

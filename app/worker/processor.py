@@ -124,10 +124,19 @@ class JobProcessor:
             await self._give_back(name, idle)
             return 0
         want = min(self.free_slots(), self.settings.claim_batch)
-        take = min(want - idle, limit - running)
-        if take > 0 and await self.store.engines.reserve(name, self.worker_id, take):
-            self.held[name] += take
-            idle += take
+        if idle < want:
+            # Look before taking permits: sizes the reservation to the work there is, and a
+            # worker that lost the race for the last job leaves without writing anything.
+            available = await self.store.jobs.peek(engine, want)
+            if available <= idle:
+                if not available:
+                    await self._give_back(name, idle)
+                    return 0
+            else:
+                take = min(available - idle, limit - running)
+                if take > 0 and await self.store.engines.reserve(name, self.worker_id, take):
+                    self.held[name] += take
+                    idle += take
         n = min(idle, want)
         if n <= 0:
             return 0
