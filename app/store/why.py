@@ -20,7 +20,7 @@ async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[
         return None
     reasons: list[dict] = []
     if status == JobStatus.PENDING:
-        waiting = job.get("waiting_on") or []
+        waiting = list(job.get("waiting_on") or {})
         keys = [key_of.get(i, i) for i in waiting] if key_of else None
         if keys is None and waiting:
             docs = await store.jobs.col.find({"_id": {"$in": waiting}}, {"step_key": 1, "status": 1}).to_list(None)

@@ -4,8 +4,6 @@ cancel and retry. Part of `WorkflowStore`."""
 
 from __future__ import annotations
 
-from pymongo import UpdateOne
-
 from app.domain.states import JobStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
@@ -25,56 +23,78 @@ class FlowMixin:
         return out
 
     async def settle(self, job_id: str) -> None:
-        """Everything that follows a step reaching a terminal state. Idempotent."""
-        job = await self.jobs.col.find_one({"_id": job_id}, {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1,
-                                                            "fanout_pending": 1})
-        if not job or not job.get("fanout_pending") or not job.get("workflow_id"):
+        await self.settle_many([job_id])
+
+    async def settle_many(self, job_ids: list[str]) -> None:
+        """Everything that follows steps reaching a terminal state: children released,
+        failure policies applied, states mirrored, workflows finished. Idempotent, and
+        batched: steps that finished together cost one write per kind, not one per step."""
+        jobs = await self.jobs.col.find({"_id": {"$in": job_ids}, "fanout_pending": True},
+                                        {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1}).to_list(None)
+        jobs = [j for j in jobs if j.get("workflow_id") and JobStatus(j["status"]).terminal]
+        if not jobs:
             return
-        status = JobStatus(job["status"])
-        if not status.terminal:
-            return
-        wf_id, key = job["workflow_id"], job["step_key"]
-        if status == JobStatus.COMPLETED:
-            await self.jobs.release_children(job_id, job.get("dependents") or [])
+        done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
+        if done:
+            children = sorted({c for j in done for c in j.get("dependents") or []})
+            await self.jobs.release_children([j["_id"] for j in done], children)
+        for j in jobs:
+            if j["status"] != JobStatus.COMPLETED.value:
+                await self._after_failure(j)
+        by_wf: dict[str, list[str]] = {}
+        for j in jobs:
+            by_wf.setdefault(j["workflow_id"], []).append(j["status"])
+        for wf_id, statuses in by_wf.items():
+            await self._count(wf_id, statuses)
+        await self.jobs.fanout_done([j["_id"] for j in jobs])
+        for wf_id in by_wf:
+            await self.finish_if_done(wf_id)
+
+    async def _after_failure(self, job: dict) -> None:
+        """A step failed or was cancelled: cancel what can no longer run, per the policy."""
+        wf = await self.get(job["workflow_id"])
+        key, status = job["step_key"], JobStatus(job["status"])
+        open_keys = await self._open_keys(wf["_id"])
+        if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
+            targets, reason = [k for k in open_keys if k != key], DEPENDENCY_FAILED
         else:
-            wf = await self.get(wf_id)
-            open_keys = [k for k, s in wf["steps"].items() if s["state"] is None and k != key]
-            if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
-                targets, reason = open_keys, DEPENDENCY_FAILED
-            else:
-                targets = [k for k in descendants(self._children(wf), [key]) if wf["steps"][k]["state"] is None]
-                reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
-            await self._cancel_keys(wf, targets, reason)
-        await self._mirror(wf_id, {key: status.value})
-        await self.jobs.fanout_done(job_id)
-        await self.finish_if_done(wf_id)
+            targets = [k for k in descendants(self._children(wf), [key]) if k in open_keys]
+            reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
+        await self._cancel_keys(wf, targets, reason)
+
+    async def _open_keys(self, workflow_id: str) -> set[str]:
+        steps = await self.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1})
+        return {s["step_key"] for s in steps if not JobStatus(s["status"]).terminal}
 
     async def _cancel_keys(self, wf: dict, keys: list[str], reason: str) -> None:
         ids = {wf["steps"][k]["job_id"]: k for k in keys}
         cancelled = await self.jobs.cancel_steps(list(ids), reason)
-        if cancelled:
-            await self._mirror(wf["_id"], {ids[i]: JobStatus.CANCELLED.value for i in cancelled})
-            for i in cancelled:
-                await self.jobs.fanout_done(i)
+        if cancelled:  # guarded on each step's status, so each is counted exactly once
+            await self._count(wf["_id"], [JobStatus.CANCELLED.value] * len(cancelled))
+            await self.jobs.fanout_done(cancelled)
 
-    async def _mirror(self, workflow_id: str, states: dict[str, str]) -> None:
-        """Record steps' terminal states. Each write is guarded on the state still being
-        unset, so a replayed settle counts nothing twice; `open`, `n_failed` and
-        `n_cancelled` are what finishing reads instead of the whole steps map."""
-        ops = [UpdateOne({"_id": workflow_id, f"steps.{k}.state": None},
-                         {"$set": {f"steps.{k}.state": v},
-                          "$inc": {"open": -1, "n_failed": int(v == "failed"), "n_cancelled": int(v == "cancelled")}})
-               for k, v in states.items()]
-        if ops:
-            await self.col.bulk_write(ops, ordered=False)
+    async def _count(self, workflow_id: str, statuses: list[str]) -> None:
+        """Count finished steps into the workflow's `open`, `n_failed` and `n_cancelled`.
+        One small write per batch. A replayed settle could count a step twice; finishing
+        verifies against the steps themselves before it trusts `open`."""
+        await self.col.update_one({"_id": workflow_id}, {"$inc": {
+            "open": -len(statuses), "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
 
     async def finish_if_done(self, workflow_id: str) -> str | None:
-        wf = await self.col.find_one({"_id": workflow_id}, {"status": 1, "open": 1, "n_failed": 1, "n_cancelled": 1})
+        wf = await self.col.find_one({"_id": workflow_id}, {"status": 1, "open": 1})
         if not wf or wf["status"] != RUNNING or wf.get("open", 1) > 0:
             return None
-        final = "failed" if wf.get("n_failed") else "cancelled" if wf.get("n_cancelled") else "completed"
-        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING, "open": 0},
-                                        {"$set": {"status": final, "completed_at": self.clock.now()}})
+        steps = await self.jobs.steps_of(workflow_id, {"status": 1})
+        statuses = [s["status"] for s in steps]
+        still_open = sum(not JobStatus(s).terminal for s in statuses)
+        if still_open:  # the counter drifted (a replayed settle): mend it from the truth
+            await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
+                "open": still_open, "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
+            return None
+        final = "failed" if "failed" in statuses else "cancelled" if "cancelled" in statuses else "completed"
+        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
+            "status": final, "completed_at": self.clock.now(), "open": 0,
+            "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
         return final if res.modified_count else None
 
     async def cancel(self, workflow_id: str) -> dict:
@@ -82,7 +102,7 @@ class FlowMixin:
         if wf["status"] != RUNNING:
             raise InvalidTransition(f"workflow {workflow_id} is already {wf['status']}", field="status")
         await self.col.update_one({"_id": workflow_id}, {"$set": {"cancel_requested": True}})
-        await self._cancel_keys(wf, [k for k, s in wf["steps"].items() if s["state"] is None], "workflow cancelled")
+        await self._cancel_keys(wf, sorted(await self._open_keys(workflow_id)), "workflow cancelled")
         await self.finish_if_done(workflow_id)
         return await self.get(workflow_id)
 
@@ -100,8 +120,7 @@ class FlowMixin:
         if not again:
             raise InvalidTransition(f"workflow {workflow_id} has no failed steps to retry", field="status")
         res = await self.col.update_one({"_id": workflow_id, "status": wf["status"]}, {
-            "$set": {"status": RUNNING, "completed_at": None, "cancel_requested": False,
-                     **{f"steps.{s['step_key']}.state": None for s in again}},
+            "$set": {"status": RUNNING, "completed_at": None, "cancel_requested": False},
             "$inc": {"open": len(again), "n_failed": -sum(s["status"] == "failed" for s in again),
                      "n_cancelled": -sum(s["status"] == "cancelled" for s in again)}})
         if not res.modified_count:

@@ -1,9 +1,9 @@
 """The `workflows` collection, and the workflow moves that span it and `jobs`.
 
-A workflow document holds its steps as a map `steps.<key> = {job_id, depends_on, state}`,
-where `state` mirrors the step's terminal status once its fan-out has run. Mirroring is an
-idempotent `$set`, so `settle` can be replayed; the workflow finishes when every step has a
-terminal state, and the move to a terminal status is guarded on `status: "running"`.
+A workflow document holds its DAG as a map `steps.<key> = {job_id, depends_on}` and the
+counters `open`, `n_failed`, `n_cancelled`, kept by `settle` with one `$inc` per batch. The
+steps' own documents are the truth: finishing re-counts them before it trusts `open`, and
+the move to a terminal status is guarded on `status: "running"`.
 
 Invariant: every terminal transition of a step is followed by `settle(step)`. Steps carry
 `fanout_pending: true` until their settle has run, and maintenance replays any finished step
@@ -63,7 +63,7 @@ class WorkflowStore(FlowMixin):
             doc = self.jobs.build(spec, owner, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
             doc.pop("key", None)
-            waiting = [ids[d] for d in s.depends_on if ids[d] not in done]
+            waiting = {ids[d]: 1 for d in s.depends_on if ids[d] not in done}
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
                        fanout_pending=True)
             if waiting:
@@ -80,7 +80,7 @@ class WorkflowStore(FlowMixin):
         wf = {"_id": wf_id, "name": spec.name, "owner": owner, "status": RUNNING, "failure_policy": spec.failure_policy,
               "metadata": spec.metadata, "created_at": now, "completed_at": None, "total": len(ids),
               "open": len(ids), "n_failed": 0, "n_cancelled": 0,
-              "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order}}
+              "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}}
         await self.col.insert_one(wf)
         try:
             await self.jobs.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
@@ -103,7 +103,7 @@ class WorkflowStore(FlowMixin):
         ids = {**existing, **{s.key: str(ObjectId()) for s in steps}}
         by_key = {s.key: s for s in steps}
         res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {
-            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on, "state": None} for k in order},
+            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order},
             "$inc": {"total": len(steps), "open": len(steps)}})
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
@@ -113,16 +113,16 @@ class WorkflowStore(FlowMixin):
         for d in docs:  # insert as pending on every parent, then release the finished ones
             if d["status"] == JobStatus.QUEUED.value:
                 d["status"] = JobStatus.PENDING.value
-            d["waiting_on"] = list(d["parent_ids"])
+            d["waiting_on"] = {p: 1 for p in d["parent_ids"]}
         await self.jobs.insert_many(docs)
         parents = {p for d in docs for p in d["parent_ids"]}
         finished = {j["_id"] for j in await self.jobs.col.find({"_id": {"$in": list(parents)}, "status": "completed"},
                                                                {"_id": 1}).to_list(None)}
         for d in docs:
-            for p in d["parent_ids"]:
-                if p in finished:
-                    await self.jobs.release_children(p, [d["_id"]])
+            done = [p for p in d["parent_ids"] if p in finished]
+            if done:
+                await self.jobs.release_children(done, [d["_id"]])
         roots = [d for d in docs if not d["parent_ids"]]
         if roots:
-            await self.jobs._requeue(roots, {"status": JobStatus.PENDING.value, "waiting_on": []})
+            await self.jobs._requeue(roots, {"status": JobStatus.PENDING.value, "waiting_on": {}})
         return {s.key: ids[s.key] for s in steps}

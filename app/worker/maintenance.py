@@ -73,6 +73,6 @@ class Maintenance:
     async def settle_steps(self) -> int:
         """Replay the fan-out of finished workflow steps whose worker died before it ran."""
         stragglers = await self.store.jobs.unsettled()
-        for job in stragglers:
-            await self.store.workflows.settle(job["_id"])
+        if stragglers:
+            await self.store.workflows.settle_many([j["_id"] for j in stragglers])
         return len(stragglers)

@@ -20,7 +20,7 @@ from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import PRIORITIES, band
 from app.worker import outcome as oc
-from app.worker.completer import Completer
+from app.worker.batching import Completer, Settler
 from app.worker.executor import Execution
 
 
@@ -41,6 +41,8 @@ class JobProcessor:
         self.running: dict[str, Execution] = {}
         self.wake = asyncio.Event()
         self.completer = Completer(store)
+        self.results = ResultCache(2000)
+        self.settler = Settler(store, get_logger("switchyard.worker"))
         self.stopping = False
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -74,6 +76,7 @@ class JobProcessor:
             ex.releasing.set()
         if self._execs:
             await asyncio.wait(self._execs, timeout=10)
+        await self.settler.drain()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -166,13 +169,13 @@ class JobProcessor:
         ex.log.info("job.started")
         try:
             if job.get("parent_ids"):
-                ex.ctx.parents = await self.store.jobs.parent_results(job)
+                ex.ctx.parents = await self.store.jobs.parent_results(job, self.results)
             outcome, ms = await ex.run()
             status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.completer.complete)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)
             if job.get("workflow_id") and status in ("completed", "failed", "cancelled"):
-                await self.store.workflows.settle(job["_id"])
+                self.settler.add(job["_id"])
         except LeaseLost:
             ex.log.warning("job.lease_lost", note="another worker owns this job now; result discarded")
         except Exception as exc:
@@ -241,6 +244,19 @@ class JobProcessor:
             except Exception as exc:  # no change streams here: polling covers it
                 self.log.debug("worker.watch_error", error=repr(exc))
                 await asyncio.sleep(2)
+
+
+class ResultCache(dict):
+    """Completed parents' results, newest kept, at most `size` of them."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.size:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
 
 
 def _new_worker_id() -> str:

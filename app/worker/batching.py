@@ -1,7 +1,6 @@
-"""Batches job completions: the hot path's only per-job write. Completions that finish
-within a couple of milliseconds of each other share one `bulk_write`, each still fenced by
-its own lease token; a caller whose lease was lost gets `LeaseLost`, as with a single
-`complete`."""
+"""Batching of the per-job writes that follow a handler: completions (`Completer`) and
+workflow fan-out (`Settler`). Work that finishes within a couple of milliseconds shares
+one round of writes."""
 
 from __future__ import annotations
 
@@ -12,6 +11,9 @@ from app.errors import LeaseLost
 
 
 class Completer:
+    """Completions share one `bulk_write`, each still fenced by its own lease token; a
+    caller whose lease was lost gets `LeaseLost`, as with a single `complete`."""
+
     def __init__(self, store, *, max_batch: int = 64, window: float = 0.002) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -44,3 +46,32 @@ class Completer:
                     fut.set_exception(LeaseLost(f"job {item[0]} is no longer leased with this token", job_id=item[0]))
                 else:
                     fut.set_result(None)
+
+
+class Settler:
+    """Workflow fan-out after steps finish, off the job's slot and batched, so the steps of
+    a wide fan-in release their child with one write. Failures are logged and left to the
+    maintenance sweep, which replays any step still marked `fanout_pending`."""
+
+    def __init__(self, store, log, *, window: float = 0.003) -> None:
+        self.store, self.log, self.window = store, log, window
+        self._pending: list[str] = []
+        self._flusher: asyncio.Task | None = None
+
+    def add(self, job_id: str) -> None:
+        self._pending.append(job_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.window)
+        while self._pending:
+            batch, self._pending = self._pending[:500], self._pending[500:]
+            try:
+                await self.store.workflows.settle_many(batch)
+            except Exception as exc:
+                self.log.warning("workflow.settle_failed", jobs=len(batch), error=repr(exc))
+
+    async def drain(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=10)
