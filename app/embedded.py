@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymongo import MongoClient
+from app.store.db import answers_ping
 
 
 def free_port() -> int:
@@ -34,18 +34,13 @@ def url_for(port: int) -> str:
 
 def wait_ready(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"embedded database exited with code {proc.returncode}")
-        try:
-            with MongoClient(url, serverSelectionTimeoutMS=500) as c:
-                c.admin.command("ping")
-                return
-        except Exception as exc:
-            last = exc
-            time.sleep(0.1)
-    raise RuntimeError(f"embedded database at {url} did not start: {last}")
+        if answers_ping(url):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"embedded database at {url} did not answer within {timeout:g}s")
 
 
 @dataclass

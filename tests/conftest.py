@@ -69,3 +69,18 @@ async def api(store, settings):
         async with httpx.AsyncClient(transport=transport, base_url="http://test",
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             yield client
+
+
+@pytest.fixture
+async def worker(store, settings):
+    """Maintenance plus a JobProcessor with 50 slots in this process, on the test's store."""
+    from app.worker.maintenance import Maintenance
+    from app.worker.processor import JobProcessor
+
+    maint = Maintenance(store, settings)
+    proc = JobProcessor(store, settings, concurrency=50)
+    await maint.start()
+    await proc.start()
+    yield proc
+    await proc.stop(grace=1)
+    await maint.stop()

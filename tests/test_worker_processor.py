@@ -6,23 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
 from app.domain.retry import RetryConfig
-from app.worker.maintenance import Maintenance
 from app.worker.processor import JobProcessor
 from tests.helpers import eventually, wait_status
-
-
-@pytest.fixture
-async def worker(store, settings):
-    maint = Maintenance(store, settings)
-    proc = JobProcessor(store, settings, concurrency=6)
-    await maint.start()
-    await proc.start()
-    yield proc
-    await proc.stop(grace=1)
-    await maint.stop()
 
 
 async def test_runs_a_job_to_completion(worker, jobs, store):

@@ -7,21 +7,12 @@ import asyncio
 
 import pytest
 
-from app.worker.maintenance import Maintenance
-from app.worker.processor import JobProcessor
 from tests.helpers import eventually
 
 
-@pytest.fixture
-async def worker(store, settings):
+@pytest.fixture(autouse=True)
+async def roomy_engine(store):
     await store.engines.set_limit("testing", 50)
-    maint = Maintenance(store, settings)
-    proc = JobProcessor(store, settings, concurrency=50)
-    await maint.start()
-    await proc.start()
-    yield proc
-    await proc.stop(grace=1)
-    await maint.stop()
 
 
 def step(key, deps=(), op="collect", value=None, **kw):

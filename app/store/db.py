@@ -77,6 +77,18 @@ class Store:
         await self.client.close()
 
 
+def answers_ping(url: str, timeout_ms: int = 500) -> bool:
+    """Whether a server at `url` answers `ping` (blocking; for start-up checks)."""
+    from pymongo import MongoClient
+
+    try:
+        with MongoClient(url, serverSelectionTimeoutMS=timeout_ms) as c:
+            c.admin.command("ping")
+        return True
+    except Exception:
+        return False
+
+
 def connect(url: str, settings: Settings, db_name: str | None = None) -> Store:
     """A `Store` on `url`. Writes are journaled (`j=true`) so an acknowledged job survives a
     server crash on MongoDB and on the embedded server alike."""

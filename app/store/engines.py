@@ -67,14 +67,16 @@ class EngineStore:
         return await self.col.find({}).sort("_id", 1).to_list(None)
 
     @asynccontextmanager
-    async def enqueue(self, engine: str, priority: int, n: int):
+    async def enqueue(self, engine: str, priority: int, n: int, jobs: int | None = None):
         """Take `n` consecutive sequence numbers of a band for jobs about to enter `queued`
         (yields the first) and count them as queued. Until the block has written the jobs,
         an `inflight` marker holds the band's cursor where it is, so a claimer can never move
         it past a job whose write has not landed yet. On exit the marker goes and claimers
         are woken."""
         tag = f"{band(priority)}_{uuid.uuid4().hex[:12]}"
-        update = {"$inc": {f"seq.{band(priority)}": n, "queued": n}, "$set": {f"inflight.{tag}": self.clock.now()}}
+        # `jobs` (default n) is how many jobs will use the n numbers: a sparse range is fine
+        update = {"$inc": {f"seq.{band(priority)}": n, "queued": n if jobs is None else jobs},
+                  "$set": {f"inflight.{tag}": self.clock.now()}}
         # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
         # a retry would then count the jobs twice. The document is created first, once.
         if engine not in self._known:

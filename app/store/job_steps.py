@@ -21,15 +21,50 @@ WAITING = (JobStatus.PENDING.value, JobStatus.SCHEDULED.value, JobStatus.QUEUED.
 
 class StepMixin:
     async def release_children(self, parent_ids: list[str], children: list[str]) -> int:
-        """The parents completed: unblock their children (one write for all of them, however
-        many parents finished together); queue those with nothing left to wait on."""
+        """The parents completed: unblock their children and queue those with nothing left
+        to wait on. Children that waited only on these parents (a fan-out) go straight to
+        queued, guarded on the exact map they had; the rest have the parents unset from
+        their maps (one write, however many parents finished together) and are queued if
+        that emptied them."""
         if not children:
             return 0
-        await self.col.update_many({"_id": {"$in": children}, "status": PENDING},
-                                   {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
-        ready = await self.col.find({"_id": {"$in": children}, "status": PENDING, "waiting_on": {}},
-                                    {"engine": 1, "priority": 1}).to_list(None)
-        return await self._requeue(ready, {"status": PENDING, "waiting_on": {}}) if ready else 0
+        done = set(parent_ids)
+        docs = await self.col.find({"_id": {"$in": children}, "status": PENDING},
+                                   {"engine": 1, "priority": 1, "ord": 1, "waiting_on": 1}).to_list(None)
+        direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
+        moved = await self.queue_ready(direct, exact=True) if direct else 0
+        rest = [d["_id"] for d in docs if d not in direct]
+        if moved < len(direct):  # a map changed under us: those take the general path
+            rest += [d["_id"] for d in direct]
+        if rest:
+            await self.col.update_many({"_id": {"$in": rest}, "status": PENDING},
+                                       {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
+            ready = await self.col.find({"_id": {"$in": rest}, "status": PENDING, "waiting_on": {}},
+                                        {"engine": 1, "priority": 1, "ord": 1}).to_list(None)
+            moved += await self.queue_ready(ready) if ready else 0
+        return moved
+
+    async def queue_ready(self, steps: list[dict], exact: bool = False) -> int:
+        """pending → queued for steps with nothing left to wait on: one `update_many` per
+        (engine, priority), the seq computed on the server from each step's `ord` (its place
+        in the workflow), so a fan-out of thousands is a handful of writes, not thousands.
+        The numbers may be sparse; windows skip gaps."""
+        groups: dict[tuple, list[dict]] = {}
+        for s in steps:
+            waited = tuple(sorted(s.get("waiting_on") or {})) if exact else ()
+            groups.setdefault((s["engine"], s["priority"], waited), []).append(s)
+        moved = 0
+        for (engine, prio, waited), members in groups.items():
+            lo = min(m["ord"] for m in members)
+            span = max(m["ord"] for m in members) - lo + 1
+            async with self.engines.enqueue(engine, prio, span, jobs=len(members)) as first:
+                res = await self.col.update_many(
+                    {"_id": {"$in": [m["_id"] for m in members]}, "status": PENDING, "waiting_on": {p: 1 for p in waited}},
+                    [{"$set": {"status": JobStatus.QUEUED.value, "seq": {"$add": [first - lo, "$ord"]},
+                               "queued_at": self.clock.now(), "waiting_on": {"$literal": {}}}}])
+            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
+            moved += res.modified_count
+        return moved
 
     async def cancel_steps(self, ids: list[str], reason: str) -> list[str]:
         """Cancel these steps if they still wait; ask running ones to stop. Returns the ids
@@ -74,11 +109,15 @@ class StepMixin:
         if job_ids:
             await self.col.update_many({"_id": {"$in": job_ids}}, {"$unset": {"fanout_pending": ""}})
 
-    async def unsettled(self, limit: int = 100) -> list[dict]:
-        """Finished steps whose fan-out never ran (their worker died in between)."""
+    async def unsettled(self, finished_before, limit: int = 100) -> list[dict]:
+        """Finished steps whose fan-out has not run although they finished before
+        `finished_before` (their worker died in between); younger ones are left to the
+        worker's own settler, so a replay does not race it."""
         out: list[dict] = []
         for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
-            out += await self.col.find({"fanout_pending": True, "status": status.value}, {"_id": 1}).limit(limit).to_list(limit)
+            found = await self.col.find({"fanout_pending": True, "status": status.value},
+                                        {"completed_at": 1}).limit(limit).to_list(limit)
+            out += [d for d in found if not d.get("completed_at") or d["completed_at"] < finished_before]
         return out
 
     async def add_dependents(self, parent_ids: list[str], child_id: str) -> None:
@@ -102,5 +141,5 @@ class StepMixin:
             if res.modified_count and not waiting:
                 ready.append(s)
         if ready:
-            await self._requeue(ready, {"status": PENDING, "waiting_on": {}})
+            await self.queue_ready(ready)
         return moved

@@ -51,21 +51,21 @@ class WorkflowStore(FlowMixin):
 
     # --- creation ------------------------------------------------------------------------
     def _step_docs(self, wf_id: str, steps: list[StepSpec], ids: dict[str, str], owner: str,
-                   done: set[str] = frozenset()) -> list[dict]:
+                   done: set[str] = frozenset(), first_ord: int = 0) -> list[dict]:
         children: dict[str, list[str]] = {s.key: [] for s in steps}
         for s in steps:
             for d in s.depends_on:
                 if d in children:
                     children[d].append(ids[s.key])
         docs = []
-        for s in steps:
+        for n, s in enumerate(steps, start=first_ord):
             spec = s.model_copy(update={"depends_on": []})
             doc = self.jobs.build(spec, owner, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
             doc.pop("key", None)
             waiting = {ids[d]: 1 for d in s.depends_on if ids[d] not in done}
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
-                       fanout_pending=True)
+                       fanout_pending=True, ord=n)
             if waiting:
                 doc["status"], doc["queued_at"] = JobStatus.PENDING.value, None
             docs.append(doc)
@@ -107,7 +107,7 @@ class WorkflowStore(FlowMixin):
             "$inc": {"total": len(steps), "open": len(steps)}})
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
-        docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner)
+        docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner, first_ord=wf["total"])
         for d in docs:  # parents outside the batch learn of their new child first
             await self.jobs.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])
         for d in docs:  # insert as pending on every parent, then release the finished ones
@@ -124,5 +124,5 @@ class WorkflowStore(FlowMixin):
                 await self.jobs.release_children(done, [d["_id"]])
         roots = [d for d in docs if not d["parent_ids"]]
         if roots:
-            await self.jobs._requeue(roots, {"status": JobStatus.PENDING.value, "waiting_on": {}})
+            await self.jobs.queue_ready(roots)
         return {s.key: ids[s.key] for s in steps}

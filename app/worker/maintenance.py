@@ -6,6 +6,7 @@ workers and their permits) and the orphan sweeper (queued jobs a claimer's curso
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from app.logs import get_logger, job_logger
 
@@ -72,7 +73,7 @@ class Maintenance:
 
     async def settle_steps(self) -> int:
         """Replay the fan-out of finished workflow steps whose worker died before it ran."""
-        stragglers = await self.store.jobs.unsettled()
+        stragglers = await self.store.jobs.unsettled(self.store.clock.now() - timedelta(seconds=10))
         if stragglers:
             await self.store.workflows.settle_many([j["_id"] for j in stragglers])
         return len(stragglers)
