@@ -68,9 +68,12 @@ async def main() -> None:
             show("raw_writes_per_s", await sy.raw_write_limit(url, 2 if q else 5))
         async with fresh_server(tmp, "drain") as url:
             show("drain", await sy.drain(url, 300 if q else 2000))
-        async with fresh_server(tmp, "rest") as url:
-            async with sy.serving(url, "bench_rest", workers=2) as base:
+        async with fresh_server(tmp, "rest") as url:  # no consumers, as for Celery's delay()
+            async with sy.serving(url, "bench_rest", workers=0) as base:
                 show("rest_submit_per_s", await asyncio.to_thread(sy.rest_submit_rate, base, 3 if q else 10))
+        async with fresh_server(tmp, "rest_busy") as url:  # the same, while two workers run each job at once
+            async with sy.serving(url, "bench_rest_busy", workers=2) as base:
+                show("rest_submit_consumed_per_s", await asyncio.to_thread(sy.rest_submit_rate, base, 3 if q else 10))
         async with fresh_server(tmp, "latency") as url:
             async with sy.serving(url, "bench_latency", workers=2) as base:
                 await asyncio.sleep(1)
@@ -113,6 +116,7 @@ def report(o: dict) -> None:
         rows.append((f"Celery drain {cd['jobs']} no-op tasks, 2 processes x 8 threads", f"{cd['jobs_per_s']:.1f} jobs/s", ""))
     rows.append(("single-job submit, one client, REST", f"{o['rest_submit_per_s']:.0f}/s",
                  f">= {cdl['per_s']:.0f} (Celery delay())" if cdl else ""))
+    rows.append(("the same while 2 workers consume every job", f"{o['rest_submit_consumed_per_s']:.0f}/s", ""))
     if cdl:
         rows.append(("Celery delay(), one client", f"{cdl['per_s']:.0f}/s", ""))
     rows.append((f"submit-to-start, idle system ({lat['samples']} jobs)", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
