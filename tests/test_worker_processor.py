@@ -130,3 +130,21 @@ async def test_graceful_stop_releases_without_counting(store, settings, jobs):
     assert back["status"] == "queued" and back["attempt"] == 0
     engine = await store.engines.get("testing")
     assert engine.get("running", 0) == 0 and engine["queued"] == 1
+
+
+async def test_delayed_job_waits_for_its_time(worker, jobs, store):
+    job = await jobs.queued(delay_seconds=0.6)
+    assert job["status"] == "scheduled"
+    done = await wait_status(store, job["_id"], "completed")
+    assert (done["started_at"] - done["created_at"]).total_seconds() >= 0.6
+
+
+async def test_engines_filter_limits_what_a_worker_takes(store, settings, jobs):
+    only_ledger = JobProcessor(store, settings, concurrency=2, engines=["ledger"])
+    await only_ledger.start()
+    try:
+        job = await jobs.queued()  # engine "testing"
+        await asyncio.sleep(1.0)
+        assert (await store.jobs.get(job["_id"]))["status"] == "queued"
+    finally:
+        await only_ledger.stop(grace=0.5)
