@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0.2, le=3600)
     poll_interval_seconds: float = Field(2.0, gt=0, le=60)
     promote_interval_seconds: float = Field(0.25, gt=0, le=60)
-    claim_batch: int = Field(32, ge=1, le=1000)
+    claim_batch: int = Field(64, ge=1, le=1000)
     cancel_grace_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
 

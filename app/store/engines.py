@@ -177,5 +177,6 @@ class EngineStore:
     def watch(self):
         """A change stream of the writes that may give claimers new work."""
         return self.col.watch(
-            [{"$match": {"$or": [{"operationType": "insert"}, {"updateDescription.updatedFields.wake": {"$exists": True}}]}}]
+            [{"$match": {"$or": [{"operationType": "insert"}, {"updateDescription.updatedFields.wake": {"$exists": True}}]}}],
+            max_await_time_ms=500,
         )

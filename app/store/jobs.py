@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.domain.models import JobSpec, new_job_document
@@ -127,22 +127,35 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
 
     async def complete_many(self, items: list[tuple[str, str, Any, int]]) -> set[str]:
-        """running → completed for many jobs in one round trip, each guarded by its own
-        lease. Returns the ids whose lease was lost (nothing was written for them).
-        `finished_token` records which lease finished the job, which is how a partial
-        success is told apart from another owner's completion."""
+        """running → completed for many jobs, each guarded by its own lease. Returns the ids
+        whose lease was lost (nothing was written for them).
+
+        Jobs of one claim share a lease token, so each token's jobs complete in a single
+        `update_many` filtered by plain equality on `{status, lease_token}` and `_id $in`,
+        whose update pipeline picks each job's own result by its position (`$literal`, so a
+        result is never read as an expression). One statement is one commit on the server,
+        where a `bulk_write` costs one per job. `finished_token` records which lease finished
+        a job, which is how a partial success is told apart from another owner's completion."""
         now = self.clock.now()
-        ops = [UpdateOne({"_id": jid, "status": RUNNING, "lease_token": token}, {
-            "$set": {"status": JobStatus.COMPLETED.value, "result": result, "completed_at": now,
-                     "execution_time_ms": ms, "progress.percent": 100.0, "finished_token": token},
-            "$unset": LEASE_FIELDS,
-        }) for jid, token, result, ms in items]
-        res = await self.col.bulk_write(ops, ordered=False)
-        if res.modified_count == len(items):
-            return set()
-        tokens = {jid: token for jid, token, _, _ in items}
-        docs = await self.col.find({"_id": {"$in": list(tokens)}}, {"finished_token": 1}).to_list(None)
-        return {d["_id"] for d in docs if d.get("finished_token") != tokens[d["_id"]]} | (set(tokens) - {d["_id"] for d in docs})
+        groups: dict[str, list[tuple[str, Any, int]]] = {}
+        for jid, token, result, ms in items:
+            groups.setdefault(token, []).append((jid, result, ms))
+        lost: set[str] = set()
+        for token, members in groups.items():
+            ids = [m[0] for m in members]
+            at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
+            res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
+                {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
+                          "progress.percent": 100.0,
+                          "result": {"$arrayElemAt": [{"$literal": [m[1] for m in members]}, at]},
+                          "execution_time_ms": {"$arrayElemAt": [{"$literal": [m[2] for m in members]}, at]}}},
+                {"$unset": list(LEASE_FIELDS)},
+            ])
+            if res.modified_count < len(ids):
+                docs = await self.col.find({"_id": {"$in": ids}}, {"finished_token": 1}).to_list(None)
+                ours = {d["_id"] for d in docs if d.get("finished_token") == token}
+                lost |= set(ids) - ours
+        return lost
 
     async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None) -> None:
         """running → failed: a permanent error, or the last attempt failed."""

@@ -13,6 +13,7 @@ paused, or the engine is saturated (so that workers take turns).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
 
@@ -40,6 +41,8 @@ class JobProcessor:
         self.busy: dict[str, int] = defaultdict(int)
         self.running: dict[str, Execution] = {}
         self.wake = asyncio.Event()
+        self.idle = asyncio.Event()  # the fetch loop found nothing and waits for a wake-up
+        self.busy_since = 0.0
         self.completer = Completer(store)
         self.results = ResultCache(2000)
         self.settler = Settler(store, get_logger("switchyard.worker"))
@@ -106,7 +109,10 @@ class JobProcessor:
                     if self.stopping or self.free_slots() <= 0:
                         break
                 if not claimed:
+                    self.idle.set()
                     await _wait(self.wake, self.settings.poll_interval_seconds)
+                    self.idle.clear()
+                    self.busy_since = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database blinked: back off and try again
@@ -234,11 +240,17 @@ class JobProcessor:
                 self.log.warning("worker.cancel_poll_error", error=repr(exc))
 
     async def _wake_loop(self) -> None:
+        """Watch `engines` only while this worker is idle. A change stream costs the server a
+        round trip for every write anywhere, and a busy worker claims again by itself; the
+        stream closes after a second of being busy and reopens when the worker idles."""
         while True:
+            await self.idle.wait()
             try:
                 async with await self.store.engines.watch() as stream:
-                    async for _ in stream:
-                        self.wake.set()
+                    self.wake.set()  # anything that landed before the stream was open
+                    while self.idle.is_set() or time.monotonic() - self.busy_since < 1.0:
+                        if await stream.try_next() is not None:
+                            self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no change streams here: polling covers it
