@@ -74,6 +74,7 @@ class Store:
             return False
 
     async def close(self) -> None:
+        await self.engines.flush()
         await self.client.close()
 
 

@@ -18,6 +18,7 @@ The collection is tiny, so `$expr` guards and `find_one_and_update` are fine her
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,8 @@ class EngineStore:
     def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
         self.col = db["engines"]
         self._known: set[str] = set()  # engines whose document exists
+        self._landed: dict[str, list[str]] = {}  # inflight markers whose writes have landed
+        self._flusher: asyncio.Task | None = None
         self.settings = settings
         self.clock = clock
 
@@ -86,7 +89,26 @@ class EngineStore:
         try:
             yield first
         finally:
-            await self.col.update_one({"_id": engine}, {"$unset": {f"inflight.{tag}": ""}, "$inc": {"wake": 1}})
+            self._landed.setdefault(engine, []).append(tag)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._clear_landed())
+
+    async def _clear_landed(self) -> None:
+        """Remove the markers of enqueues whose writes have landed and wake claimers: one
+        write per engine for everything that landed meanwhile, off the submitter's path.
+        A marker whose process died first goes stale and is dropped by maintenance."""
+        await asyncio.sleep(0)
+        while self._landed:
+            engine, tags = self._landed.popitem()
+            try:
+                await self.col.update_one({"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}})
+            except Exception:  # the database blinked: maintenance drops the marker later
+                pass
+
+    async def flush(self) -> None:
+        """Wait until every landed enqueue has cleared its marker (tests, shutdown)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
 
     @staticmethod
     def cursor_ceiling(engine: dict, priority: int) -> int | None:
