@@ -179,3 +179,25 @@ async def test_a_workflow_of_many_steps_is_accepted(api, store):
     r = await api.post("/api/v1/jobs/workflows", json={"name": "wide", "jobs": [step(f"s{i}") for i in range(2000)]})
     assert r.status_code == 201 and len(r.json()["jobs"]) == 2000
     assert (await store.engines.get("testing"))["queued"] == 2000
+
+
+async def test_a_fan_out_lost_with_its_worker_is_replayed(api, store):
+    """A step completes and its worker dies before the fan-out: the step stays marked, and
+    the maintenance replay releases its child. Replaying twice changes nothing."""
+    from datetime import timedelta
+
+    wf = await submit(api, [step("parent", op="ok"), step("child", ["parent"], op="ok")])
+    ids = wf["jobs"]
+    assert await store.jobs.unsettled(store.clock.now() + timedelta(hours=1)) == []  # live steps carry no mark
+    engine = await store.engines.get("testing")
+    (claimed,) = await store.jobs.claim(engine, "wdead", 1)
+    assert claimed["_id"] == ids["parent"]
+    await store.jobs.complete(claimed["_id"], claimed["lease_token"], {"v": 1}, 1)  # ...and no settle
+    marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
+    assert [m["_id"] for m in marked] == [ids["parent"]]
+    assert (await store.jobs.get(ids["child"]))["status"] == "pending"
+    await store.workflows.settle_many([ids["parent"]])
+    await store.workflows.settle_many([ids["parent"]])
+    assert (await store.jobs.get(ids["child"]))["status"] == "queued"
+    assert (await store.workflows.get(wf["id"]))["open"] == 1
+    assert await store.jobs.unsettled(store.clock.now() + timedelta(hours=1)) == []

@@ -81,7 +81,8 @@ class StepMixin:
         for (status, engine), members in groups.items():
             res = await self.col.update_many(
                 {"_id": {"$in": members}, "status": status},
-                {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason}})
+                {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
+                          "fanout_pending": True}})
             if status == JobStatus.QUEUED.value:
                 await self.engines.count_left_queue(engine, res.modified_count)
         await self.col.update_many({"_id": {"$in": ids}, "status": JobStatus.RUNNING.value},
@@ -134,7 +135,7 @@ class StepMixin:
             waiting = {p: 1 for p in s.get("parent_ids", []) if p not in completed}
             res = await self.col.update_one(
                 {"_id": s["_id"], "status": s["status"]},
-                {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0, "fanout_pending": True,
+                {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0,
                           "completed_at": None, "started_at": None, "cancel_requested": False, "reset_at": now},
                  "$unset": {"cancel_reason": "", "finished_token": ""}})
             moved += res.modified_count

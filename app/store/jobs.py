@@ -27,6 +27,8 @@ from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
 
 RUNNING = JobStatus.RUNNING.value
+# In an update pipeline: true for a workflow step (its fan-out is now pending), else no field.
+STEP_ONLY = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, True, "$$REMOVE"]}
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
 
 
@@ -146,7 +148,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
             res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
                 {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
-                          "progress.percent": 100.0,
+                          "progress.percent": 100.0, "fanout_pending": STEP_ONLY,
                           "result": {"$arrayElemAt": [{"$literal": [m[1] for m in members]}, at]},
                           "execution_time_ms": {"$arrayElemAt": [{"$literal": [m[2] for m in members]}, at]}}},
                 {"$unset": list(LEASE_FIELDS)},
@@ -157,11 +159,12 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
                 lost |= set(ids) - ours
         return lost
 
-    async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None) -> None:
-        """running → failed: a permanent error, or the last attempt failed."""
+    async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None, step: bool = False) -> None:
+        """running → failed: a permanent error, or the last attempt failed. `step`: a
+        workflow step, whose fan-out is then pending."""
         await self._leased(job_id, token, {
             "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": self.clock.now(),
-                     "execution_time_ms": execution_ms},
+                     "execution_time_ms": execution_ms, **({"fanout_pending": True} if step else {})},
             "$push": {"errors": error},
             "$unset": LEASE_FIELDS,
         })
@@ -189,9 +192,10 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
                 await self.engines.count_left_queue(engine, 1)
                 raise
 
-    async def cancel_running(self, job_id: str, token: str, reason: str) -> None:
+    async def cancel_running(self, job_id: str, token: str, reason: str, step: bool = False) -> None:
         await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason},
+            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason,
+                     **({"fanout_pending": True} if step else {})},
             "$unset": LEASE_FIELDS,
         })
 
@@ -210,7 +214,8 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             else:
                 res = await self.col.update_one(
                     {"_id": job_id, "status": status.value},
-                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason},
+                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason,
+                              **({"fanout_pending": True} if job.get("workflow_id") else {})},
                      },
                 )
                 if res.modified_count and status == JobStatus.QUEUED:

@@ -5,9 +5,10 @@ counters `open`, `n_failed`, `n_cancelled`, kept by `settle` with one `$inc` per
 steps' own documents are the truth: finishing re-counts them before it trusts `open`, and
 the move to a terminal status is guarded on `status: "running"`.
 
-Invariant: every terminal transition of a step is followed by `settle(step)`. Steps carry
-`fanout_pending: true` until their settle has run, and maintenance replays any finished step
-still marked, so a worker dying between the two cannot leave a workflow stuck.
+Invariant: every terminal transition of a step is followed by `settle(step)`. The terminal
+write itself sets `fanout_pending: true` on a step, and settle clears it, so maintenance can
+replay any finished step still marked: a worker dying between the two cannot leave a workflow
+stuck. Live steps carry no mark, which keeps them out of that index.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class WorkflowStore(FlowMixin):
             doc.pop("key", None)
             waiting = {ids[d]: 1 for d in s.depends_on if ids[d] not in done}
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
-                       fanout_pending=True, ord=n)
+                       ord=n)
             if waiting:
                 doc["status"], doc["queued_at"] = JobStatus.PENDING.value, None
             docs.append(doc)

@@ -84,7 +84,7 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
             await (complete or jobs.complete)(jid, token, result, execution_ms)
             return "completed"
         case Cancelled(reason=reason):
-            await jobs.cancel_running(jid, token, reason)
+            await jobs.cancel_running(jid, token, reason, step=bool(job.get("workflow_id")))
             return "cancelled"
         case Released():
             await jobs.release(jid, token, job["engine"], job["priority"])
@@ -99,7 +99,7 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
             if not retryable or attempt >= retry.max_attempts:
                 if retryable:
                     entry["message"] += f" (no attempts left: {attempt}/{retry.max_attempts})"
-                await jobs.fail(jid, token, entry, execution_ms)
+                await jobs.fail(jid, token, entry, execution_ms, step=bool(job.get("workflow_id")))
                 return "failed"
             delay = f.retry_after if f.retry_after is not None else retry.delay(job.get("retry_count", 0))
             await jobs.retry(jid, token, entry, delay)
