@@ -59,6 +59,8 @@ async def test_random_dags_respect_dependencies(db_url, store):
         steps = {s["step_key"]: s for s in await store.jobs.steps_of(wf["_id"])}
         for s in steps.values():
             for d in s["depends_on"]:
+                # The two stamps come from different processes' estimates of the server clock,
+                # each within half a round trip of it: allow 20 ms for that, nothing more.
                 gap = (s["started_at"] - steps[d]["completed_at"]).total_seconds()
-                assert gap >= -0.002, f"{s['step_key']} started {-gap:.3f}s before {d} completed"
+                assert gap >= -0.02, f"{s['step_key']} started {-gap:.3f}s before {d} completed"
     assert (await store.engines.get("testing")).get("running", 0) == 0

@@ -24,6 +24,7 @@ class Clock:
         self._db = db
         self._base: datetime | None = None
         self._mono = 0.0
+        self._rtt = 1.0
 
     async def sync(self) -> datetime:
         t0 = time.monotonic()
@@ -32,8 +33,12 @@ class Clock:
         server = reply["localTime"]
         if server.tzinfo is None:
             server = server.replace(tzinfo=timezone.utc)
-        # The server read its clock somewhere inside the round trip: assume the middle.
-        self._base, self._mono = server, (t0 + t1) / 2
+        # The server read its clock somewhere inside the round trip: assume the middle. A
+        # slow round trip is a poor reading, so it replaces a better one only when that one
+        # is a minute old (the monotonic clock drifts far less than that in a minute).
+        rtt = t1 - t0
+        if self._base is None or rtt <= self._rtt * 2 or t1 - self._mono > 60:
+            self._base, self._mono, self._rtt = server, (t0 + t1) / 2, max(rtt, 0.0005)
         return self.now()
 
     def now(self) -> datetime:
