@@ -89,3 +89,32 @@ async def test_sigterm_hands_running_jobs_back(db_url, store, jobs):
     back = await store.jobs.get(job["_id"])
     assert back["status"] == "queued" and back["attempt"] == 0 and back["errors"] == []
     assert (await store.engines.get("testing")).get("running", 0) == 0
+
+
+async def test_a_stalled_worker_cannot_overwrite_the_new_owner(db_url, store, jobs, tmp_path):
+    """SIGSTOP a worker past its lease; another worker takes the job over and finishes it;
+    after SIGCONT the stale worker's completion is refused and the result stays the new
+    owner's."""
+    ledger = tmp_path / "ledger.jsonl"
+    (job_id,) = await submit_ledger(jobs, ledger, 1, seconds=3)
+    stale = start_worker(db_url, store.db.name, concurrency=1)
+    try:
+        await wait_status(store, job_id, "running", timeout=30)
+        first = await store.jobs.get(job_id)
+        stale.send_signal(signal.SIGSTOP)
+        fresh = start_worker(db_url, store.db.name, concurrency=1)
+        try:
+            done = await wait_status(store, job_id, "completed", timeout=60)
+            assert done["attempt"] == 2 and done["result"]["pid"] == fresh.pid
+            stale.send_signal(signal.SIGCONT)
+            await asyncio.sleep(4)  # the stale handler wakes, finishes its sleep, tries to complete
+        finally:
+            stop(fresh)
+    finally:
+        stale.send_signal(signal.SIGCONT)
+        stop(stale)
+    after = await store.jobs.get(job_id)
+    assert after["status"] == "completed" and after["result"]["pid"] == fresh.pid and after["attempt"] == 2
+    assert after["finished_token"] != first["lease_token"]
+    workers = {w["_id"]: w for w in await store.workers.list()}
+    assert workers[first["lease_owner"]]["status"] == "dead"  # it came back under a new id
