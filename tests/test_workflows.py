@@ -181,23 +181,40 @@ async def test_a_workflow_of_many_steps_is_accepted(api, store):
     assert (await store.engines.get("testing"))["queued"] == 2000
 
 
-async def test_a_fan_out_lost_with_its_worker_is_replayed(api, store):
-    """A step completes and its worker dies before the fan-out: the step stays marked, and
-    the maintenance replay releases its child. Replaying twice changes nothing."""
+async def test_a_fan_out_lost_with_its_worker_is_repaired(api, store):
+    """A step completes and its worker dies before the fan-out: once the workflow has been
+    quiet, the repair releases the child and re-counts. Repairing twice changes nothing."""
     from datetime import timedelta
 
     wf = await submit(api, [step("parent", op="ok"), step("child", ["parent"], op="ok")])
     ids = wf["jobs"]
-    assert await store.jobs.unsettled(store.clock.now() + timedelta(hours=1)) == []  # live steps carry no mark
     engine = await store.engines.get("testing")
     (claimed,) = await store.jobs.claim(engine, "wdead", 1)
     assert claimed["_id"] == ids["parent"]
     await store.jobs.complete(claimed["_id"], claimed["lease_token"], {"v": 1}, 1)  # ...and no settle
-    marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
-    assert [m["_id"] for m in marked] == [ids["parent"]]
     assert (await store.jobs.get(ids["child"]))["status"] == "pending"
-    await store.workflows.settle_many([ids["parent"]])
-    await store.workflows.settle_many([ids["parent"]])
+    later = store.clock.now() + timedelta(hours=1)
+    assert await store.workflows.repair_stalled(store.clock.now() - timedelta(hours=1)) == 0  # not quiet yet
+    assert await store.workflows.repair_stalled(later) == 1
+    assert await store.workflows.repair_stalled(later) == 0
     assert (await store.jobs.get(ids["child"]))["status"] == "queued"
     assert (await store.workflows.get(wf["id"]))["open"] == 1
-    assert await store.jobs.unsettled(store.clock.now() + timedelta(hours=1)) == []
+
+
+async def test_a_failed_steps_lost_fan_out_is_replayed(api, store):
+    """A failed step carries `fanout_pending` until its fan-out ran; replaying it applies the
+    failure policy once."""
+    from datetime import timedelta
+
+    wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"], op="ok")])
+    engine = await store.engines.get("testing")
+    (claimed,) = await store.jobs.claim(engine, "wdead", 1)
+    err = {"code": "x", "message": "m", "attempt": 1, "at": None, "worker": None}
+    await store.jobs.fail(claimed["_id"], claimed["lease_token"], err, 1, step=True)  # ...and no settle
+    marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
+    assert [m["_id"] for m in marked] == [wf["jobs"]["bad"]]
+    await store.workflows.settle_many([wf["jobs"]["bad"]])
+    await store.workflows.settle_many([wf["jobs"]["bad"]])
+    assert (await store.jobs.get(wf["jobs"]["child"]))["cancel_reason"] == "dependency_failed"
+    done = await store.workflows.get(wf["id"])
+    assert done["status"] == "failed" and done["open"] == 0 and done["n_failed"] == 1 and done["n_cancelled"] == 1

@@ -27,8 +27,6 @@ from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
 
 RUNNING = JobStatus.RUNNING.value
-# In an update pipeline: true for a workflow step (its fan-out is now pending), else no field.
-STEP_ONLY = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, True, "$$REMOVE"]}
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
 
 
@@ -148,7 +146,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
             res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
                 {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
-                          "progress.percent": 100.0, "fanout_pending": STEP_ONLY,
+                          "progress.percent": 100.0,
                           "result": {"$arrayElemAt": [{"$literal": [m[1] for m in members]}, at]},
                           "execution_time_ms": {"$arrayElemAt": [{"$literal": [m[2] for m in members]}, at]}}},
                 {"$unset": list(LEASE_FIELDS)},

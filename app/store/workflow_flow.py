@@ -27,11 +27,18 @@ class FlowMixin:
 
     async def settle_many(self, job_ids: list[str]) -> None:
         """Everything that follows steps reaching a terminal state: children released,
-        failure policies applied, states mirrored, workflows finished. Idempotent, and
-        batched: steps that finished together cost one write per kind, not one per step."""
-        jobs = await self.jobs.col.find({"_id": {"$in": job_ids}, "fanout_pending": True},
-                                        {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1}).to_list(None)
-        jobs = [j for j in jobs if j.get("workflow_id") and JobStatus(j["status"]).terminal]
+        failure policies applied, counts kept, workflows finished. Batched: steps that
+        finished together cost one write per kind, not one per step.
+
+        A completed step carries no mark: its worker's settler runs this once, and if that
+        worker dies first, `repair_stalled` finds the children still waiting on it. Failed
+        and cancelled steps carry `fanout_pending` from their terminal write until this has
+        run, and maintenance replays them."""
+        found = await self.jobs.col.find({"_id": {"$in": job_ids}},
+                                         {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1,
+                                          "fanout_pending": 1}).to_list(None)
+        jobs = [j for j in found if j.get("workflow_id") and JobStatus(j["status"]).terminal
+                and (j["status"] == JobStatus.COMPLETED.value or j.get("fanout_pending"))]
         if not jobs:
             return
         done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
@@ -46,7 +53,7 @@ class FlowMixin:
             by_wf.setdefault(j["workflow_id"], []).append(j["status"])
         for wf_id, statuses in by_wf.items():
             await self._count(wf_id, statuses)
-        await self.jobs.fanout_done([j["_id"] for j in jobs])
+        await self.jobs.fanout_done([j["_id"] for j in jobs if j.get("fanout_pending")])
         for wf_id in by_wf:
             await self.finish_if_done(wf_id)
 
@@ -77,12 +84,39 @@ class FlowMixin:
         """Count finished steps into the workflow's `open`, `n_failed` and `n_cancelled`.
         One small write per batch. A replayed settle could count a step twice; finishing
         verifies against the steps themselves before it trusts `open`."""
-        await self.col.update_one({"_id": workflow_id}, {"$inc": {
-            "open": -len(statuses), "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
+        await self.col.update_one({"_id": workflow_id}, {
+            "$inc": {"open": -len(statuses), "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")},
+            "$set": {"updated_at": self.clock.now()}})
 
-    async def finish_if_done(self, workflow_id: str) -> str | None:
+    async def repair_stalled(self, quiet_since, limit: int = 20) -> int:
+        """Running workflows with no step counted since `quiet_since`: release children whose
+        completed parents never fanned out (their worker died in between), and re-count the
+        steps. A scan of the workflow's pending steps, so only for quiet workflows, each at
+        most once per quiet period. Returns how many children were released."""
+        released = 0
+        for wf in await self.col.find({"status": RUNNING}, {"updated_at": 1, "created_at": 1}).to_list(None):
+            if (wf.get("updated_at") or wf["created_at"]) >= quiet_since or limit <= 0:
+                continue
+            limit -= 1
+            pending = [s for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
+                       if s["status"] == JobStatus.PENDING.value]
+            parents = sorted({p for s in pending for p in s.get("waiting_on") or {}})
+            done = [d["_id"] for d in await self.jobs.col.find({"_id": {"$in": parents}, "status": "completed"},
+                                                               {"_id": 1}).to_list(None)]
+            if done:
+                children = [s["_id"] for s in pending if set(s.get("waiting_on") or {}) & set(done)]
+                released += await self.jobs.release_children(done, children)
+            await self.col.update_one({"_id": wf["_id"]}, {"$set": {"updated_at": self.clock.now()}})
+            await self.recount(wf["_id"])
+        return released
+
+    async def recount(self, workflow_id: str) -> str | None:
+        """Set the counters from the steps themselves, and finish the workflow if it is done."""
+        return await self.finish_if_done(workflow_id, verify_always=True)
+
+    async def finish_if_done(self, workflow_id: str, verify_always: bool = False) -> str | None:
         wf = await self.col.find_one({"_id": workflow_id}, {"status": 1, "open": 1})
-        if not wf or wf["status"] != RUNNING or wf.get("open", 1) > 0:
+        if not wf or wf["status"] != RUNNING or (wf.get("open", 1) > 0 and not verify_always):
             return None
         steps = await self.jobs.steps_of(workflow_id, {"status": 1})
         statuses = [s["status"] for s in steps]

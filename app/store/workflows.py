@@ -5,10 +5,12 @@ counters `open`, `n_failed`, `n_cancelled`, kept by `settle` with one `$inc` per
 steps' own documents are the truth: finishing re-counts them before it trusts `open`, and
 the move to a terminal status is guarded on `status: "running"`.
 
-Invariant: every terminal transition of a step is followed by `settle(step)`. The terminal
-write itself sets `fanout_pending: true` on a step, and settle clears it, so maintenance can
-replay any finished step still marked: a worker dying between the two cannot leave a workflow
-stuck. Live steps carry no mark, which keeps them out of that index.
+Invariant: every terminal transition of a step is followed by `settle(step)`. A failed or
+cancelled step's terminal write sets `fanout_pending: true` and settle clears it, so
+maintenance replays any still marked. A completed step is not marked (that would cost every
+step a second write); if its worker dies before settling, `repair_stalled` finds the children
+still waiting on it once the workflow has been quiet for a while. Either way, a worker dying
+at the wrong moment cannot leave a workflow stuck.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class WorkflowStore(FlowMixin):
         by_key = {s.key: s for s in spec.jobs}
         now = self.clock.now()
         wf = {"_id": wf_id, "name": spec.name, "owner": owner, "status": RUNNING, "failure_policy": spec.failure_policy,
-              "metadata": spec.metadata, "created_at": now, "completed_at": None, "total": len(ids),
+              "metadata": spec.metadata, "created_at": now, "updated_at": now, "completed_at": None, "total": len(ids),
               "open": len(ids), "n_failed": 0, "n_cancelled": 0,
               "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}}
         await self.col.insert_one(wf)

@@ -22,7 +22,8 @@ class Maintenance:
         for fn, every in ((self.promote, s.promote_interval_seconds),
                           (self.rescue, min(1.0, s.lease_seconds / 4)),
                           (self.sweep_orphans, 2.0),
-                          (self.settle_steps, 2.0)):
+                          (self.settle_steps, 2.0),
+                          (self.repair_workflows, 10.0)):
             self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
 
     async def stop(self) -> None:
@@ -77,3 +78,11 @@ class Maintenance:
         if stragglers:
             await self.store.workflows.settle_many([j["_id"] for j in stragglers])
         return len(stragglers)
+
+    async def repair_workflows(self) -> int:
+        """Workflows quiet for 30 s: release children of completed steps whose worker died
+        before their fan-out, and re-count."""
+        released = await self.store.workflows.repair_stalled(self.store.clock.now() - timedelta(seconds=30))
+        if released:
+            self.log.warning("maintenance.workflow_children_released", jobs=released)
+        return released
