@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import kombu.transport.mongodb as kombu_mongodb
@@ -155,13 +156,25 @@ def _rate(n: int, seconds: float) -> dict:
     return {"jobs": n, "seconds": round(seconds, 3), "jobs_per_s": round(n / seconds, 2)}
 
 
-def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
-          timeout: float = 600) -> dict:
-    """Pre-fill ``n`` tasks, then time ``processes`` workers until all results are stored."""
+@contextmanager
+def _session(url: str):
+    """A clean benchmark database, the Celery app's task and a client on the database;
+    everything is closed and dropped afterwards."""
     _reset(url)
     client_app, task = make_app(url)
     client, db = _db(url)
     try:
+        yield task, db
+    finally:
+        client.close()
+        client_app.close()
+        _reset(url)
+
+
+def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
+          timeout: float = 600) -> dict:
+    """Pre-fill ``n`` tasks, then time ``processes`` workers until all results are stored."""
+    with _session(url) as (task, db):
         for _ in range(n):
             task.delay()
         queued = db["messages"].count_documents({"queue": QUEUE})
@@ -176,10 +189,6 @@ def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
                 _check(db, n)
             finally:
                 _stop_workers(procs)
-    finally:
-        client.close()
-        client_app.close()
-        _reset(url)
     return _rate(n, seconds)
 
 
@@ -209,11 +218,8 @@ def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
     is ``processes * threads`` (one free thread per task); 0 = no cap.
     """
     window = processes * threads if window is None else window
-    _reset(url)
-    client_app, task = make_app(url)
-    client, db = _db(url)
-    results = db[RESULTS]
-    try:
+    with _session(url) as (task, db):
+        results = db[RESULTS]
         with tempfile.TemporaryFile() as log:
             procs = _start_workers(url, processes, threads, log)
             try:
@@ -234,10 +240,6 @@ def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
                 _check(db, n + processes)
             finally:
                 _stop_workers(procs)
-    finally:
-        client.close()
-        client_app.close()
-        _reset(url)
     return _rate(n, seconds)
 
 

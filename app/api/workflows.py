@@ -13,7 +13,6 @@ from app import registry
 from app.api.auth import Principal, require_principal
 from app.api.jobs import ID_PATTERN, strict_query
 from app.domain.workflow import AddSteps, WorkflowSpec
-from app.errors import ValidationFailed
 from app.store.why import explain
 
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
@@ -115,7 +114,8 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
     engines = {e["_id"]: e for e in await store.engines.list()}
     counted = 0
     out = []
-    for s in sorted(steps, key=lambda s: list(wf["steps"]).index(s["step_key"]) if s["step_key"] in wf["steps"] else 0):
+    order = {k: i for i, k in enumerate(wf["steps"])}  # the workflow's topological order
+    for s in sorted(steps, key=lambda s: order.get(s["step_key"], 0)):
         count = s["status"] == "queued" and counted < 20  # positions cost a count each: the first 20
         counted += count
         why = await explain(store, s, engine=engines.get(s["engine"]), key_of=key_of, count_position=count)
@@ -148,5 +148,3 @@ async def retry(workflow_id: str, request: Request, who: Principal = Depends(req
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs={k: wf["steps"][k]["job_id"] for k in keys})
 
-
-__all__ = ["router", "ValidationFailed"]

@@ -46,4 +46,3 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-LIVE = frozenset(JobStatus) - TERMINAL

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain.models import NAME_PATTERN, JobSpec
+from app.domain.models import JobSpec
 from app.errors import ValidationFailed
 
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
@@ -108,5 +108,3 @@ def descendants(children: dict[str, list[str]], roots: list[str]) -> set[str]:
                 todo.append(c)
     return out
 
-
-__all__ = ["StepSpec", "WorkflowSpec", "AddSteps", "validate_steps", "descendants", "NAME_PATTERN"]

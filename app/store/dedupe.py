@@ -25,8 +25,6 @@ class DedupeStore:
             doc = await self.col.find_one({"_id": key})
             return doc["job_id"] if doc else ""
 
-    async def drop_stale(self, key: str, job_id: str) -> None:
+    async def drop(self, key: str, job_id: str) -> None:
+        """Unbind `key` if it is still bound to `job_id`."""
         await self.col.delete_one({"_id": key, "job_id": job_id})
-
-    async def release(self, key: str, job_id: str) -> None:
-        await self.drop_stale(key, job_id)

@@ -36,6 +36,16 @@ def band(priority: int) -> str:
     return f"p{priority}"
 
 
+def busy_bands(engine: dict):
+    """`(priority, cursor, next_seq)` for each band of an engine document that may hold
+    queued jobs, highest priority first."""
+    cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
+    for p in PRIORITIES:
+        lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
+        if lo < hi:
+            yield p, lo, hi
+
+
 class EngineStore:
     def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
         self.col = db["engines"]
@@ -192,9 +202,6 @@ class EngineStore:
         return await self.col.find_one_and_update(
             {"_id": engine}, {"$set": {"limit": limit}, "$inc": {"wake": 1}}, return_document=ReturnDocument.AFTER
         )
-
-    async def reset_queued_counter(self, engine: str, value: int) -> None:
-        await self.col.update_one({"_id": engine}, {"$set": {"queued": value}})
 
     def watch(self):
         """A change stream of the writes that may give claimers new work."""

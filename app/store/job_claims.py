@@ -21,11 +21,13 @@ from pymongo import UpdateOne
 
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
-from app.store.engines import PRIORITIES, band
+from app.store.engines import busy_bands
 
 QUEUED = JobStatus.QUEUED.value
 EPOCH = datetime(1970, 1, 1)
 MAX_WINDOW = 1 << 20
+RESCUE_FIELDS = {"engine": 1, "priority": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
+                 "lease_expires_at": 1, "workflow_id": 1}
 
 
 class ClaimMixin:
@@ -48,9 +50,8 @@ class ClaimMixin:
         claim, read-only. Lets a worker size its permit reservation, and lets a worker that
         lost the race for a job find out without writing anything."""
         seen = 0
-        for p in PRIORITIES:
-            lo, hi = (engine.get("cursor") or {}).get(band(p), 0), (engine.get("seq") or {}).get(band(p), 0)
-            if lo < hi and seen < k:
+        for p, lo, hi in busy_bands(engine):
+            if seen < k:
                 found, _ = await self._window(engine["_id"], p, lo, hi, k - seen, {"seq": 1})
                 seen += len(found)
         return seen
@@ -64,7 +65,7 @@ class ClaimMixin:
     async def claim(self, engine: dict, worker: str, k: int) -> list[dict]:
         """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`, in
         strict priority order, FIFO within a priority. The caller must hold `k` permits."""
-        name, seqs, cursors = engine["_id"], engine.get("seq", {}), engine.get("cursor", {})
+        name = engine["_id"]
         token = uuid.uuid4().hex
         now = self.clock.now()
         stamp = {"status": JobStatus.RUNNING.value, "lease_owner": worker, "lease_token": token,
@@ -73,8 +74,7 @@ class ClaimMixin:
         moved: dict[int, int] = {}
         mine: list[dict] = []  # rounds we won outright: the candidates as read, stamped here
         contested: list[str] = []  # rounds another claimer shared: the token tells which we won
-        for p in PRIORITIES:
-            lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
+        for p, lo, hi in busy_bands(engine):
             start = lo
             for _ in range(4):  # a few rounds when other claimers beat us to candidates
                 if taken >= k or lo >= hi:
@@ -106,7 +106,7 @@ class ClaimMixin:
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
         return docs
 
-    async def _requeue(self, jobs: list[dict], guard: dict, extra: dict | None = None) -> int:
+    async def _requeue(self, jobs: list[dict], guard: dict) -> int:
         """Give `jobs` fresh seqs (one `$inc` per band) and move them to queued, each guarded
         by `guard` plus its own `_id`. Returns how many moved."""
         groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
@@ -118,7 +118,7 @@ class ClaimMixin:
             async with self.engines.enqueue(engine, prio, len(members)) as first:
                 ops = [
                     UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
-                              {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now, **(extra or {})}})
+                              {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now}})
                     for i, j in enumerate(members)
                 ]
                 res = await self.col.bulk_write(ops, ordered=False)
@@ -156,7 +156,7 @@ class ClaimMixin:
         (engine, status) prefix: running jobs are few (bounded by the limits)."""
         out: list[dict] = []
         for engine in await self.engines.list():
-            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}).to_list(None)
+            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}, RESCUE_FIELDS).to_list(None)
             out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
         return out[:limit]
 

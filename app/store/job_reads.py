@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from app.domain.states import JobStatus
-from app.store.engines import PRIORITIES, band
+from app.store.engines import band, busy_bands
 
 
 class ReadMixin:
@@ -57,10 +57,7 @@ class ReadMixin:
         """When the longest-waiting queued job of `engine` became queued: the head of each
         band is its oldest (FIFO by seq), so this probes one window per busy band."""
         oldest = None
-        for p in PRIORITIES:
-            lo, hi = (engine.get("cursor") or {}).get(band(p), 0), (engine.get("seq") or {}).get(band(p), 0)
-            if lo >= hi:
-                continue
+        for p, lo, hi in busy_bands(engine):
             found, _ = await self._window(engine["_id"], p, lo, hi, 1, {"queued_at": 1, "seq": 1})
             if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
                 oldest = found[0]["queued_at"]

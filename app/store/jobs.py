@@ -73,7 +73,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             existing = await self.col.find_one({"_id": bound})
             if existing is not None and not JobStatus(existing["status"]).terminal:
                 return existing, False
-            await self.dedupe.drop_stale(key, bound)  # its job finished: the key is free
+            await self.dedupe.drop(key, bound)  # its job finished: the key is free
         try:
             if doc["status"] == JobStatus.QUEUED:
                 async with self.engines.enqueue(doc["engine"], doc["priority"], 1) as seq:
@@ -84,7 +84,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
                 await self.col.insert_one(doc)
         except BaseException:
             if key:
-                await self.dedupe.release(key, doc["_id"])
+                await self.dedupe.drop(key, doc["_id"])
             raise
         return doc, True
 

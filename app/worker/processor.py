@@ -19,15 +19,14 @@ from collections import defaultdict
 
 from app.errors import LeaseLost
 from app.logs import get_logger
-from app.store.engines import PRIORITIES, band
+from app.store.engines import busy_bands
 from app.worker import outcome as oc
 from app.worker.batching import Completer, Settler
 from app.worker.executor import Execution
 
 
 def has_work(engine: dict) -> bool:
-    seq, cur = engine.get("seq") or {}, engine.get("cursor") or {}
-    return any(cur.get(band(p), 0) < seq.get(band(p), 0) for p in PRIORITIES)
+    return next(busy_bands(engine), None) is not None
 
 
 class JobProcessor:
