@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import registry
-from app.api import errors, health, jobs, queues, workflows
+from app.api import errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
 from app.worker.maintenance import Maintenance
@@ -17,8 +18,9 @@ from app.worker.processor import JobProcessor
 
 
 def create_app(settings: Settings, *, url: str | None = None, store: Store | None = None, workers: int = 0,
-               maintenance: bool = True) -> FastAPI:
-    """`url` (or a ready `store`) names the database; `workers` in-process job slots."""
+               maintenance: bool = True, live: bool = True) -> FastAPI:
+    """`url` (or a ready `store`) names the database; `workers` in-process job slots;
+    `live` runs the event relay, the notifier and the mailer here (the hub always runs)."""
     registry.load(settings.handler_modules())
 
     @asynccontextmanager
@@ -35,9 +37,16 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
         if proc:
             await proc.start()
         app.state.processor = proc
+        app.state.live = lv = Live(st, settings, background=live)
+        app.state.hub = lv.hub
+        app.state.email_status = lv.email_status
+        await lv.start()
+        app.state.ready = True  # /ready: indexes ensured, loops started
         try:
             yield
         finally:
+            await lv.stop()
+            app.state.ready = False
             if proc:
                 await proc.stop()
             if maint:
@@ -48,10 +57,15 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan,
                   description="MongoDB-backed job and workflow orchestrator")
     app.state.settings = settings
+    app.state.ready = False
     errors.install(app)
     app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(live_api.router)  # before workflows and jobs: /jobs/{id}/events
+    app.include_router(notifications.router)  # before jobs: /jobs/notifications
     app.include_router(workflows.router)
+    app.include_router(workers_api.router)  # before jobs, as queues
+    app.include_router(schedules.router)  # before jobs, as queues
     app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(jobs.router)
     return app

@@ -39,6 +39,19 @@ class Settings(BaseSettings):
 
     # email
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
+    email_from: str = "switchyard@localhost"
+    alert_email: str | None = Field(None, description="where alerts go for users who set no address of their own")
+    smtp_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    mail_max_attempts: int = Field(30, ge=1, le=1000)
+    mail_retry_base_seconds: float = Field(2.0, gt=0)
+    mail_retry_max_seconds: float = Field(300.0, gt=0)
+
+    # events and notifications
+    event_retention_seconds: int = Field(7 * 24 * 3600, ge=60)
+    notify_types: str = Field("job.failed,job.cancelled,workflow.completed,workflow.failed",
+                              description="event types stored as notifications, comma-separated")
+    email_types: str = Field("job.failed,workflow.failed", description="event types that send email by default")
+    ws_queue_max: int = Field(1000, ge=10, le=100_000, description="undelivered events before a client is dropped")
 
     # leases and the worker loop
     lease_seconds: float = Field(30.0, gt=0.2, le=3600)
@@ -59,6 +72,10 @@ class Settings(BaseSettings):
     # workflows
     workflow_max_steps: int = Field(10_000, ge=1, le=100_000)
 
+    # cron schedules (app/worker/scheduler.py)
+    schedule_interval_seconds: float = Field(1.0, gt=0, le=60, description="how often each process looks for due ticks")
+    schedule_max_catchup: int = Field(100, ge=1, le=100_000, description="most missed ticks a catch_up schedule runs")
+
     # handlers
     handlers: str = Field("", description="extra handler modules, comma-separated")
     http_allowlist: str = Field("", description="hosts or CIDRs the http_request handler may reach even if private")
@@ -66,8 +83,12 @@ class Settings(BaseSettings):
     # API
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     public_url: str = "http://127.0.0.1:8000"
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
     log_json: bool = True
+
+    # monitoring: a `switchyard worker` serves its own /metrics here when set (`serve` has /metrics)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_addr: str = "0.0.0.0"
 
     @property
     def lease_ms(self) -> int:

@@ -25,6 +25,12 @@ def principal_for(token: str | None, admin_token: str | None) -> Principal:
     return Principal(user="admin", role="admin")
 
 
+def can_see(who: Principal, owner: str | None) -> bool:
+    """Whether `who` may see a resource owned by `owner` (jobs, workflows, events,
+    notifications). Answers the same for a resource that does not exist."""
+    return who.role == "admin" or (owner is not None and owner == who.user)
+
+
 def bearer(header: str | None) -> str | None:
     if not header:
         return None

@@ -53,7 +53,13 @@ class Store:
     def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None) -> None:
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
+        from app.store.events import EventStore
+        from app.store.feed import ChangeFeed
+        from app.store.leases import LeaseStore
+        from app.store.mail import MailStore
+        from app.store.notifications import NotificationStore
         from app.store.jobs import JobStore
+        from app.store.schedules import ScheduleStore
         from app.store.workers import WorkerStore
         from app.store.workflows import WorkflowStore
 
@@ -65,11 +71,18 @@ class Store:
         self.workers = WorkerStore(self.db, settings, self.clock)
         self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db))
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs)
+        self.events = EventStore(self.db, settings)
+        self.feed = ChangeFeed(self.db)
+        self.leases = LeaseStore(self.db, self.clock)
+        self.notifications = NotificationStore(self.db, settings)
+        self.mail = MailStore(self.db, settings, self.clock)
+        self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.workflows)
 
     async def start(self) -> None:
         await self.clock.sync()
         await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes(),
-                             self.workflows.ensure_indexes())
+                             self.events.ensure_indexes(), self.notifications.ensure_indexes(), self.mail.ensure_indexes(),
+                             self.workflows.ensure_indexes(), self.schedules.ensure_indexes())
 
     async def ping(self) -> bool:
         try:

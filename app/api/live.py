@@ -1,0 +1,207 @@
+"""Live updates: the WebSocket at `/api/v1/ws` and the SSE streams of one job or workflow.
+The protocol is documented in docs/events.md.
+
+Both authenticate like the REST API, check every subscription against what the caller may
+see (an id the caller may not see is "not found", exactly like an id that does not exist),
+and go through this process's `Hub`, so memory per client is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+
+from app.api.auth import Principal, bearer, can_see, principal_for, require_principal
+from app.domain.events import is_terminal
+from app.errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
+from app.notifications.hub import Subscriber, Subscription
+
+router = APIRouter(tags=["live"])
+ID = re.compile(r"^[0-9a-f]{24}$")
+UNAUTHORIZED, SLOW, GOING_AWAY = 4401, 4408, 1001
+
+
+def _int(value) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise ValidationFailed("since must be a non-negative integer (an event seq)", field="since")
+
+
+async def _subject(store, who: Principal, *, job_id=None, workflow_id=None) -> dict:
+    """The job or workflow a subscription names, if the caller may see it."""
+    oid = job_id or workflow_id
+    field = "job_id" if job_id else "workflow_id"
+    if not isinstance(oid, str) or not ID.match(oid):
+        raise NotFound(f"{field} must be a 24-character hex id", field=field)
+    doc = await (store.jobs.get(oid) if job_id else store.workflows.get(oid))
+    if not can_see(who, doc.get("owner")):
+        raise NotFound(f"{field.split('_')[0]} {oid!r} not found", field=field)
+    return doc
+
+
+def _subscription(msg: dict) -> Subscription:
+    if msg.get("all") is True:
+        return Subscription(all=True)
+    if "job_id" in msg:
+        return Subscription(job_id=msg["job_id"])
+    if "workflow_id" in msg:
+        return Subscription(workflow_id=msg["workflow_id"])
+    raise ValidationFailed('name what to subscribe to: "job_id", "workflow_id" or "all": true', field="action")
+
+
+@router.websocket("/api/v1/ws")
+async def websocket(ws: WebSocket):
+    app = ws.app
+    settings, store, hub = app.state.settings, app.state.store, app.state.hub
+    token = bearer(ws.headers.get("authorization")) or ws.query_params.get("token")
+    await ws.accept()
+    try:
+        if token is None:  # the third way: {"action": "auth", "token": ...} as the first message
+            first = json.loads(await asyncio.wait_for(ws.receive_text(), 10))
+            token = first.get("token") if isinstance(first, dict) and first.get("action") == "auth" else None
+        who = principal_for(token, settings.admin_token)
+        since = _int(ws.query_params.get("since"))
+    except (Unauthorized, asyncio.TimeoutError, ValueError, WebSocketDisconnect) as exc:
+        reason = exc.message if isinstance(exc, Unauthorized) else "authenticate first"
+        await ws.send_json({"type": "error", "code": "unauthorized", "message": reason})
+        await ws.close(UNAUTHORIZED, reason)
+        return
+    except SwitchyardError as exc:
+        await ws.send_json({"type": "error", **exc.to_dict()})
+        await ws.close(1008, exc.message)
+        return
+    sub = Subscriber(visible=lambda e: can_see(who, e.get("owner")), max_queue=settings.ws_queue_max)
+    await hub.attach(sub)
+    await _reply(sub, {"type": "welcome", "user": who.user, "position": hub.position})
+    sender = asyncio.create_task(_send(ws, sub))
+    try:
+        while True:
+            raw = await ws.receive_text()
+            await _handle(ws, raw, store, hub, sub, who, since)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.detach(sub)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+
+async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Principal, since: int | None) -> None:
+    try:
+        msg = json.loads(raw)
+        if not isinstance(msg, dict):
+            raise ValidationFailed("a message is a JSON object", field="message")
+        action = msg.get("action")
+        if action == "ping":
+            return await _reply(sub, {"type": "pong"})
+        if action not in ("subscribe", "unsubscribe"):
+            raise ValidationFailed(f"unknown action {action!r}", field="action")
+        wanted = _subscription(msg)
+        if action == "unsubscribe":
+            found = hub.unsubscribe(sub, wanted)
+            reply = {"type": "unsubscribed", "found": found}
+        else:
+            if not wanted.all:
+                await _subject(store, who, job_id=wanted.job_id, workflow_id=wanted.workflow_id)
+            start = _int(msg.get("since")) if "since" in msg else since
+            replayed = await hub.subscribe(sub, wanted, start)
+            reply = {"type": "subscribed", "replayed": replayed}
+        reply.update({k: v for k, v in (("job_id", wanted.job_id), ("workflow_id", wanted.workflow_id)) if v})
+        if wanted.all:
+            reply["all"] = True
+        await _reply(sub, reply)
+    except json.JSONDecodeError:
+        await _reply(sub, {"type": "error", "code": "validation_error", "message": "not JSON", "field": "message"})
+    except SwitchyardError as exc:
+        await _reply(sub, {"type": "error", **exc.to_dict()})
+
+
+async def _reply(sub: Subscriber, body: dict) -> None:
+    """Replies go through the client's queue, after the events offered before them; one
+    task writes to the socket."""
+    await sub.queue.put((None, json.dumps(body)))
+
+
+async def _send(ws: WebSocket, sub: Subscriber) -> None:
+    while True:
+        event, text = await sub.queue.get()
+        if text is None:
+            await ws.send_json({"type": "error", "code": "dropped", "message": sub.dropped})
+            await ws.close(SLOW if sub.dropped.startswith("slow") else GOING_AWAY, sub.dropped[:100])
+            return
+        await ws.send_text(text)
+
+
+def _final(doc: dict, kind: str) -> dict:
+    out = {"type": "final", "status": doc["status"]}
+    if kind == "job":
+        out.update(result=doc.get("result"), error=doc.get("last_error"))
+    return out
+
+
+def _sse(event_id, name: str, data: str) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n"
+
+
+async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=None) -> StreamingResponse:
+    store, hub, settings = request.app.state.store, request.app.state.hub, request.app.state.settings
+    doc = await _subject(store, who, job_id=job_id, workflow_id=workflow_id)
+    since = _int(request.headers.get("last-event-id") or request.query_params.get("since")) or 0
+    kind = "job" if job_id else "workflow"
+
+    async def body():
+        sub = Subscriber(visible=lambda e: can_see(who, e.get("owner")), max_queue=settings.ws_queue_max)
+        await hub.attach(sub)
+        try:
+            snapshot = {"type": "connected", f"{kind}_id": doc["_id"], "status": doc["status"]}
+            yield _sse(None, "connected", json.dumps(snapshot))
+            await hub.subscribe(sub, Subscription(job_id=job_id, workflow_id=workflow_id), since)
+            ended = doc["status"] in ("completed", "failed", "cancelled")
+            while True:
+                if ended and sub.queue.empty():  # finished before we looked, its end already sent
+                    yield _sse(None, "final", json.dumps(_final(doc, kind), default=str))
+                    return
+                try:
+                    event, text = await asyncio.wait_for(sub.queue.get(), 15)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                if sub.dropped:
+                    yield _sse(None, "error", json.dumps({"type": "error", "message": sub.dropped}))
+                    return
+                yield _sse(event["_id"], event["type"], text)
+                if is_terminal(event) and event["kind"] == kind:
+                    final = await (store.jobs.get(doc["_id"]) if job_id else store.workflows.get(doc["_id"]))
+                    yield _sse(None, "final", json.dumps(_final(final, kind), default=str))
+                    return
+        finally:
+            hub.detach(sub)
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/api/v1/jobs/workflows/{workflow_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def workflow_events(workflow_id: str, request: Request):
+    """A workflow's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes."""
+    return await _stream(request, await require_principal(request), workflow_id=workflow_id)
+
+
+@router.get("/api/v1/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request):
+    """A job's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes. The
+    stream ends after the job's terminal event, with a `final` event carrying its result."""
+    return await _stream(request, await require_principal(request), job_id=job_id)

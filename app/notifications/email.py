@@ -1,0 +1,136 @@
+"""Email: building alert messages safely, and the Mailer that drains the outbox over SMTP
+(aiosmtplib) with retry and backoff.
+
+Header safety: every header value that carries user input (a job's name, an address) has
+its control characters removed before it reaches `EmailMessage`, so a name containing
+CR/LF cannot add a header. The Message-ID is derived from the outbox id, so a retried
+message is recognisably the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import parseaddr
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+
+from app import metrics
+from app.errors import LeaseLost
+from app.logs import get_logger
+
+log = get_logger("switchyard.mailer")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean(value: str | None, limit: int = 200) -> str:
+    return CONTROL.sub(" ", str(value or "")).strip()[:limit]
+
+
+def valid_address(addr: str | None) -> bool:
+    if not addr or CONTROL.search(addr):
+        return False
+    _, parsed = parseaddr(addr)
+    return parsed == addr and re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+", addr) is not None
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    use_tls: bool
+    start_tls: bool | None
+
+    @classmethod
+    def parse(cls, url: str) -> "Smtp":
+        """`smtp://[user:pass@]host[:port]` (STARTTLS when the server offers it),
+        `smtp+starttls://` (STARTTLS required) or `smtps://` (TLS from the start)."""
+        u = urlsplit(url)
+        if u.scheme not in ("smtp", "smtps", "smtp+starttls") or not u.hostname:
+            raise ValueError("SMTP_URL must look like smtp://user:pass@host:587 (or smtps://, smtp+starttls://)")
+        tls = u.scheme == "smtps"
+        return cls(host=u.hostname, port=u.port or (465 if tls else 587 if u.scheme == "smtp+starttls" else 25),
+                   username=unquote(u.username) if u.username else None,
+                   password=unquote(u.password) if u.password else None,
+                   use_tls=tls, start_tls=True if u.scheme == "smtp+starttls" else None)
+
+
+def build(mail: dict, sender: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = clean(sender)
+    msg["To"] = clean(mail["to"])
+    msg["Subject"] = clean(mail["subject"])
+    msg["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9.-]', '.', mail['_id'])}@switchyard>"
+    msg["X-Switchyard-Event"] = clean(mail.get("event_type"))
+    msg.set_content(mail["body"])
+    return msg
+
+
+class Mailer:
+    """Sends what the outbox holds. Any number may run: each message is claimed first."""
+
+    def __init__(self, store, settings) -> None:
+        self.store, self.settings = store, settings
+        self.smtp = Smtp.parse(settings.smtp_url) if settings.smtp_url else None
+        self.last_error: str | None = None
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                sent = await self.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mailer.error", error=repr(exc))
+                sent = 0
+            if not sent:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                self.wake.clear()
+
+    async def drain(self) -> int:
+        if self.smtp is None:
+            return 0
+        timeout = self.settings.smtp_timeout_seconds
+        done = 0
+        for mail in await self.store.mail.claim_due(20, lease_seconds=timeout * 3 + 5):
+            try:
+                await aiosmtplib.send(build(mail, self.settings.email_from), hostname=self.smtp.host,
+                                      port=self.smtp.port, username=self.smtp.username, password=self.smtp.password,
+                                      use_tls=self.smtp.use_tls, start_tls=self.smtp.start_tls, timeout=timeout)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                metrics.EMAIL_FAILURES.inc()
+                try:
+                    status = await self.store.mail.failed(mail["_id"], mail["token"], self.last_error, mail["attempts"])
+                except LeaseLost:
+                    continue
+                log.warning("mailer.send_failed", mail_id=mail["_id"], attempts=mail["attempts"], next=status,
+                            error=self.last_error)
+                continue
+            try:
+                await self.store.mail.sent(mail["_id"], mail["token"])
+            except LeaseLost:
+                log.warning("mailer.sent_after_lease", mail_id=mail["_id"])
+            self.last_error = None
+            metrics.NOTIFICATIONS_SENT.labels(channel="email").inc()
+            done += 1
+        return done
+
+    async def status(self) -> dict:
+        if self.smtp is None:
+            return {"configured": False, "status": "disabled", "reason": "SMTP_URL is not set: no email is sent"}
+        counts = await self.store.mail.counts()
+        last = await self.store.mail.last_sent_at()
+        return {"configured": True, "status": "failing" if self.last_error else "ok",
+                "server": f"{self.smtp.host}:{self.smtp.port}", "pending": counts.get("pending", 0) + counts.get("sending", 0),
+                "dead": counts.get("dead", 0), "last_error": self.last_error,
+                "last_sent_at": last.isoformat() if last else None}

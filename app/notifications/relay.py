@@ -1,0 +1,123 @@
+"""EventRelay: turns the change feed of jobs and workflows into the `events` log.
+
+One relay runs per deployment at a time (the `event-relay` lease); every `serve` process
+stands ready to take over. The checkpoint is the change stream's resume token, saved under
+the lease after the batch it covers is in `events`. A relay that dies between the append and
+the save replays that batch, and `EventStore.append` skips what is already there, so every
+write yields its event exactly once (the seq is the write's own cluster time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+
+from app.domain.events import from_change, static_fields
+from app.logs import get_logger
+from app.store.feed import HistoryLost
+
+LEASE = "event-relay"
+
+
+class _Known:
+    """What the relay remembers of recent jobs and workflows: their unchanging fields and
+    the status of their last event. Bounded; a miss costs one batched read."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self.items: OrderedDict[str, list] = OrderedDict()
+
+    def get(self, oid: str) -> list | None:
+        item = self.items.get(oid)
+        if item is not None:
+            self.items.move_to_end(oid)
+        return item
+
+    def put(self, oid: str, static: dict, status: str | None) -> None:
+        self.items[oid] = [static, status]
+        self.items.move_to_end(oid)
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
+class EventRelay:
+    def __init__(self, store, settings, lease_seconds: float = 10.0) -> None:
+        self.store, self.settings = store, settings
+        self.holder = f"relay-{uuid.uuid4().hex[:12]}"
+        self.lease_seconds = lease_seconds
+        self.known = _Known()
+        self.log = get_logger("switchyard.relay")
+        self.leading = False
+        self.appended = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
+                if lease is None:
+                    self.leading = False
+                    await asyncio.sleep(self.lease_seconds / 3)
+                    continue
+                self.leading = True
+                await self._lead(lease["state"].get("token"))
+            except asyncio.CancelledError:
+                if self.leading:  # hand over at once instead of after the lease runs out
+                    await asyncio.wait_for(self.store.leases.release(LEASE, self.holder), 2.0)
+                raise
+            except HistoryLost as exc:
+                self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
+                await self.store.leases.save(LEASE, self.holder, {"token": None})
+            except Exception as exc:
+                self.log.warning("relay.error", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _lead(self, token) -> None:
+        renewed = saved = time.monotonic()
+        async for changes, new_token in self.store.feed.batches(token):
+            if changes:
+                events = await self.derive(changes)
+                if events:
+                    self.appended += await self.store.events.append(events)
+            now = time.monotonic()
+            if now - renewed > self.lease_seconds / 3:
+                if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
+                    self.leading = False
+                    return  # deposed: whoever leads now resumes from the saved checkpoint
+                renewed = now
+            # Saving wakes the stream (any write does, on SecantusDB), so idle saves are rare.
+            if new_token != token and (changes or token is None or now - saved > 5.0):
+                if not await self.store.leases.save(LEASE, self.holder, {"token": new_token}):
+                    return
+                token, saved = new_token, now
+
+    async def derive(self, changes: list[dict]) -> list[dict]:
+        """Events for a batch of changes, in order, reading unknown jobs' fields in one go."""
+        missing: dict[str, set[str]] = {"job": set(), "workflow": set()}
+        for ch in changes:
+            kind = "job" if ch["ns"]["coll"] == "jobs" else "workflow"
+            oid = ch["documentKey"]["_id"]
+            if ch["operationType"] == "update" and self.known.get(oid) is None:
+                missing[kind].add(oid)
+        for kind, ids in missing.items():
+            for oid, doc in (await self.store.feed.static(kind, list(ids))).items():
+                self.known.put(oid, static_fields(kind, doc), None)
+        now = self.store.clock.now()
+        events = []
+        for ch in changes:
+            kind = "job" if ch["ns"]["coll"] == "jobs" else "workflow"
+            oid = ch["documentKey"]["_id"]
+            doc = ch.get("fullDocument")
+            item = self.known.get(oid)
+            if doc is not None:
+                static = static_fields(kind, doc)
+            else:
+                static = item[0] if item else None
+            event = from_change(ch, static, item[1] if item else None, now)
+            status = event["status"] if event and event["type"] != "job.progress" else (item[1] if item else None)
+            if doc is not None or item is not None:
+                self.known.put(oid, static or {}, status)
+            if event:
+                events.append(event)
+        return events

@@ -1,0 +1,47 @@
+"""Starts and stops this process's share of the live machinery: its hub (always), and the
+relay, the notifier and the mailer (in `serve` processes). The relay and the notifier run
+under leases, so any number of `serve` processes may start them; one works at a time and
+another takes over within a lease length when it stops or dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.notifications.email import Mailer
+from app.notifications.hub import Hub
+from app.notifications.relay import EventRelay
+from app.notifications.service import DbChannel, EmailChannel, NotificationService
+
+
+class Live:
+    def __init__(self, store, settings, *, background: bool = True, lease_seconds: float = 10.0) -> None:
+        self.store, self.settings = store, settings
+        self.hub = Hub(store, settings)
+        self.mailer = Mailer(store, settings)
+        self.relay = EventRelay(store, settings, lease_seconds=lease_seconds)
+        self.notifier = NotificationService(
+            store, settings, [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)],
+            lease_seconds=lease_seconds)
+        self.background = background
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        if self.background:
+            for name, coro in (("relay", self.relay.run()), ("notifier", self.notifier.run()),
+                               ("mailer", self.mailer.run())):
+                self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def email_status(self) -> dict:
+        return await self.mailer.status()
+
+    async def events_status(self) -> dict:
+        lease = await self.store.leases.get("event-relay")
+        return {"relay_here": self.relay.leading, "relay_holder": (lease or {}).get("holder"),
+                "last_seq": await self.store.events.last_seq()}

@@ -1,0 +1,165 @@
+"""NotificationService: reads the `events` log in order and fans each event that concerns
+a user out through `Channel`s: stored notifications (`DbChannel`) and email (`EmailChannel`,
+through the durable outbox). WebSocket pushes need no channel here: every API process's hub
+reads the same log and pushes to its own clients (see app/notifications/hub.py).
+
+One service runs per deployment at a time (the `notifier` lease); its checkpoint is the seq
+of the last event it fanned out, saved after the channels took the batch. Channels are
+idempotent per (event, user), so a batch replayed after a crash changes nothing.
+
+Who is notified: an event's owner, for the types in `notify_types`; the channels per type
+come from the user's preferences, else `db` for all of them and `email` for `email_types`.
+A failed workflow step sends no email of its own: its workflow's failure does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from app import metrics
+from app.logs import get_logger
+from app.notifications.email import valid_address
+from app.store.notifications import notification_id
+
+LEASE = "notifier"
+CHANNELS = ("db", "email", "websocket")
+log = get_logger("switchyard.notifier")
+
+
+@dataclass(frozen=True)
+class Notice:
+    event: dict
+    user: str
+    title: str
+    email: str | None = None
+
+
+class Channel(Protocol):
+    name: str
+
+    async def deliver(self, notices: list[Notice]) -> None: ...
+
+
+def title_of(event: dict) -> str:
+    kind, _, what = event["type"].partition(".")
+    label = event.get("name") or (f"{event.get('engine')}.{event.get('operation')}" if kind == "job" else "workflow")
+    oid = event.get("job_id") if kind == "job" else event.get("workflow_id")
+    return f"{kind.capitalize()} {what}: {label} ({oid})"
+
+
+class DbChannel:
+    name = "db"
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    async def deliver(self, notices: list[Notice]) -> None:
+        docs = [{"_id": notification_id(n.event["_id"], n.user), "user": n.user, "seq": n.event["_id"],
+                 "type": n.event["type"], "title": n.title, "job_id": n.event.get("job_id"),
+                 "workflow_id": n.event.get("workflow_id"), "status": n.event.get("status"),
+                 "error": n.event.get("error"), "read": False, "created_at": n.event["at"]} for n in notices]
+        added = await self.store.notifications.add_many(docs)
+        metrics.NOTIFICATIONS_SENT.labels(channel="db").inc(added)
+
+
+class EmailChannel:
+    """Writes alert emails to the outbox; the Mailer sends them."""
+
+    name = "email"
+
+    def __init__(self, store, settings, wake: asyncio.Event | None = None) -> None:
+        self.store, self.settings, self.wake = store, settings, wake
+
+    async def deliver(self, notices: list[Notice]) -> None:
+        mails = [await self.compose(n) for n in notices if n.email]
+        if await self.store.mail.enqueue(mails) and self.wake:
+            self.wake.set()
+
+    async def compose(self, n: Notice) -> dict:
+        e, base = n.event, self.settings.public_url.rstrip("/")
+        lines = [n.title, ""]
+        if e["kind"] == "job":
+            job = await self.store.jobs.get(e["job_id"])
+            err = job.get("last_error") or {}
+            lines += [f"Job:       {e['job_id']}", f"Handler:   {job['engine']}.{job['operation']}",
+                      f"Status:    {job['status']}", f"Attempts:  {job.get('attempt', 0)}",
+                      f"Error:     {err.get('code', '-')}: {err.get('message', '-')}"]
+            for past in job.get("errors", [])[:-1][-5:]:
+                lines.append(f"  earlier attempt {past.get('attempt')}: {past.get('code')}: {past.get('message')}")
+            link = f"{base}/#/jobs/{e['job_id']}"
+        else:
+            wf = await self.store.workflows.get(e["workflow_id"])
+            lines += [f"Workflow:  {e['workflow_id']}", f"Status:    {wf['status']}",
+                      f"Steps:     {len(wf.get('steps', {}))}, failed {wf.get('n_failed', 0)}, "
+                      f"cancelled {wf.get('n_cancelled', 0)}"]
+            for step in await self.store.jobs.steps_of(e["workflow_id"], {"status": 1, "step_key": 1, "last_error": 1,
+                                                                          "attempt": 1}):
+                if step["status"] == "failed":
+                    err = step.get("last_error") or {}
+                    lines.append(f"  step {step['step_key']} failed after {step.get('attempt')} attempt(s): "
+                                 f"{err.get('code')}: {err.get('message')}")
+            link = f"{base}/#/workflows/{e['workflow_id']}"
+        lines += ["", f"Open in the dashboard: {link}"]
+        return {"_id": notification_id(e["_id"], n.user), "to": n.email, "subject": f"[Switchyard] {n.title}",
+                "body": "\n".join(lines) + "\n", "event_type": e["type"]}
+
+
+class NotificationService:
+    def __init__(self, store, settings, channels: list[Channel], lease_seconds: float = 10.0) -> None:
+        self.store, self.settings = store, settings
+        self.channels = {c.name: c for c in channels}
+        self.holder = f"notifier-{uuid.uuid4().hex[:12]}"
+        self.lease_seconds = lease_seconds
+        self.types = {t.strip() for t in settings.notify_types.split(",") if t.strip()}
+        self.email_types = {t.strip() for t in settings.email_types.split(",") if t.strip()}
+        self.position = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
+                if lease is None:
+                    await asyncio.sleep(self.lease_seconds / 3)
+                    continue
+                await self._lead(int(lease["state"].get("seq") or 0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notifier.error", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _lead(self, seq: int) -> None:
+        renewed = time.monotonic()
+        async for batch in self.store.events.tail(seq):
+            await self.fan_out(batch)
+            self.position = batch[-1]["_id"]
+            if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
+                return
+            if time.monotonic() - renewed > self.lease_seconds / 3:
+                if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
+                    return
+                renewed = time.monotonic()
+
+    async def fan_out(self, events: list[dict]) -> None:
+        wanted = [e for e in events if e["type"] in self.types and e.get("owner")]
+        if not wanted:
+            return
+        prefs = await self.store.notifications.preferences_of(sorted({e["owner"] for e in wanted}))
+        by_channel: dict[str, list[Notice]] = {}
+        for e in wanted:
+            pref = prefs.get(e["owner"], {})
+            default = ["db", "websocket"] + (["email"] if e["type"] in self.email_types else [])
+            routes = pref.get("channels", {}).get(e["type"], default)
+            address = pref.get("email") or self.settings.alert_email
+            for name in routes:
+                if name == "email" and (e.get("kind") == "job" and e.get("workflow_id") or not valid_address(address)):
+                    continue
+                if name in self.channels:
+                    by_channel.setdefault(name, []).append(
+                        Notice(e, e["owner"], title_of(e), address if name == "email" else None))
+        for name, notices in by_channel.items():
+            await self.channels[name].deliver(notices)

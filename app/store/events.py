@@ -1,0 +1,105 @@
+"""The `events` collection: the ordered, expiring log of job and workflow events.
+
+`_id` is the event's seq (see app/domain/events.py). Invariant: the relay appends events in
+seq order and a duplicate `_id` is skipped, never reordered, so the events visible at any
+moment are a prefix of the log. That is what lets a reader that has seen seq N ask for
+`_id > N` and get no gaps and no duplicates, and why `tail` may switch between the change
+stream and polling freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from app.logs import get_logger
+
+log = get_logger("switchyard.events")
+
+
+class EventStore:
+    def __init__(self, db: AsyncDatabase, settings) -> None:
+        self.db = db
+        self.col = db["events"]
+        self.settings = settings
+
+    async def ensure_indexes(self) -> None:
+        c = self.col
+        await c.create_index([("job_id", ASCENDING), ("_id", ASCENDING)],
+                             partialFilterExpression={"job_id": {"$type": "string"}})
+        await c.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)],
+                             partialFilterExpression={"workflow_id": {"$type": "string"}})
+        ttl = int(self.settings.event_retention_seconds)
+        try:
+            await c.create_index("at", expireAfterSeconds=ttl, name="retention")
+        except OperationFailure:  # the retention setting changed: change the index in place
+            await self.db.command("collMod", "events", index={"name": "retention", "expireAfterSeconds": ttl})
+
+    async def append(self, events: list[dict]) -> int:
+        """Insert events in seq order, skipping any already there. Returns how many were new."""
+        events = sorted(events, key=lambda e: e["_id"])
+        added = 0
+        while events:
+            try:
+                res = await self.col.insert_many(events, ordered=True)
+                return added + len(res.inserted_ids)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or any(e.get("code") != 11000 for e in errors):
+                    raise
+                stop = errors[0]["index"]  # ordered: everything before it went in
+                added += stop
+                events = events[stop + 1:]
+        return added
+
+    async def last_seq(self) -> int:
+        doc = await self.col.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+        return doc["_id"] if doc else 0
+
+    async def since(self, after: int, *, job_id: str | None = None, workflow_id: str | None = None,
+                    limit: int = 1000) -> list[dict]:
+        """Events after seq `after`, oldest first, for one job, one workflow, or all."""
+        filt: dict = {"_id": {"$gt": int(after)}}
+        if job_id is not None:
+            filt["job_id"] = str(job_id)
+        elif workflow_id is not None:
+            filt["workflow_id"] = str(workflow_id)
+        return await self.col.find(filt).sort("_id", 1).limit(limit).to_list(limit)
+
+    async def tail(self, after: int, poll_seconds: float = 0.5) -> AsyncIterator[list[dict]]:
+        """Batches of new events after seq `after`, forever, in seq order: from a change
+        stream while the server gives one, by polling while it does not."""
+        last = after
+        while True:
+            try:
+                async with await self.col.watch([{"$match": {"operationType": "insert"}}],
+                                                max_await_time_ms=100) as stream:
+                    # Opened first, caught up second: nothing written in between is missed.
+                    while batch := await self.since(last):
+                        last = batch[-1]["_id"]
+                        yield batch
+                    while stream.alive:
+                        batch = []
+                        while (change := await stream.try_next()) is not None:
+                            doc = change.get("fullDocument")
+                            if doc and doc["_id"] > last:
+                                batch.append(doc)
+                            if len(batch) >= 1000:
+                                break
+                        if batch:
+                            batch.sort(key=lambda e: e["_id"])
+                            last = batch[-1]["_id"]
+                            yield batch
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # no change streams here (or they broke): poll a while
+                log.warning("events.tail_polling", error=repr(exc))
+                for _ in range(20):
+                    while batch := await self.since(last):
+                        last = batch[-1]["_id"]
+                        yield batch
+                    await asyncio.sleep(poll_seconds)

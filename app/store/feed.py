@@ -1,0 +1,62 @@
+"""The change feed of `jobs` and `workflows`: the database's own log of every write to them,
+read through one change stream, resumable by token.
+
+This is the outbox that events come from. Every transition is a single-document write, and
+the server records that write in its log atomically with the write itself; reading the log
+back (and resuming by token after a crash) is how an event can never be lost between a
+transition and its publication. The feed reaches back as far as the server's log does
+(the oplog window on MongoDB, `--oplog-retention-seconds` on SecantusDB).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
+
+from app.domain.events import JOB_STATIC, WORKFLOW_STATIC
+
+HISTORY_LOST = {260, 280, 286}  # InvalidResumeToken, ChangeStreamFatalError, ChangeStreamHistoryLost
+
+
+class HistoryLost(Exception):
+    """The resume point is older than the server's log: events in between are gone."""
+
+
+class ChangeFeed:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.db = db
+
+    async def batches(self, resume_token: Any | None, *, max_batch: int = 500,
+                      max_wait: float = 0.05) -> AsyncIterator[tuple[list[dict], Any]]:
+        """Yields `(changes, token)`: changes in log order and the token to resume after
+        them. An empty batch with a new token means only that time passed."""
+        pipeline = [{"$match": {"ns.coll": {"$in": ["jobs", "workflows"]},
+                                "operationType": {"$in": ["insert", "update", "replace"]}}}]
+        try:
+            async with await self.db.watch(pipeline, resume_after=resume_token, max_await_time_ms=50) as stream:
+                while stream.alive:
+                    batch: list[dict] = []
+                    started = time.monotonic()
+                    while len(batch) < max_batch:
+                        change = await stream.try_next()
+                        if change is None:
+                            break
+                        batch.append(change)
+                        if time.monotonic() - started > max_wait:
+                            break
+                    yield batch, stream.resume_token
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST:
+                raise HistoryLost(str(exc)) from exc
+            raise
+
+    async def static(self, kind: str, ids: list[str]) -> dict[str, dict]:
+        """The unchanging fields of jobs or workflows, by id (one query)."""
+        if not ids:
+            return {}
+        col, fields = (self.db["jobs"], JOB_STATIC) if kind == "job" else (self.db["workflows"], WORKFLOW_STATIC)
+        docs = await col.find({"_id": {"$in": ids}}, {f: 1 for f in fields}).to_list(None)
+        return {d["_id"]: d for d in docs}

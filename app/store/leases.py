@@ -1,0 +1,50 @@
+"""The `leases` collection: named leader leases, each with a checkpoint.
+
+Some loops must run in one process of a deployment at a time (the event relay, the
+notifier). Each holds a lease document `{_id: name, holder, expires_at, state}`, renewed
+well within its length on the database clock. Invariant: `state` (the loop's checkpoint)
+is only written under the holder's own lease, so a deposed leader that wakes up late cannot
+move the checkpoint; at worst it repeats work, which its loop makes idempotent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+
+class LeaseStore:
+    def __init__(self, db: AsyncDatabase, clock) -> None:
+        self.col = db["leases"]
+        self.clock = clock
+
+    async def acquire(self, name: str, holder: str, seconds: float) -> dict | None:
+        """Take or renew the lease; returns its document (with `state`) when held."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=seconds)
+        try:
+            await self.col.insert_one({"_id": name, "holder": holder, "expires_at": until, "state": {}})
+            return {"_id": name, "holder": holder, "expires_at": until, "state": {}}
+        except DuplicateKeyError:
+            pass
+        # Tiny collection: `$or` and find_one_and_update are fine here (DESIGN.md §5).
+        for guard in ({"holder": holder}, {"expires_at": {"$lt": now}}):
+            res = await self.col.update_one({"_id": name, **guard}, {"$set": {"holder": holder, "expires_at": until}})
+            if res.matched_count:
+                return await self.col.find_one({"_id": name, "holder": holder})
+        return None
+
+    async def release(self, name: str, holder: str) -> None:
+        await self.col.update_one({"_id": name, "holder": holder}, {"$set": {"expires_at": self.clock.now()}})
+
+    async def save(self, name: str, holder: str, state: dict[str, Any]) -> bool:
+        """Write the checkpoint if `holder` still holds the lease."""
+        res = await self.col.update_one({"_id": name, "holder": holder},
+                                        {"$set": {f"state.{k}": v for k, v in state.items()}})
+        return res.matched_count == 1
+
+    async def get(self, name: str) -> dict | None:
+        return await self.col.find_one({"_id": name})

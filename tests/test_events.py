@@ -1,0 +1,160 @@
+"""The event log: the relay derives one event per transition from the change feed, in seq
+order, exactly once, including transitions made while no relay ran (the outbox guarantee),
+and the log expires through its TTL index."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.notifications.relay import LEASE, EventRelay
+from app.store import connect
+from tests.helpers import eventually, wait_status
+
+
+@pytest.fixture
+async def relay(store, settings):
+    r = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(r.run())
+    await eventually(lambda: _leading(r), timeout=10)
+    yield r
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _leading(r) -> bool:
+    return r.leading
+
+
+async def events_of(store, job_id, until_type, timeout=20.0):
+    async def check():
+        evs = await store.events.since(0, job_id=job_id)
+        return evs if any(e["type"] == until_type for e in evs) else None
+    return await eventually(check, timeout=timeout)
+
+
+async def test_a_jobs_life_is_one_event_per_transition_in_seq_order(store, relay, jobs, worker):
+    await store.engines.set_limit("testing", 5)
+    job = await jobs.queued(operation="flaky", parameters={"succeed_on": 2},
+                            retry_config={"max_retries": 3, "retry_delay_seconds": 0.05})
+    await wait_status(store, job["_id"], "completed")
+    evs = await events_of(store, job["_id"], "job.completed")
+    types = [e["type"] for e in evs]
+    assert types == ["job.queued", "job.running", "job.scheduled", "job.queued", "job.running", "job.completed"]
+    assert [e["_id"] for e in evs] == sorted(e["_id"] for e in evs)
+    assert len({e["_id"] for e in evs}) == len(evs)
+    assert all(e["engine"] == "testing" and e["owner"] == "admin" for e in evs)
+    retry = evs[2]
+    assert retry["error"]["code"] and retry["status"] == "scheduled"
+
+
+async def test_progress_updates_are_events(store, relay, jobs):
+    job = await jobs.running()
+    await store.jobs.progress(job["_id"], job["lease_token"], 40, "halfway", {"done": 4})
+    await store.jobs.complete(job["_id"], job["lease_token"], {"ok": 1}, 3)
+    evs = await events_of(store, job["_id"], "job.completed")
+    progress = [e for e in evs if e["type"] == "job.progress"]
+    assert len(progress) == 1
+    assert progress[0]["progress"]["percent"] == 40 and progress[0]["progress"]["stage"] == "halfway"
+    assert progress[0]["status"] == "running"
+    assert evs[-1]["type"] == "job.completed"
+
+
+async def test_transitions_made_while_no_relay_ran_still_get_their_events(store, settings, jobs):
+    """The outbox guarantee: events come from the server's log of writes, so a relay that
+    starts (or resumes from its checkpoint) later still sees every transition."""
+    first = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(first.run())
+    a = await jobs.queued()
+    await events_of(store, a["_id"], "job.queued")
+    task.cancel()  # the relay "dies" (its lease is released, its checkpoint kept)
+    await asyncio.gather(task, return_exceptions=True)
+
+    b = await jobs.running()
+    await store.jobs.complete(b["_id"], b["lease_token"], {"ok": True}, 1)
+    c = await jobs.cancelled()
+
+    second = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(second.run())
+    try:
+        evs_b = await events_of(store, b["_id"], "job.completed")
+        evs_c = await events_of(store, c["_id"], "job.cancelled")
+        assert [e["type"] for e in evs_b] == ["job.queued", "job.running", "job.completed"]
+        assert [e["type"] for e in evs_c] == ["job.queued", "job.cancelled"]
+        assert [e["type"] for e in await store.events.since(0, job_id=a["_id"])] == ["job.queued"]  # not twice
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_only_one_relay_leads_and_a_replayed_batch_adds_nothing(store, settings, db_url, jobs):
+    other_store = connect(db_url, settings, db_name=store.db.name)
+    await other_store.start()
+    relays = [EventRelay(store, settings, lease_seconds=1.0), EventRelay(other_store, settings, lease_seconds=1.0)]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        made = [await jobs.queued() for _ in range(20)]
+        await events_of(store, made[-1]["_id"], "job.queued")
+        assert sum(r.leading for r in relays) == 1
+        all_events = await store.events.since(0)
+        assert len(all_events) == 20 and len({e["job_id"] for e in all_events}) == 20
+        # A deposed leader replaying the same changes writes nothing new, and order holds.
+        again = await relays[0].derive([])  # nothing in, nothing out
+        assert again == []
+        assert await store.events.append([dict(e) for e in all_events[5:]]) == 0
+        assert [e["_id"] for e in await store.events.since(0)] == [e["_id"] for e in all_events]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await other_store.close()
+
+
+async def test_the_lease_hands_over_when_the_leader_stops(store, settings, db_url, jobs):
+    a = EventRelay(store, settings, lease_seconds=1.0)
+    ta = asyncio.create_task(a.run())
+    await eventually(lambda: _leading(a), timeout=10)
+    other_store = connect(db_url, settings, db_name=store.db.name)
+    await other_store.start()
+    b = EventRelay(other_store, settings, lease_seconds=1.0)
+    tb = asyncio.create_task(b.run())
+    try:
+        ta.cancel()
+        await asyncio.gather(ta, return_exceptions=True)
+        job = await jobs.queued()
+        await events_of(store, job["_id"], "job.queued")
+        assert b.leading
+        assert (await store.leases.get(LEASE))["holder"] == b.holder
+    finally:
+        tb.cancel()
+        await asyncio.gather(tb, return_exceptions=True)
+        await other_store.close()
+
+
+async def test_workflow_events(store, relay, api, worker):
+    await store.engines.set_limit("testing", 10)
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "pair", "jobs": [
+        {"key": "a", "engine": "testing", "operation": "ok"},
+        {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]}]})
+    wf = r.json()
+
+    async def finished():
+        evs = await store.events.since(0, workflow_id=wf["id"])
+        return evs if any(e["type"] == "workflow.completed" for e in evs) else None
+    evs = await eventually(finished, timeout=30)
+    kinds = [(e["kind"], e["type"]) for e in evs]
+    assert kinds[0] == ("workflow", "workflow.running")
+    assert kinds[-1] == ("workflow", "workflow.completed")
+    b_events = [e["type"] for e in evs if e.get("step_key") == "b"]
+    assert b_events == ["job.pending", "job.queued", "job.running", "job.completed"]
+    assert all(e["workflow_id"] == wf["id"] for e in evs)
+
+
+async def test_retention_is_a_ttl_index_that_follows_the_setting(store, settings):
+    info = await store.events.col.index_information()
+    assert info["retention"]["expireAfterSeconds"] == settings.event_retention_seconds
+    store.events.settings = settings.model_copy(update={"event_retention_seconds": 120})
+    await store.events.ensure_indexes()
+    info = await store.events.col.index_information()
+    assert info["retention"]["expireAfterSeconds"] == 120
