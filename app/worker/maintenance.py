@@ -1,6 +1,7 @@
 """Maintenance that any number of processes may run at once, because every move it makes
 is guarded: the promoter (scheduled → queued when due), the rescuer (expired leases, dead
-workers and their permits) and the orphan sweeper (queued jobs a claimer's cursor passed).
+workers and their permits), the orphan sweeper (queued jobs a claimer's cursor passed), and
+the cron scheduler (app/worker/scheduler.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 from datetime import timedelta
 
 from app.logs import get_logger, job_logger
+from app.worker.scheduler import Scheduler
 
 
 class Maintenance:
@@ -16,6 +18,7 @@ class Maintenance:
         self.store, self.settings = store, settings
         self.log = get_logger("switchyard.maintenance")
         self._tasks: list[asyncio.Task] = []
+        self.scheduler = Scheduler(store, settings)
 
     async def start(self) -> None:
         s = self.settings
@@ -23,7 +26,8 @@ class Maintenance:
                           (self.rescue, min(1.0, s.lease_seconds / 4)),
                           (self.sweep_orphans, 2.0),
                           (self.settle_steps, 2.0),
-                          (self.repair_workflows, 10.0)):
+                          (self.repair_workflows, 10.0),
+                          (self.run_schedules, s.schedule_interval_seconds)):
             self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
 
     async def stop(self) -> None:
@@ -40,6 +44,10 @@ class Maintenance:
             except Exception as exc:
                 self.log.warning("maintenance.error", task=fn.__name__, error=repr(exc))
             await asyncio.sleep(seconds)
+
+    async def run_schedules(self) -> int:
+        """Fire due cron ticks (app/worker/scheduler.py)."""
+        return await self.scheduler.tick()
 
     async def promote(self) -> int:
         n = await self.store.jobs.promote_due(self.store.clock.now())

@@ -1,0 +1,116 @@
+"""`/api/v1/jobs/schedules`: cron schedules of a job or a workflow template: create, list,
+get, pause, resume, delete (issue 7). Firing them is the scheduler's (app/worker/scheduler.py).
+
+Everything a schedule will launch is validated here, once, as the job and workflow
+endpoints validate it: handlers exist, the workflow's DAG is sound, no `$`/dotted keys.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from app import registry
+from app.api.auth import Principal, require_principal
+from app.api.jobs import ID_PATTERN, strict_query
+from app.api.workflows import require_handlers
+from app.domain.schedule import ScheduleSpec
+from app.domain.workflow import validate_steps
+from app.errors import ValidationFailed
+
+router = APIRouter(prefix="/api/v1/jobs/schedules", tags=["schedules"])
+ScheduleId = Path(pattern=ID_PATTERN, description="the schedule's id")
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    cron: str
+    timezone: str
+    misfire_policy: str
+    paused: bool
+    next_run_at: datetime = Field(description="the next tick that has not run yet (UTC)")
+    job: dict[str, Any] | None = Field(None, description="the job template, when the schedule submits a job")
+    workflow: dict[str, Any] | None = Field(None, description="the workflow template, when it submits a workflow")
+    created_at: datetime
+    updated_at: datetime
+    run_count: int = 0
+    last_run_at: datetime | None = Field(None, description="the tick that last ran")
+    last_fired_at: datetime | None = Field(None, description="when that tick was launched")
+    last_job_id: str | None = None
+    last_workflow_id: str | None = None
+    last_error: dict[str, Any] | None = None
+    last_misfire: dict[str, Any] | None = Field(None, description="the last due ticks passed over, by the misfire policy")
+
+    @classmethod
+    def of(cls, doc: dict) -> "ScheduleOut":
+        fields = {k: v for k, v in doc.items() if k in cls.model_fields}
+        return cls(id=doc["_id"], **fields, **{doc["target"]: doc["template"]})
+
+
+class SchedulePage(BaseModel):
+    schedules: list[ScheduleOut]
+    next_cursor: str | None = None
+
+
+@contextmanager
+def under(prefix: str):
+    """Re-raise a validation error of a nested template with its field's full path."""
+    try:
+        yield
+    except ValidationFailed as exc:
+        raise ValidationFailed(exc.message, field=f"{prefix}.{exc.field}" if exc.field else prefix, **exc.details) from None
+
+
+def check_target(spec: ScheduleSpec, settings) -> None:
+    if (spec.job is None) == (spec.workflow is None):
+        raise ValidationFailed("give exactly one of job and workflow", field="job" if spec.job is None else "workflow")
+    if spec.job is not None:
+        registry.require(spec.job.engine, spec.job.operation, field="job.operation")
+    else:
+        with under("workflow"):
+            validate_steps(spec.workflow.jobs, cap=settings.workflow_max_steps)
+            require_handlers(spec.workflow.jobs)
+
+
+@router.post("", status_code=201, response_model=ScheduleOut)
+async def create(spec: ScheduleSpec, request: Request, who: Principal = Depends(require_principal)):
+    check_target(spec, request.app.state.settings)
+    store = request.app.state.store
+    return ScheduleOut.of(await store.schedules.create(spec, owner=who.user, now=store.clock.now()))
+
+
+@router.get("", response_model=SchedulePage, dependencies=[strict_query("cursor", "limit")])
+async def list_schedules(request: Request, cursor: str | None = Query(None, pattern=ID_PATTERN),
+                         limit: int = Query(50, ge=1, le=200), who: Principal = Depends(require_principal)):
+    docs, nxt = await request.app.state.store.schedules.list(after=cursor, limit=limit)
+    return SchedulePage(schedules=[ScheduleOut.of(d) for d in docs], next_cursor=nxt)
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut)
+async def get(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
+    return ScheduleOut.of(await request.app.state.store.schedules.get(schedule_id))
+
+
+@router.post("/{schedule_id}/pause", response_model=ScheduleOut)
+async def pause(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
+    store = request.app.state.store
+    return ScheduleOut.of(await store.schedules.pause(schedule_id, store.clock.now()))
+
+
+@router.post("/{schedule_id}/resume", response_model=ScheduleOut)
+async def resume(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
+    """Continues at the first tick after now: ticks that fell while paused do not run."""
+    store = request.app.state.store
+    return ScheduleOut.of(await store.schedules.resume(schedule_id, store.clock.now()))
+
+
+@router.delete("/{schedule_id}", status_code=204, response_class=Response)
+async def delete(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
+    await request.app.state.store.schedules.delete(schedule_id)
+    return Response(status_code=204)
