@@ -63,7 +63,7 @@ async def api(store, settings):
     """An HTTP client on the app, sharing the test's store; no in-process workers."""
     from app.main import create_app
 
-    app = create_app(settings, store=store, workers=0, maintenance=False)
+    app = create_app(settings, store=store, workers=0, maintenance=False, live=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test",
@@ -84,3 +84,14 @@ async def worker(store, settings):
     yield proc
     await proc.stop(grace=1)
     await maint.stop()
+
+
+@pytest.fixture
+async def live(store, settings):
+    """This process's relay, notifier and mailer (and hub) on the test's store."""
+    from app.notifications.runtime import Live
+
+    lv = Live(store, settings, lease_seconds=2.0)
+    await lv.start()
+    yield lv
+    await lv.stop()

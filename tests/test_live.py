@@ -209,3 +209,22 @@ async def test_two_api_processes_share_events(db_url, store):
     finally:
         for p in procs:
             stop(p)
+
+
+async def test_notifications_are_pushed_with_the_id_they_are_stored_under(server):
+    async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers=AUTH) as ws:
+        await recv(ws)
+        await ws.send(json.dumps({"action": "subscribe", "notifications": True}))
+        ack = await until(ws, lambda m: m.get("type") == "subscribed")
+        assert "job.failed" in ack[-1]["notifications"] and "job.completed" not in ack[-1]["notifications"]
+        async with httpx.AsyncClient(base_url=f"http://{server}", headers=AUTH) as c:
+            ok = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+            bad = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent",
+                                                              "name": "broken"})).json()
+            [note] = [m for m in await until(ws, lambda m: m.get("type") == "notification")]
+            assert note["job_id"] == bad["id"] and note["event_type"] == "job.failed" and "broken" in note["title"]
+
+            async def stored():
+                return (await c.post(f"/api/v1/jobs/notifications/{note['id']}/read")).status_code == 200
+            await eventually(stored, timeout=20)
+        assert ok["id"] != bad["id"]

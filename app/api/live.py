@@ -47,14 +47,20 @@ async def _subject(store, who: Principal, *, job_id=None, workflow_id=None) -> d
     return doc
 
 
-def _subscription(msg: dict) -> Subscription:
+async def _subscription(msg: dict, store=None, who: Principal | None = None) -> Subscription:
+    if msg.get("notifications") is True:
+        from app.notifications.service import routes_for
+
+        prefs = await store.notifications.preferences(who.user)
+        return Subscription(notify=frozenset(routes_for(store.settings, prefs, "websocket")), user=who.user)
     if msg.get("all") is True:
         return Subscription(all=True)
     if "job_id" in msg:
         return Subscription(job_id=msg["job_id"])
     if "workflow_id" in msg:
         return Subscription(workflow_id=msg["workflow_id"])
-    raise ValidationFailed('name what to subscribe to: "job_id", "workflow_id" or "all": true', field="action")
+    raise ValidationFailed('name what to subscribe to: "job_id", "workflow_id", "all": true or "notifications": true',
+                           field="action")
 
 
 @router.websocket("/api/v1/ws")
@@ -104,12 +110,12 @@ async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Pri
             return await _reply(sub, {"type": "pong"})
         if action not in ("subscribe", "unsubscribe"):
             raise ValidationFailed(f"unknown action {action!r}", field="action")
-        wanted = _subscription(msg)
+        wanted = await _subscription(msg, store, who)
         if action == "unsubscribe":
             found = hub.unsubscribe(sub, wanted)
             reply = {"type": "unsubscribed", "found": found}
         else:
-            if not wanted.all:
+            if not wanted.all and wanted.notify is None:
                 await _subject(store, who, job_id=wanted.job_id, workflow_id=wanted.workflow_id)
             start = _int(msg.get("since")) if "since" in msg else since
             replayed = await hub.subscribe(sub, wanted, start)
@@ -117,6 +123,8 @@ async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Pri
         reply.update({k: v for k, v in (("job_id", wanted.job_id), ("workflow_id", wanted.workflow_id)) if v})
         if wanted.all:
             reply["all"] = True
+        if wanted.notify is not None:
+            reply["notifications"] = sorted(wanted.notify)
         await _reply(sub, reply)
     except json.JSONDecodeError:
         await _reply(sub, {"type": "error", "code": "validation_error", "message": "not JSON", "field": "message"})

@@ -28,14 +28,27 @@ def encode(event: dict) -> str:
     return json.dumps(public(event), default=str, separators=(",", ":"))
 
 
+def notification(event: dict, user: str) -> str:
+    """An event as the notification it is for `user` (same id as the stored one)."""
+    from app.notifications.service import title_of
+
+    return json.dumps({"type": "notification", "id": f"{event['_id']}:{user}", "event_type": event["type"],
+                       "title": title_of(event), "job_id": event.get("job_id"), "workflow_id": event.get("workflow_id"),
+                       "status": event.get("status"), "seq": event["_id"]}, separators=(",", ":"))
+
+
 @dataclass(eq=False)
 class Subscription:
     all: bool = False
     job_id: str | None = None
     workflow_id: str | None = None
+    notify: frozenset | None = None  # event types pushed as notifications to `user`
+    user: str | None = None
     buffer: list | None = None  # live events held back while a replay runs
 
     def matches(self, event: dict) -> bool:
+        if self.notify is not None:
+            return event["type"] in self.notify and event.get("owner") == self.user
         if self.job_id is not None:
             return event.get("job_id") == self.job_id
         if self.workflow_id is not None:
@@ -43,7 +56,15 @@ class Subscription:
         return self.all
 
     def same(self, other: "Subscription") -> bool:
-        return (self.all, self.job_id, self.workflow_id) == (other.all, other.job_id, other.workflow_id)
+        return (self.all, self.job_id, self.workflow_id, self.notify is None) == (
+            other.all, other.job_id, other.workflow_id, other.notify is None)
+
+    def key(self, event: dict):
+        """What a subscriber remembers having sent: an event, or the notification it made."""
+        return event["_id"] if self.notify is None else ("n", event["_id"])
+
+    def text(self, event: dict, shared: str | None) -> str:
+        return notification(event, self.user) if self.notify is not None else shared or encode(event)
 
 
 @dataclass(eq=False)
@@ -61,8 +82,8 @@ class Subscriber:
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.max_queue)
 
-    def offer(self, event: dict, text: str | None = None) -> None:
-        seq = event["_id"]
+    def offer(self, event: dict, text: str | None = None, key=None) -> None:
+        seq = event["_id"] if key is None else key
         if self.dropped or seq in self._sent:
             return
         try:
@@ -122,14 +143,14 @@ class Hub:
             while page := await self.store.events.since(after, job_id=wanted.job_id, workflow_id=wanted.workflow_id):
                 for event in page:
                     if wanted.matches(event) and sub.visible(event):
-                        sub.offer(event)
+                        sub.offer(event, wanted.text(event, None), wanted.key(event))
                         replayed += 1
                 after = page[-1]["_id"]
                 if sub.dropped:
                     return replayed
             held, wanted.buffer = wanted.buffer, None  # no await from here: nothing slips in
             for event, text in held:
-                sub.offer(event, text)
+                sub.offer(event, text, wanted.key(event))
         return replayed
 
     def unsubscribe(self, sub: Subscriber, wanted: Subscription) -> bool:
@@ -154,21 +175,19 @@ class Hub:
                 await asyncio.sleep(1.0)
 
     def dispatch(self, event: dict) -> None:
-        text = None
+        shared = None  # encoded once for every subscriber that gets the plain event
         for sub in list(self.subscribers):
             if sub.dropped:
                 continue
             for s in sub.subs:
-                if not s.matches(event):
+                if not s.matches(event) or not sub.visible(event):
                     continue
-                if not sub.visible(event):
-                    break
+                text = s.text(event, shared)
+                if s.notify is None:
+                    shared = text
                 if s.buffer is not None:
-                    text = text or encode(event)
                     s.buffer.append((event, text))
                     if len(s.buffer) > sub.max_queue:
                         sub.drop("slow client: too many events during replay")
                     continue
-                text = text or encode(event)
-                sub.offer(event, text)
-                break
+                sub.offer(event, text, s.key(event))

@@ -108,14 +108,29 @@ class EmailChannel:
                 "body": "\n".join(lines) + "\n", "event_type": e["type"]}
 
 
+def _types(csv: str) -> set[str]:
+    return {t.strip() for t in csv.split(",") if t.strip()}
+
+
+def channels_for(settings, prefs: dict, etype: str) -> list[str]:
+    """The channels an event type goes to for a user: their choice, else the defaults."""
+    default = ["db", "websocket"] + (["email"] if etype in _types(settings.email_types) else [])
+    return prefs.get("channels", {}).get(etype, default)
+
+
+def routes_for(settings, prefs: dict, channel: str) -> set[str]:
+    """The notified event types that a user routes to `channel`."""
+    return {t for t in _types(settings.notify_types) | set(prefs.get("channels", {}))
+            if channel in channels_for(settings, prefs, t)}
+
+
 class NotificationService:
     def __init__(self, store, settings, channels: list[Channel], lease_seconds: float = 10.0) -> None:
         self.store, self.settings = store, settings
         self.channels = {c.name: c for c in channels}
         self.holder = f"notifier-{uuid.uuid4().hex[:12]}"
         self.lease_seconds = lease_seconds
-        self.types = {t.strip() for t in settings.notify_types.split(",") if t.strip()}
-        self.email_types = {t.strip() for t in settings.email_types.split(",") if t.strip()}
+        self.types = _types(settings.notify_types)
         self.position = 0
 
     async def run(self) -> None:
@@ -145,15 +160,14 @@ class NotificationService:
                 renewed = time.monotonic()
 
     async def fan_out(self, events: list[dict]) -> None:
-        wanted = [e for e in events if e["type"] in self.types and e.get("owner")]
-        if not wanted:
-            return
-        prefs = await self.store.notifications.preferences_of(sorted({e["owner"] for e in wanted}))
+        owners = sorted({e["owner"] for e in events if e.get("owner")})
+        prefs = await self.store.notifications.preferences_of(owners) if owners else {}
         by_channel: dict[str, list[Notice]] = {}
-        for e in wanted:
-            pref = prefs.get(e["owner"], {})
-            default = ["db", "websocket"] + (["email"] if e["type"] in self.email_types else [])
-            routes = pref.get("channels", {}).get(e["type"], default)
+        for e in events:
+            pref = prefs.get(e.get("owner"), {})
+            if not e.get("owner") or (e["type"] not in self.types and e["type"] not in pref.get("channels", {})):
+                continue
+            routes = channels_for(self.settings, pref, e["type"])
             address = pref.get("email") or self.settings.alert_email
             for name in routes:
                 if name == "email" and (e.get("kind") == "job" and e.get("workflow_id") or not valid_address(address)):

@@ -88,8 +88,9 @@ class MailStore:
             raise LeaseLost(f"mail {mail_id} is no longer claimed with this token")
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.col.aggregate([{"$match": {"status": {"$ne": "sent"}}},
-                                         {"$group": {"_id": "$status", "n": {"$sum": 1}}}]).to_list(None)
+        cursor = await self.col.aggregate([{"$match": {"status": {"$ne": "sent"}}},
+                                           {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        rows = await cursor.to_list(None)
         return {r["_id"]: r["n"] for r in rows}
 
     async def get(self, mail_id: str) -> dict | None:
