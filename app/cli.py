@@ -89,11 +89,13 @@ def worker(
     concurrency: int = typer.Option(4, min=1, help="job slots in this process"),
     engines: str = typer.Option(None, help="only these engines, comma-separated"),
     handlers: str = typer.Option(None, help="extra handler modules, comma-separated"),
+    metrics_port: int = typer.Option(None, min=1, max=65535, help="serve Prometheus /metrics on this port"),
 ) -> None:
     """Run a separate worker process against the same database."""
     from app import embedded
 
     s = _settings(handlers)
+    s.metrics_port = metrics_port or s.metrics_port  # or SWITCHYARD_METRICS_PORT
     url = s.mongodb_url or embedded.recorded_url(s.data_dir.resolve())
     if not url:
         typer.echo(f"no MONGODB_URL and no running `switchyard serve` recorded in {s.data_dir.resolve()}", err=True)
@@ -108,6 +110,10 @@ async def _run_worker(s: Settings, url: str, concurrency: int, engines: list[str
     from app.worker.maintenance import Maintenance
     from app.worker.processor import JobProcessor
 
+    if s.metrics_port:  # first: a port in use fails before the worker registers
+        from app.metrics import serve_worker_metrics
+
+        serve_worker_metrics(s.metrics_port, s.metrics_addr)
     registry.load(s.handler_modules())
     store = connect(url, s)
     await store.start()

@@ -1,30 +1,111 @@
-"""`/health` (no auth): database reachable, workers seen, depth per engine, email state."""
+"""The operational endpoints, outside `/api/v1` and without a token: `/health` (what is up,
+seed 004's shape), `/ready` (may this instance take traffic) and `/metrics` (Prometheus).
+
+`/health` answers 200 with `status` "ok", or "degraded" when the database answers but email
+reports a failure; 503 with "unavailable" when the database does not answer. Email state
+comes from `app.state.email_status` when the notifications service sets it (a zero-argument
+async callable returning a dict; `"status": "failing"` or `"ok": false` in it means email is
+failing), otherwise from whether `SMTP_URL` is set.
+
+`/metrics` carries no secrets (counts, durations, engine names), so like `/health` it needs
+no token; keep it off public networks as usual for Prometheus endpoints.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 
+from app import metrics
+
 router = APIRouter(tags=["health"])
+EMAIL_STATUS_TIMEOUT = 3.0  # seconds; a hung SMTP probe must not hang /health
+QUEUE_READ_TIMEOUT = 2.0
 
 
 @router.get("/health")
 async def health(request: Request, response: Response) -> dict:
+    """Status, uptime, database, email (SMTP), workers alive, and per queue the waiting and
+    active counts (plus the older `queued`/`running` names, limit and pause state)."""
     state = request.app.state
     store = state.store
+    t0 = time.monotonic()
     reachable = await store.ping()
+    latency_ms = round((time.monotonic() - t0) * 1000, 1) if reachable else None
+    email = await _email(state)
+    uptime = round(time.monotonic() - state.started, 1)
     body: dict = {
-        "status": "ok" if reachable else "degraded",
-        "uptime_seconds": round(time.monotonic() - state.started, 1),
-        "database": {"reachable": reachable},
-        "email": {"configured": bool(state.settings.smtp_url),
-                  "reason": None if state.settings.smtp_url else "SMTP_URL is not set: no email is sent"},
+        "status": "ok",
+        "uptime": uptime,
+        "uptime_seconds": uptime,
+        "database": {"reachable": reachable, "latency_ms": latency_ms},
+        "email": email,
+        "workers": None,
+        "queues": None,
     }
     if reachable:
         body["workers"] = {"alive": await store.workers.alive_count()}
-        body["queues"] = {e["_id"]: {"queued": max(e.get("queued", 0), 0), "running": e.get("running", 0),
-                                     "paused": e.get("paused", False)} for e in await store.engines.list()}
+        body["queues"] = {e["_id"]: _queue(e) for e in await store.engines.list()}
+        if email.get("ok") is False or email.get("status") == "failing":
+            body["status"] = "degraded"
     else:
+        body["status"] = "unavailable"
         response.status_code = 503
     return body
+
+
+@router.get("/ready")
+async def ready(request: Request, response: Response) -> dict:
+    """200 once start-up finished (indexes ensured, loops started) and while the database
+    answers; 503 before, during shutdown, or when the database is gone."""
+    state = request.app.state
+    started = bool(getattr(state, "ready", False))
+    reachable = await state.store.ping() if started else False
+    ok = started and reachable
+    if not ok:
+        response.status_code = 503
+    return {"ready": ok, "started": started, "database": reachable}
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+async def prometheus(request: Request) -> Response:
+    """This process's counters and histograms, and queue gauges read from the database
+    (left out when it does not answer in time)."""
+    try:
+        engines = await asyncio.wait_for(request.app.state.store.engines.list(), QUEUE_READ_TIMEOUT)
+    except Exception:
+        engines = None
+    return Response(metrics.render(engines), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
+def _queue(engine: dict) -> dict:
+    waiting, active = max(engine.get("queued", 0), 0), engine.get("running", 0)
+    return {"waiting": waiting, "active": active, "paused": engine.get("paused", False), "limit": engine.get("limit"),
+            "queued": waiting, "running": active}
+
+
+async def _email(state) -> dict:
+    url = state.settings.smtp_url
+    out: dict = {"configured": bool(url), "server": _server(url) if url else None,
+                 "reason": None if url else "SMTP_URL is not set: no email is sent"}
+    probe = getattr(state, "email_status", None)
+    if probe is None:
+        return out
+    try:
+        out.update(await asyncio.wait_for(probe(), EMAIL_STATUS_TIMEOUT))
+    except Exception as exc:  # the probe itself failed: that is a failing email service
+        out.update(ok=False, reason=f"email status check failed: {exc!r}")
+    return out
+
+
+def _server(url: str) -> str | None:
+    """`host:port` of an SMTP URL, never its credentials."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        return None

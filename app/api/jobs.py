@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app import registry
+from app import metrics, registry
 from app.api.auth import Principal, require_principal
 from app.api.schemas import History, JobOut, JobPage, SubmitOut
 from app.domain.models import JobSpec, NAME_PATTERN
@@ -37,6 +37,8 @@ async def submit(spec: JobSpec, request: Request, response: Response, who: Princ
     job, created = await request.app.state.store.jobs.submit(spec, owner=who.user)
     if not created:
         response.status_code = 200
+    else:
+        metrics.jobs_created([job["engine"]])
     return SubmitOut(**JobOut.of(job).model_dump(), deduplicated=not created)
 
 
@@ -78,6 +80,7 @@ async def status(job_id: str, request: Request, who: Principal = Depends(require
 async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     job = await store.jobs.cancel(job_id)
+    metrics.job_outcome(job["engine"], job["status"], None)  # counts only a waiting job, cancelled at once
     if job.get("workflow_id") and job["status"] == "cancelled":
         await store.workflows.settle(job_id)  # its dependents are cancelled too
     return JobOut.of(job)

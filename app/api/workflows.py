@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from app import registry
+from app import metrics, registry
 from app.api.auth import Principal, require_principal
 from app.api.jobs import ID_PATTERN, strict_query
 from app.domain.workflow import AddSteps, WorkflowSpec
@@ -90,6 +90,7 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
 async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(spec.jobs)
     wf = await request.app.state.store.workflows.create(spec, owner=who.user)
+    metrics.jobs_created(s.engine for s in spec.jobs)
     return Created(id=wf["_id"], status=wf["status"], jobs={k: v["job_id"] for k, v in wf["steps"].items()})
 
 
@@ -131,6 +132,7 @@ async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Prin
     require_handlers(body.jobs)
     store = request.app.state.store
     ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.user)
+    metrics.jobs_created(s.engine for s in body.jobs)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs=ids)
 

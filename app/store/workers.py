@@ -1,5 +1,9 @@
 """The `workers` collection: one document per worker process incarnation.
 
+Fields: `_id`, `host`, `pid`, `kind` (serve or worker), `engines` (None: all), `concurrency`,
+`running` and `running_jobs` (ids, as of the last beat), `status` (alive, dead, stopped),
+`started_at`, `last_seen`, `expires_at`, and `died_at` once marked dead.
+
 A worker beats every lease/3; `expires_at` is one lease after its last beat, on the database
 clock. The rescuer marks a worker whose `expires_at` has passed `dead` (guarded on `alive`),
 then drops its engine permits. A worker that finds itself marked dead must abandon its jobs
@@ -42,6 +46,7 @@ class WorkerStore:
                 "engines": engines,
                 "concurrency": concurrency,
                 "running": 0,
+                "running_jobs": [],
                 "status": "alive",
                 "started_at": now,
                 "last_seen": now,
@@ -49,16 +54,19 @@ class WorkerStore:
             }
         )
 
-    async def beat(self, worker_id: str, running: int) -> bool:
-        """Extend the worker's registration. False means it was declared dead."""
+    async def beat(self, worker_id: str, running_jobs: list[str]) -> bool:
+        """Extend the worker's registration and record the jobs it runs. False means it was
+        declared dead."""
         res = await self.col.update_one(
             {"_id": worker_id, "status": "alive"},
-            {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": running}},
+            {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": len(running_jobs),
+                      "running_jobs": running_jobs}},
         )
         return res.matched_count == 1
 
     async def stop(self, worker_id: str) -> None:
-        await self.col.update_one({"_id": worker_id}, {"$set": {"status": "stopped", "last_seen": self.clock.now()}})
+        await self.col.update_one({"_id": worker_id}, {"$set": {"status": "stopped", "last_seen": self.clock.now(),
+                                                                "running": 0, "running_jobs": []}})
 
     async def expired(self, now: datetime) -> list[str]:
         docs = await self.col.find({"status": "alive", "expires_at": {"$gte": EPOCH, "$lt": now}}, {"_id": 1}).to_list(100)
@@ -70,8 +78,9 @@ class WorkerStore:
         )
         return res.modified_count == 1
 
-    async def list(self, limit: int = 200) -> list[dict]:
-        return await self.col.find({}).sort("started_at", -1).to_list(limit)
+    async def list(self, status: str | None = None, limit: int = 200) -> list[dict]:
+        """Newest first; `status` is alive, dead or stopped."""
+        return await self.col.find({"status": status} if status else {}).sort("started_at", -1).to_list(limit)
 
     async def alive_count(self) -> int:
         return await self.col.count_documents({"status": "alive"})

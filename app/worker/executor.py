@@ -11,7 +11,7 @@ from typing import Any
 from app import registry
 from app.context import JobContext
 from app.errors import LeaseLost
-from app.logs import job_logger
+from app.logs import job_context, job_logger
 from app.worker import outcome as oc
 
 
@@ -51,7 +51,8 @@ class Execution:
         h = registry.get(self.job["engine"], self.job["operation"])
         if h is None:
             return oc.Failure("no_handler", f"no handler for {self.job['engine']}.{self.job['operation']} on this worker"), 0
-        task = asyncio.create_task(h.fn(self.ctx))
+        with job_context(self.job, worker=self.worker):  # what the handler logs carries the job's fields
+            task = asyncio.create_task(h.fn(self.ctx))
         timeout = self.job.get("timeout_seconds")
         deadline = start + timeout if timeout else None
         result = await self._supervise(task, deadline)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from app import metrics
 from app.logs import get_logger, job_logger
 from app.worker.scheduler import Scheduler
 
@@ -67,6 +68,7 @@ class Maintenance:
             status = await self.store.jobs.rescue(job, now)
             if status:
                 rescued += 1
+                metrics.job_rescued(job["engine"], status)
                 if status == "failed" and job.get("workflow_id"):
                     await self.store.workflows.settle(job["_id"])
                 job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from app import metrics
 from app.context import PermanentError, Retry
 from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
@@ -82,9 +83,11 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
     match outcome:
         case Success(result=result):
             await (complete or jobs.complete)(jid, token, result, execution_ms)
+            metrics.job_outcome(job["engine"], "completed", execution_ms)
             return "completed"
         case Cancelled(reason=reason):
             await jobs.cancel_running(jid, token, reason, step=bool(job.get("workflow_id")))
+            metrics.job_outcome(job["engine"], "cancelled", execution_ms)
             return "cancelled"
         case Released():
             await jobs.release(jid, token, job["engine"], job["priority"])
@@ -100,8 +103,10 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
                 if retryable:
                     entry["message"] += f" (no attempts left: {attempt}/{retry.max_attempts})"
                 await jobs.fail(jid, token, entry, execution_ms, step=bool(job.get("workflow_id")))
+                metrics.job_outcome(job["engine"], "failed", execution_ms)
                 return "failed"
             delay = f.retry_after if f.retry_after is not None else retry.delay(job.get("retry_count", 0))
             await jobs.retry(jid, token, entry, delay)
+            metrics.job_outcome(job["engine"], "scheduled", execution_ms)
             return "scheduled"
     raise TypeError(f"unknown outcome {outcome!r}")

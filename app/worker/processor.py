@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 
+from app import metrics
 from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import busy_bands
@@ -148,7 +149,8 @@ class JobProcessor:
         n = min(idle, want)
         if n <= 0:
             return 0
-        jobs = await self.store.jobs.claim(engine, self.worker_id, n)
+        with metrics.CLAIM_LATENCY.time():
+            jobs = await self.store.jobs.claim(engine, self.worker_id, n)
         for job in jobs:
             self._launch(job)
         if len(jobs) < n:  # the queue ran dry: keep no idle permits
@@ -197,7 +199,7 @@ class JobProcessor:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             try:
                 await self.store.clock.sync()
-                if not await self.store.workers.beat(self.worker_id, len(self.running)):
+                if not await self.store.workers.beat(self.worker_id, list(self.running)):
                     await self._declared_dead()
                     continue
                 for job_id, ex in list(self.running.items()):

@@ -1,0 +1,62 @@
+"""`GET /api/v1/jobs/workers`: the worker registry (seed 003's "processor status").
+
+Every worker process (a `switchyard worker`, or the pool inside `serve`) registers in the
+`workers` collection and beats every lease/3 with the jobs it is running. A worker that
+misses its beats for a lease is marked `dead` by maintenance (and its engine permits are
+returned); one that shut down cleanly is `stopped`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from app.api.auth import Principal, require_principal
+from app.api.jobs import strict_query
+
+router = APIRouter(prefix="/api/v1/jobs/workers", tags=["workers"])
+
+WorkerStatus = Literal["alive", "dead", "stopped"]
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    kind: str = Field(description="`serve` (in-process pool) or `worker` (a separate process)")
+    engines: list[str] | None = Field(description="the engines it takes jobs of; null means every engine")
+    concurrency: int = Field(description="job slots")
+    running: int = Field(description="jobs running at its last heartbeat")
+    running_jobs: list[str] = Field(description="ids of those jobs")
+    status: WorkerStatus
+    started_at: datetime
+    last_seen: datetime = Field(description="its last heartbeat")
+    expires_at: datetime | None = Field(None, description="when it counts as dead without another heartbeat")
+    died_at: datetime | None = Field(None, description="when maintenance marked it dead")
+
+    @classmethod
+    def of(cls, doc: dict) -> "WorkerOut":
+        return cls(id=doc["_id"], host=doc["host"], pid=doc["pid"], kind=doc.get("kind", "worker"),
+                   engines=doc.get("engines"), concurrency=doc["concurrency"], running=doc.get("running", 0),
+                   running_jobs=doc.get("running_jobs") or [], status=doc["status"], started_at=doc["started_at"],
+                   last_seen=doc["last_seen"], expires_at=doc.get("expires_at"), died_at=doc.get("died_at"))
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+    count: int
+
+
+@router.get("", response_model=WorkerList, dependencies=[strict_query("status", "limit")])
+async def list_workers(
+    request: Request,
+    status: WorkerStatus | None = Query(None, description="only workers in this state"),
+    limit: int = Query(200, ge=1, le=1000),
+    who: Principal = Depends(require_principal),
+):
+    """Registered workers, newest first."""
+    docs = await request.app.state.store.workers.list(status=status, limit=limit)
+    return WorkerList(workers=[WorkerOut.of(d) for d in docs], count=len(docs))
