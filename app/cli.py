@@ -132,6 +132,11 @@ async def _run_worker(s: Settings, url: str, concurrency: int, engines: list[str
     await store.close()
 
 
+from app.cli_client import register  # noqa: E402  (the client commands: submit, status, queues, workers)
+
+register(cli)
+
+
 def main() -> None:
     cli()
 

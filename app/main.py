@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import registry
-from app.api import errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.api import admin, errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -67,5 +67,6 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.include_router(workers_api.router)  # before jobs, as queues
     app.include_router(schedules.router)  # before jobs, as queues
     app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
+    app.include_router(admin.router)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(jobs.router)
     return app

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     # workflows
     workflow_max_steps: int = Field(10_000, ge=1, le=100_000)
 
+    # retention (docs/retention.md): finished jobs and workflows are deleted this long after
+    # they finished; failed ones are the dead letter and are kept longer
+    retention_completed_seconds: int = Field(7 * 86_400, ge=0, description="completed and cancelled jobs and workflows")
+    retention_failed_seconds: int = Field(30 * 86_400, ge=0, description="failed jobs and workflows (the dead letter)")
+    retention_interval_seconds: float = Field(60.0, gt=0, le=86_400, description="how often each process runs the cleaner")
+
     # cron schedules (app/worker/scheduler.py)
     schedule_interval_seconds: float = Field(1.0, gt=0, le=60, description="how often each process looks for due ticks")
     schedule_max_catchup: int = Field(100, ge=1, le=100_000, description="most missed ticks a catch_up schedule runs")

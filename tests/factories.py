@@ -18,7 +18,8 @@ class JobFactory:
         return JobSpec(**kw)
 
     async def queued(self, **kw) -> dict:
-        job, _ = await self.store.jobs.submit(self.spec(**kw), owner=kw.pop("owner", "admin") if "owner" in kw else "admin")
+        owner = kw.pop("owner", "admin")  # not part of the spec
+        job, _ = await self.store.jobs.submit(self.spec(**kw), owner=owner)
         return job
 
     async def scheduled(self, delay_seconds: float = 3600, **kw) -> dict:
@@ -38,9 +39,9 @@ class JobFactory:
         await self.store.jobs.complete(job["_id"], job["lease_token"], result or {"ok": True}, 5)
         return await self.store.jobs.get(job["_id"])
 
-    async def failed(self, **kw) -> dict:
+    async def failed(self, code: str = "boom", **kw) -> dict:
         job = await self.running(**kw)
-        err = {"code": "boom", "message": "failed in a factory", "attempt": job["attempt"], "at": None, "worker": None}
+        err = {"code": code, "message": "failed in a factory", "attempt": job["attempt"], "at": None, "worker": None}
         await self.store.jobs.fail(job["_id"], job["lease_token"], err, 5)
         return await self.store.jobs.get(job["_id"])
 

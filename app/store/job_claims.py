@@ -175,7 +175,8 @@ class ClaimMixin:
             error["message"] += f"; no attempts left ({attempt}/{retry.max_attempts})"
             res = await self.col.update_one(guard, {
                 "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
-                         **({"fanout_pending": True} if job.get("workflow_id") else {})},
+                         **({"fanout_pending": True} if job.get("workflow_id")
+                            else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},  # retention.py
                 "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
         async with self.engines.enqueue(job["engine"], job["priority"], 1) as seq:

@@ -5,6 +5,8 @@ Every transition out of `running` is an `update_one` whose filter is plain equal
 gets `LeaseLost` instead of overwriting the new owner's work. Other transitions are guarded
 by the state they start from. The claim machinery lives in `job_claims.py` and the read side
 in `job_reads.py`; both are part of `JobStore` and touch no other collection but `engines`.
+Operator moves (dead letter, retries, stuck jobs) are in `job_admin.py`; a standalone job's
+terminal write sets `expires_at`, which `retention.py` uses to delete it later.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
 from app.settings import Settings
+from app.store.job_admin import AdminMixin
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
+from app.store.retention import JobRetentionMixin
 
 RUNNING = JobStatus.RUNNING.value
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
@@ -34,7 +38,7 @@ def new_id() -> str:
     return str(ObjectId())
 
 
-class JobStore(ClaimMixin, ReadMixin, StepMixin):
+class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
     def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe) -> None:
         self.col = db["jobs"]
         self.dedupe = dedupe
@@ -53,6 +57,8 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
         # A workflow's steps: only workflow steps are in it.
         await c.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)],
                              partialFilterExpression={"workflow_id": {"$type": "string"}})
+        # Retention: sparse, only terminal standalone jobs are in it (docs/retention.md).
+        await self.ensure_retention_index()
 
     def default_retry(self) -> RetryConfig:
         s = self.settings
@@ -137,6 +143,9 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
         where a `bulk_write` costs one per job. `finished_token` records which lease finished
         a job, which is how a partial success is told apart from another owner's completion."""
         now = self.clock.now()
+        # standalone jobs expire (docs/retention.md); workflow steps go with their workflow
+        expires = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, "$$REMOVE",
+                             {"$literal": self.expires_at(JobStatus.COMPLETED.value, now)}]}
         groups: dict[str, list[tuple[str, Any, int]]] = {}
         for jid, token, result, ms in items:
             groups.setdefault(token, []).append((jid, result, ms))
@@ -146,7 +155,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
             at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
             res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
                 {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
-                          "progress.percent": 100.0,
+                          "progress.percent": 100.0, "expires_at": expires,
                           "result": {"$arrayElemAt": [{"$literal": [m[1] for m in members]}, at]},
                           "execution_time_ms": {"$arrayElemAt": [{"$literal": [m[2] for m in members]}, at]}}},
                 {"$unset": list(LEASE_FIELDS)},
@@ -160,9 +169,11 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
     async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None, step: bool = False) -> None:
         """running → failed: a permanent error, or the last attempt failed. `step`: a
         workflow step, whose fan-out is then pending."""
+        now = self.clock.now()
         await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": self.clock.now(),
-                     "execution_time_ms": execution_ms, **({"fanout_pending": True} if step else {})},
+            "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
+                     "execution_time_ms": execution_ms,
+                     **({"fanout_pending": True} if step else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},
             "$push": {"errors": error},
             "$unset": LEASE_FIELDS,
         })
@@ -191,9 +202,10 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
                 raise
 
     async def cancel_running(self, job_id: str, token: str, reason: str, step: bool = False) -> None:
+        now = self.clock.now()
         await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason,
-                     **({"fanout_pending": True} if step else {})},
+            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
+                     **({"fanout_pending": True} if step else {"expires_at": self.expires_at(JobStatus.CANCELLED.value, now)})},
             "$unset": LEASE_FIELDS,
         })
 
@@ -210,10 +222,12 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin):
                     {"_id": job_id, "status": RUNNING}, {"$set": {"cancel_requested": True, "cancel_reason": reason}}
                 )
             else:
+                now = self.clock.now()
                 res = await self.col.update_one(
                     {"_id": job_id, "status": status.value},
-                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": self.clock.now(), "cancel_reason": reason,
-                              **({"fanout_pending": True} if job.get("workflow_id") else {})},
+                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
+                              **({"fanout_pending": True} if job.get("workflow_id")
+                                 else {"expires_at": self.expires_at(JobStatus.CANCELLED.value, now)})},
                      },
                 )
                 if res.modified_count and status == JobStatus.QUEUED:

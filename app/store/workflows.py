@@ -24,12 +24,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.domain.states import JobStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
+from app.store.retention import WorkflowRetentionMixin
 from app.store.workflow_flow import FlowMixin
 
 RUNNING = "running"
 
 
-class WorkflowStore(FlowMixin):
+class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
     def __init__(self, db: AsyncDatabase, settings, clock, jobs) -> None:
         self.col = db["workflows"]
         self.settings, self.clock, self.jobs = settings, clock, jobs

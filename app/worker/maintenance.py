@@ -28,6 +28,7 @@ class Maintenance:
                           (self.sweep_orphans, 2.0),
                           (self.settle_steps, 2.0),
                           (self.repair_workflows, 10.0),
+                          (self.expire, s.retention_interval_seconds),
                           (self.run_schedules, s.schedule_interval_seconds)):
             self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
 
@@ -88,6 +89,15 @@ class Maintenance:
         if stragglers:
             await self.store.workflows.settle_many([j["_id"] for j in stragglers])
         return len(stragglers)
+
+    async def expire(self) -> int:
+        """Retention (docs/retention.md): delete finished jobs and workflows kept long enough."""
+        now = self.store.clock.now()
+        jobs = await self.store.jobs.expire_jobs(now)
+        workflows = await self.store.workflows.expire_workflows(now)
+        if jobs or workflows:
+            self.log.info("maintenance.expired", jobs=jobs, workflows=workflows)
+        return jobs + workflows
 
     async def repair_workflows(self) -> int:
         """Workflows quiet for 30 s: release children of completed steps whose worker died

@@ -1,0 +1,220 @@
+"""The client commands of `switchyard`: `submit`, `status`, `queues` and `workers`.
+
+They talk to a running server's REST API through `app.client.SwitchyardClient`, never to
+the database, so they work against any deployment: `--url` (or SWITCHYARD_URL, default
+http://127.0.0.1:8000) and `--token` (or SWITCHYARD_TOKEN, then SWITCHYARD_ADMIN_TOKEN, then
+the admin token `serve` keeps in the data directory). `register` adds them to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.client import DEFAULT_URL, FINISHED, SwitchyardAPIError, SwitchyardClient
+
+out = Console()
+err = Console(stderr=True)
+UrlOption = typer.Option(DEFAULT_URL, "--url", envvar="SWITCHYARD_URL", help="the server's base URL")
+TokenOption = typer.Option(None, "--token", envvar="SWITCHYARD_TOKEN", show_default=False,
+                           help="API token (default: SWITCHYARD_ADMIN_TOKEN, or the data directory's admin_token)")
+
+
+def register(cli: typer.Typer) -> None:
+    for fn in (submit, status, queues, workers):
+        cli.command()(fn)
+
+
+def _token(token: str | None) -> str | None:
+    if token:
+        return token
+    from app.settings import Settings
+
+    s = Settings()
+    path = s.data_dir / "admin_token"
+    return s.admin_token or (path.read_text().strip() if path.exists() else None)
+
+
+def _client(url: str, token: str | None) -> SwitchyardClient:
+    return SwitchyardClient(url, _token(token))
+
+
+def _run(fn):
+    """Run one command body, turning API and connection errors into a message and exit code."""
+    try:
+        return fn()
+    except SwitchyardAPIError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        err.print(f"[red]error {exc.status} {exc.code}[/red]: {exc.message}{where}", highlight=False)
+        raise typer.Exit(1)
+    except httpx.TransportError as exc:
+        err.print(f"[red]cannot reach the server[/red]: {exc}", highlight=False)
+        raise typer.Exit(2)
+
+
+def load_spec(path: Path) -> dict:
+    """A job or workflow from a JSON or YAML file (by extension; otherwise JSON, then YAML)."""
+    import yaml
+
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        doc = yaml.safe_load(text)
+    else:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            if path.suffix.lower() == ".json":
+                raise
+            doc = yaml.safe_load(text)
+    if not isinstance(doc, dict):
+        raise ValueError("the file must hold one object: a job, or a workflow with `jobs`")
+    return doc
+
+
+def submit(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a job, or a workflow (an object with `jobs`)"),
+    wait: bool = typer.Option(False, "--wait", help="then follow it until it finishes"),
+    as_json: bool = typer.Option(False, "--json", help="print the API's answer as JSON"),
+    url: str = UrlOption, token: str = TokenOption,
+) -> None:
+    """Submit a job or a workflow from a JSON or YAML file."""
+    try:
+        spec = load_spec(file)
+    except ValueError as exc:  # yaml's errors are ValueErrors too
+        err.print(f"[red]cannot read {file}[/red]: {exc}", highlight=False)
+        raise typer.Exit(2)
+    workflow = "jobs" in spec
+
+    def go():
+        with _client(url, token) as c:
+            body = c.submit_workflow(spec) if workflow else c.submit(spec)
+            if as_json:
+                out.print_json(data=body)
+            elif workflow:
+                out.print(f"workflow [bold]{body['id']}[/bold] submitted: {len(body['jobs'])} steps", highlight=False)
+                for key, job_id in body["jobs"].items():
+                    out.print(f"  {key}: {job_id}", highlight=False)
+            else:
+                again = " (an existing job with this dedupe_key)" if body.get("deduplicated") else ""
+                out.print(f"job [bold]{body['id']}[/bold] {body['status']}{again}", highlight=False)
+            return _follow(c, body["id"], workflow) if wait else 0
+    raise typer.Exit(_run(go))
+
+
+def status(
+    id: str = typer.Argument(..., help="a job id or a workflow id"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="print the status once instead of following it"),
+    interval: float = typer.Option(0.5, min=0.05, help="seconds between polls while following"),
+    url: str = UrlOption, token: str = TokenOption,
+) -> None:
+    """Show a job or a workflow, with a live progress bar until it finishes.
+
+    Exits 0 once it completed, 1 if it failed or was cancelled (0 with --no-wait)."""
+    def go():
+        with _client(url, token) as c:
+            try:
+                body, workflow = c.status(id), False
+            except SwitchyardAPIError as exc:
+                if exc.status != 404:
+                    raise
+                body, workflow = c.workflow_status(id), True
+            if no_wait or body["status"] in FINISHED:
+                _summary(body, workflow)
+                return 0 if no_wait else _code(body)
+            return _follow(c, id, workflow, interval)
+    raise typer.Exit(_run(go))
+
+
+def _percent(body: dict, workflow: bool) -> float:
+    return float(body.get("progress", 0.0)) if workflow else float((body.get("progress") or {}).get("percent", 0.0))
+
+
+def _describe(body: dict, workflow: bool) -> str:
+    if workflow:
+        n = body.get("counts", {})
+        return f"workflow {body['status']}: {n.get('completed', 0)}/{body['total']} steps done"
+    stage = (body.get("progress") or {}).get("stage")
+    return f"{body['engine']}.{body['operation']} {body['status']}" + (f" ({stage})" if stage else "")
+
+
+def _follow(c: SwitchyardClient, id: str, workflow: bool, interval: float = 0.5) -> int:
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task(id, total=100)
+        while True:
+            body = c.workflow_status(id) if workflow else c.status(id)
+            bar.update(task, completed=_percent(body, workflow), description=_describe(body, workflow))
+            if body["status"] in FINISHED:
+                break
+            time.sleep(interval)
+    _summary(body, workflow)
+    return _code(body)
+
+
+def _code(body: dict) -> int:
+    return 0 if body["status"] == "completed" else 1
+
+
+def _summary(body: dict, workflow: bool) -> None:
+    colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(body["status"], "cyan")
+    kind = "workflow" if workflow else "job"
+    out.print(f"{kind} [bold]{body['id']}[/bold] [{colour}]{body['status']}[/{colour}] "
+              f"({_percent(body, workflow):.0f}%)", highlight=False)
+    if workflow:
+        table = Table("step", "status", "engine.operation", "progress")
+        for s in body.get("steps") or []:
+            table.add_row(s["key"], s["status"], f"{s['engine']}.{s['operation']}", f"{s['progress']:.0f}%")
+        out.print(table)
+        return
+    if body.get("result") is not None:
+        out.print_json(data=body["result"])
+    if body.get("last_error"):
+        e = body["last_error"]
+        out.print(f"last error: {e['code']}: {e['message']}", highlight=False)
+
+
+def _age(at: Any) -> str:
+    if not at:
+        return "-"
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(str(at).replace("Z", "+00:00"))).total_seconds()
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def queues(url: str = UrlOption, token: str = TokenOption) -> None:
+    """Every queue (engine): running against its limit, queued, paused, oldest wait."""
+    def go():
+        with _client(url, token) as c:
+            rows = c.queues()
+        table = Table("queue", "running", "queued", "paused", "oldest queued", title="queues")
+        for q in rows:
+            age = q.get("oldest_queued_age_seconds")
+            table.add_row(q["name"], f"{q['running']}/{q['max_concurrent_jobs']}", str(q["queued"]),
+                          "yes" if q["paused"] else "", f"{age:.1f}s" if age is not None else "-")
+        out.print(table)
+        return 0
+    raise typer.Exit(_run(go))
+
+
+def workers(url: str = UrlOption, token: str = TokenOption,
+            state: str = typer.Option(None, "--status", help="only alive, dead or stopped workers")) -> None:
+    """Registered worker processes: host, pid, engines, slots, running jobs, last heartbeat."""
+    def go():
+        with _client(url, token) as c:
+            rows = c.workers(status=state)
+        table = Table("worker", "host", "pid", "kind", "engines", "running", "status", "last seen", title="workers")
+        for w in rows:
+            colour = {"alive": "green", "dead": "red"}.get(w["status"], "dim")
+            table.add_row(w["id"], w["host"], str(w["pid"]), w.get("kind", ""), ",".join(w["engines"] or ["all"]),
+                          f"{w['running']}/{w['concurrency']}", f"[{colour}]{w['status']}[/{colour}]", _age(w["last_seen"]))
+        out.print(table)
+        return 0
+    raise typer.Exit(_run(go))

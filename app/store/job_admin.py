@@ -1,0 +1,161 @@
+"""Operator moves on `jobs`: the dead letter (list it, retry one job, retry by filter) and
+resetting stuck jobs. Part of `JobStore`.
+
+Invariants:
+- A retry is one `update_one` guarded on `{_id, status}` as read (`failed` or `cancelled`),
+  so two operators retrying the same job, or a retry racing the retention cleaner, move it
+  once. The job gets a fresh attempt budget (`attempt`, `retry_count` back to 0); its
+  `errors` history and `last_error` stay.
+- A retried job re-enters `queued` through `EngineStore.enqueue`, which takes its seq and
+  counts it in the engine's `queued` counter; when the guarded write then matches nothing
+  the count is given back (`count_left_queue`), so the counter keeps matching the jobs.
+- Workflow steps are not retried here: their workflow's counters and dependents would
+  disagree. `WorkflowStore.retry` re-runs a workflow's failed steps together.
+
+Finding failed jobs: only the claim index's `(engine, status)` prefix serves a filter on
+`jobs` (SecantusDB scans as soon as a filter names a field outside the index), so the dead
+letter is read per engine with plain equality `{engine, status: "failed"}` and the other
+filters are applied here. Its cost follows the size of the dead letter, never of `jobs`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from pymongo import UpdateOne
+
+from app.domain.retry import RetryConfig
+from app.domain.states import JobStatus
+from app.errors import Conflict, InvalidTransition
+
+FAILED = JobStatus.FAILED.value
+RETRYABLE = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+ROW = {"engine": 1, "priority": 1, "operation": 1, "status": 1, "owner": 1, "completed_at": 1, "workflow_id": 1,
+       "dedupe_key": 1, "last_error.code": 1}
+
+
+class AdminMixin:
+    async def _failed_rows(self, *, engine: str | None, operation: str | None, error_code: str | None,
+                           owner: str | None, failed_after: datetime | None, failed_before: datetime | None) -> list[dict]:
+        """Failed jobs matching the filters, newest first (small projections)."""
+        engines = [engine] if engine else [e["_id"] for e in await self.engines.list()]
+        rows: list[dict] = []
+        for e in engines:
+            rows += await self.col.find({"engine": str(e), "status": FAILED}, ROW).to_list(None)
+
+        def keep(r: dict) -> bool:
+            at = r.get("completed_at")
+            return ((operation is None or r.get("operation") == operation)
+                    and (error_code is None or (r.get("last_error") or {}).get("code") == error_code)
+                    and (owner is None or r.get("owner") == owner)
+                    and (failed_after is None or (at is not None and at >= failed_after))
+                    and (failed_before is None or (at is not None and at < failed_before)))
+
+        rows = [r for r in rows if keep(r)]
+        rows.sort(key=lambda r: r["_id"], reverse=True)
+        return rows
+
+    async def dead_letter(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
+                          owner: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+        """Failed jobs, newest first; `after` is the previous page's `next_cursor`."""
+        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, owner=owner,
+                                       failed_after=None, failed_before=None)
+        if after is not None:
+            rows = [r for r in rows if r["_id"] < after]
+        page = rows[:limit]
+        docs = {d["_id"]: d for d in await self.col.find({"_id": {"$in": [r["_id"] for r in page]}}).to_list(None)}
+        return [docs[r["_id"]] for r in page if r["_id"] in docs], (page[-1]["_id"] if len(rows) > limit else None)
+
+    async def retry_job(self, job_id: str) -> dict:
+        """failed | cancelled → queued, with a fresh attempt budget. Raises NotFound,
+        Conflict (a workflow step; a live job holds its dedupe key) or InvalidTransition."""
+        job = await self.get(job_id)
+        if job.get("workflow_id"):
+            raise Conflict(f"job {job_id} is step {job.get('step_key')!r} of workflow {job['workflow_id']}; "
+                           "retry the workflow instead", field="workflow_id", workflow_id=job["workflow_id"])
+        if job["status"] not in RETRYABLE:
+            raise InvalidTransition(f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried",
+                                    field="status")
+        await self._rebind_dedupe(job)
+        if not await self._requeue_fresh([job]):
+            raise InvalidTransition(f"job {job_id} changed meanwhile; try again", field="status")
+        return await self.get(job_id)
+
+    async def retry_failed(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
+                           failed_after: datetime | None = None, failed_before: datetime | None = None,
+                           limit: int = 100) -> dict:
+        """Retry up to `limit` failed standalone jobs matching the filters, oldest first.
+        Steps are counted and their workflows named, not retried."""
+        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, owner=None,
+                                       failed_after=failed_after, failed_before=failed_before)
+        rows.reverse()
+        steps = [r for r in rows if r.get("workflow_id")]
+        chosen, blocked = [], 0
+        for r in (r for r in rows if not r.get("workflow_id")):
+            if len(chosen) >= limit:
+                break
+            try:
+                await self._rebind_dedupe(r)
+                chosen.append(r)
+            except Conflict:
+                blocked += 1
+        retried = await self._requeue_fresh(chosen) if chosen else 0
+        return {"retried": retried, "matched": len(rows) - len(steps), "skipped_dedupe": blocked,
+                "skipped_steps": len(steps), "workflow_ids": sorted({r["workflow_id"] for r in steps})}
+
+    async def _rebind_dedupe(self, job: dict) -> None:
+        """A retried job takes its dedupe key back, unless another live job holds it."""
+        if not job.get("dedupe_key"):
+            return
+        key = f"{job.get('owner')}:{job['dedupe_key']}"
+        for _ in range(5):
+            bound = await self.dedupe.claim(key, job["_id"])
+            if bound is None or bound == job["_id"]:
+                return
+            other = await self.col.find_one({"_id": bound}, {"status": 1}) if bound else None
+            if other is not None and not JobStatus(other["status"]).terminal:
+                raise Conflict(f"job {bound} with the same dedupe_key is live", field="dedupe_key", job_id=bound)
+            await self.dedupe.drop(key, bound)
+        raise Conflict("the dedupe_key kept changing hands; try again", field="dedupe_key")
+
+    async def _requeue_fresh(self, jobs: list[dict]) -> int:
+        """Move terminal jobs back to queued, guarded on the status each was read in: one
+        seq range and one `bulk_write` per (engine, priority). Returns how many moved."""
+        groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        for j in jobs:
+            groups[(j["engine"], j["priority"])].append(j)
+        now = self.clock.now()
+        moved = 0
+        for (engine, prio), members in groups.items():
+            async with self.engines.enqueue(engine, prio, len(members)) as first:
+                ops = [UpdateOne({"_id": j["_id"], "status": j["status"]}, {
+                    "$set": {"status": JobStatus.QUEUED.value, "seq": first + i, "queued_at": now, "attempt": 0,
+                             "retry_count": 0, "run_at": None, "started_at": None, "completed_at": None,
+                             "execution_time_ms": None, "result": None, "cancel_requested": False, "retried_at": now,
+                             "progress": {"percent": 0.0, "stage": None, "data": {}}},
+                    "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
+                    "$inc": {"manual_retries": 1}}) for i, j in enumerate(members)]
+                res = await self.col.bulk_write(ops, ordered=False)
+            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
+            moved += res.modified_count
+        return moved
+
+    async def reset_stuck(self, now: datetime, *, engine: str | None = None, dry_run: bool = False,
+                          limit: int = 1000) -> list[dict]:
+        """Running jobs whose lease has expired, handed to the rescuer now: requeued with the
+        attempt counted, or failed when no attempts are left. Returns one entry per job with
+        `new_status` ("" when it moved on meanwhile; what would happen under `dry_run`)."""
+        out = []
+        for job in await self.expired_leases(now, limit):
+            if engine is not None and job["engine"] != engine:
+                continue
+            if dry_run:
+                last = job.get("attempt", 1) >= RetryConfig(**job["retry_config"]).max_attempts
+                status = FAILED if last else JobStatus.QUEUED.value
+            else:
+                status = await self.rescue(job, now)
+            out.append({"job_id": job["_id"], "engine": job["engine"], "workflow_id": job.get("workflow_id"),
+                        "lease_owner": job.get("lease_owner"), "lease_expires_at": job.get("lease_expires_at"),
+                        "attempt": job.get("attempt", 1), "new_status": status})
+        return out

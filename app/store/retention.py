@@ -1,0 +1,141 @@
+"""Retention: finished jobs and workflows are deleted once they have been kept long enough
+(docs/retention.md). Completed and cancelled ones are kept `retention_completed_seconds`,
+failed ones, the dead letter, `retention_failed_seconds`.
+
+- A standalone job gets `expires_at` in the same write that makes it terminal (`expiry`),
+  and a retry out of the dead letter removes it. `expires_at` has a *sparse* index, so only
+  terminal jobs are in it, and the cleaner's query is a range bounded on both sides over
+  that index: its cost follows what has expired, never the size of `jobs`. It is not a TTL
+  index on purpose: SecantusDB's TTL sweeper decodes every document of the collection
+  under its storage lock every 60 s (measured in docs/retention.md).
+- Workflow steps never carry `expires_at`: a workflow and its steps go together, once the
+  workflow has been finished for its retention, so no workflow ever points at deleted steps.
+  Finished workflows are found through the `(status, _id)` index of `workflows` with a
+  bounded `_id` range: an ObjectId starts with its creation time, and a workflow finished
+  before a cutoff was created before it.
+
+Invariant for workflows: the workflow document is deleted first, guarded on the status and
+finish time that were read (a retry in between wins), and a tombstone holding its step ids
+is written before that, so a cleaner that dies half-way leaves a tombstone that the next
+pass finishes. Any number of processes may run the cleaner at once: every delete is
+idempotent and the tombstone's `_id` lets one process at a time take a workflow.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from app.domain.states import JobStatus
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FAILED = JobStatus.FAILED.value
+FINISHED_WORKFLOW = ("completed", "cancelled", "failed")
+STALE_TOMBSTONE = timedelta(minutes=5)
+LOWEST_ID = "0" * 24  # not "": SecantusDB matches nothing with an empty-string lower bound
+
+
+def keep_seconds(settings, status: str) -> int:
+    return settings.retention_failed_seconds if status == FAILED else settings.retention_completed_seconds
+
+
+def expiry(settings, status: str, now: datetime) -> datetime:
+    """When a job that became `status` at `now` is deleted."""
+    return now + timedelta(seconds=keep_seconds(settings, status))
+
+
+class JobRetentionMixin:
+    """Part of `JobStore`."""
+
+    async def ensure_retention_index(self) -> None:
+        # sparse: only documents that carry the field (terminal standalone jobs) are in it, so
+        # no other transition writes to it. A partial index ({$exists: true}) is not used
+        # by SecantusDB's planner for a range query; a sparse one is (measured).
+        await self.col.create_index("expires_at", sparse=True, name="retention")
+
+    def expires_at(self, status: str, now: datetime) -> datetime:
+        return expiry(self.settings, status, now)
+
+    async def expire_jobs(self, now: datetime, batch: int = 500, max_batches: int = 20) -> int:
+        """Delete standalone jobs whose `expires_at` has passed, with their dedupe entries.
+        Each delete is guarded on the status read, so a job retried meanwhile stays."""
+        deleted = 0
+        for _ in range(max_batches):
+            found = await self.col.find({"expires_at": {"$gte": EPOCH, "$lt": now}},
+                                        {"status": 1, "owner": 1, "dedupe_key": 1}).limit(batch).to_list(batch)
+            by_status: dict[str, list[str]] = defaultdict(list)
+            for d in found:
+                by_status[d["status"]].append(d["_id"])
+            for status, ids in by_status.items():
+                deleted += (await self.col.delete_many({"_id": {"$in": ids}, "status": status})).deleted_count
+            for d in found:
+                if d.get("dedupe_key"):  # the entry would be stale forever otherwise
+                    await self.dedupe.drop(f"{d.get('owner')}:{d['dedupe_key']}", d["_id"])
+            if len(found) < batch:
+                break
+        return deleted
+
+
+class WorkflowRetentionMixin:
+    """Part of `WorkflowStore` (which reaches `jobs` through `self.jobs`)."""
+
+    @property
+    def tombstones(self):
+        return self.col.database["workflow_tombstones"]
+
+    async def expire_workflows(self, now: datetime, batch: int = 100, max_pages: int = 10) -> int:
+        """Delete workflows finished longer ago than their retention, each with its steps.
+        Returns how many workflows were deleted."""
+        await self._finish_tombstones(now)
+        removed = 0
+        for status in FINISHED_WORKFLOW:
+            cutoff = now - timedelta(seconds=keep_seconds(self.settings, status))
+            bound = str(ObjectId.from_datetime(cutoff))  # created before the cutoff
+            for _ in range(max_pages):
+                page = await self.col.find({"status": status, "_id": {"$gte": LOWEST_ID, "$lt": bound}},
+                                           {"completed_at": 1, "updated_at": 1, "created_at": 1}
+                                           ).sort("_id", -1).limit(batch).to_list(batch)
+                for wf in page:
+                    finished = wf.get("completed_at") or wf.get("updated_at") or wf["created_at"]
+                    if finished < cutoff:
+                        removed += await self._delete_workflow(wf, status, now)
+                if len(page) < batch:
+                    break
+                bound = page[-1]["_id"]  # still running long after it was created: page past it
+        return removed
+
+    async def _delete_workflow(self, wf: dict, status: str, now: datetime) -> int:
+        full = await self.col.find_one({"_id": wf["_id"]}, {"steps": 1})
+        if full is None:
+            return 0
+        ids = [s["job_id"] for s in (full.get("steps") or {}).values()]
+        try:
+            await self.tombstones.insert_one({"_id": wf["_id"], "job_ids": ids, "at": now})
+        except DuplicateKeyError:
+            return 0  # another cleaner is deleting it
+        res = await self.col.delete_one({"_id": wf["_id"], "status": status, "completed_at": wf.get("completed_at")})
+        if not res.deleted_count:  # retried (or re-finished) meanwhile: keep it
+            await self.tombstones.delete_one({"_id": wf["_id"]})
+            return 0
+        await self._delete_steps(wf["_id"], ids)
+        return 1
+
+    async def _delete_steps(self, workflow_id: str, ids: list[str]) -> None:
+        """By `_id` (index-bounded) in chunks, then the tombstone."""
+        for i in range(0, len(ids), 500):
+            await self.jobs.col.delete_many({"_id": {"$in": ids[i:i + 500]}, "workflow_id": workflow_id})
+        await self.tombstones.delete_one({"_id": workflow_id})
+
+    async def _finish_tombstones(self, now: datetime, limit: int = 50) -> None:
+        """Finish deletions a cleaner left half-done: steps of a workflow that is gone. A
+        tombstone whose workflow still exists is either in progress elsewhere (young) or
+        was left by a cleaner that died before its guarded delete (stale: dropped, and the
+        workflow is considered again)."""
+        for t in await self.tombstones.find({}).limit(limit).to_list(limit):
+            if await self.col.find_one({"_id": t["_id"]}, {"_id": 1}) is None:
+                await self._delete_steps(t["_id"], t.get("job_ids") or [])
+            elif t["at"] < now - STALE_TOMBSTONE:
+                await self.tombstones.delete_one({"_id": t["_id"], "at": t["at"]})

@@ -1,0 +1,128 @@
+"""`switchyard submit | status | queues | workers` against a real `switchyard serve` process:
+JSON and YAML files, jobs and workflows, the progress bar and exit codes, tables, where the
+token comes from, and how errors are reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.client import SwitchyardClient
+from tests.procs import ROOT, stop
+from tests.test_client import TOKEN, start_server
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def server(db_url, tmp_path_factory):
+    proc, url = start_server(db_url, tmp_path_factory.mktemp("cli"))
+    yield url
+    stop(proc)
+
+
+@pytest.fixture
+def sy(server, tmp_path):
+    """Runs a CLI command against the server; a data directory without a token file."""
+    def run(*args, token: str | None = TOKEN, env: dict | None = None):
+        base = {"SWITCHYARD_URL": server, "COLUMNS": "200", "SWITCHYARD_DATA_DIR": str(tmp_path / "empty"),
+                "SWITCHYARD_TOKEN": None, "SWITCHYARD_ADMIN_TOKEN": None}
+        extra = ["--token", token] if token else []
+        return runner.invoke(cli, [*args, *extra], env={**base, **(env or {})})
+    return run
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_submit_a_json_job_then_follow_it(sy, tmp_path):
+    f = write(tmp_path, "job.json", json.dumps({"engine": "general", "operation": "echo", "parameters": {"hi": 1}}))
+    r = sy("submit", f, "--json")
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.output)
+    r = sy("status", job["id"])
+    assert r.exit_code == 0, r.output
+    assert f"job {job['id']} completed (100%)" in r.output and '"hi": 1' in r.output
+
+
+def test_submit_a_yaml_workflow_and_wait(sy, tmp_path):
+    f = write(tmp_path, "wf.yaml", """
+name: nightly
+jobs:
+  - key: fetch
+    engine: testing
+    operation: collect
+    parameters: {value: 1}
+  - key: report
+    engine: testing
+    operation: collect
+    depends_on: [fetch]
+""")
+    r = sy("submit", f, "--wait")
+    assert r.exit_code == 0, r.output
+    assert "submitted: 2 steps" in r.output and "fetch:" in r.output and "report:" in r.output
+    assert "workflow" in r.output and "completed (100%)" in r.output
+    assert "2/2 steps done" in r.output  # the progress bar's last description
+
+
+def test_status_follows_with_a_progress_bar_and_exits_1_on_failure(sy, server, tmp_path):
+    with SwitchyardClient(server, TOKEN) as c:
+        slow = c.submit({"engine": "general", "operation": "sleep", "parameters": {"seconds": 1, "steps": 4}})
+        r = sy("status", slow["id"], "--no-wait")
+        assert r.exit_code == 0 and slow["id"] in r.output
+        assert any(s in r.output for s in ("queued", "running"))
+        r = sy("status", slow["id"], "--interval", "0.1")
+        assert r.exit_code == 0, r.output
+        assert "general.sleep completed" in r.output and "━" in r.output  # rich's bar
+        bad = c.submit({"engine": "general", "operation": "fail", "parameters": {"code": "nope", "permanent": True}})
+    r = sy("status", bad["id"])
+    assert r.exit_code == 1 and "failed" in r.output and "last error: nope" in r.output
+
+
+def test_queues_and_workers_tables(sy):
+    r = sy("queues")
+    assert r.exit_code == 0, r.output
+    assert "general" in r.output and "testing" in r.output and "running" in r.output
+    r = sy("workers", "--status", "alive")
+    assert r.exit_code == 0, r.output
+    assert "serve" in r.output and "alive" in r.output and "/4" in r.output
+
+
+def test_token_from_the_data_directory(sy, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "admin_token").write_text(TOKEN + "\n")
+    r = sy("queues", token=None, env={"SWITCHYARD_DATA_DIR": str(data)})
+    assert r.exit_code == 0 and "general" in r.output
+    r = sy("queues", token=None, env={"SWITCHYARD_TOKEN": TOKEN})
+    assert r.exit_code == 0
+    r = sy("queues", token=None)
+    assert r.exit_code == 1 and "401 unauthorized" in r.output
+
+
+def test_errors_are_reported_with_exit_codes(sy, tmp_path):
+    r = sy("submit", write(tmp_path, "bad.json", json.dumps({"engine": "general", "operation": "echo", "priority": 0})))
+    assert r.exit_code == 1 and "422 validation_error" in r.output and "(priority)" in r.output
+    r = sy("submit", write(tmp_path, "list.yaml", "- 1\n- 2\n"))
+    assert r.exit_code == 2 and "one object" in r.output
+    r = sy("submit", write(tmp_path, "broken.json", "{nope"))
+    assert r.exit_code == 2 and "cannot read" in r.output
+    r = sy("status", "0123456789abcdef01234567")
+    assert r.exit_code == 1 and "404 not_found" in r.output
+    r = sy("queues", env={"SWITCHYARD_URL": "http://127.0.0.1:9"})
+    assert r.exit_code == 2 and "cannot reach" in r.output
+
+
+def test_the_real_console_entry_point(server):
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "queues", "--url", server, "--token", TOKEN],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "general" in proc.stdout
