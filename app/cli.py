@@ -77,8 +77,10 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
+        # Event messages are small JSON: compressing each costs more CPU than it saves bytes.
         uvicorn.run(create_app(s, url=url, workers=workers), host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5)
+                    timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5,
+                    ws_per_message_deflate=False, ws_max_size=64 * 1024)
     finally:
         if server is not None:
             server.stop()

@@ -91,6 +91,11 @@ async def main() -> None:
         async with fresh_server(tmp, "wfsubmit") as url:
             async with sy.serving(url, "bench_wf") as base:
                 show("workflow_submit", await asyncio.to_thread(sy.workflow_submit, base, 1000 if q else 10_000))
+        async with fresh_server(tmp, "live") as url:
+            import bench_live
+
+            async with sy.serving(url, "bench_live", workers=0) as base:
+                show("ws_fanout", await bench_live.ws_fanout(url, base, clients=100, seconds=5 if q else 15))
         if not args.no_celery:
             import bench_celery
 
@@ -129,6 +134,11 @@ def report(o: dict) -> None:
                  f"{m['workflow_s']:.2f} s vs {m['independent_s']:.2f} s (ratio {m['ratio']:.2f})", "ratio <= 1.25"))
     w = o["workflow_submit"]
     rows.append((f"submit a {w['steps']:,}-step workflow (REST)", f"{w['seconds']:.2f} s", "<= 3 s"))
+    if "ws_fanout" in o:
+        f = o["ws_fanout"]
+        rows.append((f"WebSocket: {f['clients']} clients subscribed to all, {f['transitions_per_s']:.0f} transitions/s",
+                     f"{f['delivered_per_s']:.0f} events/s delivered ({f['delivered']}/{f['expected']}), "
+                     f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms", "p99 <= 250 ms"))
     width = max(len(r[0]) for r in rows)
     vw = max(len(r[1]) for r in rows)
     print()

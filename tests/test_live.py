@@ -48,8 +48,16 @@ async def _started(srv) -> bool:
     return srv.started
 
 
+_pending: dict[int, list] = {}
+
+
 async def recv(ws, timeout=20.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    """The next message; a frame may carry several (a JSON array), handed out in order."""
+    queue = _pending.setdefault(id(ws), [])
+    if not queue:
+        body = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        queue.extend(body if isinstance(body, list) else [body])
+    return queue.pop(0)
 
 
 async def until(ws, predicate, timeout=30.0) -> list[dict]:

@@ -111,8 +111,12 @@ class Hub:
         self.position = 0  # the last seq dispatched
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self.closed = False
 
     async def attach(self, sub: Subscriber) -> None:
+        if self.closed:
+            sub.drop("server shutting down")
+            return
         self.subscribers.add(sub)
         if self._task is None or self._task.done():
             self._ready.clear()
@@ -124,6 +128,7 @@ class Hub:
         self.subscribers.discard(sub)
 
     async def stop(self) -> None:
+        self.closed = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

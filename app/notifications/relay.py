@@ -64,7 +64,10 @@ class EventRelay:
                 await self._lead(lease["state"].get("token"))
             except asyncio.CancelledError:
                 if self.leading:  # hand over at once instead of after the lease runs out
-                    await asyncio.wait_for(self.store.leases.release(LEASE, self.holder), 2.0)
+                    try:
+                        await asyncio.wait_for(self.store.leases.release(LEASE, self.holder), 2.0)
+                    except Exception:
+                        pass  # the lease runs out by itself
                 raise
             except HistoryLost as exc:
                 self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
@@ -86,8 +89,9 @@ class EventRelay:
                     self.leading = False
                     return  # deposed: whoever leads now resumes from the saved checkpoint
                 renewed = now
-            # Saving wakes the stream (any write does, on SecantusDB), so idle saves are rare.
-            if new_token != token and (changes or token is None or now - saved > 5.0):
+            # At most one save a second: a replay after a crash is idempotent, and every write
+            # costs the server (and wakes every change stream on SecantusDB).
+            if new_token != token and (token is None or now - saved > (1.0 if changes else 5.0)):
                 if not await self.store.leases.save(LEASE, self.holder, {"token": new_token}):
                     return
                 token, saved = new_token, now

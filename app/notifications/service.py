@@ -148,12 +148,14 @@ class NotificationService:
                 await asyncio.sleep(1.0)
 
     async def _lead(self, seq: int) -> None:
-        renewed = time.monotonic()
+        renewed = saved = time.monotonic()
         async for batch in self.store.events.tail(seq):
             await self.fan_out(batch)
             self.position = batch[-1]["_id"]
-            if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
-                return
+            if time.monotonic() - saved > 1.0:  # channels are idempotent: a replay is harmless
+                if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
+                    return
+                saved = time.monotonic()
             if time.monotonic() - renewed > self.lease_seconds / 3:
                 if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
                     return

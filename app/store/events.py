@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from app.logs import get_logger
+from app.store.feed import next_batch
 
 log = get_logger("switchyard.events")
 
@@ -83,15 +84,9 @@ class EventStore:
                         last = batch[-1]["_id"]
                         yield batch
                     while stream.alive:
-                        batch = []
-                        while (change := await stream.try_next()) is not None:
-                            doc = change.get("fullDocument")
-                            if doc and doc["_id"] > last:
-                                batch.append(doc)
-                            if len(batch) >= 1000:
-                                break
+                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.02)
+                                 if c.get("fullDocument") and c["fullDocument"]["_id"] > last]
                         if batch:
-                            batch.sort(key=lambda e: e["_id"])
                             last = batch[-1]["_id"]
                             yield batch
             except asyncio.CancelledError:
