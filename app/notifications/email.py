@@ -75,13 +75,14 @@ class Mailer:
     """Sends what the outbox holds. Any number may run: each message is claimed first."""
 
     def __init__(self, store, settings) -> None:
+        self.stopping = False
         self.store, self.settings = store, settings
         self.smtp = Smtp.parse(settings.smtp_url) if settings.smtp_url else None
         self.last_error: str | None = None
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
             try:
                 sent = await self.drain()
             except asyncio.CancelledError:

@@ -164,7 +164,7 @@ class Hub:
         return len(sub.subs) < before
 
     async def _run(self, after: int) -> None:
-        while True:
+        while not self.closed:
             try:
                 self._ready.set()
                 async for batch in self.store.events.tail(after):

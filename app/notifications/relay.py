@@ -51,9 +51,10 @@ class EventRelay:
         self.log = get_logger("switchyard.relay")
         self.leading = False
         self.appended = 0
+        self.stopping = False
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
             try:
                 lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
                 if lease is None:

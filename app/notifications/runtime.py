@@ -34,9 +34,13 @@ class Live:
 
     async def stop(self) -> None:
         await self.hub.stop()
+        for loop in (self.relay, self.notifier, self.mailer):
+            loop.stopping = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(self._tasks, timeout=5) if self._tasks else (None, [])
+        for t in stuck:  # a call stuck on an unreachable database: leave it behind
+            t.cancel()
 
     async def email_status(self) -> dict:
         return await self.mailer.status()

@@ -132,9 +132,10 @@ class NotificationService:
         self.lease_seconds = lease_seconds
         self.types = _types(settings.notify_types)
         self.position = 0
+        self.stopping = False
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
             try:
                 lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
                 if lease is None:

@@ -11,9 +11,26 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from app.settings import Settings
+
+
+async def ensure_index(col: AsyncCollection, keys, **options) -> str:
+    """`create_index`, replacing an index on the same keys whose options changed since an
+    earlier version created it (IndexOptionsConflict / IndexKeySpecsConflict)."""
+    try:
+        return await col.create_index(keys, **options)
+    except OperationFailure as exc:
+        if exc.code not in (85, 86):
+            raise
+    wanted = [(k, 1) for k in [keys]] if isinstance(keys, str) else list(keys)
+    for name, info in (await col.index_information()).items():
+        if [(k, int(v)) for k, v in info["key"]] == [(k, int(v)) for k, v in wanted] or name == options.get("name"):
+            await col.drop_index(name)
+    return await col.create_index(keys, **options)
 
 
 class Clock:

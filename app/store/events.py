@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from app.logs import get_logger
+from app.store.db import ensure_index
 from app.store.feed import next_batch
 
 log = get_logger("switchyard.events")
@@ -30,10 +31,9 @@ class EventStore:
 
     async def ensure_indexes(self) -> None:
         c = self.col
-        await c.create_index([("job_id", ASCENDING), ("_id", ASCENDING)],
-                             partialFilterExpression={"job_id": {"$type": "string"}})
-        await c.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)],
-                             partialFilterExpression={"workflow_id": {"$type": "string"}})
+        # Sparse, not partial: SecantusDB's planner never uses a partial index for these.
+        await ensure_index(c, [("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
+        await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         ttl = int(self.settings.event_retention_seconds)
         try:
             await c.create_index("at", expireAfterSeconds=ttl, name="retention")

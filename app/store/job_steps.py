@@ -114,12 +114,12 @@ class StepMixin:
         """Finished steps whose fan-out has not run although they finished before
         `finished_before` (their worker died in between); younger ones are left to the
         worker's own settler, so a replay does not race it."""
-        out: list[dict] = []
-        for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
-            found = await self.col.find({"fanout_pending": True, "status": status.value},
-                                        {"completed_at": 1}).limit(limit).to_list(limit)
-            out += [d for d in found if not d.get("completed_at") or d["completed_at"] < finished_before]
-        return out
+        # Only `fanout_pending` in the filter: SecantusDB scans the collection when a query
+        # adds a field its index lacks. Marked steps are few; their status is checked here.
+        found = await self.col.find({"fanout_pending": True}, {"completed_at": 1, "status": 1}).limit(
+            limit * 3).to_list(limit * 3)
+        return [d for d in found if JobStatus(d["status"]).terminal
+                and (not d.get("completed_at") or d["completed_at"] < finished_before)][:limit]
 
     async def add_dependents(self, parent_ids: list[str], child_id: str) -> None:
         if parent_ids:

@@ -25,6 +25,7 @@ from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
 from app.settings import Settings
 from app.store.job_admin import AdminMixin
+from app.store.db import ensure_index
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
@@ -54,9 +55,9 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         await c.create_index([("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("seq", ASCENDING)])
         # The promoter: only scheduled jobs are in it.
         await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
-        # A workflow's steps: only workflow steps are in it.
-        await c.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)],
-                             partialFilterExpression={"workflow_id": {"$type": "string"}})
+        # A workflow's steps. Sparse, not partial: SecantusDB's planner never picks a partial
+        # index here. Its keys never change, so only an insert writes to it.
+        await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         # Retention: sparse, only terminal standalone jobs are in it (docs/retention.md).
         await self.ensure_retention_index()
 
