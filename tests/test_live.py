@@ -236,3 +236,14 @@ async def test_notifications_are_pushed_with_the_id_they_are_stored_under(server
                 return (await c.post(f"/api/v1/jobs/notifications/{note['id']}/read")).status_code == 200
             await eventually(stored, timeout=20)
         assert ok["id"] != bad["id"]
+
+
+async def test_subscribers_attaching_at_once_share_one_tail(store, settings):
+    """Regression: each of 100 clients connecting together once opened its own change
+    stream, which slowed every write on the server twentyfold."""
+    hub = Hub(store, settings)
+    subs = [Subscriber(visible=lambda e: True) for _ in range(20)]
+    await asyncio.gather(*(hub.attach(s) for s in subs))
+    tails = [t for t in asyncio.all_tasks() if t.get_name() == "hub" and not t.done()]
+    assert len(tails) == 1 and len(hub.subscribers) == 20
+    await hub.stop()

@@ -119,9 +119,9 @@ class Hub:
             return
         self.subscribers.add(sub)
         if self._task is None or self._task.done():
+            # Created before any await: subscribers attaching meanwhile share this one tail.
             self._ready.clear()
-            self.position = await self.store.events.last_seq()
-            self._task = asyncio.create_task(self._run(self.position), name="hub")
+            self._task = asyncio.create_task(self._run(None), name="hub")
         await self._ready.wait()
 
     def detach(self, sub: Subscriber) -> None:
@@ -163,7 +163,12 @@ class Hub:
         sub.subs = [s for s in sub.subs if not s.same(wanted)]
         return len(sub.subs) < before
 
-    async def _run(self, after: int) -> None:
+    async def _run(self, after: int | None) -> None:
+        if after is None:
+            try:
+                after = self.position = await self.store.events.last_seq()
+            finally:
+                self._ready.set()  # on failure too: subscribers must not hang
         while not self.closed:
             try:
                 self._ready.set()

@@ -29,14 +29,15 @@ async def next_batch(stream, max_batch: int, min_interval: float = 0.0) -> list[
     yields one change at a time, which is slower but still correct.)
 
     `min_interval` spaces the server round trips: SecantusDB answers a waiting getMore on
-    any write to the database, so a busy server would otherwise be asked hundreds of times
-    a second for nothing; changes wait on the server meanwhile and come in the next reply."""
+    any write to the database, and each one scans its oplog under a global lock, so a busy
+    server would otherwise be asked hundreds of times a second; changes wait on the server
+    meanwhile and come in the next reply (after the buffered ones taken here)."""
     started = time.monotonic()
     first = await stream.try_next()
+    rest = min_interval - (time.monotonic() - started)
+    if rest > 0:  # at most one round trip per interval, busy or idle
+        await asyncio.sleep(rest)
     if first is None:
-        rest = min_interval - (time.monotonic() - started)
-        if rest > 0:
-            await asyncio.sleep(rest)
         return []
     batch = [first]
     while len(batch) < max_batch and len(getattr(getattr(stream, "_cursor", None), "_data", ())):
@@ -64,7 +65,7 @@ class ChangeFeed:
         try:
             async with await self.db.watch(pipeline, resume_after=resume_token, max_await_time_ms=50) as stream:
                 while stream.alive:
-                    batch = await next_batch(stream, max_batch, min_interval=0.01)
+                    batch = await next_batch(stream, max_batch, min_interval=0.02)
                     yield batch, stream.resume_token
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST:
