@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import registry
-from app.api import admin, errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.api import admin, dashboard, errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
         if proc:
             await proc.start()
         app.state.processor = proc
-        app.state.live = lv = Live(st, settings, background=live)
+        app.state.live = lv = Live(st, settings, background=live and settings.run_relay)
         app.state.hub = lv.hub
         app.state.email_status = lv.email_status
         await lv.start()
@@ -69,4 +69,5 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(admin.router)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(jobs.router)
+    app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     return app

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     notify_types: str = Field("job.failed,job.cancelled,workflow.completed,workflow.failed",
                               description="event types stored as notifications, comma-separated")
     email_types: str = Field("job.failed,workflow.failed", description="event types that send email by default")
+    run_relay: bool = Field(True, description="this serve process may run the event relay, notifier and mailer")
     ws_queue_max: int = Field(1000, ge=10, le=100_000, description="undelivered events before a client is dropped")
 
     # leases and the worker loop

@@ -147,7 +147,7 @@ async def test_workflow_events(store, relay, api, worker):
     assert kinds[0] == ("workflow", "workflow.running")
     assert kinds[-1] == ("workflow", "workflow.completed")
     b_events = [e["type"] for e in evs if e.get("step_key") == "b"]
-    assert b_events == ["job.pending", "job.queued", "job.running", "job.completed"]
+    assert b_events == ["job.queued", "job.running", "job.completed"]  # created with the workflow
     assert all(e["workflow_id"] == wf["id"] for e in evs)
 
 

@@ -103,9 +103,10 @@ async def test_a_workflows_events_arrive_in_order_and_since_replays_the_missed_o
     events = [m for m in msgs if "seq" in m]
     seqs = [m["seq"] for m in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    for key in wf["jobs"].values():
-        mine = [m["type"] for m in events if m.get("job_id") == key]
-        assert mine[-3:] == ["job.queued", "job.running", "job.completed"]
+    for key, job_id in wf["jobs"].items():
+        mine = [m["type"] for m in events if m.get("job_id") == job_id]
+        # Steps are created with the workflow; the root starts queued, the others pending.
+        assert mine == (["job.running", "job.completed"] if key == "s0" else ["job.queued", "job.running", "job.completed"])
     # Steps complete in chain order: s{i} completes before s{i+1} starts.
     order = [m["job_id"] for m in events if m["type"] == "job.completed"]
     assert order == [wf["jobs"][f"s{i}"] for i in range(5)]
@@ -247,3 +248,16 @@ async def test_subscribers_attaching_at_once_share_one_tail(store, settings):
     tails = [t for t in asyncio.all_tasks() if t.get_name() == "hub" and not t.done()]
     assert len(tails) == 1 and len(hub.subscribers) == 20
     await hub.stop()
+
+
+async def test_progress_is_pushed_and_a_cancel_ends_the_job_stream(server):
+    async with httpx.AsyncClient(base_url=f"http://{server}", headers=AUTH) as c:
+        job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "wait_cancel"})).json()
+        async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers=AUTH) as ws:
+            await recv(ws)
+            await ws.send(json.dumps({"action": "subscribe", "job_id": job["id"], "since": 0}))
+            progress = (await until(ws, lambda m: m.get("type") == "job.progress"))[-1]
+            assert progress["progress"]["percent"] == 10 and progress["progress"]["stage"] == "waiting"
+            assert (await c.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
+            end = (await until(ws, lambda m: m.get("type") in ("job.cancelled", "job.completed", "job.failed")))[-1]
+            assert end["type"] == "job.cancelled" and end["job_id"] == job["id"]

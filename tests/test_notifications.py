@@ -90,7 +90,7 @@ async def test_replaying_a_batch_stores_nothing_twice(store, settings, jobs, liv
     await jobs.failed()
     evs = await eventually(lambda: _failed_events(store), timeout=20)
     await eventually(lambda: _count(store, 1), timeout=20)
-    second = NotificationService(store, settings, [ch for ch in live.notifier.channels.values()])
+    second = NotificationService(store, settings, [ch for ch in live.notifier.channels.values()], live.hub)
     await second.fan_out(evs)
     assert await store.notifications.col.count_documents({}) == 1
 

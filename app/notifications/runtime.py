@@ -21,7 +21,7 @@ class Live:
         self.mailer = Mailer(store, settings)
         self.relay = EventRelay(store, settings, lease_seconds=lease_seconds)
         self.notifier = NotificationService(
-            store, settings, [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)],
+            store, settings, [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)], self.hub,
             lease_seconds=lease_seconds)
         self.background = background
         self._tasks: list[asyncio.Task] = []

@@ -4,7 +4,8 @@ through the durable outbox). WebSocket pushes need no channel here: every API pr
 reads the same log and pushes to its own clients (see app/notifications/hub.py).
 
 One service runs per deployment at a time (the `notifier` lease); its checkpoint is the seq
-of the last event it fanned out, saved after the channels took the batch. Channels are
+of the last event it fanned out, saved (at most once a second) after the channels took the
+batch. It reads the log through this process's hub, so it costs no change stream of its own. Channels are
 idempotent per (event, user), so a batch replayed after a crash changes nothing.
 
 Who is notified: an event's owner, for the types in `notify_types`; the channels per type
@@ -23,6 +24,7 @@ from typing import Protocol
 from app import metrics
 from app.logs import get_logger
 from app.notifications.email import valid_address
+from app.notifications.hub import Subscriber, Subscription
 from app.store.notifications import notification_id
 
 LEASE = "notifier"
@@ -125,8 +127,8 @@ def routes_for(settings, prefs: dict, channel: str) -> set[str]:
 
 
 class NotificationService:
-    def __init__(self, store, settings, channels: list[Channel], lease_seconds: float = 10.0) -> None:
-        self.store, self.settings = store, settings
+    def __init__(self, store, settings, channels: list[Channel], hub, lease_seconds: float = 10.0) -> None:
+        self.store, self.settings, self.hub = store, settings, hub
         self.channels = {c.name: c for c in channels}
         self.holder = f"notifier-{uuid.uuid4().hex[:12]}"
         self.lease_seconds = lease_seconds
@@ -149,18 +151,41 @@ class NotificationService:
                 await asyncio.sleep(1.0)
 
     async def _lead(self, seq: int) -> None:
-        renewed = saved = time.monotonic()
-        async for batch in self.store.events.tail(seq):
+        """Catch up from the log page by page, then follow this process's hub (which
+        replays the few events between the last page and the subscription)."""
+        self.position = seq
+        self._renewed = self._saved = time.monotonic()
+        while page := await self.store.events.since(self.position, limit=1000):
+            if not await self._take(page):
+                return
+        sub = Subscriber(visible=lambda e: True, max_queue=100_000)
+        await self.hub.attach(sub)
+        try:
+            await self.hub.subscribe(sub, Subscription(all=True), self.position)
+            while not sub.dropped:
+                batch = [(await sub.queue.get())[0]]
+                while not sub.queue.empty() and len(batch) < 1000:
+                    batch.append(sub.queue.get_nowait()[0])
+                if not await self._take([e for e in batch if e is not None]):
+                    return
+        finally:
+            self.hub.detach(sub)
+
+    async def _take(self, batch: list[dict]) -> bool:
+        """Fan a batch out and keep the lease; False when the lease is lost."""
+        if batch:
             await self.fan_out(batch)
             self.position = batch[-1]["_id"]
-            if time.monotonic() - saved > 1.0:  # channels are idempotent: a replay is harmless
-                if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
-                    return
-                saved = time.monotonic()
-            if time.monotonic() - renewed > self.lease_seconds / 3:
-                if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
-                    return
-                renewed = time.monotonic()
+        now = time.monotonic()
+        if now - self._saved > 1.0:  # channels are idempotent: a replay after a crash is harmless
+            if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
+                return False
+            self._saved = now
+        if now - self._renewed > self.lease_seconds / 3:
+            if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
+                return False
+            self._renewed = now
+        return True
 
     async def fan_out(self, events: list[dict]) -> None:
         owners = sorted({e["owner"] for e in events if e.get("owner")})

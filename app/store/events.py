@@ -84,7 +84,7 @@ class EventStore:
                         last = batch[-1]["_id"]
                         yield batch
                     while stream.alive:
-                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.02)
+                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.04)
                                  if c.get("fullDocument") and c["fullDocument"]["_id"] > last]
                         if batch:
                             last = batch[-1]["_id"]

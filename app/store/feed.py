@@ -60,12 +60,19 @@ class ChangeFeed:
         """Yields `(changes, token)`: the changes one server reply brought, in log order,
         and the token to resume after them. An empty batch with a new token means only that
         time passed."""
-        pipeline = [{"$match": {"ns.coll": {"$in": ["jobs", "workflows"]},
-                                "operationType": {"$in": ["insert", "update", "replace"]}}}]
+        pipeline = [
+            {"$match": {"ns.coll": {"$in": ["jobs", "workflows"]},
+                        "operationType": {"$in": ["insert", "update", "replace"]},
+                        # A workflow's steps are created with it: its own insert stands for them,
+                        # so a 10,000-step workflow is one change here, not 10,001.
+                        "$nor": [{"operationType": "insert", "fullDocument.workflow_id": {"$type": "string"}}]}},
+            # Events need none of the bulky fields.
+            {"$project": {f"fullDocument.{f}": 0 for f in ("parameters", "result", "errors", "steps")}},
+        ]
         try:
             async with await self.db.watch(pipeline, resume_after=resume_token, max_await_time_ms=50) as stream:
                 while stream.alive:
-                    batch = await next_batch(stream, max_batch, min_interval=0.02)
+                    batch = await next_batch(stream, max_batch, min_interval=0.05)
                     yield batch, stream.resume_token
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST:

@@ -1,0 +1,126 @@
+// Queue controls: per engine, queued, running, limit and pause state
+// (GET /api/v1/jobs/queue/status), with pause, resume (POST .../{name}/pause|resume) and
+// the limit (PUT .../{name}/limits). Refreshed when a job event arrives (at most once a
+// second) and every 5 s, since pausing and limits are not events.
+
+import { get, post, put, explain } from "../api.js";
+import { h, clear, fill, notice, throttle, fmtDuration } from "../dom.js";
+
+export async function render(ctx) {
+  ctx.title("Queues");
+  ctx.main.append(h("h1", {}, "Queues"),
+    h("p", { class: "lede" }, "Each engine's line: pause stops new jobs of the engine from starting (running ones finish); the limit caps how many run at once across every worker."));
+  const section = h("section", { "aria-labelledby": "engines-title", class: "card" }, h("h2", { id: "engines-title" }, "Engines"));
+  ctx.main.append(section);
+  await queueTable(ctx, section, { controls: true });
+}
+
+/** The engines table inside `parent`; with `controls`, pause/resume and limit editing. */
+export async function queueTable(ctx, parent, { controls = true } = {}) {
+  const err = notice();
+  const wrap = h("div", { class: "table-wrap" });
+  parent.append(err, wrap);
+  const rows = new Map(); // engine -> {tr, cells...}
+  let denied = false; // a 403 on a control: the role may watch but not steer
+
+  const tbody = h("tbody");
+  const table = h("table", { class: "engines" },
+    h("caption", { class: "visually-hidden" }, "Engines: queued, running, limit and whether paused"),
+    h("thead", {}, h("tr", {},
+      h("th", { scope: "col" }, "Engine"), h("th", { scope: "col", class: "num" }, "Queued"),
+      h("th", { scope: "col", class: "num" }, "Running"), h("th", { scope: "col", class: "num" }, "Limit"),
+      h("th", { scope: "col" }, "State"), h("th", { scope: "col", class: "wide" }, "Oldest waiting"),
+      controls ? h("th", { scope: "col" }, "Controls") : null)),
+    tbody);
+  wrap.append(table);
+
+  function row(q) {
+    let r = rows.get(q.name);
+    if (!r) {
+      const state = h("span");
+      const toggle = h("button", { type: "button", class: "small", "data-action": "toggle" });
+      const limitIn = h("input", { type: "number", min: "1", max: "100000", step: "1", required: true, class: "limit-input",
+        id: `limit-${q.name}`, "aria-label": `Limit for ${q.name}`, inputmode: "numeric" });
+      const save = h("button", { type: "submit", class: "small" }, "Set limit");
+      const rowErr = h("span", { class: "field-error", role: "alert" });
+      const form = h("form", { class: "limit-form", "aria-label": `Limit of ${q.name}` }, limitIn, save);
+      r = { q, state, toggle, limitIn, save, rowErr, cells: {} };
+      for (const k of ["queued", "running", "max_concurrent_jobs", "age"]) r.cells[k] = h("td", { class: k === "age" ? "wide" : "num" });
+      r.tr = h("tr", { "data-engine": q.name },
+        h("th", { scope: "row" }, h("a", { href: `#/jobs?engine=${encodeURIComponent(q.name)}` }, q.name)),
+        r.cells.queued, r.cells.running, r.cells.max_concurrent_jobs, h("td", {}, state), r.cells.age,
+        controls ? h("td", { class: "controls" }, h("div", { class: "control-row" }, toggle, form), rowErr) : null);
+      toggle.addEventListener("click", () => act(r, () => post(`/jobs/queue/${encodeURIComponent(r.q.name)}/${r.q.paused ? "resume" : "pause"}`)));
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        const n = Number(limitIn.value);
+        if (!Number.isInteger(n) || n < 1 || n > 100000) {
+          rowErr.textContent = "A whole number from 1 to 100000.";
+          limitIn.setAttribute("aria-invalid", "true");
+          return;
+        }
+        act(r, () => put(`/jobs/queue/${encodeURIComponent(r.q.name)}/limits`, { max_concurrent_jobs: n }), true);
+      });
+      limitIn.addEventListener("input", () => { r.dirty = true; });
+      rows.set(q.name, r);
+    }
+    r.q = q;
+    r.cells.queued.textContent = q.queued;
+    r.cells.running.textContent = q.running;
+    r.cells.max_concurrent_jobs.textContent = q.max_concurrent_jobs;
+    r.cells.age.textContent = q.oldest_queued_age_seconds == null ? "—" : fmtDuration(q.oldest_queued_age_seconds * 1000);
+    r.state.className = `badge ${q.paused ? "st-paused" : "st-active"}`;
+    r.state.textContent = q.paused ? "paused" : "active";
+    r.toggle.textContent = q.paused ? "Resume" : "Pause";
+    r.toggle.setAttribute("aria-label", `${q.paused ? "Resume" : "Pause"} ${q.name}`);
+    if (!r.dirty && document.activeElement !== r.limitIn) r.limitIn.value = q.max_concurrent_jobs;
+    for (const c of [r.toggle, r.limitIn, r.save]) {
+      c.disabled = denied || r.busy;
+      if (denied) c.title = "Your role may not change queues";
+    }
+    return r;
+  }
+
+  async function act(r, call, isLimit = false) {
+    r.busy = true;
+    r.rowErr.textContent = "";
+    r.limitIn.removeAttribute("aria-invalid");
+    row(r.q);
+    try {
+      const q = await call();
+      if (isLimit) r.dirty = false;
+      r.busy = false;
+      row(q);
+    } catch (e) {
+      r.busy = false;
+      if (e.status === 403) denied = true;
+      if (isLimit && e.status === 422) r.limitIn.setAttribute("aria-invalid", "true");
+      r.rowErr.textContent = explain(e);
+      row(r.q);
+    }
+  }
+
+  async function refresh() {
+    try {
+      const data = await get("/jobs/queue/status");
+      if (ctx.signal.aborted) return;
+      err.show("");
+      for (const q of data.queues) row(q);
+      const names = data.queues.map((q) => q.name);
+      for (const [name, r] of rows) if (!names.includes(name)) { r.tr.remove(); rows.delete(name); }
+      const shown = [...tbody.children].map((tr) => tr.dataset.engine || "-");
+      if (!names.length) fill(tbody, h("tr", {}, h("td", { colspan: "7", class: "muted" }, "No engines yet.")));
+      else if (shown.join() !== names.join()) fill(tbody, ...names.map((n) => rows.get(n).tr)); // moving rows would lose focus
+    } catch (e) {
+      if (!ctx.signal.aborted) err.show(`Queue status unavailable: ${explain(e)}`);
+    }
+  }
+
+  await refresh();
+  const soon = throttle(refresh, 1000);
+  ctx.on(ctx.app.live, "event", (e) => { if (e.detail.type.startsWith("job.") && e.detail.type !== "job.progress") soon(); });
+  ctx.on(ctx.app.live, "resync", soon);
+  ctx.every(5000, refresh);
+  ctx.onLeave(() => soon.cancel());
+  return { refresh };
+}
