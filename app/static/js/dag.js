@@ -7,7 +7,7 @@
 
 import { s } from "./dom.js";
 
-const NODE_W = 172, NODE_H = 62, GAP_X = 64, GAP_Y = 22, PAD = 12;
+const NODE_W = 184, NODE_H = 62, GAP_X = 64, GAP_Y = 22, PAD = 12;
 
 export function layout(steps) {
   const byKey = new Map(steps.map((st) => [st.key, st]));
@@ -57,13 +57,24 @@ export function layout(steps) {
 
 const clip = (text, n) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
 
-/** A short line for why a step waits, from its `why` (docs/workflows.md). */
+/** A short line for why a step waits, from its `why` (docs/workflows.md); the full
+ * messages are in the node's tooltip and in the steps table. */
+export function whyShort(step) {
+  const r = (step.why?.reasons || [])[0];
+  if (!r) return "";
+  switch (r.reason) {
+    case "dependencies": return r.waiting_for ? `waits for ${r.waiting_for.join(", ")}` : "waits for its parents";
+    case "paused": return "engine paused";
+    case "engine_full": return r.limit ? `engine full (${r.running}/${r.limit})` : "engine full";
+    case "position": return `${r.ahead} ahead in line`;
+    case "scheduled": return r.seconds_left != null ? `${r.kind === "retry_backoff" ? "retry" : "runs"} in ${Math.ceil(r.seconds_left)} s` : "scheduled";
+    default: return r.message || r.reason;
+  }
+}
+
+/** Every reason a step waits, in full. */
 export function whyText(step) {
-  const reasons = step.why?.reasons || [];
-  if (!reasons.length) return "";
-  const r = reasons[0];
-  if (r.reason === "dependencies" && r.waiting_for) return `waits for ${r.waiting_for.join(", ")}`;
-  return r.message || r.reason;
+  return (step.why?.reasons || []).map((r) => r.message || r.reason).join("; ");
 }
 
 /** The SVG of a DAG; returns {svg, update(step)} to recolour a node in place. */
@@ -104,12 +115,14 @@ export function drawDag(steps, { label = "Workflow steps" } = {}) {
     const n = nodes.get(st.key);
     if (!n) return;
     n.step = { ...n.step, ...st };
-    const why = n.step.status === "running" || n.step.status === "completed" ? "" : whyText(n.step);
+    const waiting = !["running", "completed", "failed", "cancelled"].includes(n.step.status);
+    const why = waiting ? whyShort(n.step) : "";
+    const whyFull = waiting ? whyText(n.step) : "";
     n.a.setAttribute("class", `node st-${n.step.status}`);
     n.a.dataset.status = n.step.status;
     const pct = n.step.status === "running" && n.step.progress ? ` ${Math.round(n.step.progress)}%` : "";
-    n.statusText.textContent = clip(why ? `${n.step.status}: ${why}` : `${n.step.status}${pct}`, 28);
-    const full = `${st.key || n.step.key} (${n.step.engine}.${n.step.operation}): ${n.step.status}${why ? `, ${why}` : ""}`;
+    n.statusText.textContent = clip(why ? `${n.step.status} · ${why}` : `${n.step.status}${pct}`, 29);
+    const full = `${n.step.key} (${n.step.engine}.${n.step.operation}): ${n.step.status}${whyFull ? `; ${whyFull}` : ""}`;
     n.title.textContent = full;
     n.a.setAttribute("aria-label", `Step ${full}. Open its job.`);
   }
