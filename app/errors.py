@@ -60,3 +60,17 @@ class InvalidTransition(SwitchyardError):
 
     status = 409
     code = "invalid_transition"
+
+
+class Forbidden(SwitchyardError):
+    """The caller is known but its role does not allow this action."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(SwitchyardError):
+    """Too many requests; `retry_after` seconds until the next one can succeed."""
+
+    status = 429
+    code = "rate_limited"

@@ -17,6 +17,13 @@ from typing import IO
 import structlog
 
 
+def _redact(_, __, event: dict) -> dict:
+    """Secret-named fields (and anything under `secrets`) never reach a log line."""
+    from app.domain.redact import redact
+
+    return redact(event)
+
+
 def configure(level: str = "INFO", json: bool = True, stream: IO[str] | None = None) -> None:
     """(Re)configure logging for this process; may be called again with another level or
     stream (the last call wins)."""
@@ -27,6 +34,7 @@ def configure(level: str = "INFO", json: bool = True, stream: IO[str] | None = N
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

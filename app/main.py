@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import registry
-from app.api import admin, dashboard, errors, health, jobs, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.domain import redact
+from app.api import admin, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -22,6 +23,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     """`url` (or a ready `store`) names the database; `workers` in-process job slots;
     `live` runs the event relay, the notifier and the mailer here (the hub always runs)."""
     registry.load(settings.handler_modules())
+    redact.configure(settings.secret_names())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,7 +62,14 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.state.ready = False
     errors.install(app)
     app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.allowed_origins():
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins(), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
     app.include_router(health.router)
+    app.include_router(keys.router)
     app.include_router(live_api.router)  # before workflows and jobs: /jobs/{id}/events
     app.include_router(notifications.router)  # before jobs: /jobs/notifications
     app.include_router(workflows.router)

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
 
     # security
     admin_token: str | None = None
+    jwt_secret: str | None = Field(None, description="HS256 key for JWT bearer tokens (single sign-on)")
+    jwt_public_key: str | None = Field(None, description="RS256 public key (PEM) for JWT bearer tokens")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    rate_limit_per_second: float = Field(50.0, gt=0, description="job creations per tenant per second, across API processes")
+    rate_limit_burst: float = Field(200.0, ge=1)
+    tenant_max_queued: int = Field(100_000, ge=1, description="queued jobs a tenant may have at once")
+    secret_param_names: str = Field("api_key,apikey,password,passwd,secret,token,access_token,refresh_token,authorization,"
+                                    "private_key,client_secret", description="parameter names redacted outside handlers")
+    cors_origins: str = Field("", description="origins allowed by CORS and the WebSocket Origin check, comma-separated")
+    ws_max_messages_per_second: float = Field(20.0, gt=0)
 
     # email
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
@@ -108,6 +119,12 @@ class Settings(BaseSettings):
     def default_limit(self, engine: str) -> int:
         limits = {**DEFAULT_QUEUE_LIMITS, **self.queue_limits}
         return limits.get(engine, limits["general"])
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset(n.strip().lower() for n in self.secret_param_names.split(",") if n.strip())
+
+    def allowed_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def handler_modules(self) -> list[str]:
         return [m.strip() for m in self.handlers.split(",") if m.strip()]

@@ -26,11 +26,11 @@ async def assert_counter_exact(store, engine: str) -> None:
 
 @pytest.fixture
 async def as_user(store, settings):
-    """An API client whose caller is `bob` with the plain `user` role."""
+    """An API client whose caller is `bob`, a member of tenant `acme`."""
     from app.main import create_app
 
     app = create_app(settings, store=store, workers=0, maintenance=False, live=False)
-    app.dependency_overrides[require_principal] = lambda: Principal(user="bob", role="user")
+    app.dependency_overrides[require_principal] = lambda: Principal(user="bob", role="member", tenant="acme")
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             yield client
@@ -79,7 +79,7 @@ async def test_dead_letter_refuses_unknown_and_injected_filters(api):
 
 
 async def test_a_plain_user_sees_only_their_own_failed_jobs(as_user, jobs):
-    mine = await jobs.failed(owner="bob")
+    mine = await jobs.failed(owner="acme/bob")
     await jobs.failed(owner="admin")
     r = await as_user.get("/api/v1/jobs/dead-letter")
     assert [j["id"] for j in r.json()["jobs"]] == [mine["_id"]]

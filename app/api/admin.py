@@ -20,20 +20,15 @@ from app.api.auth import Principal, can_see, require_principal
 from app.api.jobs import ID_PATTERN, strict_query
 from app.api.schemas import JobOut, JobPage
 from app.domain.models import NAME_PATTERN
-from app.errors import Conflict, NotFound, SwitchyardError
+from app.errors import Forbidden, Conflict, NotFound, SwitchyardError
 
 router = APIRouter(tags=["dead letter"])
 CODE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 
 
-class Forbidden(SwitchyardError):
-    status = 403
-    code = "forbidden"
-
-
 async def require_admin(who: Principal = Depends(require_principal)) -> Principal:
-    if who.role != "admin":
-        raise Forbidden("this endpoint needs the admin role", field="Authorization")
+    if not who.is_global:  # these act on every tenant's jobs
+        raise Forbidden("this endpoint needs the deployment's admin (SWITCHYARD_ADMIN_TOKEN)", field="Authorization")
     return who
 
 
@@ -105,7 +100,7 @@ async def dead_letter(
     `SWITCHYARD_RETENTION_FAILED_SECONDS` after they failed."""
     docs, nxt = await request.app.state.store.jobs.dead_letter(
         engine=engine, operation=operation, error_code=error_code, after=cursor, limit=limit,
-        owner=None if who.role == "admin" else who.user)
+        tenant=who.scope)
     return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
 
 

@@ -21,6 +21,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SwitchyardError)
     async def _ours(_: Request, exc: SwitchyardError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 429 and "retry_after" in exc.details:
+            headers = {"Retry-After": str(exc.details["retry_after"])}
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app import metrics, registry
-from app.api.auth import Principal, require_principal
+from app.api.auth import Principal, require_principal, visible
 from app.api.schemas import History, JobOut, JobPage, SubmitOut
 from app.domain.models import JobSpec, NAME_PATTERN
 from app.domain.states import JobStatus
@@ -16,6 +16,14 @@ from app.store.why import explain
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{24}$"
+
+
+async def admit(request: Request, who: Principal, n: int) -> None:
+    """Per-tenant limits on creating jobs: a token bucket shared by every API process
+    (429 with Retry-After), and a cap on queued jobs (429)."""
+    from app.api.limits import admit_jobs
+
+    await admit_jobs(request, who, n)
 
 
 def strict_query(*allowed: str):
@@ -34,7 +42,8 @@ def strict_query(*allowed: str):
              responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}})
 async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
     registry.require(spec.engine, spec.operation)
-    job, created = await request.app.state.store.jobs.submit(spec, owner=who.user)
+    await admit(request, who, 1)
+    job, created = await request.app.state.store.jobs.submit(spec, owner=who.owner)
     if not created:
         response.status_code = 200
     else:
@@ -53,8 +62,8 @@ async def list_jobs(
     who: Principal = Depends(require_principal),
 ):
     docs, nxt = await request.app.state.store.jobs.list(
-        status=status.value if status else None, engine=engine, workflow_id=workflow_id, after=cursor, limit=limit
-    )
+        status=status.value if status else None, engine=engine, workflow_id=workflow_id, tenant=who.scope,
+        after=cursor, limit=limit)
     return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
 
 
@@ -66,19 +75,20 @@ async def history(
     who: Principal = Depends(require_principal),
 ):
     since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours else None
-    return History(**await request.app.state.store.jobs.history(since=since, engine=engine))
+    return History(**await request.app.state.store.jobs.history(since=since, engine=engine, tenant=who.scope))
 
 
 @router.get("/{job_id}/status", response_model=JobOut)
 async def status(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    job = await store.jobs.get(job_id)
+    job = visible(who, await store.jobs.get(job_id), "job", "job_id")
     return JobOut.of(job, why=await explain(store, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
+    visible(who, await store.jobs.get(job_id), "job", "job_id")
     job = await store.jobs.cancel(job_id)
     metrics.job_outcome(job["engine"], job["status"], None)  # counts only a waiting job, cancelled at once
     if job.get("workflow_id") and job["status"] == "cancelled":

@@ -11,18 +11,32 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from app.api.auth import Principal, bearer, can_see, principal_for, require_principal
+from app.api.auth import Principal, authenticate, bearer, can_see, require_principal
 from app.domain.events import is_terminal
 from app.errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
 from app.notifications.hub import Subscriber, Subscription
 
 router = APIRouter(tags=["live"])
 ID = re.compile(r"^[0-9a-f]{24}$")
-UNAUTHORIZED, SLOW, GOING_AWAY = 4401, 4408, 1001
+UNAUTHORIZED, ORIGIN, SLOW, GOING_AWAY, TOO_BIG, TOO_FAST = 4401, 4403, 4408, 1001, 1009, 4429
+MAX_FRAME = 64 * 1024
+
+
+def _origin_allowed(ws: WebSocket, settings) -> bool:
+    """Browsers send `Origin`: it must be this server itself or one of `SWITCHYARD_CORS_ORIGINS`.
+    Clients that are not browsers send none and are judged by their token alone."""
+    origin = ws.headers.get("origin")
+    if not origin:
+        return True
+    allowed = settings.allowed_origins()
+    if "*" in allowed or origin in allowed:
+        return True
+    return origin.split("://", 1)[-1] == ws.headers.get("host")
 
 
 def _int(value) -> int | None:
@@ -51,8 +65,8 @@ async def _subscription(msg: dict, store=None, who: Principal | None = None) -> 
     if msg.get("notifications") is True:
         from app.notifications.service import routes_for
 
-        prefs = await store.notifications.preferences(who.user)
-        return Subscription(notify=frozenset(routes_for(store.settings, prefs, "websocket")), user=who.user)
+        prefs = await store.notifications.preferences(who.owner)
+        return Subscription(notify=frozenset(routes_for(store.settings, prefs, "websocket")), user=who.owner)
     if msg.get("all") is True:
         return Subscription(all=True)
     if "job_id" in msg:
@@ -68,12 +82,15 @@ async def websocket(ws: WebSocket):
     app = ws.app
     settings, store, hub = app.state.settings, app.state.store, app.state.hub
     token = bearer(ws.headers.get("authorization")) or ws.query_params.get("token")
+    if not _origin_allowed(ws, settings):
+        await ws.close(ORIGIN, "origin not allowed")
+        return
     await ws.accept()
     try:
         if token is None:  # the third way: {"action": "auth", "token": ...} as the first message
             first = json.loads(await asyncio.wait_for(ws.receive_text(), 10))
             token = first.get("token") if isinstance(first, dict) and first.get("action") == "auth" else None
-        who = principal_for(token, settings.admin_token)
+        who = await authenticate(token, settings, store)
         since = _int(ws.query_params.get("since"))
     except (Unauthorized, asyncio.TimeoutError, ValueError, WebSocketDisconnect) as exc:
         reason = exc.message if isinstance(exc, Unauthorized) else "authenticate first"
@@ -86,11 +103,23 @@ async def websocket(ws: WebSocket):
         return
     sub = Subscriber(visible=lambda e: can_see(who, e.get("owner")), max_queue=settings.ws_queue_max)
     await hub.attach(sub)
-    await _reply(sub, {"type": "welcome", "user": who.user, "position": hub.position})
+    await _reply(sub, {"type": "welcome", "user": who.user, "tenant": who.tenant, "role": who.role,
+                       "position": hub.position})
     sender = asyncio.create_task(_send(ws, sub))
     try:
+        allowance, last = settings.ws_max_messages_per_second * 2, time.monotonic()
         while True:
             raw = await ws.receive_text()
+            now = time.monotonic()
+            allowance = min(settings.ws_max_messages_per_second * 2,
+                            allowance + (now - last) * settings.ws_max_messages_per_second)
+            last = now
+            if len(raw) > MAX_FRAME or allowance < 1:
+                big = len(raw) > MAX_FRAME
+                await ws.close(TOO_BIG if big else TOO_FAST,
+                               "message too large" if big else "too many messages; slow down")
+                return
+            allowance -= 1
             await _handle(ws, raw, store, hub, sub, who, since)
     except WebSocketDisconnect:
         pass

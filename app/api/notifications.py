@@ -18,7 +18,7 @@ from app.notifications.service import CHANNELS
 router = APIRouter(prefix="/api/v1/jobs/notifications", tags=["notifications"])
 EVENT_TYPES = sorted({f"job.{s.value}" for s in JobStatus} | {"job.progress"}
                      | {f"workflow.{s}" for s in ("running", "completed", "failed", "cancelled")})
-NOTIFICATION_ID = r"^[0-9]{1,20}:[A-Za-z0-9_.@:-]{1,200}$"
+NOTIFICATION_ID = r"^[0-9]{1,20}:[A-Za-z0-9_~-]{1,200}$"
 
 
 class NotificationOut(BaseModel):
@@ -75,27 +75,27 @@ async def list_notifications(request: Request, unread: bool | None = None,
                              who: Principal = Depends(require_principal)):
     """Newest first; `unread=true` for unread only; `cursor` is the previous page's `next_cursor`."""
     store = request.app.state.store
-    docs, nxt = await store.notifications.list(who.user, unread=unread, before=cursor, limit=limit)
+    docs, nxt = await store.notifications.list(who.owner, unread=unread, before=cursor, limit=limit)
     return NotificationPage(notifications=[NotificationOut.of(d) for d in docs],
-                            unread_count=await store.notifications.unread_count(who.user), next_cursor=nxt)
+                            unread_count=await store.notifications.unread_count(who.owner), next_cursor=nxt)
 
 
 @router.post("/read-all")
 async def read_all(request: Request, who: Principal = Depends(require_principal)) -> dict:
     store = request.app.state.store
-    return {"marked": await store.notifications.mark_all_read(who.user, store.clock.now())}
+    return {"marked": await store.notifications.mark_all_read(who.owner, store.clock.now())}
 
 
 @router.get("/preferences", response_model=Preferences)
 async def get_preferences(request: Request, who: Principal = Depends(require_principal)):
-    doc = await request.app.state.store.notifications.preferences(who.user)
+    doc = await request.app.state.store.notifications.preferences(who.owner)
     return Preferences(email=doc.get("email"), channels=doc.get("channels", {}))
 
 
 @router.put("/preferences", response_model=Preferences)
 async def put_preferences(prefs: Preferences, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    doc = await store.notifications.set_preferences(who.user, prefs.email, prefs.channels, store.clock.now())
+    doc = await store.notifications.set_preferences(who.owner, prefs.email, prefs.channels, store.clock.now())
     return Preferences(email=doc["email"], channels=doc["channels"])
 
 
@@ -103,4 +103,4 @@ async def put_preferences(prefs: Preferences, request: Request, who: Principal =
 async def read_one(request: Request, notification_id: str = Path(..., pattern=NOTIFICATION_ID),
                    who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    return NotificationOut.of(await store.notifications.mark_read(who.user, notification_id, store.clock.now()))
+    return NotificationOut.of(await store.notifications.mark_read(who.owner, notification_id, store.clock.now()))

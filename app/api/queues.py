@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path, Request
 
 from app import registry
-from app.api.auth import Principal, require_principal
+from app.api.auth import Principal, audit, require_principal, require_role
 from app.api.schemas import LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
 
@@ -30,18 +30,25 @@ async def queue_status(request: Request, who: Principal = Depends(require_princi
 
 
 @router.post("/{name}/pause", response_model=QueueOut)
-async def pause(request: Request, name: str = QueueName, who: Principal = Depends(require_principal)):
+async def pause(request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))):
     store = request.app.state.store
-    return await queue_out(store, await store.engines.set_paused(name, True))
+    out = await queue_out(store, await store.engines.set_paused(name, True))
+    await audit(request, who, "queue.pause", name)
+    return out
 
 
 @router.post("/{name}/resume", response_model=QueueOut)
-async def resume(request: Request, name: str = QueueName, who: Principal = Depends(require_principal)):
+async def resume(request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))):
     store = request.app.state.store
-    return await queue_out(store, await store.engines.set_paused(name, False))
+    out = await queue_out(store, await store.engines.set_paused(name, False))
+    await audit(request, who, "queue.resume", name)
+    return out
 
 
 @router.put("/{name}/limits", response_model=QueueOut)
-async def limits(body: LimitsIn, request: Request, name: str = QueueName, who: Principal = Depends(require_principal)):
+async def limits(body: LimitsIn, request: Request, name: str = QueueName,
+                 who: Principal = Depends(require_role("operator"))):
     store = request.app.state.store
-    return await queue_out(store, await store.engines.set_limit(name, body.max_concurrent_jobs))
+    out = await queue_out(store, await store.engines.set_limit(name, body.max_concurrent_jobs))
+    await audit(request, who, "queue.limits", name, max_concurrent_jobs=body.max_concurrent_jobs)
+    return out

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from app import registry
-from app.api.auth import Principal, require_principal
+from app.domain.redact import redact
+from app.api.auth import Principal, require_principal, visible
 from app.api.jobs import ID_PATTERN, strict_query
 from app.api.workflows import require_handlers
 from app.domain.schedule import ScheduleSpec
@@ -50,7 +51,7 @@ class ScheduleOut(BaseModel):
     @classmethod
     def of(cls, doc: dict) -> "ScheduleOut":
         fields = {k: v for k, v in doc.items() if k in cls.model_fields}
-        return cls(id=doc["_id"], **fields, **{doc["target"]: doc["template"]})
+        return cls(id=doc["_id"], **fields, **{doc["target"]: redact(doc["template"])})
 
 
 class SchedulePage(BaseModel):
@@ -82,24 +83,25 @@ def check_target(spec: ScheduleSpec, settings) -> None:
 async def create(spec: ScheduleSpec, request: Request, who: Principal = Depends(require_principal)):
     check_target(spec, request.app.state.settings)
     store = request.app.state.store
-    return ScheduleOut.of(await store.schedules.create(spec, owner=who.user, now=store.clock.now()))
+    return ScheduleOut.of(await store.schedules.create(spec, owner=who.owner, now=store.clock.now()))
 
 
 @router.get("", response_model=SchedulePage, dependencies=[strict_query("cursor", "limit")])
 async def list_schedules(request: Request, cursor: str | None = Query(None, pattern=ID_PATTERN),
                          limit: int = Query(50, ge=1, le=200), who: Principal = Depends(require_principal)):
-    docs, nxt = await request.app.state.store.schedules.list(after=cursor, limit=limit)
+    docs, nxt = await request.app.state.store.schedules.list(tenant=who.scope, after=cursor, limit=limit)
     return SchedulePage(schedules=[ScheduleOut.of(d) for d in docs], next_cursor=nxt)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut)
 async def get(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
-    return ScheduleOut.of(await request.app.state.store.schedules.get(schedule_id))
+    return ScheduleOut.of(visible(who, await request.app.state.store.schedules.get(schedule_id), "schedule", "schedule_id"))
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut)
 async def pause(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
     store = request.app.state.store
+    visible(who, await store.schedules.get(schedule_id), "schedule", "schedule_id")
     return ScheduleOut.of(await store.schedules.pause(schedule_id, store.clock.now()))
 
 
@@ -107,10 +109,12 @@ async def pause(request: Request, schedule_id: str = ScheduleId, who: Principal 
 async def resume(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
     """Continues at the first tick after now: ticks that fell while paused do not run."""
     store = request.app.state.store
+    visible(who, await store.schedules.get(schedule_id), "schedule", "schedule_id")
     return ScheduleOut.of(await store.schedules.resume(schedule_id, store.clock.now()))
 
 
 @router.delete("/{schedule_id}", status_code=204, response_class=Response)
 async def delete(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
+    visible(who, await request.app.state.store.schedules.get(schedule_id), "schedule", "schedule_id")
     await request.app.state.store.schedules.delete(schedule_id)
     return Response(status_code=204)

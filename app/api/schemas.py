@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.domain.retry import RetryConfig
+from app.domain.redact import redact
 from app.domain.states import JobStatus
 
 
@@ -60,7 +61,9 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, doc: dict, **extra) -> "JobOut":
-        return cls(id=doc["_id"], **{k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}, **extra)
+        fields = {k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}
+        fields["parameters"] = redact(fields.get("parameters") or {})
+        return cls(id=doc["_id"], **fields, **extra)
 
 
 class SubmitOut(JobOut):

@@ -14,7 +14,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app.api.auth import Principal, require_principal
+from app.api.auth import Principal, require_principal, require_role
 from app.api.jobs import strict_query
 
 router = APIRouter(prefix="/api/v1/jobs/workers", tags=["workers"])
@@ -55,7 +55,7 @@ async def list_workers(
     request: Request,
     status: WorkerStatus | None = Query(None, description="only workers in this state"),
     limit: int = Query(200, ge=1, le=1000),
-    who: Principal = Depends(require_principal),
+    who: Principal = Depends(require_role("operator")),
 ):
     """Registered workers, newest first."""
     docs = await request.app.state.store.workers.list(status=status, limit=limit)

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from app import metrics, registry
-from app.api.auth import Principal, require_principal
-from app.api.jobs import ID_PATTERN, strict_query
+from app.api.auth import Principal, require_principal, visible
+from app.api.jobs import ID_PATTERN, admit, strict_query
 from app.domain.workflow import AddSteps, WorkflowSpec
 from app.store.why import explain
 
@@ -89,7 +89,8 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
 @router.post("", status_code=201, response_model=Created)
 async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(spec.jobs)
-    wf = await request.app.state.store.workflows.create(spec, owner=who.user)
+    await admit(request, who, len(spec.jobs))
+    wf = await request.app.state.store.workflows.create(spec, owner=who.owner)
     metrics.jobs_created(s.engine for s in spec.jobs)
     return Created(id=wf["_id"], status=wf["status"], jobs={k: v["job_id"] for k, v in wf["steps"].items()})
 
@@ -99,14 +100,14 @@ async def list_workflows(request: Request, status: str | None = Query(None, patt
                          cursor: str | None = Query(None, pattern=ID_PATTERN), limit: int = Query(50, ge=1, le=200),
                          who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    docs, nxt = await store.workflows.list(status=status, after=cursor, limit=limit)
+    docs, nxt = await store.workflows.list(status=status, tenant=who.scope, after=cursor, limit=limit)
     return WorkflowPage(workflows=[_view(d, None) for d in docs], next_cursor=nxt)
 
 
 @router.get("/{workflow_id}/status", response_model=WorkflowOut)
 async def status(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    wf = await store.workflows.get(workflow_id)
+    wf = visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
     steps = await store.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1, "engine": 1, "operation": 1, "depends_on": 1,
                                                     "started_at": 1, "completed_at": 1, "progress": 1, "cancel_reason": 1,
                                                     "waiting_on": 1, "run_at": 1, "retry_count": 1, "priority": 1, "seq": 1})
@@ -131,7 +132,9 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
 async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(body.jobs)
     store = request.app.state.store
-    ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.user)
+    visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
+    await admit(request, who, len(body.jobs))
+    ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.owner)
     metrics.jobs_created(s.engine for s in body.jobs)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs=ids)
@@ -140,12 +143,14 @@ async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Prin
 @router.post("/{workflow_id}/cancel", response_model=WorkflowOut)
 async def cancel(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
+    visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
     return _view(await store.workflows.cancel(workflow_id), None)
 
 
 @router.post("/{workflow_id}/retry", response_model=Created)
 async def retry(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
+    visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
     keys = await store.workflows.retry(workflow_id)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs={k: wf["steps"][k]["job_id"] for k in keys})

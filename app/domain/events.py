@@ -16,6 +16,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from app.domain.models import tenant_of
+
 JOB_TERMINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
 WORKFLOW_TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
 
@@ -84,6 +86,7 @@ def from_change(change: dict, static: dict | None, last_status: str | None, now:
         "job_id": oid if kind == "job" else None,
         "workflow_id": base.get("workflow_id") if kind == "job" else oid,
         "owner": base.get("owner"),
+        "tenant": tenant_of(base.get("owner")),
     }
     for f in JOB_STATIC if kind == "job" else WORKFLOW_STATIC:
         if f not in event:

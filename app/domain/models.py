@@ -64,6 +64,11 @@ class JobSpec(BaseModel):
         return self
 
 
+def tenant_of(owner: str | None) -> str:
+    """The tenant in an owner stamp `<tenant>/<user>`; the bootstrap admin's is `default`."""
+    return owner.split("/", 1)[0] if owner and "/" in owner else "default"
+
+
 def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, retry: RetryConfig,
                      workflow_id: str | None = None, depends_on: list[str] | None = None,
                      step_key: str | None = None) -> dict[str, Any]:
@@ -89,6 +94,7 @@ def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, r
         "name": spec.name,
         "status": status.value,
         "owner": owner,
+        "tenant": tenant_of(owner),
         "created_at": now,
         "queued_at": now if status == JobStatus.QUEUED else None,
         "run_at": run_at,

@@ -32,7 +32,9 @@ def notification(event: dict, user: str) -> str:
     """An event as the notification it is for `user` (same id as the stored one)."""
     from app.notifications.service import title_of
 
-    return json.dumps({"type": "notification", "id": f"{event['_id']}:{user}", "event_type": event["type"],
+    from app.store.notifications import notification_id
+
+    return json.dumps({"type": "notification", "id": notification_id(event["_id"], user), "event_type": event["type"],
                        "title": title_of(event), "job_id": event.get("job_id"), "workflow_id": event.get("workflow_id"),
                        "status": event.get("status"), "seq": event["_id"]}, separators=(",", ":"))
 

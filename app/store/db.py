@@ -72,6 +72,8 @@ class Store:
         from app.store.engines import EngineStore
         from app.store.events import EventStore
         from app.store.feed import ChangeFeed
+        from app.store.guard import AuditLog, RateLimits
+        from app.store.keys import KeyStore
         from app.store.leases import LeaseStore
         from app.store.mail import MailStore
         from app.store.notifications import NotificationStore
@@ -91,6 +93,9 @@ class Store:
         self.events = EventStore(self.db, settings)
         self.feed = ChangeFeed(self.db)
         self.leases = LeaseStore(self.db, self.clock)
+        self.keys = KeyStore(self.db)
+        self.rate_limits = RateLimits(self.db)
+        self.audit = AuditLog(self.db)
         self.notifications = NotificationStore(self.db, settings)
         self.mail = MailStore(self.db, settings, self.clock)
         self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.workflows)
@@ -98,7 +103,8 @@ class Store:
     async def start(self) -> None:
         await self.clock.sync()
         await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes(),
-                             self.events.ensure_indexes(), self.notifications.ensure_indexes(), self.mail.ensure_indexes(),
+                             self.events.ensure_indexes(), self.keys.ensure_indexes(), self.audit.ensure_indexes(),
+                             self.notifications.ensure_indexes(), self.mail.ensure_indexes(),
                              self.workflows.ensure_indexes(), self.schedules.ensure_indexes())
 
     async def ping(self) -> bool:

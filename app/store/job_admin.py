@@ -26,6 +26,7 @@ from datetime import datetime
 from pymongo import UpdateOne
 
 from app.domain.retry import RetryConfig
+from app.domain.models import tenant_of
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidTransition
 
@@ -37,7 +38,7 @@ ROW = {"engine": 1, "priority": 1, "operation": 1, "status": 1, "owner": 1, "com
 
 class AdminMixin:
     async def _failed_rows(self, *, engine: str | None, operation: str | None, error_code: str | None,
-                           owner: str | None, failed_after: datetime | None, failed_before: datetime | None) -> list[dict]:
+                           tenant: str | None, failed_after: datetime | None, failed_before: datetime | None) -> list[dict]:
         """Failed jobs matching the filters, newest first (small projections)."""
         engines = [engine] if engine else [e["_id"] for e in await self.engines.list()]
         rows: list[dict] = []
@@ -48,7 +49,7 @@ class AdminMixin:
             at = r.get("completed_at")
             return ((operation is None or r.get("operation") == operation)
                     and (error_code is None or (r.get("last_error") or {}).get("code") == error_code)
-                    and (owner is None or r.get("owner") == owner)
+                    and (tenant is None or tenant_of(r.get("owner")) == tenant)
                     and (failed_after is None or (at is not None and at >= failed_after))
                     and (failed_before is None or (at is not None and at < failed_before)))
 
@@ -57,9 +58,9 @@ class AdminMixin:
         return rows
 
     async def dead_letter(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
-                          owner: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+                          tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
         """Failed jobs, newest first; `after` is the previous page's `next_cursor`."""
-        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, owner=owner,
+        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, tenant=tenant,
                                        failed_after=None, failed_before=None)
         if after is not None:
             rows = [r for r in rows if r["_id"] < after]
@@ -87,7 +88,7 @@ class AdminMixin:
                            limit: int = 100) -> dict:
         """Retry up to `limit` failed standalone jobs matching the filters, oldest first.
         Steps are counted and their workflows named, not retried."""
-        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, owner=None,
+        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, tenant=None,
                                        failed_after=failed_after, failed_before=failed_before)
         rows.reverse()
         steps = [r for r in rows if r.get("workflow_id")]

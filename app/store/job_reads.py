@@ -15,10 +15,12 @@ from app.store.engines import band, busy_bands
 
 class ReadMixin:
     async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
-                   owner: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+                   owner: str | None = None, tenant: str | None = None, after: str | None = None,
+                   limit: int = 50) -> tuple[list[dict], str | None]:
         """Newest first. `after` is the `next_cursor` of the previous page."""
         filt: dict[str, Any] = {}
-        for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner)):
+        for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner),
+                           ("tenant", tenant)):
             if value is not None:
                 filt[key] = str(value)
         if after is not None:
@@ -28,8 +30,19 @@ class ReadMixin:
         docs = docs[:limit]
         return docs, (docs[-1]["_id"] if more and docs else None)
 
-    async def history(self, *, since: datetime | None = None, engine: str | None = None) -> dict[str, Any]:
-        match: dict[str, Any] = {}
+    async def count_waiting(self, tenant: str) -> int:
+        """A tenant's jobs waiting to run (queued, scheduled or pending): a scan, so callers
+        cache it."""
+        rows = await (await self.col.aggregate([
+            {"$match": {"tenant": str(tenant)}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ])).to_list(None)
+        waiting = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.PENDING.value}
+        return sum(r["n"] for r in rows if r["_id"] in waiting)
+
+    async def history(self, *, since: datetime | None = None, engine: str | None = None,
+                      tenant: str | None = None) -> dict[str, Any]:
+        match: dict[str, Any] = {} if tenant is None else {"tenant": str(tenant)}
         if since is not None:
             match["created_at"] = {"$gte": since}
         if engine is not None:

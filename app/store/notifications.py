@@ -18,7 +18,8 @@ from app.errors import NotFound
 
 
 def notification_id(seq: int, user: str) -> str:
-    return f"{seq}:{user}"
+    """URL-safe: an owner is `<tenant>/<user>`, names of letters, digits, `_` and `-`."""
+    return f"{seq}:{user.replace('/', '~')}"
 
 
 class NotificationStore:

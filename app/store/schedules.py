@@ -44,7 +44,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from app.domain.models import JobSpec
+from app.domain.models import JobSpec, tenant_of
 from app.domain.schedule import Cron, ScheduleSpec
 from app.domain.states import JobStatus
 from app.domain.workflow import WorkflowSpec
@@ -71,7 +71,7 @@ class ScheduleStore:
     async def create(self, spec: ScheduleSpec, owner: str, now: datetime) -> dict:
         cron = spec.cron_spec()
         target, template = spec.target()
-        doc = {"_id": str(ObjectId()), "name": spec.name, "owner": owner, "cron": cron.expr, "timezone": spec.timezone,
+        doc = {"_id": str(ObjectId()), "name": spec.name, "owner": owner, "tenant": tenant_of(owner), "cron": cron.expr, "timezone": spec.timezone,
                "misfire_policy": spec.misfire_policy, "target": target, "template": template, "paused": False,
                "next_run_at": cron.next_after(now), "firing": None, "created_at": now, "updated_at": now,
                "run_count": 0, "last_run_at": None, "last_fired_at": None, "last_job_id": None, "last_workflow_id": None,
@@ -85,9 +85,11 @@ class ScheduleStore:
             raise NotFound(f"schedule {schedule_id!r} not found", field="schedule_id")
         return doc
 
-    async def list(self, *, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+    async def list(self, *, tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
         """Newest first; `after` is the previous page's `next_cursor`."""
         filt: dict[str, Any] = {} if after is None else {"_id": {"$lt": str(after)}}
+        if tenant is not None:
+            filt["tenant"] = str(tenant)
         docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
         return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
 

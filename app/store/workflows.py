@@ -21,6 +21,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.domain.models import tenant_of
 from app.domain.states import JobStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
@@ -48,8 +49,11 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             raise NotFound(f"workflow {workflow_id!r} not found", field="workflow_id")
         return doc
 
-    async def list(self, *, status: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+    async def list(self, *, status: str | None = None, tenant: str | None = None, after: str | None = None,
+                   limit: int = 50) -> tuple[list[dict], str | None]:
         filt: dict[str, Any] = {} if status is None else {"status": str(status)}
+        if tenant is not None:
+            filt["tenant"] = str(tenant)
         if after:
             filt["_id"] = {"$lt": str(after)}
         docs = await self.col.find(filt, {"steps": 0}).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
@@ -83,7 +87,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         ids = {s.key: str(ObjectId()) for s in spec.jobs}
         by_key = {s.key: s for s in spec.jobs}
         now = self.clock.now()
-        wf = {"_id": wf_id, "name": spec.name, "owner": owner, "status": RUNNING, "failure_policy": spec.failure_policy,
+        wf = {"_id": wf_id, "name": spec.name, "owner": owner, "tenant": tenant_of(owner), "status": RUNNING, "failure_policy": spec.failure_policy,
               "metadata": spec.metadata, "created_at": now, "updated_at": now, "completed_at": None, "total": len(ids),
               "open": len(ids), "n_failed": 0, "n_cancelled": 0,
               "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}}
