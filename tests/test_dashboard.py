@@ -146,8 +146,7 @@ async def test_2_submit_a_five_step_workflow_through_the_editor(page, base, api)
     text = await page.get_by_label("Workflow or job (JSON)").input_value()
     lines = text.splitlines()
     bad_line = next(i for i, line in enumerate(lines, 1) if '"nope"' in line)
-    key_line = max(i for i, line in enumerate(lines[:bad_line], 1) if '"depends_on"' in line)
-    await expect(errors).to_contain_text(f"Line {key_line}")
+    await expect(errors).to_contain_text(f"Line {bad_line}")
     await expect(page.locator(".marks .mark-msg")).to_contain_text("unknown step 'nope'")
     await expect(page.get_by_label("Workflow or job (JSON)")).to_have_attribute("aria-invalid", "true")
     assert (await api.get("/api/v1/jobs/workflows")).json()["workflows"] == []
@@ -226,6 +225,16 @@ async def test_4_pause_an_engine_in_the_ui(page, base, api):
     await expect(row.locator(".badge")).to_have_text("active")
     assert (await queue(api, "testing"))["paused"] is False
     await eventually(lambda: _completed(api, job["id"]))
+
+    # A member may watch the queues but not steer them: the controls are there, disabled.
+    r = await api.post("/api/v1/auth/keys", json={"name": "watcher", "user": "mia", "role": "member"})
+    assert r.status_code == 201, r.text
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, base, token=r.json()["token"])
+    await expect(page.locator("#who")).to_have_text("mia · member")
+    row = page.locator("tr[data-engine='testing']")
+    await expect(row.get_by_role("button", name="Pause testing")).to_be_disabled()
+    await expect(page.get_by_text("need the operator role")).to_be_visible()
 
 
 async def _completed(api, job_id) -> bool:

@@ -66,17 +66,21 @@ export const get = (path) => api("GET", path);
 export const post = (path, body) => api("POST", path, body);
 export const put = (path, body) => api("PUT", path, body);
 
-/** Whether the server accepts `token`: any answer but 401 means it authenticated (a 403
- * only says that this role may not read the probe). Every role may read its own
- * notifications, so that is the probe. */
+/** Whether the server accepts `token`, and who it is: GET /auth/me answers every role
+ * with {user, tenant, role, global_admin}. A 401 means the token is refused. */
 export async function checkToken(token) {
   try {
-    await send("GET", "/jobs/notifications?limit=1", undefined, token);
-    return { ok: true };
+    return { ok: true, me: await send("GET", "/auth/me", undefined, token) };
   } catch (e) {
-    if (e.status === 403) return { ok: true };
     return { ok: false, error: e };
   }
+}
+
+const ROLES = ["member", "operator", "admin"];
+/** Whether `me` has at least `role`; unknown (null) counts as yes: the API still decides. */
+export function atLeast(me, role) {
+  if (!me || !ROLES.includes(me.role)) return true;
+  return ROLES.indexOf(me.role) >= ROLES.indexOf(role);
 }
 
 export function qs(params) {

@@ -28,7 +28,7 @@ const ROUTES = [
 ];
 
 // Shared by the pages while signed in.
-export const app = { live: null, stats: null, notes: null };
+export const app = { live: null, stats: null, notes: null, me: null };
 let leave = null; // ends the current page (its listeners, timers, sockets)
 let lastPath = null;
 let signedInScope = null; // ends what a sign-in started
@@ -83,7 +83,7 @@ function showSignIn(message) {
       return;
     }
     session.set(token);
-    start();
+    start(res.me);
   });
   main.append(form);
   if (message) err.show(message);
@@ -96,11 +96,24 @@ function signOut(message) {
   signedInScope = null;
   app.live?.stop();
   app.live = null;
+  app.me = null;
   showSignIn(message);
 }
 
-function start() {
+async function start(me) {
   const token = session.token;
+  if (!me) { // a tab reloaded with a token in session storage: who is it?
+    const res = await checkToken(token);
+    if (!res.ok) {
+      if (res.error.status === 401) return signOut("The server no longer accepts this token. Sign in again.");
+      return showSignIn(`Could not reach the server: ${explain(res.error)}`);
+    }
+    me = res.me;
+  }
+  app.me = me;
+  const who = $("#who");
+  who.textContent = `${me.user} · ${me.role}`;
+  who.title = `signed in as ${me.user} (${me.role}${me.global_admin ? ", every tenant" : `, tenant ${me.tenant}`})`;
   signedIn(true);
   const live = new Live(token, [{ all: true }, { notifications: true }]);
   const stats = new Stats();

@@ -62,6 +62,7 @@ export async function render(ctx) {
 
   const soonFailures = throttle(failures, 1000);
   ctx.on(ctx.app.live, "event", (e) => { if (e.detail.type === "job.failed") soonFailures(); });
+  ctx.on(ctx.app.live, "resync", soonFailures);
   ctx.onLeave(() => soonFailures.cancel());
   ctx.every(15000, workerLine);
   await Promise.all([queueTable(ctx, engines, { controls: true }), failures(), workerLine()]);

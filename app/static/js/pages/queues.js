@@ -3,7 +3,7 @@
 // the limit (PUT .../{name}/limits). Refreshed when a job event arrives (at most once a
 // second) and every 5 s, since pausing and limits are not events.
 
-import { get, post, put, explain } from "../api.js";
+import { get, post, put, explain, atLeast } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtDuration } from "../dom.js";
 
 export async function render(ctx) {
@@ -21,7 +21,12 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
   const wrap = h("div", { class: "table-wrap" });
   parent.append(err, wrap);
   const rows = new Map(); // engine -> {tr, cells...}
-  let denied = false; // a 403 on a control: the role may watch but not steer
+  // A role below operator may watch but not steer: the controls are shown disabled, and a
+  // 403 on any of them (the API decides) does the same.
+  let denied = !atLeast(ctx.app.me, "operator");
+  const why = h("p", { class: "help", hidden: !denied || !controls },
+    `Your role (${ctx.app.me?.role}) may watch the queues; pausing, resuming and limits need the operator role.`);
+  parent.insertBefore(why, wrap);
 
   const tbody = h("tbody");
   const table = h("table", { class: "engines" },
@@ -93,7 +98,7 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
       row(q);
     } catch (e) {
       r.busy = false;
-      if (e.status === 403) denied = true;
+      if (e.status === 403) { denied = true; why.hidden = false; for (const x of rows.values()) row(x.q); }
       if (isLimit && e.status === 422) r.limitIn.setAttribute("aria-invalid", "true");
       r.rowErr.textContent = explain(e);
       row(r.q);

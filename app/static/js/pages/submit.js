@@ -150,6 +150,11 @@ export async function render(ctx) {
           let spot = spotFor(spots, x.field);
           if ((!spot || spot.path === "jobs") && err.details?.key) spot = keySpot(spots, doc, err.details.key) || spot;
           if ((!spot || spot.path === "jobs") && err.details?.cycle) spot = keySpot(spots, doc, err.details.cycle[0]) || spot;
+          if (spot && err.details?.unknown && spot.path.endsWith("depends_on")) { // the very entry that names no step
+            const deps = valueAt(doc, spot.path);
+            const k = Array.isArray(deps) ? deps.indexOf(err.details.unknown) : -1;
+            if (k >= 0) spot = spotFor(spots, `${spot.path}.${k}`) || spot;
+          }
           const at = spot ? (spot.keyStart ?? spot.start) : 0;
           const end = spot ? spot.end : 1;
           return { field: x.field, message: x.message.startsWith(`${x.field}:`) ? x.message.slice(x.field.length + 1).trim() : x.message, start: at, end };
@@ -163,6 +168,10 @@ export async function render(ctx) {
       submit.textContent = "Submit";
     }
   });
+}
+
+function valueAt(doc, path) {
+  return path.split(".").reduce((v, k) => (v === null || v === undefined ? undefined : v[k]), doc);
 }
 
 function keySpot(spots, doc, key) {
