@@ -83,3 +83,15 @@ async def fail_unless(ctx: JobContext) -> dict:
     if not Path(ctx.params["marker"]).exists():
         raise PermanentError("not_yet", "the marker file is missing")
     return {"ok": True}
+
+
+@handler(engine="testing", operation="uses_secret")
+async def uses_secret(ctx: JobContext) -> dict:
+    """Proves the handler sees the real secret (outside, it is redacted); logs a line naming it."""
+    import logging
+
+    secret = ctx.params["password"]
+    logging.getLogger("testing.uses_secret").warning("using the password %s", "(not shown)")
+    if ctx.params.get("fail"):
+        raise PermanentError("bad_input", "refused")
+    return {"length": len(secret), "first": secret[:1]}

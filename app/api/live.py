@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.auth import Principal, authenticate, bearer, can_see, require_principal
 from app.domain.events import is_terminal
+from app.domain.redact import redact
 from app.errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
 from app.notifications.hub import Subscriber, Subscription
 
@@ -193,7 +194,7 @@ def _frame(texts: list[str]) -> str:
 def _final(doc: dict, kind: str) -> dict:
     out = {"type": "final", "status": doc["status"]}
     if kind == "job":
-        out.update(result=doc.get("result"), error=doc.get("last_error"))
+        out.update(result=redact(doc.get("result")), error=doc.get("last_error"))
     return out
 
 

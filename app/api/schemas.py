@@ -63,6 +63,8 @@ class JobOut(BaseModel):
     def of(cls, doc: dict, **extra) -> "JobOut":
         fields = {k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}
         fields["parameters"] = redact(fields.get("parameters") or {})
+        if "result" in fields:
+            fields["result"] = redact(fields["result"])
         return cls(id=doc["_id"], **fields, **extra)
 
 

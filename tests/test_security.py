@@ -1,0 +1,280 @@
+"""Security and multi-tenancy against a real uvicorn server: API keys and roles, a
+cross-tenant matrix over the REST endpoints, the WebSocket and SSE, injection payloads,
+redaction, JWT, and the per-tenant rate limit across two API processes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import jwt
+import pytest
+import websockets
+
+from app.logs import configure, get_logger
+from tests.conftest import TOKEN
+from tests.helpers import eventually
+from tests.procs import ROOT, env_for, stop
+from tests.test_live import free_port, recv, server, until  # noqa: F401  (server is a fixture)
+
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+SECRET = "hunter2-SECRET"
+
+
+async def make_key(host, tenant, user, role) -> str:
+    async with httpx.AsyncClient(base_url=f"http://{host}", headers=ADMIN) as c:
+        r = await c.post("/api/v1/auth/keys", json={"name": f"{user} key", "tenant": tenant, "user": user, "role": role})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+
+def client(host, token) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://{host}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture
+async def tenants(server):
+    """Keys for tenants acme and globex, one per role."""
+    return {(t, r): await make_key(server, t, f"{r}-{t}", r)
+            for t in ("acme", "globex") for r in ("member", "operator", "admin")}
+
+
+async def acme_resources(host, token) -> dict:
+    async with client(host, token) as c:
+        job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+        failed = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent"})).json()
+        wf = (await c.post("/api/v1/jobs/workflows", json={"name": "w", "jobs": [
+            {"key": "a", "engine": "testing", "operation": "ok"}]})).json()
+        sched = (await c.post("/api/v1/jobs/schedules", json={"name": "s", "cron": "0 0 1 1 *", "job": {
+            "engine": "testing", "operation": "ok"}})).json()
+
+        async def notified():
+            body = (await c.get("/api/v1/jobs/notifications")).json()
+            return body["notifications"] or None
+        notes = await eventually(notified, timeout=30)
+    return {"job": job["id"], "failed": failed["id"], "wf": wf["id"], "sched": sched["id"], "note": notes[0]["id"]}
+
+
+async def test_keys_are_shown_once_scoped_and_revoked_at_once(server, tenants):
+    token = tenants[("acme", "member")]
+    async with client(server, token) as c:
+        assert (await c.get("/api/v1/auth/me")).json() == {"user": "member-acme", "tenant": "acme", "role": "member",
+                                                             "global_admin": False}
+        assert (await c.post("/api/v1/auth/keys", json={"name": "x", "user": "x"})).status_code == 403
+    async with client(server, tenants[("acme", "admin")]) as c:
+        keys = (await c.get("/api/v1/auth/keys")).json()
+        assert {k["tenant"] for k in keys} == {"acme"} and all("token" not in k and "hash" not in k for k in keys)
+        r = await c.post("/api/v1/auth/keys", json={"name": "x", "user": "x", "tenant": "globex"})
+        assert r.status_code == 403 and r.json()["error"]["field"] == "tenant"
+        key_id = next(k["id"] for k in keys if k["user"] == "member-acme")
+        assert (await c.delete(f"/api/v1/auth/keys/{key_id}")).status_code == 200
+    async with client(server, token) as c:
+        assert (await c.get("/api/v1/jobs/")).status_code == 401  # at once
+    async with client(server, tenants[("acme", "operator")]) as c:
+        r = await c.post("/api/v1/auth/keys", json={"name": "x", "user": "x", "role": "admin"})
+        assert r.status_code == 403
+    async with client(server, tenants[("globex", "admin")]) as c:
+        assert (await c.delete(f"/api/v1/auth/keys/{key_id}")).status_code == 404  # another tenant's key
+
+
+async def test_no_tenant_sees_another_tenants_resources(server, tenants):
+    acme = await acme_resources(server, tenants[("acme", "member")])
+    j, w, s = acme["job"], acme["wf"], acme["sched"]
+    by_id = [("GET", f"/api/v1/jobs/{j}/status"), ("POST", f"/api/v1/jobs/{j}/cancel"),
+             ("POST", f"/api/v1/jobs/{acme['failed']}/retry"), ("GET", f"/api/v1/jobs/{j}/events"),
+             ("GET", f"/api/v1/jobs/workflows/{w}/status"), ("GET", f"/api/v1/jobs/workflows/{w}/events"),
+             ("POST", f"/api/v1/jobs/workflows/{w}/cancel"), ("POST", f"/api/v1/jobs/workflows/{w}/retry"),
+             ("POST", f"/api/v1/jobs/workflows/{w}/jobs"), ("GET", f"/api/v1/jobs/schedules/{s}"),
+             ("POST", f"/api/v1/jobs/schedules/{s}/pause"), ("POST", f"/api/v1/jobs/schedules/{s}/resume"),
+             ("DELETE", f"/api/v1/jobs/schedules/{s}"), ("POST", f"/api/v1/jobs/notifications/{acme['note']}/read")]
+    lists = ["/api/v1/jobs/", "/api/v1/jobs/workflows", "/api/v1/jobs/schedules", "/api/v1/jobs/dead-letter",
+             "/api/v1/jobs/notifications", "/api/v1/audit"]
+    for role in ("member", "operator", "admin"):
+        async with client(server, tenants[("globex", role)]) as c:
+            for method, path in by_id:
+                body = {"jobs": [{"key": "z", "engine": "testing", "operation": "ok"}]} if path.endswith("/jobs") else None
+                r = await c.request(method, path, json=body)
+                assert r.status_code == 404, (role, method, path, r.status_code, r.text)
+            for path in lists:
+                r = await c.get(path)
+                assert r.status_code in (200, 403), (role, path, r.text)
+                assert not set(acme.values()) & set(_ids(r.json())), (role, path)
+            hist = (await c.get("/api/v1/jobs/history")).json()
+            assert hist["total"] == 0, (role, hist)
+    # The positive control: acme's operator (another user, same tenant) sees them.
+    async with client(server, tenants[("acme", "operator")]) as c:
+        assert (await c.get(f"/api/v1/jobs/{j}/status")).status_code == 200
+        assert j in _ids((await c.get("/api/v1/jobs/")).json())
+
+
+def _ids(body) -> list[str]:
+    if isinstance(body, list):
+        return [x.get("id") for x in body if isinstance(x, dict)]
+    out = []
+    for value in body.values():
+        if isinstance(value, list):
+            out += [x.get("id") for x in value if isinstance(x, dict)]
+    return out
+
+
+async def test_websocket_and_sse_are_scoped(server, tenants):
+    async with websockets.connect(f"ws://{server}/api/v1/ws?token={tenants[('globex', 'admin')]}") as ws:
+        assert (await recv(ws))["tenant"] == "globex"
+        await ws.send(json.dumps({"action": "subscribe", "all": True}))
+        await until(ws, lambda m: m.get("type") == "subscribed")
+        acme = await acme_resources(server, tenants[("acme", "member")])
+        for sub in ({"job_id": acme["job"]}, {"workflow_id": acme["wf"]}):
+            await ws.send(json.dumps({"action": "subscribe", "since": 0, **sub}))
+            assert (await until(ws, lambda m: m.get("type") in ("error", "subscribed")))[-1]["code"] == "not_found"
+        async with client(server, tenants[("globex", "member")]) as c:
+            own = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+        seen = await until(ws, lambda m: m.get("type") == "job.completed" and m.get("job_id") == own["id"])
+    assert {m.get("tenant") for m in seen if "seq" in m} == {"globex"}
+    assert not set(acme.values()) & ({m.get("job_id") for m in seen} | {m.get("workflow_id") for m in seen})
+
+
+async def test_roles_decide_who_steers_queues(server, tenants):
+    for role, expected in (("member", 403), ("operator", 200), ("admin", 200)):
+        async with client(server, tenants[("acme", role)]) as c:
+            r = await c.post("/api/v1/jobs/queue/testing/pause")
+            assert r.status_code == expected, (role, r.text)
+            await c.post("/api/v1/jobs/queue/testing/resume")
+    async with client(server, tenants[("acme", "admin")]) as c:
+        entries = (await c.get("/api/v1/audit")).json()["entries"]
+    actions = [(e["action"], e["actor"]) for e in entries]
+    assert ("queue.pause", "acme/operator-acme") in actions and ("queue.pause", "acme/member-acme") not in actions
+    async with client(server, tenants[("globex", "admin")]) as c:
+        assert all(e["tenant"] == "globex" for e in (await c.get("/api/v1/audit")).json()["entries"])
+
+
+async def test_injection_payloads_are_refused(server):
+    async with httpx.AsyncClient(base_url=f"http://{server}", headers=ADMIN, timeout=30) as c:
+        assert (await c.get('/api/v1/jobs/{"$gt": ""}/status')).status_code in (404, 422)
+        r = await c.get("/api/v1/jobs/", params={"status[$ne]": "x"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "status[$ne]"
+        for params in ({"$where": "sleep(1000)"}, {"a.b": 1}, {"x": {"$gt": ""}}):
+            r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": params})
+            assert r.status_code == 422, params
+        r = await c.post("/api/v1/jobs/submit", content=b'{"engine": "' + b"x" * (10 * 1024 * 1024) + b'"}',
+                         headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "colour": "red"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "colour"
+    async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers=ADMIN, max_size=None) as ws:
+        await recv(ws)
+        await ws.send("x" * (10 * 1024 * 1024))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await recv(ws)
+        assert info.value.rcvd.code == 1009
+    async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers=ADMIN) as ws:
+        await recv(ws)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            for _ in range(500):
+                await ws.send(json.dumps({"action": "ping"}))
+            while True:
+                await recv(ws)
+        assert info.value.rcvd.code == 4429
+    with pytest.raises(websockets.InvalidStatus) as refused:  # a page on another origin: refused at the handshake
+        async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": "https://evil.example"}):
+            pass
+    assert refused.value.response.status_code == 403
+    async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": f"http://{server}"}) as ws:
+        assert (await recv(ws))["type"] == "welcome"  # the dashboard's own origin
+
+
+async def test_secrets_are_redacted_outside_the_handler(server, tenants):
+    stream = io.StringIO()
+    configure("INFO", stream=stream)
+    try:
+        params = {"password": SECRET, "secrets": {"k": SECRET}, "nested": {"api_key": SECRET}, "plain": "visible"}
+        async with client(server, tenants[("acme", "member")]) as c:
+            job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "uses_secret",
+                                                              "parameters": params})).json()
+            assert SECRET not in json.dumps(job) and job["parameters"]["plain"] == "visible"
+            frames = await _sse_text(c, f"/api/v1/jobs/{job['id']}/events")
+            status = (await c.get(f"/api/v1/jobs/{job['id']}/status")).json()
+        assert status["status"] == "completed" and status["result"] == {"length": len(SECRET), "first": "h"}
+        assert status["parameters"]["password"] == "***" and status["parameters"]["secrets"] == "***"
+        assert status["parameters"]["nested"]["api_key"] == "***"
+        assert SECRET not in frames and "job.completed" in frames, [l for l in frames.splitlines() if SECRET in l]
+        get_logger("test").warning("a line with secrets", password=SECRET, token=SECRET)
+        assert SECRET not in stream.getvalue() and '"password": "***"' in stream.getvalue()
+    finally:
+        configure("WARNING")
+
+
+async def _sse_text(c, path) -> str:
+    out = []
+    async with c.stream("GET", path) as r:
+        async for line in r.aiter_lines():
+            out.append(line)
+    return "\n".join(out)
+
+
+async def test_jwt_bearer_tokens(store, settings):
+    from tests.test_live import create_app, uvicorn  # the same server, with a JWT key configured
+
+    secret = "x" * 32
+    s = settings.model_copy(update={"jwt_secret": secret})
+    app = create_app(s, store=store, workers=0, live=False)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(srv.serve())
+    try:
+        await eventually(lambda: _up(srv), timeout=20)
+        good = jwt.encode({"sub": "carol", "tenant": "acme", "role": "operator", "exp": time.time() + 60}, secret, "HS256")
+        expired = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() - 60}, secret, "HS256")
+        forged = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() + 60}, "y" * 32, "HS256")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            me = await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {good}"})
+            assert me.json() == {"user": "carol", "tenant": "acme", "role": "operator", "global_admin": False}
+            for bad in (expired, forged):
+                assert (await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {bad}"})).status_code == 401
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+async def _up(srv) -> bool:
+    return srv.started
+
+
+async def test_the_rate_limit_holds_across_two_api_processes(db_url, store):
+    env = env_for(db_url, store.db.name, SWITCHYARD_ADMIN_TOKEN=TOKEN, SWITCHYARD_RATE_LIMIT_PER_SECOND="2",
+                  SWITCHYARD_RATE_LIMIT_BURST="5")
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(p), "--workers", "0",
+                               "--handlers", "tests.support_handlers"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for p in ports]
+    try:
+        for port, proc in zip(ports, procs):
+            async def up(port=port, proc=proc):
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                try:
+                    async with httpx.AsyncClient() as c:
+                        return (await c.get(f"http://127.0.0.1:{port}/ready")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            await eventually(up, timeout=60, interval=0.2)
+        token = await make_key(f"127.0.0.1:{ports[0]}", "acme", "bursty", "member")
+        accepted, refused, t0 = 0, [], time.monotonic()
+        for i in range(20):
+            async with client(f"127.0.0.1:{ports[i % 2]}", token) as c:
+                r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})
+            if r.status_code == 201:
+                accepted += 1
+            else:
+                assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+                refused.append(r)
+        elapsed = time.monotonic() - t0
+        assert 5 <= accepted <= 5 + 2 * elapsed + 1, (accepted, elapsed)
+        assert refused and refused[0].json()["error"]["code"] == "rate_limited"
+    finally:
+        for p in procs:
+            stop(p)
