@@ -56,7 +56,9 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
             if own_store:
                 await st.close()
 
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan,
+    from app.api.schemas import ERROR_RESPONSES
+
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="MongoDB-backed job and workflow orchestrator")
     app.state.settings = settings
     app.state.ready = False

@@ -138,3 +138,13 @@ async def _attempted(store):
     return doc if doc and doc["attempts"] >= 1 and doc.get("last_error") else None
 
 
+
+
+async def test_an_alert_never_carries_a_secret_parameter(store, settings, inbox, live, worker, jobs):
+    secret = "s3cr3t-VALUE"
+    job = await jobs.queued(operation="uses_secret", name="with secrets",
+                            parameters={"password": secret, "secrets": {"x": secret}, "fail": True})
+    await wait_status(store, job["_id"], "failed")
+    await eventually(lambda: _arrived(inbox, 1), timeout=30)
+    raw = inbox.messages[0].as_string()
+    assert secret not in raw and job["_id"] in inbox.messages[0]["Subject"]

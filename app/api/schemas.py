@@ -100,3 +100,24 @@ class QueueStatus(BaseModel):
 class LimitsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_concurrent_jobs: int = Field(ge=1, le=100_000)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    details: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer has this shape (app/api/errors.py)."""
+
+    error: ErrorBody
+
+
+ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text in (
+    (401, "missing or invalid bearer token"), (403, "the caller's role does not allow this"),
+    (404, "no such resource, or not the caller's to see"), (409, "the resource is not in a state that allows this"),
+    (413, "the body is over the size cap"), (422, "the request failed validation; `field` names the problem"),
+    (429, "rate limit or quota reached; see Retry-After"))}
