@@ -50,7 +50,8 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
       const rowErr = h("span", { class: "field-error", role: "alert" });
       const form = h("form", { class: "limit-form", "aria-label": `Limit of ${q.name}` }, limitIn, save);
       r = { q, state, toggle, limitIn, save, rowErr, cells: {} };
-      for (const k of ["queued", "running", "max_concurrent_jobs", "age"]) r.cells[k] = h("td", { class: k === "age" ? "wide" : "num" });
+      const labels = { queued: "queued", running: "running", max_concurrent_jobs: "limit", age: "oldest" };
+      for (const k of Object.keys(labels)) r.cells[k] = h("td", { class: k === "age" ? "wide" : "num", "data-label": labels[k] });
       r.tr = h("tr", { "data-engine": q.name },
         h("th", { scope: "row" }, h("a", { href: `#/jobs?engine=${encodeURIComponent(q.name)}` }, q.name)),
         r.cells.queued, r.cells.running, r.cells.max_concurrent_jobs, h("td", {}, state), r.cells.age,
