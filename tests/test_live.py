@@ -154,6 +154,10 @@ async def test_sse_streams_a_job_to_its_end_and_resumes_from_last_event_id(serve
         assert [f["event"] for f in resumed] == ["connected", "job.running", "job.completed", "final"]
         assert (await c.get("/api/v1/jobs/0123456789abcdef01234567/events")).status_code == 404
         assert (await c.get(f"/api/v1/jobs/{job['id']}/events", headers={"Authorization": "Bearer x"})).status_code == 401
+        async with httpx.AsyncClient(base_url=f"http://{server}", timeout=30) as bare:  # EventSource: token in the URL
+            assert (await bare.get(f"/api/v1/jobs/{job['id']}/events?token=nope")).status_code == 401
+            names = [f["event"] for f in await sse(bare, f"/api/v1/jobs/{job['id']}/events?token={TOKEN}")]
+            assert names[-1] == "final"
         wf = await submit_wf(server, n=3)
         frames = await sse(c, f"/api/v1/jobs/workflows/{wf['id']}/events")
         assert frames[-2]["event"] == "workflow.completed" and json.loads(frames[-1]["data"])["status"] == "completed"

@@ -243,11 +243,19 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+async def _sse_principal(request: Request) -> Principal:
+    """The Authorization header, or `?token=` for browsers' EventSource, which cannot set headers."""
+    if request.headers.get("authorization") or "token" not in request.query_params:
+        return await require_principal(request)
+    state = request.app.state
+    return await authenticate(request.query_params["token"], state.settings, state.store)
+
+
 @router.get("/api/v1/jobs/workflows/{workflow_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def workflow_events(workflow_id: str, request: Request):
     """A workflow's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes."""
-    return await _stream(request, await require_principal(request), workflow_id=workflow_id)
+    return await _stream(request, await _sse_principal(request), workflow_id=workflow_id)
 
 
 @router.get("/api/v1/jobs/{job_id}/events", response_class=StreamingResponse,
@@ -255,4 +263,4 @@ async def workflow_events(workflow_id: str, request: Request):
 async def job_events(job_id: str, request: Request):
     """A job's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes. The
     stream ends after the job's terminal event, with a `final` event carrying its result."""
-    return await _stream(request, await require_principal(request), job_id=job_id)
+    return await _stream(request, await _sse_principal(request), job_id=job_id)
