@@ -10,7 +10,6 @@ import asyncio
 import secrets
 import signal
 import sys
-from pathlib import Path
 
 import typer
 

@@ -20,7 +20,7 @@ from app.api.auth import Principal, can_see, require_principal
 from app.api.jobs import ID_PATTERN, strict_query
 from app.api.schemas import JobOut, JobPage
 from app.domain.models import NAME_PATTERN
-from app.errors import Forbidden, Conflict, NotFound, SwitchyardError
+from app.errors import Conflict, Forbidden, NotFound
 
 router = APIRouter(tags=["dead letter"])
 CODE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"

@@ -9,13 +9,11 @@ write yields its event exactly once (the seq is the write's own cluster time).
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections import OrderedDict
 
 from app.domain.events import from_change, static_fields
-from app.logs import get_logger
+from app.notifications.leadership import Singleton
 from app.store.feed import HistoryLost
 
 LEASE = "event-relay"
@@ -42,60 +40,36 @@ class _Known:
             self.items.popitem(last=False)
 
 
-class EventRelay:
+class EventRelay(Singleton):
+    lease = LEASE
+
     def __init__(self, store, settings, lease_seconds: float = 10.0) -> None:
-        self.store, self.settings = store, settings
-        self.holder = f"relay-{uuid.uuid4().hex[:12]}"
-        self.lease_seconds = lease_seconds
+        super().__init__(store, lease_seconds)
+        self.settings = settings
         self.known = _Known()
-        self.log = get_logger("switchyard.relay")
-        self.leading = False
         self.appended = 0
-        self.stopping = False
 
-    async def run(self) -> None:
-        while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
-            try:
-                lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
-                if lease is None:
-                    self.leading = False
-                    await asyncio.sleep(self.lease_seconds / 3)
-                    continue
-                self.leading = True
-                await self._lead(lease["state"].get("token"))
-            except asyncio.CancelledError:
-                if self.leading:  # hand over at once instead of after the lease runs out
-                    try:
-                        await asyncio.wait_for(self.store.leases.release(LEASE, self.holder), 2.0)
-                    except Exception:
-                        pass  # the lease runs out by itself
-                raise
-            except HistoryLost as exc:
-                self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
-                await self.store.leases.save(LEASE, self.holder, {"token": None})
-            except Exception as exc:
-                self.log.warning("relay.error", error=repr(exc))
-                await asyncio.sleep(1.0)
-
-    async def _lead(self, token) -> None:
-        renewed = saved = time.monotonic()
-        async for changes, new_token in self.store.feed.batches(token):
-            if changes:
-                events = await self.derive(changes)
-                if events:
-                    self.appended += await self.store.events.append(events)
-            now = time.monotonic()
-            if now - renewed > self.lease_seconds / 3:
-                if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
-                    self.leading = False
+    async def lead(self, state: dict) -> None:
+        token = state.get("token")
+        saved = time.monotonic()
+        try:
+            async for changes, new_token in self.store.feed.batches(token):
+                if changes:
+                    events = await self.derive(changes)
+                    if events:
+                        self.appended += await self.store.events.append(events)
+                if not await self.keep():
                     return  # deposed: whoever leads now resumes from the saved checkpoint
-                renewed = now
-            # At most one save a second: a replay after a crash is idempotent, and every write
-            # costs the server (and wakes every change stream on SecantusDB).
-            if new_token != token and (token is None or now - saved > (1.0 if changes else 5.0)):
-                if not await self.store.leases.save(LEASE, self.holder, {"token": new_token}):
-                    return
-                token, saved = new_token, now
+                # At most one save a second: a replay after a crash is idempotent, and every
+                # write costs the server (and wakes every change stream on SecantusDB).
+                now = time.monotonic()
+                if new_token != token and (token is None or now - saved > (1.0 if changes else 5.0)):
+                    if not await self.save({"token": new_token}):
+                        return
+                    token, saved = new_token, now
+        except HistoryLost as exc:
+            self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
+            await self.save({"token": None})
 
     async def derive(self, changes: list[dict]) -> list[dict]:
         """Events for a batch of changes, in order, reading unknown jobs' fields in one go."""

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
 from app import metrics
-from app.logs import get_logger
 from app.notifications.email import valid_address
 from app.notifications.hub import Subscriber, Subscription
+from app.notifications.leadership import Singleton
 from app.store.notifications import notification_id
 
 LEASE = "notifier"
 CHANNELS = ("db", "email", "websocket")
-log = get_logger("switchyard.notifier")
 
 
 @dataclass(frozen=True)
@@ -126,35 +124,22 @@ def routes_for(settings, prefs: dict, channel: str) -> set[str]:
             if channel in channels_for(settings, prefs, t)}
 
 
-class NotificationService:
+class NotificationService(Singleton):
+    lease = LEASE
+
     def __init__(self, store, settings, channels: list[Channel], hub, lease_seconds: float = 10.0) -> None:
-        self.store, self.settings, self.hub = store, settings, hub
+        super().__init__(store, lease_seconds)
+        self.settings, self.hub = settings, hub
         self.channels = {c.name: c for c in channels}
-        self.holder = f"notifier-{uuid.uuid4().hex[:12]}"
-        self.lease_seconds = lease_seconds
         self.types = _types(settings.notify_types)
         self.position = 0
-        self.stopping = False
+        self._saved = 0.0
 
-    async def run(self) -> None:
-        while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
-            try:
-                lease = await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds)
-                if lease is None:
-                    await asyncio.sleep(self.lease_seconds / 3)
-                    continue
-                await self._lead(int(lease["state"].get("seq") or 0))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("notifier.error", error=repr(exc))
-                await asyncio.sleep(1.0)
-
-    async def _lead(self, seq: int) -> None:
+    async def lead(self, state: dict) -> None:
         """Catch up from the log page by page, then follow this process's hub (which
         replays the few events between the last page and the subscription)."""
-        self.position = seq
-        self._renewed = self._saved = time.monotonic()
+        self.position = int(state.get("seq") or 0)
+        self._saved = time.monotonic()
         while page := await self.store.events.since(self.position, limit=1000):
             if not await self._take(page):
                 return
@@ -176,16 +161,11 @@ class NotificationService:
         if batch:
             await self.fan_out(batch)
             self.position = batch[-1]["_id"]
-        now = time.monotonic()
-        if now - self._saved > 1.0:  # channels are idempotent: a replay after a crash is harmless
-            if not await self.store.leases.save(LEASE, self.holder, {"seq": self.position}):
+        if time.monotonic() - self._saved > 1.0:  # channels are idempotent: a replay after a crash is harmless
+            if not await self.save({"seq": self.position}):
                 return False
-            self._saved = now
-        if now - self._renewed > self.lease_seconds / 3:
-            if await self.store.leases.acquire(LEASE, self.holder, self.lease_seconds) is None:
-                return False
-            self._renewed = now
-        return True
+            self._saved = time.monotonic()
+        return await self.keep()
 
     async def fan_out(self, events: list[dict]) -> None:
         owners = sorted({e["owner"] for e in events if e.get("owner")})
