@@ -95,3 +95,14 @@ async def live(store, settings):
     await lv.start()
     yield lv
     await lv.stop()
+
+
+@pytest.fixture
+async def server(store, settings):
+    """The whole app (relay, notifier, hub, an in-process worker) on a real uvicorn port."""
+    await store.engines.set_limit("testing", 20)
+    from app.main import create_app
+    from tests.servers import uvicorn_app
+
+    async with uvicorn_app(create_app(settings, store=store, workers=20)) as host:
+        yield host

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 
@@ -28,3 +29,25 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+_pending: dict[int, list] = {}
+
+
+async def recv(ws, timeout=20.0) -> dict:
+    """The next message; a frame may carry several (a JSON array), handed out in order."""
+    queue = _pending.setdefault(id(ws), [])
+    if not queue:
+        body = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        queue.extend(body if isinstance(body, list) else [body])
+    return queue.pop(0)
+
+
+async def until(ws, predicate, timeout=30.0) -> list[dict]:
+    """Messages up to and including the first that satisfies `predicate`."""
+    seen = []
+    while True:
+        msg = await recv(ws, timeout)
+        seen.append(msg)
+        if predicate(msg):
+            return seen

@@ -9,31 +9,23 @@ Policy violation, so a broken module or an inline script shows up here.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import Page, async_playwright, expect
 
 from app.main import create_app
 from tests.conftest import TOKEN
 from tests.helpers import eventually
+from tests.servers import uvicorn_app
 
 CHROMIUM = os.environ.get("SWITCHYARD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic", "--no-first-run"]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TIMEOUT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +42,8 @@ async def browser():
 async def base(store, settings):
     """The whole app on a real port, with 8 in-process job slots."""
     await store.engines.set_limit("testing", 8)
-    app = create_app(settings, store=store, workers=8)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(srv.serve())
-
-    async def started():
-        return srv.started
-
-    await eventually(started, timeout=20)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    await asyncio.wait_for(task, 20)
+    async with uvicorn_app(create_app(settings, store=store, workers=8)) as host:
+        yield f"http://{host}"
 
 
 @pytest.fixture

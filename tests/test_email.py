@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -14,6 +13,7 @@ from app.notifications.email import Smtp, build
 from app.notifications.runtime import Live
 from tests.conftest import make_settings
 from tests.helpers import eventually, wait_status
+from tests.servers import free_port
 
 
 class Inbox:
@@ -23,12 +23,6 @@ class Inbox:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(email.message_from_bytes(envelope.content))
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,68 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 
-from app.main import create_app
 from app.notifications.hub import Hub, Subscriber, Subscription
 from tests.conftest import TOKEN
-from tests.helpers import eventually
-from tests.procs import ROOT, env_for, stop
+from tests.helpers import eventually, recv, until
+from tests.procs import stop
+from tests.servers import serve_processes
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-async def server(store, settings):
-    """The whole app (relay, notifier, hub, an in-process worker) on a real uvicorn port."""
-    await store.engines.set_limit("testing", 20)
-    app = create_app(settings, store=store, workers=20)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(srv.serve())
-    await eventually(lambda: _started(srv), timeout=20)
-    yield f"127.0.0.1:{port}"
-    srv.should_exit = True
-    await asyncio.wait_for(task, 20)
-
-
-async def _started(srv) -> bool:
-    return srv.started
-
-
-_pending: dict[int, list] = {}
-
-
-async def recv(ws, timeout=20.0) -> dict:
-    """The next message; a frame may carry several (a JSON array), handed out in order."""
-    queue = _pending.setdefault(id(ws), [])
-    if not queue:
-        body = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        queue.extend(body if isinstance(body, list) else [body])
-    return queue.pop(0)
-
-
-async def until(ws, predicate, timeout=30.0) -> list[dict]:
-    """Messages up to and including the first that satisfies `predicate`."""
-    seen = []
-    while True:
-        msg = await recv(ws, timeout)
-        seen.append(msg)
-        if predicate(msg):
-            return seen
 
 
 async def submit_wf(host, n=5):
@@ -192,21 +142,8 @@ async def test_a_slow_client_is_dropped_instead_of_growing(store, settings):
 async def test_two_api_processes_share_events(db_url, store):
     """A client connected to B sees the jobs that A's workers run."""
     await store.engines.set_limit("testing", 10)
-    pa, pb = free_port(), free_port()
-    env = env_for(db_url, store.db.name, SWITCHYARD_ADMIN_TOKEN=TOKEN)
-    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(n),
-                               "--handlers", "tests.support_handlers"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for port, n in ((pa, 4), (pb, 0))]
+    (pa, pb), procs = await serve_processes(db_url, store.db.name, [4, 0], SWITCHYARD_ADMIN_TOKEN=TOKEN)
     try:
-        for port, proc in zip((pa, pb), procs):
-            async def up(port=port, proc=proc):
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                try:
-                    async with httpx.AsyncClient() as c:
-                        return (await c.get(f"http://127.0.0.1:{port}/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            await eventually(up, timeout=60, interval=0.2)
         async with websockets.connect(f"ws://127.0.0.1:{pb}/api/v1/ws", additional_headers=AUTH) as ws:
             await recv(ws)
             await ws.send(json.dumps({"action": "subscribe", "all": True}))

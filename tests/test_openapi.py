@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from app.main import create_app
 from tests.conftest import TOKEN, make_settings
-from tests.test_live import free_port
+from tests.servers import free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -4,11 +4,8 @@ redaction, JWT, and the per-tenant rate limit across two API processes."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,9 +15,9 @@ import websockets
 
 from app.logs import configure, get_logger
 from tests.conftest import TOKEN
-from tests.helpers import eventually
-from tests.procs import ROOT, env_for, stop
-from tests.test_live import free_port, recv, server, until  # noqa: F401  (server is a fixture)
+from tests.helpers import eventually, recv, until
+from tests.procs import stop
+from tests.servers import serve_processes, uvicorn_app
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "hunter2-SECRET"
@@ -218,50 +215,25 @@ async def _sse_text(c, path) -> str:
 
 
 async def test_jwt_bearer_tokens(store, settings):
-    from tests.test_live import create_app, uvicorn  # the same server, with a JWT key configured
+    from app.main import create_app
 
     secret = "x" * 32
-    s = settings.model_copy(update={"jwt_secret": secret})
-    app = create_app(s, store=store, workers=0, live=False)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(srv.serve())
-    try:
-        await eventually(lambda: _up(srv), timeout=20)
+    app = create_app(settings.model_copy(update={"jwt_secret": secret}), store=store, workers=0, live=False)
+    async with uvicorn_app(app) as host:
         good = jwt.encode({"sub": "carol", "tenant": "acme", "role": "operator", "exp": time.time() + 60}, secret, "HS256")
         expired = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() - 60}, secret, "HS256")
         forged = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() + 60}, "y" * 32, "HS256")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        async with httpx.AsyncClient(base_url=f"http://{host}") as c:
             me = await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {good}"})
             assert me.json() == {"user": "carol", "tenant": "acme", "role": "operator", "global_admin": False}
             for bad in (expired, forged):
                 assert (await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {bad}"})).status_code == 401
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, 20)
-
-
-async def _up(srv) -> bool:
-    return srv.started
 
 
 async def test_the_rate_limit_holds_across_two_api_processes(db_url, store):
-    env = env_for(db_url, store.db.name, SWITCHYARD_ADMIN_TOKEN=TOKEN, SWITCHYARD_RATE_LIMIT_PER_SECOND="2",
-                  SWITCHYARD_RATE_LIMIT_BURST="5")
-    ports = [free_port(), free_port()]
-    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(p), "--workers", "0",
-                               "--handlers", "tests.support_handlers"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for p in ports]
+    ports, procs = await serve_processes(db_url, store.db.name, [0, 0], SWITCHYARD_ADMIN_TOKEN=TOKEN,
+                                         SWITCHYARD_RATE_LIMIT_PER_SECOND="2", SWITCHYARD_RATE_LIMIT_BURST="5")
     try:
-        for port, proc in zip(ports, procs):
-            async def up(port=port, proc=proc):
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                try:
-                    async with httpx.AsyncClient() as c:
-                        return (await c.get(f"http://127.0.0.1:{port}/ready")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            await eventually(up, timeout=60, interval=0.2)
         token = await make_key(f"127.0.0.1:{ports[0]}", "acme", "bursty", "member")
         accepted, refused, t0 = 0, [], time.monotonic()
         for i in range(20):

@@ -3,7 +3,6 @@ result passing, failure policies, cancel, add-steps, retry and "why"."""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
