@@ -104,7 +104,7 @@ async def test_orphan_below_the_cursor_is_requeued(jobs, store):
     # a job whose seq a claimer already passed: as if its insert landed late
     c = await jobs.queued()
     await store.jobs.col.update_one({"_id": c["_id"]}, {"$set": {"seq": a["seq"]}})
-    await store.engines.advance_cursor("testing", 5, c["seq"] + 1)
+    await store.engines.advance_cursor("testing", "p5", c["seq"] + 1)
     assert await claim(store, "testing", 1) == []
     assert await store.jobs.requeue_orphans(await store.engines.get("testing")) == 1
     got = await claim(store, "testing", 1)
@@ -139,7 +139,7 @@ async def test_claim_window_is_an_index_scan_bounded_by_the_window(jobs, store):
         plan = await store.jobs.explain_window("testing", 5, lo, 64, 16)
         winning = plan["queryPlanner"]["winningPlan"]
         scans = [s for s in _stages(winning) if s.get("stage") == "IXSCAN"]
-        assert scans and scans[0]["keyPattern"] == {"engine": 1, "status": 1, "priority": 1, "seq": 1}
+        assert scans and scans[0]["keyPattern"] == {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}
         assert plan["executionStats"]["totalKeysExamined"] <= 64 + 1
         assert plan["executionStats"]["totalDocsExamined"] <= 64
 
@@ -150,3 +150,25 @@ async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
     doc = await store.engines.get("brand_new")
     assert doc["queued"] == 200 == await store.jobs.count_queued("brand_new")
     assert doc["seq"]["p5"] == 200 and not doc.get("inflight")
+
+
+async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
+    """Fairness: within a priority each tenant with queued jobs gets an even share of a
+    claim, whatever the order of arrival; FIFO holds within each tenant."""
+    engine = "shared"
+    burst = [await jobs.queued(engine=engine, owner="acme/bulk") for _ in range(40)]
+    late = [await jobs.queued(engine=engine, owner="globex/ann") for _ in range(2)]
+    other = await jobs.queued(engine=engine, owner="admin")  # the default tenant's band
+    first = await store.jobs.claim(await store.engines.get(engine), "w1", 6)
+    by_tenant = {}
+    for j in first:
+        by_tenant.setdefault(j["tenant"], []).append(j["_id"])
+    assert by_tenant["globex"] == [j["_id"] for j in late]  # both, though they came after 40
+    assert by_tenant["default"] == [other["_id"]]
+    assert by_tenant["acme"] == [j["_id"] for j in burst[:3]]  # FIFO within the tenant
+    high = await jobs.queued(engine=engine, owner="acme/bulk", priority=1)
+    second = await store.jobs.claim(await store.engines.get(engine), "w1", 1)
+    assert [j["_id"] for j in second] == [high["_id"]]  # priority still comes first
+    rest = await store.jobs.claim(await store.engines.get(engine), "w1", 100)
+    assert [j["_id"] for j in rest] == [j["_id"] for j in burst[3:]]
+    assert (await store.engines.get(engine))["queued"] == 0

@@ -16,6 +16,7 @@ the caller may not see is answered exactly like one that does not exist.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -24,6 +25,7 @@ from app.domain.models import tenant_of
 from app.errors import Forbidden, Unauthorized
 
 ROLES = ("member", "operator", "admin")
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenants and users: they become parts of keys
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def _from_jwt(token: str, settings) -> Principal | None:
     except jwt.PyJWTError:
         return None
     role, tenant, sub = claims.get("role", "member"), claims.get("tenant"), claims.get("sub")
-    if role not in ROLES or not isinstance(tenant, str) or not tenant or not isinstance(sub, str):
+    if role not in ROLES or not isinstance(tenant, str) or not NAME.match(tenant) or not isinstance(sub, str) \
+            or not NAME.match(sub):
         return None
     return Principal(user=sub, role=role, tenant=tenant)
 

@@ -2,9 +2,10 @@
 
 It holds what every worker must agree on:
 - `limit`, `paused`: the queue controls of seed 001;
-- `seq.pN`: the next sequence number of priority band N (1..10); enqueue takes numbers here;
-- `cursor.pN`: every job of band N with a lower seq has left `queued` (orphans aside, see
-  `JobStore.requeue_orphans`); claimers start their window here;
+- `seq.<band>`: the next sequence number of a band, one per (priority, tenant): `pN` for
+  tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
+- `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
+  see `JobStore.requeue_orphans`); claimers start their window here;
 - `running` and `holds.<worker>`: the concurrency permits. A worker takes permits here
   before it claims jobs and gives them back after. Invariant: `running == sum(holds)` and a
   reservation never makes `running` exceed `limit`, so the limit holds across all processes.
@@ -32,18 +33,27 @@ from app.settings import Settings
 PRIORITIES = range(1, 11)
 
 
-def band(priority: int) -> str:
-    return f"p{priority}"
+DEFAULT_TENANT = "default"
+
+
+def band(priority: int, tenant: str = DEFAULT_TENANT) -> str:
+    """The key of a (priority, tenant) band. Tenant names are letters, digits, `_` and `-`."""
+    return f"p{priority}" if tenant == DEFAULT_TENANT else f"p{priority}:{tenant}"
+
+
+def parse_band(key: str) -> tuple[int, str]:
+    p, _, tenant = key[1:].partition(":")
+    return int(p), tenant or DEFAULT_TENANT
 
 
 def busy_bands(engine: dict):
-    """`(priority, cursor, next_seq)` for each band of an engine document that may hold
-    queued jobs, highest priority first."""
+    """`(band, priority, tenant, cursor, next_seq)` for each band of an engine document that
+    may hold queued jobs, highest priority first."""
     cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
-    for p in PRIORITIES:
-        lo, hi = cursors.get(band(p), 0), seqs.get(band(p), 0)
+    for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
+        lo, hi = cursors.get(key, 0), seqs.get(key, 0)
         if lo < hi:
-            yield p, lo, hi
+            yield (key, *parse_band(key), lo, hi)
 
 
 class EngineStore:
@@ -80,22 +90,22 @@ class EngineStore:
         return await self.col.find({}).sort("_id", 1).to_list(None)
 
     @asynccontextmanager
-    async def enqueue(self, engine: str, priority: int, n: int, jobs: int | None = None):
+    async def enqueue(self, engine: str, key: str, n: int, jobs: int | None = None):
         """Take `n` consecutive sequence numbers of a band for jobs about to enter `queued`
         (yields the first) and count them as queued. Until the block has written the jobs,
         an `inflight` marker holds the band's cursor where it is, so a claimer can never move
         it past a job whose write has not landed yet. On exit the marker goes and claimers
-        are woken."""
-        tag = f"{band(priority)}_{uuid.uuid4().hex[:12]}"
+        are woken. `key` is the band (`band(priority, tenant)`)."""
+        tag = f"{key}_{uuid.uuid4().hex[:12]}"
         # `jobs` (default n) is how many jobs will use the n numbers: a sparse range is fine
-        update = {"$inc": {f"seq.{band(priority)}": n, "queued": n if jobs is None else jobs},
+        update = {"$inc": {f"seq.{key}": n, "queued": n if jobs is None else jobs},
                   "$set": {f"inflight.{tag}": self.clock.now()}}
         # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
         # a retry would then count the jobs twice. The document is created first, once.
         if engine not in self._known:
             await self.ensure(engine)
         doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
-        first = doc["seq"][band(priority)] - n
+        first = doc["seq"][key] - n
         try:
             yield first
         finally:
@@ -121,10 +131,10 @@ class EngineStore:
             await asyncio.wait([self._flusher])
 
     @staticmethod
-    def cursor_ceiling(engine: dict, priority: int) -> int | None:
+    def cursor_ceiling(engine: dict, key: str) -> int | None:
         """While a band has writes in flight its cursor stays where it is."""
-        if any(tag.startswith(band(priority) + "_") for tag in engine.get("inflight") or {}):
-            return (engine.get("cursor") or {}).get(band(priority), 0)
+        if any(tag.rpartition("_")[0] == key for tag in engine.get("inflight") or {}):
+            return (engine.get("cursor") or {}).get(key, 0)
         return None
 
     async def drop_stale_inflight(self, engine: dict, older_than) -> int:
@@ -138,15 +148,15 @@ class EngineStore:
         if n:
             await self.col.update_one({"_id": engine}, {"$inc": {"queued": -n}})
 
-    async def advance_cursor(self, engine: str, priority: int, seq: int) -> None:
-        await self.after_claim(engine, {priority: seq}, 0)
+    async def advance_cursor(self, engine: str, key: str, seq: int) -> None:
+        await self.after_claim(engine, {key: seq}, 0)
 
-    async def after_claim(self, engine: str, cursors: dict[int, int], taken: int) -> None:
+    async def after_claim(self, engine: str, cursors: dict[str, int], taken: int) -> None:
         """One write after a claim: move band cursors forward (never back) and count the
         claimed jobs out of `queued`."""
         update: dict[str, Any] = {}
         if cursors:
-            update["$max"] = {f"cursor.{band(p)}": seq for p, seq in cursors.items()}
+            update["$max"] = {f"cursor.{key}": seq for key, seq in cursors.items()}
         if taken:
             update["$inc"] = {"queued": -taken}
         if update:

@@ -27,12 +27,13 @@ from pymongo import UpdateOne
 
 from app.domain.retry import RetryConfig
 from app.domain.models import tenant_of
+from app.store.engines import DEFAULT_TENANT, band
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidTransition
 
 FAILED = JobStatus.FAILED.value
 RETRYABLE = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
-ROW = {"engine": 1, "priority": 1, "operation": 1, "status": 1, "owner": 1, "completed_at": 1, "workflow_id": 1,
+ROW = {"engine": 1, "priority": 1, "tenant": 1, "operation": 1, "status": 1, "owner": 1, "completed_at": 1, "workflow_id": 1,
        "dedupe_key": 1, "last_error.code": 1}
 
 
@@ -123,13 +124,13 @@ class AdminMixin:
     async def _requeue_fresh(self, jobs: list[dict]) -> int:
         """Move terminal jobs back to queued, guarded on the status each was read in: one
         seq range and one `bulk_write` per (engine, priority). Returns how many moved."""
-        groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for j in jobs:
-            groups[(j["engine"], j["priority"])].append(j)
+            groups[(j["engine"], band(j["priority"], j.get("tenant", DEFAULT_TENANT)))].append(j)
         now = self.clock.now()
         moved = 0
-        for (engine, prio), members in groups.items():
-            async with self.engines.enqueue(engine, prio, len(members)) as first:
+        for (engine, key), members in groups.items():
+            async with self.engines.enqueue(engine, key, len(members)) as first:
                 ops = [UpdateOne({"_id": j["_id"], "status": j["status"]}, {
                     "$set": {"status": JobStatus.QUEUED.value, "seq": first + i, "queued_at": now, "attempt": 0,
                              "retry_count": 0, "run_at": None, "started_at": None, "completed_at": None,

@@ -13,6 +13,7 @@ orphan). `requeue_orphans` gives those a fresh seq.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -21,23 +22,24 @@ from pymongo import UpdateOne
 
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
-from app.store.engines import busy_bands
+from app.store.engines import DEFAULT_TENANT, band, busy_bands, parse_band
 
 QUEUED = JobStatus.QUEUED.value
 EPOCH = datetime(1970, 1, 1)
 MAX_WINDOW = 1 << 20
-RESCUE_FIELDS = {"engine": 1, "priority": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
+RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
                  "lease_expires_at": 1, "workflow_id": 1}
 
 
 class ClaimMixin:
-    async def _window(self, engine: str, priority: int, lo: int, hi: int, need: int,
+    async def _window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
                       projection: dict | None = None) -> tuple[list[dict], int]:
         """Candidates from the first non-empty window at or after `lo`, probing in growing
         steps. Returns them and the new lower bound (everything below it has left queued)."""
         width = max(64, need * 4)
         while lo < hi:
-            filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}
+            filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
+                    "seq": {"$gte": lo, "$lt": lo + width}}
             found = await self.col.find(filt, projection).sort("seq", 1).limit(need).to_list(need)
             if found:
                 return found, found[0]["seq"]
@@ -50,36 +52,45 @@ class ClaimMixin:
         claim, read-only. Lets a worker size its permit reservation, and lets a worker that
         lost the race for a job find out without writing anything."""
         seen = 0
-        for p, lo, hi in busy_bands(engine):
+        for _, p, tenant, lo, hi in busy_bands(engine):
             if seen < k:
-                found, _ = await self._window(engine["_id"], p, lo, hi, k - seen, {"seq": 1})
+                found, _ = await self._window(engine["_id"], p, tenant, lo, hi, k - seen, {"seq": 1})
                 seen += len(found)
         return seen
 
-    async def explain_window(self, engine: str, priority: int, lo: int, width: int, need: int) -> dict:
+    async def explain_window(self, engine: str, priority: int, lo: int, width: int, need: int,
+                             tenant: str = DEFAULT_TENANT) -> dict:
         """The server's `executionStats` plan for one claim window (for tests and docs)."""
-        filt = {"engine": engine, "status": QUEUED, "priority": priority, "seq": {"$gte": lo, "$lt": lo + width}}
+        filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
+                "seq": {"$gte": lo, "$lt": lo + width}}
         return await self.col.database.command({"explain": {"find": self.col.name, "filter": filt, "sort": {"seq": 1},
                                                             "limit": need}, "verbosity": "executionStats"})
 
     async def claim(self, engine: dict, worker: str, k: int) -> list[dict]:
-        """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`, in
-        strict priority order, FIFO within a priority. The caller must hold `k` permits."""
+        """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`: strict
+        priority order; within a priority, FIFO per tenant and an even share between the
+        tenants with queued jobs (docs/security.md). The caller must hold `k` permits."""
         name = engine["_id"]
         token = uuid.uuid4().hex
         now = self.clock.now()
         stamp = {"status": JobStatus.RUNNING.value, "lease_owner": worker, "lease_token": token,
                  "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
         taken = 0
-        moved: dict[int, int] = {}
+        moved: dict[str, int] = {}
         mine: list[dict] = []  # rounds we won outright: the candidates as read, stamped here
         contested: list[str] = []  # rounds another claimer shared: the token tells which we won
-        for p, lo, hi in busy_bands(engine):
-            start = lo
-            for _ in range(4):  # a few rounds when other claimers beat us to candidates
-                if taken >= k or lo >= hi:
+        bands = list(busy_bands(engine))
+        lows = {b[0]: b[3] for b in bands}
+
+        async def take(key: str, p: int, tenant: str, hi: int, want: int) -> int:
+            """Up to `want` jobs from one band, in a few rounds if other claimers beat us."""
+            nonlocal mine, contested
+            got = 0
+            for _ in range(4):
+                lo = lows[key]
+                if got >= want or lo >= hi:
                     break
-                found, lo = await self._window(name, p, lo, hi, k - taken)
+                found, lows[key] = await self._window(name, p, tenant, lo, hi, want - got)
                 if not found:
                     break
                 ids = [f["_id"] for f in found]
@@ -88,15 +99,31 @@ class ClaimMixin:
                     mine += [{**f, **stamp, "attempt": f.get("attempt", 0) + 1} for f in found]
                 else:
                     contested += ids
-                taken += res.modified_count
-                lo = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
-            ceiling = self.engines.cursor_ceiling(engine, p)
-            if ceiling is not None:
-                lo = min(lo, ceiling)
-            if lo > start:
-                moved[p] = lo
+                got += res.modified_count
+                lows[key] = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
+            return got
+
+        # Strict priority; within a priority, fairness between tenants: each band first gets
+        # an even share of what is left, in an order that rotates, then the rest go to any.
+        for p in sorted({b[1] for b in bands}):
+            same = [b for b in bands if b[1] == p]
+            start = random.randrange(len(same))
+            same = same[start:] + same[:start]
+            share = -(-(k - taken) // len(same))  # ceil
+            for even in (True, False):
+                for key, _, tenant, _, hi in same:
+                    if taken >= k:
+                        break
+                    taken += await take(key, p, tenant, hi, min(share, k - taken) if even else k - taken)
             if taken >= k:
                 break
+        for key, _, _, lo, _ in bands:
+            end_ = lows[key]
+            ceiling = self.engines.cursor_ceiling(engine, key)
+            if ceiling is not None:
+                end_ = min(end_, ceiling)
+            if end_ > lo:
+                moved[key] = end_
         await self.engines.after_claim(name, moved, taken)
         if not taken:
             return []
@@ -109,13 +136,13 @@ class ClaimMixin:
     async def _requeue(self, jobs: list[dict], guard: dict) -> int:
         """Give `jobs` fresh seqs (one `$inc` per band) and move them to queued, each guarded
         by `guard` plus its own `_id`. Returns how many moved."""
-        groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for j in jobs:
-            groups[(j["engine"], j["priority"])].append(j)
+            groups[(j["engine"], band(j["priority"], j.get("tenant", DEFAULT_TENANT)))].append(j)
         moved = 0
         now = self.clock.now()
-        for (engine, prio), members in groups.items():
-            async with self.engines.enqueue(engine, prio, len(members)) as first:
+        for (engine, key), members in groups.items():
+            async with self.engines.enqueue(engine, key, len(members)) as first:
                 ops = [
                     UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
                               {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now}})
@@ -129,7 +156,8 @@ class ClaimMixin:
     async def promote_due(self, now: datetime, limit: int = 500) -> int:
         """scheduled → queued for every job whose `run_at` has come."""
         due = await self.col.find(
-            {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}}, {"engine": 1, "priority": 1}
+            {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
+            {"engine": 1, "priority": 1, "tenant": 1}
         ).limit(limit).to_list(limit)
         return await self._requeue(due, {"status": JobStatus.SCHEDULED.value}) if due else 0
 
@@ -138,11 +166,11 @@ class ClaimMixin:
         exist only if a writer died mid-enqueue, so its stale marker goes first."""
         await self.engines.drop_stale_inflight(engine, self.clock.now() - timedelta(seconds=60))
         moved = 0
-        for b, cursor in (engine.get("cursor") or {}).items():
-            p = int(b[1:])
+        for key, cursor in (engine.get("cursor") or {}).items():
+            p, tenant = parse_band(key)
             stray = await self.col.find(
-                {"engine": engine["_id"], "status": QUEUED, "priority": p, "seq": {"$gte": 0, "$lt": cursor}},
-                {"engine": 1, "priority": 1, "seq": 1},
+                {"engine": engine["_id"], "status": QUEUED, "priority": p, "tenant": tenant, "seq": {"$gte": 0, "$lt": cursor}},
+                {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
             ).limit(limit).to_list(limit)
             if stray:
                 # the old seq is part of the guard, so a job claimed meanwhile is left alone
@@ -179,7 +207,7 @@ class ClaimMixin:
                             else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},  # retention.py
                 "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
-        async with self.engines.enqueue(job["engine"], job["priority"], 1) as seq:
+        async with self.engines.enqueue(job["engine"], band(job["priority"], job.get("tenant", DEFAULT_TENANT)), 1) as seq:
             res = await self.col.update_one(guard, {
                 "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},
                 "$push": {"errors": error}, "$inc": {"retry_count": 1}, "$unset": clear})

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from app.domain.states import JobStatus
-from app.store.engines import band, busy_bands
+from app.store.engines import DEFAULT_TENANT, band, busy_bands
 
 
 class ReadMixin:
@@ -70,8 +70,8 @@ class ReadMixin:
         """When the longest-waiting queued job of `engine` became queued: the head of each
         band is its oldest (FIFO by seq), so this probes one window per busy band."""
         oldest = None
-        for p, lo, hi in busy_bands(engine):
-            found, _ = await self._window(engine["_id"], p, lo, hi, 1, {"queued_at": 1, "seq": 1})
+        for _, p, tenant, lo, hi in busy_bands(engine):
+            found, _ = await self._window(engine["_id"], p, tenant, lo, hi, 1, {"queued_at": 1, "seq": 1})
             if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
                 oldest = found[0]["queued_at"]
         return oldest
@@ -82,14 +82,18 @@ class ReadMixin:
 
     async def queue_position(self, job: dict) -> int | None:
         """How many queued jobs of the same engine are ahead of this one: every queued job of
-        a higher priority, and those of its own priority between the band's cursor and its
-        seq. Its cost grows with the line ahead of it, so callers bound how often they ask."""
+        a higher priority, and those of its own band (priority and tenant) between the band's
+        cursor and its seq; other tenants' jobs of the same priority share the slots with it
+        rather than go first. Its cost grows with the line ahead of it, so callers bound how
+        often they ask."""
         if job.get("status") != JobStatus.QUEUED.value:
             return None
         engine = await self.engines.get(job["engine"])
-        lo = (engine.get("cursor") or {}).get(band(job["priority"]), 0)
+        tenant = job.get("tenant", DEFAULT_TENANT)
+        lo = (engine.get("cursor") or {}).get(band(job["priority"], tenant), 0)
         ahead = await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
-                                                "priority": job["priority"], "seq": {"$gte": min(lo, job["seq"]), "$lt": job["seq"]}})
+                                                "priority": job["priority"], "tenant": tenant,
+                                                "seq": {"$gte": min(lo, job["seq"]), "$lt": job["seq"]}})
         for p in range(1, job["priority"]):
             ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value, "priority": p})
         return ahead

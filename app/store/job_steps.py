@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.domain.states import JobStatus
+from app.store.engines import DEFAULT_TENANT, band
 
 PENDING = JobStatus.PENDING.value
 WAITING = (JobStatus.PENDING.value, JobStatus.SCHEDULED.value, JobStatus.QUEUED.value)
@@ -30,7 +31,7 @@ class StepMixin:
             return 0
         done = set(parent_ids)
         docs = await self.col.find({"_id": {"$in": children}, "status": PENDING},
-                                   {"engine": 1, "priority": 1, "ord": 1, "waiting_on": 1}).to_list(None)
+                                   {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1}).to_list(None)
         direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
         moved = await self.queue_ready(direct, exact=True) if direct else 0
         rest = [d["_id"] for d in docs if d not in direct]
@@ -40,7 +41,7 @@ class StepMixin:
             await self.col.update_many({"_id": {"$in": rest}, "status": PENDING},
                                        {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
             ready = await self.col.find({"_id": {"$in": rest}, "status": PENDING, "waiting_on": {}},
-                                        {"engine": 1, "priority": 1, "ord": 1}).to_list(None)
+                                        {"engine": 1, "priority": 1, "tenant": 1, "ord": 1}).to_list(None)
             moved += await self.queue_ready(ready) if ready else 0
         return moved
 
@@ -52,12 +53,12 @@ class StepMixin:
         groups: dict[tuple, list[dict]] = {}
         for s in steps:
             waited = tuple(sorted(s.get("waiting_on") or {})) if exact else ()
-            groups.setdefault((s["engine"], s["priority"], waited), []).append(s)
+            groups.setdefault((s["engine"], band(s["priority"], s.get("tenant", DEFAULT_TENANT)), waited), []).append(s)
         moved = 0
-        for (engine, prio, waited), members in groups.items():
+        for (engine, key, waited), members in groups.items():
             lo = min(m["ord"] for m in members)
             span = max(m["ord"] for m in members) - lo + 1
-            async with self.engines.enqueue(engine, prio, span, jobs=len(members)) as first:
+            async with self.engines.enqueue(engine, key, span, jobs=len(members)) as first:
                 res = await self.col.update_many(
                     {"_id": {"$in": [m["_id"] for m in members]}, "status": PENDING, "waiting_on": {p: 1 for p in waited}},
                     [{"$set": {"status": JobStatus.QUEUED.value, "seq": {"$add": [first - lo, "$ord"]},

@@ -26,6 +26,7 @@ from app.errors import InvalidTransition, LeaseLost, NotFound
 from app.settings import Settings
 from app.store.job_admin import AdminMixin
 from app.store.db import ensure_index
+from app.store.engines import DEFAULT_TENANT, band
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
@@ -33,6 +34,10 @@ from app.store.retention import JobRetentionMixin
 
 RUNNING = JobStatus.RUNNING.value
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
+
+
+CLAIM_INDEX = [("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("tenant", ASCENDING),
+               ("seq", ASCENDING)]
 
 
 def new_id() -> str:
@@ -51,8 +56,14 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         """Few indexes on purpose: each one costs every transition a write on SecantusDB
         (measured in docs/claiming.md). Everything else is found through these."""
         c = self.col
-        # The claim window; its (engine, status) prefix also finds running jobs for the rescuer.
-        await c.create_index([("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("seq", ASCENDING)])
+        # The claim window of one band (priority, tenant); its (engine, status) prefix also
+        # finds running jobs for the rescuer.
+        await c.create_index(CLAIM_INDEX)
+        old = [("engine", 1), ("status", 1), ("priority", 1), ("seq", 1)]
+        for name, info in (await c.index_information()).items():
+            if [(k, int(v)) for k, v in info["key"]] == old:  # before per-tenant bands: upgrade once
+                await c.update_many({"tenant": {"$exists": False}}, {"$set": {"tenant": DEFAULT_TENANT}})
+                await c.drop_index(name)
         # The promoter: only scheduled jobs are in it.
         await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
         # A workflow's steps. Sparse, not partial: SecantusDB's planner never picks a partial
@@ -83,7 +94,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
             await self.dedupe.drop(key, bound)  # its job finished: the key is free
         try:
             if doc["status"] == JobStatus.QUEUED:
-                async with self.engines.enqueue(doc["engine"], doc["priority"], 1) as seq:
+                async with self.engines.enqueue(doc["engine"], band(doc["priority"], doc["tenant"]), 1) as seq:
                     doc["seq"] = seq
                     await self.col.insert_one(doc)
             else:
@@ -97,16 +108,16 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
 
     async def insert_many(self, docs: list[dict]) -> None:
         """Insert new job documents together (`new_job_document` output). Queued ones get
-        their seqs with one `$inc` per (engine, priority)."""
-        groups: dict[tuple[str, int], list[dict]] = {}
+        their seqs with one `$inc` per (engine, band)."""
+        groups: dict[tuple[str, str], list[dict]] = {}
         for d in docs:
             if d["status"] == JobStatus.QUEUED:
-                groups.setdefault((d["engine"], d["priority"]), []).append(d)
+                groups.setdefault((d["engine"], band(d["priority"], d["tenant"])), []).append(d)
         for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
             await self.engines.ensure(engine)
         async with AsyncExitStack() as stack:
-            for (engine, prio), members in groups.items():
-                first = await stack.enter_async_context(self.engines.enqueue(engine, prio, len(members)))
+            for (engine, key), members in groups.items():
+                first = await stack.enter_async_context(self.engines.enqueue(engine, key, len(members)))
                 for i, d in enumerate(members):
                     d["seq"] = first + i
             for i in range(0, len(docs), 5000):
@@ -189,9 +200,9 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
             "$unset": LEASE_FIELDS,
         })
 
-    async def release(self, job_id: str, token: str, engine: str, priority: int) -> None:
+    async def release(self, job_id: str, token: str, engine: str, priority: int, tenant: str = DEFAULT_TENANT) -> None:
         """running → queued without counting the attempt (graceful shutdown)."""
-        async with self.engines.enqueue(engine, priority, 1) as seq:
+        async with self.engines.enqueue(engine, band(priority, tenant), 1) as seq:
             try:
                 await self._leased(job_id, token, {
                     "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},

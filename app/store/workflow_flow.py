@@ -148,7 +148,7 @@ class FlowMixin:
             raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
                                     field="status")
         steps = await self.jobs.steps_of(workflow_id, {"status": 1, "cancel_reason": 1, "parent_ids": 1, "step_key": 1,
-                                                       "engine": 1, "priority": 1, "ord": 1})
+                                                       "engine": 1, "priority": 1, "tenant": 1, "ord": 1})
         again = [s for s in steps if s["status"] == "failed"
                  or (s["status"] == "cancelled" and s.get("cancel_reason") in (DEPENDENCY_FAILED, DEPENDENCY_CANCELLED))]
         if not again:

@@ -90,7 +90,7 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
             metrics.job_outcome(job["engine"], "cancelled", execution_ms)
             return "cancelled"
         case Released():
-            await jobs.release(jid, token, job["engine"], job["priority"])
+            await jobs.release(jid, token, job["engine"], job["priority"], job.get("tenant", "default"))
             return "queued"
         case Lost():
             return ""
