@@ -218,12 +218,14 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
             await hub.subscribe(sub, Subscription(job_id=job_id, workflow_id=workflow_id), since)
             ended = doc["status"] in ("completed", "failed", "cancelled")
             while True:
-                if ended and sub.queue.empty():  # finished before we looked, its end already sent
-                    yield _sse(None, "final", json.dumps(_final(doc, kind), default=str))
-                    return
                 try:
-                    event, text = await asyncio.wait_for(sub.queue.get(), 15)
+                    # Finished before we looked: its terminal event may still be on its way
+                    # from the relay; give it a moment, then end anyway (it may have expired).
+                    event, text = await asyncio.wait_for(sub.queue.get(), 3 if ended else 15)
                 except asyncio.TimeoutError:
+                    if ended:
+                        yield _sse(None, "final", json.dumps(_final(doc, kind), default=str))
+                        return
                     if await request.is_disconnected():
                         return
                     yield ": keep-alive\n\n"
