@@ -250,3 +250,14 @@ async def test_the_rate_limit_holds_across_two_api_processes(db_url, store):
     finally:
         for p in procs:
             stop(p)
+
+
+async def test_bulk_actions_are_audited_and_for_the_deployment_admin_only(server, tenants):
+    async with client(server, tenants[("acme", "admin")]) as c:  # a tenant's admin acts on its tenant only
+        assert (await c.post("/api/v1/jobs/retry", json={})).status_code == 403
+        assert (await c.post("/api/v1/admin/jobs/reset-stuck", json={})).status_code == 403
+    async with httpx.AsyncClient(base_url=f"http://{server}", headers=ADMIN) as c:
+        assert (await c.post("/api/v1/jobs/retry", json={"engine": "testing"})).status_code == 200
+        assert (await c.post("/api/v1/admin/jobs/reset-stuck", json={})).status_code == 200
+        actions = [e["action"] for e in (await c.get("/api/v1/audit")).json()["entries"]]
+    assert "jobs.bulk_retry" in actions and "jobs.reset_stuck" in actions

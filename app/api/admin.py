@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app import metrics
-from app.api.auth import Principal, can_see, require_principal
+from app.api.auth import Principal, audit, can_see, require_principal
 from app.api.jobs import ID_PATTERN, strict_query
 from app.api.schemas import JobOut, JobPage
 from app.domain.models import NAME_PATTERN
@@ -109,6 +109,7 @@ async def retry_many(request: Request, body: BulkRetryIn = Body(default_factory=
                      who: Principal = Depends(require_admin)):
     """Retry failed jobs matching a filter, each with a fresh attempt budget."""
     out = await request.app.state.store.jobs.retry_failed(**body.model_dump())
+    await audit(request, who, "jobs.bulk_retry", None, filter=body.model_dump(mode="json"), retried=out["retried"])
     return BulkRetryOut(**out)
 
 
@@ -145,6 +146,7 @@ async def reset_stuck(request: Request, body: ResetStuckIn = Body(default_factor
                 metrics.job_rescued(j["engine"], j["new_status"])
             if j["new_status"] == "failed" and j["workflow_id"]:
                 await store.workflows.settle(j["job_id"])  # the failure policy applies
+        await audit(request, who, "jobs.reset_stuck", body.engine, jobs=[j["job_id"] for j in jobs][:100])
     return ResetStuckOut(checked_at=now, dry_run=body.dry_run, jobs=[StuckJob(**j) for j in jobs],
                          requeued=sum(j["new_status"] == "queued" for j in jobs),
                          failed=sum(j["new_status"] == "failed" for j in jobs))
