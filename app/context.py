@@ -40,6 +40,13 @@ class JobContext:
     workflow_id: str | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _sink: ProgressSink | None = None
+    _lease_token: str | None = None
+
+    @property
+    def lease_token(self) -> str | None:
+        """The lease this attempt runs under (read-only): every write about it is fenced
+        by this token, so a ledger can tell one attempt's run from another's."""
+        return self._lease_token
 
     async def progress(self, percent: float, stage: str | None = None, data: dict | None = None) -> None:
         """Report progress (0–100). Raises ValueError on bad input; the write is fenced by

@@ -78,6 +78,13 @@ class WorkerStore:
         )
         return res.modified_count == 1
 
+    async def not_alive(self, worker_ids: list[str]) -> list[str]:
+        """Those of `worker_ids` not registered as alive (dead, stopped, or unknown)."""
+        if not worker_ids:
+            return []
+        alive = await self.col.find({"_id": {"$in": worker_ids}, "status": "alive"}, {"_id": 1}).to_list(None)
+        return sorted(set(worker_ids) - {d["_id"] for d in alive})
+
     async def list(self, status: str | None = None, limit: int = 200) -> list[dict]:
         """Newest first; `status` is alive, dead or stopped."""
         return await self.col.find({"status": status} if status else {}).sort("started_at", -1).to_list(limit)

@@ -32,7 +32,7 @@ class Execution:
         self.ctx = JobContext(
             job_id=job["_id"], engine=job["engine"], operation=job["operation"], attempt=job["attempt"],
             params=job.get("parameters") or {}, parents=job.get("parents") or {}, workflow_id=job.get("workflow_id"),
-            _sink=self._progress,
+            _sink=self._progress, _lease_token=self.token,
         )
 
     @property

@@ -64,6 +64,12 @@ class Maintenance:
             if await self.store.workers.mark_dead(worker, now):
                 permits = await self.store.engines.drop_holds(worker)
                 self.log.warning("maintenance.worker_dead", dead_worker=worker, permits_returned=permits)
+        # Permits a dead worker took after it was marked dead (a reservation in flight at
+        # the time) would otherwise never come back.
+        holders = {w for e in await self.store.engines.list() for w in (e.get("holds") or {})}
+        for worker in await self.store.workers.not_alive(sorted(holders)):
+            if permits := await self.store.engines.drop_holds(worker):
+                self.log.warning("maintenance.late_permits_returned", dead_worker=worker, permits_returned=permits)
         rescued = 0
         for job in await self.store.jobs.expired_leases(now):
             status = await self.store.jobs.rescue(job, now)

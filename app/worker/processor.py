@@ -47,6 +47,7 @@ class JobProcessor:
         self.results = ResultCache(2000)
         self.settler = Settler(store, get_logger("switchyard.worker"))
         self.stopping = False
+        self.declared_dead = False  # set by the heartbeat; the fetch loop re-registers between fetches
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
         self.log = get_logger("switchyard.worker", worker=self.worker_id)
@@ -96,6 +97,8 @@ class JobProcessor:
         rotation = 0
         while not self.stopping:
             try:
+                if self.declared_dead:
+                    await self._reincarnate()
                 if self.free_slots() <= 0:
                     self.wake.clear()
                     await self.wake.wait()
@@ -213,9 +216,19 @@ class JobProcessor:
                 self.log.warning("worker.heartbeat_error", error=repr(exc))
 
     async def _declared_dead(self) -> None:
-        """We stalled past our lease and the rescuer gave our jobs and permits away. Drop
-        everything and come back as a new worker."""
-        self.log.error("worker.declared_dead", running=len(self.running))
+        """We stalled past our lease and the rescuer gave our jobs and permits away. Stop
+        our executions at once; the fetch loop comes back as a new worker between two
+        fetches, so no fetch in flight mixes permits of the old identity with the new."""
+        if not self.declared_dead:
+            self.log.error("worker.declared_dead", running=len(self.running))
+        self.declared_dead = True
+        for ex in self.running.values():
+            ex.lost.set()
+        self.wake.set()
+
+    async def _reincarnate(self) -> None:
+        # Jobs a fetch launched after we were declared dead run on permits of the old
+        # identity, which maintenance drops: stop them too (their leases go back by expiry).
         for ex in self.running.values():
             ex.lost.set()
         self.held.clear()
@@ -223,6 +236,7 @@ class JobProcessor:
         self.worker_id = _new_worker_id()
         self.log = get_logger("switchyard.worker", worker=self.worker_id)
         await self._register()
+        self.declared_dead = False
 
     async def _cancel_loop(self) -> None:
         while True:

@@ -1,0 +1,718 @@
+"""The scenarios of `scripts/chaos`. Each one starts its own fresh server and processes
+(chaos_cluster.Cluster), does its damage, waits for the system to settle, and returns a
+result: figures, the goal, and the checks that decide pass or fail (chaos_check)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+import chaos_check as ck
+from chaos_cluster import ENGINE, LEASE, TOKEN, Cluster, running_owners
+from app.domain.retry import RetryConfig
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Result:
+    name: str
+    title: str
+    goal: str
+    figures: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)  # (description, passed)
+    peak: tuple[int, int] | None = None  # (peak concurrency, limit)
+    notes: list = field(default_factory=list)
+
+    def check(self, what: str, ok: bool) -> None:
+        self.checks.append((what, bool(ok)))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok in self.checks)
+
+
+async def until(pred, timeout: float, every: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await pred():
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def running_count(cl: Cluster, owner_pid: int | None = None) -> int:
+    docs = await cl.store.jobs.col.find({"engine": ENGINE, "status": "running"}, {"lease_owner": 1}).to_list(None)
+    if owner_pid is None:
+        return len(docs)
+    owners = {w["_id"] for w in await cl.store.workers.list() if w["pid"] == owner_pid}
+    return sum(1 for d in docs if d.get("lease_owner") in owners)
+
+
+async def permits_at_rest(cl: Cluster, timeout: float = 3 * LEASE) -> int:
+    """Permits still held once every job is finished: 0 unless one leaked."""
+    running = 0
+
+    async def zero():
+        nonlocal running
+        e = await cl.store.engines.get(ENGINE)
+        running = e.get("running", 0)
+        return running == 0
+
+    if not await until(zero, timeout, 0.2):
+        e = await cl.store.engines.get(ENGINE)
+        ws = {w["_id"]: (w["pid"], w["status"]) for w in await cl.store.workers.list()}
+        print(f"  permits held at rest: running {e.get('running')}, holds "
+              f"{ {k: (v, ws.get(k)) for k, v in (e.get('holds') or {}).items()} }", flush=True)
+    return running
+
+
+async def common(cl: Cluster, r: Result, acknowledged: list[str], *, settle: float = 60.0, runs=None) -> dict:
+    """Settle, then the invariants every scenario shares. Returns the runs and docs."""
+    waited = await cl.wait_settled(settle)
+    leaked = await permits_at_rest(cl)
+    runs = ck.load_runs(cl.ledger) if runs is None else runs
+    docs = await cl.docs()
+    state = ck.db_state(acknowledged, docs)
+    stale = ck.stale_completions(runs, docs)
+    peak = ck.peak_concurrency(ck.intervals(runs, cl.events, ENGINE, time.time()))
+    f = r.figures
+    f.update(lost=state["lost"], stuck=state["stuck"], double_claims=ck.double_claims(runs),
+             stale_accepted=stale["accepted"], reruns=ck.reruns(runs), duplicate_finishes=ck.duplicate_finishes(runs),
+             peak=peak, limit=cl.limit, settle_s=round(waited, 1), statuses=state["statuses"], rescues=state["rescues"],
+             permits_leaked=leaked)
+    r.peak = (peak, cl.limit)
+    r.check(f"lost {state['lost']} == 0", state["lost"] == 0)
+    r.check(f"stuck {state['stuck']} == 0", state["stuck"] == 0)
+    r.check(f"double claims {f['double_claims']} == 0", f["double_claims"] == 0)
+    r.check(f"stale completions accepted {stale['accepted']} == 0", stale["accepted"] == 0)
+    r.check(f"completions without a run {stale['completed_without_run']} == 0", stale["completed_without_run"] == 0)
+    r.check(f"peak concurrency {peak} <= limit {cl.limit}", peak <= cl.limit)
+    r.check(f"permits held at rest {leaked} == 0", leaked == 0)
+    return {"runs": runs, "docs": docs, "stale": stale}
+
+
+# --- SIGKILL a worker holding 50 leased jobs ------------------------------------------------
+async def sigkill(tmp, quick: bool, seed: int) -> Result:
+    r = Result("sigkill", "SIGKILL a worker holding 50 leased jobs", "lost 0; all re-run within lease + 5 s; duplicates counted")
+    cl = Cluster(tmp, "sigkill", limit=64)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        victim = cl.worker(concurrency=50)
+        await cl.wait_workers(1)
+        ids = await cl.insert(50, seconds=4)
+        held = await until(lambda: _eq(running_count(cl, victim.pid), 50), 30)
+        r.check("the victim held all 50 leases", held)
+        survivors = [cl.worker(concurrency=25) for _ in range(2)]
+        await cl.wait_workers(3)
+        t_kill = cl.signal(victim, signal.SIGKILL)
+        victim.wait()
+        out = await common(cl, r, ids)
+        runs = out["runs"]
+        delays = []
+        for i in ids:
+            later = [x for x in runs.get(i, []) if x.start > t_kill]
+            if later:
+                delays.append(later[0].start - t_kill)
+        killed_runs = sum(1 for rs in runs.values() for x in rs if x.pid == victim.pid and x.end is None)
+        r.figures.update(killed_runs=killed_runs, rerun_within_s=round(max(delays), 2) if delays else None,
+                         rerun_p50_s=round(statistics.median(delays), 2) if delays else None)
+        r.check(f"{killed_runs} runs were in flight when killed (50)", killed_runs == 50)
+        r.check(f"all 50 re-run ({len(delays)})", len(delays) == 50)
+        r.check(f"last re-run {r.figures['rerun_within_s']} s <= lease + 5 s", bool(delays) and max(delays) <= LEASE + 5)
+        r.check("every job completed", r.figures["statuses"].get("completed") == 50)
+        _ = survivors
+    finally:
+        await cl.close()
+    return r
+
+
+async def _eq(coro, want) -> bool:
+    return (await coro) == want
+
+
+# --- SIGTERM during work -----------------------------------------------------------------------
+async def sigterm(tmp, quick: bool, seed: int) -> Result:
+    grace = 3.0
+    r = Result("sigterm", "SIGTERM during work", f"finished or released within the grace period ({grace:g} s); duplicates 0")
+    cl = Cluster(tmp, "sigterm", limit=16, env={"SWITCHYARD_SHUTDOWN_GRACE_SECONDS": str(grace)})
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        victim = cl.worker(concurrency=8)
+        await cl.wait_workers(1)
+        short = await cl.insert(4, seconds=1.5)
+        long = await cl.insert(4, seconds=10)
+        r.check("8 jobs running on the victim", await until(lambda: _eq(running_count(cl, victim.pid), 8), 30))
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        cl.signal(victim, signal.SIGTERM)
+        code = await asyncio.to_thread(victim.wait, 30)
+        exit_s = time.monotonic() - t0
+        after = {d["_id"]: d for d in await cl.docs(short + long)}
+        released = sum(1 for i in long if after[i]["status"] == "queued" and after[i]["attempt"] == 0)
+        finished = sum(1 for i in short if after[i]["status"] == "completed")
+        r.figures.update(exit_s=round(exit_s, 2), exit_code=code, finished_in_grace=finished, released=released)
+        r.check(f"exited 0 in {exit_s:.1f} s <= grace + 2 s", code == 0 and exit_s <= grace + 2)
+        r.check(f"short jobs finished {finished}/4", finished == 4)
+        r.check(f"long jobs released without counting an attempt {released}/4", released == 4)
+        r.check("no job left running", not any(d["status"] == "running" for d in after.values()))
+        cl.worker(concurrency=8)
+        await common(cl, r, short + long, settle=60)
+        r.check(f"duplicate finishes {r.figures['duplicate_finishes']} == 0", r.figures["duplicate_finishes"] == 0)
+        r.check("every job completed", r.figures["statuses"].get("completed") == 8)
+    finally:
+        await cl.close()
+    return r
+
+
+# --- a 20 s job with a 2 s lease -------------------------------------------------------------
+async def long_job(tmp, quick: bool, seed: int) -> Result:
+    seconds = 10 if quick else 20
+    r = Result("long_job", f"a {seconds} s job with a {LEASE:g} s lease and heartbeats", "reclaims 0, duplicates 0")
+    cl = Cluster(tmp, "long_job", limit=4)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        for _ in range(2):
+            cl.worker(concurrency=2)
+        await cl.wait_workers(2)
+        ids = await cl.insert(3, seconds=seconds)
+        await common(cl, r, ids, settle=seconds * 3)
+        r.check(f"reclaims {r.figures['rescues']} == 0", r.figures["rescues"] == 0)
+        r.check(f"re-runs {r.figures['reruns']} == 0", r.figures["reruns"] == 0)
+        r.check("every job completed", r.figures["statuses"].get("completed") == 3)
+    finally:
+        await cl.close()
+    return r
+
+
+# --- SIGSTOP past the lease, SIGCONT -----------------------------------------------------------
+async def sigstop(tmp, quick: bool, seed: int) -> Result:
+    n = 4
+    r = Result("sigstop", "SIGSTOP a worker past its lease, another takes over, SIGCONT", "stale completions accepted: 0")
+    cl = Cluster(tmp, "sigstop", limit=16)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        stale = cl.worker(concurrency=n)
+        await cl.wait_workers(1)
+        ids = await cl.insert(n, seconds=3)
+        r.check(f"{n} jobs running on the stalled worker", await until(lambda: _eq(running_count(cl, stale.pid), n), 30))
+        await asyncio.sleep(0.5)
+        cl.signal(stale, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        cl.worker(concurrency=n)
+        done = await cl.wait_settled(60)
+        stopped_for = time.monotonic() - t_stop
+        cl.signal(stale, signal.SIGCONT)
+        await asyncio.sleep(6)  # it wakes, finishes its handlers, tries to complete, finds itself dead
+        out = await common(cl, r, ids)
+        docs = {d["_id"]: d for d in out["docs"]}
+        by_stale = sum(1 for d in docs.values() if (d.get("result") or {}).get("pid") == stale.pid)
+        came_back = [w for w in await cl.store.workers.list() if w["pid"] == stale.pid]
+        r.figures.update(stopped_s=round(stopped_for, 1), stale_attempted=out["stale"]["attempted"],
+                         stale_results_kept=by_stale, stale_incarnations=len(came_back))
+        r.check(f"the others finished while it was stopped ({done:.1f} s)", done < 60)
+        r.check(f"results written by the stalled worker {by_stale} == 0", by_stale == 0)
+        r.check("it came back under a new id, alive",
+                stale.poll() is None and any(w["status"] == "alive" for w in came_back) and len(came_back) >= 2)
+        r.notes.append(f"stale completions attempted (its handlers returned after SIGCONT): {out['stale']['attempted']}")
+    finally:
+        await cl.close()
+    return r
+
+
+# --- restart the database server under load --------------------------------------------------
+async def db_restart(tmp, quick: bool, seed: int) -> Result:
+    n = 300 if quick else 1000
+    r = Result("db_restart", f"restart the database (SIGKILL, same data) under {n} enqueue+claim operations",
+               "acknowledged jobs lost 0; seconds unavailable; every process reconnects by itself")
+    cl = Cluster(tmp, "db_restart", limit=16)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        workers = [cl.worker(concurrency=8) for _ in range(3)]
+        await cl.wait_workers(3)
+        acked: list[str] = []
+        ok_times: list[float] = []
+        failures = 0
+        todo = list(range(n))
+        restart: dict = {}
+
+        async def submitter(c: httpx.AsyncClient):
+            nonlocal failures
+            while todo:
+                todo.pop()
+                while True:
+                    try:
+                        resp = await c.post("/api/v1/jobs/submit", json={"engine": ENGINE, "operation": "work",
+                                                                         "parameters": {"seconds": 0.05}})
+                        if resp.status_code == 201:
+                            acked.append(resp.json()["id"])
+                            ok_times.append(time.time())
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    failures += 1
+                    await asyncio.sleep(0.2)
+
+        async def killer():
+            await until(lambda: _ge(len(acked), n * 0.3), 300, 0.02)
+            restart["down"] = cl.signal(cl.db, signal.SIGKILL)
+            cl.db.wait()
+            await asyncio.sleep(LEASE + 0.5)  # down for longer than a lease: registrations expire too
+            cl.start_db()
+            restart["up"] = time.time()
+
+        async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=30) as c:
+            await asyncio.gather(killer(), *(submitter(c) for _ in range(4)))
+        down, up = restart["down"], restart["up"]
+        ok_times.sort()
+        gap = max((b - a for a, b in zip(ok_times, ok_times[1:]) if b > down), default=None)
+        after = min([t for t in ok_times if t > up], default=None)
+        out = await common(cl, r, acked, settle=90)
+        # every process reconnected by itself: alive, beating after the restart, running jobs after it
+        ws = await cl.store.workers.list()
+        runs = out["runs"]
+        reconnected = 0
+        for p in workers:
+            beat = any(w["pid"] == p.pid and w["status"] == "alive" and w["last_seen"].timestamp() > up for w in ws)
+            ran = any(x.pid == p.pid and x.start > up for rs in runs.values() for x in rs)
+            reconnected += p.poll() is None and beat and ran
+        health = httpx.get(cl.api + "/health", timeout=10)
+        serve_ok = cl.serve_proc.poll() is None and health.status_code == 200 and (health.json().get("database") or {}).get("reachable")
+        r.figures.update(server_down_s=round(up - down, 2), submit_gap_s=round(gap, 2) if gap else None,
+                         submit_failures=failures, acknowledged=len(acked),
+                         reconnected=f"{reconnected + bool(serve_ok)}/{len(workers) + 1}",
+                         unacknowledged_landed=sum(r.figures["statuses"].values()) - len(acked))
+        r.check(f"workers reconnected {reconnected}/{len(workers)}", reconnected == len(workers))
+        r.check(f"serve reconnected (/health {health.status_code} {health.json().get('database')!r})", serve_ok)
+        r.check("submits resumed after the restart", after is not None)
+        r.check(f"acknowledged {len(acked)} == {n}", len(acked) == n)
+    finally:
+        await cl.close()
+    return r
+
+
+async def _ge(v, want) -> bool:
+    return v >= want
+
+
+# --- failCommand on update / find / insert at 5 % ---------------------------------------------
+FAULT_CODE = 1  # InternalError: not a retryable code, so the driver does not hide it
+
+
+async def fail_command(tmp, quick: bool, seed: int) -> Result:
+    n = 200 if quick else 500
+    p = 0.05
+    r = Result("fail_command", f"failCommand on update/find/insert at {p:.0%}, seed {seed}, {n} jobs",
+               "stuck 0, lost 0, duplicates counted")
+    cl = Cluster(tmp, "fail_command", limit=16, env={"SWITCHYARD_RETRY_DELAY_SECONDS": "0.2",
+                                                    "SWITCHYARD_RETRY_MAX_DELAY_SECONDS": "2"})
+    rng = random.Random(seed)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        for _ in range(3):
+            cl.worker(concurrency=8)
+        await cl.wait_workers(3)
+        stop = asyncio.Event()
+        stats = {"injected": 0, "ops": 0}
+        kinds = ("insert", "query", "update")
+
+        async def injector():
+            """`failCommand` has no `activationProbability` on SecantusDB: only alwaysOn,
+            {times} and {skip, times}. So each fault is armed as {skip: k, times: 1} with k
+            drawn from a geometric distribution (p = 5 %, seeded), and the next one is armed
+            once the server's opcounters show that k + 1 matching commands have passed."""
+            o = await cl.opcounters()
+            first = sum(o[k] for k in kinds)
+            excess = 0
+            while not stop.is_set():
+                k = 0
+                while rng.random() >= p:
+                    k += 1
+                k = max(0, k - excess)  # commands that passed while we re-armed count towards this gap
+                await cl.fail_point({"skip": k, "times": 1},
+                                    {"failCommands": ["update", "find", "insert"], "errorCode": FAULT_CODE})
+                o = await cl.opcounters()
+                base = sum(o[k] for k in kinds)
+                while not stop.is_set():
+                    o = await cl.opcounters()
+                    if sum(o[k] for k in kinds) - base >= k + 1:
+                        stats["injected"] += 1
+                        excess = sum(o[k] for k in kinds) - base - (k + 1)
+                        break
+                    await asyncio.sleep(0.01)
+            await cl.fail_point("off")
+            o = await cl.opcounters()
+            stats["ops"] = sum(o[k] for k in kinds) - first
+
+        acked: list[str] = []
+        submit_failures = 0
+        todo = list(range(n))
+
+        async def submitter(c):
+            nonlocal submit_failures
+            while todo:
+                todo.pop()
+                secs = 3.0 if rng.random() < 0.1 else round(rng.uniform(0.05, 1.0), 2)
+                while True:
+                    try:
+                        resp = await c.post("/api/v1/jobs/submit", json={"engine": ENGINE, "operation": "work",
+                                                                         "parameters": {"seconds": secs}})
+                        if resp.status_code == 201:
+                            acked.append(resp.json()["id"])
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    submit_failures += 1
+                    await asyncio.sleep(0.05)
+
+        inj = asyncio.create_task(injector())
+        t0 = time.monotonic()
+        async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=30) as c:
+            await asyncio.gather(*(submitter(c) for _ in range(4)))
+        # faults stay on until every job has finished, or 120 s
+        settled_under_faults = await cl.wait_settled(120)
+        stop.set()
+        await inj
+        faults_s = time.monotonic() - t0
+        await common(cl, r, acked, settle=30)
+        f = r.figures
+        f.update(injected=stats["injected"], matching_commands=stats["ops"],
+                 fault_rate=f"{stats['injected'] / max(1, stats['ops']):.1%}", faults_on_s=round(faults_s, 1),
+                 submit_failures=submit_failures, settled_under_faults=settled_under_faults < 120,
+                 failed=f["statuses"].get("failed", 0))
+        r.check(f"acknowledged {len(acked)} == {n}", len(acked) == n)
+        r.check(f"faults injected ({stats['injected']})", stats["injected"] > 0)
+        failed = [d for d in await cl.docs(None, {"status": 1, "last_error": 1}) if d["status"] == "failed"]
+        if failed:
+            r.notes.append("failed: " + ", ".join(f"{c} x{k}" for c, k in Counter(
+                (d.get("last_error") or {}).get("code") for d in failed).items()))
+    finally:
+        await cl.close()
+    return r
+
+
+# --- 20 workers x 10k jobs claim race --------------------------------------------------------
+async def claim_race(tmp, quick: bool, seed: int) -> Result:
+    import os
+
+    procs, n = (6, 1000) if quick else (20, 10_000)
+    procs, n = int(os.environ.get("CHAOS_RACE_PROCS", procs)), int(os.environ.get("CHAOS_RACE_JOBS", n))
+    # 20 processes on 2 shared cores starve their event loops for longer than a 2 s lease
+    # allows (a first run had workers declared dead 65 times in 4 minutes), so the full run
+    # races with a 10 s lease; the quick run keeps the 2 s one.
+    lease = os.environ.get("CHAOS_RACE_LEASE", str(LEASE) if quick else "10")
+    r = Result("claim_race", f"{procs} workers x {n:,} jobs claim race (lease {lease} s)", "double claims 0; jobs/s")
+    cl = Cluster(tmp, "claim_race", limit=100, env={"SWITCHYARD_LEASE_SECONDS": lease})
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.store.engines.set_paused(ENGINE, True)
+        ids = await cl.insert(n, seconds=0)
+        for _ in range(procs):
+            cl.worker(concurrency=8)
+        await cl.wait_workers(procs, timeout=120)
+        ops0 = sum((await cl.opcounters()).values())
+        t0 = time.monotonic()
+        await cl.store.engines.set_paused(ENGINE, False)
+        waited = await cl.wait_settled(900)
+        elapsed = time.monotonic() - t0
+        ops = sum((await cl.opcounters()).values()) - ops0
+        await common(cl, r, ids, settle=30)
+        runs = ck.load_runs(cl.ledger)
+        pids = Counter(x.pid for rs in runs.values() for x in rs)
+        r.figures.update(jobs_per_s=round(n / elapsed, 1), drain_s=round(elapsed, 1), workers_used=len(pids),
+                         db_commands_per_job=round(ops / n, 1))
+        r.check("drained", waited < 900)
+        r.check("every job completed", r.figures["statuses"].get("completed") == n)
+        r.check(f"re-runs {r.figures['reruns']} == 0 (no faults here)", r.figures["reruns"] == 0)
+    finally:
+        await cl.close()
+    return r
+
+
+# --- random DAGs with random worker kills ----------------------------------------------------
+def random_dags(n: int, seed: int) -> list[list[list[int]]]:
+    """`n` DAGs from hypothesis (seeded): node i lists its parents, all < i."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import seed as hseed
+
+    @st.composite
+    def dag(draw):
+        size = draw(st.integers(3, 16))
+        return [draw(st.lists(st.integers(0, i - 1), max_size=min(i, 3), unique=True)) if i else [] for i in range(size)]
+
+    out = []
+
+    @hseed(seed)
+    @settings(max_examples=n * 3, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(dag())
+    def collect(d):
+        out.append(d)
+
+    collect()
+    big = sorted(out, key=len, reverse=True)  # hypothesis starts from tiny examples: prefer the richer ones
+    rnd = random.Random(seed)
+    picked = big[: n * 2]
+    rnd.shuffle(picked)
+    return picked[:n]
+
+
+async def dags(tmp, quick: bool, seed: int) -> Result:
+    n_wf, kills = (10, 4) if quick else (25, 10)
+    r = Result("dags", f"{n_wf} random DAGs (hypothesis) with {kills} random worker kills", "order violations 0, workflows stuck 0")
+    cl = Cluster(tmp, "dags", limit=12)
+    rng = random.Random(seed)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        workers = [cl.worker(concurrency=6) for _ in range(3)]
+        await cl.wait_workers(3)
+        shapes = random_dags(n_wf, seed)
+        wf_ids, parents_of = [], {}
+        async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
+            for w, shape in enumerate(shapes):
+                body = {"name": f"dag{w}", "jobs": [
+                    {"key": f"s{i}", "engine": ENGINE, "operation": "step", "depends_on": [f"s{p}" for p in ps],
+                     "parameters": {"key": f"s{i}", "seconds": round(rng.uniform(0.3, 1.5), 2)},
+                     "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2}}
+                    for i, ps in enumerate(shape)]}
+                resp = await c.post("/api/v1/jobs/workflows", json=body)
+                resp.raise_for_status()
+                wf = resp.json()
+                wf_ids.append(wf["id"])
+                for i, ps in enumerate(shape):
+                    parents_of[wf["jobs"][f"s{i}"]] = {f"s{p}": wf["jobs"][f"s{p}"] for p in ps}
+        async def all_done():
+            wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
+            return all(w["status"] in ("completed", "failed", "cancelled") for w in wfs)
+
+        killed = 0
+        while killed < kills and not await all_done():
+            await asyncio.sleep(rng.uniform(1.0, 2.5))
+            busy = await running_owners(cl)  # a worker that holds running steps, chosen at random
+            alive = [w for w in workers if w.poll() is None and busy.get(w.pid)]
+            if not alive:
+                continue
+            victim = rng.choice(sorted(alive, key=lambda w: w.pid))
+            cl.signal(victim, signal.SIGKILL)
+            victim.wait()
+            killed += 1
+            workers.remove(victim)
+            workers.append(cl.worker(concurrency=6))
+
+        t0 = time.monotonic()
+        await until(all_done, 180, 0.5)
+        settle_s = time.monotonic() - t0
+        steps = list(parents_of)
+        out = await common(cl, r, steps, settle=10)
+        runs, docs = out["runs"], {d["_id"]: d for d in out["docs"]}
+        violations, wrong_parents = 0, 0
+        for job, rs in runs.items():
+            want = parents_of.get(job, {})
+            for x in rs:
+                for pid in want.values():  # the parent's accepted run ended before this run began
+                    prs = [y for y in runs.get(pid, []) if y.outcome == "ok" and y.token == docs[pid].get("finished_token")]
+                    if not prs or prs[0].end > x.start:
+                        violations += 1
+                if x.parents is not None and sorted(x.parents) != sorted(want):
+                    wrong_parents += 1
+        release = []  # how long a step waited after its last parent finished
+        for job, want in parents_of.items():
+            ends = [min((y.end for y in runs.get(p, []) if y.outcome == "ok" and y.token == docs[p].get("finished_token")),
+                        default=None) for p in want.values()]
+            if want and runs.get(job) and None not in ends:
+                release.append(runs[job][0].start - max(ends))
+        for job, want in parents_of.items():  # and in the database: started after each parent completed
+            d = docs.get(job) or {}
+            for pid in want.values():
+                p = docs.get(pid) or {}
+                if d.get("started_at") and (not p.get("completed_at") or p["completed_at"] > d["started_at"]):
+                    violations += 1
+        wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
+        wf_status = Counter(w["status"] for w in wfs)
+        stuck = sum(v for k, v in wf_status.items() if k not in ("completed", "failed", "cancelled"))
+        r.figures.update(workflows=len(wf_ids), steps=len(steps), order_violations=violations,
+                         parents_mismatch=wrong_parents, workflows_stuck=stuck, workflow_statuses=dict(wf_status),
+                         max_release_s=round(max(release), 1) if release else None,
+                         p50_release_s=round(statistics.median(release), 2) if release else None,
+                         kills=killed, settle_after_kills_s=round(settle_s, 1))
+        r.check(f"order violations {violations} == 0", violations == 0)
+        r.check(f"steps that saw the wrong parents {wrong_parents} == 0", wrong_parents == 0)
+        r.check(f"workflows stuck {stuck} == 0", stuck == 0)
+        r.check("every workflow completed", wf_status.get("completed") == len(wf_ids))
+    finally:
+        await cl.close()
+    return r
+
+
+# --- a poison job ----------------------------------------------------------------------------
+async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, dict]:
+    cl = Cluster(tmp, name, limit=16)
+    cl.start_db()
+    await cl.open_store()
+    await cl.serve()
+    workers = [cl.worker(concurrency=8) for _ in range(3)]
+    await cl.wait_workers(3)
+    await cl.store.engines.set_paused(ENGINE, True)
+    ids = await cl.insert(n // 2, seconds=0.2)  # the poison sits in the middle of the queue
+    pid = (await cl.insert(1, operation="die", retry=RetryConfig(max_retries=3)))[0] if poison else None
+    ids += await cl.insert(n - n // 2, seconds=0.2)
+    t0 = time.monotonic()
+    await cl.store.engines.set_paused(ENGINE, False)
+    deaths = 0
+    others_done = None
+    while time.monotonic() - t0 < 300:
+        for p in cl.reap():
+            if p in workers:  # a supervisor restarts crashed workers
+                deaths += 1
+                workers.remove(p)
+                workers.append(cl.worker(concurrency=8))
+        if others_done is None:
+            docs = await cl.store.jobs.col.count_documents({"engine": ENGINE, "status": "completed"})
+            if docs >= n:
+                others_done = time.monotonic() - t0
+        if others_done is not None and await cl.open_count() == 0:
+            break
+        await asyncio.sleep(0.1)
+    return cl, {"ids": ids, "poison": pid, "deaths": deaths, "others_s": others_done, "per_s": n / others_done if others_done else 0}
+
+
+async def poison(tmp, quick: bool, seed: int) -> Result:
+    n = 400 if quick else 800
+    r = Result("poison", f"a poison job (os._exit) among {n} jobs", "attempts = max, then failed; others' throughput barely changes")
+    # Alternate the runs (without, with, with, without): the machine is shared, and its
+    # load drifts by more than the effect being measured.
+    rates = {False: [], True: []}
+    for i, with_poison in enumerate((False, True, True, False)[: 2 if quick else 4]):
+        cl, run = await _poison_phase(tmp, f"poison{i}", n, with_poison)
+        rates[with_poison].append(run["per_s"])
+        if with_poison and i == 1:
+            kept = (cl, run)
+        else:
+            await cl.close()
+    cl, run = kept
+    try:
+        await common(cl, r, run["ids"] + [run["poison"]], settle=30)
+        doc = await cl.store.jobs.get(run["poison"])
+        without, with_ = statistics.mean(rates[False]), statistics.mean(rates[True])
+        ratio = with_ / without if without else 0
+        r.figures.update(poison_status=doc["status"], poison_attempts=doc["attempt"], max_attempts=4, worker_deaths=run["deaths"],
+                         jobs_per_s_without=round(without, 1), jobs_per_s_with=round(with_, 1),
+                         throughput_ratio=round(ratio, 2), runs_each=len(rates[True]))
+        r.check(f"poison failed after {doc['attempt']} = 4 attempts", doc["status"] == "failed" and doc["attempt"] == 4)
+        r.check(f"worker deaths {run['deaths']} == 4", run["deaths"] == 4)
+        r.check(f"other jobs all completed ({r.figures['statuses'].get('completed')})", r.figures["statuses"].get("completed") == n)
+        r.check(f"others' throughput ratio {ratio:.2f} >= 0.8", ratio >= 0.8)
+    finally:
+        await cl.close()
+    return r
+
+
+# --- 1k jobs failing at once -----------------------------------------------------------------
+async def retry_storm(tmp, quick: bool, seed: int) -> Result:
+    n = 300 if quick else 1000
+    base = 4.0
+    r = Result("retry_storm", f"{n} jobs failing at once (retry base {base:g} s, equal jitter)",
+               "peak retries per second; retry times spread by jitter")
+    cl = Cluster(tmp, "retry_storm", limit=64)
+    try:
+        cl.start_db()
+        await cl.open_store()
+        for _ in range(3):
+            cl.worker(concurrency=24)
+        await cl.serve()
+        await cl.wait_workers(3)
+        await cl.store.engines.set_paused(ENGINE, True)
+        ids = await cl.insert(n, retry=RetryConfig(max_retries=3, retry_delay_seconds=base, max_delay_seconds=60),
+                              seconds=0, fail_before=2)
+        await cl.store.engines.set_paused(ENGINE, False)
+        out = await common(cl, r, ids, settle=120)
+        runs = out["runs"]
+        fails = [x.end for rs in runs.values() for x in rs if x.attempt == 1 and x.end]
+        retries = [x.start for rs in runs.values() for x in rs if x.attempt == 2]
+        delays = []
+        for d in out["docs"]:
+            errs = [e for e in d.get("errors") or [] if e.get("attempt") == 1]
+            if errs and d.get("run_at"):
+                delays.append((d["run_at"] - errs[0]["at"]).total_seconds())
+        peak = lambda ts: max(Counter(int(t) for t in ts).values()) if ts else 0  # noqa: E731
+        sd = statistics.pstdev(delays) if delays else 0
+        uniform_sd = (base / 2) / 12 ** 0.5
+        r.figures.update(failures_peak_per_s=peak(fails), retries_peak_per_s=peak(retries),
+                         fail_span_s=round(max(fails) - min(fails), 1) if fails else None,
+                         retry_span_s=round(max(retries) - min(retries), 1) if retries else None,
+                         delay_min_s=round(min(delays), 2) if delays else None, delay_max_s=round(max(delays), 2) if delays else None,
+                         delay_sd_s=round(sd, 2), delay_sd_uniform_s=round(uniform_sd, 2))
+        r.check(f"every job retried once and completed ({len(retries)})", len(retries) == n and r.figures["statuses"].get("completed") == n)
+        r.check(f"delays within [{base / 2:g}, {base:g}] s", bool(delays) and min(delays) >= base / 2 - 0.01 and max(delays) <= base + 0.01)
+        r.check(f"jitter spreads them: sd {sd:.2f} s >= half a uniform spread's {uniform_sd:.2f} s", sd >= uniform_sd / 2)
+    finally:
+        await cl.close()
+    return r
+
+
+# --- a worker clock 5 minutes ahead ------------------------------------------------------------
+async def clock_skew(tmp, quick: bool, seed: int) -> Result:
+    n = 24 if quick else 48
+    skew = 300.0
+    r = Result("clock_skew", "worker clocks 5 min ahead and 5 min behind (libfaketime)", "premature reclaims 0")
+    cl = Cluster(tmp, "clock_skew", limit=12)
+    try:
+        from chaos_cluster import libfaketime
+
+        if not libfaketime():
+            r.check("libfaketime is installed (apt-get install faketime)", False)
+            return r
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()
+        ahead = cl.worker(concurrency=4, skew=skew)
+        behind = cl.worker(concurrency=4, skew=-skew)
+        plain = cl.worker(concurrency=4)
+        await cl.wait_workers(3)
+        ids = await cl.insert(n, seconds=3)  # longer than the lease: heartbeats must renew it
+        out = await common(cl, r, ids, settle=90)
+        runs = out["runs"]
+        seen = {}
+        for rs in runs.values():
+            for x in rs:
+                if "t_local" in x.extra:
+                    seen.setdefault(x.pid, round(x.extra["t_local"] - x.start))
+        r.figures.update(premature_reclaims=r.figures["rescues"], skew_seen_s=sorted(set(seen.values())),
+                         ran_ahead=sum(1 for rs in runs.values() for x in rs if x.pid == ahead.pid),
+                         ran_behind=sum(1 for rs in runs.values() for x in rs if x.pid == behind.pid),
+                         ran_plain=sum(1 for rs in runs.values() for x in rs if x.pid == plain.pid))
+        r.check(f"premature reclaims {r.figures['rescues']} == 0", r.figures["rescues"] == 0)
+        r.check(f"re-runs {r.figures['reruns']} == 0", r.figures["reruns"] == 0)
+        r.check(f"the skew was in effect: ledger clocks {seen}", seen.get(ahead.pid) == skew and seen.get(behind.pid) == -skew)
+        r.check("the skewed workers ran jobs", r.figures["ran_ahead"] > 0 and r.figures["ran_behind"] > 0)
+    finally:
+        await cl.close()
+    return r
+
+
+SCENARIOS = {
+    "sigkill": sigkill, "sigterm": sigterm, "long_job": long_job, "sigstop": sigstop, "db_restart": db_restart,
+    "fail_command": fail_command, "claim_race": claim_race, "dags": dags, "poison": poison,
+    "retry_storm": retry_storm, "clock_skew": clock_skew,
+}
