@@ -1,7 +1,7 @@
 """Switchyard's fault harness: real processes, real faults, invariants checked from a
 ledger written by the handlers and from the database. See docs/chaos.md.
 
-    ./scripts/chaos                  every scenario (about 10 minutes on 2 cores)
+    ./scripts/chaos                  every scenario (about 17 minutes on 2 cores)
     ./scripts/chaos --quick          smaller numbers
     ./scripts/chaos --only sigstop   one scenario (comma-separated for several)
     ./scripts/chaos --json out.json  also write every figure
@@ -38,7 +38,8 @@ SHOW = {
     "db_restart": ["lost", "acknowledged", "unacknowledged_landed", "server_down_s", "submit_gap_s", "submit_failures", "reconnected", "reruns"],
     "fail_command": ["injected", "matching_commands", "fault_rate", "stuck", "lost", "failed", "reruns",
                      "duplicate_finishes", "submit_failures"],
-    "claim_race": ["double_claims", "jobs_per_s", "drain_s", "db_commands_per_job"],
+    "claim_race": ["double_claims", "jobs_per_s", "drain_s", "completed_in_limit", "db_commands_per_job", "server_s_by_op", "reruns",
+                   "cursor", "first_queued_seq", "inflight_markers"],
     "dags": ["order_violations", "workflows_stuck", "parents_mismatch", "steps", "kills", "reruns", "p50_release_s", "max_release_s"],
     "poison": ["poison_status", "poison_attempts", "worker_deaths", "jobs_per_s_without", "jobs_per_s_with", "throughput_ratio"],
     "retry_storm": ["failures_peak_per_s", "retries_peak_per_s", "delay_min_s", "delay_max_s", "delay_sd_s", "retry_span_s"],

@@ -187,11 +187,19 @@ class Cluster:
 
     async def wait_settled(self, timeout: float, ids: list[str] | None = None) -> float:
         """Wait until no job of the engine is unfinished; returns seconds waited (or the
-        timeout when some are still open)."""
+        timeout when some are still open). On SecantusDB a count costs as much as the
+        documents it matches, so while the engine's `queued` counter says there is a queue
+        the exact count runs only every 5 s: polling it faster took half the server's CPU
+        in a 10,000-job drain and slowed what was being measured."""
         t0 = time.monotonic()
+        exact_at = 0.0
         while time.monotonic() - t0 < timeout:
-            if await self.open_count() == 0:
-                return time.monotonic() - t0
+            queued = (await self.store.engines.get(ENGINE)).get("queued", 0)
+            now = time.monotonic()
+            if (queued <= 0 and now - exact_at >= 1) or now - exact_at >= 5:
+                exact_at = now
+                if await self.open_count() == 0:
+                    return time.monotonic() - t0
             self.reap()
             await asyncio.sleep(0.25)
         return timeout

@@ -416,9 +416,8 @@ async def claim_race(tmp, quick: bool, seed: int) -> Result:
 
     procs, n = (6, 1000) if quick else (20, 10_000)
     procs, n = int(os.environ.get("CHAOS_RACE_PROCS", procs)), int(os.environ.get("CHAOS_RACE_JOBS", n))
-    # 20 processes on 2 shared cores starve their event loops for longer than a 2 s lease
-    # allows (a first run had workers declared dead 65 times in 4 minutes), so the full run
-    # races with a 10 s lease; the quick run keeps the 2 s one.
+    # The full race uses a 10 s lease, so that what it measures is claiming rather than
+    # lease churn among 20 processes on 2 cores; the quick one keeps the 2 s lease.
     lease = os.environ.get("CHAOS_RACE_LEASE", str(LEASE) if quick else "10")
     r = Result("claim_race", f"{procs} workers x {n:,} jobs claim race (lease {lease} s)", "double claims 0; jobs/s")
     cl = Cluster(tmp, "claim_race", limit=100, env={"SWITCHYARD_LEASE_SECONDS": lease})
@@ -430,20 +429,35 @@ async def claim_race(tmp, quick: bool, seed: int) -> Result:
         for _ in range(procs):
             cl.worker(concurrency=8)
         await cl.wait_workers(procs, timeout=120)
+        if os.environ.get("CHAOS_RACE_NO_STREAMS"):  # experiment: refuse the workers' change streams
+            await cl.fail_point("alwaysOn", {"failCommands": ["aggregate"], "errorCode": 1})
         ops0 = sum((await cl.opcounters()).values())
+        top0 = await server_time(cl)
         t0 = time.monotonic()
         await cl.store.engines.set_paused(ENGINE, False)
-        waited = await cl.wait_settled(900)
+        limit_s = 300
+        waited = await cl.wait_settled(limit_s)
         elapsed = time.monotonic() - t0
         ops = sum((await cl.opcounters()).values()) - ops0
-        await common(cl, r, ids, settle=30)
+        top1 = await server_time(cl)
+        spent = sorted(((top1[k] - top0.get(k, 0)) / 1e6, k) for k in top1)[::-1][:4]
+        r.figures["server_s_by_op"] = {k: round(v, 1) for v, k in spent}  # where the server's time went
+        done = ledger_ok(cl)
+        if waited >= limit_s:  # what the queue looked like when we gave up
+            e = await cl.store.engines.get(ENGINE)
+            first = await cl.store.jobs.col.find({"engine": ENGINE, "status": "queued"}, {"seq": 1}).sort("seq", 1).limit(1).to_list(1)
+            r.figures.update(completed_in_limit=done, cursor=e.get("cursor"), first_queued_seq=first[0]["seq"] if first else None,
+                             inflight_markers=len(e.get("inflight") or {}))
+            await cl.stop_all()  # stop the drain: what is left is not lost, only unfinished
+        await common(cl, r, ids, settle=30 if waited < limit_s else 0)
         runs = ck.load_runs(cl.ledger)
         pids = Counter(x.pid for rs in runs.values() for x in rs)
-        r.figures.update(jobs_per_s=round(n / elapsed, 1), drain_s=round(elapsed, 1), workers_used=len(pids),
-                         db_commands_per_job=round(ops / n, 1))
-        r.check("drained", waited < 900)
+        r.figures.update(jobs_per_s=round(done / elapsed, 1), drain_s=round(elapsed, 1), workers_used=len(pids),
+                         db_commands_per_job=round(ops / max(1, done), 1))
+        r.check(f"drained within {limit_s} s", waited < limit_s)
         r.check("every job completed", r.figures["statuses"].get("completed") == n)
-        r.check(f"re-runs {r.figures['reruns']} == 0 (no faults here)", r.figures["reruns"] == 0)
+        r.check(f"re-runs {r.figures['reruns']} == 0 (nothing is injected here: a re-run means a worker was declared dead)",
+                r.figures["reruns"] == 0)
     finally:
         await cl.close()
     return r
@@ -581,20 +595,38 @@ async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, 
     await cl.store.engines.set_paused(ENGINE, False)
     deaths = 0
     others_done = None
+    checked = 0.0
     while time.monotonic() - t0 < 300:
         for p in cl.reap():
             if p in workers:  # a supervisor restarts crashed workers
                 deaths += 1
                 workers.remove(p)
                 workers.append(cl.worker(concurrency=8))
-        if others_done is None:
-            docs = await cl.store.jobs.col.count_documents({"engine": ENGINE, "status": "completed"})
-            if docs >= n:
-                others_done = time.monotonic() - t0
-        if others_done is not None and await cl.open_count() == 0:
-            break
+        if others_done is None and ledger_ok(cl) >= n:  # the ledger, not a count: see Cluster.wait_settled
+            others_done = time.monotonic() - t0
+        if others_done is not None and time.monotonic() - checked > 1:  # and the poison's last attempts
+            checked = time.monotonic()
+            if (await cl.store.engines.get(ENGINE)).get("queued", 0) <= 0 and await cl.open_count() == 0:
+                break
         await asyncio.sleep(0.1)
     return cl, {"ids": ids, "poison": pid, "deaths": deaths, "others_s": others_done, "per_s": n / others_done if others_done else 0}
+
+
+async def server_time(cl: Cluster) -> dict[str, int]:
+    """Microseconds the server spent per `collection.operation` (its `top` command)."""
+    out = {}
+    for ns, entry in (await cl.store.client.admin.command("top"))["totals"].items():
+        if ns.startswith(cl.db_name + ".") and isinstance(entry, dict):
+            for op, v in entry.items():
+                if isinstance(v, dict) and op != "total" and v.get("time"):
+                    out[f"{ns.split('.', 1)[1]}.{op}"] = v["time"]
+    return out
+
+
+def ledger_ok(cl: Cluster) -> int:
+    """Jobs whose handler has returned normally, from the ledger."""
+    text = cl.ledger.read_text()
+    return len({line.split('"', 4)[3] for line in text.splitlines() if '"outcome": "ok"' in line})
 
 
 async def poison(tmp, quick: bool, seed: int) -> Result:

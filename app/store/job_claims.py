@@ -124,7 +124,11 @@ class ClaimMixin:
                 end_ = min(end_, ceiling)
             if end_ > lo:
                 moved[key] = end_
-        await self.engines.after_claim(name, moved, taken)
+        try:
+            await self.engines.after_claim(name, moved, taken)
+        except Exception:  # bookkeeping only (cursors, the queued counter): the jobs are ours
+            if not taken:  # now, and failing here would leave them running unrun until rescued
+                raise
         if not taken:
             return []
         docs = mine

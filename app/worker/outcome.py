@@ -16,6 +16,7 @@ from app import metrics
 from app.context import PermanentError, Retry
 from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
+from app.errors import SwitchyardError
 from app.store.jobs import error_entry
 
 MAX_RESULT_BYTES = 12 * 1024 * 1024  # a job document must stay under MongoDB's 16 MiB
@@ -77,7 +78,24 @@ def classify_exception(exc: BaseException) -> Outcome:
 async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str,
                 complete=None) -> str:
     """Perform the transition for `outcome`; returns the job's new status ("" for Lost).
-    `complete` may batch completions (see `completer.py`); it defaults to the store's."""
+    `complete` may batch completions (see `completer.py`); it defaults to the store's.
+    A database error is retried a few times: every transition is guarded by the lease, so
+    a write that landed although its reply was lost makes the retry match nothing (a
+    completion then finds its own `finished_token`), and a brief fault no longer leaves
+    the job running until it is rescued and run again."""
+    for delay in (0.1, 0.5, 1.0, None):
+        try:
+            return await _apply(store, job, token, outcome, execution_ms, worker, complete)
+        except SwitchyardError:  # LeaseLost and the like: an answer, not a fault
+            raise
+        except Exception:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str, complete) -> str:
     jobs = store.jobs
     jid = job["_id"]
     match outcome:
