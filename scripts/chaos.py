@@ -1,5 +1,5 @@
 """Switchyard's fault harness: real processes, real faults, invariants checked from a
-ledger written by the handlers and from the database. See docs/chaos.md.
+ledger written by the handlers and from the database. See docs/reliability.md.
 
     ./scripts/chaos                  every scenario (about 17 minutes on 2 cores)
     ./scripts/chaos --quick          smaller numbers

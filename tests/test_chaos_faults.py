@@ -1,5 +1,5 @@
 """Transient command failures, found by `scripts/chaos`'s `failCommand` scenario
-(docs/chaos.md), on a server of its own started with `--enable-test-commands`:
+(docs/reliability.md), on a server of its own started with `--enable-test-commands`:
 
 - a fault after a claim's write stranded the jobs it had just claimed: they sat `running`
   and unrun until their lease expired, and each lost an attempt;

@@ -1,4 +1,4 @@
-"""Permits after a worker is declared dead, found by `scripts/chaos` (docs/chaos.md):
+"""Permits after a worker is declared dead, found by `scripts/chaos` (docs/reliability.md):
 restarting the database for longer than a lease left permits held for good, so the
 engine's capacity shrank with every restart.
 
