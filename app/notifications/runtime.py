@@ -44,8 +44,3 @@ class Live:
 
     async def email_status(self) -> dict:
         return await self.mailer.status()
-
-    async def events_status(self) -> dict:
-        lease = await self.store.leases.get("event-relay")
-        return {"relay_here": self.relay.leading, "relay_holder": (lease or {}).get("holder"),
-                "last_seq": await self.store.events.last_seq()}

@@ -30,9 +30,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.errors import NotFound
 from app.settings import Settings
 
-PRIORITIES = range(1, 11)
-
-
 DEFAULT_TENANT = "default"
 
 
