@@ -606,7 +606,7 @@ async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, 
             others_done = time.monotonic() - t0
         if others_done is not None and time.monotonic() - checked > 1:  # and the poison's last attempts
             checked = time.monotonic()
-            if (await cl.store.engines.get(ENGINE)).get("queued", 0) <= 0 and await cl.open_count() == 0:
+            if (await cl.store.engines.get(ENGINE)).get("queued", 0) <= 0 and not await cl.any_open():
                 break
         await asyncio.sleep(0.1)
     return cl, {"ids": ids, "poison": pid, "deaths": deaths, "others_s": others_done, "per_s": n / others_done if others_done else 0}

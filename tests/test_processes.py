@@ -18,8 +18,10 @@ async def submit_ledger(jobs, ledger, n, seconds=0.3, **kw):
 
 
 async def test_limit_holds_across_three_processes(db_url, store, jobs, tmp_path):
+    # The limit is above one process's slots, so only several processes together reach it.
+    await store.engines.set_limit("ledger", 5)
     ledger = tmp_path / "ledger.jsonl"
-    ids = await submit_ledger(jobs, ledger, 14)
+    ids = await submit_ledger(jobs, ledger, 20)
     procs = [start_worker(db_url, store.db.name, concurrency=4) for _ in range(3)]
     try:
         for i in ids:
@@ -29,7 +31,7 @@ async def test_limit_holds_across_three_processes(db_url, store, jobs, tmp_path)
             stop(p)
     pids = {j["result"]["pid"] for j in [await store.jobs.get(i) for i in ids]}
     assert len(pids) >= 2  # the work really was shared
-    assert peak_concurrency(ledger) == 2  # limit of `ledger` (general's default), never exceeded
+    assert peak_concurrency(ledger) <= 5  # never exceeded
     assert (await store.engines.get("ledger")).get("running", 0) == 0
 
 

@@ -91,6 +91,63 @@ async def test_rescue_requeues_then_fails_a_poison_job(jobs, store):
     assert dead["status"] == "failed" and "no attempts left" in dead["last_error"]["message"]
 
 
+async def test_racing_rescuers_take_one_sequence_number(jobs, store):
+    """Only the rescuer that wins the job takes a number (each number taken holds the
+    band's cursor back until its write lands)."""
+    job = await jobs.running()
+    later = store.clock.now() + timedelta(seconds=60)
+    (expired,) = await store.jobs.expired_leases(later)
+    before = (await store.engines.get(job["engine"]))["seq"]["p5"]
+    results = await asyncio.gather(*(store.jobs.rescue(expired, later) for _ in range(5)))
+    assert sorted(results) == ["", "", "", "", "queued"]
+    engine = await store.engines.get(job["engine"])
+    assert engine["seq"]["p5"] == before + 1 and engine["queued"] == 1
+    again = await store.jobs.get(job["_id"])
+    assert again["status"] == "queued" and again["retry_count"] == 1 and len(again["errors"]) == 1
+
+
+async def test_a_claim_says_whether_the_queue_ran_dry(jobs, store):
+    for _ in range(3):
+        await jobs.queued()
+    part = await claim(store, "testing", 2)
+    assert len(part) == 2 and not part.dry
+    rest = await claim(store, "testing", 5)
+    assert len(rest) == 1 and rest.dry
+    assert (await claim(store, "testing", 5)).dry
+
+
+async def test_contended_claimers_spread_and_still_take_everything_once(jobs, store):
+    """Claimers that collide widen their window (random picks); nothing is taken twice or
+    skipped, and a lone claimer afterwards is back to strict FIFO."""
+    await asyncio.gather(*(jobs.queued() for _ in range(200)))
+    owners: dict[str, str] = {}
+
+    async def claimer(name: str):
+        while (got := await claim(store, "testing", 4, worker=name)) or not got.dry:
+            for j in got:
+                assert owners.setdefault(j["_id"], name) == name, "claimed twice"
+
+    await asyncio.gather(*(claimer(f"w{i}") for i in range(10)))
+    assert len(owners) == 200
+    assert max(store.jobs._spread.values()) > 1  # they did collide
+    store.jobs._spread.clear()
+    made = [(await jobs.queued())["_id"] for _ in range(6)]
+    assert [j["_id"] for j in await claim(store, "testing", 6)] == made
+
+
+async def test_release_wakes_claimers_only_when_the_engine_was_full(store):
+    await store.engines.ensure("general")  # limit 2
+    wake = lambda doc: doc.get("wake", 0)  # noqa: E731
+    assert await store.engines.reserve("general", "a", 1)
+    w0 = wake(await store.engines.get("general"))
+    assert await store.engines.release("general", "a", 1)
+    assert wake(await store.engines.get("general")) == w0  # nobody can be waiting for it
+    assert await store.engines.reserve("general", "a", 2)
+    assert await store.engines.release("general", "a", 1)
+    assert wake(await store.engines.get("general")) == w0 + 1  # full: someone may be
+    assert not await store.engines.release("general", "b", 1)  # holds nothing
+
+
 async def test_rescue_ignores_live_leases(jobs, store):
     await jobs.running()
     assert await store.jobs.expired_leases(store.clock.now()) == []

@@ -148,3 +148,20 @@ async def test_engines_filter_limits_what_a_worker_takes(store, settings, jobs):
         assert (await store.jobs.get(job["_id"]))["status"] == "queued"
     finally:
         await only_ledger.stop(grace=0.5)
+
+
+async def test_idle_permits_beyond_free_slots_go_back(store, settings):
+    """A worker whose slots are all busy keeps no idle permit of an engine: it could not use
+    it, and another worker could."""
+    proc = JobProcessor(store, settings, concurrency=2)
+    await store.engines.ensure("ledger")
+    await store.engines.set_limit("ledger", 5)
+    assert await store.engines.reserve("ledger", proc.worker_id, 3)
+    proc.held["ledger"], proc.busy["ledger"] = 3, 1
+    proc.running = {"a": None, "b": None}  # both slots busy (one with another engine's job)
+    await proc._trim()
+    engine = await store.engines.get("ledger")
+    assert proc.held["ledger"] == 1 and engine["running"] == 1 and engine["holds"][proc.worker_id] == 1
+    proc.running = {"a": None}  # a slot frees up: the one busy permit stays, nothing else moves
+    await proc._trim()
+    assert proc.held["ledger"] == 1 and (await store.engines.get("ledger"))["running"] == 1

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 
 from app.domain.events import from_change, static_fields
-from app.notifications.leadership import Singleton
+from app.leadership import Singleton
 from app.store.feed import HistoryLost
 
 LEASE = "event-relay"

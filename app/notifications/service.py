@@ -23,7 +23,7 @@ from typing import Protocol
 from app import metrics
 from app.notifications.email import valid_address
 from app.notifications.hub import Subscriber, Subscription
-from app.notifications.leadership import Singleton
+from app.leadership import Singleton
 from app.store.notifications import notification_id
 
 LEASE = "notifier"

@@ -12,7 +12,7 @@ It holds what every worker must agree on:
   A dead worker's holds are dropped by the rescuer, so no permit outlives its worker's lease;
 - `queued`: a counter kept with `$inc` next to every move in and out of `queued`;
 - `wake`: bumped whenever claimers may have new work (enqueue, resume, limit raised, permits
-  returned); workers watch it through a change stream.
+  returned to a saturated engine); workers watch it through a change stream.
 
 The collection is tiny, so `$expr` guards and `find_one_and_update` are fine here.
 """
@@ -174,10 +174,17 @@ class EngineStore:
         already dropped by the rescuer."""
         if n <= 0:
             return True
-        res = await self.col.update_one(
-            {"_id": engine, f"holds.{worker}": {"$gte": n}}, {"$inc": {"running": -n, f"holds.{worker}": -n, "wake": 1}}
+        before = await self.col.find_one_and_update(
+            {"_id": engine, f"holds.{worker}": {"$gte": n}}, {"$inc": {"running": -n, f"holds.{worker}": -n}},
+            {"running": 1, "limit": 1}, return_document=ReturnDocument.BEFORE,
         )
-        return res.matched_count == 1
+        if before is None:
+            return False
+        if before.get("running", 0) >= before["limit"]:
+            # Only a saturated engine has workers waiting for a permit. Waking every idle
+            # worker on every release made them all peek at once (the chaos claim race).
+            await self.col.update_one({"_id": engine}, {"$inc": {"wake": 1}})
+        return True
 
     async def drop_holds(self, worker: str) -> int:
         """Return every permit a dead worker held. Guarded by the value read, so a race with

@@ -5,6 +5,13 @@ find a window of candidates with plain equality plus a seq range bounded on both
 claim them in one `update_many({_id: {$in}, status: "queued"})` stamped with a fresh lease
 token, then read them back by token. Its cost depends on the window, never on queue depth.
 
+Contention: claimers that all start at the head of a band split the same few candidates,
+and each loser pays another round. A claimer that found its round contested widens its
+window (`_spread`, per engine, doubling up to MAX_SPREAD) and tries a random sample of it;
+uncontested rounds narrow it again. A lone claimer therefore stays strictly FIFO, and
+concurrent claimers are FIFO up to the width of the window they share, which is no looser
+than the order in which concurrent claims land anyway.
+
 Invariant behind the cursor: a job gets a new, higher seq every time it enters `queued`, so
 once a window's candidates have left `queued` nothing below them can become claimable again,
 except a job whose seq was taken but whose write landed after a claimer passed it (an
@@ -27,8 +34,18 @@ from app.store.engines import DEFAULT_TENANT, band, busy_bands, parse_band
 QUEUED = JobStatus.QUEUED.value
 EPOCH = datetime(1970, 1, 1)
 MAX_WINDOW = 1 << 20
+MAX_SPREAD = 16  # see `claim`: how far past the head a contended claimer may pick
 RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
                  "lease_expires_at": 1, "workflow_id": 1}
+
+
+class Claimed(list):
+    """The jobs a claim took; `dry` says it saw every band of the engine run out, as opposed
+    to losing its candidates to other claimers (then there is more to take at once)."""
+
+    def __init__(self, jobs=(), *, dry: bool) -> None:
+        super().__init__(jobs)
+        self.dry = dry
 
 
 class ClaimMixin:
@@ -66,7 +83,7 @@ class ClaimMixin:
         return await self.col.database.command({"explain": {"find": self.col.name, "filter": filt, "sort": {"seq": 1},
                                                             "limit": need}, "verbosity": "executionStats"})
 
-    async def claim(self, engine: dict, worker: str, k: int) -> list[dict]:
+    async def claim(self, engine: dict, worker: str, k: int) -> Claimed:
         """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`: strict
         priority order; within a priority, FIFO per tenant and an even share between the
         tenants with queued jobs (docs/security.md). The caller must hold `k` permits."""
@@ -90,17 +107,23 @@ class ClaimMixin:
                 lo = lows[key]
                 if got >= want or lo >= hi:
                     break
-                found, lows[key] = await self._window(name, p, tenant, lo, hi, want - got)
+                spread = self._spread.get(name, 1)
+                found, lows[key] = await self._window(name, p, tenant, lo, hi, (want - got) * spread)
                 if not found:
                     break
-                ids = [f["_id"] for f in found]
+                tried = found if spread == 1 else sorted(random.sample(found, min(want - got, len(found))), key=lambda f: f["seq"])
+                ids = [f["_id"] for f in tried]
                 res = await self.col.update_many({"_id": {"$in": ids}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}})
-                if res.modified_count == len(found):
-                    mine += [{**f, **stamp, "attempt": f.get("attempt", 0) + 1} for f in found]
+                if res.modified_count == len(tried):
+                    mine += [{**f, **stamp, "attempt": f.get("attempt", 0) + 1} for f in tried]
+                    self._spread[name] = max(1, spread // 2)
                 else:
                     contested += ids
+                    self._spread[name] = min(MAX_SPREAD, spread * 2)
                 got += res.modified_count
-                lows[key] = found[-1]["seq"] + 1  # every candidate has left queued, ours or not
+                # every tried candidate has left queued, ours or not; an untried one may not have
+                untried = [f["seq"] for f in found if f["_id"] not in set(ids)]
+                lows[key] = min(untried) if untried else found[-1]["seq"] + 1
             return got
 
         # Strict priority; within a priority, fairness between tenants: each band first gets
@@ -129,13 +152,14 @@ class ClaimMixin:
         except Exception:  # bookkeeping only (cursors, the queued counter): the jobs are ours
             if not taken:  # now, and failing here would leave them running unrun until rescued
                 raise
+        dry = all(lows[key] >= hi for key, _, _, _, hi in bands)
         if not taken:
-            return []
+            return Claimed(dry=dry)
         docs = mine
         if contested:
             docs += await self.col.find({"_id": {"$in": contested}, "lease_token": token}).to_list(None)
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
-        return docs
+        return Claimed(docs, dry=dry)
 
     async def _requeue(self, jobs: list[dict], guard: dict) -> int:
         """Give `jobs` fresh seqs (one `$inc` per band) and move them to queued, each guarded
@@ -211,6 +235,12 @@ class ClaimMixin:
                             else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},  # retention.py
                 "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
+        # Win the job before taking a number: every process's rescuer may race for it, and
+        # each number taken holds the band's cursor back (an in-flight marker) until it lands.
+        mark = uuid.uuid4().hex
+        if not (await self.col.update_one(guard, {"$set": {"lease_token": mark}})).modified_count:
+            return ""
+        guard = {"_id": job["_id"], "status": JobStatus.RUNNING.value, "lease_token": mark}
         async with self.engines.enqueue(job["engine"], band(job["priority"], job.get("tenant", DEFAULT_TENANT)), 1) as seq:
             res = await self.col.update_one(guard, {
                 "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},

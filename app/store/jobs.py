@@ -51,6 +51,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         self.settings = settings
         self.clock = clock
         self.engines = engines
+        self._spread: dict[str, int] = {}  # per engine: claim contention (job_claims.py)
 
     async def ensure_indexes(self) -> None:
         """Few indexes on purpose: each one costs every transition a write on SecantusDB

@@ -1,6 +1,6 @@
 """The `leases` collection: named leader leases, each with a checkpoint.
 
-Some loops must run in one process of a deployment at a time (the event relay, the
+Some loops run in one process of a deployment at a time (maintenance, the event relay, the
 notifier). Each holds a lease document `{_id: name, holder, expires_at, state}`, renewed
 well within its length on the database clock. Invariant: `state` (the loop's checkpoint)
 is only written under the holder's own lease, so a deposed leader that wakes up late cannot
@@ -25,17 +25,17 @@ class LeaseStore:
         """Take or renew the lease; returns its document (with `state`) when held."""
         now = self.clock.now()
         until = now + timedelta(seconds=seconds)
+        # Tiny collection: `$or` is fine here (DESIGN.md §5). Renewing or taking over is the
+        # common case; the insert only ever succeeds once per name.
+        res = await self.col.update_one({"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
+                                        {"$set": {"holder": holder, "expires_at": until}})
+        if res.matched_count:
+            return await self.col.find_one({"_id": name, "holder": holder})
         try:
             await self.col.insert_one({"_id": name, "holder": holder, "expires_at": until, "state": {}})
             return {"_id": name, "holder": holder, "expires_at": until, "state": {}}
         except DuplicateKeyError:
-            pass
-        # Tiny collection: `$or` and find_one_and_update are fine here (DESIGN.md §5).
-        for guard in ({"holder": holder}, {"expires_at": {"$lt": now}}):
-            res = await self.col.update_one({"_id": name, **guard}, {"$set": {"holder": holder, "expires_at": until}})
-            if res.matched_count:
-                return await self.col.find_one({"_id": name, "holder": holder})
-        return None
+            return None
 
     async def release(self, name: str, holder: str) -> None:
         await self.col.update_one({"_id": name, "holder": holder}, {"$set": {"expires_at": self.clock.now()}})

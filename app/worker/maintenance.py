@@ -1,7 +1,12 @@
-"""Maintenance that any number of processes may run at once, because every move it makes
-is guarded: the promoter (scheduled → queued when due), the rescuer (expired leases, dead
-workers and their permits), the orphan sweeper (queued jobs a claimer's cursor passed), and
-the cron scheduler (app/worker/scheduler.py).
+"""Maintenance: the promoter (scheduled → queued when due), the rescuer (expired leases,
+dead workers and their permits), the orphan sweeper (queued jobs a claimer's cursor passed),
+workflow repair, retention and the cron scheduler (app/worker/scheduler.py).
+
+Every move it makes is guarded, so any number of processes could run it at once; one
+process of the deployment does, under the `maintenance` lease (app/leadership.py), because
+twenty processes each polling every loop cost the server more than the jobs did (the chaos
+claim race). The lease is short (at most the job lease), so when its holder dies another
+process takes over before the dead holder's job leases have run out.
 """
 
 from __future__ import annotations
@@ -10,32 +15,48 @@ import asyncio
 from datetime import timedelta
 
 from app import metrics
-from app.logs import get_logger, job_logger
+from app.leadership import Singleton
+from app.logs import job_logger
 from app.worker.scheduler import Scheduler
 
 
-class Maintenance:
+class Maintenance(Singleton):
+    lease = "maintenance"
+
     def __init__(self, store, settings) -> None:
-        self.store, self.settings = store, settings
-        self.log = get_logger("switchyard.maintenance")
-        self._tasks: list[asyncio.Task] = []
+        super().__init__(store, lease_seconds=max(1.0, min(10.0, settings.lease_seconds)))
+        self.settings = settings
         self.scheduler = Scheduler(store, settings)
+        self._runner: asyncio.Task | None = None
 
     async def start(self) -> None:
-        s = self.settings
-        for fn, every in ((self.promote, s.promote_interval_seconds),
-                          (self.rescue, min(1.0, s.lease_seconds / 4)),
-                          (self.sweep_orphans, 2.0),
-                          (self.settle_steps, 2.0),
-                          (self.repair_workflows, 10.0),
-                          (self.expire, s.retention_interval_seconds),
-                          (self.run_schedules, s.schedule_interval_seconds)):
-            self._tasks.append(asyncio.create_task(self._every(fn, every), name=fn.__name__))
+        self._runner = asyncio.create_task(self.run(), name="maintenance")
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stopping = True
+        if self._runner:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def lead(self, state: dict) -> None:
+        s = self.settings
+        self.log.info("maintenance.leading", holder=self.holder)
+        tasks = [asyncio.create_task(self._every(fn, every), name=fn.__name__) for fn, every in (
+            (self.promote, s.promote_interval_seconds),
+            (self.rescue, min(1.0, s.lease_seconds / 4)),
+            (self.sweep_orphans, 2.0),
+            (self.settle_steps, 2.0),
+            (self.repair_workflows, 10.0),
+            (self.expire, s.retention_interval_seconds),
+            (self.run_schedules, s.schedule_interval_seconds))]
+        try:
+            while await self.keep():
+                await asyncio.sleep(self.lease_seconds / 6)
+            self.log.info("maintenance.deposed", holder=self.holder)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _every(self, fn, seconds: float) -> None:
         while True:

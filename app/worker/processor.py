@@ -6,13 +6,17 @@ on `engines`, with the poll interval as the fallback when it is down).
 
 Permits: `held[e]` permits of engine `e` are taken in the engine document before claiming;
 `busy[e]` of them run jobs. A finished job's permit stays with this worker while it has
-more work of that engine, and goes back as soon as a claim comes up short, the engine is
-paused, or the engine is saturated (so that workers take turns).
+more work of that engine and a free slot for it, and goes back as soon as a claim finds
+the queue dry, the engine is paused or over its limit, or every slot is busy. Workers do not
+take turns on a saturated engine: handing a permit over costs two writes and wakes every
+waiting worker, and with twenty workers that churn cost more than the jobs (the chaos
+claim race). A worker with no permit watches for releases with a slower stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -47,6 +51,8 @@ class JobProcessor:
         self.results = ResultCache(2000)
         self.settler = Settler(store, get_logger("switchyard.worker"))
         self.stopping = False
+        self.contended = False  # the last fetch lost candidates to other claimers
+        self.starved = False  # the last fetch found work but no free permit
         self.declared_dead = False  # set by the heartbeat; the fetch loop re-registers between fetches
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -107,11 +113,17 @@ class JobProcessor:
                 engines = [e for e in await self.store.engines.list() if self.only is None or e["_id"] in self.only]
                 rotation += 1
                 claimed = 0
+                self.contended = self.starved = False
                 for i in range(len(engines)):
                     claimed += await self._fetch_engine(engines[(i + rotation) % len(engines)])
                     if self.stopping or self.free_slots() <= 0:
                         break
-                if not claimed:
+                await self._trim()
+                if not claimed and self.contended:
+                    # other claimers took our candidates, and more are queued: try again
+                    # shortly, staggered, instead of waiting for a wake-up that may not come
+                    await asyncio.sleep(random.uniform(0.005, 0.05))
+                elif not claimed:
                     self.idle.set()
                     await _wait(self.wake, self.settings.poll_interval_seconds)
                     self.idle.clear()
@@ -126,17 +138,12 @@ class JobProcessor:
         name = engine["_id"]
         idle = self.held[name] - self.busy[name]
         running, limit = engine.get("running", 0), engine["limit"]
-        if engine.get("paused") or not has_work(engine):
-            await self._give_back(name, idle)
-            return 0
-        if running >= limit and idle > 0:
-            # Saturated: other workers may be waiting for a permit, so ours go back into the
-            # pool instead of being reused, and every worker gets its turn. (Over the limit,
-            # after it was lowered, this also shrinks towards it.)
+        if engine.get("paused") or not has_work(engine) or (running > limit and idle > 0):
+            # (over the limit, after it was lowered: shrink towards it)
             await self._give_back(name, idle)
             return 0
         want = min(self.free_slots(), self.settings.claim_batch)
-        if idle < want:
+        if idle < want and running < limit:
             # Look before taking permits: sizes the reservation to the work there is, and a
             # worker that lost the race for the last job leaves without writing anything.
             available = await self.store.jobs.peek(engine, want)
@@ -146,19 +153,30 @@ class JobProcessor:
                     return 0
             else:
                 take = min(available - idle, limit - running)
-                if take > 0 and await self.store.engines.reserve(name, self.worker_id, take):
+                if await self.store.engines.reserve(name, self.worker_id, take):
                     self.held[name] += take
                     idle += take
         n = min(idle, want)
-        if n <= 0:
+        if n <= 0:  # work, but every permit is taken: a release to a full engine wakes us
+            self.starved = True
             return 0
         with metrics.CLAIM_LATENCY.time():
             jobs = await self.store.jobs.claim(engine, self.worker_id, n)
         for job in jobs:
             self._launch(job)
-        if len(jobs) < n:  # the queue ran dry: keep no idle permits
+        if jobs.dry and len(jobs) < n:  # the queue ran dry: keep no idle permits
             await self._give_back(name, n - len(jobs))
+        elif len(jobs) < n:  # lost candidates to other claimers: keep the permits, retry soon
+            self.contended = True
         return len(jobs)
+
+    async def _trim(self) -> None:
+        """Idle permits beyond our free slots go back: with every slot busy (say with another
+        engine's jobs) they would only keep other workers from this engine."""
+        for name in list(self.held):
+            surplus = self.held[name] - self.busy[name] - max(0, self.free_slots())
+            if surplus > 0:
+                await self._give_back(name, surplus)
 
     async def _give_back(self, engine: str, n: int) -> None:
         if n > 0:
@@ -266,6 +284,11 @@ class JobProcessor:
                     while self.idle.is_set() or time.monotonic() - self.busy_since < 1.0:
                         if await stream.try_next() is not None:
                             self.wake.set()
+                        if self.starved:
+                            # Waiting for a permit, not for work: SecantusDB answers a stream's
+                            # round trip on every write anywhere, so a starved worker spaces
+                            # them; the permit goes nowhere meanwhile.
+                            await asyncio.sleep(0.25)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no change streams here: polling covers it
