@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     claim_batch: int = Field(64, ge=1, le=1000)
     cancel_grace_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
+    quarantine_suspects: bool = Field(True, description="run an attempt whose previous worker died or stalled "
+                                                        "in a child process (app/worker/quarantine.py)")
 
     # default retry policy (seed 001: 3 retries, 60 s base, exponential, capped at 1 h)
     retry_max_retries: int = Field(3, ge=0, le=100)

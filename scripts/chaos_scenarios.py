@@ -652,7 +652,8 @@ async def poison(tmp, quick: bool, seed: int) -> Result:
                          jobs_per_s_without=round(without, 1), jobs_per_s_with=round(with_, 1),
                          throughput_ratio=round(ratio, 2), runs_each=len(rates[True]))
         r.check(f"poison failed after {doc['attempt']} = 4 attempts", doc["status"] == "failed" and doc["attempt"] == 4)
-        r.check(f"worker deaths {run['deaths']} == 4", run["deaths"] == 4)
+        r.check(f"worker deaths {run['deaths']} == 1 (the later attempts run quarantined, app/worker/quarantine.py)",
+                run["deaths"] == 1)
         r.check(f"other jobs all completed ({r.figures['statuses'].get('completed')})", r.figures["statuses"].get("completed") == n)
         r.check(f"others' throughput ratio {ratio:.2f} >= 0.8", ratio >= 0.8)
     finally:

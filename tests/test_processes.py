@@ -1,5 +1,6 @@
 """Real worker processes against the real server: the global per-engine limit, SIGKILL
-recovery, a poison job that kills its workers, and SIGTERM hand-back."""
+recovery, a poison job that kills one worker and then fails in quarantine, and SIGTERM
+hand-back."""
 
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ async def test_sigkill_loses_nothing_and_leaks_no_permit(db_url, store, jobs, tm
     assert engine.get("running", 0) == 0 and not engine.get("holds")  # ...and came back
 
 
-async def test_poison_job_ends_failed_after_max_attempts(db_url, store, jobs):
-    poison = await jobs.queued(operation="die", retry_config=RetryConfig(max_retries=1))
+async def test_poison_job_kills_one_worker_then_fails_in_quarantine(db_url, store, jobs):
+    """The first attempt kills its worker; the later ones run quarantined in a child
+    process (app/worker/quarantine.py), so they cost no worker and no lease wait."""
+    poison = await jobs.queued(operation="die", retry_config=RetryConfig(max_retries=2, retry_delay_seconds=0.05))
     healthy = await jobs.queued(operation="ok")
     deaths = 0
     proc = start_worker(db_url, store.db.name, concurrency=2)
@@ -76,11 +79,12 @@ async def test_poison_job_ends_failed_after_max_attempts(db_url, store, jobs):
             await asyncio.sleep(0.1)
         dead = await wait_status(store, poison["_id"], "failed", timeout=5)
         await wait_status(store, healthy["_id"], "completed", timeout=30)
+        assert proc.poll() is None  # the worker that ran the quarantined attempts is alive
     finally:
         stop(proc)
-    assert dead["attempt"] == 2 and deaths >= 2
-    assert [e["code"] for e in dead["errors"]] == ["lease_expired", "lease_expired"]
-    assert "no attempts left" in dead["last_error"]["message"]
+    assert dead["attempt"] == 3 and deaths == 1
+    assert [e["code"] for e in dead["errors"]] == ["lease_expired", "HandlerCrashed", "HandlerCrashed"]
+    assert "exit code 17" in dead["last_error"]["message"]
 
 
 async def test_sigterm_hands_running_jobs_back(db_url, store, jobs):

@@ -1,0 +1,143 @@
+"""Quarantine: a suspect job's attempt runs in a child process of its own.
+
+A job is suspect once an attempt ended with `lease_expired`: the worker running it died or
+stalled. If the job itself killed the process (a crash in native code, the OOM
+killer, `os._exit`), running it again in a worker would kill that worker too, with every
+other job and permit it holds, once per attempt. In a child, a crash costs only the
+attempt: it fails at once with the code `HandlerCrashed` (retryable like any error), and no
+lease has to run out first.
+
+The child imports the same handler modules (`registry.load`) and runs the handler under a
+`JobContext` whose progress and cancellation travel over a pipe; the parent's `Execution`
+keeps timeouts, cancellation and lease loss exactly as for an in-process run (cancelling
+the parent's task kills the child). A handler the child cannot find (registered outside a
+module) runs in-process as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from app.context import JobContext, PermanentError, Retry
+
+
+class HandlerCrashed(Exception):
+    """The child running a quarantined attempt died without an answer."""
+
+
+class NotInChild(Exception):
+    """The child has no handler for the job: run it in-process."""
+
+
+SUSPECT_CODES = ("lease_expired", "HandlerCrashed")
+
+
+def is_suspect(job: dict) -> bool:
+    """An earlier attempt's worker died or stalled while running it, or a quarantined
+    attempt crashed: every later attempt stays in quarantine."""
+    return any(e.get("code") in SUSPECT_CODES for e in job.get("errors") or ())
+
+
+async def run(ctx: JobContext, modules: list[str]) -> Any:
+    """Run the handler of `ctx` in a child; returns its result or raises what it raised."""
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    fields = {"job_id": ctx.job_id, "engine": ctx.engine, "operation": ctx.operation, "attempt": ctx.attempt,
+              "params": ctx.params, "parents": ctx.parents, "workflow_id": ctx.workflow_id, "_lease_token": ctx.lease_token}
+    proc = mp.Process(target=_child, args=(child, modules, fields), name=f"quarantine-{ctx.job_id}", daemon=True)
+    proc.start()
+    child.close()
+    told_cancel = False
+    try:
+        while True:
+            if ctx.cancelled.is_set() and not told_cancel:
+                told_cancel = True
+                parent.send(("cancel",))
+            ready = await asyncio.to_thread(wait, [parent, proc.sentinel], 0.1)
+            if parent.poll():
+                try:
+                    msg = parent.recv()
+                except EOFError:  # the child is gone, without an answer
+                    msg = None
+                if msg is not None:
+                    if msg[0] == "progress":
+                        await ctx.progress(*msg[1:])
+                        continue
+                    if msg[0] == "ok":
+                        return msg[1]
+                    raise _rebuild(msg)
+            elif proc.sentinel not in ready:
+                continue
+            await asyncio.to_thread(proc.join, 1)
+            raise HandlerCrashed(f"the handler's process died (exit code {proc.exitcode}) on a quarantined attempt; "
+                                 "the previous attempt's worker had died or stalled while running this job")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        await asyncio.to_thread(proc.join, 5)
+        parent.close()
+
+
+def _rebuild(msg: tuple) -> Exception:
+    kind = msg[0]
+    if kind == "retry":
+        return Retry(after=msg[1], reason=msg[2])
+    if kind == "permanent":
+        return PermanentError(msg[1], msg[2])
+    if kind == "nohandler":
+        return NotInChild()
+    name, text = msg[1], msg[2]
+    if name == "TimeoutError":
+        return TimeoutError(text)
+    return type(name, (Exception,), {})(text)  # the class name is the error code
+
+
+def _child(conn: Connection, modules: list[str], fields: dict) -> None:
+    from app import registry
+
+    try:
+        registry.load(modules)
+        h = registry.get(fields["engine"], fields["operation"])
+        if h is None:
+            conn.send(("nohandler",))
+            return
+        conn.send(asyncio.run(_run_child(conn, h, fields)))
+    except BaseException as exc:  # noqa: BLE001 (everything goes back to the parent)
+        conn.send(_describe(exc))
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+async def _run_child(conn: Connection, h, fields: dict) -> tuple:
+    loop = asyncio.get_running_loop()
+
+    async def sink(percent: float, stage: str | None, data: dict) -> None:
+        conn.send(("progress", percent, stage, data))
+
+    ctx = JobContext(**fields, _sink=sink)
+
+    def on_message() -> None:
+        try:
+            if conn.recv()[0] == "cancel":
+                ctx.cancelled.set()
+        except EOFError:
+            loop.remove_reader(conn.fileno())
+
+    loop.add_reader(conn.fileno(), on_message)
+    try:
+        return ("ok", await h.fn(ctx))
+    except BaseException as exc:  # noqa: BLE001
+        return _describe(exc)
+
+
+def _describe(exc: BaseException) -> tuple:
+    if isinstance(exc, Retry):
+        return ("retry", exc.after, exc.reason)
+    if isinstance(exc, PermanentError):
+        return ("permanent", exc.code, exc.message)
+    return ("error", type(exc).__name__, str(exc))
