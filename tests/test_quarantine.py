@@ -27,7 +27,8 @@ async def local_only(ctx: JobContext) -> dict:
 async def suspect(store, jobs, **kw) -> dict:
     """A queued job whose last attempt's lease ran out (its worker 'died')."""
     kw.setdefault("retry_config", RetryConfig(max_retries=2, retry_delay_seconds=0.05))
-    job = await jobs.running(engine="testing", **kw)
+    kw.setdefault("engine", "testing")
+    job = await jobs.running(**kw)
     later = store.clock.now() + timedelta(seconds=60)
     (expired,) = await store.jobs.expired_leases(later)
     assert await store.jobs.rescue(expired, later) == "queued"
@@ -107,3 +108,35 @@ async def test_a_handler_outside_any_module_runs_in_process(store, jobs, start):
     await start()
     done = await wait_status(store, job["_id"], "completed", timeout=60)
     assert done["result"] == {"pid": os.getpid()}
+
+
+async def test_a_child_does_not_outlive_its_worker(db_url, store, jobs, tmp_path):
+    """SIGKILL a worker while a quarantined attempt runs: the child exits too, instead of
+    running on unsupervised while the job is rescued and run again elsewhere."""
+    import json
+    import signal
+
+    from tests.procs import start_worker, stop
+
+    ledger = tmp_path / "ledger.jsonl"
+    job = await suspect(store, jobs, engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 60})
+    proc = start_worker(db_url, store.db.name, concurrency=1)
+    try:
+        for _ in range(300):
+            if ledger.exists() and ledger.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        child = json.loads(ledger.read_text().splitlines()[0])["pid"]
+        assert child != proc.pid and (await store.jobs.get(job["_id"]))["status"] == "running"
+        stop(proc, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the quarantined child outlived its worker")
+    finally:
+        stop(proc, signal.SIGKILL)

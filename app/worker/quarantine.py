@@ -10,8 +10,8 @@ lease has to run out first.
 The child imports the same handler modules (`registry.load`) and runs the handler under a
 `JobContext` whose progress and cancellation travel over a pipe; the parent's `Execution`
 keeps timeouts, cancellation and lease loss exactly as for an in-process run (cancelling
-the parent's task kills the child). A handler the child cannot find (registered outside a
-module) runs in-process as before.
+the parent's task kills the child, and a child whose worker died exits). A handler the
+child cannot find (registered outside a module) runs in-process as before.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ async def _run_child(conn: Connection, h, fields: dict) -> tuple:
         try:
             if conn.recv()[0] == "cancel":
                 ctx.cancelled.set()
-        except EOFError:
-            loop.remove_reader(conn.fileno())
+        except EOFError:  # the worker died: nobody can take our answer, and its lease runs out
+            os._exit(70)
 
     loop.add_reader(conn.fileno(), on_message)
     try:
