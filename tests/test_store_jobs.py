@@ -118,3 +118,16 @@ async def test_dedupe_returns_the_live_job(jobs, store):
     await store.jobs.cancel(a["_id"])  # once it is no longer live, the key is free again
     c, created_c = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
     assert created_c and c["_id"] != a["_id"]
+
+
+async def test_queue_position_is_exact_near_the_head_and_a_lower_bound_far_back(jobs, store):
+    urgent = [await jobs.queued(priority=1) for _ in range(3)]
+    line = [await jobs.queued() for _ in range(12)]
+    assert await store.jobs.queue_position(line[4]) == (3 + 4, False)
+    assert await store.jobs.queue_position(urgent[2]) == (2, False)
+    # each count looks at most `cap` numbers back: beyond that, a lower bound
+    assert await store.jobs.queue_position(line[11], cap=5) == (5, True)
+    assert await store.jobs.queue_position(line[11], cap=12) == (3 + 9, True)
+    assert await store.jobs.queue_position(line[11], cap=15) == (3 + 11, False)
+    running = await jobs.running()
+    assert await store.jobs.queue_position(running) is None

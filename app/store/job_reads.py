@@ -12,6 +12,8 @@ from typing import Any
 from app.domain.states import JobStatus
 from app.store.engines import DEFAULT_TENANT, band, busy_bands
 
+POSITION_CAP = 1000  # most sequence numbers one position count looks at
+
 
 class ReadMixin:
     async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
@@ -80,20 +82,26 @@ class ReadMixin:
         """Exact, but its cost grows with the queue; the status endpoints use the counter."""
         return await self.col.count_documents({"engine": engine, "status": JobStatus.QUEUED.value})
 
-    async def queue_position(self, job: dict) -> int | None:
-        """How many queued jobs of the same engine are ahead of this one: every queued job of
-        a higher priority, and those of its own band (priority and tenant) between the band's
-        cursor and its seq; other tenants' jobs of the same priority share the slots with it
-        rather than go first. Its cost grows with the line ahead of it, so callers bound how
-        often they ask."""
+    async def queue_position(self, job: dict, cap: int = POSITION_CAP) -> tuple[int, bool] | None:
+        """How many queued jobs of the same engine are ahead of this one, and whether that is
+        only a lower bound. Ahead: every queued job of a higher priority, and those of its own
+        band (priority and tenant) between the band's cursor and its seq; other tenants' jobs
+        of the same priority share the slots with it rather than go first. Each count covers
+        a seq range of at most `cap` numbers, since on SecantusDB a count fetches every
+        document it matches under the server's lock: a status poll of the last job of a
+        10,000-job queue would otherwise hold up every other client."""
         if job.get("status") != JobStatus.QUEUED.value:
             return None
         engine = await self.engines.get(job["engine"])
-        tenant = job.get("tenant", DEFAULT_TENANT)
-        lo = (engine.get("cursor") or {}).get(band(job["priority"], tenant), 0)
-        ahead = await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
-                                                "priority": job["priority"], "tenant": tenant,
-                                                "seq": {"$gte": min(lo, job["seq"]), "$lt": job["seq"]}})
-        for p in range(1, job["priority"]):
-            ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value, "priority": p})
-        return ahead
+        mine = (job["priority"], job.get("tenant", DEFAULT_TENANT))
+        cursors = engine.get("cursor") or {}
+        ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine) if p < mine[0]]
+        ranges.append((*mine, min(cursors.get(band(*mine), 0), job["seq"]), job["seq"]))
+        ahead, partial = 0, False
+        for p, tenant, lo, hi in ranges:
+            start = max(lo, hi - (cap - ahead))  # the numbers nearest the top; older ones may be gone
+            partial = partial or start > lo
+            if start < hi:
+                ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
+                                                         "priority": p, "tenant": tenant, "seq": {"$gte": start, "$lt": hi}})
+        return ahead, partial

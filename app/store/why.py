@@ -3,7 +3,8 @@
 Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
-engine's line, counted only where asked, since a count costs what it counts).
+engine's line, counted only where asked, since a count costs what it counts, and over at
+most 1,000 sequence numbers a band: `ahead_at_least` says when it is a lower bound).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[
     if status == JobStatus.QUEUED:
         entry = {"reason": "position", "engine": engine["_id"], "priority": job["priority"]}
         if count_position:
-            ahead = await store.jobs.queue_position(job)
-            entry.update(ahead=ahead, message=f"{ahead} queued job{'s' if ahead != 1 else ''} ahead in {engine['_id']}")
+            ahead, partial = await store.jobs.queue_position(job)
+            entry.update(ahead=ahead, ahead_at_least=partial,
+                         message=f"{'at least ' if partial else ''}{ahead} queued job{'s' if ahead != 1 else ''} ahead in {engine['_id']}")
         else:
             entry["message"] = f"queued in {engine['_id']} at priority {job['priority']}"
         reasons.append(entry)
