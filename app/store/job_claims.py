@@ -122,7 +122,8 @@ class ClaimMixin:
                     self._spread[name] = min(MAX_SPREAD, spread * 2)
                 got += res.modified_count
                 # every tried candidate has left queued, ours or not; an untried one may not have
-                untried = [f["seq"] for f in found if f["_id"] not in set(ids)]
+                tried_ids = set(ids)
+                untried = [f["seq"] for f in found if f["_id"] not in tried_ids]
                 lows[key] = min(untried) if untried else found[-1]["seq"] + 1
             return got
 

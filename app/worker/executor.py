@@ -1,5 +1,6 @@
 """Runs one leased job: the handler under its timeout, the cancellation grace period, the
-lease-lost stop, and progress reports; a suspect job's handler in quarantine (quarantine.py). It decides the `Outcome`; `outcome.apply` writes it.
+lease-lost stop, and progress reports; a suspect job's handler runs in quarantine
+(quarantine.py). It decides the `Outcome`; `outcome.apply` writes it.
 """
 
 from __future__ import annotations
@@ -57,15 +58,11 @@ class Execution:
         if isolated:
             self.log.warning("job.quarantined", note="the previous attempt's worker died or stalled: this one runs in a child process")
         with job_context(self.job, worker=self.worker):  # what the handler logs carries the job's fields
-            coro = quarantine.run(self.ctx, settings.handler_modules()) if isolated else h.fn(self.ctx)
+            coro = quarantine.run(self.ctx, settings.handler_modules(), h.fn) if isolated else h.fn(self.ctx)
             task = asyncio.create_task(coro)
         timeout = self.job.get("timeout_seconds")
         deadline = start + timeout if timeout else None
         result = await self._supervise(task, deadline)
-        if isolated and isinstance(result, oc.Failure) and result.code == "NotInChild":  # registered outside a module
-            with job_context(self.job, worker=self.worker):
-                task = asyncio.create_task(h.fn(self.ctx))
-            result = await self._supervise(task, deadline)
         return result, int((time.monotonic() - start) * 1000)
 
     async def _supervise(self, task: asyncio.Task, deadline: float | None) -> oc.Outcome:

@@ -20,17 +20,13 @@ import asyncio
 import multiprocessing
 import os
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from app.context import JobContext, PermanentError, Retry
 
 
 class HandlerCrashed(Exception):
     """The child running a quarantined attempt died without an answer."""
-
-
-class NotInChild(Exception):
-    """The child has no handler for the job: run it in-process."""
 
 
 SUSPECT_CODES = ("lease_expired", "HandlerCrashed")
@@ -42,8 +38,9 @@ def is_suspect(job: dict) -> bool:
     return any(e.get("code") in SUSPECT_CODES for e in job.get("errors") or ())
 
 
-async def run(ctx: JobContext, modules: list[str]) -> Any:
-    """Run the handler of `ctx` in a child; returns its result or raises what it raised."""
+async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContext], Awaitable[Any]]) -> Any:
+    """Run the handler of `ctx` in a child; returns its result or raises what it raised.
+    `fallback` (the handler itself) runs in-process when the child cannot find it."""
     mp = _context(modules)
     parent, child = mp.Pipe()
     fields = {"job_id": ctx.job_id, "engine": ctx.engine, "operation": ctx.operation, "attempt": ctx.attempt,
@@ -69,6 +66,8 @@ async def run(ctx: JobContext, modules: list[str]) -> Any:
                         continue
                     if msg[0] == "ok":
                         return msg[1]
+                    if msg[0] == "nohandler":
+                        break
                     raise _rebuild(msg)
             elif proc.sentinel not in ready:
                 continue
@@ -80,6 +79,7 @@ async def run(ctx: JobContext, modules: list[str]) -> Any:
             proc.kill()
         await asyncio.to_thread(proc.join, 5)
         parent.close()
+    return await fallback(ctx)  # registered outside a module: the child could not find it
 
 
 _preloaded: list[str] | None = None
@@ -104,8 +104,6 @@ def _rebuild(msg: tuple) -> Exception:
         return Retry(after=msg[1], reason=msg[2])
     if kind == "permanent":
         return PermanentError(msg[1], msg[2])
-    if kind == "nohandler":
-        return NotInChild()
     name, text = msg[1], msg[2]
     if name == "TimeoutError":
         return TimeoutError(text)
