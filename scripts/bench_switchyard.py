@@ -202,16 +202,16 @@ async def wait_engine_idle(st, engine: str = "general") -> None:
 
 async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int = 64) -> dict:
     """A 1 -> n-2 -> 1 fan-out/fan-in workflow of no-op steps against n independent no-op
-    jobs, on the same workers. Each is timed from release to the last completion."""
+    jobs, on the same workers. Each is timed from submission to the last completion."""
     st = await fresh_store(url, "bench_makespan")
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, "bench_makespan") for _ in range(processes)]
     try:
         while await st.workers.alive_count() < processes:
             await asyncio.sleep(0.1)
-        await st.engines.set_paused("general", True)
-        await st.jobs.insert_many([st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
+        # Both are timed from submission to the last completion: the workflow's steps are
+        # written inside its clock, so the independent jobs are too (one insert_many).
         t0 = time.monotonic()
-        await st.engines.set_paused("general", False)
+        await st.jobs.insert_many([st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
         await wait_engine_idle(st)
         independent = time.monotonic() - t0
         mids = [StepSpec(key=f"m{i}", engine="general", operation="noop", depends_on=["root"]) for i in range(n - 2)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.domain.states import JobStatus
+from app.store.db import chunks, find_in, update_in
 from app.store.engines import DEFAULT_TENANT, band
 
 PENDING = JobStatus.PENDING.value
@@ -30,41 +31,43 @@ class StepMixin:
         if not children:
             return 0
         done = set(parent_ids)
-        docs = await self.col.find({"_id": {"$in": children}, "status": PENDING},
-                                   {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1}).to_list(None)
+        docs = await find_in(self.col, children, {"status": PENDING},
+                             {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1})
         direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
         moved = await self.queue_ready(direct, exact=True) if direct else 0
         rest = [d["_id"] for d in docs if d not in direct]
         if moved < len(direct):  # a map changed under us: those take the general path
             rest += [d["_id"] for d in direct]
         if rest:
-            await self.col.update_many({"_id": {"$in": rest}, "status": PENDING},
-                                       {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
-            ready = await self.col.find({"_id": {"$in": rest}, "status": PENDING, "waiting_on": {}},
-                                        {"engine": 1, "priority": 1, "tenant": 1, "ord": 1}).to_list(None)
+            await update_in(self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
+            ready = await find_in(self.col, rest, {"status": PENDING, "waiting_on": {}},
+                                  {"engine": 1, "priority": 1, "tenant": 1, "ord": 1})
             moved += await self.queue_ready(ready) if ready else 0
         return moved
 
     async def queue_ready(self, steps: list[dict], exact: bool = False) -> int:
         """pending → queued for steps with nothing left to wait on: one `update_many` per
-        (engine, priority), the seq computed on the server from each step's `ord` (its place
-        in the workflow), so a fan-out of thousands is a handful of writes, not thousands.
-        The numbers may be sparse; windows skip gaps."""
+        (engine, band) and chunk of `IN_CHUNK` steps, the seq computed on the server from
+        each step's `ord` (its place in the workflow), so a fan-out of thousands is a few
+        dozen writes, not thousands. The numbers may be sparse; windows skip gaps."""
         groups: dict[tuple, list[dict]] = {}
         for s in steps:
             waited = tuple(sorted(s.get("waiting_on") or {})) if exact else ()
             groups.setdefault((s["engine"], band(s["priority"], s.get("tenant", DEFAULT_TENANT)), waited), []).append(s)
         moved = 0
-        for (engine, key, waited), members in groups.items():
-            lo = min(m["ord"] for m in members)
-            span = max(m["ord"] for m in members) - lo + 1
-            async with self.engines.enqueue(engine, key, span, jobs=len(members)) as first:
-                res = await self.col.update_many(
-                    {"_id": {"$in": [m["_id"] for m in members]}, "status": PENDING, "waiting_on": {p: 1 for p in waited}},
-                    [{"$set": {"status": JobStatus.QUEUED.value, "seq": {"$add": [first - lo, "$ord"]},
-                               "queued_at": self.clock.now(), "waiting_on": {"$literal": {}}}}])
-            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
-            moved += res.modified_count
+        for (engine, key, waited), group in groups.items():
+            group.sort(key=lambda m: m["ord"])
+            # One enqueue per chunk: the band's cursor waits only for its own chunk, so
+            # workers start on the first steps while later chunks are still being written.
+            for members in chunks(group):
+                lo, span = members[0]["ord"], members[-1]["ord"] - members[0]["ord"] + 1
+                async with self.engines.enqueue(engine, key, span, jobs=len(members)) as first:
+                    changed = (await self.col.update_many(
+                        {"_id": {"$in": [m["_id"] for m in members]}, "status": PENDING, "waiting_on": {p: 1 for p in waited}},
+                        [{"$set": {"status": JobStatus.QUEUED.value, "seq": {"$add": [first - lo, "$ord"]},
+                                   "queued_at": self.clock.now(), "waiting_on": {"$literal": {}}}}])).modified_count
+                await self.engines.count_left_queue(engine, len(members) - changed)
+                moved += changed
         return moved
 
     async def cancel_steps(self, ids: list[str], reason: str) -> list[str]:
@@ -74,22 +77,21 @@ class StepMixin:
         if not ids:
             return []
         now = self.clock.now()
-        found = await self.col.find({"_id": {"$in": ids}, "status": {"$in": list(WAITING)}},
-                                    {"engine": 1, "status": 1}).to_list(None)
+        found = await find_in(self.col, ids, {"status": {"$in": list(WAITING)}}, {"engine": 1, "status": 1})
         groups: dict[tuple[str, str], list[str]] = {}
         for j in found:
             groups.setdefault((j["status"], j["engine"]), []).append(j["_id"])
         for (status, engine), members in groups.items():
-            res = await self.col.update_many(
-                {"_id": {"$in": members}, "status": status},
+            changed = await update_in(
+                self.col, members, {"status": status},
                 {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
                           "fanout_pending": True}})
             if status == JobStatus.QUEUED.value:
-                await self.engines.count_left_queue(engine, res.modified_count)
-        await self.col.update_many({"_id": {"$in": ids}, "status": JobStatus.RUNNING.value},
-                                   {"$set": {"cancel_requested": True, "cancel_reason": reason}})
-        mine = await self.col.find({"_id": {"$in": [j["_id"] for j in found]}, "status": JobStatus.CANCELLED.value,
-                                    "completed_at": now}, {"_id": 1}).to_list(None)
+                await self.engines.count_left_queue(engine, changed)
+        await update_in(self.col, ids, {"status": JobStatus.RUNNING.value},
+                        {"$set": {"cancel_requested": True, "cancel_reason": reason}})
+        mine = await find_in(self.col, [j["_id"] for j in found], {"status": JobStatus.CANCELLED.value, "completed_at": now},
+                             {"_id": 1})
         return [d["_id"] for d in mine]
 
     async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
@@ -103,13 +105,13 @@ class StepMixin:
         cache = {} if cache is None else cache
         missing = [i for i in ids if i not in cache]
         if missing:
-            for d in await self.col.find({"_id": {"$in": missing}}, {"step_key": 1, "result": 1}).to_list(None):
+            for d in await find_in(self.col, missing, None, {"step_key": 1, "result": 1}):
                 cache[d["_id"]] = (d["step_key"], d.get("result"))
         return dict(cache[i] for i in ids if i in cache)
 
     async def fanout_done(self, job_ids: list[str]) -> None:
         if job_ids:
-            await self.col.update_many({"_id": {"$in": job_ids}}, {"$unset": {"fanout_pending": ""}})
+            await update_in(self.col, job_ids, None, {"$unset": {"fanout_pending": ""}})
 
     async def unsettled(self, finished_before, limit: int = 100) -> list[dict]:
         """Finished steps whose fan-out has not run although they finished before
@@ -124,7 +126,7 @@ class StepMixin:
 
     async def add_dependents(self, parent_ids: list[str], child_id: str) -> None:
         if parent_ids:
-            await self.col.update_many({"_id": {"$in": parent_ids}}, {"$addToSet": {"dependents": child_id}})
+            await update_in(self.col, parent_ids, None, {"$addToSet": {"dependents": child_id}})
 
     async def reset_steps(self, steps: list[dict], completed: set[str]) -> int:
         """failed/cancelled steps back to pending (waiting on their unfinished parents), or

@@ -30,6 +30,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.domain.states import JobStatus
+from app.store.db import chunks
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAILED = JobStatus.FAILED.value
@@ -125,8 +126,8 @@ class WorkflowRetentionMixin:
 
     async def _delete_steps(self, workflow_id: str, ids: list[str]) -> None:
         """By `_id` (index-bounded) in chunks, then the tombstone."""
-        for i in range(0, len(ids), 500):
-            await self.jobs.col.delete_many({"_id": {"$in": ids[i:i + 500]}, "workflow_id": workflow_id})
+        for part in chunks(ids):
+            await self.jobs.col.delete_many({"_id": {"$in": part}, "workflow_id": workflow_id})
         await self.tombstones.delete_one({"_id": workflow_id})
 
     async def _finish_tombstones(self, now: datetime, limit: int = 50) -> None:

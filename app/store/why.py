@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.domain.states import JobStatus
+from app.store.db import find_in
 
 
 async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[str, str] | None = None,
@@ -24,7 +25,7 @@ async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[
         waiting = list(job.get("waiting_on") or {})
         keys = [key_of.get(i, i) for i in waiting] if key_of else None
         if keys is None and waiting:
-            docs = await store.jobs.col.find({"_id": {"$in": waiting}}, {"step_key": 1, "status": 1}).to_list(None)
+            docs = await find_in(store.jobs.col, waiting, None, {"step_key": 1, "status": 1})
             keys = [d.get("step_key") or d["_id"] for d in docs]
         reasons.append({"reason": "dependencies", "waiting_for": sorted(keys or []),
                         "message": f"waits for {len(waiting)} unfinished dependenc{'y' if len(waiting) == 1 else 'ies'}"})
