@@ -201,7 +201,7 @@ async def test_a_fan_out_lost_with_its_worker_is_repaired(api, store):
 
 
 async def test_a_failed_steps_lost_fan_out_is_replayed(api, store):
-    """A failed step carries `fanout_pending` until its fan-out ran; replaying it applies the
+    """A failed step carries the unsettled mark until its fan-out ran; replaying it applies the
     failure policy once."""
     from datetime import timedelta
 
@@ -217,3 +217,32 @@ async def test_a_failed_steps_lost_fan_out_is_replayed(api, store):
     assert (await store.jobs.get(wf["jobs"]["child"]))["cancel_reason"] == "dependency_failed"
     done = await store.workflows.get(wf["id"])
     assert done["status"] == "failed" and done["open"] == 0 and done["n_failed"] == 1 and done["n_cancelled"] == 1
+
+
+async def test_an_unsettled_mark_is_never_taken_for_an_expiry(api, store):
+    """The mark shares the retention index: the cleaner, run far in the future, leaves a
+    marked step alone, and the settle sweep still finds it."""
+    from datetime import timedelta
+
+    wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"], op="ok")])
+    (claimed,) = await store.jobs.claim(await store.engines.get("testing"), "wdead", 1)
+    err = {"code": "x", "message": "m", "attempt": 1, "at": None, "worker": None}
+    await store.jobs.fail(claimed["_id"], claimed["lease_token"], err, 1, step=True)
+    assert await store.jobs.expire_jobs(store.clock.now() + timedelta(days=3650)) == 0
+    marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
+    assert [m["_id"] for m in marked] == [wf["jobs"]["bad"]]
+
+
+async def test_marks_from_before_the_shared_index_are_carried_over(store):
+    """An older version marked steps with `fanout_pending` under its own index: the upgrade
+    moves each mark into `expires_at` and drops that index."""
+    from datetime import timedelta
+
+    await store.jobs.col.create_index("fanout_pending", sparse=True)
+    await store.jobs.col.insert_one({"_id": "old-step", "status": "failed", "workflow_id": "w", "fanout_pending": True,
+                                     "completed_at": store.clock.now()})
+    await store.workflows.ensure_indexes()
+    assert "fanout_pending_1" not in await store.jobs.col.index_information()
+    doc = await store.jobs.col.find_one({"_id": "old-step"})
+    assert "fanout_pending" not in doc
+    assert [m["_id"] for m in await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))] == ["old-step"]

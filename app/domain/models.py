@@ -69,7 +69,7 @@ def tenant_of(owner: str | None) -> str:
     return owner.split("/", 1)[0] if owner and "/" in owner else "default"
 
 
-def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, retry: RetryConfig,
+def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, retry: RetryConfig | dict,
                      workflow_id: str | None = None, depends_on: list[str] | None = None,
                      step_key: str | None = None) -> dict[str, Any]:
     """The document for a freshly accepted job, in `pending`, `scheduled` or `queued`.
@@ -106,7 +106,7 @@ def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, r
         "errors": [],
         "attempt": 0,
         "retry_count": 0,
-        "retry_config": retry.model_dump(),
+        "retry_config": retry if isinstance(retry, dict) else retry.model_dump(),
         "timeout_seconds": spec.timeout_seconds,
         "progress": {"percent": 0.0, "stage": None, "data": {}},
         "depends_on": depends_on or [],

@@ -232,8 +232,7 @@ class ClaimMixin:
             error["message"] += f"; no attempts left ({attempt}/{retry.max_attempts})"
             res = await self.col.update_one(guard, {
                 "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
-                         **({"fanout_pending": True} if job.get("workflow_id")
-                            else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},  # retention.py
+                         **self.finished_stamp(bool(job.get("workflow_id")), JobStatus.FAILED.value, now)},
                 "$push": {"errors": error}, "$unset": clear})
             return JobStatus.FAILED.value if res.modified_count else ""
         # Win the job before taking a number: every process's rescuer may race for it, and

@@ -5,7 +5,7 @@ parents: the counter of what it still waits for. When parents complete, their fa
 `$unset`s their keys in each child's map; a child whose map is empty moves to `queued`,
 guarded on `{status: "pending", waiting_on: {}}`, so of several parents finishing at once
 exactly one promotes it. Unsetting a key is idempotent, which is what makes a fan-out safe
-to replay after a crash (see `fanout_pending`), and costs the same for a child of 2
+to replay after a crash (see `unsettled`), and costs the same for a child of 2
 parents as for a fan-in of 10,000.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in, update_in
 from app.store.engines import DEFAULT_TENANT, band
+from app.store.retention import EPOCH, UNSETTLED
 
 PENDING = JobStatus.PENDING.value
 WAITING = (JobStatus.PENDING.value, JobStatus.SCHEDULED.value, JobStatus.QUEUED.value)
@@ -85,7 +86,7 @@ class StepMixin:
             changed = await update_in(
                 self.col, members, {"status": status},
                 {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                          "fanout_pending": True}})
+                          "expires_at": UNSETTLED}})
             if status == JobStatus.QUEUED.value:
                 await self.engines.count_left_queue(engine, changed)
         await update_in(self.col, ids, {"status": JobStatus.RUNNING.value},
@@ -111,15 +112,15 @@ class StepMixin:
 
     async def fanout_done(self, job_ids: list[str]) -> None:
         if job_ids:
-            await update_in(self.col, job_ids, None, {"$unset": {"fanout_pending": ""}})
+            await update_in(self.col, job_ids, {"expires_at": UNSETTLED}, {"$unset": {"expires_at": ""}})
 
     async def unsettled(self, finished_before, limit: int = 100) -> list[dict]:
         """Finished steps whose fan-out has not run although they finished before
         `finished_before` (their worker died in between); younger ones are left to the
         worker's own settler, so a replay does not race it."""
-        # Only `fanout_pending` in the filter: SecantusDB scans the collection when a query
-        # adds a field its index lacks. Marked steps are few; their status is checked here.
-        found = await self.col.find({"fanout_pending": True}, {"completed_at": 1, "status": 1}).limit(
+        # Only `expires_at` in the filter: SecantusDB scans the collection when a query adds
+        # a field its index lacks. Marked steps are few; their status is checked here.
+        found = await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}}, {"completed_at": 1, "status": 1}).limit(
             limit * 3).to_list(limit * 3)
         return [d for d in found if JobStatus(d["status"]).terminal
                 and (not d.get("completed_at") or d["completed_at"] < finished_before)][:limit]

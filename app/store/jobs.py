@@ -52,6 +52,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         self.clock = clock
         self.engines = engines
         self._spread: dict[str, int] = {}  # per engine: claim contention (job_claims.py)
+        self._default_retry_doc: dict | None = None
 
     async def ensure_indexes(self) -> None:
         """Few indexes on purpose: each one costs every transition a write on SecantusDB
@@ -124,9 +125,16 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
             for i in range(0, len(docs), 5000):
                 await self.col.insert_many(docs[i:i + 5000], ordered=False)
 
-    def build(self, spec: JobSpec, owner: str, **kw: Any) -> dict:
-        return new_job_document(spec, job_id=new_id(), owner=owner, now=self.clock.now(),
-                                retry=spec.retry_config or self.default_retry(), **kw)
+    def build(self, spec: JobSpec, owner: str, now: datetime | None = None, **kw: Any) -> dict:
+        """A new job's document. The default retry policy is dumped once per store: a
+        10,000-step workflow builds 10,000 of these in one request."""
+        if spec.retry_config is not None:
+            retry = spec.retry_config.model_dump()
+        else:
+            if self._default_retry_doc is None:
+                self._default_retry_doc = self.default_retry().model_dump()
+            retry = dict(self._default_retry_doc)
+        return new_job_document(spec, job_id=new_id(), owner=owner, now=now or self.clock.now(), retry=retry, **kw)
 
     # --- guarded transitions -------------------------------------------------------------
     async def _leased(self, job_id: str, token: str, update: dict[str, Any]) -> None:
@@ -186,7 +194,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         await self._leased(job_id, token, {
             "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
                      "execution_time_ms": execution_ms,
-                     **({"fanout_pending": True} if step else {"expires_at": self.expires_at(JobStatus.FAILED.value, now)})},
+                     **self.finished_stamp(step, JobStatus.FAILED.value, now)},
             "$push": {"errors": error},
             "$unset": LEASE_FIELDS,
         })
@@ -218,7 +226,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         now = self.clock.now()
         await self._leased(job_id, token, {
             "$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                     **({"fanout_pending": True} if step else {"expires_at": self.expires_at(JobStatus.CANCELLED.value, now)})},
+                     **self.finished_stamp(step, JobStatus.CANCELLED.value, now)},
             "$unset": LEASE_FIELDS,
         })
 
@@ -239,8 +247,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
                 res = await self.col.update_one(
                     {"_id": job_id, "status": status.value},
                     {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                              **({"fanout_pending": True} if job.get("workflow_id")
-                                 else {"expires_at": self.expires_at(JobStatus.CANCELLED.value, now)})},
+                              **self.finished_stamp(bool(job.get("workflow_id")), JobStatus.CANCELLED.value, now)},
                      },
                 )
                 if res.modified_count and status == JobStatus.QUEUED:

@@ -8,8 +8,11 @@ failed ones, the dead letter, `retention_failed_seconds`.
   that index: its cost follows what has expired, never the size of `jobs`. It is not a TTL
   index on purpose: SecantusDB's TTL sweeper decodes every document of the collection
   under its storage lock every 60 s (measured in docs/retention.md).
-- Workflow steps never carry `expires_at`: a workflow and its steps go together, once the
+- Workflow steps never expire on their own: a workflow and its steps go together, once the
   workflow has been finished for its retention, so no workflow ever points at deleted steps.
+  The same sparse index holds, at `UNSETTLED` (before 1970), the failed and cancelled steps
+  whose fan-out has not run yet (workflows.py): one index serves both sweeps, told apart by
+  range, since every index costs each write on SecantusDB (docs/benchmarks.md).
   Finished workflows are found through the `(status, _id)` index of `workflows` with a
   bounded `_id` range: an ObjectId starts with its creation time, and a workflow finished
   before a cutoff was created before it.
@@ -37,6 +40,13 @@ FAILED = JobStatus.FAILED.value
 FINISHED_WORKFLOW = ("completed", "cancelled", "failed")
 STALE_TOMBSTONE = timedelta(minutes=5)
 LOWEST_ID = "0" * 24  # not "": SecantusDB matches nothing with an empty-string lower bound
+UNSETTLED = datetime(1900, 1, 1, tzinfo=timezone.utc)  # `expires_at` of a step awaiting its fan-out
+
+
+def unsettled(step: dict) -> bool:
+    """The step's fan-out is still to run (its `expires_at` is the `UNSETTLED` mark)."""
+    at = step.get("expires_at")
+    return at is not None and at.replace(tzinfo=timezone.utc) < EPOCH
 
 
 def keep_seconds(settings, status: str) -> int:
@@ -59,6 +69,11 @@ class JobRetentionMixin:
 
     def expires_at(self, status: str, now: datetime) -> datetime:
         return expiry(self.settings, status, now)
+
+    def finished_stamp(self, step: bool, status: str, now: datetime) -> dict:
+        """What a failed or cancelled job's terminal write sets: a standalone job's expiry,
+        or a step's mark that its fan-out is still to run (cleared by `fanout_done`)."""
+        return {"expires_at": UNSETTLED if step else self.expires_at(status, now)}
 
     async def expire_jobs(self, now: datetime, batch: int = 500, max_batches: int = 20) -> int:
         """Delete standalone jobs whose `expires_at` has passed, with their dedupe entries.

@@ -8,6 +8,7 @@ from app.domain.states import JobStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
 from app.store.db import find_in
+from app.store.retention import unsettled
 
 RUNNING = "running"
 DEPENDENCY_FAILED = "dependency_failed"
@@ -33,12 +34,12 @@ class FlowMixin:
 
         A completed step carries no mark: its worker's settler runs this once, and if that
         worker dies first, `repair_stalled` finds the children still waiting on it. Failed
-        and cancelled steps carry `fanout_pending` from their terminal write until this has
-        run, and maintenance replays them."""
+        and cancelled steps carry the `UNSETTLED` mark from their terminal write until this
+        has run, and maintenance replays them."""
         found = await find_in(self.jobs.col, job_ids, None,
-                              {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "fanout_pending": 1})
+                              {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1})
         jobs = [j for j in found if j.get("workflow_id") and JobStatus(j["status"]).terminal
-                and (j["status"] == JobStatus.COMPLETED.value or j.get("fanout_pending"))]
+                and (j["status"] == JobStatus.COMPLETED.value or unsettled(j))]
         if not jobs:
             return
         done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
@@ -53,7 +54,7 @@ class FlowMixin:
             by_wf.setdefault(j["workflow_id"], []).append(j["status"])
         for wf_id, statuses in by_wf.items():
             await self._count(wf_id, statuses)
-        await self.jobs.fanout_done([j["_id"] for j in jobs if j.get("fanout_pending")])
+        await self.jobs.fanout_done([j["_id"] for j in jobs if unsettled(j)])
         for wf_id in by_wf:
             await self.finish_if_done(wf_id)
 

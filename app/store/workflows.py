@@ -6,7 +6,7 @@ steps' own documents are the truth: finishing re-counts them before it trusts `o
 the move to a terminal status is guarded on `status: "running"`.
 
 Invariant: every terminal transition of a step is followed by `settle(step)`. A failed or
-cancelled step's terminal write sets `fanout_pending: true` and settle clears it, so
+cancelled step's terminal write sets the `UNSETTLED` mark and settle clears it, so
 maintenance replays any still marked. A completed step is not marked (that would cost every
 step a second write); if its worker dies before settling, `repair_stalled` finds the children
 still waiting on it once the workflow has been quiet for a while. Either way, a worker dying
@@ -25,8 +25,8 @@ from app.domain.models import tenant_of
 from app.domain.states import JobStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
-from app.store.retention import WorkflowRetentionMixin
-from app.store.db import ensure_index, find_in
+from app.store.retention import UNSETTLED, WorkflowRetentionMixin
+from app.store.db import find_in
 from app.store.workflow_flow import FlowMixin
 
 RUNNING = "running"
@@ -39,9 +39,11 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
-        # Only marked steps carry the field, so a sparse index holds just them (a partial
-        # index would too, but SecantusDB's planner never uses it).
-        await ensure_index(self.jobs.col, [("fanout_pending", ASCENDING)], sparse=True)
+        # Before the mark moved into the retention index: carry old marks over, once.
+        if "fanout_pending_1" in await self.jobs.col.index_information():
+            await self.jobs.col.update_many({"fanout_pending": True},
+                                            {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
+            await self.jobs.col.drop_index("fanout_pending_1")
 
     async def get(self, workflow_id: str) -> dict:
         doc = await self.col.find_one({"_id": workflow_id}) if isinstance(workflow_id, str) else None
@@ -68,11 +70,10 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
                 if d in children:
                     children[d].append(ids[s.key])
         docs = []
+        now = self.clock.now()
         for n, s in enumerate(steps, start=first_ord):
-            spec = s.model_copy(update={"depends_on": []})
-            doc = self.jobs.build(spec, owner, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
+            doc = self.jobs.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
-            doc.pop("key", None)
             waiting = {ids[d]: 1 for d in s.depends_on if ids[d] not in done}
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
                        ord=n)

@@ -51,7 +51,7 @@ class Completer:
 class Settler:
     """Workflow fan-out after steps finish, off the job's slot and batched, so the steps of
     a wide fan-in release their child with one write. Failures are logged and left to the
-    maintenance sweep, which replays any step still marked `fanout_pending`."""
+    maintenance sweep, which replays any step still marked unsettled (`jobs.unsettled`)."""
 
     def __init__(self, store, log, *, window: float = 0.003) -> None:
         self.store, self.log, self.window = store, log, window
