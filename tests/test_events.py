@@ -27,6 +27,19 @@ async def _leading(r) -> bool:
     return r.leading
 
 
+async def _once_streaming(store, jobs) -> dict:
+    """A job whose event the relay published. A relay with no checkpoint starts its stream
+    at "now", so a job written before that is not its business: probe until one shows."""
+    for _ in range(20):
+        job = await jobs.queued()
+        try:
+            await events_of(store, job["_id"], "job.queued", timeout=1.0)
+            return job
+        except AssertionError:
+            continue
+    raise AssertionError("the relay never started streaming")
+
+
 async def events_of(store, job_id, until_type, timeout=20.0):
     async def check():
         evs = await store.events.since(0, job_id=job_id)
@@ -66,8 +79,7 @@ async def test_transitions_made_while_no_relay_ran_still_get_their_events(store,
     starts (or resumes from its checkpoint) later still sees every transition."""
     first = EventRelay(store, settings, lease_seconds=2.0)
     task = asyncio.create_task(first.run())
-    a = await jobs.queued()
-    await events_of(store, a["_id"], "job.queued")
+    a = await _once_streaming(store, jobs)
     task.cancel()  # the relay "dies" (its lease is released, its checkpoint kept)
     await asyncio.gather(task, return_exceptions=True)
 

@@ -100,7 +100,7 @@ class Store:
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
         from app.store.events import EventStore
-        from app.store.feed import ChangeFeed
+        from app.store.feed import BulkGate, ChangeFeed
         from app.store.guard import AuditLog, RateLimits
         from app.store.keys import KeyStore
         from app.store.leases import LeaseStore
@@ -117,10 +117,11 @@ class Store:
         self.clock = Clock(self.db)
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
-        self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db))
+        self.bulk = BulkGate()
+        self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db), gate=self.bulk)
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs)
-        self.events = EventStore(self.db, settings)
-        self.feed = ChangeFeed(self.db)
+        self.events = EventStore(self.db, settings, gate=self.bulk)
+        self.feed = ChangeFeed(self.db, gate=self.bulk)
         self.leases = LeaseStore(self.db, self.clock)
         self.keys = KeyStore(self.db)
         self.rate_limits = RateLimits(self.db)

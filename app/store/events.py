@@ -24,10 +24,11 @@ log = get_logger("switchyard.events")
 
 
 class EventStore:
-    def __init__(self, db: AsyncDatabase, settings) -> None:
+    def __init__(self, db: AsyncDatabase, settings, gate=None) -> None:
         self.db = db
         self.col = db["events"]
         self.settings = settings
+        self.gate = gate
 
     async def ensure_indexes(self) -> None:
         c = self.col
@@ -84,7 +85,7 @@ class EventStore:
                         last = batch[-1]["_id"]
                         yield batch
                     while stream.alive:
-                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.04)
+                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.04, gate=self.gate)
                                  if c.get("fullDocument") and c["fullDocument"]["_id"] > last]
                         if batch:
                             last = batch[-1]["_id"]

@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.store.job_admin import AdminMixin
 from app.store.db import ensure_index
 from app.store.engines import DEFAULT_TENANT, band
+from app.store.feed import BulkGate
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
@@ -45,8 +46,9 @@ def new_id() -> str:
 
 
 class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
-    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe) -> None:
+    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe, gate=None) -> None:
         self.col = db["jobs"]
+        self.gate = gate or BulkGate()  # this process's change streams wait out bulk inserts
         self.dedupe = dedupe
         self.settings = settings
         self.clock = clock
@@ -122,8 +124,8 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
                 first = await stack.enter_async_context(self.engines.enqueue(engine, key, len(members)))
                 for i, d in enumerate(members):
                     d["seq"] = first + i
-            for i in range(0, len(docs), 5000):
-                await self.col.insert_many(docs[i:i + 5000], ordered=False)
+            async with self.gate.hold(len(docs)):
+                await self.col.insert_many(docs, ordered=False)
 
     def build(self, spec: JobSpec, owner: str, now: datetime | None = None, **kw: Any) -> dict:
         """A new job's document. The default retry policy is dumped once per store: a
