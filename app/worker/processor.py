@@ -282,18 +282,24 @@ class JobProcessor:
                 async with await self.store.engines.watch() as stream:
                     self.wake.set()  # anything that landed before the stream was open
                     while self.idle.is_set() or time.monotonic() - self.busy_since < 1.0:
+                        asked = time.monotonic()
                         if await stream.try_next() is not None:
                             self.wake.set()
-                        if self.starved:
-                            # Waiting for a permit, not for work: SecantusDB answers a stream's
-                            # round trip on every write anywhere, so a starved worker spaces
-                            # them; the permit goes nowhere meanwhile.
-                            await asyncio.sleep(0.25)
+                        # SecantusDB answers a stream's round trip on every write anywhere,
+                        # so on a busy server an unspaced stream is a poll loop: each round
+                        # trip costs the server a scan of its log. A change still wakes us
+                        # at once; the next round trip waits out the spacing. A starved
+                        # worker waits for a permit, not for work, and spaces them widely.
+                        spacing = 0.25 if self.starved else WAKE_SPACING
+                        await asyncio.sleep(max(0.0, spacing - (time.monotonic() - asked)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no change streams here: polling covers it
                 self.log.debug("worker.watch_error", error=repr(exc))
                 await asyncio.sleep(2)
+
+
+WAKE_SPACING = 0.02  # seconds between wake-stream round trips (see `_wake_loop`)
 
 
 class ResultCache(dict):
