@@ -20,6 +20,19 @@ async def test_submit_status_list_and_cancel(api):
     assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
 
 
+async def test_a_new_job_is_stored_without_its_empty_fields_and_shown_with_them(api, store):
+    """SPARSE_FIELDS stay out of a new document (every transition re-encodes it on
+    SecantusDB); the API still shows each of them, empty."""
+    from app.domain.models import SPARSE_FIELDS
+
+    job = (await api.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+    raw = await store.jobs.col.find_one({"_id": job["id"]})
+    assert SPARSE_FIELDS & set(raw) == {"queued_at"}  # the only one a queued job has
+    shown = (await api.get(f"/api/v1/jobs/{job['id']}/status")).json()
+    assert shown["result"] is None and shown["errors"] == [] and shown["depends_on"] == []
+    assert shown["cancel_requested"] is False and shown["started_at"] is None and shown["workflow_id"] is None
+
+
 async def test_cursor_pagination_walks_every_job_once(api):
     ids = set()
     for i in range(7):

@@ -39,7 +39,7 @@ async def docs(store, wf):
 
 def assert_order(steps: dict):
     for s in steps.values():
-        for d in s["depends_on"]:
+        for d in s.get("depends_on", []):
             assert s["started_at"] >= steps[d]["completed_at"], f"{s['step_key']} started before {d} completed"
 
 

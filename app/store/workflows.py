@@ -78,7 +78,8 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
                        ord=n)
             if waiting:
-                doc["status"], doc["queued_at"] = JobStatus.PENDING.value, None
+                doc["status"] = JobStatus.PENDING.value
+                doc.pop("queued_at", None)
             docs.append(doc)
         return docs
 
@@ -124,6 +125,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         for d in docs:  # insert as pending on every parent, then release the finished ones
             if d["status"] == JobStatus.QUEUED.value:
                 d["status"] = JobStatus.PENDING.value
+                d.pop("queued_at", None)
             d["waiting_on"] = {p: 1 for p in d["parent_ids"]}
         await self.jobs.insert_many(docs)
         parents = {p for d in docs for p in d["parent_ids"]}
