@@ -229,3 +229,13 @@ async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
     rest = await store.jobs.claim(await store.engines.get(engine), "w1", 100)
     assert [j["_id"] for j in rest] == [j["_id"] for j in burst[3:]]
     assert (await store.engines.get(engine))["queued"] == 0
+
+
+async def test_a_claim_reads_past_gaps_in_one_call_and_stays_fifo(jobs, store):
+    """Jobs gone from the middle of the line (cancelled here) leave gaps in the seqs: a
+    claim still takes `k` jobs, oldest first, reading further windows as it needs them."""
+    made = [(await jobs.queued())["_id"] for _ in range(60)]
+    for job_id in made[2:40]:  # a wide gap after the first two
+        await store.jobs.cancel(job_id)
+    batch = await claim(store, "testing", 10)
+    assert [j["_id"] for j in batch] == made[:2] + made[40:48]
