@@ -29,6 +29,8 @@ from app.worker import outcome as oc
 from app.worker.batching import Completer, Settler
 from app.worker.executor import Execution
 
+WAKE_SPACING = 0.02  # seconds between wake-stream round trips (see `_wake_loop`)
+
 
 def has_work(engine: dict) -> bool:
     return next(busy_bands(engine), None) is not None
@@ -297,9 +299,6 @@ class JobProcessor:
             except Exception as exc:  # no change streams here: polling covers it
                 self.log.debug("worker.watch_error", error=repr(exc))
                 await asyncio.sleep(2)
-
-
-WAKE_SPACING = 0.02  # seconds between wake-stream round trips (see `_wake_loop`)
 
 
 class ResultCache(dict):
