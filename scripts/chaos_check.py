@@ -15,7 +15,8 @@ killed, its `end` line, tied by (job, lease token).
 - re-runs: runs beyond a job's first (expected after kills and stalls, counted);
   duplicate finishes: jobs whose handler returned normally more than once.
 - peak concurrency: the most runs of one engine in progress at once, each run clipped at
-  its process's SIGKILL/exit and with its SIGSTOP..SIGCONT pauses cut out.
+  its process's SIGKILL/exit (for a quarantined run, also its owning worker's: the child
+  exits with it) and with its SIGSTOP..SIGCONT pauses cut out.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Run:
     pid: int
     engine: str
     start: float
+    owner: int | None = None  # the worker holding the lease (differs in a quarantine child)
     end: float | None = None
     outcome: str | None = None
     parents: list | None = None
@@ -51,7 +53,7 @@ def load_runs(path: Path) -> dict[str, list[Run]]:
         e = json.loads(line)
         key = (e["job"], e["token"])
         if e["event"] == "start":
-            by_key[key] = Run(e["job"], e["token"], e["attempt"], e["pid"], e["engine"], e["t"],
+            by_key[key] = Run(e["job"], e["token"], e["attempt"], e["pid"], e["engine"], e["t"], owner=e.get("owner"),
                               parents=e.get("parents"), extra={k: e[k] for k in ("t_local",) if k in e})
         elif key in by_key:
             by_key[key].end, by_key[key].outcome = e["t"], e.get("outcome")
@@ -125,8 +127,9 @@ def intervals(runs: dict[str, list[Run]], events: list[tuple[float, int, str]], 
         for r in rs:
             if r.engine != engine:
                 continue
-            end = r.end if r.end is not None else killed.get(r.pid, now)
-            end = min(end, killed.get(r.pid, INF))
+            # a quarantine child dies with the worker that owns it (it exits on the pipe's EOF)
+            gone = min(killed.get(r.pid, INF), killed.get(r.owner, INF) if r.owner else INF)
+            end = min(r.end if r.end is not None else now, gone)
             segs = [(r.start, end)]
             for a, b in stops.get(r.pid, []):
                 nxt = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import time
 
@@ -23,6 +24,13 @@ from app import JobContext, handler
 
 _fds: dict[str, int] = {}
 SKEW = float(os.environ.get("CHAOS_CLOCK_SKEW", "0") or 0)
+
+
+def _owner() -> int:
+    """The worker process that holds the lease: this one, or, in a quarantine child, the
+    worker that forked it (the child exits when that worker dies)."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid else os.getpid()
 
 
 def _write(ctx: JobContext, event: str, **extra) -> None:
@@ -33,7 +41,7 @@ def _write(ctx: JobContext, event: str, **extra) -> None:
     if fd is None:
         fd = _fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     local = time.time()
-    line = {"job": ctx.job_id, "attempt": ctx.attempt, "token": ctx.lease_token, "pid": os.getpid(),
+    line = {"job": ctx.job_id, "attempt": ctx.attempt, "token": ctx.lease_token, "pid": os.getpid(), "owner": _owner(),
             "engine": ctx.engine, "event": event, "t": local - SKEW, **extra}
     if SKEW:
         line["t_local"] = local
