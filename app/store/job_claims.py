@@ -51,24 +51,18 @@ class Claimed(list):
 class ClaimMixin:
     async def _window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
                       projection: dict | None = None) -> tuple[list[dict], int]:
-        """Up to `need` candidates at or after `lo`, in seq order, from consecutive windows:
-        the first is `need` wide (a dense queue fills it exactly), each next one four times
-        wider (gaps of jobs gone elsewhere). Returns them and the new lower bound (everything
-        below it has left queued).
-
-        A window is never wider than it must be: SecantusDB reads every document of an
-        index range before it applies `limit`, so a window four times too wide cost a claim
-        four times the reads (`find` was the largest part of a drain's server time)."""
-        width = max(16, need)
-        found: list[dict] = []
-        while lo < hi and len(found) < need:
+        """Candidates from the first non-empty window at or after `lo`, probing in growing
+        steps. Returns them and the new lower bound (everything below it has left queued)."""
+        width = max(64, need * 4)
+        while lo < hi:
             filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
                     "seq": {"$gte": lo, "$lt": lo + width}}
-            left = need - len(found)
-            found += await self.col.find(filt, projection).sort("seq", 1).limit(left).to_list(left)
+            found = await self.col.find(filt, projection).sort("seq", 1).limit(need).to_list(need)
+            if found:
+                return found, found[0]["seq"]
             lo += width
             width = min(width * 4, MAX_WINDOW)
-        return found, (found[0]["seq"] if found else hi)
+        return [], hi
 
     async def peek(self, engine: dict, k: int) -> int:
         """How many jobs (up to `k`) a claim could take now: the same window queries as a
