@@ -119,7 +119,7 @@ class ChangeFeed:
             raise
 
     async def static(self, kind: str, ids: list[str]) -> dict[str, dict]:
-        """The unchanging fields of jobs or workflows, by id (one query)."""
+        """The unchanging fields of jobs or workflows, by id (a query per 64 ids)."""
         if not ids:
             return {}
         col, fields = (self.db["jobs"], JOB_STATIC) if kind == "job" else (self.db["workflows"], WORKFLOW_STATIC)
