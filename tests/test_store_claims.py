@@ -233,7 +233,7 @@ async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
 
 async def test_a_claim_reads_past_gaps_in_one_call_and_stays_fifo(jobs, store):
     """Jobs gone from the middle of the line (cancelled here) leave gaps in the seqs: a
-    claim still takes `k` jobs, oldest first, reading further windows as it needs them."""
+    claim still takes `k` jobs, oldest first, past the gap."""
     made = [(await jobs.queued())["_id"] for _ in range(60)]
     for job_id in made[2:40]:  # a wide gap after the first two
         await store.jobs.cancel(job_id)

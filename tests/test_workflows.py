@@ -241,7 +241,7 @@ async def test_marks_from_before_the_shared_index_are_carried_over(store):
     await store.jobs.col.create_index("fanout_pending", sparse=True)
     await store.jobs.col.insert_one({"_id": "old-step", "status": "failed", "workflow_id": "w", "fanout_pending": True,
                                      "completed_at": store.clock.now()})
-    await store.workflows.ensure_indexes()
+    await store.jobs.ensure_indexes()
     assert "fanout_pending_1" not in await store.jobs.col.index_information()
     doc = await store.jobs.col.find_one({"_id": "old-step"})
     assert "fanout_pending" not in doc

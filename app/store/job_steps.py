@@ -120,8 +120,8 @@ class StepMixin:
         worker's own settler, so a replay does not race it."""
         # Only `expires_at` in the filter: SecantusDB scans the collection when a query adds
         # a field its index lacks. Marked steps are few; their status is checked here.
-        found = await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}}, {"completed_at": 1, "status": 1}).limit(
-            limit * 3).to_list(limit * 3)
+        found = await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}},
+                                    {"completed_at": 1, "status": 1}).limit(limit * 3).to_list(limit * 3)
         return [d for d in found if JobStatus(d["status"]).terminal
                 and (not d.get("completed_at") or d["completed_at"] < finished_before)][:limit]
 

@@ -31,7 +31,7 @@ from app.store.feed import BulkGate
 from app.store.job_claims import ClaimMixin
 from app.store.job_reads import ReadMixin
 from app.store.job_steps import StepMixin
-from app.store.retention import JobRetentionMixin
+from app.store.retention import UNSETTLED, JobRetentionMixin
 
 RUNNING = JobStatus.RUNNING.value
 LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
@@ -68,6 +68,9 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
             if [(k, int(v)) for k, v in info["key"]] == old:  # before per-tenant bands: upgrade once
                 await c.update_many({"tenant": {"$exists": False}}, {"$set": {"tenant": DEFAULT_TENANT}})
                 await c.drop_index(name)
+        if "fanout_pending_1" in await c.index_information():  # before the mark moved into retention's index
+            await c.update_many({"fanout_pending": True}, {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
+            await c.drop_index("fanout_pending_1")
         # The promoter: only scheduled jobs are in it.
         await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
         # A workflow's steps. Sparse, not partial: SecantusDB's planner never picks a partial

@@ -43,7 +43,7 @@ LOWEST_ID = "0" * 24  # not "": SecantusDB matches nothing with an empty-string 
 UNSETTLED = datetime(1900, 1, 1, tzinfo=timezone.utc)  # `expires_at` of a step awaiting its fan-out
 
 
-def unsettled(step: dict) -> bool:
+def awaits_fanout(step: dict) -> bool:
     """The step's fan-out is still to run (its `expires_at` is the `UNSETTLED` mark)."""
     at = step.get("expires_at")
     return at is not None and at.replace(tzinfo=timezone.utc) < EPOCH

@@ -8,7 +8,7 @@ from app.domain.states import JobStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
 from app.store.db import find_in
-from app.store.retention import unsettled
+from app.store.retention import awaits_fanout
 
 RUNNING = "running"
 DEPENDENCY_FAILED = "dependency_failed"
@@ -39,7 +39,7 @@ class FlowMixin:
         found = await find_in(self.jobs.col, job_ids, None,
                               {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1})
         jobs = [j for j in found if j.get("workflow_id") and JobStatus(j["status"]).terminal
-                and (j["status"] == JobStatus.COMPLETED.value or unsettled(j))]
+                and (j["status"] == JobStatus.COMPLETED.value or awaits_fanout(j))]
         if not jobs:
             return
         done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
@@ -54,7 +54,7 @@ class FlowMixin:
             by_wf.setdefault(j["workflow_id"], []).append(j["status"])
         for wf_id, statuses in by_wf.items():
             await self._count(wf_id, statuses)
-        await self.jobs.fanout_done([j["_id"] for j in jobs if unsettled(j)])
+        await self.jobs.fanout_done([j["_id"] for j in jobs if awaits_fanout(j)])
         for wf_id in by_wf:
             await self.finish_if_done(wf_id)
 

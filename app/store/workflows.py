@@ -25,7 +25,7 @@ from app.domain.models import tenant_of
 from app.domain.states import JobStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
-from app.store.retention import UNSETTLED, WorkflowRetentionMixin
+from app.store.retention import WorkflowRetentionMixin
 from app.store.db import find_in
 from app.store.workflow_flow import FlowMixin
 
@@ -39,11 +39,6 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
-        # Before the mark moved into the retention index: carry old marks over, once.
-        if "fanout_pending_1" in await self.jobs.col.index_information():
-            await self.jobs.col.update_many({"fanout_pending": True},
-                                            {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
-            await self.jobs.col.drop_index("fanout_pending_1")
 
     async def get(self, workflow_id: str) -> dict:
         doc = await self.col.find_one({"_id": workflow_id}) if isinstance(workflow_id, str) else None
@@ -63,7 +58,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
 
     # --- creation ------------------------------------------------------------------------
     def _step_docs(self, wf_id: str, steps: list[StepSpec], ids: dict[str, str], owner: str,
-                   done: set[str] = frozenset(), first_ord: int = 0) -> list[dict]:
+                   first_ord: int = 0) -> list[dict]:
         children: dict[str, list[str]] = {s.key: [] for s in steps}
         for s in steps:
             for d in s.depends_on:
@@ -74,12 +69,9 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         for n, s in enumerate(steps, start=first_ord):
             doc = self.jobs.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
-            waiting = {ids[d]: 1 for d in s.depends_on if ids[d] not in done}
-            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on=waiting, dependents=children[s.key],
-                       ord=n)
-            if waiting:
-                doc["status"] = JobStatus.PENDING.value
-                doc.pop("queued_at", None)
+            # a step with dependencies is born `pending` (new_job_document)
+            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on={ids[d]: 1 for d in s.depends_on},
+                       dependents=children[s.key], ord=n)
             docs.append(doc)
         return docs
 
