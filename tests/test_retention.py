@@ -129,7 +129,7 @@ async def finished(store, worker, fail=False) -> dict:
     wf = await store.workflows.create(spec(fail), owner="admin")
 
     async def done():
-        doc = await store.workflows.get(wf["_id"])
+        doc = await store.workflows.get(wf["_id"], steps=True)
         return doc if doc["status"] != "running" else None
     return await eventually(done, timeout=30)
 
@@ -148,6 +148,7 @@ async def test_workflow_and_its_steps_go_together(store, worker):
     assert await store.workflows.expire_workflows(later(wf, KEEP + 1)) == 1
     assert await store.workflows.col.find_one({"_id": wf["_id"]}) is None
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
+    assert await store.workflows.graphs.count_documents({}) == 0
     assert await store.workflows.tombstones.count_documents({}) == 0
 
 

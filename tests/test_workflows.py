@@ -115,6 +115,7 @@ async def test_add_steps_to_a_running_workflow(api, store, worker):
     steps = await docs(store, wf)
     assert steps["late"]["result"]["parents"]["first"]["value"] == "x"  # a completed dependency counts as satisfied
     assert steps["after_gate"]["status"] == "pending"
+    assert list(await store.workflows.graph(wf["id"])) == ["first", "gate", "late", "after_gate"]
     bad = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/jobs", json={"jobs": [step("x", ["y"]), step("y", ["x"])]})
     assert bad.status_code == 422 and "cycle" in bad.json()["error"]["message"]
     await api.post(f"/api/v1/jobs/{steps['gate']['_id']}/cancel")
@@ -246,3 +247,23 @@ async def test_marks_from_before_the_shared_index_are_carried_over(store):
     doc = await store.jobs.col.find_one({"_id": "old-step"})
     assert "fanout_pending" not in doc
     assert [m["_id"] for m in await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))] == ["old-step"]
+
+
+async def test_the_graph_is_kept_apart_from_the_counted_document(api, store):
+    """Settling writes the workflow document once per batch; the graph, written only at
+    creation and by add-jobs, lives in `workflow_graphs`, so those writes stay small."""
+    wf = await submit(api, [step("a"), step("b", ["a"])])
+    doc = await store.workflows.col.find_one({"_id": wf["id"]})
+    assert "steps" not in doc and doc["open"] == 2
+    assert await store.workflows.graph(wf["id"]) == {"a": {"job_id": wf["jobs"]["a"], "depends_on": []},
+                                                     "b": {"job_id": wf["jobs"]["b"], "depends_on": ["a"]}}
+    assert (await store.workflows.get(wf["id"], steps=True))["steps"]["b"]["job_id"] == wf["jobs"]["b"]
+
+
+async def test_graphs_stored_inside_the_workflow_are_moved_out(store):
+    """An older version kept the graph inside the workflow document: the upgrade moves it."""
+    graph = {"a": {"job_id": "j1", "depends_on": []}}
+    await store.workflows.col.insert_one({"_id": "old-wf", "status": "running", "steps": graph})
+    await store.workflows.ensure_indexes()
+    assert "steps" not in await store.workflows.col.find_one({"_id": "old-wf"})
+    assert await store.workflows.graph("old-wf") == graph

@@ -107,7 +107,7 @@ async def list_workflows(request: Request, status: str | None = Query(None, patt
 @router.get("/{workflow_id}/status", response_model=WorkflowOut)
 async def status(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    wf = visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
+    wf = visible(who, await store.workflows.get(workflow_id, steps=True), "workflow", "workflow_id")
     steps = await store.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1, "engine": 1, "operation": 1, "depends_on": 1,
                                                     "started_at": 1, "completed_at": 1, "progress": 1, "cancel_reason": 1,
                                                     "waiting_on": 1, "run_at": 1, "retry_count": 1, "priority": 1, "seq": 1})
@@ -152,6 +152,6 @@ async def retry(workflow_id: str, request: Request, who: Principal = Depends(req
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
     keys = await store.workflows.retry(workflow_id)
-    wf = await store.workflows.get(workflow_id)
+    wf = await store.workflows.get(workflow_id, steps=True)
     return Created(id=workflow_id, status=wf["status"], jobs={k: wf["steps"][k]["job_id"] for k in keys})
 

@@ -94,7 +94,7 @@ class EmailChannel:
         else:
             wf = await self.store.workflows.get(e["workflow_id"])
             lines += [f"Workflow:  {e['workflow_id']}", f"Status:    {wf['status']}",
-                      f"Steps:     {len(wf.get('steps', {}))}, failed {wf.get('n_failed', 0)}, "
+                      f"Steps:     {wf.get('total', 0)}, failed {wf.get('n_failed', 0)}, "
                       f"cancelled {wf.get('n_cancelled', 0)}"]
             for step in await self.store.jobs.steps_of(e["workflow_id"], {"status": 1, "step_key": 1, "last_error": 1,
                                                                           "attempt": 1}):

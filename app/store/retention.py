@@ -124,10 +124,9 @@ class WorkflowRetentionMixin:
         return removed
 
     async def _delete_workflow(self, wf: dict, status: str, now: datetime) -> int:
-        full = await self.col.find_one({"_id": wf["_id"]}, {"steps": 1})
-        if full is None:
+        if await self.col.find_one({"_id": wf["_id"]}, {"_id": 1}) is None:
             return 0
-        ids = [s["job_id"] for s in (full.get("steps") or {}).values()]
+        ids = [s["job_id"] for s in (await self.graph(wf["_id"])).values()]
         try:
             await self.tombstones.insert_one({"_id": wf["_id"], "job_ids": ids, "at": now})
         except DuplicateKeyError:
@@ -143,6 +142,7 @@ class WorkflowRetentionMixin:
         """By `_id` (index-bounded) in chunks, then the tombstone."""
         for part in chunks(ids):
             await self.jobs.col.delete_many({"_id": {"$in": part}, "workflow_id": workflow_id})
+        await self.graphs.delete_one({"_id": workflow_id})
         await self.tombstones.delete_one({"_id": workflow_id})
 
     async def _finish_tombstones(self, now: datetime, limit: int = 50) -> None:

@@ -60,7 +60,7 @@ class FlowMixin:
 
     async def _after_failure(self, job: dict) -> None:
         """A step failed or was cancelled: cancel what can no longer run, per the policy."""
-        wf = await self.get(job["workflow_id"])
+        wf = await self.get(job["workflow_id"], steps=True)
         key, status = job["step_key"], JobStatus(job["status"])
         open_keys = await self._open_keys(wf["_id"])
         if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
@@ -132,7 +132,7 @@ class FlowMixin:
         return final if res.modified_count else None
 
     async def cancel(self, workflow_id: str) -> dict:
-        wf = await self.get(workflow_id)
+        wf = await self.get(workflow_id, steps=True)
         if wf["status"] != RUNNING:
             raise InvalidTransition(f"workflow {workflow_id} is already {wf['status']}", field="status")
         await self.col.update_one({"_id": workflow_id}, {"$set": {"cancel_requested": True}})

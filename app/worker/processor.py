@@ -164,6 +164,10 @@ class JobProcessor:
             return 0
         with metrics.CLAIM_LATENCY.time():
             jobs = await self.store.jobs.claim(engine, self.worker_id, n)
+        try:
+            await self.store.jobs.load_parent_results(jobs, self.results)
+        except Exception as exc:  # the jobs are ours now: each reads its own parents instead
+            self.log.warning("worker.parents_read_failed", error=repr(exc))
         for job in jobs:
             self._launch(job)
         if jobs.dry and len(jobs) < n:  # the queue ran dry: keep no idle permits
