@@ -263,7 +263,11 @@ async def test_the_graph_is_kept_apart_from_the_counted_document(api, store):
 async def test_graphs_stored_inside_the_workflow_are_moved_out(store):
     """An older version kept the graph inside the workflow document: the upgrade moves it."""
     graph = {"a": {"job_id": "j1", "depends_on": []}}
+    await store.workflows.graphs.drop()  # as before the upgrade
     await store.workflows.col.insert_one({"_id": "old-wf", "status": "running", "steps": graph})
     await store.workflows.ensure_indexes()
     assert "steps" not in await store.workflows.col.find_one({"_id": "old-wf"})
     assert await store.workflows.graph("old-wf") == graph
+    await store.workflows.col.insert_one({"_id": "older-wf", "status": "running", "steps": graph})
+    await store.workflows.ensure_indexes()  # once done, later starts do not scan again
+    assert "steps" in await store.workflows.col.find_one({"_id": "older-wf"})

@@ -19,10 +19,12 @@ at the wrong moment cannot leave a workflow stuck.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import CollectionInvalid
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.domain.models import tenant_of
@@ -44,10 +46,13 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
-        # Before the graph had a collection of its own: move it out, once.
-        async for wf in self.col.find({"steps": {"$exists": True}}, {"steps": 1}):
-            await self.graphs.replace_one({"_id": wf["_id"]}, {"steps": wf["steps"]}, upsert=True)
-            await self.col.update_one({"_id": wf["_id"]}, {"$unset": {"steps": ""}})
+        if self.graphs.name not in await self.col.database.list_collection_names():
+            # Before the graph had a collection of its own: move it out, once (a scan).
+            async for wf in self.col.find({"steps": {"$exists": True}}, {"steps": 1}):
+                await self.graphs.replace_one({"_id": wf["_id"]}, {"steps": wf["steps"]}, upsert=True)
+                await self.col.update_one({"_id": wf["_id"]}, {"$unset": {"steps": ""}})
+            with contextlib.suppress(CollectionInvalid):  # the mark that it ran; racing processes may both try
+                await self.col.database.create_collection(self.graphs.name)
 
     async def get(self, workflow_id: str, steps: bool = False) -> dict:
         """The workflow; with `steps`, its graph too, as `doc["steps"]`."""
