@@ -98,6 +98,18 @@ class StepMixin:
     async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
         return await self.col.find({"workflow_id": workflow_id}, projection).to_list(None)
 
+    async def by_ids(self, ids: list[str], filt: dict | None = None, projection: dict | None = None) -> list[dict]:
+        """These jobs (those matching `filt`, a filter built by the store), read in chunks."""
+        return await find_in(self.col, ids, filt, projection)
+
+    async def completed_among(self, ids) -> set[str]:
+        return {d["_id"] for d in await find_in(self.col, list(ids), {"status": JobStatus.COMPLETED.value}, {"_id": 1})}
+
+    async def delete_steps(self, workflow_id: str, ids: list[str]) -> None:
+        """A deleted workflow's steps, by `_id` (index-bounded) in chunks."""
+        for part in chunks(ids):
+            await self.col.delete_many({"_id": {"$in": part}, "workflow_id": workflow_id})
+
     async def parent_results(self, job: dict, cache: dict | None = None) -> dict[str, Any]:
         """`{step_key: result}` of the job's parents. A completed step's result never changes
         (a workflow retry re-runs only failed and cancelled steps), so `cache` may keep them:

@@ -33,7 +33,6 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.domain.states import JobStatus
-from app.store.db import chunks
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAILED = JobStatus.FAILED.value
@@ -139,9 +138,8 @@ class WorkflowRetentionMixin:
         return 1
 
     async def _delete_steps(self, workflow_id: str, ids: list[str]) -> None:
-        """By `_id` (index-bounded) in chunks, then the tombstone."""
-        for part in chunks(ids):
-            await self.jobs.col.delete_many({"_id": {"$in": part}, "workflow_id": workflow_id})
+        """The steps, the graph, then the tombstone."""
+        await self.jobs.delete_steps(workflow_id, ids)
         await self.graphs.delete_one({"_id": workflow_id})
         await self.tombstones.delete_one({"_id": workflow_id})
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from app.domain.states import JobStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
-from app.store.db import find_in
 from app.store.retention import awaits_fanout
 
 RUNNING = "running"
@@ -36,8 +35,8 @@ class FlowMixin:
         worker dies first, `repair_stalled` finds the children still waiting on it. Failed
         and cancelled steps carry the `UNSETTLED` mark from their terminal write until this
         has run, and maintenance replays them."""
-        found = await find_in(self.jobs.col, job_ids, None,
-                              {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1})
+        found = await self.jobs.by_ids(job_ids, None,
+                                       {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1})
         jobs = [j for j in found if j.get("workflow_id") and JobStatus(j["status"]).terminal
                 and (j["status"] == JobStatus.COMPLETED.value or awaits_fanout(j))]
         if not jobs:
@@ -102,7 +101,7 @@ class FlowMixin:
             pending = [s for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
                        if s["status"] == JobStatus.PENDING.value]
             parents = sorted({p for s in pending for p in s.get("waiting_on") or {}})
-            done = [d["_id"] for d in await find_in(self.jobs.col, parents, {"status": "completed"}, {"_id": 1})]
+            done = sorted(await self.jobs.completed_among(parents))
             if done:
                 children = [s["_id"] for s in pending if set(s.get("waiting_on") or {}) & set(done)]
                 released += await self.jobs.release_children(done, children)

@@ -32,7 +32,6 @@ from app.domain.states import JobStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
 from app.store.retention import WorkflowRetentionMixin
-from app.store.db import find_in
 from app.store.workflow_flow import FlowMixin
 
 RUNNING = "running"
@@ -145,7 +144,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             d["waiting_on"] = {p: 1 for p in d["parent_ids"]}
         await self.jobs.insert_many(docs)
         parents = {p for d in docs for p in d["parent_ids"]}
-        finished = {j["_id"] for j in await find_in(self.jobs.col, list(parents), {"status": "completed"}, {"_id": 1})}
+        finished = await self.jobs.completed_among(parents)
         for d in docs:
             done = [p for p in d["parent_ids"] if p in finished]
             if done:

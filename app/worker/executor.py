@@ -123,3 +123,16 @@ async def _stop(task: asyncio.Task) -> Any:
         await asyncio.wait_for(asyncio.shield(task), timeout=5)
     except BaseException:  # the handler's own exception or cancellation; it is stopped either way
         pass
+
+
+class ResultCache(dict):
+    """Completed parents' results, newest kept, at most `size` of them."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.size:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
