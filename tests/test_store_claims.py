@@ -32,6 +32,30 @@ async def test_batch_claim_spans_bands_in_order(jobs, store):
     assert len({j["lease_token"] for j in batch}) == 1
 
 
+async def test_claimers_holding_permits_take_their_own_windows(jobs, store, settings):
+    """Two workers holding permits of an engine, reading the same cursor, claim disjoint
+    windows: the second in line starts one claim batch ahead and remembers where it ended,
+    so neither loses candidates to the other. A lone claimer starts at the cursor."""
+    batch = settings.claim_batch
+    made = [(await jobs.queued())["_id"] for _ in range(batch * 4)]
+    for w in ("w0", "w1"):
+        assert await store.engines.reserve("testing", w, 1)
+    engine = await store.engines.get("testing")
+    first, second = await asyncio.gather(store.jobs.claim(engine, "w0", 8), store.jobs.claim(engine, "w1", 8))
+    assert [j["_id"] for j in first] == made[:8]
+    assert [j["_id"] for j in second] == made[batch:batch + 8]
+    again = await store.jobs.claim(engine, "w1", 8)  # the same stale cursor: on from where it ended
+    assert [j["_id"] for j in again] == made[2 * batch + 8:2 * batch + 16]
+
+
+async def test_a_claimer_ahead_in_line_still_gets_a_short_queue(jobs, store):
+    made = [(await jobs.queued())["_id"] for _ in range(5)]
+    for w in ("w0", "w1"):
+        assert await store.engines.reserve("testing", w, 1)
+    got = await claim(store, "testing", 8, worker="w1")  # nothing one batch ahead: from the cursor
+    assert [j["_id"] for j in got] == made
+
+
 async def test_concurrent_claimers_never_share_a_job(jobs, store):
     n = 300
     await asyncio.gather(*(jobs.queued() for _ in range(n)))
