@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 from contextlib import asynccontextmanager
@@ -64,10 +65,20 @@ async def main() -> None:
         print(f"  {key}: {value}", flush=True)
 
     try:
-        async with fresh_server(tmp, "raw") as url:
-            show("raw_writes_per_s", await sy.raw_write_limit(url, 2 if q else 5))
-        async with fresh_server(tmp, "drain") as url:
-            show("drain", await sy.drain(url, 300 if q else 2000))
+        # The machine is shared and noisy (raw writes ranged 524-1,405/s in one day), so the
+        # raw limit and the drain are measured in alternating pairs and compared by median.
+        raws, drains = [], []
+        for i in range(1 if q else 3):
+            async with fresh_server(tmp, f"raw{i}") as url:
+                raws.append(await sy.raw_write_limit(url, 2 if q else 5))
+            async with fresh_server(tmp, f"drain{i}") as url:
+                drains.append(await sy.drain(url, 300 if q else 2000))
+            print(f"  pair {i + 1}: raw {raws[-1]:.0f}/s, drain {drains[-1]['jobs_per_s']:.0f} jobs/s", flush=True)
+        show("raw_runs", [round(r, 1) for r in raws])
+        show("raw_writes_per_s", statistics.median(raws))
+        drains.sort(key=lambda d: d["jobs_per_s"])
+        show("drain_runs", [round(d["jobs_per_s"], 1) for d in drains])
+        show("drain", drains[len(drains) // 2])
         async with fresh_server(tmp, "rest") as url:  # no consumers, as for Celery's delay()
             async with sy.serving(url, "bench_rest", workers=0) as base:
                 show("rest_submit_per_s", await asyncio.to_thread(sy.rest_submit_rate, base, 3 if q else 10))
@@ -86,8 +97,13 @@ async def main() -> None:
             async with fresh_server(tmp, name) as url:  # the same data, a fresh process
                 claims.append(await sy.claim_cost(url, "bench_claim", claims=300 if q else 1000))
         show("claim", claims)
-        async with fresh_server(tmp, "makespan") as url:
-            show("makespan", await sy.makespan(url, 200 if q else 1000))
+        spans = []
+        for i in range(1 if q else 3):  # noisy too: the median ratio of three
+            async with fresh_server(tmp, f"makespan{i}") as url:
+                spans.append(await sy.makespan(url, 200 if q else 1000))
+        spans.sort(key=lambda m: m["ratio"])
+        show("makespan_ratios", [round(m["ratio"], 2) for m in spans])
+        show("makespan", spans[len(spans) // 2])
         async with fresh_server(tmp, "wfsubmit") as url:
             async with sy.serving(url, "bench_wf") as base:
                 show("workflow_submit", await asyncio.to_thread(sy.workflow_submit, base, 1000 if q else 10_000))
@@ -114,8 +130,9 @@ def report(o: dict) -> None:
     d, lat, c = o["drain"], o["latency"], o["claim"]
     cd, cdl = o.get("celery_drain"), o.get("celery_delay")
     half_raw = o["raw_writes_per_s"] / 2
-    rows = [("raw write limit (update_one by _id, 8 clients)", f"{o['raw_writes_per_s']:.0f}/s", "")]
-    rows.append((f"drain {d['jobs']} no-op jobs, 2 worker processes", f"{d['jobs_per_s']:.0f} jobs/s",
+    runs = lambda key: f" (median of {len(o[key])}: {', '.join(f'{v:.0f}' for v in o[key])})" if len(o.get(key, [])) > 1 else ""
+    rows = [("raw write limit (update_one by _id, 8 clients)", f"{o['raw_writes_per_s']:.0f}/s" + runs("raw_runs"), "")]
+    rows.append((f"drain {d['jobs']} no-op jobs, 2 worker processes", f"{d['jobs_per_s']:.0f} jobs/s" + runs("drain_runs"),
                  f">= {half_raw:.0f} (raw/2)" + (f"; >= {5 * cd['jobs_per_s']:.0f} (5x Celery)" if cd else "")))
     if cd:
         rows.append((f"Celery drain {cd['jobs']} no-op tasks, 2 processes x 8 threads", f"{cd['jobs_per_s']:.1f} jobs/s", ""))
@@ -131,7 +148,9 @@ def report(o: dict) -> None:
     rows.append(("claim rate, deepest / shallowest", f"{c[-1]['jobs_per_s'] / c[0]['jobs_per_s']:.0%}", ">= 50%"))
     m = o["makespan"]
     rows.append((f"{m['steps']}-step fan-out/fan-in vs {m['steps']} independent jobs",
-                 f"{m['workflow_s']:.2f} s vs {m['independent_s']:.2f} s (ratio {m['ratio']:.2f})", "ratio <= 1.25"))
+                 f"{m['workflow_s']:.2f} s vs {m['independent_s']:.2f} s (ratio {m['ratio']:.2f})"
+                 + (f" (median of {', '.join(f'{r:.2f}' for r in o['makespan_ratios'])})" if len(o.get("makespan_ratios", [])) > 1 else ""),
+                 "ratio <= 1.25"))
     w = o["workflow_submit"]
     rows.append((f"submit a {w['steps']:,}-step workflow (REST)", f"{w['seconds']:.2f} s", "<= 3 s"))
     if "ws_fanout" in o:
