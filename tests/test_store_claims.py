@@ -233,6 +233,22 @@ async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
     assert doc["seq"]["p5"] == 200 and not doc.get("inflight")
 
 
+async def test_the_next_enqueue_carries_the_markers_that_landed_before_it(jobs, store, monkeypatch):
+    """A landed job's marker is removed, with the wake-up, by the next enqueue's own write
+    when one comes within CLEAR_DELAY, else by a write of its own after it."""
+    monkeypatch.setattr("app.store.engines.CLEAR_DELAY", 0.5)  # so the next enqueue surely comes first
+    first = await jobs.queued()
+    wake = (await store.engines.get("testing")).get("wake", 0)
+    async with store.engines.enqueue("testing", "p5", 1) as seq:
+        doc = await store.engines.get("testing")
+        assert list(doc["inflight"]) != [] and len(doc["inflight"]) == 1  # only this enqueue's own
+        assert doc["wake"] == wake + 1 and seq == first["seq"] + 1
+        await store.jobs.insert_many([{**store.jobs.build(jobs.spec(), "admin"), "seq": seq}])
+    await store.engines.flush()
+    doc = await store.engines.get("testing")
+    assert not doc.get("inflight") and doc["wake"] == wake + 2
+
+
 async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
     """Fairness: within a priority each tenant with queued jobs gets an even share of a
     claim, whatever the order of arrival; FIFO holds within each tenant."""
