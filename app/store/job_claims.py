@@ -61,7 +61,8 @@ class ClaimMixin:
     async def _window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
                       projection: dict | None = None, ahead: int = 4) -> tuple[list[dict], int]:
         """Candidates from the first non-empty window at or after `lo`, probing in growing
-        steps. Returns them and the new lower bound (everything below it has left queued)."""
+        steps. Returns them and the new lower bound (everything below it has left queued).
+        The window is `ahead` times `need` (at least 64): SecantusDB reads all of it."""
         width = max(64, need * ahead)
         while lo < hi:
             filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
@@ -129,7 +130,9 @@ class ClaimMixin:
                         continue
                     self._ahead[(name, key)] = found[-1]["seq"] + 1
                 else:
-                    found, lows[key] = await self._window(name, p, tenant, lo, hi, (want - got) * spread, ahead=1 if spread == 1 else 4)
+                    # uncontended: a window as wide as the claim; contended: gaps, so wider
+                    found, lows[key] = await self._window(name, p, tenant, lo, hi, (want - got) * spread,
+                                                          ahead=1 if spread == 1 else 4)
                 if not found:
                     break
                 tried = found if spread == 1 else sorted(random.sample(found, min(want - got, len(found))), key=lambda f: f["seq"])
