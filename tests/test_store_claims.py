@@ -32,20 +32,29 @@ async def test_batch_claim_spans_bands_in_order(jobs, store):
     assert len({j["lease_token"] for j in batch}) == 1
 
 
-async def test_claimers_holding_permits_take_their_own_windows(jobs, store, settings):
+async def test_claimers_holding_permits_take_their_own_windows(jobs, store, settings, monkeypatch):
     """Two workers holding permits of an engine, reading the same cursor, claim disjoint
-    windows: the second in line starts one claim batch ahead and remembers where it ended,
-    so neither loses candidates to the other. A lone claimer starts at the cursor."""
+    windows: the second in line starts one claim batch ahead and, while the cursor moves,
+    goes on from where it ended, so neither loses candidates to the other. When the cursor
+    stands still for HEAD_PATIENCE (the first in line is busy), it takes from the head."""
+    monkeypatch.setattr("app.store.job_claims.HEAD_PATIENCE", 0.2)
     batch = settings.claim_batch
     made = [(await jobs.queued())["_id"] for _ in range(batch * 4)]
+    await store.engines.flush()  # no write in flight holds the cursor
     for w in ("w0", "w1"):
         assert await store.engines.reserve("testing", w, 1)
     engine = await store.engines.get("testing")
     first, second = await asyncio.gather(store.jobs.claim(engine, "w0", 8), store.jobs.claim(engine, "w1", 8))
     assert [j["_id"] for j in first] == made[:8]
     assert [j["_id"] for j in second] == made[batch:batch + 8]
-    again = await store.jobs.claim(engine, "w1", 8)  # the same stale cursor: on from where it ended
+    engine = await store.engines.get("testing")  # w0's claim moved the cursor: w1 stays ahead
+    again = await store.jobs.claim(engine, "w1", 8)
     assert [j["_id"] for j in again] == made[2 * batch + 8:2 * batch + 16]
+    still = await store.jobs.claim(await store.engines.get("testing"), "w1", 8)  # not for long yet
+    assert [j["_id"] for j in still] == made[3 * batch + 16:3 * batch + 24]
+    await asyncio.sleep(0.3)
+    head = await store.jobs.claim(await store.engines.get("testing"), "w1", 8)  # it stood still too long
+    assert [j["_id"] for j in head] == made[8:16]
 
 
 async def test_a_claimer_ahead_in_line_still_gets_a_short_queue(jobs, store):

@@ -11,8 +11,9 @@ and each loser pays another round. Two measures keep them apart:
   id. The one at rank r starts its first round in a band r claim batches past the cursor,
   or past where its own last such claim ended if that is further on (the cursor it read
   lags behind the claims of the others). A round ahead never moves the cursor, since what
-  it skipped may still be queued; rank 0 sweeps from the cursor. If nothing is there, the
-  claimer starts from the cursor after all. With two workers draining 2,000 jobs, the
+  it skipped may still be queued; rank 0 sweeps from the cursor. If nothing is there, or
+  the cursor has stood still for HEAD_PATIENCE (rank 0 is busy with long jobs, or gone),
+  the claimer takes from the cursor itself, so the head of a band never starves. With two workers draining 2,000 jobs, the
   candidates lost to the other fell from about 770 to 170 (docs/claiming.md).
 - Spread: a claimer that still found its round contested widens its window (`_spread`,
   per engine, doubling up to MAX_SPREAD) and tries a random sample of it; uncontested
@@ -30,6 +31,7 @@ orphan). `requeue_orphans` gives those a fresh seq.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -44,6 +46,7 @@ QUEUED = JobStatus.QUEUED.value
 EPOCH = datetime(1970, 1, 1)
 MAX_WINDOW = 1 << 20
 MAX_SPREAD = 16  # see `claim`: how far past the head a contended claimer may pick
+HEAD_PATIENCE = 1.0  # seconds a band's cursor may stand still before claimers ahead serve its head
 RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
                  "lease_expires_at": 1, "workflow_id": 1}
 
@@ -120,15 +123,22 @@ class ClaimMixin:
                 if got >= want or lo >= hi:
                     break
                 spread = self._spread.get(name, 1)
-                offset = rank * self.settings.claim_batch if not got and spread == 1 else 0
+                # Ahead only while the head is being served: once the cursor has stood still for
+                # HEAD_PATIENCE (rank 0 busy or gone), we take from the head ourselves.
+                seen, since, end = self._ahead.get((name, key), (None, 0.0, 0))
+                if seen != lo:
+                    seen, since = lo, time.monotonic()
+                    self._ahead[(name, key)] = (seen, since, end)
+                served = time.monotonic() - since < HEAD_PATIENCE
+                offset = rank * self.settings.claim_batch if served and not got and spread == 1 else 0
                 if offset:
-                    start = max(lo, self._ahead.get((name, key), 0)) + offset
+                    start = max(lo, end) + offset
                     found, _ = await self._window(name, p, tenant, start, hi, want - got)
                     if not found:
-                        self._ahead.pop((name, key), None)
+                        self._ahead[(name, key)] = (seen, since, 0)
                         rank = 0
                         continue
-                    self._ahead[(name, key)] = found[-1]["seq"] + 1
+                    self._ahead[(name, key)] = (seen, since, found[-1]["seq"] + 1)
                 else:
                     # uncontended: a window as wide as the claim; contended: gaps, so wider
                     found, lows[key] = await self._window(name, p, tenant, lo, hi, (want - got) * spread,

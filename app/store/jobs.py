@@ -54,7 +54,7 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         self.clock = clock
         self.engines = engines
         self._spread: dict[str, int] = {}  # per engine: claim contention (job_claims.py)
-        self._ahead: dict[tuple[str, str], int] = {}  # per band: where our last claim ahead of the cursor ended
+        self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
         self._default_retry_doc: dict | None = None
 
     async def ensure_indexes(self) -> None:
