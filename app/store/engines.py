@@ -111,13 +111,17 @@ class EngineStore:
                 await self.ensure(engine)
             doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
         except BaseException:
-            self._landed.setdefault(engine, []).extend(landed)  # cleared later; unsetting twice is harmless
+            self._land(engine, landed)  # cleared later; unsetting twice is harmless
             raise
         first = doc["seq"][key] - n
         try:
             yield first
         finally:
-            self._landed.setdefault(engine, []).append(tag)
+            self._land(engine, [tag])
+
+    def _land(self, engine: str, tags: list[str]) -> None:
+        if tags:
+            self._landed.setdefault(engine, []).extend(tags)
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.create_task(self._clear_landed())
 
