@@ -271,3 +271,20 @@ async def test_graphs_stored_inside_the_workflow_are_moved_out(store):
     await store.workflows.col.insert_one({"_id": "older-wf", "status": "running", "steps": graph})
     await store.workflows.ensure_indexes()  # once done, later starts do not scan again
     assert "steps" in await store.workflows.col.find_one({"_id": "older-wf"})
+
+
+async def test_a_fan_in_wider_than_the_result_cache_gets_every_parent(store):
+    """A worker's parent-result cache is bounded; a step with more parents than it holds
+    still receives every parent's result, and the cache stays within its bound."""
+    from app.domain.workflow import StepSpec, WorkflowSpec
+    from app.worker.executor import ResultCache
+
+    roots = [StepSpec(key=f"r{i}", engine="testing", operation="collect") for i in range(5)]
+    sink = StepSpec(key="sink", engine="testing", operation="collect", depends_on=[r.key for r in roots])
+    wf = await store.workflows.create(WorkflowSpec(name="wide", jobs=[*roots, sink]), owner="admin")
+    for r in roots:
+        await store.jobs.col.update_one({"_id": wf["steps"][r.key]["job_id"]}, {"$set": {"result": {"from": r.key}}})
+    cache = ResultCache(2)
+    parents = await store.jobs.parent_results(await store.jobs.get(wf["steps"]["sink"]["job_id"]), cache)
+    assert parents == {r.key: {"from": r.key} for r in roots}
+    assert len(cache) <= 2

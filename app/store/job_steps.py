@@ -113,17 +113,24 @@ class StepMixin:
     async def parent_results(self, job: dict, cache: dict | None = None) -> dict[str, Any]:
         """`{step_key: result}` of the job's parents. A completed step's result never changes
         (a workflow retry re-runs only failed and cancelled steps), so `cache` may keep them:
-        in a fan-out every child would otherwise read the same parent."""
+        in a fan-out every child would otherwise read the same parent. The answer is built
+        from what was read too, so a fan-in wider than a bounded cache gets every parent."""
         cache = {} if cache is None else cache
-        await self.load_parent_results([job], cache)
-        return dict(cache[i] for i in job.get("parent_ids") or [] if i in cache)
+        ids = job.get("parent_ids") or []
+        found = {i: cache[i] for i in ids if i in cache}
+        found.update(await self.load_parent_results([job], cache))
+        return dict(found[i] for i in ids if i in found)
 
-    async def load_parent_results(self, jobs: list[dict], cache: dict) -> None:
-        """Put the results of these jobs' parents that `cache` lacks into it, in one read:
-        a worker calls it for each claimed batch, so 64 children of one parent read it once."""
+    async def load_parent_results(self, jobs: list[dict], cache: dict) -> dict[str, tuple]:
+        """Put the results of these jobs' parents that `cache` lacks into it, in one read,
+        and return what was read: a worker calls it for each claimed batch, so 64 children
+        of one parent read it once."""
         missing = sorted({i for j in jobs for i in j.get("parent_ids") or [] if i not in cache})
-        for d in await find_in(self.col, missing, None, {"step_key": 1, "result": 1}) if missing else []:
-            cache[d["_id"]] = (d["step_key"], d.get("result"))
+        read = {d["_id"]: (d["step_key"], d.get("result"))
+                for d in (await find_in(self.col, missing, None, {"step_key": 1, "result": 1}) if missing else [])}
+        for k, v in read.items():  # item by item: a bounded cache evicts in __setitem__
+            cache[k] = v
+        return read
 
     async def fanout_done(self, job_ids: list[str]) -> None:
         if job_ids:
