@@ -151,7 +151,7 @@ async def cancel(workflow_id: str, request: Request, who: Principal = Depends(re
 async def retry(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
-    keys = await store.workflows.retry(workflow_id)
-    wf = await store.workflows.get(workflow_id, steps=True)
-    return Created(id=workflow_id, status=wf["status"], jobs={k: wf["steps"][k]["job_id"] for k in keys})
+    jobs = await store.workflows.retry(workflow_id)
+    wf = await store.workflows.get(workflow_id)
+    return Created(id=workflow_id, status=wf["status"], jobs=jobs)
 

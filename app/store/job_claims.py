@@ -13,8 +13,9 @@ and each loser pays another round. Two measures keep them apart:
   lags behind the claims of the others). A round ahead never moves the cursor, since what
   it skipped may still be queued; rank 0 sweeps from the cursor. If nothing is there, or
   the cursor has stood still for HEAD_PATIENCE (rank 0 is busy with long jobs, or gone),
-  the claimer takes from the cursor itself, so the head of a band never starves. With two workers draining 2,000 jobs, the
-  candidates lost to the other fell from about 770 to 170 (docs/claiming.md).
+  the claimer takes from the cursor itself, so the head of a band never starves. With two
+  workers draining 2,000 jobs, the candidates lost to the other fell from about 770 to 170
+  (docs/claiming.md).
 - Spread: a claimer that still found its round contested widens its window (`_spread`,
   per engine, doubling up to MAX_SPREAD) and tries a random sample of it; uncontested
   rounds narrow it again.

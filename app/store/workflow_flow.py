@@ -16,9 +16,9 @@ DEPENDENCY_CANCELLED = "dependency_cancelled"
 
 class FlowMixin:
     @staticmethod
-    def _children(wf: dict) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {k: [] for k in wf["steps"]}
-        for k, s in wf["steps"].items():
+    def _children(graph: dict) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {k: [] for k in graph}
+        for k, s in graph.items():
             for d in s["depends_on"]:
                 out.setdefault(d, []).append(k)
         return out
@@ -59,25 +59,26 @@ class FlowMixin:
 
     async def _after_failure(self, job: dict) -> None:
         """A step failed or was cancelled: cancel what can no longer run, per the policy."""
-        wf = await self.get(job["workflow_id"], steps=True)
+        wf = await self.get(job["workflow_id"])
         key, status = job["step_key"], JobStatus(job["status"])
-        open_keys = await self._open_keys(wf["_id"])
+        open_steps = await self._open_steps(wf["_id"])
         if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
-            targets, reason = [k for k in open_keys if k != key], DEPENDENCY_FAILED
-        else:
-            targets = [k for k in descendants(self._children(wf), [key]) if k in open_keys]
+            targets, reason = [k for k in open_steps if k != key], DEPENDENCY_FAILED
+        else:  # only here is the graph needed
+            children = self._children(await self.graph(wf["_id"]))
+            targets = [k for k in descendants(children, [key]) if k in open_steps]
             reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
-        await self._cancel_keys(wf, targets, reason)
+        await self._cancel_keys(wf["_id"], {k: open_steps[k] for k in targets}, reason)
 
-    async def _open_keys(self, workflow_id: str) -> set[str]:
+    async def _open_steps(self, workflow_id: str) -> dict[str, str]:
+        """`{key: job_id}` of the workflow's unfinished steps."""
         steps = await self.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1})
-        return {s["step_key"] for s in steps if not JobStatus(s["status"]).terminal}
+        return {s["step_key"]: s["_id"] for s in steps if not JobStatus(s["status"]).terminal}
 
-    async def _cancel_keys(self, wf: dict, keys: list[str], reason: str) -> None:
-        ids = {wf["steps"][k]["job_id"]: k for k in keys}
-        cancelled = await self.jobs.cancel_steps(list(ids), reason)
+    async def _cancel_keys(self, workflow_id: str, ids_by_key: dict[str, str], reason: str) -> None:
+        cancelled = await self.jobs.cancel_steps(list(ids_by_key.values()), reason)
         if cancelled:  # guarded on each step's status, so each is counted exactly once
-            await self._count(wf["_id"], [JobStatus.CANCELLED.value] * len(cancelled))
+            await self._count(workflow_id, [JobStatus.CANCELLED.value] * len(cancelled))
             await self.jobs.fanout_done(cancelled)
 
     async def _count(self, workflow_id: str, statuses: list[str]) -> None:
@@ -131,17 +132,17 @@ class FlowMixin:
         return final if res.modified_count else None
 
     async def cancel(self, workflow_id: str) -> dict:
-        wf = await self.get(workflow_id, steps=True)
+        wf = await self.get(workflow_id)
         if wf["status"] != RUNNING:
             raise InvalidTransition(f"workflow {workflow_id} is already {wf['status']}", field="status")
         await self.col.update_one({"_id": workflow_id}, {"$set": {"cancel_requested": True}})
-        await self._cancel_keys(wf, sorted(await self._open_keys(workflow_id)), "workflow cancelled")
+        await self._cancel_keys(workflow_id, await self._open_steps(workflow_id), "workflow cancelled")
         await self.finish_if_done(workflow_id)
         return await self.get(workflow_id)
 
-    async def retry(self, workflow_id: str) -> list[str]:
+    async def retry(self, workflow_id: str) -> dict[str, str]:
         """Re-run the failed steps and those cancelled because of a failure; completed steps
-        and their results stay. Returns the keys that were reset."""
+        and their results stay. Returns `{key: job_id}` of the steps that were reset."""
         wf = await self.get(workflow_id)
         if wf["status"] not in ("failed", "cancelled"):
             raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
@@ -160,4 +161,4 @@ class FlowMixin:
             raise InvalidTransition(f"workflow {workflow_id} changed meanwhile; try again", field="status")
         completed = {s["_id"] for s in steps if s["status"] == "completed"}
         await self.jobs.reset_steps(again, completed)
-        return [s["step_key"] for s in again]
+        return {s["step_key"]: s["_id"] for s in again}
