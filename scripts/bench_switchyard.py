@@ -202,7 +202,8 @@ async def wait_engine_idle(st, engine: str = "general") -> None:
 
 async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int = 64) -> dict:
     """A 1 -> n-2 -> 1 fan-out/fan-in workflow of no-op steps against n independent no-op
-    jobs, on the same workers. Each is timed from submission to the last completion."""
+    jobs, on the same workers. Each is timed from submission to the last completion. Also
+    the floor: n jobs that each add only a fan-out child's pending -> queued write."""
     st = await fresh_store(url, "bench_makespan")
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, "bench_makespan") for _ in range(processes)]
     try:
@@ -214,6 +215,17 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
         await st.jobs.insert_many([st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
         await wait_engine_idle(st)
         independent = time.monotonic() - t0
+        # The floor: the same jobs, each paying only the write a fan-out child cannot avoid
+        # (pending -> queued when its parent completes), with no root, sink or settle.
+        docs = [st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
+        for i, d in enumerate(docs):
+            d.pop("queued_at", None)
+            d.update(status="pending", ord=i, waiting_on={})
+        t0 = time.monotonic()
+        await st.jobs.insert_many(docs)
+        await st.jobs.queue_ready(docs)
+        await wait_engine_idle(st)
+        floor = time.monotonic() - t0
         mids = [StepSpec(key=f"m{i}", engine="general", operation="noop", depends_on=["root"]) for i in range(n - 2)]
         spec = WorkflowSpec(name="fan", jobs=[StepSpec(key="root", engine="general", operation="noop"), *mids,
                                               StepSpec(key="sink", engine="general", operation="noop", depends_on=[m.key for m in mids])])
@@ -226,7 +238,8 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
     finally:
         stop(procs)
         await st.close()
-    return {"steps": n, "independent_s": independent, "workflow_s": workflow, "ratio": workflow / independent}
+    return {"steps": n, "independent_s": independent, "workflow_s": workflow, "ratio": workflow / independent,
+            "floor_s": floor, "floor_ratio": floor / independent}
 
 
 def workflow_submit(base: str, n: int) -> dict:
