@@ -23,15 +23,17 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from app.domain import states
+
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["CONTENT_TYPE_LATEST", "JOBS_CREATED", "JOBS_FINISHED", "JOB_DURATION", "CLAIM_LATENCY", "RETRIES", "RESCUES",
+__all__ = ["CONTENT_TYPE_LATEST", "JOBS_CREATED", "JOBS_FINISHED", "JOB_DURATION", "CLAIM_LATENCY", "RETRIES", "RESCUES", "COUNTER_CORRECTIONS",
            "NOTIFICATIONS_SENT", "EMAIL_FAILURES", "jobs_created", "job_outcome", "job_rescued", "render",
            "serve_worker_metrics"]
 
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = tuple(s.value for s in states.TERMINAL)
 disable_created_metrics()  # no `*_created` series: start times add nothing a scrape needs
 
 JOBS_CREATED = Counter("switchyard_jobs_created_total", "Jobs created (submitted, or added as workflow steps)", ["engine"])
@@ -45,6 +47,9 @@ CLAIM_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RETRIES = Counter("switchyard_retries_total", "Failed attempts scheduled for another try", ["engine"])
+COUNTER_CORRECTIONS = Counter("switchyard_counter_corrections_total",
+                              "Engine counters found drifted from the jobs and corrected by the reconciler",
+                              ["engine", "counter"])
 RESCUES = Counter("switchyard_rescues_total", "Running jobs taken back from a worker whose lease expired")
 NOTIFICATIONS_SENT = Counter("switchyard_notifications_sent_total", "Notifications delivered, per channel", ["channel"])
 EMAIL_FAILURES = Counter("switchyard_email_failures_total", "Emails that could not be sent")

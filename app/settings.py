@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # they finished; failed ones are the dead letter and are kept longer
     retention_completed_seconds: int = Field(7 * 86_400, ge=0, description="completed and cancelled jobs and workflows")
     retention_failed_seconds: int = Field(30 * 86_400, ge=0, description="failed jobs and workflows (the dead letter)")
+    reconcile_interval_seconds: float = Field(300.0, gt=0, le=86_400, description=(
+        "how often maintenance re-derives the engines' counters from the jobs; on SecantusDB each pass counts every "
+        "queued job"))
     retention_interval_seconds: float = Field(60.0, gt=0, le=86_400, description="how often each process runs the cleaner")
 
     # cron schedules (app/worker/scheduler.py)

@@ -108,18 +108,18 @@ async def ws_fanout(url: str, base: str, clients: int = 100, rate: float = 100.0
     # transitions in one write), completed one by one. Each write's time goes to the clients.
     while time.monotonic() - t0 < seconds:
         for _ in range(20):
-            job, _ = await st.jobs.submit(spec, owner="admin")
+            job, _ = await st.lifecycle.submit(spec, owner="admin")
             times_q.put((job["_id"], "job.queued", time.time()))
             made += 1
             await pace()
-        claimed = await st.jobs.claim(await st.engines.get("general"), "bench-driver", 20)
+        claimed = await st.claimer.claim(await st.engines.get("general"), "bench-driver", 20)
         now = time.time()
         for c in claimed:
             times_q.put((c["_id"], "job.running", now))
         made += len(claimed)
         await pace()
         for c in claimed:
-            await st.jobs.complete(c["_id"], c["lease_token"], None, 0)
+            await st.lifecycle.complete(c, c["lease_token"], None, 0)
             times_q.put((c["_id"], "job.completed", time.time()))
             made += 1
             await pace()

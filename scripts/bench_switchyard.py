@@ -88,7 +88,7 @@ async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64) -> 
     db = "bench_drain"
     st = await fresh_store(url, db)
     await st.engines.set_paused("general", True)
-    await st.jobs.insert_many([st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
+    await st.lifecycle.insert_many([st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, db) for _ in range(processes)]
     while await st.workers.alive_count() < processes:
         await asyncio.sleep(0.1)
@@ -162,7 +162,7 @@ async def fill_queue(url: str, db: str, depth: int) -> None:
     st = await fresh_store(url, db)
     spec = JobSpec(engine="general", operation="noop")
     for i in range(0, depth, 10_000):
-        await st.jobs.insert_many([st.jobs.build(spec, "bench") for _ in range(min(10_000, depth - i))])
+        await st.lifecycle.insert_many([st.lifecycle.build(spec, "bench") for _ in range(min(10_000, depth - i))])
     await st.close()
 
 
@@ -178,7 +178,7 @@ async def claim_cost(url: str, db: str, claims: int = 1000, claimers: int = 8, b
         nonlocal taken
         while taken < claims:
             t = time.monotonic()
-            got = await st.jobs.claim(await st.engines.get("general"), f"bench{w}", batch)
+            got = await st.claimer.claim(await st.engines.get("general"), f"bench{w}", batch)
             per_call.append(time.monotonic() - t)
             for j in got:
                 assert j["_id"] not in seen, "double claim"
@@ -212,18 +212,18 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
         # Both are timed from submission to the last completion: the workflow's steps are
         # written inside its clock, so the independent jobs are too (one insert_many).
         t0 = time.monotonic()
-        await st.jobs.insert_many([st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
+        await st.lifecycle.insert_many([st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
         await wait_engine_idle(st)
         independent = time.monotonic() - t0
         # The floor: the same jobs, each paying only the write a fan-out child cannot avoid
         # (pending -> queued when its parent completes), with no root, sink or settle.
-        docs = [st.jobs.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
+        docs = [st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
         for i, d in enumerate(docs):
             d.pop("queued_at", None)
             d.update(status="pending", ord=i, waiting_on={})
         t0 = time.monotonic()
-        await st.jobs.insert_many(docs)
-        await st.jobs.queue_ready(docs)
+        await st.lifecycle.insert_many(docs)
+        await st.enqueuer.ready(docs)
         await wait_engine_idle(st)
         floor = time.monotonic() - t0
         mids = [StepSpec(key=f"m{i}", engine="general", operation="noop", depends_on=["root"]) for i in range(n - 2)]

@@ -176,9 +176,9 @@ class Cluster:
     async def insert(self, n: int, operation: str = "work", retry: RetryConfig | None = None, **params) -> list[str]:
         """Insert `n` jobs directly (the harness's bulk path; acknowledged when this returns)."""
         st = self.store
-        docs = [st.jobs.build(JobSpec(engine=ENGINE, operation=operation, parameters=params, retry_config=retry), "chaos")
+        docs = [st.lifecycle.build(JobSpec(engine=ENGINE, operation=operation, parameters=params, retry_config=retry), "chaos")
                 for _ in range(n)]
-        await st.jobs.insert_many(docs)
+        await st.lifecycle.insert_many(docs)
         return [d["_id"] for d in docs]
 
     async def any_open(self) -> bool:
@@ -187,7 +187,7 @@ class Cluster:
         SecantusDB a query fetches every document its index range matches before it
         applies `limit`: `find_one({engine, status: "queued"})` on a 4,000-job queue held
         the server's lock for 30 s, and a count is no better."""
-        if await self.store.jobs.peek(await self.store.engines.get(ENGINE), 1):
+        if await self.store.claimer.peek(await self.store.engines.get(ENGINE), 1):
             return True
         col = self.store.jobs.col
         for s in OPEN:

@@ -44,7 +44,7 @@ async def fail_next(st, mode, commands=("update",)) -> None:
 
 
 async def queued_job(st, **kw) -> dict:
-    job, _ = await st.jobs.submit(JobSpec(engine="fx", operation="ok", **kw), owner="t")
+    job, _ = await st.lifecycle.submit(JobSpec(engine="fx", operation="ok", **kw), owner="t")
     await st.engines.flush()  # its enqueue marker is cleared: no update left in flight
     return job
 
@@ -53,7 +53,7 @@ async def test_a_fault_after_the_claim_write_does_not_strand_the_jobs(fstore):
     job = await queued_job(fstore)
     engine = await fstore.engines.get("fx")
     await fail_next(fstore, {"skip": 1, "times": 1})  # the claim's update_many passes, its bookkeeping fails
-    claimed = await fstore.jobs.claim(engine, "w1", 4)
+    claimed = await fstore.claimer.claim(engine, "w1", 4)
     assert [c["_id"] for c in claimed] == [job["_id"]]
     doc = await fstore.jobs.get(job["_id"])
     assert doc["status"] == "running" and doc["lease_token"] == claimed[0]["lease_token"]
@@ -66,7 +66,7 @@ async def test_a_fault_after_the_claim_write_does_not_strand_the_jobs(fstore):
 ])
 async def test_a_terminal_write_survives_a_transient_fault(fstore, outcome, status):
     await queued_job(fstore)
-    (job,) = await fstore.jobs.claim(await fstore.engines.get("fx"), "w1", 1)
+    (job,) = await fstore.claimer.claim(await fstore.engines.get("fx"), "w1", 1)
     await fail_next(fstore, {"times": 1})
     assert await oc.apply(fstore, job, job["lease_token"], outcome, 5, "w1") == status
     doc = await fstore.jobs.get(job["_id"])

@@ -106,8 +106,8 @@ async def test_database_restart_longer_than_a_lease(tmp_path):
         await st.engines.set_limit("ledger", 8)
         ledger = tmp_path / "ledger.jsonl"
         spec = JobSpec(engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 0.3})
-        docs = [st.jobs.build(spec, "test") for _ in range(120)]
-        await st.jobs.insert_many(docs)
+        docs = [st.lifecycle.build(spec, "test") for _ in range(120)]
+        await st.lifecycle.insert_many(docs)
         workers = [start_worker(url, "restart", concurrency=4) for _ in range(3)]
         deadline = time.monotonic() + 60
         while await st.jobs.col.count_documents({"status": "completed"}) < 20:

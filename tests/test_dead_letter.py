@@ -107,7 +107,7 @@ async def test_retry_a_cancelled_job(api, store, jobs):
     assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["cancel_reason"] is None
     assert await queued_counter(store, "delta") == 1
     await assert_counter_exact(store, "delta")
-    claimed = await store.jobs.claim(await store.engines.get("delta"), "w", 5)
+    claimed = await store.claimer.claim(await store.engines.get("delta"), "w", 5)
     assert [c["_id"] for c in claimed] == [job["_id"]]  # a fresh seq: claimers see it
 
 
@@ -142,12 +142,12 @@ async def test_retry_of_a_workflow_step_points_to_the_workflow_retry(api, store,
     assert err["details"]["retry_url"] == f"/api/v1/jobs/workflows/{wf['_id']}/retry"
     assert (await store.jobs.get(step))["status"] == "failed"
     with pytest.raises(Conflict):  # the store refuses too, for callers other than the API
-        await store.jobs.retry_job(step)
+        await store.job_admin.retry_job(step)
 
 
 async def test_two_retries_of_one_job_move_it_once(store, jobs):
     job = await jobs.failed(engine="zeta")
-    results = await asyncio.gather(*(store.jobs.retry_job(job["_id"]) for _ in range(4)), return_exceptions=True)
+    results = await asyncio.gather(*(store.job_admin.retry_job(job["_id"]) for _ in range(4)), return_exceptions=True)
     assert sum(isinstance(r, dict) for r in results) == 1
     assert all(isinstance(r, InvalidTransition) for r in results if not isinstance(r, dict))
     assert await queued_counter(store, "zeta") == 1
@@ -160,10 +160,10 @@ async def test_retry_respects_a_live_job_holding_the_dedupe_key(api, store, jobs
     r = await api.post(f"/api/v1/jobs/{old['_id']}/retry")
     assert r.status_code == 409 and r.json()["error"]["field"] == "dedupe_key"
     assert r.json()["error"]["details"]["job_id"] == new["_id"]
-    await store.jobs.cancel(new["_id"])
+    await store.lifecycle.cancel(new["_id"])
     r = await api.post(f"/api/v1/jobs/{old['_id']}/retry")
     assert r.status_code == 200
-    again, created = await store.jobs.submit(jobs.spec(engine="eta", dedupe_key="report"), owner="admin")
+    again, created = await store.lifecycle.submit(jobs.spec(engine="eta", dedupe_key="report"), owner="admin")
     assert not created and again["_id"] == old["_id"]  # the retried job holds the key again
 
 

@@ -64,8 +64,8 @@ async def test_a_jobs_life_is_one_event_per_transition_in_seq_order(store, relay
 
 async def test_progress_updates_are_events(store, relay, jobs):
     job = await jobs.running()
-    await store.jobs.progress(job["_id"], job["lease_token"], 40, "halfway", {"done": 4})
-    await store.jobs.complete(job["_id"], job["lease_token"], {"ok": 1}, 3)
+    await store.lifecycle.progress(job["_id"], job["lease_token"], 40, "halfway", {"done": 4})
+    await store.lifecycle.complete(job, job["lease_token"], {"ok": 1}, 3)
     evs = await events_of(store, job["_id"], "job.completed")
     progress = [e for e in evs if e["type"] == "job.progress"]
     assert len(progress) == 1
@@ -84,7 +84,7 @@ async def test_transitions_made_while_no_relay_ran_still_get_their_events(store,
     await asyncio.gather(task, return_exceptions=True)
 
     b = await jobs.running()
-    await store.jobs.complete(b["_id"], b["lease_token"], {"ok": True}, 1)
+    await store.lifecycle.complete(b, b["lease_token"], {"ok": True}, 1)
     c = await jobs.cancelled()
 
     second = EventRelay(store, settings, lease_seconds=2.0)

@@ -107,6 +107,10 @@ async def test_a_stalled_worker_cannot_overwrite_the_new_owner(db_url, store, jo
     stale = start_worker(db_url, store.db.name, concurrency=1)
     try:
         await wait_status(store, job_id, "running", timeout=30)
+
+        async def handler_started():  # stopped before that, the attempt would not be charged
+            return ledger.exists() and job_id in ledger.read_text()
+        await eventually(handler_started, timeout=30)
         first = await store.jobs.get(job_id)
         stale.send_signal(signal.SIGSTOP)
         fresh = start_worker(db_url, store.db.name, concurrency=1)

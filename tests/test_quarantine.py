@@ -31,7 +31,7 @@ async def suspect(store, jobs, **kw) -> dict:
     job = await jobs.running(**kw)
     later = store.clock.now() + timedelta(seconds=60)
     (expired,) = await store.jobs.expired_leases(later)
-    assert await store.jobs.rescue(expired, later) == "queued"
+    assert await store.lifecycle.rescue(expired, later) == "queued"
     return await store.jobs.get(job["_id"])
 
 
@@ -90,7 +90,7 @@ async def test_progress_and_cancel_cross_the_pipe(store, jobs, start):
             break
         await asyncio.sleep(0.1)
     assert doc["progress"]["percent"] == 10 and doc["status"] == "running"
-    await store.jobs.cancel(job["_id"])
+    await store.lifecycle.cancel(job["_id"])
     done = await wait_status(store, job["_id"], "cancelled", timeout=30)
     assert "grace" not in done["cancel_reason"]  # it saw ctx.cancelled: not stopped by force
 

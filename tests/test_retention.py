@@ -37,7 +37,7 @@ async def test_terminal_transitions_stamp_expiry_by_status(store, jobs):
     assert failed["expires_at"] == later(failed, KEEP_FAILED)  # the dead letter is kept longer
     assert cancelled["expires_at"] == later(cancelled, KEEP)
     running = await jobs.running()
-    await store.jobs.cancel_running(running["_id"], running["lease_token"], "stopped")
+    await store.lifecycle.stop(running, running["lease_token"], "stopped")
     stopped = await store.jobs.get(running["_id"])
     assert stopped["status"] == "cancelled" and stopped["expires_at"] == later(stopped, KEEP)
     for doc in (await jobs.queued(), await jobs.scheduled(), await jobs.running()):
@@ -48,7 +48,7 @@ async def test_rescuer_failing_a_job_stamps_the_dead_letter_expiry(store, jobs):
     job = await jobs.running(retry_config={"max_retries": 0})
     now = job["lease_expires_at"] + timedelta(seconds=1)
     [found] = [j for j in await store.jobs.expired_leases(now) if j["_id"] == job["_id"]]
-    assert await store.jobs.rescue(found, now) == "failed"
+    assert await store.lifecycle.rescue(found, now) == "failed"
     doc = await store.jobs.get(job["_id"])
     assert doc["status"] == "failed" and doc["expires_at"] == later(doc, KEEP_FAILED)
 
@@ -74,28 +74,28 @@ async def test_cleaner_deletes_what_expired_and_keeps_the_dead_letter(store, job
     cancelled = await jobs.cancelled()
     failed = await jobs.failed()
     waiting = await jobs.queued()
-    assert await store.jobs.expire_jobs(later(done, KEEP - 1)) == 0
-    assert await store.jobs.expire_jobs(later(failed, KEEP + 1)) == 2
+    assert await store.job_retention.expire_jobs(later(done, KEEP - 1)) == 0
+    assert await store.job_retention.expire_jobs(later(failed, KEEP + 1)) == 2
     assert not await exists(store, done["_id"]) and not await exists(store, cancelled["_id"])
     assert await exists(store, failed["_id"]) and await exists(store, waiting["_id"])
-    assert await store.jobs.dedupe.col.find_one({"_id": "admin:nightly"}) is None  # no stale dedupe entry left
-    assert await store.jobs.expire_jobs(later(failed, KEEP_FAILED + 1)) == 1
+    assert await store.lifecycle.dedupe.col.find_one({"_id": "admin:nightly"}) is None  # no stale dedupe entry left
+    assert await store.job_retention.expire_jobs(later(failed, KEEP_FAILED + 1)) == 1
     assert not await exists(store, failed["_id"]) and await exists(store, waiting["_id"])
 
 
 async def test_cleaner_works_in_batches(store, jobs):
     ids = [(await jobs.completed())["_id"] for _ in range(7)]
     far = store.clock.now() + timedelta(seconds=KEEP + 60)
-    assert await store.jobs.expire_jobs(far, batch=3, max_batches=2) == 6
-    assert await store.jobs.expire_jobs(far, batch=3) == 1
+    assert await store.job_retention.expire_jobs(far, batch=3, max_batches=2) == 6
+    assert await store.job_retention.expire_jobs(far, batch=3) == 1
     assert [i for i in ids if await exists(store, i)] == []
 
 
 async def test_a_retried_job_leaves_retention_until_it_finishes_again(store, jobs):
     failed = await jobs.failed()
-    retried = await store.jobs.retry_job(failed["_id"])
+    retried = await store.job_admin.retry_job(failed["_id"])
     assert retried["status"] == "queued" and "expires_at" not in retried
-    assert await store.jobs.expire_jobs(store.clock.now() + timedelta(seconds=KEEP_FAILED * 2)) == 0
+    assert await store.job_retention.expire_jobs(store.clock.now() + timedelta(seconds=KEEP_FAILED * 2)) == 0
     assert await exists(store, failed["_id"])
 
 
@@ -143,20 +143,20 @@ async def test_workflow_and_its_steps_go_together(store, worker):
     assert wf["status"] == "completed"
     for i in step_ids(wf):  # steps never expire on their own
         assert "expires_at" not in await store.jobs.get(i)
-    assert await store.jobs.expire_jobs(later(wf, KEEP_FAILED * 10)) == 0
-    assert await store.workflows.expire_workflows(later(wf, KEEP - 1)) == 0
-    assert await store.workflows.expire_workflows(later(wf, KEEP + 1)) == 1
+    assert await store.job_retention.expire_jobs(later(wf, KEEP_FAILED * 10)) == 0
+    assert await store.workflow_retention.expire_workflows(later(wf, KEEP - 1)) == 0
+    assert await store.workflow_retention.expire_workflows(later(wf, KEEP + 1)) == 1
     assert await store.workflows.col.find_one({"_id": wf["_id"]}) is None
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
     assert await store.workflows.graphs.count_documents({}) == 0
-    assert await store.workflows.tombstones.count_documents({}) == 0
+    assert await store.workflow_retention.tombstones.count_documents({}) == 0
 
 
 async def test_failed_workflow_is_kept_as_long_as_the_dead_letter(store, worker):
     wf = await finished(store, worker, fail=True)
     assert wf["status"] == "failed"
-    assert await store.workflows.expire_workflows(later(wf, KEEP + 1)) == 0
-    assert await store.workflows.expire_workflows(later(wf, KEEP_FAILED + 1)) == 1
+    assert await store.workflow_retention.expire_workflows(later(wf, KEEP + 1)) == 0
+    assert await store.workflow_retention.expire_workflows(later(wf, KEEP_FAILED + 1)) == 1
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
 
 
@@ -164,10 +164,10 @@ async def test_a_workflow_retried_while_being_expired_is_kept(store, worker):
     wf = await finished(store, worker, fail=True)
     read = await store.workflows.col.find_one({"_id": wf["_id"]}, {"completed_at": 1, "created_at": 1})
     await store.workflows.retry(wf["_id"])  # an operator wins the race
-    assert await store.workflows._delete_workflow(read, "failed", later(wf, KEEP_FAILED + 1)) == 0
+    assert await store.workflow_retention._delete_workflow(read, "failed", later(wf, KEEP_FAILED + 1)) == 0
     assert (await store.workflows.get(wf["_id"]))["status"] in ("running", "failed")
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 3
-    assert await store.workflows.tombstones.count_documents({}) == 0
+    assert await store.workflow_retention.tombstones.count_documents({}) == 0
 
 
 async def test_a_cleaner_that_died_half_way_is_finished_by_the_next(store, worker, monkeypatch):
@@ -176,24 +176,24 @@ async def test_a_cleaner_that_died_half_way_is_finished_by_the_next(store, worke
 
     async def crash(*_):
         raise RuntimeError("process died")
-    monkeypatch.setattr(store.workflows, "_delete_steps", crash)
+    monkeypatch.setattr(store.workflow_retention, "_delete_steps", crash)
     with pytest.raises(RuntimeError):
-        await store.workflows.expire_workflows(now)
+        await store.workflow_retention.expire_workflows(now)
     monkeypatch.undo()
     assert await store.workflows.col.find_one({"_id": wf["_id"]}) is None
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 3  # orphans, for now
-    await store.workflows.expire_workflows(now)
+    await store.workflow_retention.expire_workflows(now)
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
-    assert await store.workflows.tombstones.count_documents({}) == 0
+    assert await store.workflow_retention.tombstones.count_documents({}) == 0
 
 
 async def test_a_stale_tombstone_of_a_live_workflow_is_dropped(store, worker):
     """A cleaner died between writing its tombstone and its guarded delete."""
     wf = await finished(store, worker)
     now = later(wf, KEEP + 1)
-    await store.workflows.tombstones.insert_one({"_id": wf["_id"], "job_ids": step_ids(wf), "at": now})
-    assert await store.workflows.expire_workflows(now) == 0  # young: maybe in progress elsewhere
+    await store.workflow_retention.tombstones.insert_one({"_id": wf["_id"], "job_ids": step_ids(wf), "at": now})
+    assert await store.workflow_retention.expire_workflows(now) == 0  # young: maybe in progress elsewhere
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 3
-    assert await store.workflows.expire_workflows(now + timedelta(minutes=6)) == 1
+    assert await store.workflow_retention.expire_workflows(now + timedelta(minutes=6)) == 1
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
-    assert await store.workflows.tombstones.count_documents({}) == 0
+    assert await store.workflow_retention.tombstones.count_documents({}) == 0

@@ -1,4 +1,4 @@
-"""Claims, permits, promotion, rescue and orphans (`job_claims.py`, `engines.py`)."""
+"""Claims, permits, promotion, rescue and orphans (`claimer.py`, `lifecycle.py`, `engines.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from app.domain.retry import RetryConfig
 
 
 async def claim(store, engine: str, k: int, worker: str = "w1"):
-    return await store.jobs.claim(await store.engines.get(engine), worker, k)
+    return await store.claimer.claim(await store.engines.get(engine), worker, k)
 
 
 async def test_strict_priority_then_fifo(jobs, store):
@@ -37,23 +37,23 @@ async def test_claimers_holding_permits_take_their_own_windows(jobs, store, sett
     windows: the second in line starts one claim batch ahead and, while the cursor moves,
     goes on from where it ended, so neither loses candidates to the other. When the cursor
     stands still for HEAD_PATIENCE (the first in line is busy), it takes from the head."""
-    monkeypatch.setattr("app.store.job_claims.HEAD_PATIENCE", 0.2)
+    monkeypatch.setattr("app.store.claimer.HEAD_PATIENCE", 0.2)
     batch = settings.claim_batch
     made = [(await jobs.queued())["_id"] for _ in range(batch * 4)]
     await store.engines.flush()  # no write in flight holds the cursor
     for w in ("w0", "w1"):
         assert await store.engines.reserve("testing", w, 1)
     engine = await store.engines.get("testing")
-    first, second = await asyncio.gather(store.jobs.claim(engine, "w0", 8), store.jobs.claim(engine, "w1", 8))
+    first, second = await asyncio.gather(store.claimer.claim(engine, "w0", 8), store.claimer.claim(engine, "w1", 8))
     assert [j["_id"] for j in first] == made[:8]
     assert [j["_id"] for j in second] == made[batch:batch + 8]
     engine = await store.engines.get("testing")  # w0's claim moved the cursor: w1 stays ahead
-    again = await store.jobs.claim(engine, "w1", 8)
+    again = await store.claimer.claim(engine, "w1", 8)
     assert [j["_id"] for j in again] == made[2 * batch + 8:2 * batch + 16]
-    still = await store.jobs.claim(await store.engines.get("testing"), "w1", 8)  # not for long yet
+    still = await store.claimer.claim(await store.engines.get("testing"), "w1", 8)  # not for long yet
     assert [j["_id"] for j in still] == made[3 * batch + 16:3 * batch + 24]
     await asyncio.sleep(0.3)
-    head = await store.jobs.claim(await store.engines.get("testing"), "w1", 8)  # it stood still too long
+    head = await store.claimer.claim(await store.engines.get("testing"), "w1", 8)  # it stood still too long
     assert [j["_id"] for j in head] == made[8:16]
 
 
@@ -114,12 +114,12 @@ async def test_rescue_requeues_then_fails_a_poison_job(jobs, store):
     later = store.clock.now() + timedelta(seconds=60)
     expired = await store.jobs.expired_leases(later)
     assert [j["_id"] for j in expired] == [job["_id"]]
-    assert await store.jobs.rescue(expired[0], later) == "queued"
+    assert await store.lifecycle.rescue(expired[0], later) == "queued"
     again = await store.jobs.get(job["_id"])
     assert again["retry_count"] == 1 and again["errors"][0]["code"] == "lease_expired"
     second = (await claim(store, job["engine"], 1))[0]
     assert second["attempt"] == 2
-    assert await store.jobs.rescue(second, later) == "failed"
+    assert await store.lifecycle.rescue(second, later) == "failed"
     dead = await store.jobs.get(job["_id"])
     assert dead["status"] == "failed" and "no attempts left" in dead["last_error"]["message"]
 
@@ -131,7 +131,7 @@ async def test_racing_rescuers_take_one_sequence_number(jobs, store):
     later = store.clock.now() + timedelta(seconds=60)
     (expired,) = await store.jobs.expired_leases(later)
     before = (await store.engines.get(job["engine"]))["seq"]["p5"]
-    results = await asyncio.gather(*(store.jobs.rescue(expired, later) for _ in range(5)))
+    results = await asyncio.gather(*(store.lifecycle.rescue(expired, later) for _ in range(5)))
     assert sorted(results) == ["", "", "", "", "queued"]
     engine = await store.engines.get(job["engine"])
     assert engine["seq"]["p5"] == before + 1 and engine["queued"] == 1
@@ -162,8 +162,8 @@ async def test_contended_claimers_spread_and_still_take_everything_once(jobs, st
 
     await asyncio.gather(*(claimer(f"w{i}") for i in range(10)))
     assert len(owners) == 200
-    assert max(store.jobs._spread.values()) > 1  # they did collide
-    store.jobs._spread.clear()
+    assert max(store.claimer._spread.values()) > 1  # they did collide
+    store.claimer._spread.clear()
     made = [(await jobs.queued())["_id"] for _ in range(6)]
     assert [j["_id"] for j in await claim(store, "testing", 6)] == made
 
@@ -196,7 +196,7 @@ async def test_orphan_below_the_cursor_is_requeued(jobs, store):
     await store.jobs.col.update_one({"_id": c["_id"]}, {"$set": {"seq": a["seq"]}})
     await store.engines.advance_cursor("testing", "p5", c["seq"] + 1)
     assert await claim(store, "testing", 1) == []
-    assert await store.jobs.requeue_orphans(await store.engines.get("testing")) == 1
+    assert await store.claimer.requeue_orphans(await store.engines.get("testing")) == 1
     got = await claim(store, "testing", 1)
     assert [j["_id"] for j in got] == [c["_id"]]
     assert b["_id"] != c["_id"]
@@ -224,9 +224,9 @@ async def test_claim_window_is_an_index_scan_bounded_by_the_window(jobs, store):
     """On either server: the claim query uses the claim index, and the keys it examines are
     bounded by the window, not by the queue's depth."""
     spec = jobs.spec()
-    await store.jobs.insert_many([store.jobs.build(spec, "admin") for _ in range(5000)])
+    await store.lifecycle.insert_many([store.lifecycle.build(spec, "admin") for _ in range(5000)])
     for lo in (0, 4000):
-        plan = await store.jobs.explain_window("testing", 5, lo, 64, 16)
+        plan = await store.claimer.explain_window("testing", 5, lo, 64, 16)
         winning = plan["queryPlanner"]["winningPlan"]
         scans = [s for s in _stages(winning) if s.get("stage") == "IXSCAN"]
         assert scans and scans[0]["keyPattern"] == {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}
@@ -252,7 +252,7 @@ async def test_the_next_enqueue_carries_the_markers_that_landed_before_it(jobs, 
         doc = await store.engines.get("testing")
         assert list(doc["inflight"]) != [] and len(doc["inflight"]) == 1  # only this enqueue's own
         assert doc["wake"] == wake + 1 and seq == first["seq"] + 1
-        await store.jobs.insert_many([{**store.jobs.build(jobs.spec(), "admin"), "seq": seq}])
+        await store.lifecycle.insert_many([{**store.lifecycle.build(jobs.spec(), "admin"), "seq": seq}])
     await store.engines.flush()
     doc = await store.engines.get("testing")
     assert not doc.get("inflight") and doc["wake"] == wake + 2
@@ -265,7 +265,7 @@ async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
     burst = [await jobs.queued(engine=engine, owner="acme/bulk") for _ in range(40)]
     late = [await jobs.queued(engine=engine, owner="globex/ann") for _ in range(2)]
     other = await jobs.queued(engine=engine, owner="admin")  # the default tenant's band
-    first = await store.jobs.claim(await store.engines.get(engine), "w1", 6)
+    first = await store.claimer.claim(await store.engines.get(engine), "w1", 6)
     by_tenant = {}
     for j in first:
         by_tenant.setdefault(j["tenant"], []).append(j["_id"])
@@ -273,9 +273,9 @@ async def test_a_tenants_burst_does_not_starve_another_tenant(jobs, store):
     assert by_tenant["default"] == [other["_id"]]
     assert by_tenant["acme"] == [j["_id"] for j in burst[:3]]  # FIFO within the tenant
     high = await jobs.queued(engine=engine, owner="acme/bulk", priority=1)
-    second = await store.jobs.claim(await store.engines.get(engine), "w1", 1)
+    second = await store.claimer.claim(await store.engines.get(engine), "w1", 1)
     assert [j["_id"] for j in second] == [high["_id"]]  # priority still comes first
-    rest = await store.jobs.claim(await store.engines.get(engine), "w1", 100)
+    rest = await store.claimer.claim(await store.engines.get(engine), "w1", 100)
     assert [j["_id"] for j in rest] == [j["_id"] for j in burst[3:]]
     assert (await store.engines.get(engine))["queued"] == 0
 
@@ -285,6 +285,36 @@ async def test_a_claim_reads_past_gaps_in_one_call_and_stays_fifo(jobs, store):
     claim still takes `k` jobs, oldest first, past the gap."""
     made = [(await jobs.queued())["_id"] for _ in range(60)]
     for job_id in made[2:40]:  # a wide gap after the first two
-        await store.jobs.cancel(job_id)
+        await store.lifecycle.cancel(job_id)
     batch = await claim(store, "testing", 10)
     assert [j["_id"] for j in batch] == made[:2] + made[40:48]
+
+
+async def test_a_lease_that_expires_before_its_handler_started_is_not_charged(jobs, store):
+    """The claim charged the attempt; its worker recorded no start for the lease (the claim's
+    reply was lost, or the worker died first): the rescuer refunds it, even with no retries."""
+    await store.workers.register("wclaimer", engines=None, concurrency=1, kind="worker")
+    job = await jobs.running(worker="wclaimer", retry_config=RetryConfig(max_retries=0))
+    assert job["attempt"] == 1
+    later = store.clock.now() + timedelta(seconds=60)
+    (expired,) = await store.jobs.expired_leases(later)
+    assert await store.lifecycle.rescue(expired, later) == "queued"
+    again = await store.jobs.get(job["_id"])
+    assert again["attempt"] == 0 and again["retry_count"] == 0 and not again.get("errors")
+    assert "lease_token" not in again
+    # the same job, started this time: the expiry is charged, and with no retries it fails
+    second = (await claim(store, job["engine"], 1))[0]
+    await store.workers.mark_started("wclaimer", second["lease_token"])
+    (expired,) = await store.jobs.expired_leases(later)
+    assert await store.lifecycle.rescue(expired, later) == "failed"
+    assert (await store.jobs.get(job["_id"]))["last_error"]["code"] == "lease_expired"
+
+
+async def test_a_heartbeat_forgets_the_start_marks_of_finished_leases(store):
+    await store.workers.register("wbeat", engines=None, concurrency=1, kind="worker")
+    await store.workers.mark_started("wbeat", "t1")
+    await store.workers.mark_started("wbeat", "t2")
+    assert await store.workers.beat("wbeat", [], ["t1"])
+    assert await store.workers.handler_started("wbeat", "t1") is False
+    assert await store.workers.handler_started("wbeat", "t2") is True
+    assert await store.workers.handler_started("wunknown", "t2") is None

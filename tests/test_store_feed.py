@@ -30,7 +30,7 @@ async def test_gate_opens_only_when_the_last_holder_leaves():
 
 async def test_a_held_stream_reads_the_bulk_insert_after_it(store):
     """The stream waits while `insert_many` holds the gate, then gets the changes."""
-    docs = [store.jobs.build(JobSpec(engine="general", operation="echo"), "t/u") for _ in range(BulkGate.MIN_DOCS)]
+    docs = [store.lifecycle.build(JobSpec(engine="general", operation="echo"), "t/u") for _ in range(BulkGate.MIN_DOCS)]
     async with await store.jobs.col.watch([{"$match": {"operationType": "insert"}}], max_await_time_ms=50) as stream:
         async with store.bulk.hold(len(docs)):
             reader = asyncio.create_task(next_batch(stream, 10_000, gate=store.bulk))

@@ -6,6 +6,7 @@ import pytest
 
 from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
+from app.store.lifecycle import Exit
 
 
 async def test_submit_queues_with_a_sequence_number(jobs, store):
@@ -31,21 +32,22 @@ async def test_delay_makes_a_scheduled_job(jobs):
 async def test_complete_requires_the_current_lease(jobs, store):
     job = await jobs.running()
     with pytest.raises(LeaseLost):
-        await store.jobs.complete(job["_id"], "not-the-token", {"x": 1}, 1)
-    await store.jobs.complete(job["_id"], job["lease_token"], {"x": 1}, 7)
+        await store.lifecycle.complete(job, "not-the-token", {"x": 1}, 1)
+    await store.lifecycle.complete(job, job["lease_token"], {"x": 1}, 7)
     done = await store.jobs.get(job["_id"])
     assert done["status"] == "completed" and done["result"] == {"x": 1} and done["execution_time_ms"] == 7
     assert "lease_token" not in done
     # the same lease completing again is an idempotent no-op: nothing is overwritten
-    await store.jobs.complete(job["_id"], job["lease_token"], {"x": 2}, 1)
+    await store.lifecycle.complete(job, job["lease_token"], {"x": 2}, 1)
     assert (await store.jobs.get(job["_id"]))["result"] == {"x": 1}
 
 
 async def test_complete_many_reports_exactly_the_lost_leases(jobs, store):
     a, b, c = [await jobs.running() for _ in range(3)]
-    await store.jobs.complete(b["_id"], b["lease_token"], {"first": True}, 1)  # b finished by its lease
-    lost = await store.jobs.complete_many([(a["_id"], a["lease_token"], 1, 1), (b["_id"], "stale", 2, 1),
-                                           (c["_id"], c["lease_token"], 3, 1)])
+    await store.lifecycle.complete(b, b["lease_token"], {"first": True}, 1)  # b finished by its lease
+    lost = await store.lifecycle.leave_running([Exit(a, a["lease_token"], "complete", result=1, execution_ms=1),
+                                                Exit(b, "stale", "complete", result=2, execution_ms=1),
+                                                Exit(c, c["lease_token"], "complete", result=3, execution_ms=1)])
     assert lost == {b["_id"]}
     assert [(await store.jobs.get(j["_id"]))["result"] for j in (a, b, c)] == [1, {"first": True}, 3]
 
@@ -59,50 +61,50 @@ async def test_fail_records_the_error_history(jobs, store):
 async def test_retry_schedules_and_promote_requeues(jobs, store):
     job = await jobs.running()
     err = {"code": "E", "message": "m", "attempt": 1, "at": None, "worker": None}
-    await store.jobs.retry(job["_id"], job["lease_token"], err, 0.0)
+    await store.lifecycle.backoff(job, job["lease_token"], err, 0.0)
     mid = await store.jobs.get(job["_id"])
     assert mid["status"] == "scheduled" and mid["retry_count"] == 1
-    assert await store.jobs.promote_due(store.clock.now()) == 1
+    assert await store.lifecycle.promote_due(store.clock.now()) == 1
     again = await store.jobs.get(job["_id"])
     assert again["status"] == "queued" and again["seq"] > job["seq"]
     with pytest.raises(LeaseLost):
-        await store.jobs.heartbeat(job["_id"], job["lease_token"])
+        await store.lifecycle.heartbeat(job["_id"], job["lease_token"])
 
 
 async def test_release_does_not_count_the_attempt(jobs, store):
     job = await jobs.running()
     assert job["attempt"] == 1
-    await store.jobs.release(job["_id"], job["lease_token"], job["engine"], job["priority"])
+    await store.lifecycle.release(job, job["lease_token"])
     back = await store.jobs.get(job["_id"])
     assert back["status"] == "queued" and back["attempt"] == 0
 
 
 async def test_progress_and_heartbeat_are_fenced(jobs, store):
     job = await jobs.running()
-    await store.jobs.progress(job["_id"], job["lease_token"], 40, "half", {"done": 4})
+    await store.lifecycle.progress(job["_id"], job["lease_token"], 40, "half", {"done": 4})
     assert (await store.jobs.get(job["_id"]))["progress"] == {"percent": 40, "stage": "half", "data": {"done": 4}}
-    await store.jobs.heartbeat(job["_id"], job["lease_token"])
+    await store.lifecycle.heartbeat(job["_id"], job["lease_token"])
     with pytest.raises(LeaseLost):
-        await store.jobs.progress(job["_id"], "stale", 50, None, {})
+        await store.lifecycle.progress(job["_id"], "stale", 50, None, {})
 
 
 async def test_cancel_waiting_jobs_at_once(jobs, store):
     q = await jobs.queued()
     s = await jobs.scheduled()
     for j in (q, s):
-        out = await store.jobs.cancel(j["_id"])
+        out = await store.lifecycle.cancel(j["_id"])
         assert out["status"] == "cancelled"
     assert (await store.engines.get("testing"))["queued"] == 0
     with pytest.raises(InvalidTransition):
-        await store.jobs.cancel(q["_id"])
+        await store.lifecycle.cancel(q["_id"])
 
 
 async def test_cancel_running_only_requests(jobs, store):
     job = await jobs.running()
-    out = await store.jobs.cancel(job["_id"])
+    out = await store.lifecycle.cancel(job["_id"])
     assert out["status"] == "running" and out["cancel_requested"] is True
     assert await store.jobs.cancel_requested([job["_id"]]) == {job["_id"]}
-    await store.jobs.cancel_running(job["_id"], job["lease_token"], "stopped")
+    await store.lifecycle.stop(job, job["lease_token"], "stopped")
     assert (await store.jobs.get(job["_id"]))["status"] == JobStatus.CANCELLED
 
 
@@ -112,11 +114,11 @@ async def test_unknown_job_is_not_found(store):
 
 
 async def test_dedupe_returns_the_live_job(jobs, store):
-    a, created_a = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
-    b, created_b = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    a, created_a = await store.lifecycle.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    b, created_b = await store.lifecycle.submit(jobs.spec(dedupe_key="k1"), owner="admin")
     assert created_a and not created_b and a["_id"] == b["_id"]
-    await store.jobs.cancel(a["_id"])  # once it is no longer live, the key is free again
-    c, created_c = await store.jobs.submit(jobs.spec(dedupe_key="k1"), owner="admin")
+    await store.lifecycle.cancel(a["_id"])  # once it is no longer live, the key is free again
+    c, created_c = await store.lifecycle.submit(jobs.spec(dedupe_key="k1"), owner="admin")
     assert created_c and c["_id"] != a["_id"]
 
 

@@ -74,7 +74,7 @@ async def test_timeout_is_a_failed_attempt(worker, jobs, store):
 async def test_cancel_a_cooperative_running_job(worker, jobs, store):
     job = await jobs.queued(operation="wait_cancel")
     await wait_status(store, job["_id"], "running")
-    await store.jobs.cancel(job["_id"])
+    await store.lifecycle.cancel(job["_id"])
     done = await wait_status(store, job["_id"], "cancelled")
     assert "early" in done["cancel_reason"] or done["cancel_reason"] == "cancelled by user"
 
@@ -82,7 +82,7 @@ async def test_cancel_a_cooperative_running_job(worker, jobs, store):
 async def test_cancel_a_stubborn_job_stops_it_after_the_grace(worker, jobs, store):
     job = await jobs.queued(operation="stubborn", parameters={"seconds": 60})
     await wait_status(store, job["_id"], "running")
-    await store.jobs.cancel(job["_id"])
+    await store.lifecycle.cancel(job["_id"])
     done = await wait_status(store, job["_id"], "cancelled", timeout=10)
     assert "grace" in done["cancel_reason"]
 

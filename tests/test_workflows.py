@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.factories import dying_lifecycle
 from tests.helpers import eventually
 
 
@@ -189,9 +190,10 @@ async def test_a_fan_out_lost_with_its_worker_is_repaired(api, store):
     wf = await submit(api, [step("parent", op="ok"), step("child", ["parent"], op="ok")])
     ids = wf["jobs"]
     engine = await store.engines.get("testing")
-    (claimed,) = await store.jobs.claim(engine, "wdead", 1)
+    (claimed,) = await store.claimer.claim(engine, "wdead", 1)
     assert claimed["_id"] == ids["parent"]
-    await store.jobs.complete(claimed["_id"], claimed["lease_token"], {"v": 1}, 1)  # ...and no settle
+    await dying_lifecycle(store).complete(claimed, claimed["lease_token"], {"v": 1}, 1)
+    await store.lifecycle.drain()
     assert (await store.jobs.get(ids["child"]))["status"] == "pending"
     later = store.clock.now() + timedelta(hours=1)
     assert await store.workflows.repair_stalled(store.clock.now() - timedelta(hours=1)) == 0  # not quiet yet
@@ -208,9 +210,10 @@ async def test_a_failed_steps_lost_fan_out_is_replayed(api, store):
 
     wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"], op="ok")])
     engine = await store.engines.get("testing")
-    (claimed,) = await store.jobs.claim(engine, "wdead", 1)
+    (claimed,) = await store.claimer.claim(engine, "wdead", 1)
     err = {"code": "x", "message": "m", "attempt": 1, "at": None, "worker": None}
-    await store.jobs.fail(claimed["_id"], claimed["lease_token"], err, 1, step=True)  # ...and no settle
+    await dying_lifecycle(store).fail(claimed, claimed["lease_token"], err, 1)
+    await store.lifecycle.drain()
     marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
     assert [m["_id"] for m in marked] == [wf["jobs"]["bad"]]
     await store.workflows.settle_many([wf["jobs"]["bad"]])
@@ -226,10 +229,10 @@ async def test_an_unsettled_mark_is_never_taken_for_an_expiry(api, store):
     from datetime import timedelta
 
     wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"], op="ok")])
-    (claimed,) = await store.jobs.claim(await store.engines.get("testing"), "wdead", 1)
+    (claimed,) = await store.claimer.claim(await store.engines.get("testing"), "wdead", 1)
     err = {"code": "x", "message": "m", "attempt": 1, "at": None, "worker": None}
-    await store.jobs.fail(claimed["_id"], claimed["lease_token"], err, 1, step=True)
-    assert await store.jobs.expire_jobs(store.clock.now() + timedelta(days=3650)) == 0
+    await dying_lifecycle(store).fail(claimed, claimed["lease_token"], err, 1)
+    assert await store.job_retention.expire_jobs(store.clock.now() + timedelta(days=3650)) == 0
     marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
     assert [m["_id"] for m in marked] == [wf["jobs"]["bad"]]
 

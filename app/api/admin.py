@@ -1,5 +1,5 @@
 """The dead letter and operator endpoints: list failed jobs, retry one job or many by filter
-(seed 004), and reset stuck jobs (seed 003). The moves themselves are `JobStore`'s
+(seed 004), and reset stuck jobs (seed 003). The moves themselves are the lifecycle's
 (app/store/job_admin.py); this module owns their HTTP shape and who may call them.
 
 Included in the app before `jobs.router`, whose `/api/v1/jobs/{job_id}/...` routes would
@@ -21,6 +21,7 @@ from app.api.jobs import ID_PATTERN, strict_query
 from app.api.schemas import JobOut, JobPage
 from app.domain.models import NAME_PATTERN
 from app.errors import Conflict, Forbidden, NotFound
+from app.logs import get_logger
 
 router = APIRouter(tags=["dead letter"])
 CODE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -98,7 +99,7 @@ async def dead_letter(
 ):
     """Failed jobs (the dead letter), newest first, with their error history. Kept for
     `SWITCHYARD_RETENTION_FAILED_SECONDS` after they failed."""
-    docs, nxt = await request.app.state.store.jobs.dead_letter(
+    docs, nxt = await request.app.state.store.job_admin.dead_letter(
         engine=engine, operation=operation, error_code=error_code, after=cursor, limit=limit,
         tenant=who.scope)
     return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
@@ -108,7 +109,7 @@ async def dead_letter(
 async def retry_many(request: Request, body: BulkRetryIn = Body(default_factory=BulkRetryIn),
                      who: Principal = Depends(require_admin)):
     """Retry failed jobs matching a filter, each with a fresh attempt budget."""
-    out = await request.app.state.store.jobs.retry_failed(**body.model_dump())
+    out = await request.app.state.store.job_admin.retry_failed(**body.model_dump())
     await audit(request, who, "jobs.bulk_retry", None, filter=body.model_dump(mode="json"), retried=out["retried"])
     return BulkRetryOut(**out)
 
@@ -128,7 +129,7 @@ async def retry_one(job_id: str, request: Request, who: Principal = Depends(requ
         raise Conflict(f"job {job_id} is step {job.get('step_key')!r} of workflow {wf}; retry the workflow with "
                        f"POST /api/v1/jobs/workflows/{wf}/retry", field="workflow_id", workflow_id=wf,
                        retry_url=f"/api/v1/jobs/workflows/{wf}/retry")
-    return JobOut.of(await store.jobs.retry_job(job_id))
+    return JobOut.of(await store.job_admin.retry_job(job_id))
 
 
 @router.post("/api/v1/admin/jobs/reset-stuck", response_model=ResetStuckOut, tags=["admin"])
@@ -139,14 +140,36 @@ async def reset_stuck(request: Request, body: ResetStuckIn = Body(default_factor
     maintenance does every second, on demand, with a report."""
     store = request.app.state.store
     now = await store.clock.sync()
-    jobs = await store.jobs.reset_stuck(now, engine=body.engine, dry_run=body.dry_run)
+    jobs = await store.job_admin.reset_stuck(now, engine=body.engine, dry_run=body.dry_run)
     if not body.dry_run:
         for j in jobs:
             if j["new_status"]:
                 metrics.job_rescued(j["engine"], j["new_status"])
-            if j["new_status"] == "failed" and j["workflow_id"]:
-                await store.workflows.settle(j["job_id"])  # the failure policy applies
         await audit(request, who, "jobs.reset_stuck", body.engine, jobs=[j["job_id"] for j in jobs][:100])
     return ResetStuckOut(checked_at=now, dry_run=body.dry_run, jobs=[StuckJob(**j) for j in jobs],
                          requeued=sum(j["new_status"] == "queued" for j in jobs),
                          failed=sum(j["new_status"] == "failed" for j in jobs))
+
+
+class CounterCorrection(BaseModel):
+    engine: str
+    counter: str = Field(description="`queued` (jobs counted as queued) or `running` (permits held)")
+    was: int
+    now: int
+
+
+class ReconcileOut(BaseModel):
+    corrections: list[CounterCorrection]
+
+
+@router.post("/api/v1/admin/engines/reconcile", response_model=ReconcileOut, tags=["admin"])
+async def reconcile(request: Request, who: Principal = Depends(require_admin)):
+    """Re-derive every engine's counters from the jobs now, as maintenance does on a schedule
+    (`SWITCHYARD_RECONCILE_INTERVAL_SECONDS`), and correct those that drifted."""
+    store = request.app.state.store
+    fixed = await store.engines.reconcile(store.jobs.count_queued)
+    for c in fixed:
+        metrics.COUNTER_CORRECTIONS.labels(c["engine"], c["counter"]).inc()
+        get_logger("switchyard.api").warning("engine.counter_corrected", **c)
+    await audit(request, who, "engines.reconcile", None, corrections=len(fixed))
+    return ReconcileOut(corrections=[CounterCorrection(**c) for c in fixed])

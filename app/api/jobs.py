@@ -43,7 +43,7 @@ def strict_query(*allowed: str):
 async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
     registry.require(spec.engine, spec.operation)
     await admit(request, who, 1)
-    job, created = await request.app.state.store.jobs.submit(spec, owner=who.owner)
+    job, created = await request.app.state.store.lifecycle.submit(spec, owner=who.owner)
     if not created:
         response.status_code = 200
     else:
@@ -89,8 +89,6 @@ async def status(job_id: str, request: Request, who: Principal = Depends(require
 async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.jobs.get(job_id), "job", "job_id")
-    job = await store.jobs.cancel(job_id)
+    job = await store.lifecycle.cancel(job_id)
     metrics.job_outcome(job["engine"], job["status"], None)  # counts only a waiting job, cancelled at once
-    if job.get("workflow_id") and job["status"] == "cancelled":
-        await store.workflows.settle(job_id)  # its dependents are cancelled too
     return JobOut.of(job)

@@ -1,31 +1,41 @@
-"""The job state machine. Every state documents who moves a job out of it.
+"""The job and workflow state machines: the state enums, the terminal sets, and `MOVES`, the
+transition table that says which moves exist and what each implies.
 
-The store (`app/store/jobs.py`) is the only code that performs these moves, one named,
-guarded function per arrow.
+`app/store/lifecycle.py` is the only code that performs these moves, one named, guarded
+primitive per move (`tests/test_domain_states.py` checks that no other module writes a
+job's `status`, and that the diagram in `JobStatus`'s docstring is `diagram()`'s output).
 """
 
-from enum import StrEnum
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Flag, StrEnum, auto
 
 
 class JobStatus(StrEnum):
     """Lifecycle of a job.
 
     ```
-    pending ──(last dependency completed: workflows)──> queued
-    scheduled ──(run_at reached: promoter)──> queued
-    queued ──(claim: a worker)──> running
-    running ──(handler returned)──> completed
-    running ──(retryable error, attempts left)──> scheduled
-    running ──(lease expired: rescuer, attempts left)──> queued
-    running ──(permanent error / attempts exhausted)──> failed
-    running ──(graceful shutdown: release)──> queued   (attempt not counted)
-    pending | scheduled | queued ──(cancel)──> cancelled
-    running ──(cancel requested, handler stopped)──> cancelled
+    (new)      ──submit──────> pending | scheduled | queued
+    pending    ──ready───────> queued       [fresh seq]
+    scheduled  ──promote─────> queued       [fresh seq]
+    queued     ──reseq───────> queued       [fresh seq]
+    queued     ──claim───────> running      [lease taken, attempt charged]
+    running    ──complete────> completed    [lease cleared, settle]
+    running    ──backoff─────> scheduled    [lease cleared]
+    running    ──fail────────> failed       [lease cleared, settle]
+    running    ──release─────> queued       [fresh seq, lease cleared, attempt refunded]
+    running    ──rescue──────> queued       [fresh seq, lease cleared]
+    running    ──exhaust─────> failed       [lease cleared, settle]
+    running    ──stop────────> cancelled    [lease cleared, settle]
+    pending | scheduled | queued ──cancel──────> cancelled [settle]
+    failed | cancelled ──retry───────> queued [fresh seq, attempts reset]
+    failed | cancelled ──reset───────> pending [attempts reset]
     ```
     """
 
     PENDING = "pending"
-    """Waits for its dependencies. Left by the workflow engine (queued) or by cancel."""
+    """Waits for its dependencies. Left by `ready` (its last parent completed) or `cancel`."""
     SCHEDULED = "scheduled"
     """Waits for `run_at` (a delay or a retry back-off). Left by the promoter or by cancel."""
     QUEUED = "queued"
@@ -36,7 +46,8 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     """Terminal: the handler returned a result."""
     FAILED = "failed"
-    """Terminal: a permanent error, or no attempts left. Kept as the dead letter."""
+    """Terminal: a permanent error, or no attempts left. Kept as the dead letter; an operator
+    (or a workflow retry) can move it back."""
     CANCELLED = "cancelled"
     """Terminal: cancelled by a user or because a dependency failed."""
 
@@ -46,3 +57,98 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+WAITING = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED})
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class WorkflowStatus(StrEnum):
+    """Lifecycle of a workflow: `running` until every step is terminal, then `completed`,
+    `failed` (a step failed) or `cancelled` (a step was cancelled, none failed). A retry
+    moves a failed or cancelled workflow back to `running`."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not WorkflowStatus.RUNNING
+
+
+class Effect(Flag):
+    """What a move implies besides the new status."""
+
+    NONE = 0
+    SEQ = auto()
+    """The job takes a fresh seq from its engine and counts in the engine's `queued`."""
+    LEASE_TAKEN = auto()
+    """A lease owner, token and expiry are stamped."""
+    CHARGED = auto()
+    """The attempt counts against `max_attempts`."""
+    LEASE_CLEARED = auto()
+    """The lease fields are removed; the move is fenced by the lease token."""
+    REFUNDED = auto()
+    """The attempt that was charged is given back: the handler never ran, or was stopped."""
+    SETTLE = auto()
+    """A terminal move a workflow must settle (children, failure policy, counts)."""
+    RESET = auto()
+    """The attempt budget starts again."""
+
+
+LABELS = {Effect.SEQ: "fresh seq", Effect.LEASE_TAKEN: "lease taken", Effect.CHARGED: "attempt charged",
+          Effect.LEASE_CLEARED: "lease cleared", Effect.REFUNDED: "attempt refunded", Effect.SETTLE: "settle",
+          Effect.RESET: "attempts reset"}
+
+
+@dataclass(frozen=True)
+class Move:
+    name: str
+    sources: tuple[JobStatus, ...]  # empty: a new job
+    target: JobStatus | tuple[JobStatus, ...]
+    effects: Effect = Effect.NONE
+    who: str = ""
+
+    @property
+    def targets(self) -> tuple[JobStatus, ...]:
+        return self.target if isinstance(self.target, tuple) else (self.target,)
+
+
+S = JobStatus
+E = Effect
+MOVES: dict[str, Move] = {m.name: m for m in (
+    Move("submit", (), (S.PENDING, S.SCHEDULED, S.QUEUED), E.NONE, "a client; queued takes a seq like any enqueue"),
+    Move("ready", (S.PENDING,), S.QUEUED, E.SEQ, "the workflow settle of its last parent"),
+    Move("promote", (S.SCHEDULED,), S.QUEUED, E.SEQ, "maintenance, once run_at is due"),
+    Move("reseq", (S.QUEUED,), S.QUEUED, E.SEQ, "maintenance: an orphan below its band's cursor"),
+    Move("claim", (S.QUEUED,), S.RUNNING, E.LEASE_TAKEN | E.CHARGED, "a worker holding permits"),
+    Move("complete", (S.RUNNING,), S.COMPLETED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
+    Move("backoff", (S.RUNNING,), S.SCHEDULED, E.LEASE_CLEARED, "the lease holder, attempts left"),
+    Move("fail", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
+    Move("release", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED | E.REFUNDED, "the lease holder, on shutdown"),
+    Move("rescue", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED, "maintenance, the lease expired"),
+    Move("exhaust", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "maintenance, no attempts left"),
+    Move("stop", (S.RUNNING,), S.CANCELLED, E.LEASE_CLEARED | E.SETTLE, "the lease holder, cancel requested"),
+    Move("cancel", (S.PENDING, S.SCHEDULED, S.QUEUED), S.CANCELLED, E.SETTLE, "a user, or a workflow's failure policy"),
+    Move("retry", (S.FAILED, S.CANCELLED), S.QUEUED, E.SEQ | E.RESET, "an operator (the dead letter)"),
+    Move("reset", (S.FAILED, S.CANCELLED), S.PENDING, E.RESET, "a workflow retry; ready follows at once"),
+)}
+"""Every move of a job. A rescue whose handler never started also refunds the attempt."""
+
+
+def allowed(move: str, source: JobStatus) -> bool:
+    return source in MOVES[move].sources
+
+
+def diagram() -> str:
+    """The table as the diagram in `JobStatus`'s docstring."""
+    lines = []
+    for m in MOVES.values():
+        src = " | ".join(s.value for s in m.sources) if m.sources else "(new)"
+        dst = " | ".join(t.value for t in m.targets)
+        arrow = f"──{m.name}" + "─" * max(1, 12 - len(m.name)) + ">"
+        labels = [label for flag, label in LABELS.items() if flag in m.effects]
+        note = f"[{', '.join(labels)}]" if labels else ""
+        left = f"{src:<10} {arrow} {dst}" if len(src) <= 10 else f"{src} {arrow} {dst}"
+        lines.append(f"{left:<39} {note}".rstrip() if note else left)
+    return "\n".join(lines)

@@ -97,17 +97,23 @@ class Store:
     """Bundles the per-collection stores that share one database and one clock."""
 
     def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None) -> None:
+        from app.store.claimer import Claimer
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
+        from app.store.enqueue import Enqueuer
         from app.store.events import EventStore
         from app.store.feed import BulkGate, ChangeFeed
         from app.store.guard import AuditLog, RateLimits
+        from app.store.job_admin import JobAdmin
+        from app.store.jobs import JobQueries
         from app.store.keys import KeyStore
         from app.store.leases import LeaseStore
+        from app.store.lifecycle import Lifecycle
         from app.store.mail import MailStore
         from app.store.notifications import NotificationStore
-        from app.store.jobs import JobStore
+        from app.store.retention import Expiry, JobRetention, WorkflowRetention
         from app.store.schedules import ScheduleStore
+        from app.store.steps import StepMoves
         from app.store.workers import WorkerStore
         from app.store.workflows import WorkflowStore
 
@@ -118,8 +124,18 @@ class Store:
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
         self.bulk = BulkGate()
-        self.jobs = JobStore(self.db, settings, self.clock, self.engines, DedupeStore(self.db), gate=self.bulk)
-        self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs)
+        # The jobs collection's collaborators: who reads, who numbers, who moves, who claims.
+        jobs, dedupe, expiry = self.db["jobs"], DedupeStore(self.db), Expiry(settings)
+        self.enqueuer = Enqueuer(jobs, self.engines, self.clock, self.bulk)
+        self.lifecycle = Lifecycle(jobs, settings, self.clock, self.engines, self.enqueuer, dedupe, self.workers,
+                                   settle=lambda ids: self.workflows.settle_many(ids), expiry=expiry)
+        self.claimer = Claimer(jobs, settings, self.clock, self.engines, self.lifecycle)
+        self.jobs = JobQueries(jobs, settings, self.engines, self.claimer)
+        self.steps = StepMoves(jobs, self.clock, self.enqueuer, expiry)
+        self.job_admin = JobAdmin(jobs, self.engines, self.enqueuer, self.lifecycle, self.jobs, dedupe, self.clock)
+        self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.steps)
+        self.job_retention = JobRetention(jobs, dedupe)
+        self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)
         self.feed = ChangeFeed(self.db, gate=self.bulk)
         self.leases = LeaseStore(self.db, self.clock)
@@ -128,7 +144,7 @@ class Store:
         self.audit = AuditLog(self.db)
         self.notifications = NotificationStore(self.db, settings)
         self.mail = MailStore(self.db, settings, self.clock)
-        self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.workflows)
+        self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.workflows)
 
     async def start(self) -> None:
         await self.clock.sync()

@@ -5,7 +5,7 @@ It holds what every worker must agree on:
 - `seq.<band>`: the next sequence number of a band, one per (priority, tenant): `pN` for
   tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
 - `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
-  see `JobStore.requeue_orphans`); claimers start their window here;
+  see `Claimer.requeue_orphans`); claimers start their window here;
 - `running` and `holds.<worker>`: the concurrency permits. A worker takes permits here
   before it claims jobs and gives them back after. Invariant: `running == sum(holds)` and a
   reservation never makes `running` exceed `limit`, so the limit holds across all processes.
@@ -177,6 +177,42 @@ class EngineStore:
             update["$inc"] = {"queued": -taken}
         if update:
             await self.col.update_one({"_id": engine}, update)
+
+    async def reconcile(self, count_queued, names: list[str] | None = None, pause: float = 1.0) -> list[dict]:
+        """Re-derive the counters from the truth and correct those that drifted (a write
+        whose reply was lost, a process that died between a job's write and its count).
+        Returns one `{engine, counter, was, now}` per correction.
+
+        - `queued` is compared with `count_queued(engine)` (the jobs) twice, `pause` apart,
+          and corrected only when neither it nor the count moved in between and no enqueue
+          is in flight at the second look: a claim or enqueue in progress moves one of them
+          (an enqueue counts before its write lands), so a transient
+          difference is never taken for drift. An engine under constant load is corrected
+          once it rests.
+        - `running` must equal the sum of `holds`; both live in this document, so it is
+          recomputed from them in one guarded write."""
+        docs = [d for d in await self.list() if names is None or d["_id"] in names]
+        out: list[dict] = []
+        seen: dict[str, tuple[int, int]] = {}
+        await self.flush()  # this process's landed enqueues
+        for d in docs:
+            seen[d["_id"]] = (d.get("queued", 0), await count_queued(d["_id"]))
+            running, held = d.get("running", 0), sum((d.get("holds") or {}).values())
+            if running != held:
+                res = await self.col.update_one({"_id": d["_id"], "running": running}, [{"$set": {"running": {"$sum": {
+                    "$map": {"input": {"$objectToArray": {"$ifNull": ["$holds", {}]}}, "in": "$$this.v"}}}}}])
+                if res.modified_count:
+                    out.append({"engine": d["_id"], "counter": "running", "was": running, "now": held})
+        drifted = {name: v for name, v in seen.items() if v[0] != v[1]}
+        if drifted:
+            await asyncio.sleep(pause)
+        for name, (counted, jobs) in drifted.items():
+            d = await self.col.find_one({"_id": name}, {"queued": 1, "inflight": 1})
+            if d is None or d.get("inflight") or d.get("queued", 0) != counted or await count_queued(name) != jobs:
+                continue
+            if (await self.col.update_one({"_id": name, "queued": counted}, {"$set": {"queued": jobs}})).modified_count:
+                out.append({"engine": name, "counter": "queued", "was": counted, "now": jobs})
+        return out
 
     # --- permits -------------------------------------------------------------------------
     async def reserve(self, engine: str, worker: str, n: int) -> bool:

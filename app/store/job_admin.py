@@ -1,14 +1,14 @@
 """Operator moves on `jobs`: the dead letter (list it, retry one job, retry by filter) and
-resetting stuck jobs. Part of `JobStore`.
+resetting stuck jobs. `JobAdmin`, with the lifecycle as its collaborator for every move.
 
 Invariants:
 - A retry is one `update_one` guarded on `{_id, status}` as read (`failed` or `cancelled`),
   so two operators retrying the same job, or a retry racing the retention cleaner, move it
   once. The job gets a fresh attempt budget (`attempt`, `retry_count` back to 0); its
   `errors` history and `last_error` stay.
-- A retried job re-enters `queued` through `EngineStore.enqueue`, which takes its seq and
-  counts it in the engine's `queued` counter; when the guarded write then matches nothing
-  the count is given back (`count_left_queue`), so the counter keeps matching the jobs.
+- A retried job re-enters `queued` through `Enqueuer.move`, which takes its seq and counts
+  it in the engine's `queued` counter, and gives the count back for a write that matched
+  nothing, so the counter keeps matching the jobs.
 - Workflow steps are not retried here: their workflow's counters and dependents would
   disagree. `WorkflowStore.retry` re-runs a workflow's failed steps together.
 
@@ -20,24 +20,26 @@ filters are applied here. Its cost follows the size of the dead letter, never of
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
 
-from pymongo import UpdateOne
 
 from app.domain.retry import RetryConfig
 from app.domain.models import tenant_of
-from app.store.engines import DEFAULT_TENANT, band
+from app.domain import states
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidTransition
 
 FAILED = JobStatus.FAILED.value
-RETRYABLE = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+RETRYABLE = tuple(s.value for s in states.RETRYABLE)
 ROW = {"engine": 1, "priority": 1, "tenant": 1, "operation": 1, "status": 1, "owner": 1, "completed_at": 1, "workflow_id": 1,
        "dedupe_key": 1, "last_error.code": 1}
 
 
-class AdminMixin:
+class JobAdmin:
+    def __init__(self, col, engines, enqueuer, lifecycle, queries, dedupe, clock) -> None:
+        self.col, self.engines, self.enqueuer, self.lifecycle = col, engines, enqueuer, lifecycle
+        self.queries, self.dedupe, self.clock = queries, dedupe, clock
+
     async def _failed_rows(self, *, engine: str | None, operation: str | None, error_code: str | None,
                            tenant: str | None, failed_after: datetime | None, failed_before: datetime | None) -> list[dict]:
         """Failed jobs matching the filters, newest first (small projections)."""
@@ -72,7 +74,7 @@ class AdminMixin:
     async def retry_job(self, job_id: str) -> dict:
         """failed | cancelled → queued, with a fresh attempt budget. Raises NotFound,
         Conflict (a workflow step; a live job holds its dedupe key) or InvalidTransition."""
-        job = await self.get(job_id)
+        job = await self.queries.get(job_id)
         if job.get("workflow_id"):
             raise Conflict(f"job {job_id} is step {job.get('step_key')!r} of workflow {job['workflow_id']}; "
                            "retry the workflow instead", field="workflow_id", workflow_id=job["workflow_id"])
@@ -82,7 +84,7 @@ class AdminMixin:
         await self._rebind_dedupe(job)
         if not await self._requeue_fresh([job]):
             raise InvalidTransition(f"job {job_id} changed meanwhile; try again", field="status")
-        return await self.get(job_id)
+        return await self.queries.get(job_id)
 
     async def retry_failed(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
                            failed_after: datetime | None = None, failed_before: datetime | None = None,
@@ -122,26 +124,15 @@ class AdminMixin:
         raise Conflict("the dedupe_key kept changing hands; try again", field="dedupe_key")
 
     async def _requeue_fresh(self, jobs: list[dict]) -> int:
-        """Move terminal jobs back to queued, guarded on the status each was read in: one
-        seq range and one `bulk_write` per (engine, priority). Returns how many moved."""
-        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        for j in jobs:
-            groups[(j["engine"], band(j["priority"], j.get("tenant", DEFAULT_TENANT)))].append(j)
+        """The `retry` move: terminal jobs back to queued with a fresh attempt budget, each
+        guarded on the status it was read in. Returns how many moved."""
         now = self.clock.now()
-        moved = 0
-        for (engine, key), members in groups.items():
-            async with self.engines.enqueue(engine, key, len(members)) as first:
-                ops = [UpdateOne({"_id": j["_id"], "status": j["status"]}, {
-                    "$set": {"status": JobStatus.QUEUED.value, "seq": first + i, "queued_at": now, "attempt": 0,
-                             "retry_count": 0, "run_at": None, "started_at": None, "completed_at": None,
-                             "execution_time_ms": None, "result": None, "cancel_requested": False, "retried_at": now,
-                             "progress": {"percent": 0.0, "stage": None, "data": {}}},
-                    "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
-                    "$inc": {"manual_retries": 1}}) for i, j in enumerate(members)]
-                res = await self.col.bulk_write(ops, ordered=False)
-            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
-            moved += res.modified_count
-        return moved
+        return await self.enqueuer.move(jobs, {"status": None}, {
+            "$set": {"attempt": 0, "retry_count": 0, "run_at": None, "started_at": None, "completed_at": None,
+                     "execution_time_ms": None, "result": None, "cancel_requested": False, "retried_at": now,
+                     "progress": {"percent": 0.0, "stage": None, "data": {}}},
+            "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
+            "$inc": {"manual_retries": 1}})
 
     async def reset_stuck(self, now: datetime, *, engine: str | None = None, dry_run: bool = False,
                           limit: int = 1000) -> list[dict]:
@@ -149,14 +140,14 @@ class AdminMixin:
         attempt counted, or failed when no attempts are left. Returns one entry per job with
         `new_status` ("" when it moved on meanwhile; what would happen under `dry_run`)."""
         out = []
-        for job in await self.expired_leases(now, limit):
+        for job in await self.queries.expired_leases(now, limit):
             if engine is not None and job["engine"] != engine:
                 continue
             if dry_run:
                 last = job.get("attempt", 1) >= RetryConfig(**job["retry_config"]).max_attempts
                 status = FAILED if last else JobStatus.QUEUED.value
             else:
-                status = await self.rescue(job, now)
+                status = await self.lifecycle.rescue(job, now)
             out.append({"job_id": job["_id"], "engine": job["engine"], "workflow_id": job.get("workflow_id"),
                         "lease_owner": job.get("lease_owner"), "lease_expires_at": job.get("lease_expires_at"),
                         "attempt": job.get("attempt", 1), "new_status": status})

@@ -1,61 +1,36 @@
-"""The `jobs` collection: insertion, and one guarded function per state transition.
+"""The `jobs` collection's indexes and its read side: one job, listing with cursor
+pagination, history, queue figures, a workflow's steps and their results, and the jobs
+maintenance looks for. Moves are in `lifecycle.py`, `enqueue.py` and `steps.py`; claims in
+`claimer.py`.
 
-Every transition out of `running` is an `update_one` whose filter is plain equality on
-`{_id, status: "running", lease_token}`: a worker that lost its lease matches nothing and
-gets `LeaseLost` instead of overwriting the new owner's work. Other transitions are guarded
-by the state they start from. The claim machinery lives in `job_claims.py` and the read side
-in `job_reads.py`; both are part of `JobStore` and touch no other collection but `engines`.
-Operator moves (dead letter, retries, stuck jobs) are in `job_admin.py`; a standalone job's
-terminal write sets `expires_at`, which `retention.py` uses to delete it later.
+Filters are built here from validated values only, as plain equality, so no client JSON
+ever becomes part of a MongoDB filter.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
 from pymongo import ASCENDING
-from pymongo.asynchronous.database import AsyncDatabase
 
-from app.domain.models import JobSpec, new_job_document
-from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
-from app.errors import InvalidTransition, LeaseLost, NotFound
-from app.settings import Settings
-from app.store.job_admin import AdminMixin
-from app.store.db import ensure_index
-from app.store.engines import DEFAULT_TENANT, band
-from app.store.feed import BulkGate
-from app.store.job_claims import ClaimMixin
-from app.store.job_reads import ReadMixin
-from app.store.job_steps import StepMixin
-from app.store.retention import UNSETTLED, JobRetentionMixin
+from app.errors import NotFound
+from app.store.db import ensure_index, find_in
+from app.store.engines import DEFAULT_TENANT, band, busy_bands
+from app.store.retention import EPOCH, UNSETTLED
 
-RUNNING = JobStatus.RUNNING.value
-LEASE_FIELDS = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
-
-
+POSITION_CAP = 1000  # most sequence numbers one position count looks at
 CLAIM_INDEX = [("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("tenant", ASCENDING),
                ("seq", ASCENDING)]
+RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1,
+                 "lease_token": 1, "lease_expires_at": 1, "workflow_id": 1}
 
 
-def new_id() -> str:
-    return str(ObjectId())
-
-
-class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
-    def __init__(self, db: AsyncDatabase, settings: Settings, clock, engines, dedupe, gate=None) -> None:
-        self.col = db["jobs"]
-        self.gate = gate or BulkGate()  # this process's change streams wait out bulk inserts
-        self.dedupe = dedupe
-        self.settings = settings
-        self.clock = clock
-        self.engines = engines
-        self._spread: dict[str, int] = {}  # per engine: claim contention (job_claims.py)
-        self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
-        self._default_retry_doc: dict | None = None
+class JobQueries:
+    def __init__(self, col, settings, engines, claimer=None) -> None:
+        self.col, self.settings, self.engines = col, settings, engines
+        self.claimer = claimer  # its claim windows answer `oldest_queued_at`
 
     async def ensure_indexes(self) -> None:
         """Few indexes on purpose: each one costs every transition a write on SecantusDB
@@ -78,189 +53,149 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         # index here. Its keys never change, so only an insert writes to it.
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         # Retention: sparse, only terminal standalone jobs are in it (docs/retention.md).
-        await self.ensure_retention_index()
+        await self.col.create_index("expires_at", sparse=True, name="retention")
 
-    def default_retry(self) -> RetryConfig:
-        s = self.settings
-        return RetryConfig(
-            max_retries=s.retry_max_retries, retry_delay_seconds=s.retry_delay_seconds, max_delay_seconds=s.retry_max_delay_seconds
-        )
+    async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
+                   owner: str | None = None, tenant: str | None = None, after: str | None = None,
+                   limit: int = 50) -> tuple[list[dict], str | None]:
+        """Newest first. `after` is the `next_cursor` of the previous page."""
+        filt: dict[str, Any] = {}
+        for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner),
+                           ("tenant", tenant)):
+            if value is not None:
+                filt[key] = str(value)
+        if after is not None:
+            filt["_id"] = {"$lt": str(after)}
+        docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return docs, (docs[-1]["_id"] if more and docs else None)
 
-    # --- insertion -----------------------------------------------------------------------
-    async def submit(self, spec: JobSpec, owner: str) -> tuple[dict, bool]:
-        """Insert one job. Returns `(job, created)`; `created` is False when a live job with
-        the same `dedupe_key` exists, which is returned instead."""
-        doc = self.build(spec, owner)
-        key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
-        while key:
-            bound = await self.dedupe.claim(key, doc["_id"])
-            if bound is None:
-                break
-            existing = await self.col.find_one({"_id": bound})
-            if existing is not None and not JobStatus(existing["status"]).terminal:
-                return existing, False
-            await self.dedupe.drop(key, bound)  # its job finished: the key is free
-        try:
-            if doc["status"] == JobStatus.QUEUED:
-                async with self.engines.enqueue(doc["engine"], band(doc["priority"], doc["tenant"]), 1) as seq:
-                    doc["seq"] = seq
-                    await self.col.insert_one(doc)
-            else:
-                await self.engines.ensure(doc["engine"])
-                await self.col.insert_one(doc)
-        except BaseException:
-            if key:
-                await self.dedupe.drop(key, doc["_id"])
-            raise
-        return doc, True
+    async def count_waiting(self, tenant: str) -> int:
+        """A tenant's jobs waiting to run (queued, scheduled or pending): a scan, so callers
+        cache it."""
+        rows = await (await self.col.aggregate([
+            {"$match": {"tenant": str(tenant)}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ])).to_list(None)
+        waiting = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.PENDING.value}
+        return sum(r["n"] for r in rows if r["_id"] in waiting)
 
-    async def insert_many(self, docs: list[dict]) -> None:
-        """Insert new job documents together (`new_job_document` output). Queued ones get
-        their seqs with one `$inc` per (engine, band)."""
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for d in docs:
-            if d["status"] == JobStatus.QUEUED:
-                groups.setdefault((d["engine"], band(d["priority"], d["tenant"])), []).append(d)
-        for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
-            await self.engines.ensure(engine)
-        async with AsyncExitStack() as stack:
-            for (engine, key), members in groups.items():
-                first = await stack.enter_async_context(self.engines.enqueue(engine, key, len(members)))
-                for i, d in enumerate(members):
-                    d["seq"] = first + i
-            async with self.gate.hold(len(docs)):
-                await self.col.insert_many(docs, ordered=False)
+    async def history(self, *, since: datetime | None = None, engine: str | None = None,
+                      tenant: str | None = None) -> dict[str, Any]:
+        match: dict[str, Any] = {} if tenant is None else {"tenant": str(tenant)}
+        if since is not None:
+            match["created_at"] = {"$gte": since}
+        if engine is not None:
+            match["engine"] = str(engine)
+        rows = await (await self.col.aggregate([
+            {"$match": match},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}, "ms": {"$sum": {"$ifNull": ["$execution_time_ms", 0]}},
+                        "timed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}}}},
+        ])).to_list(None)
+        counts = {s.value: 0 for s in JobStatus}
+        completed_ms = 0
+        for r in rows:
+            counts[r["_id"]] = r["n"]
+            if r["_id"] == JobStatus.COMPLETED.value:
+                completed_ms = r["ms"]
+        done, failed = counts["completed"], counts["failed"]
+        return {
+            "total": sum(counts.values()),
+            "counts": counts,
+            "success_rate": (done / (done + failed)) if done + failed else None,
+            "avg_execution_time_ms": (completed_ms / done) if done else None,
+        }
 
-    def build(self, spec: JobSpec, owner: str, now: datetime | None = None, **kw: Any) -> dict:
-        """A new job's document. The default retry policy is dumped once per store: a
-        10,000-step workflow builds 10,000 of these in one request."""
-        if spec.retry_config is not None:
-            retry = spec.retry_config.model_dump()
-        else:
-            if self._default_retry_doc is None:
-                self._default_retry_doc = self.default_retry().model_dump()
-            retry = dict(self._default_retry_doc)
-        return new_job_document(spec, job_id=new_id(), owner=owner, now=now or self.clock.now(), retry=retry, **kw)
+    async def oldest_queued_at(self, engine: dict) -> datetime | None:
+        """When the longest-waiting queued job of `engine` became queued: the head of each
+        band is its oldest (FIFO by seq), so this probes one window per busy band."""
+        oldest = None
+        for _, p, tenant, lo, hi in busy_bands(engine):
+            found, _ = await self.claimer.window(engine["_id"], p, tenant, lo, hi, 1, {"queued_at": 1, "seq": 1})
+            if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
+                oldest = found[0]["queued_at"]
+        return oldest
 
-    # --- guarded transitions -------------------------------------------------------------
-    async def _leased(self, job_id: str, token: str, update: dict[str, Any]) -> None:
-        res = await self.col.update_one({"_id": job_id, "status": RUNNING, "lease_token": token}, update)
-        if res.matched_count == 0:
-            raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
+    async def count_queued(self, engine: str) -> int:
+        """Exact, but its cost grows with the queue; the status endpoints use the counter."""
+        return await self.col.count_documents({"engine": engine, "status": JobStatus.QUEUED.value})
 
-    async def heartbeat(self, job_id: str, token: str) -> None:
-        expires = self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
-        await self._leased(job_id, token, {"$set": {"lease_expires_at": expires}})
+    async def queue_position(self, job: dict, cap: int = POSITION_CAP) -> tuple[int, bool] | None:
+        """How many queued jobs of the same engine are ahead of this one, and whether that is
+        only a lower bound. Ahead: every queued job of a higher priority, and those of its own
+        band (priority and tenant) between the band's cursor and its seq; other tenants' jobs
+        of the same priority share the slots with it rather than go first. Each count covers
+        a seq range of at most `cap` numbers, since on SecantusDB a count fetches every
+        document it matches under the server's lock: a status poll of the last job of a
+        10,000-job queue would otherwise hold up every other client."""
+        if job.get("status") != JobStatus.QUEUED.value:
+            return None
+        engine = await self.engines.get(job["engine"])
+        mine = (job["priority"], job.get("tenant", DEFAULT_TENANT))
+        cursors = engine.get("cursor") or {}
+        ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine) if p < mine[0]]
+        ranges.append((*mine, min(cursors.get(band(*mine), 0), job["seq"]), job["seq"]))
+        ahead, partial = 0, False
+        for p, tenant, lo, hi in ranges:
+            start = max(lo, hi - (cap - ahead))  # the numbers nearest the top; older ones may be gone
+            partial = partial or start > lo
+            if start < hi:
+                ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
+                                                         "priority": p, "tenant": tenant, "seq": {"$gte": start, "$lt": hi}})
+        return ahead, partial
 
-    async def progress(self, job_id: str, token: str, percent: float, stage: str | None, data: dict) -> None:
-        await self._leased(job_id, token, {"$set": {"progress": {"percent": percent, "stage": stage, "data": data}}})
+    async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
+        return await self.col.find({"workflow_id": workflow_id}, projection).to_list(None)
 
-    async def complete(self, job_id: str, token: str, result: Any, execution_ms: int) -> None:
-        if await self.complete_many([(job_id, token, result, execution_ms)]):
-            raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
+    async def by_ids(self, ids: list[str], filt: dict | None = None, projection: dict | None = None) -> list[dict]:
+        """These jobs (those matching `filt`, a filter built by the store), read in chunks."""
+        return await find_in(self.col, ids, filt, projection)
 
-    async def complete_many(self, items: list[tuple[str, str, Any, int]]) -> set[str]:
-        """running → completed for many jobs, each guarded by its own lease. Returns the ids
-        whose lease was lost (nothing was written for them).
+    async def completed_among(self, ids) -> set[str]:
+        return {d["_id"] for d in await find_in(self.col, list(ids), {"status": JobStatus.COMPLETED.value}, {"_id": 1})}
 
-        Jobs of one claim share a lease token, so each token's jobs complete in a single
-        `update_many` filtered by plain equality on `{status, lease_token}` and `_id $in`,
-        whose update pipeline picks each job's own result by its position (`$literal`, so a
-        result is never read as an expression). One statement is one commit on the server,
-        where a `bulk_write` costs one per job. `finished_token` records which lease finished
-        a job, which is how a partial success is told apart from another owner's completion."""
-        now = self.clock.now()
-        # standalone jobs expire (docs/retention.md); workflow steps go with their workflow
-        expires = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, "$$REMOVE",
-                             {"$literal": self.expires_at(JobStatus.COMPLETED.value, now)}]}
-        groups: dict[str, list[tuple[str, Any, int]]] = {}
-        for jid, token, result, ms in items:
-            groups.setdefault(token, []).append((jid, result, ms))
-        lost: set[str] = set()
-        for token, members in groups.items():
-            ids = [m[0] for m in members]
-            at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
-            res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
-                {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
-                          "progress.percent": 100.0, "expires_at": expires,
-                          "result": {"$arrayElemAt": [{"$literal": [m[1] for m in members]}, at]},
-                          "execution_time_ms": {"$arrayElemAt": [{"$literal": [m[2] for m in members]}, at]}}},
-                {"$unset": list(LEASE_FIELDS)},
-            ])
-            if res.modified_count < len(ids):
-                docs = await self.col.find({"_id": {"$in": ids}}, {"finished_token": 1}).to_list(None)
-                ours = {d["_id"] for d in docs if d.get("finished_token") == token}
-                lost |= set(ids) - ours
-        return lost
+    async def parent_results(self, job: dict, cache: dict | None = None) -> dict[str, Any]:
+        """`{step_key: result}` of the job's parents. A completed step's result never changes
+        (a workflow retry re-runs only failed and cancelled steps), so `cache` may keep them:
+        in a fan-out every child would otherwise read the same parent. The answer is built
+        from what was read too, so a fan-in wider than a bounded cache gets every parent."""
+        cache = {} if cache is None else cache
+        ids = job.get("parent_ids") or []
+        found = {i: cache[i] for i in ids if i in cache}
+        found.update(await self.load_parent_results([job], cache))
+        return dict(found[i] for i in ids if i in found)
 
-    async def fail(self, job_id: str, token: str, error: dict, execution_ms: int | None, step: bool = False) -> None:
-        """running → failed: a permanent error, or the last attempt failed. `step`: a
-        workflow step, whose fan-out is then pending."""
-        now = self.clock.now()
-        await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
-                     "execution_time_ms": execution_ms,
-                     **self.finished_stamp(step, JobStatus.FAILED.value, now)},
-            "$push": {"errors": error},
-            "$unset": LEASE_FIELDS,
-        })
+    async def load_parent_results(self, jobs: list[dict], cache: dict) -> dict[str, tuple]:
+        """Put the results of these jobs' parents that `cache` lacks into it, in one read,
+        and return what was read: a worker calls it for each claimed batch, so 64 children
+        of one parent read it once."""
+        missing = sorted({i for j in jobs for i in j.get("parent_ids") or [] if i not in cache})
+        read = {d["_id"]: (d["step_key"], d.get("result"))
+                for d in (await find_in(self.col, missing, None, {"step_key": 1, "result": 1}) if missing else [])}
+        for k, v in read.items():  # item by item: a bounded cache evicts in __setitem__
+            cache[k] = v
+        return read
 
-    async def retry(self, job_id: str, token: str, error: dict, delay_seconds: float) -> None:
-        """running → scheduled (the promoter queues it when `run_at` is due)."""
-        run_at = self.clock.now() + timedelta(seconds=delay_seconds)
-        await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.SCHEDULED.value, "last_error": error, "run_at": run_at},
-            "$push": {"errors": error},
-            "$inc": {"retry_count": 1},
-            "$unset": LEASE_FIELDS,
-        })
+    async def unsettled(self, finished_before, limit: int = 100) -> list[dict]:
+        """Finished steps whose fan-out has not run although they finished before
+        `finished_before` (their worker died in between); younger ones are left to the
+        worker's own settler, so a replay does not race it."""
+        # Only `expires_at` in the filter: SecantusDB scans the collection when a query adds
+        # a field its index lacks. Marked steps are few; their status is checked here.
+        found = await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}},
+                                    {"completed_at": 1, "status": 1}).limit(limit * 3).to_list(limit * 3)
+        return [d for d in found if JobStatus(d["status"]).terminal
+                and (not d.get("completed_at") or d["completed_at"] < finished_before)][:limit]
 
-    async def release(self, job_id: str, token: str, engine: str, priority: int, tenant: str = DEFAULT_TENANT) -> None:
-        """running → queued without counting the attempt (graceful shutdown)."""
-        async with self.engines.enqueue(engine, band(priority, tenant), 1) as seq:
-            try:
-                await self._leased(job_id, token, {
-                    "$set": {"status": JobStatus.QUEUED.value, "seq": seq, "queued_at": self.clock.now(), "started_at": None},
-                    "$inc": {"attempt": -1},
-                    "$unset": LEASE_FIELDS,
-                })
-            except LeaseLost:
-                await self.engines.count_left_queue(engine, 1)
-                raise
-
-    async def cancel_running(self, job_id: str, token: str, reason: str, step: bool = False) -> None:
-        now = self.clock.now()
-        await self._leased(job_id, token, {
-            "$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                     **self.finished_stamp(step, JobStatus.CANCELLED.value, now)},
-            "$unset": LEASE_FIELDS,
-        })
-
-    async def cancel(self, job_id: str, reason: str = "cancelled by user") -> dict:
-        """Cancel a job: at once when it waits, by request when it runs (its worker sees the
-        request, signals the handler, and stops it hard after the grace period)."""
-        for _ in range(5):
-            job = await self.get(job_id)
-            status = JobStatus(job["status"])
-            if status.terminal:
-                raise InvalidTransition(f"job {job_id} is already {status.value}", field="status")
-            if status == JobStatus.RUNNING:
-                res = await self.col.update_one(
-                    {"_id": job_id, "status": RUNNING}, {"$set": {"cancel_requested": True, "cancel_reason": reason}}
-                )
-            else:
-                now = self.clock.now()
-                res = await self.col.update_one(
-                    {"_id": job_id, "status": status.value},
-                    {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                              **self.finished_stamp(bool(job.get("workflow_id")), JobStatus.CANCELLED.value, now)},
-                     },
-                )
-                if res.modified_count and status == JobStatus.QUEUED:
-                    await self.engines.count_left_queue(job["engine"], 1)
-            if res.modified_count:
-                return await self.get(job_id)
-        raise InvalidTransition(f"job {job_id} kept changing state; try again", field="status")
+    async def expired_leases(self, now: datetime, limit: int = 100) -> list[dict]:
+        """Running jobs whose lease has passed, found per engine through the claim index's
+        (engine, status) prefix: running jobs are few (bounded by the limits)."""
+        out: list[dict] = []
+        for engine in await self.engines.list():
+            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}, RESCUE_FIELDS).to_list(None)
+            out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
+        return out[:limit]
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -273,7 +208,3 @@ class JobStore(ClaimMixin, ReadMixin, StepMixin, AdminMixin, JobRetentionMixin):
         if doc is None:
             raise NotFound(f"job {job_id!r} not found", field="job_id")
         return doc
-
-
-def error_entry(code: str, message: str, attempt: int, at: datetime, worker: str | None = None) -> dict:
-    return {"code": code, "message": message[:2000], "attempt": attempt, "at": at, "worker": worker}

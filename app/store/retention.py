@@ -32,11 +32,11 @@ from datetime import datetime, timedelta, timezone
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
-from app.domain.states import JobStatus
+from app.domain.states import JobStatus, WorkflowStatus
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAILED = JobStatus.FAILED.value
-FINISHED_WORKFLOW = ("completed", "cancelled", "failed")
+FINISHED_WORKFLOW = tuple(s.value for s in WorkflowStatus if s.terminal)
 STALE_TOMBSTONE = timedelta(minutes=5)
 LOWEST_ID = "0" * 24  # not "": SecantusDB matches nothing with an empty-string lower bound
 UNSETTLED = datetime(1900, 1, 1, tzinfo=timezone.utc)  # `expires_at` of a step awaiting its fan-out
@@ -57,22 +57,26 @@ def expiry(settings, status: str, now: datetime) -> datetime:
     return now + timedelta(seconds=keep_seconds(settings, status))
 
 
-class JobRetentionMixin:
-    """Part of `JobStore`."""
+class Expiry:
+    """What a terminal write sets for retention."""
 
-    async def ensure_retention_index(self) -> None:
-        # sparse: only documents that carry the field (terminal standalone jobs) are in it, so
-        # no other transition writes to it. A partial index ({$exists: true}) is not used
-        # by SecantusDB's planner for a range query; a sparse one is (measured).
-        await self.col.create_index("expires_at", sparse=True, name="retention")
+    def __init__(self, settings) -> None:
+        self.settings = settings
 
-    def expires_at(self, status: str, now: datetime) -> datetime:
+    def at(self, status: str, now: datetime) -> datetime:
         return expiry(self.settings, status, now)
 
-    def finished_stamp(self, step: bool, status: str, now: datetime) -> dict:
+    def finished(self, step: bool, status: str, now: datetime) -> dict:
         """What a failed or cancelled job's terminal write sets: a standalone job's expiry,
         or a step's mark that its fan-out is still to run (cleared by `fanout_done`)."""
-        return {"expires_at": UNSETTLED if step else self.expires_at(status, now)}
+        return {"expires_at": UNSETTLED if step else self.at(status, now)}
+
+
+class JobRetention:
+    """Deletes expired standalone jobs (the sparse `retention` index of `jobs`)."""
+
+    def __init__(self, col, dedupe) -> None:
+        self.col, self.dedupe = col, dedupe
 
     async def expire_jobs(self, now: datetime, batch: int = 500, max_batches: int = 20) -> int:
         """Delete standalone jobs whose `expires_at` has passed, with their dedupe entries.
@@ -94,12 +98,13 @@ class JobRetentionMixin:
         return deleted
 
 
-class WorkflowRetentionMixin:
-    """Part of `WorkflowStore` (which reaches `jobs` through `self.jobs`)."""
+class WorkflowRetention:
+    """Deletes finished workflows with their steps and graphs, through tombstones."""
 
-    @property
-    def tombstones(self):
-        return self.col.database["workflow_tombstones"]
+    def __init__(self, workflows, steps) -> None:
+        self.workflows, self.steps = workflows, steps
+        self.col, self.graphs, self.settings = workflows.col, workflows.graphs, workflows.settings
+        self.tombstones = workflows.col.database["workflow_tombstones"]
 
     async def expire_workflows(self, now: datetime, batch: int = 100, max_pages: int = 10) -> int:
         """Delete workflows finished longer ago than their retention, each with its steps.
@@ -125,7 +130,7 @@ class WorkflowRetentionMixin:
     async def _delete_workflow(self, wf: dict, status: str, now: datetime) -> int:
         if await self.col.find_one({"_id": wf["_id"]}, {"_id": 1}) is None:
             return 0
-        ids = [s["job_id"] for s in (await self.graph(wf["_id"])).values()]
+        ids = [s["job_id"] for s in (await self.workflows.graph(wf["_id"])).values()]
         try:
             await self.tombstones.insert_one({"_id": wf["_id"], "job_ids": ids, "at": now})
         except DuplicateKeyError:
@@ -139,7 +144,7 @@ class WorkflowRetentionMixin:
 
     async def _delete_steps(self, workflow_id: str, ids: list[str]) -> None:
         """The steps, the graph, then the tombstone."""
-        await self.jobs.delete_steps(workflow_id, ids)
+        await self.steps.delete_steps(workflow_id, ids)
         await self.graphs.delete_one({"_id": workflow_id})
         await self.tombstones.delete_one({"_id": workflow_id})
 

@@ -20,7 +20,7 @@ Exactly once, for jobs: a tick's job id is a function of (schedule id, tick)
 takeovers can create two jobs for one tick. A claim older than the stale limit is taken
 over by another process, which looks the job up by that id and inserts it only when it is
 missing; then it commits. So a crash anywhere between claim and commit neither loses the
-tick nor runs it twice. (`JobStore.submit`'s dedupe cannot give this: it frees a key once
+tick nor runs it twice. (`Lifecycle.submit`'s dedupe cannot give this: it frees a key once
 its job has finished, so a re-submit after a fast job would run the tick again.)
 
 At most once, for workflows: `WorkflowStore.create` picks its own ids, so after a crash
@@ -46,7 +46,6 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.domain.models import JobSpec, tenant_of
 from app.domain.schedule import Cron, ScheduleSpec
-from app.domain.states import JobStatus
 from app.domain.workflow import WorkflowSpec
 from app.errors import NotFound
 
@@ -59,9 +58,10 @@ def tick_job_id(schedule_id: str, tick: datetime) -> str:
 
 
 class ScheduleStore:
-    def __init__(self, db: AsyncDatabase, settings, clock, jobs, workflows) -> None:
+    def __init__(self, db: AsyncDatabase, settings, clock, jobs, lifecycle, workflows) -> None:
         self.col = db["schedules"]
         self.settings, self.clock, self.jobs, self.workflows = settings, clock, jobs, workflows
+        self.lifecycle = lifecycle
 
     async def ensure_indexes(self) -> None:
         # The scheduler's due query: plain equality on `paused`, then a range on `next_run_at`.
@@ -148,7 +148,7 @@ class ScheduleStore:
             wf = await self.workflows.create(spec, owner=doc["owner"])
             return "workflow", wf["_id"], [s.engine for s in spec.jobs]
         spec = JobSpec.model_validate({"name": doc["name"], **doc["template"]})
-        job = self.jobs.build(spec, doc["owner"])
+        job = self.lifecycle.build(spec, doc["owner"])
         job.update(_id=tick_job_id(doc["_id"], tick), schedule_id=doc["_id"], schedule_tick=tick)
         if recovering:
             try:
@@ -157,14 +157,13 @@ class ScheduleStore:
             except NotFound:
                 pass
         try:
-            await self.jobs.insert_many([job])
+            await self.lifecycle.insert_many([job])
         except (BulkWriteError, DuplicateKeyError) as exc:
             errors = exc.details.get("writeErrors", [exc.details]) if exc.details else []
             if not errors or any(e.get("code") != 11000 for e in errors):
                 raise
-            # A process we took over from inserted it meanwhile; undo our count of it.
-            if job["status"] == JobStatus.QUEUED.value:
-                await self.jobs.engines.count_left_queue(job["engine"], 1)
+            # A process we took over from inserted it meanwhile (the enqueuer gave our
+            # count of it back).
             return "job", job["_id"], []
         return "job", job["_id"], [job["engine"]]
 

@@ -54,15 +54,31 @@ class WorkerStore:
             }
         )
 
-    async def beat(self, worker_id: str, running_jobs: list[str]) -> bool:
-        """Extend the worker's registration and record the jobs it runs. False means it was
+    async def beat(self, worker_id: str, running_jobs: list[str], done_tokens: list[str] = ()) -> bool:
+        """Extend the worker's registration and record the jobs it runs; forget the start
+        marks of leases whose jobs have all left (`done_tokens`). False means it was
         declared dead."""
-        res = await self.col.update_one(
-            {"_id": worker_id, "status": "alive"},
-            {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": len(running_jobs),
-                      "running_jobs": running_jobs}},
-        )
+        update: dict = {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": len(running_jobs),
+                                 "running_jobs": running_jobs}}
+        if done_tokens:
+            update["$unset"] = {f"started.{t}": "" for t in done_tokens}
+        res = await self.col.update_one({"_id": worker_id, "status": "alive"}, update)
         return res.matched_count == 1
+
+    async def mark_started(self, worker_id: str, token: str) -> None:
+        """Record, before any handler of a claim runs, that its lease's handlers start. The
+        rescuer charges an expired lease's attempt only when this mark exists: a claim
+        whose reply was lost, or whose worker died before running it, costs no attempt.
+        One small write per claim, not per job."""
+        await self.col.update_one({"_id": worker_id}, {"$set": {f"started.{token}": self.clock.now()}})
+
+    async def handler_started(self, worker_id: str | None, token: str) -> bool | None:
+        """Whether `worker_id` recorded the start of lease `token`; None when the worker is
+        unknown (then the rescuer assumes it started: a poison job must be charged)."""
+        doc = await self.col.find_one({"_id": worker_id}, {f"started.{token}": 1}) if worker_id else None
+        if doc is None:
+            return None
+        return token in (doc.get("started") or {})
 
     async def stop(self, worker_id: str) -> None:
         await self.col.update_one({"_id": worker_id}, {"$set": {"status": "stopped", "last_seen": self.clock.now(),

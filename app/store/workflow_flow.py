@@ -4,12 +4,12 @@ cancel and retry. Part of `WorkflowStore`."""
 
 from __future__ import annotations
 
-from app.domain.states import JobStatus
+from app.domain.states import JobStatus, WorkflowStatus
 from app.domain.workflow import descendants
 from app.errors import InvalidTransition
 from app.store.retention import awaits_fanout
 
-RUNNING = "running"
+RUNNING = WorkflowStatus.RUNNING.value
 DEPENDENCY_FAILED = "dependency_failed"
 DEPENDENCY_CANCELLED = "dependency_cancelled"
 
@@ -44,7 +44,7 @@ class FlowMixin:
         done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
         if done:
             children = sorted({c for j in done for c in j.get("dependents") or []})
-            await self.jobs.release_children([j["_id"] for j in done], children)
+            await self.steps.release_children([j["_id"] for j in done], children)
         for j in jobs:
             if j["status"] != JobStatus.COMPLETED.value:
                 await self._after_failure(j)
@@ -53,7 +53,7 @@ class FlowMixin:
             by_wf.setdefault(j["workflow_id"], []).append(j["status"])
         for wf_id, statuses in by_wf.items():
             await self._count(wf_id, statuses)
-        await self.jobs.fanout_done([j["_id"] for j in jobs if awaits_fanout(j)])
+        await self.steps.fanout_done([j["_id"] for j in jobs if awaits_fanout(j)])
         for wf_id in by_wf:
             await self.finish_if_done(wf_id)
 
@@ -76,10 +76,10 @@ class FlowMixin:
         return {s["step_key"]: s["_id"] for s in steps if not JobStatus(s["status"]).terminal}
 
     async def _cancel_keys(self, workflow_id: str, ids_by_key: dict[str, str], reason: str) -> None:
-        cancelled = await self.jobs.cancel_steps(list(ids_by_key.values()), reason)
+        cancelled = await self.steps.cancel_steps(list(ids_by_key.values()), reason)
         if cancelled:  # guarded on each step's status, so each is counted exactly once
             await self._count(workflow_id, [JobStatus.CANCELLED.value] * len(cancelled))
-            await self.jobs.fanout_done(cancelled)
+            await self.steps.fanout_done(cancelled)
 
     async def _count(self, workflow_id: str, statuses: list[str]) -> None:
         """Count finished steps into the workflow's `open`, `n_failed` and `n_cancelled`.
@@ -105,7 +105,7 @@ class FlowMixin:
             done = sorted(await self.jobs.completed_among(parents))
             if done:
                 children = [s["_id"] for s in pending if set(s.get("waiting_on") or {}) & set(done)]
-                released += await self.jobs.release_children(done, children)
+                released += await self.steps.release_children(done, children)
             await self.col.update_one({"_id": wf["_id"]}, {"$set": {"updated_at": self.clock.now()}})
             await self.recount(wf["_id"])
         return released
@@ -125,7 +125,8 @@ class FlowMixin:
             await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
                 "open": still_open, "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
             return None
-        final = "failed" if "failed" in statuses else "cancelled" if "cancelled" in statuses else "completed"
+        final = (WorkflowStatus.FAILED if "failed" in statuses else WorkflowStatus.CANCELLED if "cancelled" in statuses
+                 else WorkflowStatus.COMPLETED).value
         res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
             "status": final, "completed_at": self.clock.now(), "open": 0,
             "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
@@ -144,7 +145,7 @@ class FlowMixin:
         """Re-run the failed steps and those cancelled because of a failure; completed steps
         and their results stay. Returns `{key: job_id}` of the steps that were reset."""
         wf = await self.get(workflow_id)
-        if wf["status"] not in ("failed", "cancelled"):
+        if wf["status"] not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
             raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
                                     field="status")
         steps = await self.jobs.steps_of(workflow_id, {"status": 1, "cancel_reason": 1, "parent_ids": 1, "step_key": 1,
@@ -160,5 +161,5 @@ class FlowMixin:
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} changed meanwhile; try again", field="status")
         completed = {s["_id"] for s in steps if s["status"] == "completed"}
-        await self.jobs.reset_steps(again, completed)
+        await self.steps.reset_steps(again, completed)
         return {s["step_key"]: s["_id"] for s in again}

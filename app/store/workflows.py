@@ -9,7 +9,8 @@ counters are written once per settled batch while the graph is written only at c
 by add-jobs. The steps' own documents are the truth: finishing re-counts them before it
 trusts `open`, and the move to a terminal status is guarded on `status: "running"`.
 
-Invariant: every terminal transition of a step is followed by `settle(step)`. A failed or
+Invariant: every terminal transition of a step is followed by `settle(step)`, which the
+lifecycle (`app/store/lifecycle.py`) owns: no caller settles by hand. A failed or
 cancelled step's terminal write sets the `UNSETTLED` mark and settle clears it, so
 maintenance replays any still marked. A completed step is not marked (that would cost every
 step a second write); if its worker dies before settling, `repair_stalled` finds the children
@@ -28,20 +29,20 @@ from pymongo.errors import CollectionInvalid
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.domain.models import tenant_of
-from app.domain.states import JobStatus
+from app.domain.states import JobStatus, WorkflowStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
-from app.store.retention import WorkflowRetentionMixin
 from app.store.workflow_flow import FlowMixin
 
-RUNNING = "running"
+RUNNING = WorkflowStatus.RUNNING.value
 
 
-class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
-    def __init__(self, db: AsyncDatabase, settings, clock, jobs) -> None:
+class WorkflowStore(FlowMixin):
+    def __init__(self, db: AsyncDatabase, settings, clock, jobs, lifecycle, steps) -> None:
         self.col = db["workflows"]
         self.graphs = db["workflow_graphs"]
-        self.settings, self.clock, self.jobs = settings, clock, jobs
+        self.settings, self.clock = settings, clock
+        self.jobs, self.lifecycle, self.steps = jobs, lifecycle, steps  # reads, moves, step moves
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
@@ -88,7 +89,7 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         docs = []
         now = self.clock.now()
         for n, s in enumerate(steps, start=first_ord):
-            doc = self.jobs.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
+            doc = self.lifecycle.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
             # a step with dependencies is born `pending` (new_job_document)
             doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on={ids[d]: 1 for d in s.depends_on},
@@ -109,10 +110,10 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
         await self.graphs.insert_one({"_id": wf_id, "steps": steps})  # first: a workflow always has its graph
         await self.col.insert_one(wf)
         try:
-            await self.jobs.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
+            await self.lifecycle.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
         except BaseException:
             await self.col.update_one({"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}})
-            await self.jobs.cancel_steps(list(ids.values()), "workflow could not be stored")
+            await self.steps.cancel_steps(list(ids.values()), "workflow could not be stored")
             raise
         return {**wf, "steps": steps}
 
@@ -136,20 +137,20 @@ class WorkflowStore(FlowMixin, WorkflowRetentionMixin):
             "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}})
         docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner, first_ord=wf["total"])
         for d in docs:  # parents outside the batch learn of their new child first
-            await self.jobs.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])
+            await self.steps.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])
         for d in docs:  # insert as pending on every parent, then release the finished ones
             if d["status"] == JobStatus.QUEUED.value:
                 d["status"] = JobStatus.PENDING.value
                 d.pop("queued_at", None)
             d["waiting_on"] = {p: 1 for p in d["parent_ids"]}
-        await self.jobs.insert_many(docs)
+        await self.lifecycle.insert_many(docs)
         parents = {p for d in docs for p in d["parent_ids"]}
         finished = await self.jobs.completed_among(parents)
         for d in docs:
             done = [p for p in d["parent_ids"] if p in finished]
             if done:
-                await self.jobs.release_children(done, [d["_id"]])
+                await self.steps.release_children(done, [d["_id"]])
         roots = [d for d in docs if not d["parent_ids"]]
         if roots:
-            await self.jobs.queue_ready(roots)
+            await self.steps.enqueuer.ready(roots)
         return {s.key: ids[s.key] for s in steps}

@@ -43,7 +43,7 @@ class Execution:
 
     async def _progress(self, percent: float, stage: str | None, data: dict) -> None:
         try:
-            await self.store.jobs.progress(self.job["_id"], self.token, percent, stage, data)
+            await self.store.lifecycle.progress(self.job["_id"], self.token, percent, stage, data)
         except LeaseLost:
             self.lost.set()
 

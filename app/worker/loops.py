@@ -25,12 +25,18 @@ class LoopsMixin:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             try:
                 await self.store.clock.sync()
-                if not await self.store.workers.beat(self.worker_id, list(self.running)):
+                done, self.done_leases = self.done_leases, []
+                try:
+                    alive = await self.store.workers.beat(self.worker_id, list(self.running), done)
+                except Exception:
+                    self.done_leases += done
+                    raise
+                if not alive:
                     await self._declared_dead()
                     continue
                 for job_id, ex in list(self.running.items()):
                     try:
-                        await self.store.jobs.heartbeat(job_id, ex.token)
+                        await self.store.lifecycle.heartbeat(job_id, ex.token)
                     except LeaseLost:
                         ex.lost.set()
             except asyncio.CancelledError:

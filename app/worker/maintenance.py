@@ -47,6 +47,7 @@ class Maintenance(Singleton):
             (self.sweep_orphans, 2.0),
             (self.settle_steps, 2.0),
             (self.repair_workflows, 10.0),
+            (self.reconcile, s.reconcile_interval_seconds),
             (self.expire, s.retention_interval_seconds),
             (self.run_schedules, s.schedule_interval_seconds))]
         try:
@@ -73,7 +74,7 @@ class Maintenance(Singleton):
         return await self.scheduler.tick()
 
     async def promote(self) -> int:
-        n = await self.store.jobs.promote_due(self.store.clock.now())
+        n = await self.store.lifecycle.promote_due(self.store.clock.now())
         if n:
             self.log.debug("maintenance.promoted", jobs=n)
         return n
@@ -93,19 +94,25 @@ class Maintenance(Singleton):
                 self.log.warning("maintenance.late_permits_returned", dead_worker=worker, permits_returned=permits)
         rescued = 0
         for job in await self.store.jobs.expired_leases(now):
-            status = await self.store.jobs.rescue(job, now)
+            status = await self.store.lifecycle.rescue(job, now)
             if status:
                 rescued += 1
                 metrics.job_rescued(job["engine"], status)
-                if status == "failed" and job.get("workflow_id"):
-                    await self.store.workflows.settle(job["_id"])
                 job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))
         return rescued
+
+    async def reconcile(self) -> int:
+        """Re-derive the engines' counters from the jobs and correct any drift."""
+        fixed = await self.store.engines.reconcile(self.store.jobs.count_queued)
+        for c in fixed:
+            metrics.COUNTER_CORRECTIONS.labels(c["engine"], c["counter"]).inc()
+            self.log.warning("engine.counter_corrected", **c)
+        return len(fixed)
 
     async def sweep_orphans(self) -> int:
         moved = 0
         for engine in await self.store.engines.list():
-            moved += await self.store.jobs.requeue_orphans(engine)
+            moved += await self.store.claimer.requeue_orphans(engine)
         if moved:
             self.log.info("maintenance.orphans_requeued", jobs=moved)
         return moved
@@ -120,8 +127,8 @@ class Maintenance(Singleton):
     async def expire(self) -> int:
         """Retention (docs/retention.md): delete finished jobs and workflows kept long enough."""
         now = self.store.clock.now()
-        jobs = await self.store.jobs.expire_jobs(now)
-        workflows = await self.store.workflows.expire_workflows(now)
+        jobs = await self.store.job_retention.expire_jobs(now)
+        workflows = await self.store.workflow_retention.expire_workflows(now)
         if jobs or workflows:
             self.log.info("maintenance.expired", jobs=jobs, workflows=workflows)
         return jobs + workflows

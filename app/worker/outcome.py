@@ -17,7 +17,9 @@ from app.context import PermanentError, Retry
 from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
 from app.errors import SwitchyardError
-from app.store.jobs import error_entry
+from app.domain.states import JobStatus
+from app.store.documents import error_entry
+from app.store.lifecycle import EXIT_TARGETS, Exit
 
 MAX_RESULT_BYTES = 12 * 1024 * 1024  # a job document must stay under MongoDB's 16 MiB
 
@@ -76,16 +78,15 @@ def classify_exception(exc: BaseException) -> Outcome:
 
 
 async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str,
-                complete=None) -> str:
-    """Perform the transition for `outcome`; returns the job's new status ("" for Lost).
-    `complete` may batch completions (see `completer.py`); it defaults to the store's.
-    A database error is retried a few times: every transition is guarded by the lease, so
-    a write that landed although its reply was lost makes the retry match nothing (a
-    completion then finds its own `finished_token`), and a brief fault no longer leaves
-    the job running until it is rescued and run again."""
+                leave=None) -> str:
+    """Perform the move for `outcome`; returns the job's new status ("" for Lost). `leave`
+    batches moves out of running (`batching.Exits`); it defaults to the lifecycle's own.
+    A database error is retried a few times: every move is fenced by the lease and stamps
+    `finished_token`, so a write that landed although its reply was lost is recognised as
+    ours by the replay, and a brief fault no longer leaves the job running until rescued."""
     for delay in (0.1, 0.5, 1.0, None):
         try:
-            return await _apply(store, job, token, outcome, execution_ms, worker, complete)
+            return await _apply(store, job, token, outcome, execution_ms, worker, leave)
         except SwitchyardError:  # LeaseLost and the like: an answer, not a fault
             raise
         except Exception:
@@ -95,23 +96,15 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
     raise AssertionError("unreachable")
 
 
-async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str, complete) -> str:
-    jobs = store.jobs
-    jid = job["_id"]
+def exit_for(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str) -> Exit | None:
+    """The move out of `running` that `outcome` calls for; None for Released and Lost."""
     match outcome:
         case Success(result=result):
-            await (complete or jobs.complete)(jid, token, result, execution_ms)
-            metrics.job_outcome(job["engine"], "completed", execution_ms)
-            return "completed"
+            return Exit(job, token, "complete", result=result, execution_ms=execution_ms)
         case Cancelled(reason=reason):
-            await jobs.cancel_running(jid, token, reason, step=bool(job.get("workflow_id")))
-            metrics.job_outcome(job["engine"], "cancelled", execution_ms)
-            return "cancelled"
-        case Released():
-            await jobs.release(jid, token, job["engine"], job["priority"], job.get("tenant", "default"))
-            return "queued"
-        case Lost():
-            return ""
+            return Exit(job, token, "stop", reason=reason, execution_ms=execution_ms)
+        case Released() | Lost():
+            return None
         case Failure() as f:
             retry = RetryConfig(**job["retry_config"])
             attempt = job["attempt"]
@@ -120,11 +113,23 @@ async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: i
             if not retryable or attempt >= retry.max_attempts:
                 if retryable:
                     entry["message"] += f" (no attempts left: {attempt}/{retry.max_attempts})"
-                await jobs.fail(jid, token, entry, execution_ms, step=bool(job.get("workflow_id")))
-                metrics.job_outcome(job["engine"], "failed", execution_ms)
-                return "failed"
+                return Exit(job, token, "fail", error=entry, execution_ms=execution_ms)
             delay = f.retry_after if f.retry_after is not None else retry.delay(job.get("retry_count", 0))
-            await jobs.retry(jid, token, entry, delay)
-            metrics.job_outcome(job["engine"], "scheduled", execution_ms)
-            return "scheduled"
+            return Exit(job, token, "backoff", error=entry, delay_seconds=delay)
     raise TypeError(f"unknown outcome {outcome!r}")
+
+
+async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str, leave) -> str:
+    if isinstance(outcome, Released):
+        await store.lifecycle.release(job, token)
+        return JobStatus.QUEUED.value
+    e = exit_for(store, job, token, outcome, execution_ms, worker)
+    if e is None:
+        return ""
+    if leave is None:
+        await store.lifecycle.leave(e)
+    else:
+        await leave(e)
+    status = EXIT_TARGETS[e.move].value
+    metrics.job_outcome(job["engine"], status, execution_ms)
+    return status

@@ -24,7 +24,7 @@ from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import busy_bands
 from app.worker import outcome as oc
-from app.worker.batching import Completer, Settler
+from app.worker.batching import Exits
 from app.worker.executor import Execution, ResultCache
 from app.worker.loops import LoopsMixin, new_worker_id
 
@@ -45,9 +45,10 @@ class JobProcessor(LoopsMixin):
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # the fetch loop found nothing and waits for a wake-up
         self.busy_since = 0.0
-        self.completer = Completer(store)
+        self.exits = Exits(store)
+        self.leases: dict[str, int] = defaultdict(int)  # lease token → its jobs still running here
+        self.done_leases: list[str] = []  # their start marks go with the next heartbeat
         self.results = ResultCache(2000)
-        self.settler = Settler(store, get_logger("switchyard.worker"))
         self.stopping = False
         self.contended = False  # the last fetch lost candidates to other claimers
         self.starved = False  # the last fetch found work but no free permit
@@ -84,7 +85,7 @@ class JobProcessor(LoopsMixin):
             ex.releasing.set()
         if self._execs:
             await asyncio.wait(self._execs, timeout=10)
-        await self.settler.drain()
+        await self.store.lifecycle.drain()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -144,7 +145,7 @@ class JobProcessor(LoopsMixin):
         if idle < want and running < limit:
             # Look before taking permits: sizes the reservation to the work there is, and a
             # worker that lost the race for the last job leaves without writing anything.
-            available = await self.store.jobs.peek(engine, want)
+            available = await self.store.claimer.peek(engine, want)
             if available <= idle:
                 if not available:
                     await self._give_back(name, idle)
@@ -159,11 +160,13 @@ class JobProcessor(LoopsMixin):
             self.starved = True
             return 0
         with metrics.CLAIM_LATENCY.time():
-            jobs = await self.store.jobs.claim(engine, self.worker_id, n)
+            jobs = await self.store.claimer.claim(engine, self.worker_id, n)
         try:
             await self.store.jobs.load_parent_results(jobs, self.results)
         except Exception as exc:  # the jobs are ours now: each reads its own parents instead
             self.log.warning("worker.parents_read_failed", error=repr(exc))
+        if jobs and not await self._mark_started(jobs):
+            return 0
         for job in jobs:
             self._launch(job)
         if jobs.dry and len(jobs) < n:  # the queue ran dry: keep no idle permits
@@ -171,6 +174,24 @@ class JobProcessor(LoopsMixin):
         elif len(jobs) < n:  # lost candidates to other claimers: keep the permits, retry soon
             self.contended = True
         return len(jobs)
+
+    async def _mark_started(self, jobs: list[dict]) -> bool:
+        """Record that this claim's handlers start (the rescuer charges an attempt only
+        then). If the mark cannot be written the jobs go back unrun, their attempt refunded;
+        if even that fails, their leases expire and the rescuer refunds them."""
+        token = jobs[0]["lease_token"]
+        try:
+            await self.store.workers.mark_started(self.worker_id, token)
+            return True
+        except Exception as exc:
+            self.log.warning("worker.start_mark_failed", jobs=len(jobs), error=repr(exc))
+        for job in jobs:
+            try:
+                await self.store.lifecycle.release(job, token)
+            except Exception:
+                pass
+        await self._give_back(jobs[0]["engine"], len(jobs))
+        return False
 
     async def _trim(self) -> None:
         """Idle permits beyond our free slots go back: with every slot busy (say with another
@@ -189,6 +210,7 @@ class JobProcessor(LoopsMixin):
     def _launch(self, job: dict) -> None:
         ex = Execution(self.store, job, self.worker_id, self.settings.cancel_grace_seconds)
         self.running[job["_id"]] = ex
+        self.leases[ex.token] += 1
         self.busy[job["engine"]] += 1
         task = asyncio.create_task(self._execute(ex), name=f"job-{job['_id']}")
         self._execs.add(task)
@@ -201,17 +223,19 @@ class JobProcessor(LoopsMixin):
             if job.get("parent_ids"):
                 ex.ctx.parents = await self.store.jobs.parent_results(job, self.results)
             outcome, ms = await ex.run()
-            status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.completer.complete)
+            status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.exits.leave)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)
-            if job.get("workflow_id") and status in ("completed", "failed", "cancelled"):
-                self.settler.add(job["_id"])
         except LeaseLost:
             ex.log.warning("job.lease_lost", note="another worker owns this job now; result discarded")
         except Exception as exc:
             ex.log.error("job.report_failed", error=repr(exc))
         finally:
             self.running.pop(job["_id"], None)
+            self.leases[ex.token] -= 1
+            if self.leases[ex.token] <= 0:
+                del self.leases[ex.token]
+                self.done_leases.append(ex.token)
             if ex.worker == self.worker_id:  # else its permit died with our old incarnation
                 self.busy[job["engine"]] -= 1
             self.wake.set()

@@ -1,6 +1,6 @@
-"""Claiming and the queue-keeping moves of `JobStore`: claim, promote, rescue, orphans.
+"""`Claimer`: the claim, and the per-engine state it keeps between claims (its caches).
 
-The claim follows DESIGN.md §5: read the engine document, take the highest band with work,
+The claim (docs/claiming.md): read the engine document, take the highest band with work,
 find a window of candidates with plain equality plus a seq range bounded on both sides,
 claim them in one `update_many({_id: {$in}, status: "queued"})` stamped with a fresh lease
 token, then read them back by token. Its cost depends on the window, never on queue depth.
@@ -31,25 +31,22 @@ orphan). `requeue_orphans` gives those a fresh seq.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
-from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
 
-from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
-from app.store.engines import DEFAULT_TENANT, band, busy_bands, parse_band
+from app.store.db import find_in
+from app.store.engines import DEFAULT_TENANT, busy_bands, parse_band
 
 QUEUED = JobStatus.QUEUED.value
-EPOCH = datetime(1970, 1, 1)
 MAX_WINDOW = 1 << 20
 MAX_SPREAD = 16  # see `claim`: how far past the head a contended claimer may pick
 HEAD_PATIENCE = 1.0  # seconds a band's cursor may stand still before claimers ahead serve its head
-RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1, "lease_token": 1,
-                 "lease_expires_at": 1, "workflow_id": 1}
 
 
 class Claimed(list):
@@ -61,8 +58,14 @@ class Claimed(list):
         self.dry = dry
 
 
-class ClaimMixin:
-    async def _window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
+class Claimer:
+    def __init__(self, col, settings, clock, engines, lifecycle) -> None:
+        self.col, self.settings, self.clock = col, settings, clock
+        self.engines, self.lifecycle = engines, lifecycle
+        self._spread: dict[str, int] = {}  # per engine: claim contention (see the module's docstring)
+        self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
+
+    async def window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
                       projection: dict | None = None, ahead: int = 4) -> tuple[list[dict], int]:
         """Candidates from the first non-empty window at or after `lo`, probing in growing
         steps. Returns them and the new lower bound (everything below it has left queued).
@@ -85,7 +88,7 @@ class ClaimMixin:
         seen = 0
         for _, p, tenant, lo, hi in busy_bands(engine):
             if seen < k:
-                found, _ = await self._window(engine["_id"], p, tenant, lo, hi, k - seen, {"seq": 1})
+                found, _ = await self.window(engine["_id"], p, tenant, lo, hi, k - seen, {"seq": 1})
                 seen += len(found)
         return seen
 
@@ -104,7 +107,7 @@ class ClaimMixin:
         name = engine["_id"]
         token = uuid.uuid4().hex
         now = self.clock.now()
-        stamp = {"status": JobStatus.RUNNING.value, "lease_owner": worker, "lease_token": token,
+        stamp = {"lease_owner": worker, "lease_token": token,
                  "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
         taken = 0
         moved: dict[str, int] = {}
@@ -134,7 +137,7 @@ class ClaimMixin:
                 offset = rank * self.settings.claim_batch if served and not got and spread == 1 else 0
                 if offset:
                     start = max(lo, end) + offset
-                    found, _ = await self._window(name, p, tenant, start, hi, want - got)
+                    found, _ = await self.window(name, p, tenant, start, hi, want - got)
                     if not found:
                         self._ahead[(name, key)] = (seen, since, 0)
                         rank = 0
@@ -142,20 +145,25 @@ class ClaimMixin:
                     self._ahead[(name, key)] = (seen, since, found[-1]["seq"] + 1)
                 else:
                     # uncontended: a window as wide as the claim; contended: gaps, so wider
-                    found, lows[key] = await self._window(name, p, tenant, lo, hi, (want - got) * spread,
+                    found, lows[key] = await self.window(name, p, tenant, lo, hi, (want - got) * spread,
                                                           ahead=1 if spread == 1 else 4)
                 if not found:
                     break
                 tried = found if spread == 1 else sorted(random.sample(found, min(want - got, len(found))), key=lambda f: f["seq"])
                 ids = [f["_id"] for f in tried]
-                res = await self.col.update_many({"_id": {"$in": ids}, "status": QUEUED}, {"$set": stamp, "$inc": {"attempt": 1}})
-                if res.modified_count == len(tried):
-                    mine += [{**f, **stamp, "attempt": f.get("attempt", 0) + 1} for f in tried]
+                try:
+                    n = await self.lifecycle.take(ids, stamp)
+                except PyMongoError:
+                    contested += ids  # it may have landed: the token tells, below
+                    raise
+                if n == len(tried):
+                    mine += [{**f, **stamp, "status": JobStatus.RUNNING.value, "attempt": f.get("attempt", 0) + 1}
+                             for f in tried]
                     self._spread[name] = max(1, spread // 2)
                 else:
                     contested += ids
                     self._spread[name] = min(MAX_SPREAD, spread * 2)
-                got += res.modified_count
+                got += n
                 if offset:
                     continue
                 # every tried candidate has left queued, ours or not; an untried one may not have
@@ -166,18 +174,24 @@ class ClaimMixin:
 
         # Strict priority; within a priority, fairness between tenants: each band first gets
         # an even share of what is left, in an order that rotates, then the rest go to any.
-        for p in sorted({b[1] for b in bands}):
-            same = [b for b in bands if b[1] == p]
-            start = random.randrange(len(same))
-            same = same[start:] + same[:start]
-            share = -(-(k - taken) // len(same))  # ceil
-            for even in (True, False):
-                for key, _, tenant, _, hi in same:
-                    if taken >= k:
-                        break
-                    taken += await take(key, p, tenant, hi, min(share, k - taken) if even else k - taken)
-            if taken >= k:
-                break
+        # A write whose reply is lost (`update_many` is not a retryable write) ends the claim:
+        # what it took is found by the token, run, and counted like any other.
+        failure: Exception | None = None
+        try:
+            for p in sorted({b[1] for b in bands}):
+                same = [b for b in bands if b[1] == p]
+                start = random.randrange(len(same))
+                same = same[start:] + same[:start]
+                share = -(-(k - taken) // len(same))  # ceil
+                for even in (True, False):
+                    for key, _, tenant, _, hi in same:
+                        if taken >= k:
+                            break
+                        taken += await take(key, p, tenant, hi, min(share, k - taken) if even else k - taken)
+                if taken >= k:
+                    break
+        except PyMongoError as exc:
+            failure = exc
         for key, _, _, lo, _ in bands:
             end_ = lows[key]
             ceiling = self.engines.cursor_ceiling(engine, key)
@@ -185,47 +199,36 @@ class ClaimMixin:
                 end_ = min(end_, ceiling)
             if end_ > lo:
                 moved[key] = end_
+        docs = mine
+        if contested:
+            try:
+                docs += await self._read_back(contested, token)
+            except PyMongoError as exc:
+                failure = failure or exc
+        taken = len(docs)
         try:
             await self.engines.after_claim(name, moved, taken)
         except Exception:  # bookkeeping only (cursors, the queued counter): the jobs are ours
             if not taken:  # now, and failing here would leave them running unrun until rescued
                 raise
-        dry = all(lows[key] >= hi for key, _, _, _, hi in bands)
-        if not taken:
-            return Claimed(dry=dry)
-        docs = mine
-        if contested:
-            docs += await self.col.find({"_id": {"$in": contested}, "lease_token": token}).to_list(None)
+        if failure is not None and not docs:
+            raise failure
+        dry = failure is None and all(lows[key] >= hi for key, _, _, _, hi in bands)
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
         return Claimed(docs, dry=dry)
 
-    async def _requeue(self, jobs: list[dict], guard: dict) -> int:
-        """Give `jobs` fresh seqs (one `$inc` per band) and move them to queued, each guarded
-        by `guard` plus its own `_id`. Returns how many moved."""
-        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        for j in jobs:
-            groups[(j["engine"], band(j["priority"], j.get("tenant", DEFAULT_TENANT)))].append(j)
-        moved = 0
-        now = self.clock.now()
-        for (engine, key), members in groups.items():
-            async with self.engines.enqueue(engine, key, len(members)) as first:
-                ops = [
-                    UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
-                              {"$set": {"status": QUEUED, "seq": first + i, "queued_at": now}})
-                    for i, j in enumerate(members)
-                ]
-                res = await self.col.bulk_write(ops, ordered=False)
-            moved += res.modified_count
-            await self.engines.count_left_queue(engine, len(members) - res.modified_count)
-        return moved
-
-    async def promote_due(self, now: datetime, limit: int = 500) -> int:
-        """scheduled → queued for every job whose `run_at` has come."""
-        due = await self.col.find(
-            {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
-            {"engine": 1, "priority": 1, "tenant": 1}
-        ).limit(limit).to_list(limit)
-        return await self._requeue(due, {"status": JobStatus.SCHEDULED.value}) if due else 0
+    async def _read_back(self, ids: list[str], token: str) -> list[dict]:
+        """The jobs among `ids` that carry our lease token. After a lost reply the server
+        may still be unreachable for a moment: a few tries, then the jobs stay leased to us
+        unrun, and the rescuer refunds their attempt (no start was recorded for the lease)."""
+        for delay in (0.2, 1.0, None):
+            try:
+                return await find_in(self.col, ids, {"lease_token": token})
+            except PyMongoError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        return []
 
     async def requeue_orphans(self, engine: dict, limit: int = 100) -> int:
         """Queued jobs below their band's cursor get a fresh seq so claimers see them. They
@@ -239,50 +242,5 @@ class ClaimMixin:
                 {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
             ).limit(limit).to_list(limit)
             if stray:
-                # the old seq is part of the guard, so a job claimed meanwhile is left alone
-                n = await self._requeue(stray, {"status": QUEUED, "seq": None})
-                await self.engines.count_left_queue(engine["_id"], n)  # already counted as queued
-                moved += n
+                moved += await self.lifecycle.reseq(stray)
         return moved
-
-    async def expired_leases(self, now: datetime, limit: int = 100) -> list[dict]:
-        """Running jobs whose lease has passed, found per engine through the claim index's
-        (engine, status) prefix: running jobs are few (bounded by the limits)."""
-        out: list[dict] = []
-        for engine in await self.engines.list():
-            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}, RESCUE_FIELDS).to_list(None)
-            out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
-        return out[:limit]
-
-    async def rescue(self, job: dict, now: datetime) -> str:
-        """running with an expired lease → queued (attempt counted) or failed when no
-        attempts are left. Returns the new status, or "" if the job moved on meanwhile."""
-        attempt = job.get("attempt", 1)
-        error = {"code": "lease_expired", "attempt": attempt, "at": now, "worker": job.get("lease_owner"),
-                 "message": f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} stopped or stalled)"}
-        # the exact expiry read: a heartbeat that renewed the lease meanwhile wins
-        guard = {"_id": job["_id"], "status": JobStatus.RUNNING.value, "lease_token": job["lease_token"],
-                 "lease_expires_at": job["lease_expires_at"]}
-        clear = {"lease_owner": "", "lease_token": "", "lease_expires_at": ""}
-        retry = RetryConfig(**job["retry_config"])
-        if attempt >= retry.max_attempts:
-            error["message"] += f"; no attempts left ({attempt}/{retry.max_attempts})"
-            res = await self.col.update_one(guard, {
-                "$set": {"status": JobStatus.FAILED.value, "last_error": error, "completed_at": now,
-                         **self.finished_stamp(bool(job.get("workflow_id")), JobStatus.FAILED.value, now)},
-                "$push": {"errors": error}, "$unset": clear})
-            return JobStatus.FAILED.value if res.modified_count else ""
-        # Win the job before taking a number: every process's rescuer may race for it, and
-        # each number taken holds the band's cursor back (an in-flight marker) until it lands.
-        mark = uuid.uuid4().hex
-        if not (await self.col.update_one(guard, {"$set": {"lease_token": mark}})).modified_count:
-            return ""
-        guard = {"_id": job["_id"], "status": JobStatus.RUNNING.value, "lease_token": mark}
-        async with self.engines.enqueue(job["engine"], band(job["priority"], job.get("tenant", DEFAULT_TENANT)), 1) as seq:
-            res = await self.col.update_one(guard, {
-                "$set": {"status": QUEUED, "seq": seq, "queued_at": now, "last_error": error},
-                "$push": {"errors": error}, "$inc": {"retry_count": 1}, "$unset": clear})
-        if not res.modified_count:
-            await self.engines.count_left_queue(job["engine"], 1)
-            return ""
-        return QUEUED

@@ -1,0 +1,324 @@
+"""The job lifecycle: the named, guarded primitives that move a job between states, one per
+move of `app.domain.states.MOVES`, and what a terminal move implies.
+
+With `enqueue.py` (entering `queued`) and `steps.py` (the moves of workflow steps), this is
+the only code that writes a job's `status` (tests/test_domain_states.py checks it).
+
+Invariants:
+- Every move out of `running` is fenced by the lease token: its filter is plain equality
+  on `{_id, status: "running", lease_token}`, so a worker that lost its lease matches
+  nothing and gets `LeaseLost` instead of overwriting the new owner's work. A terminal
+  move stamps `finished_token`, which tells a write whose reply was lost (ours, landed)
+  apart from another owner's.
+- A move guarded by the state read raises `InvalidTransition` when it matches nothing.
+- A workflow step's terminal move is followed by its settle (`settle_now`, or batched by
+  `settle_later` for the worker's exits). A failed or cancelled step carries the
+  `UNSETTLED` mark until settled, so maintenance replays a settle its process died before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from app.domain.models import JobSpec, new_job_document
+from app.domain.retry import RetryConfig
+from app.domain.states import JobStatus
+from app.errors import InvalidTransition, LeaseLost, NotFound
+from app.store.documents import LEASE_FIELDS, JobDoc, error_entry, is_step
+from app.store.retention import Expiry
+
+RUNNING = JobStatus.RUNNING.value
+UNSET_LEASE = {f: "" for f in LEASE_FIELDS}
+EXIT_TARGETS = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED, "backoff": JobStatus.SCHEDULED,
+                "stop": JobStatus.CANCELLED}
+
+
+@dataclass
+class Exit:
+    """One lease holder's move out of `running` (not `release`, which takes a seq)."""
+
+    job: JobDoc
+    token: str
+    move: str  # complete | fail | backoff | stop
+    result: Any = None
+    error: dict | None = None
+    execution_ms: int | None = None
+    delay_seconds: float = 0.0
+    reason: str = ""
+
+
+class Lifecycle:
+    def __init__(self, col, settings, clock, engines, enqueuer, dedupe, workers,
+                 settle: Callable[[list[str]], Awaitable[None]], expiry: Expiry) -> None:
+        self.col, self.settings, self.clock = col, settings, clock
+        self.engines, self.enqueuer, self.dedupe, self.workers = engines, enqueuer, dedupe, workers
+        self._settle, self.expiry = settle, expiry
+        self._settling: list[str] = []
+        self._settler: asyncio.Task | None = None
+        self._default_retry_doc: dict | None = None
+
+    # --- (new) → pending | scheduled | queued --------------------------------------------
+    def default_retry(self) -> RetryConfig:
+        s = self.settings
+        return RetryConfig(max_retries=s.retry_max_retries, retry_delay_seconds=s.retry_delay_seconds,
+                           max_delay_seconds=s.retry_max_delay_seconds)
+
+    def build(self, spec: JobSpec, owner: str, now: datetime | None = None, **kw: Any) -> JobDoc:
+        """A new job's document. The default retry policy is dumped once: a 10,000-step
+        workflow builds 10,000 of these in one request."""
+        if spec.retry_config is not None:
+            retry = spec.retry_config.model_dump()
+        else:
+            if self._default_retry_doc is None:
+                self._default_retry_doc = self.default_retry().model_dump()
+            retry = dict(self._default_retry_doc)
+        return new_job_document(spec, job_id=str(ObjectId()), owner=owner, now=now or self.clock.now(),
+                                retry=retry, **kw)
+
+    async def submit(self, spec: JobSpec, owner: str) -> tuple[JobDoc, bool]:
+        """Insert one job. Returns `(job, created)`; `created` is False when a live job with
+        the same `dedupe_key` exists, which is returned instead."""
+        doc = self.build(spec, owner)
+        key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
+        while key:
+            bound = await self.dedupe.claim(key, doc["_id"])
+            if bound is None:
+                break
+            existing = await self.col.find_one({"_id": bound})
+            if existing is not None and not JobStatus(existing["status"]).terminal:
+                return existing, False
+            await self.dedupe.drop(key, bound)  # its job finished: the key is free
+        try:
+            await self.enqueuer.insert([doc])
+        except BaseException:
+            if key:
+                await self.dedupe.drop(key, doc["_id"])
+            raise
+        return doc, True
+
+    async def insert_many(self, docs: list[JobDoc]) -> None:
+        await self.enqueuer.insert(docs)
+
+    # --- queued → running ----------------------------------------------------------------
+    async def take(self, ids: list[str], stamp: dict[str, Any]) -> int:
+        """The claim's write: queued → running for those of `ids` still queued, stamped with
+        one lease (`stamp`); the attempt is charged here. Not a retryable write: after an
+        error the claimer reads back by the lease token (`Claimer.claim`)."""
+        res = await self.col.update_many({"_id": {"$in": ids}, "status": JobStatus.QUEUED.value},
+                                         {"$set": {**stamp, "status": RUNNING}, "$inc": {"attempt": 1}})
+        return res.modified_count
+
+    # --- the lease holder ----------------------------------------------------------------
+    async def _leased(self, job_id: str, token: str, update: dict[str, Any]) -> None:
+        res = await self.col.update_one({"_id": job_id, "status": RUNNING, "lease_token": token}, update)
+        if res.matched_count == 0:
+            raise LeaseLost(f"job {job_id} is no longer leased with this token", job_id=job_id)
+
+    async def heartbeat(self, job_id: str, token: str) -> None:
+        expires = self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
+        await self._leased(job_id, token, {"$set": {"lease_expires_at": expires}})
+
+    async def progress(self, job_id: str, token: str, percent: float, stage: str | None, data: dict) -> None:
+        await self._leased(job_id, token, {"$set": {"progress": {"percent": percent, "stage": stage, "data": data}}})
+
+    async def leave_running(self, exits: list[Exit]) -> set[str]:
+        """running → completed | failed | scheduled | cancelled for many jobs, each fenced by
+        its own lease. Returns the ids whose lease was lost (nothing was written for them).
+
+        Completions of one claim share a token and complete in one `update_many` whose
+        pipeline picks each job's result by its position (`$literal`, so a result is never
+        read as an expression): one statement is one commit on the server, where a
+        `bulk_write` costs one per job. Other exits go in one `bulk_write`. Every exit stamps
+        `finished_token`, so after a lost reply a replay tells its own landed write apart
+        from another owner's move."""
+        now = self.clock.now()
+        lost: set[str] = set()
+        by_token: dict[str, list[Exit]] = {}
+        others: list[Exit] = []
+        for e in exits:
+            (by_token.setdefault(e.token, []) if e.move == "complete" else others).append(e)
+        expires = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, "$$REMOVE",
+                             {"$literal": self.expiry.at(JobStatus.COMPLETED.value, now)}]}
+        for token, members in by_token.items():
+            ids = [m.job["_id"] for m in members]
+            at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
+            res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
+                {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
+                          "progress.percent": 100.0, "expires_at": expires,
+                          "result": {"$arrayElemAt": [{"$literal": [m.result for m in members]}, at]},
+                          "execution_time_ms": {"$arrayElemAt": [{"$literal": [m.execution_ms for m in members]}, at]}}},
+                {"$unset": list(LEASE_FIELDS)},
+            ])
+            if res.modified_count < len(ids):
+                lost |= await self._not_ours(members)
+        if others:
+            ops = [UpdateOne({"_id": e.job["_id"], "status": RUNNING, "lease_token": e.token}, self._exit_update(e, now))
+                   for e in others]
+            res = await self.col.bulk_write(ops, ordered=False)
+            if res.modified_count < len(ops):
+                lost |= await self._not_ours(others)
+        self.settle_later([e.job["_id"] for e in exits if is_step(e.job) and e.job["_id"] not in lost
+                           and EXIT_TARGETS[e.move].terminal])
+        return lost
+
+    def _exit_update(self, e: Exit, now: datetime) -> dict[str, Any]:
+        target = EXIT_TARGETS[e.move]
+        update: dict[str, Any] = {"$set": {"status": target.value, "finished_token": e.token}, "$unset": UNSET_LEASE}
+        if e.error is not None:
+            update["$set"]["last_error"] = e.error
+            update["$push"] = {"errors": e.error}
+        if target == JobStatus.SCHEDULED:
+            update["$set"]["run_at"] = now + timedelta(seconds=e.delay_seconds)
+            update["$inc"] = {"retry_count": 1}
+            return update
+        update["$set"].update(completed_at=now, execution_time_ms=e.execution_ms,
+                              **self.expiry.finished(is_step(e.job), target.value, now))
+        if target == JobStatus.CANCELLED:
+            update["$set"]["cancel_reason"] = e.reason
+        return update
+
+    async def _not_ours(self, exits: list[Exit]) -> set[str]:
+        docs = await self.col.find({"_id": {"$in": [e.job["_id"] for e in exits]}}, {"finished_token": 1}).to_list(None)
+        ours = {(d["_id"], d.get("finished_token")) for d in docs}
+        return {e.job["_id"] for e in exits if (e.job["_id"], e.token) not in ours}
+
+    async def complete(self, job: JobDoc, token: str, result: Any, execution_ms: int) -> None:
+        await self.leave(Exit(job, token, "complete", result=result, execution_ms=execution_ms))
+
+    async def fail(self, job: JobDoc, token: str, error: dict, execution_ms: int | None) -> None:
+        await self.leave(Exit(job, token, "fail", error=error, execution_ms=execution_ms))
+
+    async def backoff(self, job: JobDoc, token: str, error: dict, delay_seconds: float) -> None:
+        await self.leave(Exit(job, token, "backoff", error=error, delay_seconds=delay_seconds))
+
+    async def stop(self, job: JobDoc, token: str, reason: str, execution_ms: int | None = None) -> None:
+        await self.leave(Exit(job, token, "stop", reason=reason, execution_ms=execution_ms))
+
+    async def leave(self, e: Exit) -> None:
+        if await self.leave_running([e]):
+            raise LeaseLost(f"job {e.job['_id']} is no longer leased with this token", job_id=e.job["_id"])
+
+    async def release(self, job: JobDoc, token: str) -> None:
+        """running → queued without charging the attempt (shutdown, or a claim whose
+        handler could not be started)."""
+        moved = await self.enqueuer.move([job], {"status": RUNNING, "lease_token": token},
+                                         {"$set": {"started_at": None}, "$inc": {"attempt": -1}, "$unset": UNSET_LEASE})
+        if not moved:
+            raise LeaseLost(f"job {job['_id']} is no longer leased with this token", job_id=job["_id"])
+
+    # --- users ---------------------------------------------------------------------------
+    async def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobDoc:
+        """pending | scheduled | queued → cancelled at once; a running job is asked to stop
+        (its worker signals the handler, and stops it hard after the grace period). A
+        cancelled step is settled before this returns: its dependents are cancelled too."""
+        for _ in range(5):
+            job = await self.col.find_one({"_id": job_id})
+            if job is None:
+                raise NotFound(f"job {job_id!r} not found", field="job_id")
+            status = JobStatus(job["status"])
+            if status.terminal:
+                raise InvalidTransition(f"job {job_id} is already {status.value}", field="status")
+            if status == JobStatus.RUNNING:
+                update = {"$set": {"cancel_requested": True, "cancel_reason": reason}}
+            else:
+                now = self.clock.now()
+                update = {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
+                                   **self.expiry.finished(is_step(job), JobStatus.CANCELLED.value, now)}}
+            if (await self.col.update_one({"_id": job_id, "status": status.value}, update)).modified_count:
+                if status == JobStatus.QUEUED:
+                    await self.enqueuer.left(job["engine"], 1)
+                if status != JobStatus.RUNNING and is_step(job):
+                    await self.settle_now([job_id])
+                return await self.col.find_one({"_id": job_id})
+        raise InvalidTransition(f"job {job_id} kept changing state; try again", field="status")
+
+    # --- maintenance ---------------------------------------------------------------------
+    async def promote_due(self, now: datetime, limit: int = 500) -> int:
+        """scheduled → queued for every job whose `run_at` has come."""
+        due = await self.col.find({"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
+                                  {"engine": 1, "priority": 1, "tenant": 1}).limit(limit).to_list(limit)
+        return await self.enqueuer.move(due, {"status": JobStatus.SCHEDULED.value}, {}) if due else 0
+
+    async def reseq(self, stray: list[JobDoc]) -> int:
+        """queued → queued with a fresh seq: orphans below their band's cursor (a writer died
+        mid-enqueue). The old seq is part of the guard, so a job claimed meanwhile stays."""
+        n = await self.enqueuer.move(stray, {"status": JobStatus.QUEUED.value, "seq": None}, {})
+        await self.enqueuer.left(stray[0]["engine"], n)  # they were counted as queued already
+        return n
+
+    async def rescue(self, job: JobDoc, now: datetime) -> str:
+        """running with an expired lease → queued, or failed when no attempts are left.
+        A job whose handler never started (its worker recorded no start for the lease) goes
+        back to queued with the attempt refunded. Returns the new status, or "" if the job
+        moved on meanwhile. A failed step is settled here."""
+        started = await self.workers.handler_started(job.get("lease_owner"), job["lease_token"])
+        attempt = job.get("attempt", 1)
+        # the exact expiry read: a heartbeat that renewed the lease meanwhile wins
+        guard = {"_id": job["_id"], "status": RUNNING, "lease_token": job["lease_token"],
+                 "lease_expires_at": job["lease_expires_at"]}
+        if started is False:
+            error, update = None, {"$inc": {"attempt": -1}, "$unset": UNSET_LEASE}
+        else:
+            error = error_entry("lease_expired", f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} "
+                                "stopped or stalled)", attempt, now, job.get("lease_owner"))
+            update = {"$set": {"last_error": error}, "$push": {"errors": error}, "$inc": {"retry_count": 1},
+                      "$unset": UNSET_LEASE}
+            if attempt >= RetryConfig(**job["retry_config"]).max_attempts:
+                error["message"] += f"; no attempts left ({attempt}/{RetryConfig(**job['retry_config']).max_attempts})"
+                update["$set"].update(status=JobStatus.FAILED.value, completed_at=now,
+                                      **self.expiry.finished(is_step(job), JobStatus.FAILED.value, now))
+                del update["$inc"]
+                if not (await self.col.update_one(guard, update)).modified_count:
+                    return ""
+                if is_step(job):
+                    await self.settle_now([job["_id"]])
+                return JobStatus.FAILED.value
+        # Win the job before taking a number: every process's rescuer may race for it, and
+        # each number taken holds the band's cursor back (an in-flight marker) until it lands.
+        mark = uuid.uuid4().hex
+        if not (await self.col.update_one(guard, {"$set": {"lease_token": mark}})).modified_count:
+            return ""
+        moved = await self.enqueuer.move([job], {"status": RUNNING, "lease_token": mark}, update)
+        return JobStatus.QUEUED.value if moved else ""
+
+    # --- consequences of terminal moves --------------------------------------------------
+    async def settle_now(self, step_ids: list[str]) -> None:
+        if step_ids:
+            await self._settle(step_ids)
+
+    def settle_later(self, step_ids: list[str]) -> None:
+        """Batched, off the caller's path: steps of a wide fan-in that finish together
+        release their child with one write. A settle that fails is replayed by maintenance
+        (failed and cancelled steps are marked; a completed one's children are found by
+        `repair_stalled`)."""
+        if step_ids:
+            self._settling += step_ids
+            if self._settler is None or self._settler.done():
+                self._settler = asyncio.create_task(self._flush_settles())
+
+    async def _flush_settles(self) -> None:
+        await asyncio.sleep(0.003)
+        while self._settling:
+            batch, self._settling = self._settling[:500], self._settling[500:]
+            try:
+                await self._settle(batch)
+            except Exception as exc:  # maintenance replays it
+                from app.logs import get_logger
+                get_logger("switchyard.lifecycle").warning("workflow.settle_failed", jobs=len(batch), error=repr(exc))
+
+    async def drain(self) -> None:
+        """Wait for batched settles (shutdown, tests)."""
+        if self._settler is not None:
+            await asyncio.wait([self._settler], timeout=10)
+
+
+EPOCH = datetime(1970, 1, 1)
+

@@ -1,0 +1,107 @@
+"""The moves on `jobs` that workflows make: release children whose parents completed,
+cancel open steps, reset failed ones for a retry, and the `dependents` and fan-out marks.
+
+A step waits in `pending` with `waiting_on`, a map whose keys are the ids of its unfinished
+parents: the counter of what it still waits for. When parents complete, their fan-out
+`$unset`s their keys in each child's map; a child whose map is empty moves to `queued`,
+guarded on `{status: "pending", waiting_on: {}}`, so of several parents finishing at once
+exactly one promotes it. Unsetting a key is idempotent, which is what makes a fan-out safe
+to replay after a crash (see `unsettled`), and costs the same for a child of 2
+parents as for a fan-in of 10,000.
+"""
+
+from __future__ import annotations
+
+
+from app.domain import states
+from app.domain.states import JobStatus
+from app.store.db import chunks, find_in, update_in
+from app.store.retention import UNSETTLED
+
+PENDING = JobStatus.PENDING.value
+WAITING = tuple(s.value for s in states.WAITING)
+
+
+class StepMoves:
+    def __init__(self, col, clock, enqueuer, expiry) -> None:
+        self.col, self.clock, self.enqueuer, self.expiry = col, clock, enqueuer, expiry
+
+    async def release_children(self, parent_ids: list[str], children: list[str]) -> int:
+        """The parents completed: unblock their children and queue those with nothing left
+        to wait on. Children that waited only on these parents (a fan-out) go straight to
+        queued, guarded on the exact map they had; the rest have the parents unset from
+        their maps (one write, however many parents finished together) and are queued if
+        that emptied them."""
+        if not children:
+            return 0
+        done = set(parent_ids)
+        docs = await find_in(self.col, children, {"status": PENDING},
+                             {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1})
+        direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
+        moved = await self.enqueuer.ready(direct, exact=True) if direct else 0
+        rest = [d["_id"] for d in docs if d not in direct]
+        if moved < len(direct):  # a map changed under us: those take the general path
+            rest += [d["_id"] for d in direct]
+        if rest:
+            await update_in(self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
+            ready = await find_in(self.col, rest, {"status": PENDING, "waiting_on": {}},
+                                  {"engine": 1, "priority": 1, "tenant": 1, "ord": 1})
+            moved += await self.enqueuer.ready(ready) if ready else 0
+        return moved
+
+    async def cancel_steps(self, ids: list[str], reason: str) -> list[str]:
+        """Cancel these steps if they still wait; ask running ones to stop. Returns the ids
+        cancelled here. One `update_many` per (status, engine), so a 10,000-step workflow
+        is cancelled in a handful of writes."""
+        if not ids:
+            return []
+        now = self.clock.now()
+        found = await find_in(self.col, ids, {"status": {"$in": list(WAITING)}}, {"engine": 1, "status": 1})
+        groups: dict[tuple[str, str], list[str]] = {}
+        for j in found:
+            groups.setdefault((j["status"], j["engine"]), []).append(j["_id"])
+        for (status, engine), members in groups.items():
+            changed = await update_in(
+                self.col, members, {"status": status},
+                {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
+                          "expires_at": UNSETTLED}})
+            if status == JobStatus.QUEUED.value:
+                await self.enqueuer.left(engine, changed)
+        await update_in(self.col, ids, {"status": JobStatus.RUNNING.value},
+                        {"$set": {"cancel_requested": True, "cancel_reason": reason}})
+        mine = await find_in(self.col, [j["_id"] for j in found], {"status": JobStatus.CANCELLED.value, "completed_at": now},
+                             {"_id": 1})
+        return [d["_id"] for d in mine]
+
+    async def delete_steps(self, workflow_id: str, ids: list[str]) -> None:
+        """A deleted workflow's steps, by `_id` (index-bounded) in chunks."""
+        for part in chunks(ids):
+            await self.col.delete_many({"_id": {"$in": part}, "workflow_id": workflow_id})
+
+    async def fanout_done(self, job_ids: list[str]) -> None:
+        if job_ids:
+            await update_in(self.col, job_ids, {"expires_at": UNSETTLED}, {"$unset": {"expires_at": ""}})
+
+    async def add_dependents(self, parent_ids: list[str], child_id: str) -> None:
+        if parent_ids:
+            await update_in(self.col, parent_ids, None, {"$addToSet": {"dependents": child_id}})
+
+    async def reset_steps(self, steps: list[dict], completed: set[str]) -> int:
+        """failed/cancelled steps back to pending (waiting on their unfinished parents), or
+        straight to queued when every parent has completed. Attempts start again."""
+        now = self.clock.now()
+        ready: list[dict] = []
+        moved = 0
+        for s in steps:
+            waiting = {p: 1 for p in s.get("parent_ids", []) if p not in completed}
+            res = await self.col.update_one(
+                {"_id": s["_id"], "status": s["status"]},
+                {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0,
+                          "completed_at": None, "started_at": None, "cancel_requested": False, "reset_at": now},
+                 "$unset": {"cancel_reason": "", "finished_token": ""}})
+            moved += res.modified_count
+            if res.modified_count and not waiting:
+                ready.append(s)
+        if ready:
+            await self.enqueuer.ready(ready)
+        return moved
