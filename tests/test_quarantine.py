@@ -28,10 +28,14 @@ async def suspect(store, jobs, **kw) -> dict:
     """A queued job whose last attempt's lease ran out (its worker 'died')."""
     kw.setdefault("retry_config", RetryConfig(max_retries=2, retry_delay_seconds=0.05))
     kw.setdefault("engine", "testing")
-    job = await jobs.running(**kw)
-    later = store.clock.now() + timedelta(seconds=60)
-    (expired,) = await store.jobs.expired_leases(later)
-    assert await store.lifecycle.rescue(expired, later) == "queued"
+    await store.engines.set_paused(kw["engine"], True)  # a worker already running must not take it first
+    try:
+        job = await jobs.running(**kw)
+        later = store.clock.now() + timedelta(seconds=60)
+        (expired,) = await store.jobs.expired_leases(later)
+        assert await store.lifecycle.rescue(expired, later) == "queued"
+    finally:
+        await store.engines.set_paused(kw["engine"], False)
     return await store.jobs.get(job["_id"])
 
 

@@ -163,7 +163,7 @@ async def test_failed_workflow_is_kept_as_long_as_the_dead_letter(store, worker)
 async def test_a_workflow_retried_while_being_expired_is_kept(store, worker):
     wf = await finished(store, worker, fail=True)
     read = await store.workflows.col.find_one({"_id": wf["_id"]}, {"completed_at": 1, "created_at": 1})
-    await store.workflows.retry(wf["_id"])  # an operator wins the race
+    await store.flow.retry(wf["_id"])  # an operator wins the race
     assert await store.workflow_retention._delete_workflow(read, "failed", later(wf, KEEP_FAILED + 1)) == 0
     assert (await store.workflows.get(wf["_id"]))["status"] in ("running", "failed")
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 3

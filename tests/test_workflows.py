@@ -196,9 +196,9 @@ async def test_a_fan_out_lost_with_its_worker_is_repaired(api, store):
     await store.lifecycle.drain()
     assert (await store.jobs.get(ids["child"]))["status"] == "pending"
     later = store.clock.now() + timedelta(hours=1)
-    assert await store.workflows.repair_stalled(store.clock.now() - timedelta(hours=1)) == 0  # not quiet yet
-    assert await store.workflows.repair_stalled(later) == 1
-    assert await store.workflows.repair_stalled(later) == 0
+    assert await store.flow.repair_stalled(store.clock.now() - timedelta(hours=1)) == 0  # not quiet yet
+    assert await store.flow.repair_stalled(later) == 1
+    assert await store.flow.repair_stalled(later) == 0
     assert (await store.jobs.get(ids["child"]))["status"] == "queued"
     assert (await store.workflows.get(wf["id"]))["open"] == 1
 
@@ -216,8 +216,8 @@ async def test_a_failed_steps_lost_fan_out_is_replayed(api, store):
     await store.lifecycle.drain()
     marked = await store.jobs.unsettled(store.clock.now() + timedelta(hours=1))
     assert [m["_id"] for m in marked] == [wf["jobs"]["bad"]]
-    await store.workflows.settle_many([wf["jobs"]["bad"]])
-    await store.workflows.settle_many([wf["jobs"]["bad"]])
+    await store.flow.settle_many([wf["jobs"]["bad"]])
+    await store.flow.settle_many([wf["jobs"]["bad"]])
     assert (await store.jobs.get(wf["jobs"]["child"]))["cancel_reason"] == "dependency_failed"
     done = await store.workflows.get(wf["id"])
     assert done["status"] == "failed" and done["open"] == 0 and done["n_failed"] == 1 and done["n_cancelled"] == 1

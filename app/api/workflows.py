@@ -144,14 +144,14 @@ async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Prin
 async def cancel(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
-    return _view(await store.workflows.cancel(workflow_id), None)
+    return _view(await store.flow.cancel(workflow_id), None)
 
 
 @router.post("/{workflow_id}/retry", response_model=Created)
 async def retry(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
-    jobs = await store.workflows.retry(workflow_id)
+    jobs = await store.flow.retry(workflow_id)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs=jobs)
 

@@ -115,6 +115,7 @@ class Store:
         from app.store.schedules import ScheduleStore
         from app.store.steps import StepMoves
         from app.store.workers import WorkerStore
+        from app.store.workflow_flow import WorkflowFlow
         from app.store.workflows import WorkflowStore
 
         self.client = client
@@ -128,12 +129,13 @@ class Store:
         jobs, dedupe, expiry = self.db["jobs"], DedupeStore(self.db), Expiry(settings)
         self.enqueuer = Enqueuer(jobs, self.engines, self.clock, self.bulk)
         self.lifecycle = Lifecycle(jobs, settings, self.clock, self.engines, self.enqueuer, dedupe, self.workers,
-                                   settle=lambda ids: self.workflows.settle_many(ids), expiry=expiry)
+                                   settle=lambda ids: self.flow.settle_many(ids), expiry=expiry)
         self.claimer = Claimer(jobs, settings, self.clock, self.engines, self.lifecycle)
         self.jobs = JobQueries(jobs, settings, self.engines, self.claimer)
         self.steps = StepMoves(jobs, self.clock, self.enqueuer, expiry)
         self.job_admin = JobAdmin(jobs, self.engines, self.enqueuer, self.lifecycle, self.jobs, dedupe, self.clock)
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.steps)
+        self.flow = WorkflowFlow(self.workflows, self.jobs, self.steps, self.clock)
         self.job_retention = JobRetention(jobs, dedupe)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)

@@ -27,6 +27,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
 
 from app.domain.models import JobSpec, new_job_document
 from app.domain.retry import RetryConfig
@@ -232,13 +233,24 @@ class Lifecycle:
                 now = self.clock.now()
                 update = {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
                                    **self.expiry.finished(is_step(job), JobStatus.CANCELLED.value, now)}}
-            if (await self.col.update_one({"_id": job_id, "status": status.value}, update)).modified_count:
+            if await self._landed_once({"_id": job_id, "status": status.value}, update):
                 if status == JobStatus.QUEUED:
                     await self.enqueuer.left(job["engine"], 1)
                 if status != JobStatus.RUNNING and is_step(job):
                     await self.settle_now([job_id])
                 return await self.col.find_one({"_id": job_id})
         raise InvalidTransition(f"job {job_id} kept changing state; try again", field="status")
+
+    async def _landed_once(self, guard: dict[str, Any], update: dict[str, Any]) -> bool:
+        """A guarded `update_one`, and after a lost reply a read that tells whether it landed
+        (the document then holds every value the update set)."""
+        try:
+            return bool((await self.col.update_one(guard, update)).modified_count)
+        except PyMongoError:
+            doc = await self.col.find_one({"_id": guard["_id"]}, list(update["$set"]))
+            if doc is None or any(doc.get(k) != v for k, v in update["$set"].items()):
+                raise
+            return True
 
     # --- maintenance ---------------------------------------------------------------------
     async def promote_due(self, now: datetime, limit: int = 500) -> int:

@@ -1,6 +1,7 @@
-"""How a running workflow moves: `settle` after each finished step (release children,
-apply the failure policy, mirror the step's state, finish the workflow), and the user's
-cancel and retry. Part of `WorkflowStore`."""
+"""`WorkflowFlow`: how a running workflow moves: `settle` after each finished step (release
+children, apply the failure policy, keep the counts, finish the workflow), the repair of
+quiet workflows, and the user's cancel and retry. Its collaborators: the workflow store (the
+documents and graphs), the job queries, and the step moves."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ DEPENDENCY_FAILED = "dependency_failed"
 DEPENDENCY_CANCELLED = "dependency_cancelled"
 
 
-class FlowMixin:
+class WorkflowFlow:
+    def __init__(self, workflows, jobs, steps, clock) -> None:
+        self.workflows, self.jobs, self.steps, self.clock = workflows, jobs, steps, clock
+        self.col = workflows.col
+
     @staticmethod
     def _children(graph: dict) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {k: [] for k in graph}
@@ -59,13 +64,13 @@ class FlowMixin:
 
     async def _after_failure(self, job: dict) -> None:
         """A step failed or was cancelled: cancel what can no longer run, per the policy."""
-        wf = await self.get(job["workflow_id"])
+        wf = await self.workflows.get(job["workflow_id"])
         key, status = job["step_key"], JobStatus(job["status"])
         open_steps = await self._open_steps(wf["_id"])
         if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
             targets, reason = [k for k in open_steps if k != key], DEPENDENCY_FAILED
         else:  # only here is the graph needed
-            children = self._children(await self.graph(wf["_id"]))
+            children = self._children(await self.workflows.graph(wf["_id"]))
             targets = [k for k in descendants(children, [key]) if k in open_steps]
             reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
         await self._cancel_keys(wf["_id"], {k: open_steps[k] for k in targets}, reason)
@@ -133,18 +138,18 @@ class FlowMixin:
         return final if res.modified_count else None
 
     async def cancel(self, workflow_id: str) -> dict:
-        wf = await self.get(workflow_id)
+        wf = await self.workflows.get(workflow_id)
         if wf["status"] != RUNNING:
             raise InvalidTransition(f"workflow {workflow_id} is already {wf['status']}", field="status")
         await self.col.update_one({"_id": workflow_id}, {"$set": {"cancel_requested": True}})
         await self._cancel_keys(workflow_id, await self._open_steps(workflow_id), "workflow cancelled")
         await self.finish_if_done(workflow_id)
-        return await self.get(workflow_id)
+        return await self.workflows.get(workflow_id)
 
     async def retry(self, workflow_id: str) -> dict[str, str]:
         """Re-run the failed steps and those cancelled because of a failure; completed steps
         and their results stay. Returns `{key: job_id}` of the steps that were reset."""
-        wf = await self.get(workflow_id)
+        wf = await self.workflows.get(workflow_id)
         if wf["status"] not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
             raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
                                     field="status")

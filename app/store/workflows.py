@@ -32,12 +32,11 @@ from app.domain.models import tenant_of
 from app.domain.states import JobStatus, WorkflowStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from app.errors import InvalidTransition, NotFound
-from app.store.workflow_flow import FlowMixin
 
 RUNNING = WorkflowStatus.RUNNING.value
 
 
-class WorkflowStore(FlowMixin):
+class WorkflowStore:
     def __init__(self, db: AsyncDatabase, settings, clock, jobs, lifecycle, steps) -> None:
         self.col = db["workflows"]
         self.graphs = db["workflow_graphs"]

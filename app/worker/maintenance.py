@@ -121,7 +121,7 @@ class Maintenance(Singleton):
         """Replay the fan-out of finished workflow steps whose worker died before it ran."""
         stragglers = await self.store.jobs.unsettled(self.store.clock.now() - timedelta(seconds=10))
         if stragglers:
-            await self.store.workflows.settle_many([j["_id"] for j in stragglers])
+            await self.store.flow.settle_many([j["_id"] for j in stragglers])
         return len(stragglers)
 
     async def expire(self) -> int:
@@ -136,7 +136,7 @@ class Maintenance(Singleton):
     async def repair_workflows(self) -> int:
         """Workflows quiet for 30 s: release children of completed steps whose worker died
         before their fan-out, and re-count."""
-        released = await self.store.workflows.repair_stalled(self.store.clock.now() - timedelta(seconds=30))
+        released = await self.store.flow.repair_stalled(self.store.clock.now() - timedelta(seconds=30))
         if released:
             self.log.warning("maintenance.workflow_children_released", jobs=released)
         return released
