@@ -170,3 +170,32 @@ async def test_retention_is_a_ttl_index_that_follows_the_setting(store, settings
     await store.events.ensure_indexes()
     info = await store.events.col.index_information()
     assert info["retention"]["expireAfterSeconds"] == 120
+
+
+async def test_changes_that_share_a_cluster_time_each_get_their_event(store, settings):
+    """The writes of one transaction share their cluster time; each is its own event, with a
+    seq of its own, in order."""
+    from app.domain.models import JobSpec
+
+    relay = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: _leading(relay))
+        docs = [store.lifecycle.build(JobSpec(engine="txn", operation="ok"), "admin") for _ in range(3)]
+        async with store.client.start_session() as s:
+            async with await s.start_transaction():
+                for d in docs:
+                    await store.jobs.col.insert_one(d, session=s)
+        for d in docs:
+            await events_of(store, d["_id"], "job.queued")
+        events = [e for e in await store.events.since(0) if e.get("engine") == "txn"]
+        assert [e["job_id"] for e in events] == [d["_id"] for d in docs]
+        seqs = [e["_id"] for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3 and len({e["token"] for e in events}) == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _leading(relay) -> bool:
+    return relay.leading

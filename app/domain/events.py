@@ -2,9 +2,12 @@
 
 An event is derived from one change of the database's change stream (the oplog), so the
 transition and its event are one write: a process that dies right after a transition cannot
-lose its event (see docs/events.md). Its `seq` comes from the change's cluster time, which
-totally orders the writes of a replica set; the same change always yields the same seq, so a
-relay that replays a change after a crash writes nothing twice.
+lose its event (see docs/events.md). Its identity is the change's resume token (`token`),
+which is unique per change; a change's cluster time is not (the writes of one transaction
+share it, and so can batched writes on newer servers and sharded clusters). Its `seq` is
+given when it is appended to the log (`EventStore.append`), in change-stream order, so seqs
+are gap-free and ordered, and a relay that replays a change after a crash writes nothing
+twice: the token is already there.
 
 Event types: `job.<status>` when a job is created or changes status (`job.queued`,
 `job.running`, `job.completed`, ...), `job.progress` when only its progress changed, and
@@ -25,13 +28,11 @@ WORKFLOW_TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflo
 JOB_STATIC = ("engine", "operation", "name", "owner", "workflow_id", "step_key")
 WORKFLOW_STATIC = ("name", "owner")
 
-_I_BITS = 21  # ops per second within one cluster-time second; seq stays below 2**53 (JSON-safe)
 
-
-def seq_of(ts: Any) -> int:
-    """A change's cluster time `Timestamp(t, i)` as one integer that sorts the same way and
-    that JavaScript can hold exactly."""
-    return (ts.time << _I_BITS) + min(ts.inc, (1 << _I_BITS) - 1)
+def token_of(change: dict) -> str:
+    """The change's resume token as a string: unique per change (`_data` on MongoDB)."""
+    tok = change["_id"]
+    return tok["_data"] if isinstance(tok, dict) and "_data" in tok else repr(tok)
 
 
 def _changed(change: dict) -> tuple[dict | None, set[str]]:
@@ -76,13 +77,12 @@ def from_change(change: dict, static: dict | None, last_status: str | None, now:
         etype, status = "job.progress", last_status or "running"
     else:  # a lease, a counter, a rewrite that kept the status
         return None
-    ts = change["clusterTime"]
     at = change.get("wallTime") or now  # real MongoDB 6+ records the write's wall time
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
     oid = change["documentKey"]["_id"]
     event: dict[str, Any] = {
-        "_id": seq_of(ts), "type": etype, "kind": kind, "status": status, "at": at,
+        "token": token_of(change), "type": etype, "kind": kind, "status": status, "at": at,
         "job_id": oid if kind == "job" else None,
         "workflow_id": base.get("workflow_id") if kind == "job" else oid,
         "owner": base.get("owner"),
@@ -114,7 +114,7 @@ def is_terminal(event: dict) -> bool:
 
 def public(event: dict) -> dict:
     """The JSON shape clients see: `seq` instead of `_id`, an ISO time."""
-    out = {k: v for k, v in event.items() if k != "_id" and v is not None}
+    out = {k: v for k, v in event.items() if k not in ("_id", "token") and v is not None}
     out["seq"] = event["_id"]
     at = event.get("at")
     if isinstance(at, datetime):

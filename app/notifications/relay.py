@@ -1,10 +1,11 @@
 """EventRelay: turns the change feed of jobs and workflows into the `events` log.
 
 One relay runs per deployment at a time (the `event-relay` lease); every `serve` process
-stands ready to take over. The checkpoint is the change stream's resume token, saved under
-the lease after the batch it covers is in `events`. A relay that dies between the append and
-the save replays that batch, and `EventStore.append` skips what is already there, so every
-write yields its event exactly once (the seq is the write's own cluster time).
+stands ready to take over. The checkpoint is the change stream's resume token and the last
+seq, saved under the lease after the batch it covers is in `events`. A relay that dies
+between the append and the save replays that batch; its successor skips the changes whose
+token is among the log's recent events, and the log's unique token index refuses any other,
+so every write yields its event exactly once (identity: the change's resume token).
 """
 
 from __future__ import annotations
@@ -50,26 +51,28 @@ class EventRelay(Singleton):
         self.appended = 0
 
     async def lead(self, state: dict) -> None:
-        token = state.get("token")
+        token, floor = state.get("token"), state.get("seq", 0)
         saved = time.monotonic()
+        done = await self.store.events.recent_tokens() if token is not None else set()
         try:
             async for changes, new_token in self.store.feed.batches(token):
                 if changes:
-                    events = await self.derive(changes)
+                    events = [e for e in await self.derive(changes) if e["token"] not in done]
                     if events:
-                        self.appended += await self.store.events.append(events)
+                        self.appended += await self.store.events.append(events, floor)
+                        floor = max(floor, events[-1]["_id"])
                 if not await self.keep():
                     return  # deposed: whoever leads now resumes from the saved checkpoint
                 # At most one save a second: a replay after a crash is idempotent, and every
                 # write costs the server (and wakes every change stream on SecantusDB).
                 now = time.monotonic()
                 if new_token != token and (token is None or now - saved > (1.0 if changes else 5.0)):
-                    if not await self.save({"token": new_token}):
+                    if not await self.save({"token": new_token, "seq": floor}):
                         return
                     token, saved = new_token, now
         except HistoryLost as exc:
             self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
-            await self.save({"token": None})
+            await self.save({"token": None, "seq": floor})
 
     async def derive(self, changes: list[dict]) -> list[dict]:
         """Events for a batch of changes, in order, reading unknown jobs' fields in one go."""

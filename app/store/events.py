@@ -1,8 +1,10 @@
 """The `events` collection: the ordered, expiring log of job and workflow events.
 
-`_id` is the event's seq (see app/domain/events.py). Invariant: the relay appends events in
-seq order and a duplicate `_id` is skipped, never reordered, so the events visible at any
-moment are a prefix of the log. That is what lets a reader that has seen seq N ask for
+`_id` is the event's seq, given here at append; `token` (unique) is the change it came from
+(see app/domain/events.py). Invariant: seqs are given in change order, one after the last
+seq in the log, and inserted in that order; an event whose token is already in the log is
+skipped, and a seq another appender took first is given again, so the events visible at any
+moment are a prefix of the log, without gaps. That is what lets a reader that has seen seq N ask for
 `_id > N` and get no gaps and no duplicates, and why `tail` may switch between the change
 stream and polling freely.
 """
@@ -35,17 +37,26 @@ class EventStore:
         # Sparse, not partial: SecantusDB's planner never uses a partial index for these.
         await ensure_index(c, [("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
+        # An event's identity: its change's resume token. Sparse: events of older versions lack it.
+        await ensure_index(c, "token", unique=True, sparse=True, name="token")
         ttl = int(self.settings.event_retention_seconds)
         try:
             await c.create_index("at", expireAfterSeconds=ttl, name="retention")
         except OperationFailure:  # the retention setting changed: change the index in place
             await self.db.command("collMod", "events", index={"name": "retention", "expireAfterSeconds": ttl})
 
-    async def append(self, events: list[dict]) -> int:
-        """Insert events in seq order, skipping any already there. Returns how many were new."""
-        events = sorted(events, key=lambda e: e["_id"])
+    async def append(self, events: list[dict], floor: int = 0) -> int:
+        """Give `events` (in change order) the seqs after the log's last (and after `floor`,
+        a seq the log once reached: expiry may have emptied it), and insert them in that
+        order, skipping any whose token is already in. Returns how many were new; each event
+        holds the seq it was last given."""
         added = 0
-        while events:
+        for _ in range(len(events) + 10):
+            if not events:
+                break
+            last = max(await self.last_seq(), floor)
+            for i, e in enumerate(events):
+                e["_id"] = last + 1 + i
             try:
                 res = await self.col.insert_many(events, ordered=True)
                 return added + len(res.inserted_ids)
@@ -53,10 +64,19 @@ class EventStore:
                 errors = exc.details.get("writeErrors", [])
                 if not errors or any(e.get("code") != 11000 for e in errors):
                     raise
-                stop = errors[0]["index"]  # ordered: everything before it went in
-                added += stop
-                events = events[stop + 1:]
+                at = errors[0]["index"]  # ordered: everything before it went in
+                added += at
+                seen = "token" in (errors[0].get("keyPattern") or {}) or "token" in str(errors[0].get("errmsg", ""))
+                # a token already in: that event is skipped; a seq taken by another appender
+                # (a deposed relay still finishing): renumber the rest after the new last seq
+                events = events[at + 1:] if seen else events[at:]
         return added
+
+    async def recent_tokens(self, n: int = 5000) -> set[str]:
+        """Tokens of the last `n` events: a relay taking over skips the changes it replays
+        from the saved checkpoint that are already in the log."""
+        docs = await self.col.find({}, {"token": 1}).sort("_id", -1).limit(n).to_list(n)
+        return {d["token"] for d in docs if d.get("token")}
 
     async def last_seq(self) -> int:
         doc = await self.col.find_one({}, {"_id": 1}, sort=[("_id", -1)])
