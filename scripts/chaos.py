@@ -44,6 +44,9 @@ SHOW = {
     "poison": ["poison_status", "poison_attempts", "worker_deaths", "jobs_per_s_without", "jobs_per_s_with", "throughput_ratio"],
     "retry_storm": ["failures_peak_per_s", "retries_peak_per_s", "delay_min_s", "delay_max_s", "delay_sd_s", "retry_span_s"],
     "clock_skew": ["premature_reclaims", "reruns", "skew_seen_s"],
+    "lost_reply": ["lost", "charged_without_run", "stranded", "stale_accepted", "counters_at_rest", "dropped_claims",
+                   "dropped_completions", "dropped_exits", "dropped_submits", "lost_completions_kept", "failed_once",
+                   "submits_acknowledged", "race_claimed_before_read_back", "reruns"],
 }
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import httpx
 
 import chaos_check as ck
-from chaos_cluster import ENGINE, LEASE, TOKEN, Cluster, running_owners
+from chaos_cluster import APP_NAME, ENGINE, LEASE, TOKEN, Cluster, running_owners
 from app.domain.retry import RetryConfig
+from tests.faultproxy import FaultProxy, parse_command
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -749,8 +750,324 @@ async def clock_skew(tmp, quick: bool, seed: int) -> Result:
     return r
 
 
+# --- replies lost after the write landed (tests/faultproxy.py) -------------------------------
+def is_claim(body: dict) -> bool:
+    """A claim: an `update` on jobs whose filter has `status: queued` and which stamps a lease."""
+    return any(isinstance(u.get("u"), dict) and u["q"].get("status") == "queued" and "lease_token" in (u["u"].get("$set") or {})
+               for u in body.get("updates") or [])
+
+
+def is_completion(body: dict) -> bool:
+    """A completion: an `update` on jobs whose pipeline's first `$set` stamps `finished_token`."""
+    return any(isinstance(u.get("u"), list) and u["u"] and "finished_token" in (u["u"][0].get("$set") or {})
+               for u in body.get("updates") or [])
+
+
+def is_exit(body: dict) -> bool:
+    """Any other move out of running (fail, retry, stop): a `bulk_write` of updates that stamp
+    `finished_token` with `$set`."""
+    return any(isinstance(u.get("u"), dict) and "finished_token" in (u["u"].get("$set") or {})
+               for u in body.get("updates") or [])
+
+
+def kind_of(command: str, body: dict) -> str:
+    if command == "update" and body.get("update") == "jobs":
+        return ("claim" if is_claim(body) else "completion" if is_completion(body) else "exit" if is_exit(body)
+                else "update")
+    if command == "insert" and body.get("insert") == "jobs":
+        return "submit"
+    return command
+
+
+class HoldingProxy(FaultProxy):
+    """tests/faultproxy.py's proxy, which can also hold a request back before passing it on:
+    `hold(match, until, timeout)` delays the next request for which `match(command, body)` is
+    true until the coroutine function `until()` returns true (or `timeout` seconds). Only that
+    request's connection waits. It makes a race that the real system can lose be lost every
+    time (`held`: command, seconds held, whether `until` was met)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self._holds: list[tuple] = []
+        self.held: list[tuple[str, float, bool]] = []
+
+    def hold(self, match, until, timeout: float = 10.0) -> None:
+        self._holds.append((match, until, timeout))
+
+    def clear(self) -> None:
+        super().clear()
+        self._holds.clear()
+
+    async def _requests(self, reader, writer, doomed) -> None:
+        await super()._requests(_HoldingReader(reader, self), writer, doomed)
+
+    async def _maybe_hold(self, message: bytes) -> None:
+        if not self._holds:
+            return
+        try:
+            parsed = parse_command(message)
+        except Exception:  # noqa: BLE001 - malformed: the proxy passes it on unmatched
+            return
+        if parsed is None:
+            return
+        command, body, _ = parsed
+        for h in list(self._holds):
+            try:
+                matched = h[0](command, body)
+            except Exception as e:  # noqa: BLE001 - a broken predicate is an error of the harness
+                self.errors.append(e)
+                continue
+            if matched:
+                self._holds.remove(h)
+                t0, met = time.monotonic(), False
+                while not (met := await h[1]()) and time.monotonic() - t0 < h[2]:
+                    await asyncio.sleep(0.05)
+                self.held.append((command, round(time.monotonic() - t0, 2), met))
+                return
+
+
+class _HoldingReader:
+    """The client side of one proxied connection, for `FaultProxy._requests`: its
+    `read_message` reads a header, then the rest, so a whole request is known at the second
+    read, which returns once any hold on it is over."""
+
+    def __init__(self, reader: asyncio.StreamReader, proxy: HoldingProxy) -> None:
+        self.reader, self.proxy, self.header = reader, proxy, None
+
+    async def readexactly(self, n: int) -> bytes:
+        data = await self.reader.readexactly(n)
+        if self.header is None:
+            self.header = data
+            return data
+        message, self.header = self.header + data, None
+        await self.proxy._maybe_hold(message)
+        return data
+
+
+async def lost_reply(tmp, quick: bool, seed: int) -> Result:
+    """Workers (and a submitter in this process) talk to the database through a lost-reply
+    proxy in this process: the chosen command reaches the server and lands, then the proxy
+    closes the connection instead of passing the reply on. No job may be lost, charged an
+    attempt it never ran, left running, or miscounted. Every job has max_retries 0, so a
+    charge for a run that never started would leave it failed.
+
+    1. While N pre-inserted jobs drain (one in ten fails on purpose, so its exit is a
+       `bulk_write`), replies are lost one at a time: claims, completions, failure exits, and
+       the inserts of some submits made through the proxy (the driver retries an insert, and
+       the server answers the retry without applying it again).
+    2. Then a few submits lose their insert's reply twice (the driver's retry's too), and the
+       submitter's read-back is held until a worker has claimed the job: the race a real
+       submitter can lose when its reconnection is slower than a claim."""
+    from pymongo.errors import PyMongoError
+
+    from app.domain.models import JobSpec
+    from app.settings import Settings
+    from app.store import connect
+
+    n, n_sub, n_race = (150, 30, 3) if quick else (400, 60, 3)
+    want = {"claim": 5, "completion": 5, "exit": 3}
+    sub_drops = set(range(3, n_sub, 6 if quick else 10))  # these submits lose their insert's reply once
+    r = Result("lost_reply", f"replies lost after the write landed: {want['claim']} claims, {want['completion']} completions, "
+               f"{want['exit']} failure exits, {len(sub_drops) + n_race} submits; {n + n_sub + n_race} jobs with max_retries 0",
+               "lost 0, charged without a run 0, stranded 0, counters at rest")
+    rng = random.Random(seed)
+    cl = Cluster(tmp, "lost_reply", limit=12)
+    retry = RetryConfig(max_retries=0)
+    proxy = sub = None
+    try:
+        cl.start_db()
+        await cl.open_store()
+        await cl.serve()  # straight to the server, as is the harness's own store
+        proxy = HoldingProxy(cl.app_url())
+        await proxy.start()
+        workers = [cl.worker(concurrency=4, MONGODB_URL=proxy.url) for _ in range(3)]
+        pids = {w.pid for w in workers}
+
+        async def registered():
+            return pids <= {w["pid"] for w in await cl.store.workers.list("alive")}
+
+        r.check("3 workers registered through the proxy", await until(registered, 60, 0.2))
+        await cl.store.engines.set_paused(ENGINE, True)
+        ids: list[str] = []
+        failing: list[str] = []  # one job in ten raises on its only attempt: its exit is a `bulk_write`
+        for _ in range(n // 10):
+            ids += await cl.insert(9, retry=retry, seconds=round(rng.uniform(0.1, 0.5), 2))
+            failing += await cl.insert(1, retry=retry, seconds=0.1, fail_before=2)
+        ids += failing
+        s = Settings(queue_limits={ENGINE: cl.limit}, lease_seconds=LEASE, log_level="WARNING")
+        sub = connect(proxy.url.replace(f"appName={APP_NAME}", "appName=chaos-submitter"), s, db_name=cl.db_name)
+        await sub.start()
+
+        stop = asyncio.Event()
+
+        async def dripper(kind: str, match) -> None:
+            """One reply of `kind` lost at a time, the next armed a moment after it fired."""
+            for _ in range(want[kind]):
+                rule = proxy.drop_reply_to("update", "jobs", where=match)
+                while not rule.fired and not stop.is_set():
+                    await asyncio.sleep(0.01)
+                if stop.is_set():
+                    return
+                await asyncio.sleep(rng.uniform(0.2, 0.5))
+
+        acked: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        tagged: dict[str, str] = {}  # tag -> job id, as the proxy saw the insert
+
+        def insert_of(tag: str):
+            def match(body: dict) -> bool:
+                for d in body.get("documents") or []:
+                    if (d.get("parameters") or {}).get("tag") == tag:
+                        tagged[tag] = d["_id"]
+                        return True
+                return False
+            return match
+
+        async def submit(tag: str) -> None:
+            spec = JobSpec(engine=ENGINE, operation="work", retry_config=retry,
+                           parameters={"seconds": round(rng.uniform(0.1, 0.5), 2), "tag": tag})
+            try:
+                job, _ = await sub.lifecycle.submit(spec, owner="chaos")
+                acked[tag] = job["_id"]
+            except PyMongoError as exc:  # not acknowledged: it must exist once or not at all
+                refused[tag] = repr(exc)
+
+        # 1. the drain
+        drips = [asyncio.create_task(dripper(kind, match))
+                 for kind, match in (("claim", is_claim), ("completion", is_completion), ("exit", is_exit))]
+        await cl.store.engines.set_paused(ENGINE, False)
+        for i in range(n_sub):
+            if i in sub_drops:
+                proxy.drop_reply_to("insert", "jobs", where=insert_of(f"s{i}"))
+            await submit(f"s{i}")
+            await asyncio.sleep(0.1)
+        drained = await cl.wait_settled(120)
+        stop.set()
+        await asyncio.gather(*drips)
+        proxy.clear()
+
+        # 2. the insert and its retry lost, and a worker claims the job before the read-back
+        race: list[dict] = []
+        for k in range(n_race):
+            tag = f"r{k}"
+            before = (await cl.store.engines.get(ENGINE)).get("queued", 0)
+            proxy.drop_reply_to("insert", "jobs", times=2, where=insert_of(tag))
+
+            def read_back(command: str, body: dict, tag=tag) -> bool:
+                """The submitter's look for what landed: the first `find` naming the job by id
+                (the job is not claimed yet, so no worker reads it by id)."""
+                filt = body.get("filter") or {}
+                return (command == "find" and body.get("find") == "jobs" and "lease_token" not in filt
+                        and tagged.get(tag) in ((filt.get("_id") or {}).get("$in") or []))
+
+            async def claimed(tag=tag) -> bool:
+                d = await cl.store.jobs.col.find_one({"_id": tagged.get(tag)}, {"status": 1})
+                return d is not None and d["status"] != "queued"
+
+            proxy.hold(read_back, claimed, timeout=10)
+            held = len(proxy.held)
+            await submit(tag)
+
+            async def finished(tag=tag) -> bool:
+                d = await cl.store.jobs.col.find_one({"_id": tagged.get(tag)}, {"status": 1})
+                return d is None or d["status"] in ("completed", "failed")
+
+            await until(finished, 30, 0.1)
+            after = (await cl.store.engines.get(ENGINE)).get("queued", 0)
+            d = await cl.store.jobs.col.find_one({"_id": tagged.get(tag)}, {"status": 1, "attempt": 1}) or {}
+            race.append({"tag": tag, "id": tagged.get(tag), "acknowledged": tag in acked, "status": d.get("status"),
+                         "held_s": proxy.held[held][1] if len(proxy.held) > held else None,
+                         "claimed_first": len(proxy.held) > held and proxy.held[held][2], "queued_counter": [before, after]})
+        proxy.clear()
+        dropped = Counter(kind_of(c, b) for c, b in proxy.dropped)
+        out = await common(cl, r, ids + list(acked.values()), settle=30)
+        runs, docs = out["runs"], out["docs"]
+
+        # charged without a run: an attempt counted beyond the handler runs the ledger saw
+        charged = [d["_id"] for d in docs if d.get("attempt", 0) > len(runs.get(d["_id"], []))
+                   or (d["status"] == "failed" and not runs.get(d["_id"]))]
+        stranded = [d["_id"] for d in docs if d["status"] == "running"]
+        e = await cl.store.engines.get(ENGINE)
+        queued_jobs = await cl.store.jobs.col.count_documents({"engine": ENGINE, "status": "queued"})
+        holds = sum((e.get("holds") or {}).values())
+        counters_ok = e.get("queued", 0) == queued_jobs and e.get("running", 0) == holds == 0
+        # submits: an acknowledged one exists exactly once, an unacknowledged one once or not at all
+        by_tag = Counter((d.get("parameters") or {}).get("tag") for d in await cl.store.jobs.col.find(
+            {"engine": ENGINE, "parameters.tag": {"$exists": True}}, {"parameters.tag": 1}).to_list(None))
+        acked_once = sum(by_tag[t] == 1 for t in acked)
+        refused_landed = sum(by_tag[t] for t in refused)
+        # a claim whose reply was lost: the jobs it took ran under its token
+        claim_tokens = {u["u"]["$set"]["lease_token"] for c, b in proxy.dropped if kind_of(c, b) == "claim"
+                        for u in b["updates"]}
+        claim_runs = sum(1 for rs in runs.values() for x in rs if x.token in claim_tokens)
+        # a completion whose reply was lost: it stands (finished_token is its token), nothing re-ran
+        by_id = {d["_id"]: d for d in docs}
+        completed_by_lost = [(i, u["q"]["lease_token"]) for c, b in proxy.dropped if kind_of(c, b) == "completion"
+                             for u in b["updates"] for i in u["q"]["_id"]["$in"]]
+        kept = sum(1 for i, tok in completed_by_lost if by_id.get(i, {}).get("status") == "completed"
+                   and by_id[i].get("finished_token") == tok and len(runs.get(i, [])) == 1)
+        # a failure exit whose reply was lost: failed once, one error recorded (the driver retries
+        # a `bulk_write`; a retry applied twice would push the error twice)
+        failed = {d["_id"] for d in docs if d["status"] == "failed"}
+        failed_once = sum(1 for i in failing if by_id.get(i, {}).get("status") == "failed"
+                          and len(by_id[i].get("errors") or []) == 1 and by_id[i].get("attempt") == 1 and len(runs.get(i, [])) == 1)
+        exit_ids = {u["q"]["_id"] for c, b in proxy.dropped if kind_of(c, b) == "exit" for u in b["updates"]}
+        corrections = sum(p.read_text(errors="replace").count("counter_corrected") for p in cl.dir.glob("*.log"))
+        claimed_first = sum(x["claimed_first"] for x in race)
+        read_backs = sum(x["held_s"] is not None for x in race)
+        f = r.figures
+        f.update(charged_without_run=len(charged), stranded=len(stranded),
+                 counters_at_rest=f"queued {e.get('queued', 0)}/{queued_jobs} jobs, running {e.get('running', 0)}, holds {holds}",
+                 dropped_claims=dropped["claim"], dropped_completions=dropped["completion"], dropped_exits=dropped["exit"],
+                 dropped_submits=dropped["submit"],
+                 dropped_other=sum(v for k, v in dropped.items() if k not in ("claim", "completion", "exit", "submit")),
+                 failed_once=f"{failed_once}/{len(failing)}",
+                 lost_claim_jobs_run=claim_runs, lost_completions_kept=f"{kept}/{len(completed_by_lost)}",
+                 submits_acknowledged=f"{len(acked)}/{n_sub + n_race}", submits_refused=len(refused), refused_landed=refused_landed,
+                 race_claimed_before_read_back=f"{claimed_first}/{n_race}", race=race,
+                 drain_s=round(drained, 1), counter_corrections=corrections, failed=f["statuses"].get("failed", 0),
+                 completed=f["statuses"].get("completed", 0), proxy_connections=proxy.accepted)
+        r.check(f"charged without a run {len(charged)} == 0", not charged)
+        r.check(f"stranded (still running after settling) {len(stranded)} == 0", not stranded)
+        r.check(f"counters at rest: {f['counters_at_rest']}", counters_ok)
+        for kind in ("claim", "completion", "exit", "submit"):
+            r.check(f"{kind} replies lost {dropped[kind]} >= 1", dropped[kind] >= 1)
+        r.check(f"the jobs of lost claims ran under their token ({claim_runs})", claim_runs >= 1)
+        r.check(f"completions whose reply was lost stand, none re-run ({f['lost_completions_kept']})",
+                completed_by_lost and kept == len(completed_by_lost))
+        r.check(f"the failing jobs failed once, with one error each ({failed_once}/{len(failing)}), and no other job failed",
+                failed_once == len(failing) and failed == set(failing))
+        r.check(f"the jobs of lost failure exits are among them ({len(exit_ids & set(failing))}/{len(exit_ids)})",
+                exit_ids <= set(failing))
+        r.check(f"acknowledged submits exist exactly once ({acked_once}/{len(acked)})", acked_once == len(acked))
+        r.check(f"unacknowledged submits exist at most once ({refused_landed} landed of {len(refused)})",
+                all(by_tag[t] <= 1 for t in refused))
+        r.check(f"the race was staged: every read-back ({read_backs}) waited until a worker had claimed the job "
+                f"({claimed_first})", claimed_first == read_backs)
+        r.check(f"fault proxy errors {len(proxy.errors)} == 0", not proxy.errors)
+        if charged:
+            r.notes.append(f"charged without a run: {charged[:10]}")
+        if stranded:
+            r.notes.append(f"stranded: {stranded[:10]}")
+        if refused:
+            r.notes.append(f"unacknowledged submits: {refused}")
+        for x in race:
+            runs_of = [(round(y.start, 2), y.token[:8], y.outcome) for y in runs.get(x["id"], [])]
+            r.notes.append(f"race {x}; ledger runs {runs_of}")
+    finally:
+        if sub is not None:
+            await sub.close()
+        await cl.close()  # the workers stop through the proxy, so it goes last
+        if proxy is not None:
+            try:
+                await proxy.stop()
+            except RuntimeError as exc:  # errors of its pumps or rules (none expected: checked above)
+                r.notes.append(f"proxy stop: {exc!r}")
+    return r
+
+
 SCENARIOS = {
     "sigkill": sigkill, "sigterm": sigterm, "long_job": long_job, "sigstop": sigstop, "db_restart": db_restart,
     "fail_command": fail_command, "claim_race": claim_race, "dags": dags, "poison": poison,
-    "retry_storm": retry_storm, "clock_skew": clock_skew,
+    "retry_storm": retry_storm, "clock_skew": clock_skew, "lost_reply": lost_reply,
 }

@@ -19,8 +19,8 @@ class Faulty:
     """A `jobs` collection whose next `method` call fails: before it reaches the server
     (`land=False`), or after it landed, as a lost reply (`land=True`)."""
 
-    def __init__(self, col, method: str, land: bool) -> None:
-        self._col, self._method, self._land, self.fired = col, method, land, 0
+    def __init__(self, col, method: str, land: bool, then=None) -> None:
+        self._col, self._method, self._land, self._then, self.fired = col, method, land, then, 0
 
     def __getattr__(self, name):
         real = getattr(self._col, name)
@@ -31,6 +31,8 @@ class Faulty:
             self.fired += 1
             if self._land:
                 await real(*a, **kw)
+            if self._then is not None:
+                await self._then()
             raise AutoReconnect("injected: connection dropped")
         return failing
 
@@ -88,6 +90,21 @@ async def test_a_write_whose_reply_was_lost_counts_what_landed(store, jobs):
     job, created = await store.lifecycle.submit(spec(), owner="admin")  # it landed: a success
     assert created and (await store.jobs.get(job["_id"]))["status"] == "queued"
     assert await truth(store, "counted") == (2, 2)
+
+
+async def test_a_lost_insert_reply_read_back_after_a_worker_claimed_the_job(store, jobs):
+    """The job landed and a worker took it before the submitter read back: it landed all the
+    same (a claim keeps the seq), and the claim already counted it out of queued."""
+    await jobs.queued(engine="counted")
+    taken = []
+
+    async def a_worker_claims():
+        taken.extend(await store.claimer.claim(await store.engines.get("counted"), "w1", 5))
+    store.enqueuer.col = Faulty(store.enqueuer.col, "insert_many", land=True, then=a_worker_claims)
+    job, created = await store.lifecycle.submit(spec(), owner="admin")
+    assert created and job["_id"] in {t["_id"] for t in taken}
+    doc = await store.engines.get("counted")
+    assert doc["queued"] == 0 == await store.jobs.count_queued("counted")
 
 
 async def test_the_reconciler_corrects_drift_and_reports_it(store, jobs):

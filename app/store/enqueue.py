@@ -50,8 +50,9 @@ class Enqueuer:
 
     async def _landed(self, members: list[JobDoc], first: int, span: int) -> int:
         """How many of `members` hold one of the seqs taken (a write whose reply was lost).
-        Raises if the read fails too: then the count stays for the reconciler."""
-        docs = await find_in(self.col, [m["_id"] for m in members], {"status": QUEUED}, {"seq": 1})
+        Whatever their status now: a claim keeps the seq, and one that took the job already
+        counted it out. Raises if the read fails too: then the count stays for the reconciler."""
+        docs = await find_in(self.col, [m["_id"] for m in members], None, {"seq": 1})
         return sum(first <= d.get("seq", -1) < first + span for d in docs)
 
     async def insert(self, docs: list[JobDoc]) -> int:
@@ -74,10 +75,11 @@ class Enqueuer:
                 async with self.gate.hold(len(docs)):
                     await self.col.insert_many(docs, ordered=False)
             except BaseException:
-                # Lost reply, or some documents refused (a duplicate _id): what landed is
-                # queued with our seq; the rest is given back, and any loss is raised.
+                # Lost reply, or some documents refused (a duplicate _id): what landed holds
+                # our seq, whatever its status now (a worker may have claimed it already);
+                # the rest is given back, and any loss is raised.
                 found = {d["_id"]: d.get("seq") for d in await find_in(
-                    self.col, [d["_id"] for d in docs], {"status": QUEUED}, {"seq": 1})}
+                    self.col, [d["_id"] for d in docs], None, {"seq": 1})}
                 missing = 0
                 for (engine, _), members in groups.items():
                     gone = sum(found.get(d["_id"]) != d["seq"] for d in members)
