@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     mongodb_url: str | None = Field(None, validation_alias=_env("MONGODB_URL"))
     mongodb_db: str = Field("switchyard", validation_alias=_env("MONGODB_DB"), pattern=r"^[A-Za-z0-9_-]{1,60}$")
     data_dir: Path = Path("./.switchyard")
+    write_concern: str = Field("majority", pattern=r"^(majority|[1-9])$", description=(
+        "`w` of every write (always with j: true). `majority` survives an election on a replica set; a number "
+        "lowers it (writes acknowledged by fewer members can be rolled back). On the embedded single-node "
+        "server the majority is that node"))
+    db_timeout_ms: int = Field(30_000, ge=1_000, le=600_000, description=(
+        "client-side time limit (timeoutMS) of each database operation, server selection included: long "
+        "enough to ride out a primary election (about 12 s in MongoDB's manual)"))
 
     # security
     admin_token: str | None = None

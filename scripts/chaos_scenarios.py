@@ -17,6 +17,7 @@ import httpx
 import chaos_check as ck
 from chaos_cluster import APP_NAME, ENGINE, LEASE, TOKEN, Cluster, running_owners
 from app.domain.retry import RetryConfig
+from app.store import quirks
 from tests.faultproxy import FaultProxy, parse_command
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -895,7 +896,8 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
             failing += await cl.insert(1, retry=retry, seconds=0.1, fail_before=2)
         ids += failing
         s = Settings(queue_limits={ENGINE: cl.limit}, lease_seconds=LEASE, log_level="WARNING")
-        sub = connect(proxy.url.replace(f"appName={APP_NAME}", "appName=chaos-submitter"), s, db_name=cl.db_name)
+        sub = connect(proxy.url.replace(f"appName={APP_NAME}", "appName=chaos-submitter"), s, db_name=cl.db_name,
+                      secantus=quirks.is_secantus(cl.base_url()))
         await sub.start()
 
         stop = asyncio.Event()

@@ -1,11 +1,14 @@
 """The lost-reply fault proxy (tests/faultproxy.py) against the session's real server.
 
 What pymongo does when the reply to a write is lost (observed against SecantusDB; a real replica-set
-MongoDB behaves the same way, since both advertise sessions and a replica-set primary):
+MongoDB should behave the same, per the retryable-writes spec; not checked here):
 - a multi-document write (`update_many`) is not retryable: the call raises AutoReconnect, and the write has landed;
 - a retryable write (`insert_one`, `update_one`, `find_one_and_update`, ...) is retried once on a new connection with
   the same lsid and txnNumber; the server recognises the retry and answers without applying it again, so the call
   returns normally and the write happened exactly once. With `retryWrites=false` it raises like `update_many`.
+  But with `timeoutMS` set, pymongo sends `maxTimeMS` (the time left) on each attempt, and SecantusDB 0.7.0b3 takes
+  the retry for a retry only if the command is identical: it is applied again (DuplicateKeyError on an insert, a
+  second `$inc`), which MongoDB (keyed on lsid, txnNumber and statement) does not do.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import bson
 import pytest
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from tests.faultproxy import HEADER, OP_MSG, FaultProxy, parse_command, split_url
@@ -58,17 +62,16 @@ async def direct(db_url: str) -> AsyncIterator[AsyncMongoClient]:
 
 
 @pytest.fixture
-async def connect(proxy: FaultProxy, direct: AsyncMongoClient) -> AsyncIterator[Callable[..., AsyncMongoClient]]:
-    """Make clients through the proxy, on this test's own database (`client.test_db`), dropped at the end."""
+async def connect(proxy: FaultProxy, direct: AsyncMongoClient) -> AsyncIterator[Callable[..., AsyncDatabase]]:
+    """Make a client through the proxy; it returns this test's own database (dropped at the end) on that client."""
     name = f"fp_{uuid.uuid4().hex[:12]}"
     clients: list[AsyncMongoClient] = []
 
-    def make(**options: Any) -> AsyncMongoClient:
+    def make(**options: Any) -> AsyncDatabase:
         client: AsyncMongoClient = AsyncMongoClient(proxy.url, **{"tz_aware": True, "serverSelectionTimeoutMS": 5000,
                                                                    **options})
-        client.test_db = client[name]  # type: ignore[attr-defined]
         clients.append(client)
-        return client
+        return client[name]
 
     yield make
     for client in clients:
@@ -98,9 +101,9 @@ def test_op_msg_parsing_merges_sequences_and_skips_the_checksum() -> None:
     assert parse_command(HEADER.pack(HEADER.size + 4, 7, 0, 2004) + b"\0\0\0\0") is None  # OP_QUERY: never parsed
 
 
-async def test_passes_commands_through_and_counts_them(proxy: FaultProxy, connect: Callable[..., AsyncMongoClient],
+async def test_passes_commands_through_and_counts_them(proxy: FaultProxy, connect: Callable[..., AsyncDatabase],
                                                        direct: AsyncMongoClient) -> None:
-    db = connect().test_db
+    db = connect()
     await db.jobs.insert_one({"_id": "a", "n": 1})
     await db.jobs.insert_many([{"_id": "b", "n": 2}, {"_id": "c", "n": 3}])
     assert await db.jobs.find({}, sort=[("_id", 1)]).to_list() == [
@@ -111,8 +114,8 @@ async def test_passes_commands_through_and_counts_them(proxy: FaultProxy, connec
 
 
 async def test_a_lost_update_many_reply_raises_yet_the_update_landed(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient], direct: AsyncMongoClient) -> None:
-    db = connect().test_db
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    db = connect()
     await db.jobs.insert_many([{"_id": i, "state": "queued"} for i in range(3)])
     done = {"$set": {"state": "done"}}
     rule = proxy.drop_reply_to("update", collection="jobs", where=lambda body: body["updates"][0]["u"] == done)
@@ -129,9 +132,9 @@ async def test_a_lost_update_many_reply_raises_yet_the_update_landed(
 
 
 async def test_a_lost_insert_reply_is_retried_and_lands_exactly_once(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient], direct: AsyncMongoClient) -> None:
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
     commands = Commands()
-    db = connect(event_listeners=[commands]).test_db
+    db = connect(event_listeners=[commands])
     proxy.drop_reply_to("insert", collection="jobs")
     result = await db.jobs.insert_one({"_id": "j1", "state": "queued"})  # no error reaches the caller
     assert result.inserted_id == "j1"
@@ -142,8 +145,8 @@ async def test_a_lost_insert_reply_is_retried_and_lands_exactly_once(
 
 
 async def test_a_lost_insert_reply_raises_without_retryable_writes(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient], direct: AsyncMongoClient) -> None:
-    db = connect(retryWrites=False).test_db
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    db = connect(retryWrites=False)
     proxy.drop_reply_to("insert", collection="jobs")
     with pytest.raises(AutoReconnect):
         await db.jobs.insert_one({"_id": "j1"})
@@ -151,8 +154,8 @@ async def test_a_lost_insert_reply_raises_without_retryable_writes(
 
 
 async def test_a_retried_update_one_is_applied_once(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient], direct: AsyncMongoClient) -> None:
-    db = connect().test_db
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    db = connect()
     await db.jobs.insert_one({"_id": "j1", "attempts": 0})
     proxy.drop_reply_to("update", collection="jobs")
     result = await db.jobs.update_one({"_id": "j1"}, {"$inc": {"attempts": 1}})
@@ -161,15 +164,15 @@ async def test_a_retried_update_one_is_applied_once(
 
 
 async def test_keeps_serving_many_new_connections_after_drops(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient], direct: AsyncMongoClient) -> None:
-    db = connect(retryWrites=False).test_db
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    db = connect(retryWrites=False)
     rule = proxy.drop_reply_to("insert", collection="jobs", times=2)
     for i in range(2):
         with pytest.raises(AutoReconnect):
             await db.jobs.insert_one({"_id": f"lost{i}"})
     assert rule.fired == 2
 
-    fresh = connect(minPoolSize=10, maxPoolSize=20).test_db
+    fresh = connect(minPoolSize=10, maxPoolSize=20)
     await asyncio.gather(*(fresh.jobs.insert_one({"_id": i}) for i in range(50)))
     assert await fresh.jobs.count_documents({}) == 52 and len(proxy.dropped) == 2
     async with asyncio.timeout(5):
@@ -180,23 +183,32 @@ async def test_keeps_serving_many_new_connections_after_drops(
 
 
 async def test_stop_closes_every_connection_and_leaves_no_tasks(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient]) -> None:
-    client = connect(serverSelectionTimeoutMS=300, minPoolSize=3)
-    await client.test_db.jobs.insert_one({"_id": 1})
-    assert proxy.connections >= 2
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase]) -> None:
+    db = connect(minPoolSize=3)
+    await db.jobs.insert_one({"_id": 1})
+    await db.client.close()  # pymongo 4.20 leaks a socket if close() cancels a monitor reconnecting to a stopped proxy
+    accepted = proxy.accepted
+    opened = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(3)]
+    async with asyncio.timeout(5):
+        while proxy.accepted < accepted + 3:  # all three handled, each with its upstream connection
+            await asyncio.sleep(0.01)
     await proxy.stop()
     assert proxy.connections == 0
     assert [t for t in asyncio.all_tasks() if "FaultProxy" in repr(t.get_coro())] == []
-    with pytest.raises(ConnectionFailure):  # a pooled connection is found closed; no server answers a retry
-        await client.test_db.jobs.find_one({})
+    for reader, writer in opened:
+        assert await reader.read() == b""  # closed by the proxy
+        writer.close()
+        await writer.wait_closed()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", proxy.port)
 
 
 async def test_a_broken_predicate_drops_nothing_and_fails_the_proxy(
-        proxy: FaultProxy, connect: Callable[..., AsyncMongoClient]) -> None:
-    client = connect(retryWrites=False)
+        proxy: FaultProxy, connect: Callable[..., AsyncDatabase]) -> None:
+    db = connect(retryWrites=False)
     proxy.drop_reply_to("insert", where=lambda body: body["no such field"])
-    await client.test_db.jobs.insert_one({"_id": 1})  # not dropped: a KeyError is no match
+    await db.jobs.insert_one({"_id": 1})  # not dropped: a KeyError is no match
     assert proxy.dropped == [] and isinstance(proxy.errors[0], KeyError)
-    await client.close()  # before its server goes away (else close() waits out server selection for endSessions)
+    await db.client.close()  # before its server goes away (else close() waits out server selection for endSessions)
     with pytest.raises(RuntimeError, match="1 error"):
         await proxy.stop()

@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 from app import registry
 from app.domain.models import JobSpec
 from app.domain.retry import RetryConfig
-from app.store import connect
+from app.store import connect, quirks
 from app.worker import outcome as oc
 from app.worker.processor import JobProcessor
 from tests.faultproxy import FaultProxy
@@ -38,7 +38,7 @@ async def proxied(db_url, settings):
     registry.load(settings.handler_modules())
     name = f"t_{uuid.uuid4().hex[:12]}"
     async with FaultProxy(db_url) as proxy:
-        st = connect(proxy.url, settings, db_name=name)
+        st = connect(proxy.url, settings, db_name=name, secantus=quirks.is_secantus(db_url))
         direct = connect(db_url, settings, db_name=name)
         await st.start()
         yield proxy, st, direct

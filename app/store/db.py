@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 from app.settings import Settings
+from app.store import quirks
 
 
 async def ensure_index(col: AsyncCollection, keys, **options) -> str:
@@ -33,11 +34,10 @@ async def ensure_index(col: AsyncCollection, keys, **options) -> str:
     return await col.create_index(keys, **options)
 
 
-# Most ids in one `_id: {$in: [...]}`. SecantusDB matches each fetched document against the
-# whole list, so one query over n ids costs n² comparisons: 2,000 ids took 2.0 s in one
-# query and 0.11 s in chunks of 50 (docs/benchmarks.md). On MongoDB a chunk is just a
-# round trip more per 64 ids.
-IN_CHUNK = 64
+# Most ids in one `_id: {$in: [...]}` (app/store/quirks.py). SecantusDB matches each fetched
+# document against the whole list: 2,000 ids took 2.0 s in one query and 0.11 s in chunks of
+# 50 (docs/benchmarks.md).
+IN_CHUNK = quirks.IN_CHUNK
 
 
 def chunks(ids: list, size: int = IN_CHUNK):
@@ -179,10 +179,18 @@ def answers_ping(url: str, timeout_ms: int = 500) -> bool:
         return False
 
 
-def connect(url: str, settings: Settings, db_name: str | None = None) -> Store:
-    """A `Store` on `url`. Writes are journaled (`j=true`) so an acknowledged job survives a
-    server crash on MongoDB and on the embedded server alike."""
+def connect(url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None) -> Store:
+    """A `Store` on `url`. Writes are `w: majority` (`SWITCHYARD_WRITE_CONCERN`) and journaled
+    (`j: true`), so an acknowledged job survives a server crash and, on a replica set, an
+    election (a `w: 1` write can be rolled back). Every operation carries `timeoutMS`
+    (`SWITCHYARD_DB_TIMEOUT_MS`, 30 s), which covers server selection through a primary
+    election instead of failing at the driver's 10 s of server selection, except on the
+    embedded server (`quirks.py`; `secantus`: whether `url` leads to it, asked of the server
+    when not given). Options in the URL win over these defaults."""
+    w = "majority" if settings.write_concern == "majority" else int(settings.write_concern)
+    options = {"w": w, "journal": True, "connectTimeoutMS": 5_000,
+               **quirks.timeout_options(url, settings.db_timeout_ms, secantus)}
+    given = {k.lower() for k in url.partition("?")[2].replace(";", "&").split("&") for k in [k.partition("=")[0]] if k}
     client: AsyncMongoClient = AsyncMongoClient(
-        url, tz_aware=True, journal=True, serverSelectionTimeoutMS=10_000, connectTimeoutMS=5_000
-    )
+        url, tz_aware=True, **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)})
     return Store(client, settings, db_name)

@@ -1,0 +1,53 @@
+"""The embedded server's quirks: what the store does differently because SecantusDB, the
+embedded default, is not MongoDB, and what each choice costs on MongoDB.
+
+Decided here, per server:
+- **No `timeoutMS` on SecantusDB.** It recognises a retried write (the driver's one retry
+  after a dropped connection) only when the retry is byte-identical to the first attempt,
+  `maxTimeMS` included, and with `timeoutMS` set the driver sends the time left, which
+  differs. A retried insert then fails with a duplicate key, and a retried `$inc` is applied
+  twice (measured with tests/faultproxy.py, 2026-12-02, SecantusDB 0.7.0b3). On SecantusDB
+  the store uses `serverSelectionTimeoutMS` and `socketTimeoutMS` instead. Cost on MongoDB:
+  none; MongoDB gets `timeoutMS`, which it handles per the manual.
+
+Kept where the code they shape lives (each says so in a comment), all correct on MongoDB:
+
+| workaround | where | cost on MongoDB |
+|---|---|---|
+| `_id $in` lists chunked to `IN_CHUNK` ids (SecantusDB compares each document with the whole list) | `db.chunks`, `find_in`, `update_in` | one round trip more per 64 ids |
+| claim windows bounded on both sides, plain equality in hot filters (no `$in`/`$or` on indexed fields) | `claimer.py` | none: the same queries are index-bounded |
+| never `find_one_and_update` on `jobs` (it scans on SecantusDB) | `claimer.py`, `lifecycle.py` | a claim is two commands, not one |
+| sparse rather than partial indexes (SecantusDB's planner ignores partial ones) | `jobs.py`, `events.py`, `retention.py` | slightly larger indexes |
+| retention by a sparse `expires_at` range, not a TTL index on `jobs` (its sweeper decodes every document) | `retention.py` | a sweep query a minute |
+| new jobs stored without their empty fields (every update re-encodes the whole document) | `app/domain/models.py` `SPARSE_FIELDS` | none |
+| bulk inserts hold this process's change streams (`BulkGate`) | `feed.py` | a few ms of stream latency during a large insert |
+| wake streams space their round trips (a waiting `getMore` returns on any write) | `app/worker/loops.py` `WAKE_SPACING` | up to 20 ms more wake-up latency |
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+IN_CHUNK = 64  # most ids in one `_id: {$in: [...]}` (see the table above)
+
+
+@lru_cache(maxsize=32)
+def is_secantus(url: str) -> bool:
+    """Whether the server at `url` is SecantusDB (its `buildInfo` says so). A server that
+    does not answer within 2 s is taken for MongoDB."""
+    from pymongo import MongoClient
+
+    try:
+        with MongoClient(url, serverSelectionTimeoutMS=2_000, connectTimeoutMS=2_000) as c:
+            return "secantusVersion" in c.admin.command("buildInfo")
+    except Exception:
+        return False
+
+
+def timeout_options(url: str, timeout_ms: int, secantus: bool | None = None) -> dict:
+    """The client's time limits: `timeoutMS` on MongoDB, the older per-phase limits on
+    SecantusDB (see the module's docstring). `secantus` saves asking the server (a caller
+    whose own event loop serves the way to it, such as a test proxy, must say)."""
+    if is_secantus(url) if secantus is None else secantus:
+        return {"serverSelectionTimeoutMS": timeout_ms, "socketTimeoutMS": timeout_ms}
+    return {"timeoutMS": timeout_ms, "serverSelectionTimeoutMS": timeout_ms}
