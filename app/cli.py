@@ -105,6 +105,31 @@ def worker(
     asyncio.run(_run_worker(s, url, concurrency, only))
 
 
+@cli.command()
+def migrate() -> None:
+    """Create the database's indexes and run its migrations, then exit: run it once before a
+    rolling deploy (every process also migrates at start when the database is behind, one
+    at a time)."""
+    from app import embedded
+    from app.store import connect
+
+    s = _settings(None)
+    url = s.mongodb_url or embedded.recorded_url(s.data_dir.resolve())
+    if not url:
+        typer.echo(f"no MONGODB_URL and no running `switchyard serve` recorded in {s.data_dir.resolve()}", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> None:
+        store = connect(url, s)
+        try:
+            await store.clock.sync()
+            await store.migrate()
+            typer.echo(f"migrated {s.mongodb_db}: schema {store.schema()}", err=True)
+        finally:
+            await store.close()
+    asyncio.run(run())
+
+
 async def _run_worker(s: Settings, url: str, concurrency: int, engines: list[str] | None) -> None:
     from app import registry
     from app.store import connect

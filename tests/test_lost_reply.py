@@ -120,3 +120,18 @@ async def test_a_cancel_whose_reply_was_lost_reports_the_cancel(proxied):
     done = await st.lifecycle.cancel(job["_id"])
     assert len(proxy.dropped) == 1 and done["status"] == "cancelled"
     assert await counters_match(direct, "lr") and (await direct.engines.get("lr"))["queued"] == 0
+
+
+async def test_a_permit_reservation_whose_reply_was_lost_is_known_to_its_worker(proxied):
+    proxy, st, direct = proxied
+    await st.engines.ensure("lr")
+    worker = JobProcessor(st, st.settings, concurrency=4)
+    # the driver retries a single-document write once: both replies are lost
+    proxy.drop_reply_to("update", "engines", where=lambda b: "holds." + worker.worker_id in str(b["updates"][0]["u"]),
+                        times=2)
+    with pytest.raises(PyMongoError):
+        await worker._reserve("lr", 2)
+    assert len(proxy.dropped) == 2
+    assert worker.held["lr"] == 2 == (await direct.engines.get("lr")).get("running")
+    await worker._give_back("lr", 2)
+    assert (await direct.engines.get("lr"))["running"] == 0

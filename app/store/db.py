@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from pymongo import AsyncMongoClient
@@ -32,6 +33,18 @@ async def ensure_index(col: AsyncCollection, keys, **options) -> str:
         if [(k, int(v)) for k, v in info["key"]] == [(k, int(v)) for k, v in wanted] or name == options.get("name"):
             await col.drop_index(name)
     return await col.create_index(keys, **options)
+
+
+async def ensure_ttl(col: AsyncCollection, field: str, seconds: int, name: str = "retention") -> None:
+    """A TTL index on `field`. Index options are fixed at creation on MongoDB, so a changed
+    retention setting is applied with `collMod` instead of failing every start with
+    IndexOptionsConflict."""
+    try:
+        await col.create_index(field, expireAfterSeconds=seconds, name=name)
+    except OperationFailure as exc:
+        if exc.code not in (85, 86):
+            raise
+        await col.database.command("collMod", col.name, index={"name": name, "expireAfterSeconds": seconds})
 
 
 # Most ids in one `_id: {$in: [...]}` (app/store/quirks.py). SecantusDB matches each fetched
@@ -93,6 +106,9 @@ class Clock:
         return self._base + timedelta(seconds=time.monotonic() - self._mono)
 
 
+SCHEMA_VERSION = 2  # raise it whenever an index or a migration changes
+
+
 class Store:
     """Bundles the per-collection stores that share one database and one clock."""
 
@@ -148,12 +164,43 @@ class Store:
         self.mail = MailStore(self.db, settings, self.clock)
         self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.workflows)
 
-    async def start(self) -> None:
+    def schema(self) -> dict:
+        """What the database's indexes and migrations must match: this version's schema and
+        the settings that index options depend on (index options are fixed at creation)."""
+        s = self.settings
+        return {"version": SCHEMA_VERSION, "event_retention_seconds": int(s.event_retention_seconds)}
+
+    async def start(self, wait_seconds: float = 120.0) -> None:
+        """Sync the clock; then, unless the database already matches this version's schema,
+        migrate it: in one process at a time (the `migrate` lease), while the others wait.
+        Every process of a deployment calls this, and only the first does the work, so index
+        builds (which wait for the voting members on MongoDB) never race."""
         await self.clock.sync()
+        meta = self.db["meta"]
+        holder = f"migrate-{uuid.uuid4().hex[:12]}"
+        deadline = time.monotonic() + wait_seconds
+        while (await meta.find_one({"_id": "schema"}, {"_id": 0})) != self.schema():
+            if await self.leases.acquire("migrate", holder, seconds=max(60.0, wait_seconds)):
+                try:
+                    await self.migrate()
+                finally:
+                    await self.leases.release("migrate", holder)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("another process has been migrating the database for too long; "
+                                   "see `switchyard migrate`")
+            await asyncio.sleep(0.5)
+
+    async def migrate(self) -> None:
+        """Create every index and run every data migration (idempotent), then record the
+        schema. `switchyard migrate` runs this before a rolling deploy; a migration only
+        adds indexes and fields, and an index is dropped only by a version whose code no
+        longer queries it (docs/deployment.md)."""
         await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes(),
                              self.events.ensure_indexes(), self.keys.ensure_indexes(), self.audit.ensure_indexes(),
                              self.notifications.ensure_indexes(), self.mail.ensure_indexes(),
                              self.workflows.ensure_indexes(), self.schedules.ensure_indexes())
+        await self.db["meta"].replace_one({"_id": "schema"}, self.schema(), upsert=True)
 
     async def ping(self) -> bool:
         try:
@@ -179,18 +226,21 @@ def answers_ping(url: str, timeout_ms: int = 500) -> bool:
         return False
 
 
-def connect(url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None) -> Store:
+def connect(url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None,
+            **client_options) -> Store:
     """A `Store` on `url`. Writes are `w: majority` (`SWITCHYARD_WRITE_CONCERN`) and journaled
     (`j: true`), so an acknowledged job survives a server crash and, on a replica set, an
     election (a `w: 1` write can be rolled back). Every operation carries `timeoutMS`
     (`SWITCHYARD_DB_TIMEOUT_MS`, 30 s), which covers server selection through a primary
     election instead of failing at the driver's 10 s of server selection, except on the
     embedded server (`quirks.py`; `secantus`: whether `url` leads to it, asked of the server
-    when not given). Options in the URL win over these defaults."""
+    when not given). Options in the URL win over these defaults; `client_options` (such as
+    `event_listeners`) go to the client as they are."""
     w = "majority" if settings.write_concern == "majority" else int(settings.write_concern)
     options = {"w": w, "journal": True, "connectTimeoutMS": 5_000,
                **quirks.timeout_options(url, settings.db_timeout_ms, secantus)}
     given = {k.lower() for k in url.partition("?")[2].replace(";", "&").split("&") for k in [k.partition("=")[0]] if k}
     client: AsyncMongoClient = AsyncMongoClient(
-        url, tz_aware=True, **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)})
+        url, tz_aware=True, **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)},
+        **client_options)
     return Store(client, settings, db_name)

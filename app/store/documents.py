@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
+import bson
+
 from app.store.engines import band
 
 LEASE_FIELDS = ("lease_owner", "lease_token", "lease_expires_at")
@@ -73,6 +75,31 @@ class JobDoc(TypedDict):
     dependents: NotRequired[list[str]]
     waiting_on: NotRequired[dict[str, int]]
     ord: NotRequired[int]
+
+
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Most encoded bytes of values one command carries: a command is a BSON document, and
+MongoDB refuses one over 16 MiB (each result may be up to `MAX_RESULT_BYTES`, 12 MiB)."""
+
+
+def bson_size(value: Any) -> int:
+    """`value`'s encoded size in BSON (as a document's field)."""
+    return len(bson.encode({"v": value}))
+
+
+def by_size(items: list, size, limit: int = MAX_BATCH_BYTES):
+    """`items` in consecutive runs whose `size(item)` adds up to at most `limit` (an item
+    larger than `limit` goes alone)."""
+    run, total = [], 0
+    for item in items:
+        n = size(item)
+        if run and total + n > limit:
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += n
+    if run:
+        yield run
 
 
 def band_of(job: JobDoc | dict) -> str:

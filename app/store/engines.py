@@ -224,6 +224,11 @@ class EngineStore:
         )
         return res.modified_count == 1
 
+    async def holds_of(self, engine: str, worker: str) -> int | None:
+        """The permits of `engine` that `worker` holds, as recorded (None: no engine)."""
+        doc = await self.col.find_one({"_id": engine}, {f"holds.{worker}": 1})
+        return None if doc is None else (doc.get("holds") or {}).get(worker, 0)
+
     async def release(self, engine: str, worker: str, n: int) -> bool:
         """Give back `n` permits of `worker`. A no-op (False) when the worker's holds were
         already dropped by the rescuer."""

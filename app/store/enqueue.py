@@ -114,11 +114,13 @@ class Enqueuer:
         """pending → queued for steps with nothing left to wait on: one `update_many` per
         (engine, band) and chunk, the seq computed on the server from each step's `ord` (its
         place in the workflow), so a fan-out of thousands is a few dozen writes. The numbers
-        may be sparse; windows skip gaps. `exact`: guarded on the exact `waiting_on` map read
-        (its keys in sorted order, as they were written), for a fan-out's direct children."""
+        may be sparse; windows skip gaps. `exact`: guarded on the exact `waiting_on` map read,
+        for a fan-out's direct children."""
         groups: dict[tuple, list[JobDoc]] = defaultdict(list)
         for s in steps:
-            waited = tuple(sorted(s.get("waiting_on") or {})) if exact else ()
+            # The map's keys in the order read: on MongoDB equality on an embedded document
+            # compares field order too, and the server returns the stored order.
+            waited = tuple(s.get("waiting_on") or {}) if exact else ()
             groups[(s["engine"], band_of(s), waited)].append(s)
         moved = 0
         for (engine, key, waited), group in groups.items():

@@ -16,10 +16,10 @@ from typing import AsyncIterator
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError
 
 from app.logs import get_logger
-from app.store.db import ensure_index
+from app.store.db import ensure_index, ensure_ttl
 from app.store.feed import next_batch
 
 log = get_logger("switchyard.events")
@@ -39,11 +39,7 @@ class EventStore:
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         # An event's identity: its change's resume token. Sparse: events of older versions lack it.
         await ensure_index(c, "token", unique=True, sparse=True, name="token")
-        ttl = int(self.settings.event_retention_seconds)
-        try:
-            await c.create_index("at", expireAfterSeconds=ttl, name="retention")
-        except OperationFailure:  # the retention setting changed: change the index in place
-            await self.db.command("collMod", "events", index={"name": "retention", "expireAfterSeconds": ttl})
+        await ensure_ttl(c, "at", int(self.settings.event_retention_seconds))
 
     async def append(self, events: list[dict], floor: int = 0) -> int:
         """Give `events` (in change order) the seqs after the log's last (and after `floor`,

@@ -86,6 +86,9 @@ async def next_batch(stream, max_batch: int, min_interval: float = 0.0, gate: Bu
     return batch
 
 
+BULKY = ("parameters", "result", "errors", "steps")
+
+
 class HistoryLost(Exception):
     """The resume point is older than the server's log: events in between are gone."""
 
@@ -105,8 +108,17 @@ class ChangeFeed:
                         # A workflow's steps are created with it: its own insert stands for them,
                         # so a 10,000-step workflow is one change here, not 10,001.
                         "$nor": [{"operationType": "insert", "fullDocument.workflow_id": {"$type": "string"}}]}},
-            # Events need none of the bulky fields.
-            {"$project": {f"fullDocument.{f}": 0 for f in ("parameters", "result", "errors", "steps")}},
+            # Events need none of the bulky fields, and a change event, like a document, may
+            # not pass 16 MiB: a result near the cap would stop the relay for good. An update's
+            # fields are filtered by their top-level name (`errors.3` is a `$push`).
+            {"$project": {f"fullDocument.{f}": 0 for f in BULKY}},
+            {"$set": {"updateDescription.updatedFields": {"$cond": [
+                {"$eq": ["$operationType", "update"]},
+                {"$arrayToObject": {"$filter": {
+                    "input": {"$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}},
+                    "cond": {"$not": [{"$in": [{"$arrayElemAt": [{"$split": ["$$this.k", "."]}, 0]}, list(BULKY)]}]}}}},
+                "$$REMOVE"]}}},
+            {"$unset": ["updateDescription.updatedFields.progress.data", "fullDocument.progress.data"]},
         ]
         try:
             async with await self.db.watch(pipeline, resume_after=resume_token, max_await_time_ms=50) as stream:

@@ -47,6 +47,8 @@ class JobQueries:
         if "fanout_pending_1" in await c.index_information():  # before the mark moved into retention's index
             await c.update_many({"fanout_pending": True}, {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
             await c.drop_index("fanout_pending_1")
+        # A tenant's jobs by status, newest first: the quota's waiting count, and lists.
+        await c.create_index([("tenant", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)])
         # The promoter: only scheduled jobs are in it.
         await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
         # A workflow's steps. Sparse, not partial: SecantusDB's planner never picks a partial
@@ -72,14 +74,11 @@ class JobQueries:
         return docs, (docs[-1]["_id"] if more and docs else None)
 
     async def count_waiting(self, tenant: str) -> int:
-        """A tenant's jobs waiting to run (queued, scheduled or pending): a scan, so callers
-        cache it."""
-        rows = await (await self.col.aggregate([
-            {"$match": {"tenant": str(tenant)}},
-            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-        ])).to_list(None)
-        waiting = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.PENDING.value}
-        return sum(r["n"] for r in rows if r["_id"] in waiting)
+        """A tenant's jobs waiting to run (queued, scheduled or pending): one count per
+        status over the `(tenant, status, _id)` index, so its cost follows the tenant's
+        waiting jobs, never the collection. Callers cache it."""
+        return sum([await self.col.count_documents({"tenant": str(tenant), "status": s.value})
+                    for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PENDING)])
 
     async def history(self, *, since: datetime | None = None, engine: str | None = None,
                       tenant: str | None = None) -> dict[str, Any]:

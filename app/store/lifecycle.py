@@ -33,7 +33,7 @@ from app.domain.models import JobSpec, new_job_document
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
-from app.store.documents import LEASE_FIELDS, JobDoc, error_entry, is_step
+from app.store.documents import LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
 from app.store.retention import Expiry
 
 RUNNING = JobStatus.RUNNING.value
@@ -148,7 +148,9 @@ class Lifecycle:
             (by_token.setdefault(e.token, []) if e.move == "complete" else others).append(e)
         expires = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, "$$REMOVE",
                              {"$literal": self.expiry.at(JobStatus.COMPLETED.value, now)}]}
-        for token, members in by_token.items():
+        runs = [run for members in by_token.values() for run in by_size(members, lambda m: bson_size(m.result))]
+        for members in runs:
+            token = members[0].token
             ids = [m.job["_id"] for m in members]
             at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
             res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [

@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from app.errors import NotFound
+from app.store.db import ensure_ttl
 
 
 def notification_id(seq: int, user: str) -> str:
@@ -31,8 +32,7 @@ class NotificationStore:
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("user", ASCENDING), ("seq", DESCENDING)])
         await self.col.create_index([("user", ASCENDING), ("read", ASCENDING), ("seq", DESCENDING)])
-        await self.col.create_index("created_at", expireAfterSeconds=int(self.settings.event_retention_seconds) * 4,
-                                    name="retention")
+        await ensure_ttl(self.col, "created_at", int(self.settings.event_retention_seconds) * 4)
 
     async def add_many(self, docs: list[dict]) -> int:
         if not docs:

@@ -26,6 +26,7 @@ idempotent and the tombstone's `_id` lets one process at a time take a workflow.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -78,11 +79,14 @@ class JobRetention:
     def __init__(self, col, dedupe) -> None:
         self.col, self.dedupe = col, dedupe
 
-    async def expire_jobs(self, now: datetime, batch: int = 500, max_batches: int = 20) -> int:
-        """Delete standalone jobs whose `expires_at` has passed, with their dedupe entries.
-        Each delete is guarded on the status read, so a job retried meanwhile stays."""
+    async def expire_jobs(self, now: datetime, batch: int = 500, budget_seconds: float = 20.0) -> int:
+        """Delete standalone jobs whose `expires_at` has passed, with their dedupe entries,
+        batch after batch until none is left or `budget_seconds` have gone (the rest waits
+        for the next pass), so a backlog of any size drains instead of growing. Each delete
+        is guarded on the status read, so a job retried meanwhile stays."""
         deleted = 0
-        for _ in range(max_batches):
+        deadline = time.monotonic() + budget_seconds
+        while time.monotonic() < deadline:  # budget 0: nothing this pass
             found = await self.col.find({"expires_at": {"$gte": EPOCH, "$lt": now}},
                                         {"status": 1, "owner": 1, "dedupe_key": 1}).limit(batch).to_list(batch)
             by_status: dict[str, list[str]] = defaultdict(list)

@@ -93,7 +93,7 @@ class StepMoves:
         ready: list[dict] = []
         moved = 0
         for s in steps:
-            waiting = {p: 1 for p in s.get("parent_ids", []) if p not in completed}
+            waiting = {p: 1 for p in sorted(s.get("parent_ids", [])) if p not in completed}
             res = await self.col.update_one(
                 {"_id": s["_id"], "status": s["status"]},
                 {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0,

@@ -97,13 +97,13 @@ class WorkflowFlow:
     async def repair_stalled(self, quiet_since, limit: int = 20) -> int:
         """Running workflows with no step counted since `quiet_since`: release children whose
         completed parents never fanned out (their worker died in between), and re-count the
-        steps. A scan of the workflow's pending steps, so only for quiet workflows, each at
-        most once per quiet period. Returns how many children were released."""
+        steps. A scan of the workflow's pending steps, so only for quiet workflows (found by
+        the `(status, updated_at)` index), each at most once per quiet period. Returns how many
+        children were released."""
         released = 0
-        for wf in await self.col.find({"status": RUNNING}, {"updated_at": 1, "created_at": 1}).to_list(None):
-            if (wf.get("updated_at") or wf["created_at"]) >= quiet_since or limit <= 0:
-                continue
-            limit -= 1
+        quiet = await self.col.find({"status": RUNNING, "updated_at": {"$lt": quiet_since}},
+                                    {"updated_at": 1}).limit(limit).to_list(limit)
+        for wf in quiet:
             pending = [s for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
                        if s["status"] == JobStatus.PENDING.value]
             parents = sorted({p for s in pending for p in s.get("waiting_on") or {}})

@@ -45,6 +45,7 @@ class WorkflowStore:
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+        await self.col.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])  # quiet ones, for repair
         if self.graphs.name not in await self.col.database.list_collection_names():
             # Before the graph had a collection of its own: move it out, once (a scan).
             async for wf in self.col.find({"steps": {"$exists": True}}, {"steps": 1}):
@@ -91,7 +92,7 @@ class WorkflowStore:
             doc = self.lifecycle.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
             # a step with dependencies is born `pending` (new_job_document)
-            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on={ids[d]: 1 for d in s.depends_on},
+            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on={p: 1 for p in sorted(ids[d] for d in s.depends_on)},
                        dependents=children[s.key], ord=n)
             docs.append(doc)
         return docs
@@ -141,7 +142,7 @@ class WorkflowStore:
             if d["status"] == JobStatus.QUEUED.value:
                 d["status"] = JobStatus.PENDING.value
                 d.pop("queued_at", None)
-            d["waiting_on"] = {p: 1 for p in d["parent_ids"]}
+            d["waiting_on"] = {p: 1 for p in sorted(d["parent_ids"])}
         await self.lifecycle.insert_many(docs)
         parents = {p for d in docs for p in d["parent_ids"]}
         finished = await self.jobs.completed_among(parents)

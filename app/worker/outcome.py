@@ -12,16 +12,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from bson.errors import InvalidDocument
+
 from app import metrics
 from app.context import PermanentError, Retry
 from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
-from app.errors import SwitchyardError
 from app.domain.states import JobStatus
-from app.store.documents import error_entry
+from app.errors import SwitchyardError
+from app.store.documents import bson_size, error_entry
 from app.store.lifecycle import EXIT_TARGETS, Exit
 
-MAX_RESULT_BYTES = 12 * 1024 * 1024  # a job document must stay under MongoDB's 16 MiB
+MAX_RESULT_BYTES = 12 * 1024 * 1024  # encoded as BSON: a job document must stay under MongoDB's 16 MiB
 
 
 @dataclass
@@ -59,8 +61,9 @@ Outcome = Success | Failure | Cancelled | Released | Lost
 def classify_result(result: Any) -> Outcome:
     try:
         check_keys(result, "result")
-        size = len(json.dumps(result))
-    except (TypeError, ValueError) as exc:
+        json.dumps(result)  # a result is JSON: clients read it so
+        size = bson_size(result)
+    except (TypeError, ValueError, OverflowError, InvalidDocument) as exc:
         return Failure("bad_result", f"handler returned a result that cannot be stored: {exc}", permanent=True)
     if size > MAX_RESULT_BYTES:
         return Failure("result_too_large", f"result is {size} bytes; the cap is {MAX_RESULT_BYTES}", permanent=True)

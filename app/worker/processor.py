@@ -152,7 +152,7 @@ class JobProcessor(LoopsMixin):
                     return 0
             else:
                 take = min(available - idle, limit - running)
-                if await self.store.engines.reserve(name, self.worker_id, take):
+                if await self._reserve(name, take):
                     self.held[name] += take
                     idle += take
         n = min(idle, want)
@@ -174,6 +174,17 @@ class JobProcessor(LoopsMixin):
         elif len(jobs) < n:  # lost candidates to other claimers: keep the permits, retry soon
             self.contended = True
         return len(jobs)
+
+    async def _reserve(self, engine: str, n: int) -> bool:
+        """Take `n` permits. A reservation whose reply was lost may have landed: our holds as
+        the engine records them are then read back, so no permit is held unknowingly."""
+        try:
+            return await self.store.engines.reserve(engine, self.worker_id, n)
+        except Exception:
+            holds = await self.store.engines.holds_of(engine, self.worker_id)
+            if holds is not None and holds > self.held[engine]:
+                self.held[engine] = holds  # it landed
+            raise
 
     async def _mark_started(self, jobs: list[dict]) -> bool:
         """Record that this claim's handlers start (the rescuer charges an attempt only

@@ -1,0 +1,155 @@
+"""Event completeness, BSON-sized batches and start-up after a changed setting, on any
+server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.domain.models import JobSpec
+from app.notifications.relay import EventRelay
+from app.store import connect
+from app.store.lifecycle import Exit
+from app.worker import outcome as oc
+from tests.helpers import eventually
+
+
+async def test_n_transitions_give_exactly_n_events_with_unique_ids(store, settings, jobs):
+    relay = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        async def leading():
+            return relay.leading
+        await eventually(leading)
+        made = [await jobs.completed(engine="ev") for _ in range(10)]  # queued, running, completed each
+
+        async def all_in():
+            return len([e for e in await store.events.since(0) if e.get("engine") == "ev"]) >= 30
+        await eventually(all_in)
+        events = [e for e in await store.events.since(0) if e.get("engine") == "ev"]
+        assert len(events) == 30 and len({e["_id"] for e in events}) == 30 and len({e["token"] for e in events}) == 30
+        assert sorted({e["job_id"] for e in events}) == sorted(j["_id"] for j in made)
+        seqs = [e["_id"] for e in await store.events.since(0)]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gap-free
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_results_at_the_cap_complete_in_one_batch(store, jobs):
+    """Three results near the cap are more than one command may carry: the batch is split
+    by encoded size, and every job completes."""
+    near_cap = "x" * (oc.MAX_RESULT_BYTES - 1024)
+    assert isinstance(oc.classify_result({"blob": near_cap}), oc.Success)
+    claimed = [await jobs.running(engine="big") for _ in range(3)]
+    lost = await store.lifecycle.leave_running([Exit(j, j["lease_token"], "complete", result={"blob": near_cap},
+                                                     execution_ms=1) for j in claimed])
+    assert lost == set()
+    for j in claimed:
+        doc = await store.jobs.get(j["_id"])
+        assert doc["status"] == "completed" and len(doc["result"]["blob"]) == len(near_cap)
+
+
+async def test_the_result_cap_is_measured_in_bson():
+    ints = list(range(2_000_000))  # about 15 MB as JSON, more as BSON (each element carries its index)
+    out = oc.classify_result(ints[:1_500_000])
+    assert isinstance(out, oc.Failure) and out.code == "result_too_large"
+
+
+async def test_start_up_after_a_retention_setting_changed(db_url, settings, store):
+    changed = settings.model_copy(update={"event_retention_seconds": settings.event_retention_seconds + 3600})
+    again = connect(db_url, changed, db_name=store.db.name)
+    await again.start()  # IndexOptionsConflict unless collMod
+    try:
+        for col, want in (("events", changed.event_retention_seconds), ("notifications", changed.event_retention_seconds * 4)):
+            info = await again.db[col].index_information()
+            assert info["retention"]["expireAfterSeconds"] == want
+        await again.lifecycle.submit(JobSpec(engine="up", operation="ok"), owner="admin")
+    finally:
+        await again.close()
+
+
+async def test_only_one_process_migrates_and_a_current_database_is_left_alone(db_url, settings, store):
+    """`store` migrated its fresh database at start; more processes starting at once find it
+    current and build nothing."""
+    from pymongo import monitoring
+
+    class Builds(monitoring.CommandListener):
+        n = 0
+
+        def started(self, event):
+            if event.command_name == "createIndexes" and event.database_name == store.db.name:
+                Builds.n += 1
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    others = [connect(db_url, settings, db_name=store.db.name, event_listeners=[Builds()]) for _ in range(3)]
+    try:
+        await asyncio.gather(*(o.start() for o in others))
+        assert Builds.n == 0
+        assert await store.db["meta"].find_one({"_id": "schema"}, {"_id": 0}) == store.schema()
+    finally:
+        for o in others:
+            await o.close()
+
+
+async def test_the_exact_fan_out_guard_matches_the_map_as_stored(store, jobs):
+    """A fan-out's child is queued guarded on its whole `waiting_on` map; MongoDB compares
+    an embedded document's field order too, so the guard uses the order the server returns."""
+    doc = store.lifecycle.build(jobs.spec(), "admin", workflow_id="wf-order", step_key="c", depends_on=["zz", "aa"])
+    doc.update(status="pending", waiting_on={"zz": 1, "aa": 1}, parent_ids=["zz", "aa"], ord=0)  # not sorted
+    doc.pop("queued_at", None)
+    await store.lifecycle.insert_many([doc])
+    (read,) = await store.jobs.by_ids([doc["_id"]], None, {"engine": 1, "priority": 1, "tenant": 1, "ord": 1,
+                                                            "waiting_on": 1})
+    assert await store.enqueuer.ready([read], exact=True) == 1
+    assert (await store.jobs.get(doc["_id"]))["status"] == "queued"
+
+
+async def test_switchyard_migrate_brings_a_database_to_the_schema(db_url, settings, store):
+    import os
+    import subprocess
+    import sys
+
+    name = store.db.name + "_m"
+    env = {**os.environ, "MONGODB_URL": db_url, "MONGODB_DB": name, "SWITCHYARD_LOG_LEVEL": "WARNING"}
+    out = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    try:
+        assert out.returncode == 0, out.stderr
+        meta = await store.client[name]["meta"].find_one({"_id": "schema"}, {"_id": 0})
+        assert meta == store.schema()
+        assert "retention" in await store.client[name]["jobs"].index_information()
+    finally:
+        await store.client.drop_database(name)
+
+
+async def test_change_events_carry_no_results_errors_or_progress_data(store, jobs):
+    """A change event may not pass 16 MiB either: the relay's stream leaves out the bulky
+    fields, so a result at the cap cannot stop it."""
+    seen: list[dict] = []
+
+    async def consume():
+        async for changes, _ in store.feed.batches(None):
+            seen.extend(changes)
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.sleep(0.5)
+        job = await jobs.running(engine="feed")
+        await store.lifecycle.progress(job["_id"], job["lease_token"], 50, "half", {"big": "x" * 1000})
+        await store.lifecycle.complete(job, job["lease_token"], {"blob": "x" * (oc.MAX_RESULT_BYTES - 1024)}, 1)
+
+        async def completed():
+            return any((c.get("updateDescription") or {}).get("updatedFields", {}).get("status") == "completed"
+                       for c in seen)
+        await eventually(completed)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    updates = [c["updateDescription"]["updatedFields"] for c in seen if c["operationType"] == "update"]
+    assert not [u for u in updates if any(k.split(".")[0] in ("result", "errors", "parameters") for k in u)]
+    progress = [u["progress"] for u in updates if "progress" in u]
+    assert progress and all("data" not in p for p in progress)
