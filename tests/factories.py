@@ -58,6 +58,8 @@ def dying_lifecycle(store):
     async def never(_ids):
         return None
 
+    from app.store.settles import Settles
+
     lc = copy.copy(store.lifecycle)
-    lc._settle = never
+    lc.settles = Settles(never)
     return lc

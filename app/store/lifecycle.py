@@ -11,14 +11,12 @@ Invariants:
   move stamps `finished_token`, which tells a write whose reply was lost (ours, landed)
   apart from another owner's.
 - A move guarded by the state read raises `InvalidTransition` when it matches nothing.
-- A workflow step's terminal move is followed by its settle (`settle_now`, or batched by
-  `settle_later` for the worker's exits). A failed or cancelled step carries the
-  `UNSETTLED` mark until settled, so maintenance replays a settle its process died before.
+- A workflow step's terminal move is followed by its settle (`settles.py`: at once, or
+  batched for the worker's exits).
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +33,9 @@ from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
 from app.store.documents import LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
 from app.store.retention import Expiry
+from app.store.settles import Settles
 
+EPOCH = datetime(1970, 1, 1)
 RUNNING = JobStatus.RUNNING.value
 UNSET_LEASE = {f: "" for f in LEASE_FIELDS}
 EXIT_TARGETS = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED, "backoff": JobStatus.SCHEDULED,
@@ -61,9 +61,7 @@ class Lifecycle:
                  settle: Callable[[list[str]], Awaitable[None]], expiry: Expiry) -> None:
         self.col, self.settings, self.clock = col, settings, clock
         self.engines, self.enqueuer, self.dedupe, self.workers = engines, enqueuer, dedupe, workers
-        self._settle, self.expiry = settle, expiry
-        self._settling: list[str] = []
-        self._settler: asyncio.Task | None = None
+        self.settles, self.expiry = Settles(settle), expiry
         self._default_retry_doc: dict | None = None
 
     # --- (new) → pending | scheduled | queued --------------------------------------------
@@ -303,36 +301,13 @@ class Lifecycle:
         moved = await self.enqueuer.move([job], {"status": RUNNING, "lease_token": mark}, update)
         return JobStatus.QUEUED.value if moved else ""
 
-    # --- consequences of terminal moves --------------------------------------------------
+    # --- consequences of terminal moves (settles.py) ------------------------------------
     async def settle_now(self, step_ids: list[str]) -> None:
-        if step_ids:
-            await self._settle(step_ids)
+        await self.settles.now(step_ids)
 
     def settle_later(self, step_ids: list[str]) -> None:
-        """Batched, off the caller's path: steps of a wide fan-in that finish together
-        release their child with one write. A settle that fails is replayed by maintenance
-        (failed and cancelled steps are marked; a completed one's children are found by
-        `repair_stalled`)."""
-        if step_ids:
-            self._settling += step_ids
-            if self._settler is None or self._settler.done():
-                self._settler = asyncio.create_task(self._flush_settles())
-
-    async def _flush_settles(self) -> None:
-        await asyncio.sleep(0.003)
-        while self._settling:
-            batch, self._settling = self._settling[:500], self._settling[500:]
-            try:
-                await self._settle(batch)
-            except Exception as exc:  # maintenance replays it
-                from app.logs import get_logger
-                get_logger("switchyard.lifecycle").warning("workflow.settle_failed", jobs=len(batch), error=repr(exc))
+        self.settles.later(step_ids)
 
     async def drain(self) -> None:
         """Wait for batched settles (shutdown, tests)."""
-        if self._settler is not None:
-            await asyncio.wait([self._settler], timeout=10)
-
-
-EPOCH = datetime(1970, 1, 1)
-
+        await self.settles.drain()
