@@ -133,3 +133,20 @@ async def test_queue_position_is_exact_near_the_head_and_a_lower_bound_far_back(
     assert await store.jobs.queue_position(line[11], cap=15) == (3 + 11, False)
     running = await jobs.running()
     assert await store.jobs.queue_position(running) is None
+
+
+async def test_a_backoff_counts_from_the_failure_not_from_when_its_batch_is_written(jobs, store):
+    """Exits are batched: under a retry storm a batch may be written seconds after the
+    failure, and the delay must not grow by that wait."""
+    import asyncio
+
+    from app.domain.retry import RetryConfig
+    from app.worker import outcome as oc
+
+    job = await jobs.running(retry_config=RetryConfig(max_retries=2, retry_delay_seconds=4, max_delay_seconds=60))
+    e = oc.exit_for(store, job, job["lease_token"], oc.Failure("Boom", "x"), 5, "w1")
+    await asyncio.sleep(2.1)  # the batch is written later than the longest delay allows
+    assert await store.lifecycle.leave_running([e]) == set()
+    doc = await store.jobs.get(job["_id"])
+    delay = (doc["run_at"] - doc["errors"][0]["at"]).total_seconds()
+    assert doc["status"] == "scheduled" and 2 - 0.01 <= delay <= 4 + 0.01

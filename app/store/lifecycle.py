@@ -52,7 +52,7 @@ class Exit:
     result: Any = None
     error: dict | None = None
     execution_ms: int | None = None
-    delay_seconds: float = 0.0
+    run_at: datetime | None = None  # backoff: when to run again, counted from the failure
     reason: str = ""
 
 
@@ -177,7 +177,7 @@ class Lifecycle:
             update["$set"]["last_error"] = e.error
             update["$push"] = {"errors": e.error}
         if target == JobStatus.SCHEDULED:
-            update["$set"]["run_at"] = now + timedelta(seconds=e.delay_seconds)
+            update["$set"]["run_at"] = e.run_at or now
             update["$inc"] = {"retry_count": 1}
             return update
         update["$set"].update(completed_at=now, execution_time_ms=e.execution_ms,
@@ -198,7 +198,8 @@ class Lifecycle:
         await self.leave(Exit(job, token, "fail", error=error, execution_ms=execution_ms))
 
     async def backoff(self, job: JobDoc, token: str, error: dict, delay_seconds: float) -> None:
-        await self.leave(Exit(job, token, "backoff", error=error, delay_seconds=delay_seconds))
+        run_at = self.clock.now() + timedelta(seconds=delay_seconds)
+        await self.leave(Exit(job, token, "backoff", error=error, run_at=run_at))
 
     async def stop(self, job: JobDoc, token: str, reason: str, execution_ms: int | None = None) -> None:
         await self.leave(Exit(job, token, "stop", reason=reason, execution_ms=execution_ms))

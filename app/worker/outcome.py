@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,14 +112,16 @@ def exit_for(store, job: dict, token: str, outcome: Outcome, execution_ms: int, 
         case Failure() as f:
             retry = RetryConfig(**job["retry_config"])
             attempt = job["attempt"]
-            entry = error_entry(f.code, f.message, attempt, store.clock.now(), worker)
+            now = store.clock.now()
+            entry = error_entry(f.code, f.message, attempt, now, worker)
             retryable = not f.permanent and (f.explicit_retry or retry.retries(f.code))
             if not retryable or attempt >= retry.max_attempts:
                 if retryable:
                     entry["message"] += f" (no attempts left: {attempt}/{retry.max_attempts})"
                 return Exit(job, token, "fail", error=entry, execution_ms=execution_ms)
             delay = f.retry_after if f.retry_after is not None else retry.delay(job.get("retry_count", 0))
-            return Exit(job, token, "backoff", error=entry, delay_seconds=delay)
+            # counted from the failure, not from when a batch of exits is written
+            return Exit(job, token, "backoff", error=entry, run_at=now + timedelta(seconds=delay))
     raise TypeError(f"unknown outcome {outcome!r}")
 
 
