@@ -9,20 +9,17 @@ from datetime import timedelta
 import pytest
 
 from app.store import quirks
-from tests.conformance.plans import assert_index_bounded as strict
+from tests.conformance.plans import assert_index_bounded
 
 
-@pytest.fixture(autouse=True)
-def _server(db_url):
-    global ALLOW
-    ALLOW = quirks.PLAN_ALLOWANCES if quirks.is_secantus(db_url) else frozenset()
+@pytest.fixture
+def bounded(db_url):
+    """`assert_index_bounded` with this server's known explain quirks allowed (none on MongoDB)."""
+    allow = quirks.PLAN_ALLOWANCES if quirks.is_secantus(db_url) else frozenset()
 
-
-def assert_index_bounded(plan, index=None, max_keys=None):
-    strict(plan, index, max_keys, allow=ALLOW)
-
-
-ALLOW: frozenset = frozenset()
+    def check(plan, index=None, max_keys=None):
+        assert_index_bounded(plan, index, max_keys, allow=allow)
+    return check
 
 
 async def explain(store, collection: str, filt: dict, sort: dict | None = None, limit: int = 0) -> dict:
@@ -39,65 +36,65 @@ async def many(store, jobs, n: int = 300, **kw) -> None:
     await store.lifecycle.insert_many([store.lifecycle.build(spec, "admin") for _ in range(n)])
 
 
-async def test_the_claim_window(store, jobs):
+async def test_the_claim_window(store, jobs, bounded):
     await many(store, jobs)
     plan = await explain(store, "jobs", {"engine": "testing", "status": "queued", "priority": 5, "tenant": "default",
                                          "seq": {"$gte": 100, "$lt": 164}}, {"seq": 1}, 16)
-    assert_index_bounded(plan, {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}, max_keys=65)
+    bounded(plan, {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}, max_keys=65)
 
 
-async def test_running_jobs_of_an_engine_for_the_rescuer(store, jobs):
+async def test_running_jobs_of_an_engine_for_the_rescuer(store, jobs, bounded):
     await many(store, jobs)
     await store.claimer.claim(await store.engines.get("testing"), "w1", 1)
     plan = await explain(store, "jobs", {"engine": "testing", "status": "running"})
-    assert_index_bounded(plan, max_keys=2)
+    bounded(plan, max_keys=2)
 
 
-async def test_the_promoter(store, jobs):
+async def test_the_promoter(store, jobs, bounded):
     await many(store, jobs)
     for _ in range(3):
         await jobs.scheduled()
     now = store.clock.now()
     plan = await explain(store, "jobs", {"status": "scheduled", "run_at": {"$gte": now - timedelta(days=1),
                                                                            "$lte": now + timedelta(days=1)}}, limit=500)
-    assert_index_bounded(plan, max_keys=4)
+    bounded(plan, max_keys=4)
 
 
-async def test_retention_and_the_unsettled_marks(store, jobs):
+async def test_retention_and_the_unsettled_marks(store, jobs, bounded):
     await many(store, jobs)
     for _ in range(3):
         await jobs.completed()
     now = store.clock.now()
     plan = await explain(store, "jobs", {"expires_at": {"$gte": now - timedelta(days=1), "$lt": now + timedelta(days=30)}},
                          limit=500)
-    assert_index_bounded(plan, max_keys=4)
+    bounded(plan, max_keys=4)
 
 
-async def test_a_workflows_steps(store, jobs):
+async def test_a_workflows_steps(store, jobs, bounded):
     from app.domain.workflow import StepSpec, WorkflowSpec
 
     await many(store, jobs)
     wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[StepSpec(key=f"s{i}", engine="testing", operation="ok")
                                                                    for i in range(5)]), owner="admin")
     plan = await explain(store, "jobs", {"workflow_id": wf["_id"]})
-    assert_index_bounded(plan, max_keys=6)
+    bounded(plan, max_keys=6)
 
 
-async def test_a_tenants_waiting_count(store, jobs):
+async def test_a_tenants_waiting_count(store, jobs, bounded):
     await store.lifecycle.insert_many([store.lifecycle.build(jobs.spec(), "ta/u") for _ in range(50)])
     await many(store, jobs)
     plan = await store.db.command({"explain": {"count": "jobs", "query": {"tenant": "ta", "status": "queued"}},
                                    "verbosity": "executionStats"})
-    assert_index_bounded(plan, {"tenant": 1, "status": 1, "_id": 1}, max_keys=51)
+    bounded(plan, {"tenant": 1, "status": 1, "_id": 1}, max_keys=51)
 
 
-async def test_quiet_running_workflows_for_the_repair(store):
+async def test_quiet_running_workflows_for_the_repair(store, bounded):
     plan = await explain(store, "workflows", {"status": "running", "updated_at": {"$lt": store.clock.now()}},
                          limit=20)
-    assert_index_bounded(plan, {"status": 1, "updated_at": 1})
+    bounded(plan, {"status": 1, "updated_at": 1})
 
 
-async def test_events_after_a_seq(store):
+async def test_events_after_a_seq(store, bounded):
     await store.events.col.insert_many([{"_id": i, "token": f"t{i}", "at": store.clock.now()} for i in range(1, 200)])
     plan = await explain(store, "events", {"_id": {"$gt": 150}}, {"_id": 1}, 1000)
-    assert_index_bounded(plan, max_keys=50)
+    bounded(plan, max_keys=50)
