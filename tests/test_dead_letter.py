@@ -72,6 +72,20 @@ async def test_dead_letter_cursor_walks_every_failed_job_once(api, jobs):
     assert len(seen) == 7 and set(seen) == made and seen == sorted(seen, reverse=True)
 
 
+async def test_dead_letter_of_the_deployment_merges_every_tenants_pages(store, jobs):
+    made = [(await jobs.failed(engine="delta", owner=f"t{i % 3}/u"))["_id"] for i in range(8)]
+    await jobs.completed(engine="delta", owner="t0/u")
+    seen, cursor = [], None
+    while True:
+        page, cursor = await store.job_admin.dead_letter(engine="delta", after=cursor, limit=3)
+        seen += [d["_id"] for d in page]
+        if cursor is None:
+            break
+    assert seen == sorted(made, reverse=True)
+    mine, _ = await store.job_admin.dead_letter(engine="delta", tenant="t1", limit=50)
+    assert [d["_id"] for d in mine] == [i for i in sorted(made, reverse=True) if i in made[1::3]]
+
+
 async def test_dead_letter_refuses_unknown_and_injected_filters(api):
     for params in ({"status": "failed"}, {"engine[$ne]": "x"}, {"error_code": '{"$gt": ""}'}, {"cursor": "zz"}):
         r = await api.get("/api/v1/jobs/dead-letter", params=params)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from app.domain.models import JobSpec
-from app.store.feed import BulkGate, next_batch
+from app.store.feed import next_batch
+from app.store.quirks import BulkGate
 
 
 async def test_small_inserts_do_not_close_the_gate():

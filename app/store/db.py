@@ -106,19 +106,21 @@ class Clock:
         return self._base + timedelta(seconds=time.monotonic() - self._mono)
 
 
-SCHEMA_VERSION = 2  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 3  # raise it whenever an index or a migration changes
 
 
 class Store:
     """Bundles the per-collection stores that share one database and one clock."""
 
-    def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None) -> None:
+    def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None, *,
+                 secantus: bool = True) -> None:
         from app.store.claimer import Claimer
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
         from app.store.enqueue import Enqueuer
         from app.store.events import EventStore
-        from app.store.feed import BulkGate, ChangeFeed
+        from app.store.feed import ChangeFeed
+        from app.store.quirks import BulkGate
         from app.store.guard import AuditLog, RateLimits
         from app.store.job_admin import JobAdmin
         from app.store.jobs import JobQueries
@@ -135,12 +137,13 @@ class Store:
         from app.store.workflows import WorkflowStore
 
         self.client = client
+        self.secantus = secantus  # whether the embedded server's workarounds apply (quirks.py)
         self.settings = settings
         self.db = client[db_name or settings.mongodb_db]
         self.clock = Clock(self.db)
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
-        self.bulk = BulkGate()
+        self.bulk = BulkGate(enabled=secantus)
         # The jobs collection's collaborators: who reads, who numbers, who moves, who claims.
         jobs, dedupe, expiry = self.db["jobs"], DedupeStore(self.db), Expiry(settings)
         self.enqueuer = Enqueuer(jobs, self.engines, self.clock, self.bulk)
@@ -236,6 +239,7 @@ def connect(url: str, settings: Settings, db_name: str | None = None, *, secantu
     embedded server (`quirks.py`; `secantus`: whether `url` leads to it, asked of the server
     when not given). Options in the URL win over these defaults; `client_options` (such as
     `event_listeners`) go to the client as they are."""
+    secantus = quirks.is_secantus(url) if secantus is None else secantus
     w = "majority" if settings.write_concern == "majority" else int(settings.write_concern)
     options = {"w": w, "journal": True, "connectTimeoutMS": 5_000,
                **quirks.timeout_options(url, settings.db_timeout_ms, secantus)}
@@ -243,4 +247,4 @@ def connect(url: str, settings: Settings, db_name: str | None = None, *, secantu
     client: AsyncMongoClient = AsyncMongoClient(
         url, tz_aware=True, **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)},
         **client_options)
-    return Store(client, settings, db_name)
+    return Store(client, settings, db_name, secantus=secantus)

@@ -23,7 +23,7 @@ from pymongo import UpdateOne
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in
 from app.store.documents import JobDoc, band_of
-from app.store.feed import BulkGate
+from app.store.quirks import BulkGate
 
 QUEUED = JobStatus.QUEUED.value
 

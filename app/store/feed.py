@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -20,41 +19,9 @@ from pymongo.errors import OperationFailure
 
 from app.domain.events import JOB_STATIC, WORKFLOW_STATIC
 from app.store.db import find_in
+from app.store.quirks import BulkGate
 
 HISTORY_LOST = {260, 280, 286}  # InvalidResumeToken, ChangeStreamFatalError, ChangeStreamHistoryLost
-
-
-class BulkGate:
-    """This process's large inserts, during which its change streams hold their next round
-    trip. On SecantusDB every open change stream decodes every write to the database under
-    the storage lock, interleaved with the write itself: a 10,000-step workflow's insert took
-    0.8 s longer with the relay's and the hub's streams open (docs/benchmarks.md). Held, the
-    streams read the same changes right after, from where they were, so nothing is lost;
-    this process's live events wait meanwhile, at most as long as the insert."""
-
-    MIN_DOCS = 500  # smaller inserts are not worth delaying anyone's events
-
-    def __init__(self) -> None:
-        self._holders = 0
-        self._open = asyncio.Event()
-        self._open.set()
-
-    @asynccontextmanager
-    async def hold(self, docs: int):
-        if docs < self.MIN_DOCS:
-            yield
-            return
-        self._holders += 1
-        self._open.clear()
-        try:
-            yield
-        finally:
-            self._holders -= 1
-            if not self._holders:
-                self._open.set()
-
-    async def wait(self) -> None:
-        await self._open.wait()
 
 
 async def next_batch(stream, max_batch: int, min_interval: float = 0.0, gate: BulkGate | None = None) -> list[dict]:

@@ -12,10 +12,8 @@ Invariants:
 - Workflow steps are not retried here: their workflow's counters and dependents would
   disagree. `WorkflowStore.retry` re-runs a workflow's failed steps together.
 
-Finding failed jobs: only the claim index's `(engine, status)` prefix serves a filter on
-`jobs` (SecantusDB scans as soon as a filter names a field outside the index), so the dead
-letter is read per engine with plain equality `{engine, status: "failed"}` and the other
-filters are applied here. Its cost follows the size of the dead letter, never of `jobs`.
+Finding failed jobs: per tenant through `(tenant, status, _id)`, sorted and limited on the
+server, so a page's cost follows the page and the tenant's dead letter, never `jobs`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from datetime import datetime
 
 
 from app.domain.retry import RetryConfig
-from app.domain.models import tenant_of
 from app.domain import states
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidTransition
@@ -40,36 +37,23 @@ class JobAdmin:
         self.col, self.engines, self.enqueuer, self.lifecycle = col, engines, enqueuer, lifecycle
         self.queries, self.dedupe, self.clock = queries, dedupe, clock
 
-    async def _failed_rows(self, *, engine: str | None, operation: str | None, error_code: str | None,
-                           tenant: str | None, failed_after: datetime | None, failed_before: datetime | None) -> list[dict]:
-        """Failed jobs matching the filters, newest first (small projections)."""
-        engines = [engine] if engine else [e["_id"] for e in await self.engines.list()]
-        rows: list[dict] = []
-        for e in engines:
-            rows += await self.col.find({"engine": str(e), "status": FAILED}, ROW).to_list(None)
-
-        def keep(r: dict) -> bool:
-            at = r.get("completed_at")
-            return ((operation is None or r.get("operation") == operation)
-                    and (error_code is None or (r.get("last_error") or {}).get("code") == error_code)
-                    and (tenant is None or tenant_of(r.get("owner")) == tenant)
-                    and (failed_after is None or (at is not None and at >= failed_after))
-                    and (failed_before is None or (at is not None and at < failed_before)))
-
-        rows = [r for r in rows if keep(r)]
-        rows.sort(key=lambda r: r["_id"], reverse=True)
-        return rows
+    def _failed_filter(self, *, engine: str | None, operation: str | None, error_code: str | None,
+                       failed_after: datetime | None = None, failed_before: datetime | None = None) -> dict:
+        """The dead letter's filter, from validated values only, as plain equality."""
+        filt: dict = {"status": FAILED}
+        for key, value in (("engine", engine), ("operation", operation), ("last_error.code", error_code)):
+            if value is not None:
+                filt[key] = str(value)
+        if failed_after is not None or failed_before is not None:
+            filt["completed_at"] = {k: v for k, v in (("$gte", failed_after), ("$lt", failed_before)) if v is not None}
+        return filt
 
     async def dead_letter(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
                           tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
-        """Failed jobs, newest first; `after` is the previous page's `next_cursor`."""
-        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, tenant=tenant,
-                                       failed_after=None, failed_before=None)
-        if after is not None:
-            rows = [r for r in rows if r["_id"] < after]
-        page = rows[:limit]
-        docs = {d["_id"]: d for d in await self.col.find({"_id": {"$in": [r["_id"] for r in page]}}).to_list(None)}
-        return [docs[r["_id"]] for r in page if r["_id"] in docs], (page[-1]["_id"] if len(rows) > limit else None)
+        """Failed jobs, newest first; `after` is the previous page's `next_cursor`. Sorted
+        and limited on the server, per tenant (`JobQueries.page`)."""
+        return await self.queries.page(self._failed_filter(engine=engine, operation=operation, error_code=error_code),
+                                       tenant=tenant, after=after, limit=limit)
 
     async def retry_job(self, job_id: str) -> dict:
         """failed | cancelled → queued, with a fresh attempt budget. Raises NotFound,
@@ -91,9 +75,15 @@ class JobAdmin:
                            limit: int = 100) -> dict:
         """Retry up to `limit` failed standalone jobs matching the filters, oldest first.
         Steps are counted and their workflows named, not retried."""
-        rows = await self._failed_rows(engine=engine, operation=operation, error_code=error_code, tenant=None,
-                                       failed_after=failed_after, failed_before=failed_before)
-        rows.reverse()
+        filt = self._failed_filter(engine=engine, operation=operation, error_code=error_code,
+                                   failed_after=failed_after, failed_before=failed_before)
+        rows: list[dict] = []
+        after = None
+        while True:  # the matches in pages, oldest first; only small projections are held
+            page, after = await self.queries.page(filt, tenant=None, after=after, limit=1000, newest=False, projection=ROW)
+            rows += page
+            if after is None:
+                break
         steps = [r for r in rows if r.get("workflow_id")]
         chosen, blocked = [], 0
         for r in (r for r in rows if not r.get("workflow_id")):

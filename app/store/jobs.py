@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING
 
 from app.domain.states import JobStatus
@@ -47,8 +48,12 @@ class JobQueries:
         if "fanout_pending_1" in await c.index_information():  # before the mark moved into retention's index
             await c.update_many({"fanout_pending": True}, {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
             await c.drop_index("fanout_pending_1")
-        # A tenant's jobs by status, newest first: the quota's waiting count, and lists.
+        # A tenant's jobs by status, newest first: the quota's waiting count, lists by status,
+        # the dead letter.
         await c.create_index([("tenant", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)])
+        # A tenant's jobs, newest first: lists and history. Its keys never change, so only
+        # an insert writes to it.
+        await c.create_index([("tenant", ASCENDING), ("_id", ASCENDING)])
         # The promoter: only scheduled jobs are in it.
         await c.create_index("run_at", partialFilterExpression={"status": JobStatus.SCHEDULED.value})
         # A workflow's steps. Sparse, not partial: SecantusDB's planner never picks a partial
@@ -57,21 +62,37 @@ class JobQueries:
         # Retention: sparse, only terminal standalone jobs are in it (docs/retention.md).
         await self.col.create_index("expires_at", sparse=True, name="retention")
 
+    async def tenants(self) -> list[str]:
+        """Every tenant that has jobs: a `distinct` over the `(tenant, _id)` index (on
+        MongoDB a DISTINCT_SCAN, one key per tenant)."""
+        return sorted(str(t) for t in await self.col.distinct("tenant"))
+
+    async def page(self, filt: dict[str, Any], *, tenant: str | None, after: str | None = None, limit: int = 50,
+                   newest: bool = True, projection: dict | None = None) -> tuple[list[dict], str | None]:
+        """One page of jobs matching `filt` (a filter the store built), ordered by `_id`
+        (creation) on the server; `after` is the previous page's `next_cursor`.
+
+        A page is always read per tenant, so `(tenant, _id)` or `(tenant, status, _id)`
+        bounds it and sorts it. Without a tenant (the deployment admin) each tenant's page
+        is read so and the pages are merged: k tenants cost k bounded reads, never a scan
+        of `jobs` sorted in memory."""
+        scopes = [tenant] if tenant is not None else await self.tenants()
+        rows: list[dict] = []
+        for t in scopes:
+            f = {**filt, "tenant": str(t)}
+            if after is not None:
+                f["_id"] = {"$lt" if newest else "$gt": str(after)}
+            rows += await self.col.find(f, projection).sort("_id", -1 if newest else 1).limit(limit + 1).to_list(limit + 1)
+        rows.sort(key=lambda d: d["_id"], reverse=newest)
+        return rows[:limit], (rows[limit - 1]["_id"] if len(rows) > limit else None)
+
     async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
                    owner: str | None = None, tenant: str | None = None, after: str | None = None,
                    limit: int = 50) -> tuple[list[dict], str | None]:
         """Newest first. `after` is the `next_cursor` of the previous page."""
-        filt: dict[str, Any] = {}
-        for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner),
-                           ("tenant", tenant)):
-            if value is not None:
-                filt[key] = str(value)
-        if after is not None:
-            filt["_id"] = {"$lt": str(after)}
-        docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)
-        more = len(docs) > limit
-        docs = docs[:limit]
-        return docs, (docs[-1]["_id"] if more and docs else None)
+        filt = {key: str(value) for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id),
+                                                   ("owner", owner)) if value is not None}
+        return await self.page(filt, tenant=tenant, after=after, limit=limit)
 
     async def count_waiting(self, tenant: str) -> int:
         """A tenant's jobs waiting to run (queued, scheduled or pending): one count per
@@ -82,9 +103,12 @@ class JobQueries:
 
     async def history(self, *, since: datetime | None = None, engine: str | None = None,
                       tenant: str | None = None) -> dict[str, Any]:
+        """Counts by status of the jobs created since `since`. A job's `_id` is an ObjectId,
+        whose leading seconds are its creation time, so `since` is a range on `_id`: with a
+        tenant, `(tenant, _id)` bounds the read to that tenant's jobs of the window."""
         match: dict[str, Any] = {} if tenant is None else {"tenant": str(tenant)}
         if since is not None:
-            match["created_at"] = {"$gte": since}
+            match["_id"] = {"$gte": str(ObjectId.from_datetime(since))}
         if engine is not None:
             match["engine"] = str(engine)
         rows = await (await self.col.aggregate([

@@ -14,7 +14,9 @@ Decided here, per server:
 - **Plans as SecantusDB explains them** (`PLAN_ALLOWANCES`, read by the conformance suite,
   tests/conformance/plans.py): its `explain` shows an in-memory `SORT` above an index scan
   that already yields the sort order (the claim window), and a range on `_id` sorted by
-  `_id` (the events log's `since`) as a collection scan. The suite still demands on
+  `_id` (the events log's `since`) as a collection scan, and it applies a sorted query's
+  limit after the index scan, so a page of a tenant's jobs newest first examines every key
+  of the tenant (or of the tenant and status) rather than one page. The suite still demands on
   SecantusDB what it can check there (an index scan with bounded keys where one is
   reported); on MongoDB it demands everything. Cost on MongoDB: none.
 
@@ -28,16 +30,19 @@ Kept where the code they shape lives (each says so in a comment), all correct on
 | sparse rather than partial indexes (SecantusDB's planner ignores partial ones) | `jobs.py`, `events.py`, `retention.py` | slightly larger indexes |
 | retention by a sparse `expires_at` range, not a TTL index on `jobs` (its sweeper decodes every document) | `retention.py` | a sweep query a minute |
 | new jobs stored without their empty fields (every update re-encodes the whole document) | `app/domain/models.py` `SPARSE_FIELDS` | none |
-| bulk inserts hold this process's change streams (`BulkGate`) | `feed.py` | a few ms of stream latency during a large insert |
-| wake streams space their round trips (a waiting `getMore` returns on any write) | `app/worker/loops.py` `WAKE_SPACING` | up to 20 ms more wake-up latency |
+| bulk inserts hold this process's change streams (`BulkGate`) | here; used by `enqueue.py`, `feed.py`, `events.py` | none: off on MongoDB |
+| wake streams space their round trips (a waiting `getMore` returns on any write) | here (`wake_spacing`); used by `app/worker/loops.py` | none: no spacing on MongoDB |
 """
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import asynccontextmanager
 from functools import lru_cache
 
 IN_CHUNK = 64  # most ids in one `_id: {$in: [...]}` (see the table above)
-PLAN_ALLOWANCES = frozenset({"sort_over_index_scan", "id_range_scan"})  # on SecantusDB only
+WAKE_SPACING = 0.02  # seconds between a worker's wake-stream round trips, on SecantusDB only
+PLAN_ALLOWANCES = frozenset({"sort_over_index_scan", "id_range_scan", "limit_after_scan"})  # on SecantusDB only
 
 
 @lru_cache(maxsize=32)
@@ -60,3 +65,43 @@ def timeout_options(url: str, timeout_ms: int, secantus: bool | None = None) -> 
     if is_secantus(url) if secantus is None else secantus:
         return {"serverSelectionTimeoutMS": timeout_ms}
     return {"timeoutMS": timeout_ms, "serverSelectionTimeoutMS": timeout_ms}
+
+
+def wake_spacing(secantus: bool) -> float:
+    """Seconds between a wake stream's round trips: SecantusDB answers a waiting `getMore`
+    on any write, so there an unspaced stream is a poll loop; MongoDB's waits for a match."""
+    return WAKE_SPACING if secantus else 0.0
+
+
+class BulkGate:
+    """This process's large inserts, during which its change streams hold their next round
+    trip. On SecantusDB every open change stream decodes every write to the database under
+    the storage lock, interleaved with the write itself: a 10,000-step workflow's insert took
+    0.8 s longer with the relay's and the hub's streams open (docs/benchmarks.md). Held, the
+    streams read the same changes right after, from where they were, so nothing is lost;
+    this process's live events wait meanwhile, at most as long as the insert."""
+
+    MIN_DOCS = 500  # smaller inserts are not worth delaying anyone's events
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # off on MongoDB, whose streams do not slow its writes
+        self._holders = 0
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @asynccontextmanager
+    async def hold(self, docs: int):
+        if docs < self.MIN_DOCS or not self.enabled:
+            yield
+            return
+        self._holders += 1
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._holders -= 1
+            if not self._holders:
+                self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()

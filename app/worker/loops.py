@@ -11,8 +11,8 @@ import uuid
 
 from app.errors import LeaseLost
 from app.logs import get_logger
+from app.store import quirks
 
-WAKE_SPACING = 0.02  # seconds between wake-stream round trips (see `_wake_loop`)
 
 
 def new_worker_id() -> str:
@@ -101,7 +101,7 @@ class LoopsMixin:
                         # trip costs the server a scan of its log. A change still wakes us
                         # at once; the next round trip waits out the spacing. A starved
                         # worker waits for a permit, not for work, and spaces them widely.
-                        spacing = 0.25 if self.starved else WAKE_SPACING
+                        spacing = 0.25 if self.starved else quirks.wake_spacing(self.store.secantus)
                         await asyncio.sleep(max(0.0, spacing - (time.monotonic() - asked)))
             except asyncio.CancelledError:
                 raise
