@@ -10,7 +10,7 @@ import httpx
 from app import embedded
 from app.main import create_app
 from app.store import connect
-from tests.conftest import make_settings
+from tests.conftest import TOKEN, make_settings
 from tests.helpers import eventually
 
 
@@ -29,13 +29,15 @@ async def client_for(app, *, lifespan: bool = True):
             yield c
 
 
-async def test_health_shape_without_a_token(api, jobs, worker, store):
+async def test_health_shape_without_a_token_shows_no_queue_or_engine(api, jobs, worker, store):
     await store.engines.set_paused("testing", True)  # keep them waiting
     for _ in range(2):
         await jobs.queued()
     r = await api.get("/health", headers={"Authorization": ""})
     assert r.status_code == 200
     body = r.json()
+    assert body["queues"] is None and "testing" not in r.text
+    body = (await api.get("/health")).json()  # with the bootstrap admin's token
     assert body["status"] == "ok"
     assert body["uptime"] >= 0 and body["uptime_seconds"] == body["uptime"]
     assert body["database"]["reachable"] is True and body["database"]["latency_ms"] >= 0
@@ -47,7 +49,9 @@ async def test_health_shape_without_a_token(api, jobs, worker, store):
 async def test_email_from_settings_never_shows_credentials(store):
     app = create_app(make_settings(smtp_url="smtp://mailer:s3cret@mail.example:587"), store=store, maintenance=False)
     async with client_for(app) as c:
-        r = await c.get("/health")
+        anyone = await c.get("/health")
+        r = await c.get("/health", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert anyone.json()["email"]["configured"] is True and "mail.example" not in anyone.text
     assert r.status_code == 200 and "s3cret" not in r.text
     assert r.json()["email"]["configured"] is True and r.json()["email"]["server"] == "mail.example:587"
 

@@ -123,8 +123,10 @@ def visible(who: Principal, doc: dict, what: str, field: str) -> dict:
     return doc
 
 
-async def audit(request: Request, who: Principal, action: str, target: str | None = None, **details) -> None:
-    """Record an admin or operator action."""
+async def audit(request: Request, who: Principal, action: str, target: str | None = None, *,
+                log_tenant: str | None = None, **details) -> None:
+    """Record an admin or operator action, in the caller's tenant's log or in `log_tenant`'s
+    (`"*"`: a deployment-wide action, in every tenant's log)."""
     store = request.app.state.store
-    await store.audit.record(actor=who.owner, role=who.role, tenant=who.tenant, action=action, target=target,
+    await store.audit.record(actor=who.owner, role=who.role, tenant=log_tenant or who.tenant, action=action, target=target,
                              details=details, now=store.clock.now())

@@ -1,6 +1,11 @@
 """The operational endpoints, outside `/api/v1` and without a token: `/health` (what is up,
 seed 004's shape), `/ready` (may this instance take traffic) and `/metrics` (Prometheus).
 
+`/health` needs no token and so shows only what is safe to show anyone: status, uptime,
+database reachability, whether email is configured and working, and how many workers are
+alive. Per-queue counts and engine names, and the SMTP server, are added only for a caller
+with a valid token, scoped as in queue status (a tenant sees its own counts).
+
 `/health` answers 200 with `status` "ok", or "degraded" when the database answers but email
 reports a failure; 503 with "unavailable" when the database does not answer. Email state
 comes from `app.state.email_status` when the notifications service sets it (a zero-argument
@@ -20,6 +25,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request, Response
 
 from app import metrics
+from app.api.auth import require_principal
+from app.api.queues import queue_status
+from app.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 EMAIL_STATUS_TIMEOUT = 3.0  # seconds; a hung SMTP probe must not hang /health
@@ -28,14 +36,18 @@ QUEUE_READ_TIMEOUT = 2.0
 
 @router.get("/health")
 async def health(request: Request, response: Response) -> dict:
-    """Status, uptime, database, email (SMTP), workers alive, and per queue the waiting and
-    active counts (plus the older `queued`/`running` names, limit and pause state)."""
+    """Status, uptime, database, email (SMTP), workers alive; with a token, per queue the
+    waiting and active counts (plus the older `queued`/`running` names, limit and pause
+    state), the caller's tenant's only."""
     state = request.app.state
     store = state.store
+    who = await _caller(request)
     t0 = time.monotonic()
     reachable = await store.ping()
     latency_ms = round((time.monotonic() - t0) * 1000, 1) if reachable else None
     email = await _email(state)
+    if who is None:
+        email.pop("server", None)
     uptime = round(time.monotonic() - state.started, 1)
     body: dict = {
         "status": "ok",
@@ -48,7 +60,8 @@ async def health(request: Request, response: Response) -> dict:
     }
     if reachable:
         body["workers"] = {"alive": await store.workers.alive_count()}
-        body["queues"] = {e["_id"]: _queue(e) for e in await store.engines.list()}
+        if who is not None:
+            body["queues"] = {q.name: _queue(q) for q in (await queue_status(request, who)).queues}
         if email.get("ok") is False or email.get("status") == "failing":
             body["status"] = "degraded"
     else:
@@ -82,10 +95,17 @@ async def prometheus(request: Request) -> Response:
     return Response(metrics.render(engines), media_type=metrics.CONTENT_TYPE_LATEST)
 
 
-def _queue(engine: dict) -> dict:
-    waiting, active = max(engine.get("queued", 0), 0), engine.get("running", 0)
-    return {"waiting": waiting, "active": active, "paused": engine.get("paused", False), "limit": engine.get("limit"),
-            "queued": waiting, "running": active}
+async def _caller(request: Request):
+    """The caller a bearer token stands for, or None (no token, or an invalid one)."""
+    try:
+        return await require_principal(request)
+    except Unauthorized:
+        return None
+
+
+def _queue(q) -> dict:
+    return {"waiting": q.queued, "active": q.running, "paused": q.paused or q.tenant_paused,
+            "limit": q.max_concurrent_jobs, "queued": q.queued, "running": q.running}
 
 
 async def _email(state) -> dict:

@@ -1,4 +1,14 @@
-"""`/api/v1/jobs/queue`: per-engine status, pause, resume and limits (seed 001)."""
+"""`/api/v1/jobs/queue`: per-engine status, pause, resume and limits (seed 001), under the
+engine model of docs/security.md:
+
+- An engine is deployment configuration, shared by every tenant. Its limit and its pause
+  are deployment-wide and only the bootstrap admin sets them; a tenant operator pausing an
+  engine pauses only its own tenant's work in it, and may not change the limit (403).
+- An engine exists when a handler is registered for it or it has a document; any other
+  name is a 404, and nothing is created.
+- A tenant's queue status counts only its own jobs; the bootstrap admin's counts all.
+- Every control is audited; a deployment-wide one in every tenant's audit log.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +18,80 @@ from app import registry
 from app.api.auth import Principal, audit, require_principal, require_role
 from app.api.schemas import LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
+from app.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
 QueueName = Path(pattern=NAME_PATTERN, description="the engine's name")
+EVERY_TENANT = "*"  # the audit tenant of a deployment-wide action: every tenant's log shows it
 
 
-async def queue_out(store, doc: dict) -> QueueOut:
-    oldest = await store.jobs.oldest_queued_at(doc) if doc.get("queued", 0) > 0 else None
+async def engine_docs(store) -> dict[str, dict]:
+    """Every engine: those with a document, and those with handlers at their defaults."""
+    docs = {d["_id"]: d for d in await store.engines.list()}
+    for h in registry.all_handlers():
+        docs.setdefault(h.engine, {"_id": h.engine, "limit": store.settings.default_limit(h.engine)})
+    return docs
+
+
+async def known_engine(store, name: str) -> None:
+    if name not in {h.engine for h in registry.all_handlers()} and name not in {d["_id"] for d in await store.engines.list()}:
+        raise NotFound(f"unknown queue {name!r}", field="name")
+
+
+async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None) -> QueueOut:
+    tenant = who.scope
+    if tenant is None:
+        running, queued = doc.get("running", 0), max(doc.get("queued", 0), 0)
+    else:
+        mine = (counts if counts is not None else await store.jobs.tenant_counts(tenant)).get(doc["_id"], {})
+        running, queued = mine.get("running", 0), mine.get("queued", 0)
+    oldest = await store.jobs.oldest_queued_at(doc, tenant) if queued > 0 else None
     age = (store.clock.now() - oldest).total_seconds() if oldest else None
-    return QueueOut(name=doc["_id"], running=doc.get("running", 0), queued=max(doc.get("queued", 0), 0),
-                    max_concurrent_jobs=doc["limit"], paused=doc.get("paused", False), oldest_queued_age_seconds=age)
+    return QueueOut(name=doc["_id"], running=running, queued=queued, max_concurrent_jobs=doc["limit"],
+                    paused=doc.get("paused", False), oldest_queued_age_seconds=age,
+                    tenant_paused=tenant is not None and tenant in (doc.get("paused_tenants") or {}))
 
 
 @router.get("/status", response_model=QueueStatus)
 async def queue_status(request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
-    docs = {d["_id"]: d for d in await store.engines.list()}
-    for h in registry.all_handlers():  # engines with handlers but no job yet, at their defaults
-        docs.setdefault(h.engine, {"_id": h.engine, "limit": store.settings.default_limit(h.engine)})
-    return QueueStatus(queues=[await queue_out(store, d) for _, d in sorted(docs.items())])
+    counts = await store.jobs.tenant_counts(who.scope) if who.scope is not None else None
+    return QueueStatus(queues=[await queue_out(store, d, who, counts) for _, d in sorted((await engine_docs(store)).items())])
 
 
-@router.post("/{name}/pause", response_model=QueueOut)
+async def _pause(request: Request, name: str, who: Principal, paused: bool) -> QueueOut:
+    store = request.app.state.store
+    await known_engine(store, name)
+    doc = await store.engines.set_paused(name, paused, tenant=who.scope)
+    await audit(request, who, "queue.pause" if paused else "queue.resume", name,
+                log_tenant=EVERY_TENANT if who.scope is None else None, scope="engine" if who.scope is None else "tenant")
+    return await queue_out(store, doc, who)
+
+
+@router.post("/{name}/pause", response_model=QueueOut, responses={404: {"description": "no such engine"}})
 async def pause(request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))):
-    store = request.app.state.store
-    out = await queue_out(store, await store.engines.set_paused(name, True))
-    await audit(request, who, "queue.pause", name)
-    return out
+    """The bootstrap admin pauses the engine for everyone; a tenant operator pauses only its
+    tenant's work in it (`tenant_paused`)."""
+    return await _pause(request, name, who, True)
 
 
-@router.post("/{name}/resume", response_model=QueueOut)
+@router.post("/{name}/resume", response_model=QueueOut, responses={404: {"description": "no such engine"}})
 async def resume(request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))):
-    store = request.app.state.store
-    out = await queue_out(store, await store.engines.set_paused(name, False))
-    await audit(request, who, "queue.resume", name)
-    return out
+    """Undoes the caller's own pause: the engine's for the bootstrap admin, its tenant's
+    for a tenant operator."""
+    return await _pause(request, name, who, False)
 
 
-@router.put("/{name}/limits", response_model=QueueOut)
+@router.put("/{name}/limits", response_model=QueueOut,
+            responses={403: {"description": "not the bootstrap admin: the limit is deployment-wide"},
+                       404: {"description": "no such engine"}})
 async def limits(body: LimitsIn, request: Request, name: str = QueueName,
                  who: Principal = Depends(require_role("operator"))):
+    """The engine's concurrency limit, across every worker and tenant: the bootstrap admin's."""
+    if who.scope is not None:
+        raise Forbidden("an engine's limit is deployment-wide; only the bootstrap admin sets it", field="name")
     store = request.app.state.store
-    out = await queue_out(store, await store.engines.set_limit(name, body.max_concurrent_jobs))
-    await audit(request, who, "queue.limits", name, max_concurrent_jobs=body.max_concurrent_jobs)
-    return out
+    await known_engine(store, name)
+    doc = await store.engines.set_limit(name, body.max_concurrent_jobs)
+    await audit(request, who, "queue.limits", name, log_tenant=EVERY_TENANT, max_concurrent_jobs=body.max_concurrent_jobs)
+    return await queue_out(store, doc, who)

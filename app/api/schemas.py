@@ -86,10 +86,11 @@ class History(BaseModel):
 
 class QueueOut(BaseModel):
     name: str
-    running: int
-    queued: int
-    max_concurrent_jobs: int
-    paused: bool
+    running: int = Field(description="jobs running: the caller's tenant's, or every tenant's for the bootstrap admin")
+    queued: int = Field(description="jobs queued, counted like `running`")
+    max_concurrent_jobs: int = Field(description="the engine's deployment-wide limit")
+    paused: bool = Field(description="the whole engine is paused (by the bootstrap admin)")
+    tenant_paused: bool = Field(False, description="the caller's tenant paused its own work on this engine")
     oldest_queued_age_seconds: float | None = None
 
 

@@ -29,8 +29,8 @@ class WorkerOut(BaseModel):
     kind: str = Field(description="`serve` (in-process pool) or `worker` (a separate process)")
     engines: list[str] | None = Field(description="the engines it takes jobs of; null means every engine")
     concurrency: int = Field(description="job slots")
-    running: int = Field(description="jobs running at its last heartbeat")
-    running_jobs: list[str] = Field(description="ids of those jobs")
+    running: int = Field(description="jobs running at its last heartbeat (of the caller's tenant)")
+    running_jobs: list[str] = Field(description="ids of those jobs (only the caller's tenant's)")
     status: WorkerStatus
     started_at: datetime
     last_seen: datetime = Field(description="its last heartbeat")
@@ -57,6 +57,14 @@ async def list_workers(
     limit: int = Query(200, ge=1, le=1000),
     who: Principal = Depends(require_role("operator")),
 ):
-    """Registered workers, newest first."""
-    docs = await request.app.state.store.workers.list(status=status, limit=limit)
+    """Registered workers, newest first. A tenant's caller sees, of each worker's running
+    jobs, only its own tenant's (and `running` counts those)."""
+    store = request.app.state.store
+    docs = await store.workers.list(status=status, limit=limit)
+    if who.scope is not None:
+        ids = sorted({i for d in docs for i in d.get("running_jobs") or []})
+        mine = {j["_id"] for j in await store.jobs.by_ids(ids, {"tenant": who.scope}, {"_id": 1})} if ids else set()
+        for d in docs:
+            d["running_jobs"] = [i for i in d.get("running_jobs") or [] if i in mine]
+            d["running"] = len(d["running_jobs"])
     return WorkerList(workers=[WorkerOut.of(d) for d in docs], count=len(docs))

@@ -1,7 +1,10 @@
 """The `engines` collection: one small document per engine (queue).
 
 It holds what every worker must agree on:
-- `limit`, `paused`: the queue controls of seed 001;
+- `limit`, `paused`: the queue controls of seed 001, deployment-wide (set only by the
+  bootstrap admin, docs/security.md);
+- `paused_tenants.<tenant>`: a tenant's own pause: its bands are not claimed while every
+  other tenant's are;
 - `seq.<band>`: the next sequence number of a band, one per (priority, tenant): `pN` for
   tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
 - `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
@@ -44,14 +47,17 @@ def parse_band(key: str) -> tuple[int, str]:
     return int(p), tenant or DEFAULT_TENANT
 
 
-def busy_bands(engine: dict):
+def busy_bands(engine: dict, *, paused_too: bool = False):
     """`(band, priority, tenant, cursor, next_seq)` for each band of an engine document that
-    may hold queued jobs, highest priority first."""
+    may hold queued jobs, highest priority first; the bands of paused tenants only with
+    `paused_too`."""
     cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
+    paused = {} if paused_too else engine.get("paused_tenants") or {}
     for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
         lo, hi = cursors.get(key, 0), seqs.get(key, 0)
-        if lo < hi:
-            yield (key, *parse_band(key), lo, hi)
+        p, tenant = parse_band(key)
+        if lo < hi and tenant not in paused:
+            yield key, p, tenant, lo, hi
 
 
 class EngineStore:
@@ -264,11 +270,13 @@ class EngineStore:
         return dropped
 
     # --- queue controls ------------------------------------------------------------------
-    async def set_paused(self, engine: str, paused: bool) -> dict:
+    async def set_paused(self, engine: str, paused: bool, tenant: str | None = None) -> dict:
+        """Pause or resume the whole engine (`tenant` None), or one tenant's work in it."""
         await self.ensure(engine)
-        update: dict[str, Any] = {"$set": {"paused": paused}}
+        field = "paused" if tenant is None else f"paused_tenants.{tenant}"
+        update: dict[str, Any] = {"$set": {field: True}} if paused else {"$inc": {"wake": 1}}
         if not paused:
-            update["$inc"] = {"wake": 1}
+            update["$set" if tenant is None else "$unset"] = {field: False if tenant is None else ""}
         return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
 
     async def set_limit(self, engine: str, limit: int) -> dict:

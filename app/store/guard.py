@@ -53,7 +53,8 @@ class AuditLog:
                                    "action": action, "target": target, "details": details or {}})
 
     async def list(self, *, tenant: str | None, after: str | None, limit: int) -> tuple[list[dict], str | None]:
-        filt: dict = {} if tenant is None else {"tenant": tenant}
+        # A tenant's log has its own entries and the deployment-wide ones (tenant "*").
+        filt: dict = {} if tenant is None else {"tenant": {"$in": [str(tenant), "*"]}}
         if after:
             filt["_id"] = {"$lt": str(after)}
         docs = await self.col.find(filt).sort("_id", -1).limit(limit + 1).to_list(limit + 1)

@@ -130,12 +130,28 @@ class JobQueries:
             "avg_execution_time_ms": (completed_ms / done) if done else None,
         }
 
-    async def oldest_queued_at(self, engine: dict) -> datetime | None:
-        """When the longest-waiting queued job of `engine` became queued: the head of each
-        band is its oldest (FIFO by seq), so this probes one window per busy band."""
+    async def tenant_counts(self, tenant: str) -> dict[str, dict[str, int]]:
+        """`{engine: {"queued": n, "running": m}}` of one tenant's jobs, through the
+        `(tenant, status, _id)` index: its cost follows the tenant's queued and running
+        jobs (bounded by its quota and the limits), never other tenants'."""
+        out: dict[str, dict[str, int]] = {}
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            rows = await (await self.col.aggregate([
+                {"$match": {"tenant": str(tenant), "status": status.value}},
+                {"$group": {"_id": "$engine", "n": {"$sum": 1}}}])).to_list(None)
+            for r in rows:
+                out.setdefault(r["_id"], {"queued": 0, "running": 0})[status.value] = r["n"]
+        return out
+
+    async def oldest_queued_at(self, engine: dict, tenant: str | None = None) -> datetime | None:
+        """When the longest-waiting queued job of `engine` (of `tenant`'s, if given) became
+        queued: the head of each band is its oldest (FIFO by seq), so this probes one window
+        per busy band."""
         oldest = None
-        for _, p, tenant, lo, hi in busy_bands(engine):
-            found, _ = await self.claimer.window(engine["_id"], p, tenant, lo, hi, 1, {"queued_at": 1, "seq": 1})
+        for _, p, band_tenant, lo, hi in busy_bands(engine, paused_too=True):
+            if tenant is not None and band_tenant != tenant:
+                continue
+            found, _ = await self.claimer.window(engine["_id"], p, band_tenant, lo, hi, 1, {"queued_at": 1, "seq": 1})
             if found and found[0].get("queued_at") and (oldest is None or found[0]["queued_at"] < oldest):
                 oldest = found[0]["queued_at"]
         return oldest
@@ -157,7 +173,7 @@ class JobQueries:
         engine = await self.engines.get(job["engine"])
         mine = (job["priority"], job.get("tenant", DEFAULT_TENANT))
         cursors = engine.get("cursor") or {}
-        ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine) if p < mine[0]]
+        ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine, paused_too=True) if p < mine[0]]
         ranges.append((*mine, min(cursors.get(band(*mine), 0), job["seq"]), job["seq"]))
         ahead, partial = 0, False
         for p, tenant, lo, hi in ranges:

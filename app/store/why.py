@@ -38,6 +38,9 @@ async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[
     engine = engine or await store.engines.get(job["engine"])
     if engine.get("paused"):
         reasons.append({"reason": "paused", "engine": engine["_id"], "message": f"engine {engine['_id']} is paused"})
+    elif job.get("tenant") in (engine.get("paused_tenants") or {}):
+        reasons.append({"reason": "paused", "engine": engine["_id"], "tenant": job["tenant"],
+                        "message": f"this tenant's work on engine {engine['_id']} is paused"})
     running, limit = engine.get("running", 0), engine["limit"]
     if running >= limit:
         reasons.append({"reason": "engine_full", "engine": engine["_id"], "running": running, "limit": limit,
