@@ -9,7 +9,7 @@ import { h, clear, fill, notice, throttle, fmtDuration } from "../dom.js";
 export async function render(ctx) {
   ctx.title("Queues");
   ctx.main.append(h("h1", {}, "Queues"),
-    h("p", { class: "lede" }, "Each engine's line: pause stops new jobs of the engine from starting (running ones finish); the limit caps how many run at once across every worker."));
+    h("p", { class: "lede" }, "Each engine's line: pause stops new jobs from starting (running ones finish): the deployment's admin pauses an engine for everyone, a tenant's operator only the tenant's own jobs. The limit caps how many run at once across every worker and tenant, and is the deployment admin's."));
   const section = h("section", { "aria-labelledby": "engines-title", class: "card" }, h("h2", { id: "engines-title" }, "Engines"));
   ctx.main.append(section);
   await queueTable(ctx, section, { controls: true });
@@ -24,6 +24,10 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
   // A role below operator may watch but not steer: the controls are shown disabled, and a
   // 403 on any of them (the API decides) does the same.
   let denied = !atLeast(ctx.app.me, "operator");
+  // The engine's own pause and its limit are the bootstrap admin's; a tenant operator's
+  // pause is its tenant's (docs/security.md).
+  const deploymentAdmin = !!ctx.app.me?.global_admin;
+  const ownPause = (q) => (deploymentAdmin ? q.paused : q.tenant_paused);
   const why = h("p", { class: "help", hidden: !denied || !controls },
     `Your role (${ctx.app.me?.role}) may watch the queues; pausing, resuming and limits need the operator role.`);
   parent.insertBefore(why, wrap);
@@ -56,7 +60,7 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
         h("th", { scope: "row" }, h("a", { href: `#/jobs?engine=${encodeURIComponent(q.name)}` }, q.name)),
         r.cells.queued, r.cells.running, r.cells.max_concurrent_jobs, h("td", {}, state), r.cells.age,
         controls ? h("td", { class: "controls" }, h("div", { class: "control-row" }, toggle, form), rowErr) : null);
-      toggle.addEventListener("click", () => act(r, () => post(`/jobs/queue/${encodeURIComponent(r.q.name)}/${r.q.paused ? "resume" : "pause"}`)));
+      toggle.addEventListener("click", () => act(r, () => post(`/jobs/queue/${encodeURIComponent(r.q.name)}/${ownPause(r.q) ? "resume" : "pause"}`)));
       form.addEventListener("submit", (e) => {
         e.preventDefault();
         const n = Number(limitIn.value);
@@ -75,14 +79,16 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
     r.cells.running.textContent = q.running;
     r.cells.max_concurrent_jobs.textContent = q.max_concurrent_jobs;
     r.cells.age.textContent = q.oldest_queued_age_seconds == null ? "—" : fmtDuration(q.oldest_queued_age_seconds * 1000);
-    r.state.className = `badge ${q.paused ? "st-paused" : "st-active"}`;
-    r.state.textContent = q.paused ? "paused" : "active";
-    r.toggle.textContent = q.paused ? "Resume" : "Pause";
-    r.toggle.setAttribute("aria-label", `${q.paused ? "Resume" : "Pause"} ${q.name}`);
+    const stopped = q.paused || q.tenant_paused;
+    r.state.className = `badge ${stopped ? "st-paused" : "st-active"}`;
+    r.state.textContent = q.paused ? "paused" : q.tenant_paused ? "paused for your tenant" : "active";
+    r.toggle.textContent = ownPause(q) ? "Resume" : "Pause";
+    r.toggle.setAttribute("aria-label", `${ownPause(q) ? "Resume" : "Pause"} ${q.name}`);
     if (!r.dirty && document.activeElement !== r.limitIn) r.limitIn.value = q.max_concurrent_jobs;
     for (const c of [r.toggle, r.limitIn, r.save]) {
-      c.disabled = denied || r.busy;
+      c.disabled = denied || r.busy || (c !== r.toggle && !deploymentAdmin);
       if (denied) c.title = "Your role may not change queues";
+      else if (c !== r.toggle && !deploymentAdmin) c.title = "An engine's limit is set by the deployment's admin";
     }
     return r;
   }
