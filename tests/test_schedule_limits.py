@@ -81,6 +81,11 @@ async def test_a_tick_over_the_quota_is_refused_recorded_notified_and_the_schedu
     assert len(notes) == 1, notes  # once per run of refusals, not once per tick
     assert notes[0]["type"] == "schedule.refused" and notes[0]["error"]["code"] == "rate_limited"
     assert s["_id"] in notes[0]["title"] and notes[0]["read"] is False
+    bob = await key(api, "quo", "bob")  # the owner reads it, and marks it read, like any other
+    page = (await api.get("/api/v1/jobs/notifications", headers=bob)).json()
+    assert [(n["type"], n["read"]) for n in page["notifications"]] == [("schedule.refused", False)]
+    r = await api.post(f"/api/v1/jobs/notifications/{page['notifications'][0]['id']}/read", headers=bob)
+    assert r.status_code == 200, r.text
 
     await store.lifecycle.cancel((await store.jobs.col.find_one({"tenant": "quo"}))["_id"])
     assert await Scheduler(store, settings).tick(z(2030, 1, 1, 0, 15)) == 2  # room again (a new process: no cached count)

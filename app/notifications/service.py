@@ -126,7 +126,8 @@ async def notify_schedule_refused(store, settings, schedule: dict, tick, error: 
     prefs = await store.notifications.preferences(owner)
     address = prefs.get("email") or settings.alert_email
     if "email" in channels_for(settings, prefs, SCHEDULE_REFUSED) and valid_address(address):
-        body = [title, "", f"Schedule:  {sid}", f"Tick:      {tick.isoformat()}", f"Error:     {err['code']}: {err['message']}",
+        body = [title, "", f"Schedule:  {sid}", f"Tick:      {tick.isoformat()}",
+                f"Error:     {err['code']}: {err['message']}",
                 "", "The schedule goes on; its next tick is admitted afresh.", "",
                 f"In the API: {settings.public_url.rstrip('/')}/api/v1/jobs/schedules/{sid}"]
         await store.mail.enqueue([{"_id": nid, "to": address, "subject": f"[Switchyard] {title}",
