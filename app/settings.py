@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     def handler_modules(self) -> list[str]:
         return [m.strip() for m in self.handlers.split(",") if m.strip()]
 
+    # limits on schedules per tenant (issue 18; app/admission.py); the bootstrap admin is not limited
+    tenant_max_schedules: int = Field(100, ge=1, description="schedules a tenant may have at once")
+    schedule_min_interval_seconds: float = Field(60.0, ge=0, le=86_400, description=(
+        "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"))
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -209,7 +209,7 @@ async def test_4_pause_an_engine_in_the_ui(page, base, api):
     await eventually(lambda: _completed(api, job["id"]))
 
     # A member may watch the queues but not steer them: the controls are there, disabled.
-    r = await api.post("/api/v1/auth/keys", json={"name": "watcher", "user": "mia", "role": "member"})
+    r = await api.post("/api/v1/auth/keys", json={"name": "watcher", "user": "mia", "role": "member", "tenant": "demo"})
     assert r.status_code == 201, r.text
     await page.get_by_role("button", name="Sign out").click()
     await sign_in(page, base, token=r.json()["token"])

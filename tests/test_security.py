@@ -262,3 +262,53 @@ async def test_bulk_actions_are_audited_and_for_the_deployment_admin_only(server
         assert (await c.post("/api/v1/admin/jobs/reset-stuck", json={})).status_code == 200
         actions = [e["action"] for e in (await c.get("/api/v1/audit")).json()["entries"]]
     assert "jobs.bulk_retry" in actions and "jobs.reset_stuck" in actions
+
+
+async def test_keys_are_never_in_the_bootstrap_admins_tenant(api, store):
+    """Tenant `default` is the bootstrap admin's: its keys name their tenant, never that one."""
+    r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": "mia"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "tenant", r.text
+    r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": "mia", "tenant": "default"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "tenant", r.text
+    assert await store.keys.list(None) == []
+    r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": "boss", "tenant": "acme", "role": "admin"})
+    acme_admin = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": "mia", "tenant": "default"}, headers=acme_admin)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "tenant", r.text
+    assert [k["tenant"] for k in await store.keys.list(None)] == ["acme"]
+
+
+async def test_no_key_sees_or_cancels_the_bootstrap_admins_jobs(api, store):
+    job = (await api.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+    tokens = []
+    for tenant, role in (("acme", "member"), ("acme", "admin")):
+        r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": f"{role}-u", "tenant": tenant, "role": role})
+        tokens.append(r.json()["token"])
+    # a key the bootstrap admin made without a tenant before the fix: it landed in `default`
+    _, legacy = await store.keys.create(tenant="default", user="old", role="admin", name="legacy", created_by="admin",
+                                        now=store.clock.now())
+    missing = "0" * 24
+    for token in (*tokens, legacy):
+        auth = {"Authorization": f"Bearer {token}"}
+        for method, path in (("GET", "/api/v1/jobs/{}/status"), ("POST", "/api/v1/jobs/{}/cancel")):
+            r = await api.request(method, path.format(job["id"]), headers=auth)
+            gone = await api.request(method, path.format(missing), headers=auth)
+            assert r.status_code == gone.status_code == 404, (token, path, r.text)
+            assert r.json()["error"] == {**gone.json()["error"], "message": gone.json()["error"]["message"].replace(
+                missing, job["id"])}
+    assert (await store.jobs.get(job["id"]))["status"] == "queued"
+
+
+async def test_a_jwt_cannot_claim_the_bootstrap_admins_tenant(store, settings):
+    from app.main import create_app
+
+    secret = "x" * 32
+    app = create_app(settings.model_copy(update={"jwt_secret": secret}), store=store, workers=0, maintenance=False,
+                     live=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            for tenant, expected in (("default", 401), ("acme", 200)):
+                token = jwt.encode({"sub": "eve", "tenant": tenant, "role": "admin", "exp": time.time() + 60}, secret,
+                                   "HS256")
+                r = await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == expected, (tenant, r.text)

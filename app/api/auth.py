@@ -11,6 +11,10 @@ Roles, each including the one before: `member` (submit and watch its tenant's jo
 Invariant: every resource carries an `owner` (`<tenant>/<user>`, or `admin` for the
 bootstrap admin, tenant `default`), and `can_see` is the one test of visibility. A resource
 the caller may not see is answered exactly like one that does not exist.
+
+Invariant: tenant `default` is the bootstrap admin's (issue 18). No new API key and no JWT
+may be in it, so no key can read or cancel the bootstrap admin's resources. Keys put there
+before that rule keep their tenant but still never see a resource owned by `admin`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from app.domain.models import tenant_of
 from app.errors import Forbidden, Unauthorized
 
 ROLES = ("member", "operator", "admin")
+BOOTSTRAP_OWNER = "admin"
+RESERVED_TENANTS = frozenset({"default"})  # tenant_of(BOOTSTRAP_OWNER): the bootstrap admin's alone
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenants and users: they become parts of keys
 
 
@@ -39,7 +45,7 @@ class Principal:
     @property
     def owner(self) -> str:
         """What this caller's resources are stamped with, and whose notifications are theirs."""
-        return "admin" if self.is_global else f"{self.tenant}/{self.user}"
+        return BOOTSTRAP_OWNER if self.is_global else f"{self.tenant}/{self.user}"
 
     def at_least(self, role: str) -> bool:
         return self.role in ROLES and ROLES.index(self.role) >= ROLES.index(role)
@@ -53,7 +59,7 @@ class Principal:
 def can_see(who: Principal, owner: str | None) -> bool:
     """Whether `who` may see a resource owned by `owner` (jobs, workflows, schedules,
     events). Answers the same for a resource that does not exist."""
-    return who.is_global or (owner is not None and tenant_of(owner) == who.tenant)
+    return who.is_global or (owner is not None and owner != BOOTSTRAP_OWNER and tenant_of(owner) == who.tenant)
 
 
 def bearer(header: str | None) -> str | None:
@@ -73,8 +79,8 @@ def _from_jwt(token: str, settings) -> Principal | None:
     except jwt.PyJWTError:
         return None
     role, tenant, sub = claims.get("role", "member"), claims.get("tenant"), claims.get("sub")
-    if role not in ROLES or not isinstance(tenant, str) or not NAME.match(tenant) or not isinstance(sub, str) \
-            or not NAME.match(sub):
+    if role not in ROLES or not isinstance(tenant, str) or not NAME.match(tenant) or tenant in RESERVED_TENANTS \
+            or not isinstance(sub, str) or not NAME.match(sub):
         return None
     return Principal(user=sub, role=role, tenant=tenant)
 

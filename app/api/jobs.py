@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app import metrics, registry
+from app.admission import Admission
 from app.api.auth import Principal, require_principal, visible
 from app.api.schemas import History, JobOut, JobPage, SubmitOut
 from app.domain.models import JobSpec, NAME_PATTERN
@@ -19,11 +20,18 @@ ID_PATTERN = r"^[0-9a-f]{24}$"
 
 
 async def admit(request: Request, who: Principal, n: int) -> None:
-    """Per-tenant limits on creating jobs: a token bucket shared by every API process
-    (429 with Retry-After), and a cap on queued jobs (429)."""
-    from app.api.limits import admit_jobs
+    """Per-tenant limits on creating jobs, the same for REST and schedule ticks
+    (app/admission.py): a token bucket shared by every process (429 with Retry-After), and
+    a cap on queued jobs (429)."""
+    await admission(request).jobs(who.scope, n)
 
-    await admit_jobs(request, who, n)
+
+def admission(request: Request) -> Admission:
+    """This app's one `Admission` (it caches the quota's counts for the process)."""
+    state = request.app.state
+    if getattr(state, "admission", None) is None:
+        state.admission = Admission(state.store, state.settings)
+    return state.admission
 
 
 def strict_query(*allowed: str):

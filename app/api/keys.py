@@ -1,8 +1,9 @@
 """`/api/v1/auth`: API keys (create, list, revoke), the caller's own identity, and
 `/api/v1/audit`, the log of admin and operator actions.
 
-A tenant's admin manages its own tenant's keys; the bootstrap admin manages every tenant's.
-Nobody creates a key with a role above their own.
+A tenant's admin manages its own tenant's keys; the bootstrap admin manages every tenant's,
+and names the tenant of each key it creates. No key is created in tenant `default`, the
+bootstrap admin's own (app/api/auth.py). Nobody creates a key with a role above their own.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import ROLES, Principal, audit, require_principal, require_role
+from app.api.auth import RESERVED_TENANTS, ROLES, Principal, audit, require_principal, require_role
 from app.api.jobs import ID_PATTERN, strict_query
-from app.errors import Forbidden
+from app.errors import Forbidden, ValidationFailed
 
 router = APIRouter(tags=["auth"])
 NAME = r"^[A-Za-z0-9_-]{1,64}$"
@@ -25,7 +26,8 @@ class KeyIn(BaseModel):
     name: str = Field(..., min_length=1, max_length=100, description="what the key is for")
     user: str = Field(..., pattern=NAME, description="the user the key acts as")
     role: str = Field("member", pattern="^(member|operator|admin)$")
-    tenant: str | None = Field(None, pattern=NAME, description="defaults to the caller's tenant")
+    tenant: str | None = Field(None, pattern=NAME, description=(
+        "defaults to the caller's tenant; required from the bootstrap admin; never `default`"))
 
 
 class KeyOut(BaseModel):
@@ -77,7 +79,11 @@ async def me(who: Principal = Depends(require_principal)):
 
 @router.post("/api/v1/auth/keys", status_code=201, response_model=NewKey)
 async def create_key(body: KeyIn, request: Request, who: Principal = Depends(require_role("admin"))):
+    if who.is_global and body.tenant is None:
+        raise ValidationFailed("name the tenant of the key; the bootstrap admin has none to give", field="tenant")
     tenant = body.tenant or who.tenant
+    if tenant in RESERVED_TENANTS:
+        raise ValidationFailed(f"tenant {tenant!r} is reserved for the bootstrap admin", field="tenant")
     if not who.is_global and tenant != who.tenant:
         raise Forbidden("a tenant's admin creates keys for its own tenant only", field="tenant")
     if ROLES.index(body.role) > ROLES.index(who.role):

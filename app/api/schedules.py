@@ -3,6 +3,8 @@ get, pause, resume, delete (issue 7). Firing them is the scheduler's (app/worker
 
 Everything a schedule will launch is validated here, once, as the job and workflow
 endpoints validate it: handlers exist, the workflow's DAG is sound, no `$`/dotted keys.
+Creating one is admitted like a submit (app/admission.py): a rate token, the tenant's cap on
+schedules, and a minimum gap between its ticks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import BaseModel, Field
 from app import registry
 from app.domain.redact import redact
 from app.api.auth import Principal, require_principal, visible
-from app.api.jobs import ID_PATTERN, strict_query
+from app.api.jobs import ID_PATTERN, admission, strict_query
 from app.api.workflows import require_handlers
 from app.domain.schedule import ScheduleSpec
 from app.domain.workflow import validate_steps
@@ -47,6 +49,7 @@ class ScheduleOut(BaseModel):
     last_workflow_id: str | None = None
     last_error: dict[str, Any] | None = None
     last_misfire: dict[str, Any] | None = Field(None, description="the last due ticks passed over, by the misfire policy")
+    refused_ticks: int = Field(0, description="ticks its tenant's rate limit or quota refused (the last in last_error)")
 
     @classmethod
     def of(cls, doc: dict) -> "ScheduleOut":
@@ -83,6 +86,7 @@ def check_target(spec: ScheduleSpec, settings) -> None:
 async def create(spec: ScheduleSpec, request: Request, who: Principal = Depends(require_principal)):
     check_target(spec, request.app.state.settings)
     store = request.app.state.store
+    await admission(request).schedule(who.scope, spec.cron_spec())
     return ScheduleOut.of(await store.schedules.create(spec, owner=who.owner, now=store.clock.now()))
 
 

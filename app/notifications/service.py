@@ -28,6 +28,7 @@ from app.store.notifications import notification_id
 
 LEASE = "notifier"
 CHANNELS = ("db", "email", "websocket")
+SCHEDULE_REFUSED = "schedule.refused"  # a tick its tenant's limits refused (app/admission.py)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,31 @@ class EmailChannel:
         lines += ["", f"Open in the dashboard: {link}"]
         return {"_id": notification_id(e["_id"], n.user), "to": n.email, "subject": f"[Switchyard] {n.title}",
                 "body": "\n".join(lines) + "\n", "event_type": e["type"]}
+
+
+async def notify_schedule_refused(store, settings, schedule: dict, tick, error: dict, now) -> None:
+    """Tell a schedule's owner that its tenant's limits refused a tick (`schedule.refused`).
+    No job or workflow changed, so there is no event to fan out: the notification is stored
+    here, idempotent per (schedule, tick), and mailed by the rule failures follow (the type
+    in `email_types`, and an address). Its seq is the log's last, so it lists in time order."""
+    owner, sid = schedule["owner"], schedule["_id"]
+    nid = f"{int(tick.timestamp())}:{owner.replace('/', '~')}~{sid}"  # never an event's `<seq>:<user>`
+    title = f"Schedule refused: {schedule.get('name')} ({sid})"
+    err = {"code": error.get("code"), "message": error.get("message")}
+    await store.notifications.add_many([{
+        "_id": nid, "user": owner, "seq": await store.events.last_seq(), "type": SCHEDULE_REFUSED, "title": title,
+        "schedule_id": sid, "job_id": None, "workflow_id": None, "status": None, "error": err, "read": False,
+        "created_at": now}])
+    metrics.NOTIFICATIONS_SENT.labels(channel="db").inc()
+    prefs = await store.notifications.preferences(owner)
+    address = prefs.get("email") or settings.alert_email
+    if "email" in channels_for(settings, prefs, SCHEDULE_REFUSED) and valid_address(address):
+        body = [title, "", f"Schedule:  {sid}", f"Tick:      {tick.isoformat()}",
+                f"Error:     {err['code']}: {err['message']}",
+                "", "The schedule goes on; its next tick is admitted afresh.", "",
+                f"In the API: {settings.public_url.rstrip('/')}/api/v1/jobs/schedules/{sid}"]
+        await store.mail.enqueue([{"_id": nid, "to": address, "subject": f"[Switchyard] {title}",
+                                   "body": "\n".join(body) + "\n", "event_type": SCHEDULE_REFUSED}])
 
 
 def _types(csv: str) -> set[str]:

@@ -4,7 +4,9 @@ A schedule document holds its cron, zone, misfire policy, `target` ("job" or "wo
 and `template`, `paused`, `next_run_at` (the next tick not yet handled; always a tick), a
 `firing` claim while a tick is being launched, and what happened last: `run_count`,
 `last_run_at` (the tick), `last_fired_at`, `last_job_id` / `last_workflow_id`,
-`last_error`, `last_misfire`.
+`last_error`, `last_misfire`, `refused_ticks` (ticks the tenant's limits refused; see
+app/admission.py: a refused tick is given up with the reason in `last_error`, and the
+schedule goes on to its next tick).
 
 Firing tick T (the scheduler drives this; any number of processes may race):
 1. claim: `update_one({_id, next_run_at: T_cur, paused: false, firing: null},
@@ -84,6 +86,10 @@ class ScheduleStore:
         if doc is None:
             raise NotFound(f"schedule {schedule_id!r} not found", field="schedule_id")
         return doc
+
+    async def count(self, tenant: str) -> int:
+        """A tenant's schedules (their cap is checked against this)."""
+        return await self.col.count_documents({"tenant": str(tenant)})
 
     async def list(self, *, tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
         """Newest first; `after` is the previous page's `next_cursor`."""
@@ -177,9 +183,10 @@ class ScheduleStore:
         return res.modified_count == 1
 
     async def release(self, schedule_id: str, token: str, tick: datetime, nxt: datetime, error: dict,
-                      give_up: bool, now: datetime) -> bool:
+                      give_up: bool, now: datetime, refused: bool = False) -> bool:
         """The launch failed. `give_up`: the tick is passed over (recorded in `last_error`);
-        otherwise the claim is dropped and the tick stays due, to be tried again."""
+        otherwise the claim is dropped and the tick stays due, to be tried again. `refused`:
+        the tenant's limits refused it (given up, and counted in `refused_ticks`)."""
         update: dict[str, Any] = {"$set": {"firing": None, "updated_at": now,
                                            "last_error": {**error, "tick": tick, "at": now, "given_up": give_up}}}
         if give_up:
@@ -187,5 +194,7 @@ class ScheduleStore:
             update["$max"] = {"next_run_at": nxt}
         else:
             update["$inc"] = {"tick_failures": 1}
+        if refused:
+            update["$inc"] = {"refused_ticks": 1}
         res = await self.col.update_one({"_id": schedule_id, "firing.token": token}, update)
         return res.modified_count == 1

@@ -3,6 +3,9 @@
 
 It owns the order of moves, not their safety: every move is a guarded write in
 `app/store/schedules.py` (claim, launch, commit), which is where exactly-once is argued.
+Before launching, a tick asks `Admission` (app/admission.py), the same as a REST submit: a
+tick over its tenant's rate or quota is given up with the reason in `last_error`, its owner
+is notified (once per run of refusals), and the schedule goes on to its next tick.
 The clock is injectable (`clock`, or `tick(now)`) so tests drive time instead of waiting;
 by default it is the database clock, which every process shares.
 """
@@ -14,8 +17,10 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from app import metrics
+from app.admission import Admission, limited_tenant
 from app.domain.schedule import Cron, plan
-from app.errors import SwitchyardError
+from app.errors import RateLimited, SwitchyardError
+from app.notifications.service import notify_schedule_refused
 from app.logs import get_logger
 
 # A claim older than this is taken as its process's death. Launching one tick is a single
@@ -30,6 +35,7 @@ class Scheduler:
     def __init__(self, store, settings, clock: Callable[[], datetime] | None = None) -> None:
         self.store, self.settings = store, settings
         self.clock = clock or store.clock.now
+        self.admission = Admission(store, settings)
         self.log = get_logger("switchyard.scheduler")
 
     async def tick(self, now: datetime | None = None) -> int:
@@ -70,7 +76,7 @@ class Scheduler:
                 break  # another process has it (or it was paused or deleted)
             if not await self._launch(doc, tick, nxt, token, now):
                 break
-            launched, cur = launched + 1, nxt
+            launched, cur, doc = launched + 1, nxt, {**doc, "last_error": None}  # as commit left it
         return launched
 
     async def _launch(self, doc: dict, tick: datetime, nxt: datetime, token: str, now: datetime,
@@ -82,6 +88,16 @@ class Scheduler:
             await st.release(sid, token, tick, nxt, {"code": "outcome_unknown", "message":
                              "the process firing this tick stopped before recording its workflow; not re-run"},
                              give_up=True, now=now)
+            return False
+        try:
+            if not recovering:  # a taken-over tick was admitted by the process that claimed it
+                await self.admission.jobs(limited_tenant(doc["owner"]), steps_of(doc))
+        except RateLimited as exc:
+            error = {"code": exc.code, "message": exc.message}
+            await st.release(sid, token, tick, nxt, error, give_up=True, now=now, refused=True)
+            self.log.warning("schedule.refused", schedule_id=sid, tick=tick.isoformat(), error=exc.message)
+            if (doc.get("last_error") or {}).get("code") != exc.code:  # the first of a run of refusals
+                await notify_schedule_refused(self.store, self.settings, doc, tick, error, now)
             return False
         try:
             target, target_id, created = await st.launch(doc, tick, recovering=recovering)
@@ -97,3 +113,8 @@ class Scheduler:
             self.log.warning("schedule.claim_lost", schedule_id=sid, tick=tick.isoformat(), **{f"{target}_id": target_id})
         self.log.info("schedule.fired", schedule_id=sid, tick=tick.isoformat(), **{f"{target}_id": target_id})
         return True
+
+
+def steps_of(doc: dict) -> int:
+    """How many jobs one tick of a schedule creates."""
+    return len(doc["template"].get("jobs") or ()) if doc["target"] == "workflow" else 1
