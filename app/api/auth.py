@@ -92,7 +92,10 @@ async def authenticate(token: str | None, settings, store) -> Principal:
             return Principal(user="admin", role="admin", is_global=True)
         if token.startswith("sy_"):
             key = await store.keys.verify(token)
-            if key is not None:
+            # A key in `default`, the bootstrap admin's tenant, predates the rule that every
+            # key names its own tenant; it would list the bootstrap admin's work, so it no
+            # longer authenticates (re-issue it with a tenant).
+            if key is not None and key["tenant"] not in RESERVED_TENANTS:
                 return Principal(user=key["user"], role=key["role"], tenant=key["tenant"], key_id=key["_id"])
         elif token.count(".") == 2 and (settings.jwt_secret or settings.jwt_public_key):
             who = _from_jwt(token, settings)
