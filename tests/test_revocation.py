@@ -128,3 +128,39 @@ async def test_a_jwt_stream_closes_when_the_token_expires(server):
     events = [line[7:] for line in lines if line.startswith("event: ")]
     assert events[0] == "connected" and events[-1] == "error", lines
     assert json.loads([line for line in lines if line.startswith("data: ")][-1][6:])["code"] == "unauthorized"
+
+
+async def test_one_read_per_recheck_covers_every_open_key_and_closes_only_the_revoked(store):
+    from app.api.auth import Principal
+    from app.api.stream_guard import Watch
+    from app.notifications.hub import Subscriber
+    from tests.helpers import eventually
+
+    now = store.clock.now()
+    keys = [(await store.keys.create(tenant="acme", user=u, role="member", name=u, created_by="t", now=now))[0]["_id"]
+            for u in ("ann", "bob")]
+    reads, real = [], store.keys.live
+
+    async def counted(ids):  # the real read, counted
+        reads.append(set(ids))
+        return await real(ids)
+
+    store.keys.live = counted
+    watch = Watch(store, 0.2)
+    subs = {s: k for s, k in ((Subscriber(visible=lambda e: True), k) for k in (keys[0], keys[0], keys[1]))}
+    admin = Subscriber(visible=lambda e: True)
+    for sub, key in subs.items():
+        watch.add(sub, Principal(user="u", role="member", tenant="acme", key_id=key), f"sy_{key}_x")
+    watch.add(admin, Principal(user="admin", role="admin", is_global=True), TOKEN)
+    await eventually(lambda: asyncio.sleep(0, bool(reads)), timeout=BOUND)
+    assert reads[0] == set(keys) and not any(s.dropped for s in subs)
+
+    await store.keys.revoke(keys[0], None, now)
+    await eventually(lambda: asyncio.sleep(0, all(s.dropped for s, k in subs.items() if k == keys[0])), timeout=BOUND)
+    assert {(s.dropped, s.close_code) for s, k in subs.items() if k == keys[0]} == {("API key revoked", 4401)}
+    assert not [s for s, k in subs.items() if k == keys[1] and s.dropped] and not admin.dropped
+    # One read per recheck, naming every open key (after the close, only those still open).
+    assert reads.count(set(keys)) >= 2 and all(r in (set(keys), {keys[1]}) for r in reads), reads
+    for sub in [*subs, admin]:
+        watch.remove(sub)
+    assert watch._task is None and not watch.open
