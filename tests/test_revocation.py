@@ -28,7 +28,8 @@ def settings():
 
 async def member_key(host) -> tuple[str, str]:
     async with httpx.AsyncClient(base_url=f"http://{host}", headers=ADMIN) as c:
-        r = await c.post("/api/v1/auth/keys", json={"name": "watcher", "tenant": "acme", "user": "ann", "role": "member"})
+        r = await c.post("/api/v1/auth/keys",
+                         json={"name": "watcher", "tenant": "acme", "user": "ann", "role": "member"})
         assert r.status_code == 201, r.text
         return r.json()["id"], r.json()["token"]
 
