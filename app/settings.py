@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
 
+    # live streams (app/api/stream_guard.py)
+    stream_recheck_seconds: float = Field(5.0, gt=0, le=300, description=(
+        "how often each API process re-reads the API keys of its open WebSocket and SSE streams (one query for all) "
+        "and closes those of revoked keys with 4401; a JWT's streams close at its exp"))
+
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)

@@ -3,7 +3,11 @@ The protocol is documented in docs/events.md.
 
 Both authenticate like the REST API, check every subscription against what the caller may
 see (an id the caller may not see is "not found", exactly like an id that does not exist),
-and go through this process's `Hub`, so memory per client is bounded.
+and go through this process's `Hub`, so memory per client is bounded. While open, a stream's
+credential is watched and what its client sends is bounded (app/api/stream_guard.py): a
+revoked key or an expired JWT closes it (4401, or a last SSE `error` event); a malformed,
+too deeply nested or out-of-range message gets an error message, a binary frame closes
+with 1003, and a bad query string or `since` at connect time closes with 1008.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
 from app.api.auth import Principal, authenticate, bearer, can_see, require_principal
+from app.api.jobs import strict_query
+from app.api.stream_guard import MAX_FRAME, auth_token, known_query, parse, seq, watch_of
 from app.domain.events import is_terminal
 from app.domain.redact import redact
 from app.errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
@@ -24,8 +30,7 @@ from app.notifications.hub import Subscriber, Subscription
 
 router = APIRouter(tags=["live"])
 ID = re.compile(r"^[0-9a-f]{24}$")
-UNAUTHORIZED, ORIGIN, SLOW, GOING_AWAY, TOO_BIG, TOO_FAST = 4401, 4403, 4408, 1001, 1009, 4429
-MAX_FRAME = 64 * 1024
+UNAUTHORIZED, ORIGIN, SLOW, GOING_AWAY, TOO_BIG, TOO_FAST, NOT_TEXT = 4401, 4403, 4408, 1001, 1009, 4429, 1003
 
 
 def _origin_allowed(ws: WebSocket, settings) -> bool:
@@ -40,14 +45,16 @@ def _origin_allowed(ws: WebSocket, settings) -> bool:
     return origin.split("://", 1)[-1] == ws.headers.get("host")
 
 
-def _int(value) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise ValidationFailed("since must be a non-negative integer (an event seq)", field="since")
+async def _receive(ws: WebSocket) -> str | bytes:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    return message["text"] if message.get("text") is not None else message.get("bytes") or b""
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes."""
+    return text.encode()[:120].decode(errors="ignore")
 
 
 async def _subject(store, who: Principal, *, job_id=None, workflow_id=None) -> dict:
@@ -88,29 +95,34 @@ async def websocket(ws: WebSocket):
         return
     await ws.accept()
     try:
+        known_query(ws.query_params, "token", "since")
         if token is None:  # the third way: {"action": "auth", "token": ...} as the first message
-            first = json.loads(await asyncio.wait_for(ws.receive_text(), 10))
-            token = first.get("token") if isinstance(first, dict) and first.get("action") == "auth" else None
+            token = auth_token(await asyncio.wait_for(_receive(ws), 10))
         who = await authenticate(token, settings, store)
-        since = _int(ws.query_params.get("since"))
-    except (Unauthorized, asyncio.TimeoutError, ValueError, WebSocketDisconnect) as exc:
+        since = seq(ws.query_params.get("since"))
+    except (Unauthorized, asyncio.TimeoutError, WebSocketDisconnect) as exc:
         reason = exc.message if isinstance(exc, Unauthorized) else "authenticate first"
         await ws.send_json({"type": "error", "code": "unauthorized", "message": reason})
         await ws.close(UNAUTHORIZED, reason)
         return
     except SwitchyardError as exc:
         await ws.send_json({"type": "error", **exc.to_dict()})
-        await ws.close(1008, exc.message)
+        await ws.close(1008, _reason(exc.message))
         return
     sub = Subscriber(visible=lambda e: can_see(who, e.get("owner")), max_queue=settings.ws_queue_max)
+    watch = watch_of(app)
     await hub.attach(sub)
+    watch.add(sub, who, token)
     await _reply(sub, {"type": "welcome", "user": who.user, "tenant": who.tenant, "role": who.role,
                        "position": hub.position})
     sender = asyncio.create_task(_send(ws, sub))
     try:
         allowance, last = settings.ws_max_messages_per_second * 2, time.monotonic()
         while True:
-            raw = await ws.receive_text()
+            raw = await _receive(ws)
+            if not isinstance(raw, str):
+                await ws.close(NOT_TEXT, "the protocol is JSON in text frames")
+                return
             now = time.monotonic()
             allowance = min(settings.ws_max_messages_per_second * 2,
                             allowance + (now - last) * settings.ws_max_messages_per_second)
@@ -121,18 +133,21 @@ async def websocket(ws: WebSocket):
                                "message too large" if big else "too many messages; slow down")
                 return
             allowance -= 1
-            await _handle(ws, raw, store, hub, sub, who, since)
+            await _handle(raw, store, hub, watch, sub, who, since)
     except WebSocketDisconnect:
         pass
     finally:
+        watch.remove(sub)
         hub.detach(sub)
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
 
 
-async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Principal, since: int | None) -> None:
+async def _handle(raw: str, store, hub, watch, sub: Subscriber, who: Principal, since: int | None) -> None:
+    if sub.dropped:  # closing: nothing more is honoured
+        return
     try:
-        msg = json.loads(raw)
+        msg = parse(raw)
         if not isinstance(msg, dict):
             raise ValidationFailed("a message is a JSON object", field="message")
         action = msg.get("action")
@@ -140,6 +155,8 @@ async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Pri
             return await _reply(sub, {"type": "pong"})
         if action not in ("subscribe", "unsubscribe"):
             raise ValidationFailed(f"unknown action {action!r}", field="action")
+        if action == "subscribe" and not await watch.check(sub):
+            return  # revoked or expired since the last recheck: closed, not subscribed
         wanted = await _subscription(msg, store, who)
         if action == "unsubscribe":
             found = hub.unsubscribe(sub, wanted)
@@ -147,7 +164,7 @@ async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Pri
         else:
             if not wanted.all and wanted.notify is None:
                 await _subject(store, who, job_id=wanted.job_id, workflow_id=wanted.workflow_id)
-            start = _int(msg.get("since")) if "since" in msg else since
+            start = seq(msg.get("since")) if "since" in msg else since
             replayed = await hub.subscribe(sub, wanted, start)
             reply = {"type": "subscribed", "replayed": replayed}
         reply.update({k: v for k, v in (("job_id", wanted.job_id), ("workflow_id", wanted.workflow_id)) if v})
@@ -156,8 +173,6 @@ async def _handle(ws: WebSocket, raw: str, store, hub, sub: Subscriber, who: Pri
         if wanted.notify is not None:
             reply["notifications"] = sorted(wanted.notify)
         await _reply(sub, reply)
-    except json.JSONDecodeError:
-        await _reply(sub, {"type": "error", "code": "validation_error", "message": "not JSON", "field": "message"})
     except SwitchyardError as exc:
         await _reply(sub, {"type": "error", **exc.to_dict()})
 
@@ -179,12 +194,17 @@ async def _send(ws: WebSocket, sub: Subscriber) -> None:
             if item[1] is None:  # dropped: say why, then close
                 if texts:
                     await ws.send_text(_frame(texts))
-                await ws.send_json({"type": "error", "code": "dropped", "message": sub.dropped})
-                await ws.close(SLOW if sub.dropped.startswith("slow") else GOING_AWAY, sub.dropped[:100])
+                code = sub.close_code or (SLOW if sub.dropped.startswith("slow") else GOING_AWAY)
+                await ws.send_json({"type": "error", "code": _why(sub), "message": sub.dropped})
+                await ws.close(code, sub.dropped[:100])
                 return
             texts.append(item[1])
             item = sub.queue.get_nowait() if not sub.queue.empty() and len(texts) < 200 else None
         await ws.send_text(_frame(texts))
+
+
+def _why(sub: Subscriber) -> str:
+    return "unauthorized" if sub.close_code == UNAUTHORIZED else "dropped"
 
 
 def _frame(texts: list[str]) -> str:
@@ -206,12 +226,14 @@ def _sse(event_id, name: str, data: str) -> str:
 async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=None) -> StreamingResponse:
     store, hub, settings = request.app.state.store, request.app.state.hub, request.app.state.settings
     doc = await _subject(store, who, job_id=job_id, workflow_id=workflow_id)
-    since = _int(request.headers.get("last-event-id") or request.query_params.get("since")) or 0
+    since = seq(request.headers.get("last-event-id") or request.query_params.get("since")) or 0
+    watch = watch_of(request.app)
     kind = "job" if job_id else "workflow"
 
     async def body():
         sub = Subscriber(visible=lambda e: can_see(who, e.get("owner")), max_queue=settings.ws_queue_max)
         await hub.attach(sub)
+        watch.add(sub, who, _sse_token(request))
         try:
             snapshot = {"type": "connected", f"{kind}_id": doc["_id"], "status": doc["status"]}
             yield _sse(None, "connected", json.dumps(snapshot))
@@ -231,7 +253,7 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
                     yield ": keep-alive\n\n"
                     continue
                 if sub.dropped:
-                    yield _sse(None, "error", json.dumps({"type": "error", "message": sub.dropped}))
+                    yield _sse(None, "error", json.dumps({"type": "error", "code": _why(sub), "message": sub.dropped}))
                     return
                 yield _sse(event["_id"], event["type"], text)
                 if is_terminal(event) and event["kind"] == kind:
@@ -239,14 +261,21 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
                     yield _sse(None, "final", json.dumps(_final(final, kind), default=str))
                     return
         finally:
+            watch.remove(sub)
             hub.detach(sub)
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse_principal(request: Request) -> Principal:
+def _sse_token(request: Request) -> str | None:
     """The Authorization header, or `?token=` for browsers' EventSource, which cannot set headers."""
+    if request.headers.get("authorization") or "token" not in request.query_params:
+        return bearer(request.headers.get("authorization"))
+    return request.query_params["token"]
+
+
+async def _sse_principal(request: Request) -> Principal:
     if request.headers.get("authorization") or "token" not in request.query_params:
         return await require_principal(request)
     state = request.app.state
@@ -254,14 +283,14 @@ async def _sse_principal(request: Request) -> Principal:
 
 
 @router.get("/api/v1/jobs/workflows/{workflow_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}}}, dependencies=[strict_query("since", "token")])
 async def workflow_events(workflow_id: str, request: Request):
     """A workflow's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes."""
     return await _stream(request, await _sse_principal(request), workflow_id=workflow_id)
 
 
 @router.get("/api/v1/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}}}, dependencies=[strict_query("since", "token")])
 async def job_events(job_id: str, request: Request):
     """A job's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes. The
     stream ends after the job's terminal event, with a `final` event carrying its result."""

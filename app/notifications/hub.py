@@ -78,6 +78,7 @@ class Subscriber:
     subs: list[Subscription] = field(default_factory=list)
     queue: asyncio.Queue = field(init=False)
     dropped: str | None = None
+    close_code: int | None = None  # set by whoever dropped it for a reason of its own (4401)
     _sent: set = field(default_factory=set)
     _order: deque = field(default_factory=deque)
 
@@ -98,9 +99,9 @@ class Subscriber:
         if len(self._order) > 4 * self.max_queue:  # only seqs near a replay can come twice
             self._sent.discard(self._order.popleft())
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: str, code: int | None = None) -> None:
         if not self.dropped:
-            self.dropped = reason
+            self.dropped, self.close_code = reason, code
             while not self.queue.empty():  # release what was held; the sender wakes on the marker
                 self.queue.get_nowait()
             self.queue.put_nowait((None, None))

@@ -2,7 +2,7 @@
 
 A token is `sy_<key id>_<secret>`. Only the SHA-256 of the secret is kept; the token is
 shown once, at creation. Every request reads its key by id, so a revoked key stops working
-at once, in every API process.
+at once, in every API process; open streams re-read theirs (`live`) every few seconds.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ class KeyStore:
         if doc is None or doc.get("revoked_at") is not None:
             return None
         return doc if hmac.compare_digest(doc["hash"], _digest(parts[1])) else None
+
+    async def live(self, key_ids: set[str]) -> set[str]:
+        """Which of `key_ids` are not revoked: one read for every open stream that holds one."""
+        docs = await self.col.find({"_id": {"$in": sorted(key_ids)}, "revoked_at": None}, {"_id": 1}).to_list(None)
+        return {d["_id"] for d in docs}
 
     async def list(self, tenant: str | None) -> list[dict]:
         filt = {} if tenant is None else {"tenant": tenant}
