@@ -24,9 +24,11 @@ def _settings(handlers: str | None, lease_seconds: float | None = None) -> Setti
         s.handlers = ",".join(filter(None, [s.handlers, handlers]))
     if lease_seconds:
         s.lease_seconds = lease_seconds
+    from app.domain import redact
     from app.logs import configure
 
     configure(s.log_level, s.log_json)
+    redact.configure(s.secret_param_names, s.secret_allow_names)  # a worker's log lines too
     return s
 
 

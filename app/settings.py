@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
 
+    # slow clients (app/http_limits.py) and secrets (app/domain/redact.py)
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, description=(
+        "the request line and headers must arrive within this many seconds of the connection opening (or of the "
+        "request's first byte on a kept-alive connection), however slowly they trickle; else 408 and close"))
+    http_body_timeout_seconds: float = Field(30.0, gt=0, le=3600, description=(
+        "a request's whole body must arrive within this many seconds of its headers; else the connection is closed"))
+    http_max_connections: int = Field(1000, ge=2, le=1_000_000, description=(
+        "open connections (HTTP, SSE and WebSocket) the API server holds; a request on one beyond gets 503"))
+    secret_allow_names: str = Field("dedupe_key,idempotency_key,cache_key,sort_key,partition_key,primary_key,"
+                                    "foreign_key", description=(
+        "key names never redacted, though they look secret, comma-separated (compared without case)"))
+
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
@@ -131,9 +143,6 @@ class Settings(BaseSettings):
     def default_limit(self, engine: str) -> int:
         limits = {**DEFAULT_QUEUE_LIMITS, **self.queue_limits}
         return limits.get(engine, limits["general"])
-
-    def secret_names(self) -> frozenset[str]:
-        return frozenset(n.strip().lower() for n in self.secret_param_names.split(",") if n.strip())
 
     def allowed_origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
