@@ -6,12 +6,16 @@ import io
 import json
 import logging
 
+import httpx
 import pytest
 
+from app import JobContext, PermanentError, handler
 from app.domain import redact as r
 from app.domain.redact import MASK, redact
 from app.logs import configure, get_logger
 from app.settings import Settings
+from tests.conftest import TOKEN, make_settings
+from tests.helpers import eventually, wait_status
 
 SECRET = "hunter2-SECRET"
 
@@ -94,3 +98,71 @@ def test_log_lines_are_redacted_messages_fields_and_tracebacks():
     assert first["event"] == "calling http://***@api.local/v1" and first["db_password"] == MASK
     assert first["headers"] == {"X-Api-Key": MASK, "Accept": "json"} and first["keyword"] == "visible"
     assert "postgres://***@db/x" in text and "ftp://***@files" in text
+
+
+# --- end to end: a job with secrets, through the API, the dead letter, events, email and logs
+
+SEEN: dict[str, dict] = {}
+
+
+@handler(engine="testing", operation="leaks_secrets")
+async def leaks_secrets(ctx: JobContext) -> dict:
+    """Keeps what it was given (the real values), logs it, and fails naming its URL if asked."""
+    SEEN[ctx.job_id] = dict(ctx.params)
+    get_logger("testing.leaks").warning("calling " + ctx.params["url"], params=ctx.params)
+    if ctx.params.get("fail"):
+        raise PermanentError("unreachable", f"cannot reach {ctx.params['url']}")
+    return {"seen": ctx.params}
+
+
+@pytest.fixture
+def settings():
+    # a mail server that is not there: alert emails wait in the outbox, where their text can be read
+    return make_settings(smtp_url="smtp://127.0.0.1:9", alert_email="oncall@example.com", mail_retry_base_seconds=30)
+
+
+async def test_secret_parameters_show_masked_everywhere_but_the_handler(server, store):
+    params = {"db_password": SECRET, "passphrase": SECRET, "private-key": SECRET, "url": f"http://bob:{SECRET}@api.example/v1",
+              "headers": {"X-Api-Key": SECRET, "Accept": "application/json"}, "keyword": "visible"}
+    stream = io.StringIO()
+    configure("INFO", stream=stream)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{server}", headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=30) as c:
+            ok = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "leaks_secrets",
+                                                              "parameters": params})).json()
+            bad = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "leaks_secrets",
+                                                               "parameters": {**params, "fail": True}})).json()
+            await wait_status(store, ok["id"], ["completed"])
+            await wait_status(store, bad["id"], ["failed"])
+            status = (await c.get(f"/api/v1/jobs/{ok['id']}/status")).json()
+            failed = (await c.get(f"/api/v1/jobs/{bad['id']}/status")).json()
+            dead = (await c.get("/api/v1/jobs/dead-letter")).json()["jobs"]
+        events = await eventually(lambda: _failed_events(store, bad["id"]), timeout=30)
+        mail = await eventually(lambda: store.mail.col.find_one({}), timeout=30)
+    finally:
+        configure("WARNING")
+
+    # the handler got the real values (and so did its result, as stored)
+    assert SEEN[ok["id"]] == params and SEEN[bad["id"]] == {**params, "fail": True}
+    assert (await store.jobs.get(ok["id"]))["result"]["seen"] == params
+    shown_url = "http://***@api.example/v1"
+    for shown in (status["parameters"], status["result"]["seen"], failed["parameters"]):
+        assert shown["db_password"] == shown["passphrase"] == shown["private-key"] == MASK
+        assert shown["headers"] == {"X-Api-Key": MASK, "Accept": "application/json"}
+        assert shown["url"] == shown_url and shown["keyword"] == "visible"
+    assert failed["last_error"]["message"] == f"cannot reach {shown_url}"
+    assert [j for j in dead if j["id"] == bad["id"]] == [failed | {"why": None}]
+    assert events[0]["error"]["message"] == f"cannot reach {shown_url}"
+    assert shown_url in mail["body"]
+    for where, text in (("status", json.dumps([status, failed])), ("dead letter", json.dumps(dead)),
+                        ("events", json.dumps(events, default=str)), ("email", mail["body"] + mail["subject"]),
+                        ("logs", stream.getvalue())):
+        assert SECRET not in text, where
+    logged = [json.loads(line) for line in stream.getvalue().splitlines() if "calling" in line]
+    assert logged and all(line["event"] == f"calling {shown_url}" and line["params"]["db_password"] == MASK
+                          for line in logged)
+
+
+async def _failed_events(store, job_id):
+    return [e for e in await store.events.since(0, job_id=job_id) if e["type"] == "job.failed"] or None
