@@ -24,9 +24,11 @@ def _settings(handlers: str | None, lease_seconds: float | None = None) -> Setti
         s.handlers = ",".join(filter(None, [s.handlers, handlers]))
     if lease_seconds:
         s.lease_seconds = lease_seconds
+    from app.domain import redact
     from app.logs import configure
 
     configure(s.log_level, s.log_json)
+    redact.configure(s.secret_param_names, s.secret_allow_names)  # a worker's log lines too
     return s
 
 
@@ -56,6 +58,7 @@ def serve(
     import uvicorn
 
     from app import embedded
+    from app.http_limits import uvicorn_options
     from app.main import create_app
 
     s = _settings(handlers)
@@ -79,7 +82,7 @@ def serve(
         # Event messages are small JSON: compressing each costs more CPU than it saves bytes.
         uvicorn.run(create_app(s, url=url, workers=workers), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5,
-                    ws_per_message_deflate=False, ws_max_size=64 * 1024)
+                    ws_per_message_deflate=False, ws_max_size=64 * 1024, **uvicorn_options(s))
     finally:
         if server is not None:
             server.stop()

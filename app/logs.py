@@ -18,7 +18,8 @@ import structlog
 
 
 def _redact(_, __, event: dict) -> dict:
-    """Secret-named fields (and anything under `secrets`) never reach a log line."""
+    """Secrets (app/domain/redact.py) never reach a log line: run last before rendering, so
+    the message, every field and a formatted traceback all go through it."""
     from app.domain.redact import redact
 
     return redact(event)
@@ -34,10 +35,9 @@ def configure(level: str = "INFO", json: bool = True, stream: IO[str] | None = N
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, _redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
@@ -46,7 +46,7 @@ def configure(level: str = "INFO", json: bool = True, stream: IO[str] | None = N
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
-                    renderer],
+                    _redact, renderer],
     ))
     root = logging.getLogger()
     root.handlers = [handler]

@@ -23,7 +23,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     """`url` (or a ready `store`) names the database; `workers` in-process job slots;
     `live` runs the event relay, the notifier and the mailer here (the hub always runs)."""
     registry.load(settings.handler_modules())
-    redact.configure(settings.secret_names())
+    redact.configure(settings.secret_param_names, settings.secret_allow_names)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

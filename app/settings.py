@@ -124,6 +124,21 @@ class Settings(BaseSettings):
     stream_recheck_seconds: float = Field(5.0, gt=0, le=300, description=(
         "how often each API process re-reads the API keys of its open WebSocket and SSE streams (one query for all) "
         "and closes those of revoked keys with 4401; a JWT's streams close at its exp"))
+    # slow clients (app/http_limits.py) and secrets (app/domain/redact.py)
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, description=(
+        "the request line and headers must arrive within this many seconds of the connection opening (or of the "
+        "request's first byte on a kept-alive connection), however slowly they trickle; else 408 and close"))
+    http_body_timeout_seconds: float = Field(30.0, gt=0, le=3600, description=(
+        "a request's whole body must arrive within this many seconds of its headers; else the connection is closed"))
+    http_max_connections: int = Field(1000, ge=2, le=1_000_000, description=(
+        "open connections (HTTP, SSE and WebSocket) the API server holds; a request on one beyond gets 503"))
+    secret_allow_names: str = Field("dedupe_key,idempotency_key,cache_key,sort_key,partition_key,primary_key,"
+                                    "foreign_key", description=(
+        "key names never redacted, though they look secret, comma-separated (compared without case)"))
+    # limits on schedules per tenant (app/admission.py); the bootstrap admin is not limited
+    tenant_max_schedules: int = Field(100, ge=1, description="schedules a tenant may have at once")
+    schedule_min_interval_seconds: float = Field(60.0, ge=0, le=86_400, description=(
+        "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"))
 
     @property
     def lease_ms(self) -> int:
@@ -137,19 +152,11 @@ class Settings(BaseSettings):
         limits = {**DEFAULT_QUEUE_LIMITS, **self.queue_limits}
         return limits.get(engine, limits["general"])
 
-    def secret_names(self) -> frozenset[str]:
-        return frozenset(n.strip().lower() for n in self.secret_param_names.split(",") if n.strip())
-
     def allowed_origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def handler_modules(self) -> list[str]:
         return [m.strip() for m in self.handlers.split(",") if m.strip()]
-
-    # limits on schedules per tenant (issue 18; app/admission.py); the bootstrap admin is not limited
-    tenant_max_schedules: int = Field(100, ge=1, description="schedules a tenant may have at once")
-    schedule_min_interval_seconds: float = Field(60.0, ge=0, le=86_400, description=(
-        "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"))
 
 
 @lru_cache

@@ -214,7 +214,7 @@ def _frame(texts: list[str]) -> str:
 def _final(doc: dict, kind: str) -> dict:
     out = {"type": "final", "status": doc["status"]}
     if kind == "job":
-        out.update(result=redact(doc.get("result")), error=doc.get("last_error"))
+        out.update(result=redact(doc.get("result")), error=redact(doc.get("last_error")))
     return out
 
 

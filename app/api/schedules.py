@@ -54,6 +54,8 @@ class ScheduleOut(BaseModel):
     @classmethod
     def of(cls, doc: dict) -> "ScheduleOut":
         fields = {k: v for k, v in doc.items() if k in cls.model_fields}
+        if fields.get("last_error"):
+            fields["last_error"] = redact(fields["last_error"])
         return cls(id=doc["_id"], **fields, **{doc["target"]: redact(doc["template"])})
 
 

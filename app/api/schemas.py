@@ -26,6 +26,10 @@ class JobError(BaseModel):
     worker: str | None = None
 
 
+# What a handler or its caller wrote freely: secrets (a URL's password in an error message) may be in it.
+REDACTED = ("result", "last_error", "errors", "progress", "cancel_reason", "name")
+
+
 class JobOut(BaseModel):
     id: str
     engine: str
@@ -63,8 +67,9 @@ class JobOut(BaseModel):
     def of(cls, doc: dict, **extra) -> "JobOut":
         fields = {k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}
         fields["parameters"] = redact(fields.get("parameters") or {})
-        if "result" in fields:
-            fields["result"] = redact(fields["result"])
+        for f in REDACTED:
+            if f in fields:
+                fields[f] = redact(fields[f])
         return cls(id=doc["_id"], **fields, **extra)
 
 

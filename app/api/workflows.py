@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from app import metrics, registry
 from app.api.auth import Principal, require_principal, visible
 from app.api.jobs import ID_PATTERN, admit, strict_query
+from app.domain.redact import redact
 from app.domain.workflow import AddSteps, WorkflowSpec
 from app.store.why import explain
 
@@ -81,7 +82,7 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
     if status == "running" and steps is not None and started is None:
         status = "pending"  # accepted, nothing has started yet
     return WorkflowOut(id=wf["_id"], name=wf["name"], status=status, failure_policy=wf["failure_policy"],
-                       metadata=wf.get("metadata") or {}, created_at=wf["created_at"], started_at=started,
+                       metadata=redact(wf.get("metadata") or {}), created_at=wf["created_at"], started_at=started,
                        completed_at=wf.get("completed_at"), total=wf["total"], counts=counts,
                        progress=round(100 * done / wf["total"], 2) if wf["total"] else 100.0)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app import metrics
+from app.domain.redact import redact_text
 from app.notifications.email import valid_address
 from app.notifications.hub import Subscriber, Subscription
 from app.leadership import Singleton
@@ -105,8 +106,8 @@ class EmailChannel:
                                  f"{err.get('code')}: {err.get('message')}")
             link = f"{base}/#/workflows/{e['workflow_id']}"
         lines += ["", f"Open in the dashboard: {link}"]
-        return {"_id": notification_id(e["_id"], n.user), "to": n.email, "subject": f"[Switchyard] {n.title}",
-                "body": "\n".join(lines) + "\n", "event_type": e["type"]}
+        return {"_id": notification_id(e["_id"], n.user), "to": n.email, "subject": redact_text(f"[Switchyard] {n.title}"),
+                "body": redact_text("\n".join(lines) + "\n"), "event_type": e["type"]}
 
 
 async def notify_schedule_refused(store, settings, schedule: dict, tick, error: dict, now) -> None:

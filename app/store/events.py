@@ -18,11 +18,13 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from app.domain.redact import redact
 from app.logs import get_logger
 from app.store.db import ensure_index, ensure_ttl
 from app.store.feed import next_batch
 
 log = get_logger("switchyard.events")
+REDACTED = ("name", "progress", "error", "reason")
 
 
 class EventStore:
@@ -46,6 +48,10 @@ class EventStore:
         a seq the log once reached: expiry may have emptied it), and insert them in that
         order, skipping any whose token is already in. Returns how many were new; each event
         holds the seq it was last given."""
+        for e in events:  # what jobs wrote freely; the rest (ids, type, token) is ours
+            for f in REDACTED:
+                if f in e:
+                    e[f] = redact(e[f])
         added = 0
         for _ in range(len(events) + 10):
             if not events:
