@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app import registry
 from app.domain import redact
-from app.api import admin, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.api import admin, body, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -63,7 +63,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.state.settings = settings
     app.state.ready = False
     errors.install(app)
-    app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(body.BodyGuard, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins():
         from fastapi.middleware.cors import CORSMiddleware
 
