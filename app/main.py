@@ -81,4 +81,20 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.include_router(admin.router)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(jobs.router)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated document, plus how to authenticate: every `/api/` operation takes a
+    bearer token (routes check it themselves, so FastAPI cannot say so on its own)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "SWITCHYARD_ADMIN_TOKEN, an API key (`sy_<id>_<secret>`), or a single sign-on JWT"}}
+        for path, operations in schema["paths"].items():
+            if path.startswith("/api/"):
+                for op in operations.values():
+                    op["security"] = [{"bearer": []}]
+    return app.openapi_schema

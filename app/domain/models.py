@@ -15,12 +15,11 @@ check_keys = check_json  # handler results and progress data obey the same rules
 
 
 class JobSpec(BaseModel):
-    """What a client may say about a job (seed 001's `AsyncJob`, plus scheduling and dedupe)."""
+    """What a client may say about a job (seed 001's `AsyncJob`, plus scheduling and dedupe).
+    Give `run_at` or `delay_seconds`, not both."""
 
-    # The cross-field rule below, said in the schema too, so clients see it in /openapi.json.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "not": {"required": ["run_at", "delay_seconds"]},
-        "description": "A job to run. Give `run_at` or `delay_seconds`, not both."})
+    # `_one_delay`'s rule, said in the schema too, so clients read it in /openapi.json.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["run_at", "delay_seconds"]}})
 
     engine: str = Field(pattern=NAME_PATTERN)
     operation: str = Field(pattern=NAME_PATTERN)
