@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 from tests.conftest import TOKEN
 from tests.test_openapi import base_url  # noqa: F401  (the fixture: the app on uvicorn in a thread)
 
-EXAMPLES = 10  # per operation: about a minute in all on two slow cores
+EXAMPLES = 20  # per operation, each mode: well under a minute in all on two slow cores
 
 
 def member_token(base_url: str) -> str:  # noqa: F811
