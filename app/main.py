@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app import registry
 from app.domain import redact
-from app.api import admin, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.api import admin, body, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -63,7 +63,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.state.settings = settings
     app.state.ready = False
     errors.install(app)
-    app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(body.BodyGuard, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins():
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -81,4 +81,20 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.include_router(admin.router)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(jobs.router)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated document, plus how to authenticate: every `/api/` operation takes a
+    bearer token (routes check it themselves, so FastAPI cannot say so on its own)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "SWITCHYARD_ADMIN_TOKEN, an API key (`sy_<id>_<secret>`), or a single sign-on JWT"}}
+        for path, operations in schema["paths"].items():
+            if path.startswith("/api/"):
+                for op in operations.values():
+                    op["security"] = [{"bearer": []}]
+    return app.openapi_schema

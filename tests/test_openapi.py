@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from contextlib import contextmanager
 
 import pytest
 import schemathesis
@@ -22,10 +23,11 @@ from tests.servers import free_port
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def base_url(db_url):
-    """The app on uvicorn in a thread of its own (its own event loop and database)."""
-    s = make_settings(mongodb_db=f"t_{uuid.uuid4().hex[:12]}", rate_limit_burst=10_000, rate_limit_per_second=10_000)
+@contextmanager
+def threaded_app(db_url: str, **overrides):
+    """The app on uvicorn in a thread of its own (its own event loop and database), for
+    synchronous tests driven by hypothesis. Yields its base URL."""
+    s = make_settings(**{"mongodb_db": f"t_{uuid.uuid4().hex[:12]}", **overrides})
     app = create_app(s, url=db_url, workers=0, maintenance=False, live=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -33,9 +35,17 @@ def base_url(db_url):
     thread.start()
     while not server.started:
         threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(20)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def base_url(db_url):
+    with threaded_app(db_url, rate_limit_burst=10_000, rate_limit_per_second=10_000) as url:
+        yield url
 
 
 def test_no_5xx_and_every_response_matches_the_schema(base_url):
@@ -61,3 +71,19 @@ def test_no_5xx_and_every_response_matches_the_schema(base_url):
         run()
         tried += 1
     assert tried >= 30  # every operation was exercised
+
+
+async def test_the_document_says_how_to_authenticate_and_the_cross_field_rules(api):
+    spec = (await api.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["bearer"]["type"] == "http"
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path, operations in spec["paths"].items():
+        for op in operations.values():
+            assert op.get("security") == ([{"bearer": []}] if path.startswith("/api/") else None), path
+    schemas = spec["components"]["schemas"]
+    for name in ("JobSpec", "StepSpec", "JobTemplate"):
+        assert schemas[name]["not"] == {"required": ["run_at", "delay_seconds"]}, name
+    assert "not both" in schemas["JobSpec"]["description"]
+    assert schemas["ScheduleSpec"]["oneOf"] == [{"required": ["job"], "not": {"required": ["workflow"]}},
+                                                {"required": ["workflow"], "not": {"required": ["job"]}}]
+    assert "exactly one of `job` and `workflow`" in schemas["ScheduleSpec"]["description"]

@@ -1,20 +1,47 @@
-"""Maps errors to HTTP in one place, and caps request bodies.
+"""Maps errors to HTTP in one place.
 
-Every error body has the shape `{"error": {"code", "message", "field"?, ...}}`.
+Every error body has the shape `{"error": {"code", "message", "field"?, ...}}`. Messages name
+the field and the rule it broke, never the submitted value: pydantic's `input` is dropped,
+and field paths (which may hold a client's dict keys) are made printable and cut short.
 """
 
 from __future__ import annotations
+
+import json
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.domain.userjson import field_path
 from app.errors import SwitchyardError
 
 
-def _loc(loc) -> str:
-    return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
+class ErrorResponse(JSONResponse):
+    """ASCII JSON: an error that names a client's key holding a lone surrogate still renders."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _loc(loc) -> list:
+    loc = list(loc)
+    return loc[1:] if loc[:1] == ["body"] else loc
+
+
+def _entry(e: dict) -> dict:
+    """One pydantic error as `{field, reason, type}` (plus `path` for user JSON)."""
+    loc, ctx, kind = _loc(e.get("loc", ())), e.get("ctx") or {}, e.get("type")
+    reason = str(e.get("msg", "invalid"))
+    out = {"field": field_path(loc) or "body", "reason": reason, "type": kind}
+    if kind == "user_json":  # app/domain/userjson.py: where inside the value, below the field
+        out["path"] = field_path(loc + list(ctx.get("path", [])))
+        out["reason"] = f"{ctx.get('reason', reason)}, at {out['path']}"
+    elif kind == "json_invalid":
+        at = loc[-1] if loc else 0
+        out.update(field="body", reason=f"not valid JSON ({ctx.get('error', 'decode error')}) at character {at}")
+    return out
 
 
 def install(app: FastAPI) -> None:
@@ -23,14 +50,13 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status == 429 and "retry_after" in exc.details:
             headers = {"Retry-After": str(exc.details["retry_after"])}
-        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+        return ErrorResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _loc(e.get("loc", ())), "reason": e.get("msg", "invalid"), "type": e.get("type")}
-                  for e in exc.errors()]
+        errors = [_entry(e) for e in exc.errors()]
         first = errors[0] if errors else {"field": "body", "reason": "invalid"}
-        return JSONResponse(
+        return ErrorResponse(
             {"error": {"code": "validation_error", "message": f"{first['field']}: {first['reason']}",
                        "field": first["field"], "errors": errors}},
             status_code=422,
@@ -38,47 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413, whether or not it
-    declares its length."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await self._reject(send)
-        seen = 0
-        too_big = False
-
-        async def counted():
-            nonlocal seen, too_big
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    too_big = True
-                    raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send) -> None:
-        body = b'{"error":{"code":"payload_too_large","message":"request body is over %d bytes","field":"body"}}' % self.max_bytes
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
+        body = {"code": f"http_{exc.status_code}", "message": str(exc.detail)}
+        if exc.status_code == 400:  # FastAPI could not read the body (e.g. JSON nested too deeply)
+            body["field"] = "body"
+        return ErrorResponse({"error": body}, status_code=exc.status_code, headers=getattr(exc, "headers", None))

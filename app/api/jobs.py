@@ -12,6 +12,7 @@ from app.api.auth import Principal, require_principal, visible
 from app.api.schemas import History, JobOut, JobPage, SubmitOut
 from app.domain.models import JobSpec, NAME_PATTERN
 from app.domain.states import JobStatus
+from app.domain.userjson import label
 from app.errors import ValidationFailed
 from app.store.why import explain
 
@@ -41,12 +42,13 @@ def strict_query(*allowed: str):
     async def check(request: Request) -> None:
         for key in request.query_params.keys():
             if key not in allowed:
-                raise ValidationFailed(f"unknown query parameter {key!r}", field=key)
+                takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+                raise ValidationFailed(f"unknown query parameter for this endpoint; {takes}", field=label(key))
 
     return Depends(check)
 
 
-@router.post("/submit", status_code=201, response_model=SubmitOut,
+@router.post("/submit", status_code=201, response_model=SubmitOut, dependencies=[strict_query()],
              responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}})
 async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
     registry.require(spec.engine, spec.operation)
@@ -86,14 +88,14 @@ async def history(
     return History(**await request.app.state.store.jobs.history(since=since, engine=engine, tenant=who.scope))
 
 
-@router.get("/{job_id}/status", response_model=JobOut)
+@router.get("/{job_id}/status", response_model=JobOut, dependencies=[strict_query()])
 async def status(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     job = visible(who, await store.jobs.get(job_id), "job", "job_id")
     return JobOut.of(job, why=await explain(store, job))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[strict_query()])
 async def cancel(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.jobs.get(job_id), "job", "job_id")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.auth import Principal, require_principal
 from app.api.jobs import strict_query
 from app.domain.states import JobStatus
+from app.domain.userjson import INT64_MAX
 from app.notifications.email import valid_address
 from app.notifications.service import CHANNELS
 
@@ -62,16 +63,15 @@ class Preferences(BaseModel):
     def _channels(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         for etype, names in v.items():
             if etype not in EVENT_TYPES:
-                raise ValueError(f"unknown event type {etype!r}; known: {', '.join(EVENT_TYPES)}")
-            bad = [n for n in names if n not in CHANNELS]
-            if bad:
-                raise ValueError(f"unknown channel {bad[0]!r} for {etype}; channels are {', '.join(CHANNELS)}")
+                raise ValueError(f"unknown event type; known: {', '.join(EVENT_TYPES)}")
+            if any(n not in CHANNELS for n in names):
+                raise ValueError(f"unknown channel for {etype}; channels are {', '.join(CHANNELS)}")
         return {k: sorted(set(names)) for k, names in v.items()}
 
 
 @router.get("", response_model=NotificationPage, dependencies=[strict_query("unread", "cursor", "limit")])
 async def list_notifications(request: Request, unread: bool | None = None,
-                             cursor: int | None = Query(None, ge=0), limit: int = Query(50, ge=1, le=200),
+                             cursor: int | None = Query(None, ge=0, le=INT64_MAX), limit: int = Query(50, ge=1, le=200),
                              who: Principal = Depends(require_principal)):
     """Newest first; `unread=true` for unread only; `cursor` is the previous page's `next_cursor`."""
     store = request.app.state.store
@@ -80,26 +80,26 @@ async def list_notifications(request: Request, unread: bool | None = None,
                             unread_count=await store.notifications.unread_count(who.owner), next_cursor=nxt)
 
 
-@router.post("/read-all")
+@router.post("/read-all", dependencies=[strict_query()])
 async def read_all(request: Request, who: Principal = Depends(require_principal)) -> dict:
     store = request.app.state.store
     return {"marked": await store.notifications.mark_all_read(who.owner, store.clock.now())}
 
 
-@router.get("/preferences", response_model=Preferences)
+@router.get("/preferences", response_model=Preferences, dependencies=[strict_query()])
 async def get_preferences(request: Request, who: Principal = Depends(require_principal)):
     doc = await request.app.state.store.notifications.preferences(who.owner)
     return Preferences(email=doc.get("email"), channels=doc.get("channels", {}))
 
 
-@router.put("/preferences", response_model=Preferences)
+@router.put("/preferences", response_model=Preferences, dependencies=[strict_query()])
 async def put_preferences(prefs: Preferences, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     doc = await store.notifications.set_preferences(who.owner, prefs.email, prefs.channels, store.clock.now())
     return Preferences(email=doc["email"], channels=doc["channels"])
 
 
-@router.post("/{notification_id}/read", response_model=NotificationOut)
+@router.post("/{notification_id}/read", response_model=NotificationOut, dependencies=[strict_query()])
 async def read_one(request: Request, notification_id: str = Path(..., pattern=NOTIFICATION_ID),
                    who: Principal = Depends(require_principal)):
     store = request.app.state.store

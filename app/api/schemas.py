@@ -123,7 +123,7 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text in (
-    (401, "missing or invalid bearer token"), (403, "the caller's role does not allow this"),
+    (400, "the body could not be read (e.g. JSON nested too deeply)"), (401, "missing or invalid bearer token"), (403, "the caller's role does not allow this"),
     (404, "no such resource, or not the caller's to see"), (409, "the resource is not in a state that allows this"),
     (413, "the body is over the size cap"), (422, "the request failed validation; `field` names the problem"),
     (429, "rate limit or quota reached; see Retry-After"))}

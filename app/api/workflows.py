@@ -13,7 +13,7 @@ from app import metrics, registry
 from app.api.auth import Principal, require_principal, visible
 from app.api.jobs import ID_PATTERN, admit, strict_query
 from app.domain.redact import redact
-from app.domain.workflow import AddSteps, WorkflowSpec
+from app.domain.workflow import AddSteps, WorkflowSpec, validate_steps
 from app.store.why import explain
 
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
@@ -87,9 +87,11 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
                        progress=round(100 * done / wf["total"], 2) if wf["total"] else 100.0)
 
 
-@router.post("", status_code=201, response_model=Created)
+@router.post("", status_code=201, response_model=Created, dependencies=[strict_query()])
 async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(spec.jobs)
+    # Before admit, so a refusal costs no token (the store checks again).
+    validate_steps(spec.jobs, cap=request.app.state.settings.workflow_max_steps)
     await admit(request, who, len(spec.jobs))
     wf = await request.app.state.store.workflows.create(spec, owner=who.owner)
     metrics.jobs_created(s.engine for s in spec.jobs)
@@ -105,7 +107,7 @@ async def list_workflows(request: Request, status: str | None = Query(None, patt
     return WorkflowPage(workflows=[_view(d, None) for d in docs], next_cursor=nxt)
 
 
-@router.get("/{workflow_id}/status", response_model=WorkflowOut)
+@router.get("/{workflow_id}/status", response_model=WorkflowOut, dependencies=[strict_query()])
 async def status(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     wf = visible(who, await store.workflows.get(workflow_id, steps=True), "workflow", "workflow_id")
@@ -129,11 +131,13 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
     return view
 
 
-@router.post("/{workflow_id}/jobs", response_model=Created)
+@router.post("/{workflow_id}/jobs", response_model=Created, dependencies=[strict_query()])
 async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(body.jobs)
     store = request.app.state.store
-    visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
+    wf = visible(who, await store.workflows.get(workflow_id, steps=True), "workflow", "workflow_id")
+    # Before admit, so a refusal costs no token (the store checks again, against the graph it reads).
+    validate_steps(body.jobs, existing=set(wf["steps"]), cap=request.app.state.settings.workflow_max_steps)
     await admit(request, who, len(body.jobs))
     ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.owner)
     metrics.jobs_created(s.engine for s in body.jobs)
@@ -141,14 +145,14 @@ async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Prin
     return Created(id=workflow_id, status=wf["status"], jobs=ids)
 
 
-@router.post("/{workflow_id}/cancel", response_model=WorkflowOut)
+@router.post("/{workflow_id}/cancel", response_model=WorkflowOut, dependencies=[strict_query()])
 async def cancel(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")
     return _view(await store.flow.cancel(workflow_id), None)
 
 
-@router.post("/{workflow_id}/retry", response_model=Created)
+@router.post("/{workflow_id}/retry", response_model=Created, dependencies=[strict_query()])
 async def retry(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     visible(who, await store.workflows.get(workflow_id), "workflow", "workflow_id")

@@ -8,47 +8,29 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.domain.retry import RetryConfig
+from app.domain.userjson import UserDict, check_json
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
-MAX_DEPTH = 32
-
-
-def check_keys(value: Any, path: str = "parameters", depth: int = 0) -> None:
-    """Reject keys MongoDB could read as operators or paths (`$x`, `a.b`), at any depth, so
-    stored user data can never be interpreted. Raises ValueError naming the key's path."""
-    if depth > MAX_DEPTH:
-        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str) or k.startswith("$") or "." in k or "\x00" in k:
-                raise ValueError(f"{path}: key {k!r} may not start with '$' or contain '.'")
-            check_keys(v, f"{path}.{k}", depth + 1)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            check_keys(v, f"{path}[{i}]", depth + 1)
+check_keys = check_json  # handler results and progress data obey the same rules (app/worker, app/context.py)
 
 
 class JobSpec(BaseModel):
-    """What a client may say about a job (seed 001's `AsyncJob`, plus scheduling and dedupe)."""
+    """What a client may say about a job (seed 001's `AsyncJob`, plus scheduling and dedupe).
+    Give `run_at` or `delay_seconds`, not both."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `_one_delay`'s rule, said in the schema too, so clients read it in /openapi.json.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["run_at", "delay_seconds"]}})
 
     engine: str = Field(pattern=NAME_PATTERN)
     operation: str = Field(pattern=NAME_PATTERN)
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: UserDict = Field(default_factory=dict)
     priority: int = Field(5, ge=1, le=10, description="1 is highest, 10 lowest")
     name: str | None = Field(None, max_length=200)
     retry_config: RetryConfig | None = None
-    run_at: datetime | None = None
-    delay_seconds: float | None = Field(None, ge=0, le=366 * 86_400)
+    run_at: datetime | None = Field(None, description="when to run; not with delay_seconds")
+    delay_seconds: float | None = Field(None, ge=0, le=366 * 86_400, description="seconds from now; not with run_at")
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86_400)
     dedupe_key: str | None = Field(None, min_length=1, max_length=200)
-
-    @field_validator("parameters")
-    @classmethod
-    def _safe_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
-        check_keys(v)
-        return v
 
     @field_validator("run_at")
     @classmethod

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.domain.models import JobSpec, check_keys
+from app.domain.models import JobSpec
 from app.domain.workflow import WorkflowSpec
 
 UTC = timezone.utc
@@ -39,13 +39,15 @@ MisfirePolicy = Literal["skip", "catch_up"]
 
 
 def zone(name: str) -> ZoneInfo:
-    """The IANA zone `name`; ValueError when there is none."""
+    """The IANA zone `name`; ValueError when there is none. (Errors never repeat the
+    submitted text: they say which rule it broke.)"""
+    unknown = "unknown time zone; use an IANA name such as 'Europe/Paris' or 'UTC'"
     if not name or name.startswith(("/", ".")) or ".." in name:
-        raise ValueError(f"unknown time zone {name!r}")
+        raise ValueError(unknown)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as 'Europe/Paris' or 'UTC'") from None
+        raise ValueError(unknown) from None
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,14 @@ class Cron:
         """Validate `expr` in zone `tz`. Raises ValueError saying what is wrong."""
         fields = expr.split()
         if len(fields) not in (5, 6):
-            raise ValueError(f"a cron expression has 5 fields, or 6 with seconds last; {expr!r} has {len(fields)}")
+            raise ValueError(f"a cron expression has 5 fields, or 6 with seconds last; this one has {len(fields)}")
         if not croniter.is_valid(" ".join(fields)):
-            raise ValueError(f"invalid cron expression {expr!r}")
+            raise ValueError("not a valid cron expression: a field is out of range or malformed")
         cron = cls(" ".join(fields), zone(tz), fields[1].startswith("*"))
         try:
             cron.next_after(datetime(2000, 1, 1, tzinfo=UTC))
         except Exception:  # croniter: e.g. "0 0 30 2 *" has no date
-            raise ValueError(f"cron expression {expr!r} never fires") from None
+            raise ValueError("the cron expression never fires") from None
         return cron
 
     def _keep(self, tick: datetime) -> bool:
@@ -144,9 +146,12 @@ class JobTemplate(JobSpec):
 
 class ScheduleSpec(BaseModel):
     """`POST /api/v1/jobs/schedules`. Exactly one of `job` and `workflow` (checked by the
-    API with `check_target`, so the error can name the field)."""
+    API with `check_target`, so the error can name the field; said in the schema too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["job"], "not": {"required": ["workflow"]}},
+                  {"required": ["workflow"], "not": {"required": ["job"]}}],
+        "description": "A cron schedule of a job or a workflow: give exactly one of `job` and `workflow`."})
 
     name: str = Field(min_length=1, max_length=200)
     cron: str = Field(min_length=1, max_length=200, description="5 fields, or 6 with seconds last")
@@ -169,8 +174,7 @@ class ScheduleSpec(BaseModel):
     @field_validator("workflow")
     @classmethod
     def _workflow(cls, v: WorkflowSpec | None) -> WorkflowSpec | None:
-        if v is not None:
-            check_keys(v.metadata, "metadata")
+        if v is not None:  # its metadata and parameters are checked by WorkflowSpec itself
             for i, s in enumerate(v.jobs):
                 if s.run_at is not None or s.dedupe_key is not None:
                     raise ValueError(f"jobs[{i}]: a scheduled workflow's steps cannot have run_at or dedupe_key")

@@ -4,21 +4,24 @@ before anything is written. Pure: no I/O."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.domain.models import JobSpec
+from app.domain.userjson import UserDict
 from app.errors import ValidationFailed
 
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
+StepKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 
 
 class StepSpec(JobSpec):
     """One step: a job plus its key and the keys it depends on."""
 
-    key: str = Field(pattern=KEY_PATTERN)
-    depends_on: list[str] = Field(default_factory=list, max_length=10_000)
+    key: StepKey
+    # Keys only, so an error about an unknown dependency names a step, never arbitrary text.
+    depends_on: list[StepKey] = Field(default_factory=list, max_length=10_000)
 
 
 class WorkflowSpec(BaseModel):
@@ -27,7 +30,7 @@ class WorkflowSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     jobs: list[StepSpec] = Field(min_length=1)
     failure_policy: Literal["fail_fast", "continue"] = "fail_fast"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: UserDict = Field(default_factory=dict, description="stored as given; the same rules as parameters")
 
 
 class AddSteps(BaseModel):
