@@ -6,6 +6,9 @@ Each submodule owns one engine and registers its operations with `@handler` on i
 - `handlers.text_intelligence`: `text_intelligence.analyze`, `summarize`
 - `handlers.image_generation`: `image_generation.render`, `resize`
 
+In a workflow they compose: an image or text handler without its input in its own parameters
+takes it from its parents' results (`handlers.inputs`, documented in docs/workflows.md).
+
 Handlers use only the public API in `app` (`handler`, `JobContext`, `Retry`, `PermanentError`,
 `get_settings`); they never touch the store.
 """

@@ -183,7 +183,8 @@ def _safe_key(name: str) -> str:
 
 @handler(engine="general", operation="http_request")
 async def http_request(ctx: JobContext) -> dict:
-    """Send one HTTP request to a public address (or an allowlisted one); no redirects followed."""
+    """Send one HTTP request to a public address (or an allowlisted one); no redirects followed.
+    The response's text is `body`, which a text step depending on this one reads as its input."""
     p = ctx.params
     try:
         url = httpx.URL(_string(p, "url", None, 8192))

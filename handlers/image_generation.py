@@ -3,7 +3,8 @@
 Owns: the generators (gradient, noise, checker), input decoding with its limits (20 MB of
 encoded data, 40 megapixels, a fixed set of input formats, checked before pixels are decoded,
 so decompression bombs are refused), and the encoded-output shape both handlers return:
-{"format", "width", "height", "bytes", "sha256", "data_base64"}. Pillow work runs in
+{"format", "width", "height", "bytes", "sha256", "data_base64"}; `data_base64` is where a
+child step (`resize`) finds its parent's image (handlers/inputs.py). Pillow work runs in
 `asyncio.to_thread`.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from app import JobContext, PermanentError, handler
+from handlers.inputs import image_input
 
 MAX_SIDE = 4096
 MAX_INPUT_BYTES = 20 * 1024 * 1024
@@ -183,11 +185,12 @@ async def render(ctx: JobContext) -> dict:
 
 @handler(engine="image_generation", operation="resize")
 async def resize(ctx: JobContext) -> dict:
-    """Resize `image_base64` to `width` x `height` (one of them keeps the aspect) or by `scale`."""
+    """Resize an image to `width` x `height` (one of them keeps the aspect) or by `scale`.
+
+    The image is `image_base64`, or in a workflow the parent's image (`data_base64` of a
+    `render` or `resize` step; `input_from` picks among several): see handlers/inputs.py."""
     p = ctx.params
-    data = p.get("image_base64")
-    if not isinstance(data, str) or not data:
-        raise _bad("image_base64", "is required and must be a base64 string")
+    data = image_input(ctx)
     quality = _int(p, "quality", 90, 1, 95)
     await _stage(ctx, 5, "decoding")
     img = await asyncio.to_thread(decode, data)

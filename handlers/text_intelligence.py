@@ -4,7 +4,9 @@
 Owns: the tokenisers (words, sentences, paragraphs), the English stopword list, the syllable
 heuristic and the readability formulas (Flesch reading ease, Flesch–Kincaid grade). CPU work
 runs in `asyncio.to_thread`, one stage at a time, so the event loop stays free and
-cancellation is checked between stages.
+cancellation is checked between stages. Both handlers read `text`, or in a workflow their
+parents' `text`/`summary`/`body` (handlers/inputs.py); `summarize` returns its extract as
+`summary`, so a child step reads that in turn.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from app import JobContext, PermanentError, handler
+from handlers.inputs import text_input
 
 MAX_CHARS = 1_000_000
 WORDS_PER_MINUTE = 238
@@ -40,10 +43,9 @@ def _bad(field: str, reason: str) -> PermanentError:
     return PermanentError("bad_input", f"{field}: {reason}")
 
 
-def _text_param(params: dict[str, Any]) -> str:
-    text = params.get("text")
-    if not isinstance(text, str):
-        raise _bad("text", "is required and must be a string")
+def _text_param(ctx: JobContext) -> str:
+    """`text`, or in a workflow the parents' text (handlers/inputs.py), within MAX_CHARS."""
+    text = text_input(ctx)
     if len(text) > MAX_CHARS:
         raise _bad("text", f"must be at most {MAX_CHARS} characters")
     return text
@@ -144,8 +146,8 @@ async def _stage(ctx: JobContext, percent: float, stage: str) -> None:
 
 @handler(engine="text_intelligence", operation="analyze")
 async def analyze(ctx: JobContext) -> dict:
-    """Counts, top words, readability and reading time for `text`."""
-    text = _text_param(ctx.params)
+    """Counts, top words, readability and reading time for `text` (or the parents' text)."""
+    text = _text_param(ctx)
     await _stage(ctx, 5, "counting")
     result = await asyncio.to_thread(_counts, text)
     await _stage(ctx, 60, "readability")
@@ -156,8 +158,9 @@ async def analyze(ctx: JobContext) -> dict:
 
 @handler(engine="text_intelligence", operation="summarize")
 async def summarize(ctx: JobContext) -> dict:
-    """Extractive summary: the `sentences` best-scoring sentences of `text`, in original order."""
-    text = _text_param(ctx.params)
+    """Extractive summary: the `sentences` best-scoring sentences of `text` (or the parents'
+    text), in original order."""
+    text = _text_param(ctx)
     n = ctx.params.get("sentences", 3)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100:
         raise _bad("sentences", "must be an integer between 1 and 100")

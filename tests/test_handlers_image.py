@@ -186,3 +186,50 @@ async def test_resize_bad_params(params, field):
         await resize(make_ctx("resize", params))
     assert err.value.code == "bad_input"
     assert err.value.message.startswith(f"{field}:")
+
+
+# --- composition: an image step takes its parent's image (handlers/inputs.py) ----------------
+
+def child_ctx(params: dict, parents: dict) -> JobContext:
+    ctx = make_ctx("resize", params)
+    ctx.parents = parents
+    return ctx
+
+
+async def test_resize_takes_its_parents_rendered_image():
+    parent = await render(make_ctx("render", {"width": 64, "height": 36, "kind": "checker", "seed": 3}))
+    r = await resize(child_ctx({"scale": 0.25}, {"image": parent}))
+    img = open_result(r)
+    assert img.size == (16, 9) and img.format == "PNG"
+    src = open_result(parent).resize((16, 9), Image.Resampling.LANCZOS)
+    assert img.convert("RGB").tobytes() == src.convert("RGB").tobytes()  # the parent's pixels
+
+
+async def test_resize_chains_and_own_parameter_wins():
+    first = await render(make_ctx("render", {"width": 80, "height": 40, "seed": 1}))
+    second = await resize(child_ctx({"width": 40}, {"first": first}))
+    third = await resize(child_ctx({"scale": 0.5}, {"second": second}))  # resize reads resize's output
+    assert (third["width"], third["height"]) == (20, 10)
+    own = encoded(Image.new("RGB", (10, 10), (255, 0, 0)))
+    r = await resize(child_ctx({"image_base64": own, "width": 5}, {"first": first}))
+    assert (r["width"], r["height"]) == (5, 5) and open_result(r).getpixel((2, 2))[:3] == (255, 0, 0)
+
+
+async def test_resize_with_several_image_parents_needs_input_from():
+    a = await render(make_ctx("render", {"width": 30, "height": 30, "seed": 1}))
+    b = await render(make_ctx("render", {"width": 60, "height": 20, "seed": 2}))
+    with pytest.raises(PermanentError) as err:
+        await resize(child_ctx({"width": 10}, {"a": a, "b": b}))
+    assert err.value.message.startswith("input_from:") and "a, b" in err.value.message
+    r = await resize(child_ctx({"width": 30, "input_from": "b"}, {"a": a, "b": b, "text": {"text": "x"}}))
+    assert (r["width"], r["height"]) == (30, 10)
+    with pytest.raises(PermanentError) as err:
+        await resize(child_ctx({"width": 10, "input_from": "zz"}, {"a": a}))
+    assert err.value.message.startswith("input_from:")
+
+
+async def test_resize_without_an_image_anywhere_names_the_field():
+    with pytest.raises(PermanentError) as err:
+        await resize(child_ctx({"width": 10}, {"draft": {"words": 3}, "echo": {"echo": {}}}))
+    assert err.value.code == "bad_input" and err.value.message.startswith("image_base64:")
+    assert "data_base64" in err.value.message  # says where else it looked

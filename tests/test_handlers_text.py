@@ -145,3 +145,39 @@ async def test_bad_params(fn, params, field):
         await fn(make_ctx(fn.__name__, params))
     assert err.value.code == "bad_input"
     assert err.value.message.startswith(f"{field}:")
+
+
+# --- composition: a text step takes its parents' text (handlers/inputs.py) -------------------
+
+def child_ctx(operation: str, params: dict, parents: dict) -> JobContext:
+    ctx = make_ctx(operation, params)
+    ctx.parents = parents
+    return ctx
+
+
+async def test_analyze_reads_a_fetched_body_and_a_summary():
+    fetched = {"status_code": 200, "headers": {}, "body": TEXT, "truncated": False}
+    r = await analyze(child_ctx("analyze", {}, {"fetch": fetched}))
+    assert r == await analyze(make_ctx("analyze", {"text": TEXT}))
+    summary = await summarize(make_ctx("summarize", {"text": CATS, "sentences": 1}))
+    r = await analyze(child_ctx("analyze", {}, {"summary": summary}))
+    assert r["sentences"] == 1 and r["words"] == len(summary["summary"].split())
+
+
+async def test_summarize_joins_several_parents_in_order_and_own_text_wins():
+    parents = {"a": {"text": "Cats sleep all day."}, "img": {"data_base64": "xx"}, "b": {"summary": "Dogs bark at night."}}
+    r = await summarize(child_ctx("summarize", {"sentences": 5}, parents))
+    assert [s["text"] for s in r["sentences"]] == ["Cats sleep all day.", "Dogs bark at night."]
+    r = await analyze(child_ctx("analyze", {}, parents))
+    assert r["paragraphs"] == 2
+    r = await summarize(child_ctx("summarize", {"sentences": 5, "input_from": ["b"]}, parents))
+    assert r["summary"] == "Dogs bark at night."
+    r = await summarize(child_ctx("summarize", {"text": "Own text only."}, parents))
+    assert r["summary"] == "Own text only."
+
+
+async def test_text_step_without_text_anywhere_names_the_field():
+    with pytest.raises(PermanentError) as err:
+        await analyze(child_ctx("analyze", {}, {"img": {"data_base64": "xx"}}))
+    assert err.value.code == "bad_input" and err.value.message.startswith("text:")
+    assert "summary" in err.value.message and "body" in err.value.message  # says where else it looked
