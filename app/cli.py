@@ -71,6 +71,9 @@ def serve(
     s.admin_token = _admin_token(s)
     if not Settings().admin_token:
         typer.echo(f"admin token (from {s.data_dir / 'admin_token'}): {s.admin_token}", err=True)
+        from app.cli_client import record_serve  # client commands find this token from any directory
+
+        record_serve(s.data_dir, host, port)
     if "public_url" not in s.model_fields_set:  # links in emails and logs point here
         s.public_url = f"http://{host}:{port}"
     typer.echo(f"Switchyard on http://{host}:{port}  (workers: {workers})", err=True)

@@ -3,8 +3,14 @@
 
 Header safety: every header value that carries user input (a job's name, an address) has
 its control characters removed before it reaches `EmailMessage`, so a name containing
-CR/LF cannot add a header. The Message-ID is derived from the outbox id, so a retried
-message is recognisably the same message.
+CR/LF cannot add a header.
+
+RFC 5322: every message carries `Date` (when the alert was written to the outbox, in UTC,
+so a retry keeps it) and `Message-ID`. The Message-ID is derived from the outbox id rather
+than drawn at random (`make_msgid`), so a retried message is recognisably the same message;
+its domain is the sender's (`SWITCHYARD_EMAIL_FROM`), or the SMTP host when the sender's is
+not a qualified name (`localhost`). The body is text/plain; a message with an HTML body
+also carries the text as a multipart/alternative, text first.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import parseaddr
+from datetime import datetime, timezone
+from email.utils import format_datetime, parseaddr
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -60,14 +67,32 @@ class Smtp:
                    use_tls=tls, start_tls=True if u.scheme == "smtp+starttls" else None)
 
 
-def build(mail: dict, sender: str) -> EmailMessage:
+def id_domain(sender: str, smtp_host: str | None = None) -> str:
+    """The domain of Message-IDs: the sender's if qualified, else the SMTP host's (not an
+    IP address: a bare one is no valid id-right)."""
+    _, _, domain = parseaddr(sender)[1].rpartition("@")
+    for candidate in (domain, smtp_host or ""):
+        candidate = candidate.strip().lower()
+        if re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z][a-z0-9-]*", candidate):
+            return candidate
+    return "switchyard.invalid"  # RFC 2606: never a real domain
+
+
+def build(mail: dict, sender: str, domain: str | None = None) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = clean(sender)
     msg["To"] = clean(mail["to"])
     msg["Subject"] = clean(mail["subject"])
-    msg["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9.-]', '.', mail['_id'])}@switchyard>"
-    msg["X-Switchyard-Event"] = clean(mail.get("event_type"))
+    at = mail.get("created_at") or datetime.now(timezone.utc)
+    msg["Date"] = format_datetime((at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc),
+                                  usegmt=True)
+    local = re.sub(r"[^A-Za-z0-9.-]", ".", mail["_id"])
+    msg["Message-ID"] = f"<{local}.switchyard@{domain or id_domain(sender)}>"
+    if mail.get("event_type"):
+        msg["X-Switchyard-Event"] = clean(mail["event_type"])
     msg.set_content(mail["body"])
+    if mail.get("html"):
+        msg.add_alternative(mail["html"], subtype="html")
     return msg
 
 
@@ -78,6 +103,7 @@ class Mailer:
         self.stopping = False
         self.store, self.settings = store, settings
         self.smtp = Smtp.parse(settings.smtp_url) if settings.smtp_url else None
+        self.domain = id_domain(settings.email_from, self.smtp.host if self.smtp else None)
         self.last_error: str | None = None
         self.wake = asyncio.Event()
 
@@ -104,8 +130,8 @@ class Mailer:
         done = 0
         for mail in await self.store.mail.claim_due(20, lease_seconds=timeout * 3 + 5):
             try:
-                await aiosmtplib.send(build(mail, self.settings.email_from), hostname=self.smtp.host,
-                                      port=self.smtp.port, username=self.smtp.username, password=self.smtp.password,
+                await aiosmtplib.send(build(mail, self.settings.email_from, self.domain),
+                                      hostname=self.smtp.host, port=self.smtp.port, username=self.smtp.username, password=self.smtp.password,
                                       use_tls=self.smtp.use_tls, start_tls=self.smtp.start_tls, timeout=timeout)
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]

@@ -10,19 +10,21 @@ import asyncio
 
 from app.notifications.email import Mailer
 from app.notifications.hub import Hub
+from app.notifications.recipients import NO_RECIPIENT, NoRecipient, explain
 from app.notifications.relay import EventRelay
 from app.notifications.service import DbChannel, EmailChannel, NotificationService
 
 
 class Live:
-    def __init__(self, store, settings, *, background: bool = True, lease_seconds: float = 10.0) -> None:
-        self.store, self.settings = store, settings
+    def __init__(self, store, settings, *, background: bool = True, lease_seconds: float = 10.0,
+                 no_recipient: NoRecipient = NO_RECIPIENT) -> None:
+        self.store, self.settings, self.no_recipient = store, settings, no_recipient
         self.hub = Hub(store, settings)
         self.mailer = Mailer(store, settings)
         self.relay = EventRelay(store, settings, lease_seconds=lease_seconds)
         self.notifier = NotificationService(
             store, settings, [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)], self.hub,
-            lease_seconds=lease_seconds)
+            lease_seconds=lease_seconds, no_recipient=no_recipient)
         self.background = background
         self._tasks: list[asyncio.Task] = []
 
@@ -43,4 +45,15 @@ class Live:
             t.cancel()
 
     async def email_status(self) -> dict:
-        return await self.mailer.status()
+        """The mailer's state, plus who alerts go to; `no_recipient` (with the reason) while
+        alerts that had no address are recent and the mailer itself is fine."""
+        status = await self.mailer.status()
+        if not status["configured"]:
+            return status
+        status["recipient"] = explain(self.settings)
+        missing = self.no_recipient.status(self.settings)
+        if missing is None:
+            return status
+        if status["status"] == "ok":
+            return {**status, **missing}
+        return {**status, "suppressed": missing["suppressed"]}  # a failing server matters more

@@ -10,7 +10,9 @@ idempotent per (event, user), so a batch replayed after a crash changes nothing.
 
 Who is notified: an event's owner, for the types in `notify_types`; the channels per type
 come from the user's preferences, else `db` for all of them and `email` for `email_types`.
-A failed workflow step sends no email of its own: its workflow's failure does.
+A failed workflow step sends no email of its own: its workflow's failure does. The address
+is the owner's, else `alert_email` (app/notifications/recipients.py); an alert with neither
+is counted and logged there, never dropped silently.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Protocol
 
 from app import metrics
 from app.domain.redact import redact_text
-from app.notifications.email import valid_address
 from app.notifications.hub import Subscriber, Subscription
+from app.notifications.recipients import NO_RECIPIENT, NoRecipient, recipient
 from app.leadership import Singleton
 from app.store.notifications import notification_id
 
@@ -125,8 +127,13 @@ async def notify_schedule_refused(store, settings, schedule: dict, tick, error: 
         "created_at": now}])
     metrics.NOTIFICATIONS_SENT.labels(channel="db").inc()
     prefs = await store.notifications.preferences(owner)
-    address = prefs.get("email") or settings.alert_email
-    if "email" in channels_for(settings, prefs, SCHEDULE_REFUSED) and valid_address(address):
+    address = recipient(prefs, settings)
+    if "email" not in channels_for(settings, prefs, SCHEDULE_REFUSED):
+        return
+    if address is None:
+        if settings.smtp_url:
+            NO_RECIPIENT.suppressed(SCHEDULE_REFUSED, owner, settings)
+    else:
         body = [title, "", f"Schedule:  {sid}", f"Tick:      {tick.isoformat()}",
                 f"Error:     {err['code']}: {err['message']}",
                 "", "The schedule goes on; its next tick is admitted afresh.", "",
@@ -154,9 +161,10 @@ def routes_for(settings, prefs: dict, channel: str) -> set[str]:
 class NotificationService(Singleton):
     lease = LEASE
 
-    def __init__(self, store, settings, channels: list[Channel], hub, lease_seconds: float = 10.0) -> None:
+    def __init__(self, store, settings, channels: list[Channel], hub, lease_seconds: float = 10.0,
+                 no_recipient: NoRecipient = NO_RECIPIENT) -> None:
         super().__init__(store, lease_seconds)
-        self.settings, self.hub = settings, hub
+        self.settings, self.hub, self.no_recipient = settings, hub, no_recipient
         self.channels = {c.name: c for c in channels}
         self.types = _types(settings.notify_types)
         self.position = 0
@@ -203,9 +211,13 @@ class NotificationService(Singleton):
             if not e.get("owner") or (e["type"] not in self.types and e["type"] not in pref.get("channels", {})):
                 continue
             routes = channels_for(self.settings, pref, e["type"])
-            address = pref.get("email") or self.settings.alert_email
+            address = recipient(pref, self.settings)
             for name in routes:
-                if name == "email" and (e.get("kind") == "job" and e.get("workflow_id") or not valid_address(address)):
+                if name == "email" and e.get("kind") == "job" and e.get("workflow_id"):
+                    continue  # a step: its workflow's failure sends the email
+                if name == "email" and address is None:
+                    if self.settings.smtp_url and "email" in self.channels:
+                        self.no_recipient.suppressed(e["type"], e["owner"], self.settings)
                     continue
                 if name in self.channels:
                     by_channel.setdefault(name, []).append(
