@@ -5,6 +5,7 @@ only ever talk to it over the wire).
 survives a crash of the server, stores its data under `SWITCHYARD_DATA_DIR/db`, and records
 the URL in `SWITCHYARD_DATA_DIR/server.json`, where `switchyard worker` finds it. A second
 `serve` on the same data directory joins the running server instead of starting another.
+The server `serve` starts dies with it, even by SIGKILL (`die_with_parent`, on Linux).
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.store.db import answers_ping
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """A `preexec_fn`: the child gets `sig` when the process that starts it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere a no-op), and exits at once should that have happened
+    before it could ask. Call it in the thread that lives as long as the parent."""
+    parent = os.getpid()
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
 
 
 def free_port() -> int:
@@ -62,13 +82,16 @@ class EmbeddedServer:
             self.record.unlink()
 
 
-def spawn(storage: str, *, port: int | None = None, extra: list[str] | None = None, log: Path | None = None) -> EmbeddedServer:
-    """Start a SecantusDB process; `storage` is a directory or ':memory:'."""
+def spawn(storage: str, *, port: int | None = None, extra: list[str] | None = None, log: Path | None = None,
+          with_parent: bool = False) -> EmbeddedServer:
+    """Start a SecantusDB process; `storage` is a directory or ':memory:'. `with_parent`:
+    it dies with this process."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
            "--sync-on-commit", "--log-level", "WARNING", *(extra or [])]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent() if with_parent else None)
     url = url_for(port)
     try:
         wait_ready(url, proc=proc)
@@ -109,7 +132,7 @@ def start_or_join(data_dir: Path) -> EmbeddedServer:
             return EmbeddedServer(url, None)
         except RuntimeError:
             pass
-    server = spawn(str(data_dir / "db"), log=data_dir / "db.log")
+    server = spawn(str(data_dir / "db"), log=data_dir / "db.log", with_parent=True)
     record = data_dir / "server.json"
     record.write_text(json.dumps({"url": server.url, "pid": server.proc.pid, "started": time.time()}))
     server.record = record

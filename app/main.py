@@ -19,8 +19,9 @@ from app.worker.processor import JobProcessor
 
 
 def create_app(settings: Settings, *, url: str | None = None, store: Store | None = None, workers: int = 0,
-               maintenance: bool = True, live: bool = True) -> FastAPI:
+               maintenance: bool = True, live: bool = True, supervisor=None) -> FastAPI:
     """`url` (or a ready `store`) names the database; `workers` in-process job slots;
+    `supervisor` (app/worker/supervisor.py) runs job slots in worker processes instead;
     `live` runs the event relay, the notifier and the mailer here (the hub always runs)."""
     registry.load(settings.handler_modules())
     redact.configure(settings.secret_param_names, settings.secret_allow_names)
@@ -38,6 +39,8 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
             await maint.start()
         if proc:
             await proc.start()
+        if supervisor:
+            await supervisor.start(st)
         app.state.processor = proc
         app.state.live = lv = Live(st, settings, background=live and settings.run_relay)
         app.state.hub = lv.hub
@@ -49,6 +52,8 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
         finally:
             await lv.stop()
             app.state.ready = False
+            if supervisor:
+                await supervisor.stop()
             if proc:
                 await proc.stop()
             if maint:

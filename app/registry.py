@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -34,6 +36,10 @@ _registry: dict[tuple[str, str], Handler] = {}
 
 class DuplicateHandler(RuntimeError):
     pass
+
+
+class HandlerModuleError(RuntimeError):
+    """An extra handler module could not be imported; the message is one line."""
 
 
 def handler(*, engine: str, operation: str) -> Callable[[HandlerFn], HandlerFn]:
@@ -73,7 +79,18 @@ def all_handlers() -> list[Handler]:
 
 
 def load(extra_modules: list[str] | None = None) -> None:
-    """Import the built-in `handlers` package and any extra modules, which register on import."""
+    """Import the built-in `handlers` package and any extra modules, which register on import.
+
+    Extra modules are looked up in the current directory first, as uvicorn and celery do,
+    so `--handlers my_handlers` finds `./my_handlers.py`."""
     importlib.import_module("handlers")
+    if extra_modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for mod in extra_modules or []:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except DuplicateHandler:
+            raise
+        except Exception as exc:
+            raise HandlerModuleError(f"cannot import handler module {mod!r} (from {os.getcwd()}): "
+                                     f"{type(exc).__name__}: {exc}") from exc

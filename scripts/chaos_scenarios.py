@@ -11,6 +11,7 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 
@@ -18,6 +19,7 @@ import chaos_check as ck
 from chaos_cluster import APP_NAME, ENGINE, LEASE, TOKEN, Cluster, running_owners
 from app.domain.retry import RetryConfig
 from app.store import quirks
+from app.worker.supervisor import hand_back
 from tests.faultproxy import FaultProxy, parse_command
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -596,19 +598,23 @@ async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, 
     await cl.wait_workers(3)
     await cl.store.engines.set_paused(ENGINE, True)
     ids = await cl.insert(n // 2, seconds=0.2)  # the poison sits in the middle of the queue
-    pid = (await cl.insert(1, operation="die", retry=RetryConfig(max_retries=3)))[0] if poison else None
+    # A short retry delay: with the default 60 s, exponential, the last back-off alone (up
+    # to 240 s) outlasted the run, and the poison was still scheduled when it ended.
+    pid = (await cl.insert(1, operation="die", retry=RetryConfig(max_retries=3, retry_delay_seconds=0.5)))[0] if poison else None
     ids += await cl.insert(n - n // 2, seconds=0.2)
     t0 = time.monotonic()
+    since = cl.store.clock.now() - timedelta(minutes=5)
     await cl.store.engines.set_paused(ENGINE, False)
     deaths = 0
     others_done = None
     checked = 0.0
     while time.monotonic() - t0 < 300:
         for p in cl.reap():
-            if p in workers:  # a supervisor restarts crashed workers
+            if p in workers:  # as `serve`'s supervisor does: restart, and hand the leases back at once
                 deaths += 1
                 workers.remove(p)
                 workers.append(cl.worker(concurrency=8))
+                await hand_back(cl.store, p.pid, since)
         if others_done is None and ledger_ok(cl) >= n:  # the ledger, not a count: see Cluster.wait_settled
             others_done = time.monotonic() - t0
         if others_done is not None and time.monotonic() - checked > 1:  # and the poison's last attempts

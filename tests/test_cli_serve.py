@@ -94,3 +94,145 @@ def test_serve_records_survives_a_crash_and_a_worker_joins(tmp_path):
             stop(worker)
         assert stop(serve) == 0
     assert not (data / "server.json").exists()  # serve stopped its database on the way out
+
+
+# --- a crashing handler, SIGKILL, handler modules and the port (issue 19) ---------------------
+CRASHER = '''
+import os
+from app import handler
+
+
+@handler(engine="crashy", operation="die")
+async def die(ctx):
+    os._exit(1)
+
+
+@handler(engine="crashy", operation="ok")
+async def ok(ctx):
+    return {"ok": True}
+'''
+SWITCHYARD = [os.path.join(os.path.dirname(sys.executable), "switchyard")]  # the console script, as scripts/run
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def serve_in(cwd, data_dir, port: int, *args: str, cmd=None, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([*(cmd or [sys.executable, "-m", "app.cli"]), "serve", "--port", str(port), *args], cwd=cwd,
+                            env=env_for(None, None, SWITCHYARD_DATA_DIR=str(data_dir), SWITCHYARD_ADMIN_TOKEN=TOKEN, **env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.skipif(bool(os.environ.get("MONGODB_URL")), reason="exercises the embedded server")
+def test_a_crashing_handler_leaves_the_api_up_and_a_sigkill_leaves_no_child(tmp_path):
+    (tmp_path / "crashers.py").write_text(CRASHER)
+    port = free_port()
+    serve = serve_in(tmp_path, tmp_path / "data", port, "--workers", "2", "--handlers", "crashers")
+    try:
+        client = wait_http(port, serve)
+        job = client.post("/api/v1/jobs/submit", json={"engine": "crashy", "operation": "die",
+                                                       "retry_config": {"max_retries": 2, "retry_delay_seconds": 0.1}}).json()["id"]
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            assert client.get("/health").status_code == 200  # throughout
+            doc = client.get(f"/api/v1/jobs/{job}/status").json()
+            if (status := doc["status"]) == "failed":
+                break
+            time.sleep(0.2)
+        assert status == "failed" and doc["attempt"] == 3
+        assert serve.poll() is None
+        # its worker process was restarted and works
+        ok = client.post("/api/v1/jobs/submit", json={"engine": "crashy", "operation": "ok"}).json()["id"]
+        wait_jobs(client, [ok], "completed", timeout=30)
+        workers = client.get("/api/v1/jobs/workers").json()["workers"]
+        assert {w["status"] for w in workers} == {"alive", "dead"}  # the dead one marked at once, the new one alive
+        assert all(w["pid"] != serve.pid for w in workers)  # the slots ran outside the API process
+
+        children = descendants(serve.pid)
+        assert len(children) >= 2  # the embedded database and a worker at least
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(10)
+        deadline = time.monotonic() + 20  # the worker's grace (2 s) + 5 s, with room
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in children if alive(p)]
+    finally:
+        stop(serve)
+
+
+def test_handler_modules_come_from_the_current_directory(tmp_path):
+    (tmp_path / "my_handlers.py").write_text(CRASHER)
+    port = free_port()
+    serve = serve_in(tmp_path, tmp_path / "data", port, "--workers", "1", "--handlers", "my_handlers", cmd=SWITCHYARD)
+    try:
+        client = wait_http(port, serve)
+        ok = client.post("/api/v1/jobs/submit", json={"engine": "crashy", "operation": "ok"}).json()["id"]
+        wait_jobs(client, [ok], "completed", timeout=30)  # the worker process found it too
+    finally:
+        assert stop(serve) == 0
+
+
+def test_a_handler_module_that_cannot_be_imported_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    for name in ("missing_module", "broken"):
+        out = subprocess.run([*SWITCHYARD, "serve", "--port", str(free_port()), "--handlers", name], cwd=tmp_path,
+                             env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "data" / "server.json").exists()  # nothing was started
+
+
+def test_the_start_line_only_once_listening_and_a_taken_port_is_refused(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                             env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Switchyard on" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(port) in lines[0] and "Traceback" not in out.stderr
+
+    port = free_port()
+    serve = serve_in(tmp_path, tmp_path / "data", port, "--workers", "0")
+    try:
+        seen = b""
+        while b"Switchyard on" not in seen:
+            line = serve.stderr.readline()
+            assert line, f"serve exited: {seen.decode()[-2000:]}"
+            seen += line
+        # printed only once the port answers
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        assert stop(serve) == 0

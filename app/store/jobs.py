@@ -236,6 +236,14 @@ class JobQueries:
             out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
         return out[:limit]
 
+    async def leased_by(self, worker_id: str) -> list[dict]:
+        """Running jobs leased to `worker_id`, through the same (engine, status) prefix."""
+        out: list[dict] = []
+        for engine in await self.engines.list():
+            out += await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value, "lease_owner": worker_id},
+                                       RESCUE_FIELDS).to_list(None)
+        return out
+
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
             return set()

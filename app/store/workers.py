@@ -8,6 +8,12 @@ A worker beats every lease/3; `expires_at` is one lease after its last beat, on 
 clock. The rescuer marks a worker whose `expires_at` has passed `dead` (guarded on `alive`),
 then drops its engine permits. A worker that finds itself marked dead must abandon its jobs
 and register again under a new id: its old permits and leases are gone.
+
+A `switchyard serve` supervising worker processes keeps one record of `kind` supervisor
+(status `supervising`, then `stopped`): `children` (pids), `restarts`, `restarting` (children
+waiting out a back-off), `last_exit` ({pid, code, at}), beating like a worker. Its children
+register with `supervisor` set to its id. The worker views (`list`, `alive_count`) leave
+supervisor records out.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.settings import Settings
 
 EPOCH = datetime(1970, 1, 1)
+SUPERVISOR = "supervisor"
 
 
 class WorkerStore:
@@ -35,10 +42,12 @@ class WorkerStore:
     def _expiry(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
 
-    async def register(self, worker_id: str, *, engines: list[str] | None, concurrency: int, kind: str) -> None:
+    async def register(self, worker_id: str, *, engines: list[str] | None, concurrency: int, kind: str,
+                       supervisor: str | None = None) -> None:
         now = self.clock.now()
         await self.col.insert_one(
             {
+                **({"supervisor": supervisor} if supervisor else {}),
                 "_id": worker_id,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -103,7 +112,60 @@ class WorkerStore:
 
     async def list(self, status: str | None = None, limit: int = 200) -> list[dict]:
         """Newest first; `status` is alive, dead or stopped."""
-        return await self.col.find({"status": status} if status else {}).sort("started_at", -1).to_list(limit)
+        query = {"status": status} if status else {"kind": {"$ne": SUPERVISOR}}
+        return await self.col.find(query).sort("started_at", -1).to_list(limit)
 
     async def alive_count(self) -> int:
         return await self.col.count_documents({"status": "alive"})
+
+    # --- a supervisor of worker processes (app/worker/supervisor.py) ----------------------
+    async def exited(self, pid: int, since: datetime) -> list[dict]:
+        """Mark dead, at once, the live registrations of process `pid` on this host started
+        since `since`: its supervisor saw it exit, so no lease has to run out first. Returns
+        the registrations it marked (with their `running_jobs`)."""
+        now = self.clock.now()
+        found = await self.col.find({"host": socket.gethostname(), "pid": pid, "status": "alive",
+                                     "started_at": {"$gte": since}}).to_list(None)
+        marked = []
+        for doc in found:
+            res = await self.col.update_one({"_id": doc["_id"], "status": "alive"},
+                                            {"$set": {"status": "dead", "died_at": now}})
+            if res.modified_count:
+                marked.append(doc)
+        return marked
+
+    async def supervise(self, supervisor_id: str, *, processes: int, concurrency: int) -> None:
+        now = self.clock.now()
+        await self.col.insert_one({"_id": supervisor_id, "kind": SUPERVISOR, "status": "supervising",
+                                   "host": socket.gethostname(), "pid": os.getpid(), "processes": processes,
+                                   "concurrency": concurrency, "children": [], "restarts": 0, "restarting": 0,
+                                   "last_exit": None, "started_at": now, "last_seen": now,
+                                   "expires_at": self._expiry()})
+
+    async def supervisor_beat(self, supervisor_id: str, *, children: list[int], restarting: int,
+                              exit_: dict | None = None) -> None:
+        """Record the children's pids and how many wait out a back-off; `exit_` ({pid, code})
+        records one more restart."""
+        update: dict = {"$set": {"children": children, "restarting": restarting, "last_seen": self.clock.now(),
+                                 "expires_at": self._expiry()}}
+        if exit_ is not None:
+            update["$set"]["last_exit"] = {**exit_, "at": self.clock.now()}
+            update["$inc"] = {"restarts": 1}
+        await self.col.update_one({"_id": supervisor_id}, update)
+
+    async def unsupervise(self, supervisor_id: str) -> None:
+        await self.col.update_one({"_id": supervisor_id}, {"$set": {"status": "stopped", "children": [],
+                                                                    "restarting": 0, "last_seen": self.clock.now()}})
+
+    async def summary(self) -> dict:
+        """For /health: worker registrations `alive` and `dead` (all time), and over the
+        supervisors still beating, children `restarting` (waiting out a back-off), `restarts`
+        so far and the latest `last_exit`."""
+        now = self.clock.now()
+        sups = await self.col.find({"kind": SUPERVISOR, "status": "supervising", "expires_at": {"$gte": now}}
+                                   ).to_list(None)
+        exits = [s["last_exit"] for s in sups if s.get("last_exit")]
+        return {"alive": await self.alive_count(), "dead": await self.col.count_documents({"status": "dead"}),
+                "restarting": sum(s.get("restarting", 0) for s in sups),
+                "restarts": sum(s.get("restarts", 0) for s in sups),
+                "last_exit": max(exits, key=lambda e: e["at"]) if exits else None}

@@ -33,8 +33,10 @@ def has_work(engine: dict) -> bool:
 
 
 class JobProcessor(LoopsMixin):
-    def __init__(self, store, settings, *, concurrency: int, engines: list[str] | None = None, kind: str = "worker") -> None:
+    def __init__(self, store, settings, *, concurrency: int, engines: list[str] | None = None, kind: str = "worker",
+                 supervisor: str | None = None) -> None:
         self.store, self.settings = store, settings
+        self.supervisor = supervisor  # the `serve` that started this process, if one did
         self.concurrency = concurrency
         self.only = set(engines) if engines else None
         self.kind = kind
@@ -67,7 +69,8 @@ class JobProcessor(LoopsMixin):
 
     async def _register(self) -> None:
         await self.store.workers.register(self.worker_id, engines=sorted(self.only) if self.only else None,
-                                          concurrency=self.concurrency, kind=self.kind)
+                                          concurrency=self.concurrency, kind=self.kind,
+                                          supervisor=self.supervisor)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running jobs finish within `grace`; release the rest to the
