@@ -107,6 +107,10 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
     context.set_default_timeout(TIMEOUT_MS)
     await context.route("**" + AXE_URL, lambda route: route.fulfill(path=AXE, content_type="text/javascript"))
     page = await context.new_page()
+    errors: list[str] = []  # as in test_dashboard.py: uncaught errors and CSP violations fail too
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}")
+            if m.type == "error" and "Content Security Policy" in m.text else None)
     problems: dict[str, list[dict]] = {}
 
     async def check(name: str) -> None:
@@ -168,5 +172,6 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
         await check("submit, a 422 marked")
     finally:
         await context.close()
+    assert not errors, errors
     assert not problems, f"axe-core, {scheme} scheme: serious or critical violations\n" + "\n".join(
         f"{name}:\n{axe_report(found)}" for name, found in problems.items())
