@@ -267,3 +267,33 @@ async def test_6_a_wrong_token_is_refused(page, base):
     await expect(page.get_by_label("API token")).to_be_visible()
     await expect(page.get_by_role("alert")).to_contain_text("Sign in again")
     assert await page.evaluate("sessionStorage.getItem('switchyard.token')") is None
+
+
+async def test_7_a_long_waits_for_label_stays_inside_its_node(page, base, api):
+    # Six long-named parents on a paused engine: the last step waits for all of them.
+    assert (await api.post("/api/v1/jobs/queue/testing/pause")).json()["paused"] is True
+    parents = [f"extract_customer_records_region_{i}" for i in range(6)]
+    doc = {"name": "wide fan-in", "jobs": [{"key": k, "engine": "testing", "operation": "ok"} for k in parents]
+           + [{"key": "publish_quarterly_report", "engine": "testing", "operation": "ok", "depends_on": parents}]}
+    r = await api.post("/api/v1/jobs/workflows", json=doc)
+    assert r.status_code in (200, 201), r.text
+    await signed_in(page, base)
+    await page.goto(f"{base}/#/workflows/{r.json()['id']}")
+    node = page.locator("a.node[data-key='publish_quarterly_report']")
+    await expect(node.locator(".n-status")).to_contain_text("waits for")
+    full = f"pending · waits for {', '.join(parents)}"
+    # Every label ends inside its node's rectangle, as rendered.
+    boxes = await node.evaluate("""(a) => {
+        const r = a.querySelector('rect').getBBox();
+        return [...a.querySelectorAll('text')].map((t) => {
+            const b = t.getBBox();
+            return {cls: t.getAttribute('class'), left: b.x, right: b.x + b.width, min: r.x, max: r.x + r.width};
+        });
+    }""")
+    assert len(boxes) == 3
+    for b in boxes:
+        assert b["min"] <= b["left"] and b["right"] <= b["max"], b
+    # The whole text is on hover: the label's <title>, and the node's (also its accessible name).
+    assert await node.locator(".n-status > title").text_content() == full
+    assert full in await node.locator(":scope > title").text_content()
+    assert full in await node.get_attribute("aria-label")

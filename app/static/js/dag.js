@@ -56,6 +56,33 @@ export function layout(steps) {
 }
 
 const clip = (text, n) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
+// Every label starts 14 px in from the node's left edge and must end 10 px before its right.
+const TEXT_W = NODE_W - 24;
+const BUDGET = { "n-key": 20, "n-op": 24, "n-status": 29 };
+
+/** Puts `full` in the SVG text `el`, cut with an ellipsis so that it ends inside its node.
+ * Once the graph is on screen the cut is measured (getComputedTextLength); before that, a
+ * character budget stands in, and the page calls update() again after it appends the graph.
+ * A cut label gets a <title> child with the whole text: the hover tooltip. */
+function fit(el, full) {
+  el.textContent = full;
+  let cut = full;
+  if (el.isConnected && el.getComputedTextLength() > 0) {
+    let width = el.getComputedTextLength();
+    if (width > TEXT_W) {
+      let n = Math.max(1, Math.floor((full.length * TEXT_W) / width));
+      el.textContent = cut = `${full.slice(0, n).trimEnd()}…`;
+      while (n > 1 && el.getComputedTextLength() > TEXT_W) {
+        n -= 1;
+        el.textContent = cut = `${full.slice(0, n).trimEnd()}…`;
+      }
+    }
+  } else {
+    cut = clip(full, BUDGET[el.getAttribute("class")] || 20);
+    el.textContent = cut;
+  }
+  if (cut !== full) el.append(s("title", {}, full));
+}
 
 /** A short line for why a step waits, from its `why` (docs/workflows.md); the full
  * messages are in the node's tooltip and in the steps table. */
@@ -99,16 +126,15 @@ export function drawDag(steps, { label = "Workflow steps" } = {}) {
   for (const st of steps) {
     const { x, y } = pos.get(st.key);
     const title = s("title");
-    const statusText = s("text", { x: x + 10, y: y + 52, class: "n-status" });
+    const keyText = s("text", { x: x + 14, y: y + 19, class: "n-key" });
+    const opText = s("text", { x: x + 14, y: y + 35, class: "n-op" });
+    const statusText = s("text", { x: x + 14, y: y + 52, class: "n-status" });
     const a = s("a", { href: `#/jobs/${st.job_id}`, class: "node", "data-key": st.key, "data-job": st.job_id },
       title,
       s("rect", { x, y, width: NODE_W, height: NODE_H, rx: 8, ry: 8 }),
       s("rect", { x, y, width: 6, height: NODE_H, rx: 3, class: "stripe" }),
-      s("text", { x: x + 14, y: y + 19, class: "n-key" }, clip(st.key, 20)),
-      s("text", { x: x + 14, y: y + 35, class: "n-op" }, clip(`${st.engine}.${st.operation}`, 24)),
-      statusText);
-    statusText.setAttribute("x", x + 14);
-    nodes.set(st.key, { a, title, statusText, step: st });
+      keyText, opText, statusText);
+    nodes.set(st.key, { a, title, keyText, opText, statusText, step: st });
     svg.append(a);
   }
   function update(st) {
@@ -121,8 +147,12 @@ export function drawDag(steps, { label = "Workflow steps" } = {}) {
     n.a.setAttribute("class", `node st-${n.step.status}`);
     n.a.dataset.status = n.step.status;
     const pct = n.step.status === "running" && n.step.progress ? ` ${Math.round(n.step.progress)}%` : "";
-    n.statusText.textContent = clip(why ? `${n.step.status} · ${why}` : `${n.step.status}${pct}`, 29);
-    const full = `${n.step.key} (${n.step.engine}.${n.step.operation}): ${n.step.status}${whyFull ? `; ${whyFull}` : ""}`;
+    const line = why ? `${n.step.status} · ${why}` : `${n.step.status}${pct}`;
+    fit(n.keyText, n.step.key);
+    fit(n.opText, `${n.step.engine}.${n.step.operation}`);
+    fit(n.statusText, line);
+    const more = whyFull && whyFull !== why ? `; ${whyFull}` : "";
+    const full = `${n.step.key} (${n.step.engine}.${n.step.operation}): ${line}${more}`;
     n.title.textContent = full;
     n.a.setAttribute("aria-label", `Step ${full}. Open its job.`);
   }
