@@ -15,7 +15,8 @@ import typer
 
 from app.settings import Settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Switchyard: MongoDB-backed job orchestrator")
+cli = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Switchyard: MongoDB-backed job orchestrator")
 
 
 def _settings(handlers: str | None, lease_seconds: float | None = None) -> Settings:
