@@ -7,10 +7,12 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from app import registry
 from app.domain import redact
-from app.api import admin, body, dashboard, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.api.schemas import ERROR_RESPONSES, error_responses
+from app.api import admin, body, dashboard, docs, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -61,10 +63,10 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
             if own_store:
                 await st.close()
 
-    from app.api.schemas import ERROR_RESPONSES
-
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
-                  description="MongoDB-backed job and workflow orchestrator")
+    # Error responses are listed per router (app/api/schemas.py), not here: the
+    # token-free operational endpoints answer no 401 or 403.
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id,
+                  description="MongoDB-backed job and workflow orchestrator", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.ready = False
     errors.install(app)
@@ -75,19 +77,38 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins(), allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
-    app.include_router(health.router)
-    app.include_router(keys.router)
-    app.include_router(live_api.router)  # before workflows and jobs: /jobs/{id}/events
-    app.include_router(notifications.router)  # before jobs: /jobs/notifications
-    app.include_router(workflows.router)
-    app.include_router(workers_api.router)  # before jobs, as queues
-    app.include_router(schedules.router)  # before jobs, as queues
-    app.include_router(queues.router)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
-    app.include_router(admin.router)  # before jobs: /jobs/dead-letter, /jobs/retry
-    app.include_router(jobs.router)
+    app.include_router(health.router, responses=error_responses(400, 404, 413, 422, 429))
+    app.include_router(docs.router)  # GET /docs: Swagger UI from the package, no CDN
+    app.include_router(keys.router, responses=ERROR_RESPONSES)
+    app.include_router(live_api.router, responses=ERROR_RESPONSES)  # before workflows and jobs: /jobs/{id}/events
+    app.include_router(notifications.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/notifications
+    app.include_router(workflows.router, responses=ERROR_RESPONSES)
+    app.include_router(workers_api.router, responses=ERROR_RESPONSES)  # before jobs, as queues
+    app.include_router(schedules.router, responses=ERROR_RESPONSES)  # before jobs, as queues
+    app.include_router(queues.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
+    app.include_router(admin.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/dead-letter, /jobs/retry
+    app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     app.openapi = lambda: _openapi(app)
     return app
+
+
+# One-word route functions are verbs on their router's resource: `submit` under "jobs" is
+# `submitJob`, `status` under "workflows" is `getWorkflowStatus`.
+RESOURCES = {"jobs": "Job", "dead letter": "Job", "queues": "Queue", "schedules": "Schedule",
+             "workflows": "Workflow"}
+NOUN_VERBS = {"status": "get{}Status", "history": "get{}History", "limits": "set{}Limits"}
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI `operationId`: camelCase of the route function's name (tests/test_openapi.py
+    checks they are unique)."""
+    name = route.name
+    resource = RESOURCES.get(route.tags[-1]) if route.tags else None
+    if "_" not in name and resource:
+        return NOUN_VERBS.get(name, name + "{}").format(resource)
+    first, *rest = name.split("_")
+    return first + "".join(w.capitalize() for w in rest)
 
 
 def _openapi(app: FastAPI) -> dict:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+
+from tests.helpers import eventually
+
+# a time with at most millisecond precision: ".408Z", ".408000Z", ".408+00:00" or ".408000+00:00"
+MILLIS = re.compile(r"\.\d{3}(000)?(Z|\+00:00)$")
 
 
 async def test_submit_status_list_and_cancel(api):
@@ -152,3 +160,50 @@ async def test_openapi_lists_the_contract(api):
                  "/api/v1/jobs/history", "/api/v1/jobs/queue/status", "/api/v1/jobs/queue/{name}/pause",
                  "/api/v1/jobs/queue/{name}/resume", "/api/v1/jobs/queue/{name}/limits"):
         assert path in spec["paths"], path
+
+
+async def test_unknown_routes_and_methods_have_the_error_shape(api):
+    r = await api.get("/api/v1/no-such-thing")
+    assert r.status_code == 404
+    assert r.json() == {"error": {"code": "http_404", "message": "no such route", "field": "path"}}
+    r = await api.delete("/api/v1/jobs/submit")
+    assert r.status_code == 405
+    assert r.json() == {"error": {"code": "http_405", "message": "method DELETE is not allowed here", "field": "method"}}
+    r = await api.get("/api/v1/jobs/0123456789abcdef01234567/status")  # our own errors name no field here
+    assert set(r.json()["error"]) >= {"code", "message", "field"}
+
+
+async def test_a_json_decode_error_names_a_line_and_column(api):
+    body = b'{"engine": "testing",\n "operation": ok}'
+    r = await api.post("/api/v1/jobs/submit", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["field"] == "body"
+    assert error["position"] == {"line": 2, "column": 15, "character": 36}
+    assert "at line 2, column 15" in error["message"] and "body.36" not in r.text
+
+
+async def test_one_job_shows_the_same_times_everywhere(api, worker, live):
+    """MongoDB keeps milliseconds: the submit answer must not show more than is stored, and
+    the REST answers and the job's event stream agree to the millisecond."""
+    submitted = (await api.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
+    job_id = submitted["id"]
+
+    async def finished():
+        job = (await api.get(f"/api/v1/jobs/{job_id}/status")).json()
+        return job if job["status"] == "completed" else None
+
+    status = await eventually(finished, timeout=20)
+    listed = next(j for j in (await api.get("/api/v1/jobs/")).json()["jobs"] if j["id"] == job_id)
+    assert submitted["created_at"] == status["created_at"] == listed["created_at"]
+    assert submitted["queued_at"] == status["queued_at"] == listed["queued_at"]
+    assert status["completed_at"] == listed["completed_at"]
+    frames = []
+    async with api.stream("GET", f"/api/v1/jobs/{job_id}/events", params={"since": 0}) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data:"):
+                frames.append(json.loads(line[5:]))
+    ats = [f["at"] for f in frames if "at" in f]
+    assert ats and all(MILLIS.search(at) for at in ats), ats
+    for stamp in (submitted["created_at"], submitted["queued_at"], status["completed_at"]):
+        assert MILLIS.search(stamp), stamp

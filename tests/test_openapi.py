@@ -4,6 +4,7 @@ operation get no 5xx, and every response matches the documented schema and statu
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
 from contextlib import contextmanager
@@ -87,3 +88,27 @@ async def test_the_document_says_how_to_authenticate_and_the_cross_field_rules(a
     assert schemas["ScheduleSpec"]["oneOf"] == [{"required": ["job"], "not": {"required": ["workflow"]}},
                                                 {"required": ["workflow"], "not": {"required": ["job"]}}]
     assert "exactly one of `job` and `workflow`" in schemas["ScheduleSpec"]["description"]
+
+
+async def test_operation_ids_are_readable_and_unique(api):
+    spec = (await api.get("/openapi.json")).json()
+    ids = [op["operationId"] for operations in spec["paths"].values() for op in operations.values()]
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]+", i) for i in ids), ids
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert spec["paths"]["/api/v1/jobs/submit"]["post"]["operationId"] == "submitJob"
+    assert spec["paths"]["/api/v1/jobs/workflows/{workflow_id}/status"]["get"]["operationId"] == "getWorkflowStatus"
+
+
+async def test_operational_endpoints_list_no_auth_errors_and_have_typed_bodies(api):
+    spec = (await api.get("/openapi.json")).json()
+    for path in ("/health", "/ready", "/metrics"):
+        responses = spec["paths"][path]["get"]["responses"]
+        assert "401" not in responses and "403" not in responses, path
+    assert "401" in spec["paths"]["/api/v1/jobs/submit"]["post"]["responses"]  # the rest still list them
+    schemas = spec["components"]["schemas"]
+    for path, model in (("/health", "HealthOut"), ("/ready", "ReadyOut")):
+        ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{model}"}, path
+    assert {"status", "uptime", "database", "email", "workers", "queues"} <= set(schemas["HealthOut"]["properties"])
+    assert {"alive", "dead", "restarting"} <= set(schemas["Workers"]["properties"])
+    assert schemas["Workers"]["required"] == ["alive"]

@@ -64,3 +64,47 @@ async def test_random_dags_respect_dependencies(db_url, store):
                 gap = (s["started_at"] - steps[d]["completed_at"]).total_seconds()
                 assert gap >= -0.02, f"{s['step_key']} started {-gap:.3f}s before {d} completed"
     assert (await store.engines.get("testing")).get("running", 0) == 0
+
+
+async def test_fail_fast_tells_the_steps_it_cancels_why(api, store, worker, live):
+    """A step that fail_fast stops, running or waiting, says the workflow failed and which
+    step failed in the API, not "cancelled by user"; a waiting one says so in its event."""
+    await store.engines.set_limit("testing", 50)
+    r = await api.post("/api/v1/jobs/workflows", json={"name": "ff", "failure_policy": "fail_fast", "jobs": [
+        {"key": "slow", "engine": "testing", "operation": "wait_cancel", "parameters": {"max": 60}},
+        {"key": "later", "engine": "testing", "operation": "ok", "depends_on": ["slow"]}]})
+    assert r.status_code == 201, r.text
+    wf_id = r.json()["id"]
+
+    async def step_status(key):
+        steps = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()["steps"]
+        return next(s for s in steps if s["key"] == key)
+
+    await eventually(lambda: _is(step_status("slow"), "running"))
+    r = await api.post(f"/api/v1/jobs/workflows/{wf_id}/jobs", json={"jobs": [
+        {"key": "bad", "engine": "testing", "operation": "permanent"},
+        {"key": "after", "engine": "testing", "operation": "ok", "depends_on": ["bad"]}]})
+    assert r.status_code in (200, 201), r.text
+
+    async def failed():
+        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
+        return body if body["status"] == "failed" else None
+
+    body = await eventually(failed, timeout=30)
+    steps = {s["key"]: s for s in body["steps"]}
+    why = "workflow_failed: step 'bad' failed"
+    assert steps["slow"]["status"] == steps["later"]["status"] == "cancelled"
+    assert steps["slow"]["cancel_reason"] == steps["later"]["cancel_reason"] == why
+    assert steps["after"]["cancel_reason"] == "dependency_failed"  # it depended on the failed step
+    slow = (await api.get(f"/api/v1/jobs/{steps['slow']['job_id']}/status")).json()
+    assert slow["cancel_reason"] == why
+
+    async def cancelled_event():
+        events = await store.events.since(0, job_id=steps["later"]["job_id"])
+        return next((e for e in events if e["type"] == "job.cancelled"), None)
+
+    assert (await eventually(cancelled_event, timeout=20))["reason"] == why
+
+
+async def _is(step, status) -> bool:
+    return (await step)["status"] == status

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from app import metrics
 from app.api.auth import require_principal
@@ -34,7 +36,71 @@ EMAIL_STATUS_TIMEOUT = 3.0  # seconds; a hung SMTP probe must not hang /health
 QUEUE_READ_TIMEOUT = 2.0
 
 
-@router.get("/health")
+class _Sparse(BaseModel):
+    """Leaves out the fields named in `_sparse` while they are null: they appear only when
+    there is something to say."""
+    _sparse: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler):
+        out = handler(self)
+        return {k: v for k, v in out.items() if not (v is None and k in self._sparse)}
+
+
+class Database(BaseModel):
+    reachable: bool
+    latency_ms: float | None = Field(description="one ping's round trip; null when the database does not answer")
+
+
+class Email(_Sparse):
+    """What the notifications service reports about email; it may add fields of its own."""
+    _sparse = ("server", "ok", "status", "pending", "dead", "last_error", "last_sent_at")
+    model_config = ConfigDict(extra="allow")
+    configured: bool
+    server: str | None = Field(None, description="`host:port` of the SMTP server; shown only with a token")
+    reason: str | None = None
+    ok: bool | None = None
+    status: str | None = Field(None, description='"ok", "failing" or "disabled", when the mailer runs here')
+    pending: int | None = Field(None, description="emails waiting to be sent")
+    dead: int | None = Field(None, description="emails given up on")
+    last_error: str | None = None
+    last_sent_at: str | None = None
+
+
+class Workers(_Sparse):
+    _sparse = ("dead", "restarting")
+    alive: int = Field(description="workers whose heartbeat is current")
+    dead: int | None = None
+    restarting: int | None = None
+
+
+class Queue(BaseModel):
+    waiting: int
+    active: int
+    paused: bool
+    limit: int
+    queued: int = Field(description="the older name of `waiting`")
+    running: int = Field(description="the older name of `active`")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    uptime: float = Field(description="seconds since this instance started (also as `uptime_seconds`)")
+    uptime_seconds: float
+    database: Database
+    email: Email
+    workers: Workers | None = Field(description="null when the database does not answer")
+    queues: dict[str, Queue] | None = Field(description="per engine; null without a valid token")
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    started: bool = Field(description="start-up finished: indexes ensured, loops started")
+    database: bool = Field(description="the database answers")
+
+
+@router.get("/health", response_model=HealthOut,
+            responses={503: {"model": HealthOut, "description": "the database does not answer"}})
 async def health(request: Request, response: Response) -> dict:
     """Status, uptime, database, email (SMTP), workers alive; with a token, per queue the
     waiting and active counts (plus the older `queued`/`running` names, limit and pause
@@ -70,7 +136,8 @@ async def health(request: Request, response: Response) -> dict:
     return body
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "not started yet, shutting down, or the database is gone"}})
 async def ready(request: Request, response: Response) -> dict:
     """200 once start-up finished (indexes ensured, loops started) and while the database
     answers; 503 before, during shutdown, or when the database is gone."""

@@ -112,6 +112,7 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+    position: dict[str, int] | None = Field(None, description="a body that is not JSON: where it stops being JSON (`line`, `column`, `character`)")
     details: dict[str, Any] | None = None
     errors: list[dict[str, Any]] | None = None
 
@@ -127,3 +128,8 @@ ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text
     (404, "no such resource, or not the caller's to see"), (409, "the resource is not in a state that allows this"),
     (413, "the body is over the size cap"), (422, "the request failed validation; `field` names the problem"),
     (429, "rate limit or quota reached; see Retry-After"))}
+
+
+def error_responses(*codes: int) -> dict:
+    """The documented error answers for these status codes only."""
+    return {c: ERROR_RESPONSES[c] for c in codes}

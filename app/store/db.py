@@ -101,9 +101,13 @@ class Clock:
         return self.now()
 
     def now(self) -> datetime:
+        """Whole milliseconds, as BSON stores dates: a time handed out before a write (in
+        an API answer) is exactly the one read back later."""
         if self._base is None:  # before the first sync, fall back to the local clock
-            return datetime.now(timezone.utc)
-        return self._base + timedelta(seconds=time.monotonic() - self._mono)
+            t = datetime.now(timezone.utc)
+        else:
+            t = self._base + timedelta(seconds=time.monotonic() - self._mono)
+        return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
 SCHEMA_VERSION = 3  # raise it whenever an index or a migration changes

@@ -13,6 +13,7 @@ from app.store.retention import awaits_fanout
 RUNNING = WorkflowStatus.RUNNING.value
 DEPENDENCY_FAILED = "dependency_failed"
 DEPENDENCY_CANCELLED = "dependency_cancelled"
+WORKFLOW_FAILED = "workflow_failed"  # fail_fast: `workflow_failed: step 'key' failed`
 
 
 class WorkflowFlow:
@@ -67,13 +68,14 @@ class WorkflowFlow:
         wf = await self.workflows.get(job["workflow_id"])
         key, status = job["step_key"], JobStatus(job["status"])
         open_steps = await self._open_steps(wf["_id"])
+        children = self._children(await self.workflows.graph(wf["_id"]))
+        below = [k for k in descendants(children, [key]) if k in open_steps]
+        reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
+        await self._cancel_keys(wf["_id"], {k: open_steps[k] for k in below}, reason)
         if status == JobStatus.FAILED and wf["failure_policy"] == "fail_fast":
-            targets, reason = [k for k in open_steps if k != key], DEPENDENCY_FAILED
-        else:  # only here is the graph needed
-            children = self._children(await self.workflows.graph(wf["_id"]))
-            targets = [k for k in descendants(children, [key]) if k in open_steps]
-            reason = DEPENDENCY_FAILED if status == JobStatus.FAILED else DEPENDENCY_CANCELLED
-        await self._cancel_keys(wf["_id"], {k: open_steps[k] for k in targets}, reason)
+            # the rest did not depend on the failed step: they stop because the workflow failed
+            rest = {k: v for k, v in open_steps.items() if k != key and k not in below}
+            await self._cancel_keys(wf["_id"], rest, f"{WORKFLOW_FAILED}: step {key!r} failed")
 
     async def _open_steps(self, workflow_id: str) -> dict[str, str]:
         """`{key: job_id}` of the workflow's unfinished steps."""
@@ -156,7 +158,8 @@ class WorkflowFlow:
         steps = await self.jobs.steps_of(workflow_id, {"status": 1, "cancel_reason": 1, "parent_ids": 1, "step_key": 1,
                                                        "engine": 1, "priority": 1, "tenant": 1, "ord": 1})
         again = [s for s in steps if s["status"] == "failed"
-                 or (s["status"] == "cancelled" and s.get("cancel_reason") in (DEPENDENCY_FAILED, DEPENDENCY_CANCELLED))]
+                 or (s["status"] == "cancelled"
+                     and (s.get("cancel_reason") or "").split(":")[0] in (DEPENDENCY_FAILED, DEPENDENCY_CANCELLED, WORKFLOW_FAILED))]
         if not again:
             raise InvalidTransition(f"workflow {workflow_id} has no failed steps to retry", field="status")
         res = await self.col.update_one({"_id": workflow_id, "status": wf["status"]}, {

@@ -31,6 +31,7 @@ class Execution:
         self.log = job_logger(job, worker=worker)
         self.lost = asyncio.Event()
         self.releasing = asyncio.Event()
+        self.cancel_reason = "cancelled by user"  # or why the store asked it to stop (a failed workflow)
         self.ctx = JobContext(
             job_id=job["_id"], engine=job["engine"], operation=job["operation"], attempt=job["attempt"],
             params=job.get("parameters") or {}, parents=job.get("parents") or {}, workflow_id=job.get("workflow_id"),
@@ -95,12 +96,12 @@ class Execution:
 
     async def _cancel(self, task: asyncio.Task) -> oc.Outcome:
         """The handler was told through `ctx.cancelled`; give it the grace period to stop."""
-        reason = "cancelled by user"
+        reason = self.cancel_reason
         done, _ = await asyncio.wait([task], timeout=self.cancel_grace)
         if not done:
             self.log.warning("job.cancel_forced", grace_seconds=self.cancel_grace)
             await _stop(task)
-            reason = f"cancelled by user; stopped after a {self.cancel_grace:g}s grace period"
+            reason = f"{self.cancel_reason}; stopped after a {self.cancel_grace:g}s grace period"
         return oc.Cancelled(reason)
 
     def _finished(self, task: asyncio.Task) -> oc.Outcome:
@@ -109,10 +110,10 @@ class Execution:
         exc = task.exception()
         if exc is None:
             if self.cancel_requested.is_set():
-                return oc.Cancelled("cancelled by user; the handler stopped early")
+                return oc.Cancelled(f"{self.cancel_reason}; the handler stopped early")
             return oc.classify_result(task.result())
         if isinstance(exc, asyncio.CancelledError) and self.cancel_requested.is_set():
-            return oc.Cancelled("cancelled by user")
+            return oc.Cancelled(self.cancel_reason)
         self.log.info("job.handler_error", error_type=type(exc).__name__, error=str(exc)[:500])
         return oc.classify_exception(exc)
 

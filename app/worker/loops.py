@@ -73,10 +73,11 @@ class LoopsMixin:
             if not self.running:
                 continue
             try:
-                for job_id in await self.store.jobs.cancel_requested(list(self.running)):
+                for job_id, reason in (await self.store.jobs.cancel_reasons(list(self.running))).items():
                     ex = self.running.get(job_id)
                     if ex and not ex.cancel_requested.is_set():
                         ex.log.info("job.cancel_signalled")
+                        ex.cancel_reason = reason or ex.cancel_reason
                         ex.cancel_requested.set()
             except asyncio.CancelledError:
                 raise
