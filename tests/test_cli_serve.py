@@ -172,6 +172,8 @@ def test_a_crashing_handler_leaves_the_api_up_and_a_sigkill_leaves_no_child(tmp_
         workers = client.get("/api/v1/jobs/workers").json()["workers"]
         assert {w["status"] for w in workers} == {"alive", "dead"}  # the dead one marked at once, the new one alive
         assert all(w["pid"] != serve.pid for w in workers)  # the slots ran outside the API process
+        health = client.get("/health").json()["workers"]  # and /health says so
+        assert health["restarts"] >= 1 and health["dead"] >= 1 and health["last_exit"]["code"] != 0
 
         children = descendants(serve.pid)
         assert len(children) >= 2  # the embedded database and a worker at least

@@ -7,10 +7,10 @@ alive. Per-queue counts and engine names, and the SMTP server, are added only fo
 with a valid token, scoped as in queue status (a tenant sees its own counts).
 
 `/health` answers 200 with `status` "ok", or "degraded" when the database answers but email
-reports a failure; 503 with "unavailable" when the database does not answer. Email state
+reports a failure or alerts that found no recipient; 503 with "unavailable" when the database does not answer. Email state
 comes from `app.state.email_status` when the notifications service sets it (a zero-argument
-async callable returning a dict; `"status": "failing"` or `"ok": false` in it means email is
-failing), otherwise from whether `SMTP_URL` is set.
+async callable returning a dict; `"status": "failing"` or `"no_recipient"`, or `"ok": false`,
+in it means email is not delivering alerts), otherwise from whether `SMTP_URL` is set.
 
 `/metrics` carries no secrets (counts, durations, engine names), so like `/health` it needs
 no token; keep it off public networks as usual for Prometheus endpoints.
@@ -60,7 +60,7 @@ class Email(_Sparse):
     server: str | None = Field(None, description="`host:port` of the SMTP server; shown only with a token")
     reason: str | None = None
     ok: bool | None = None
-    status: str | None = Field(None, description='"ok", "failing" or "disabled", when the mailer runs here')
+    status: str | None = Field(None, description='"ok", "failing", "no_recipient" or "disabled", when the mailer runs here')
     pending: int | None = Field(None, description="emails waiting to be sent")
     dead: int | None = Field(None, description="emails given up on")
     last_error: str | None = None
@@ -68,10 +68,12 @@ class Email(_Sparse):
 
 
 class Workers(_Sparse):
-    _sparse = ("dead", "restarting")
+    _sparse = ("dead", "restarting", "restarts", "last_exit")
     alive: int = Field(description="workers whose heartbeat is current")
-    dead: int | None = None
-    restarting: int | None = None
+    dead: int | None = Field(None, description="worker registrations marked dead (shown when any)")
+    restarting: int | None = Field(None, description="worker processes `serve` is about to restart, after a back-off")
+    restarts: int | None = Field(None, description="worker processes `serve`'s supervisors have restarted")
+    last_exit: dict | None = Field(None, description="the latest worker process exit seen by a supervisor: pid, code, ran_s, at")
 
 
 class Queue(BaseModel):
@@ -125,10 +127,10 @@ async def health(request: Request, response: Response) -> dict:
         "queues": None,
     }
     if reachable:
-        body["workers"] = {"alive": await store.workers.alive_count()}
+        body["workers"] = {k: v if k == "alive" else v or None for k, v in (await store.workers.summary()).items()}
         if who is not None:
             body["queues"] = {q.name: _queue(q) for q in (await queue_status(request, who)).queues}
-        if email.get("ok") is False or email.get("status") == "failing":
+        if email.get("ok") is False or email.get("status") in ("failing", "no_recipient"):
             body["status"] = "degraded"
     else:
         body["status"] = "unavailable"
