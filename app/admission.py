@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
@@ -40,7 +40,7 @@ BOOTSTRAP_OWNER = "admin"  # `Principal.owner` of the bootstrap admin
 GAP_WINDOW_FIRES = 4000
 GAP_WINDOW = timedelta(days=400)
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def limited_tenant(owner: str) -> str | None:
@@ -85,8 +85,11 @@ class Admission:
         s = self.settings
         waiting = await self._waiting(tenant)
         if waiting + n > s.tenant_max_queued:
-            raise RateLimited(f"tenant {tenant!r} has {waiting} jobs waiting; the quota is {s.tenant_max_queued}",
-                              field="tenant", retry_after=5)
+            raise RateLimited(
+                f"tenant {tenant!r} has {waiting} jobs waiting; the quota is {s.tenant_max_queued}",
+                field="tenant",
+                retry_after=5,
+            )
         await self._take(tenant, min(float(n), s.rate_limit_burst))
         at, count = self.waiting[tenant]
         self.waiting[tenant] = (at, count + n)
@@ -104,21 +107,31 @@ class Admission:
         gap = shortest_gap(cron, now, enough=floor)
         if gap is not None and gap < floor:
             # The expression is the caller's own input: named by field, never echoed.
-            raise ValidationFailed(f"ticks of this schedule would be {gap.total_seconds():g} s apart; the minimum is "
-                                   f"{s.schedule_min_interval_seconds:g} s", field="cron")
+            raise ValidationFailed(
+                f"ticks of this schedule would be {gap.total_seconds():g} s apart; the minimum is "
+                f"{s.schedule_min_interval_seconds:g} s",
+                field="cron",
+            )
         have = await self.store.schedules.count(tenant)
         if have >= s.tenant_max_schedules:
-            raise Conflict(f"tenant {tenant!r} has {have} schedules; the cap is {s.tenant_max_schedules}",
-                           field="tenant", reason="tenant_max_schedules")
+            raise Conflict(
+                f"tenant {tenant!r} has {have} schedules; the cap is {s.tenant_max_schedules}",
+                field="tenant",
+                reason="tenant_max_schedules",
+            )
         await self._take(tenant, 1.0)
 
     async def _take(self, tenant: str, cost: float) -> None:
         s = self.settings
-        wait = await self.store.rate_limits.take(f"jobs:{tenant}", rate=s.rate_limit_per_second,
-                                                 burst=s.rate_limit_burst, now=self.store.clock.now(), n=cost)
+        wait = await self.store.rate_limits.take(
+            f"jobs:{tenant}", rate=s.rate_limit_per_second, burst=s.rate_limit_burst, now=self.store.clock.now(), n=cost
+        )
         if wait:
-            raise RateLimited(f"tenant {tenant!r} is creating jobs faster than {s.rate_limit_per_second:g}/s; "
-                              f"retry in {wait:.1f} s", field="tenant", retry_after=math.ceil(wait))
+            raise RateLimited(
+                f"tenant {tenant!r} is creating jobs faster than {s.rate_limit_per_second:g}/s; retry in {wait:.1f} s",
+                field="tenant",
+                retry_after=math.ceil(wait),
+            )
 
     async def _waiting(self, tenant: str) -> int:
         at, count = self.waiting.get(tenant, (0.0, 0))

@@ -15,8 +15,12 @@ import typer
 
 from app.settings import Settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Switchyard: MongoDB-backed job orchestrator")
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Switchyard: MongoDB-backed job orchestrator",
+)
 
 
 def _settings(handlers: str | None, lease_seconds: float | None = None) -> Settings:
@@ -57,7 +61,7 @@ def _load_handlers(s: Settings) -> None:
         registry.load(s.handler_modules())
     except (registry.HandlerModuleError, registry.DuplicateHandler) as exc:
         typer.echo(f"switchyard: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _bind(host: str, port: int):
@@ -73,7 +77,7 @@ def _bind(host: str, port: int):
     except OSError as exc:
         sock.close()
         typer.echo(f"switchyard: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     sock.set_inheritable(True)
     return sock
 
@@ -84,7 +88,9 @@ def serve(
     port: int = typer.Option(8000, help="port to listen on"),
     workers: int = typer.Option(4, min=0, help="job slots, run in supervised worker processes (0: API only)"),
     processes: int = typer.Option(1, min=1, help="worker processes sharing the job slots"),
-    handlers: str = typer.Option(None, help="extra handler modules, comma-separated (looked up in the current directory first)"),
+    handlers: str = typer.Option(
+        None, help="extra handler modules, comma-separated (looked up in the current directory first)"
+    ),
 ) -> None:
     """Run the API, the dashboard and a supervised pool of worker processes."""
     import uvicorn
@@ -117,9 +123,16 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     # Event messages are small JSON: compressing each costs more CPU than it saves bytes.
-    config = uvicorn.Config(create_app(s, url=url, supervisor=sup), host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5,
-                            ws_per_message_deflate=False, ws_max_size=64 * 1024, **uvicorn_options(s))
+    config = uvicorn.Config(
+        create_app(s, url=url, supervisor=sup),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(s.shutdown_grace_seconds) + 5,
+        ws_per_message_deflate=False,
+        ws_max_size=64 * 1024,
+        **uvicorn_options(s),
+    )
     web = uvicorn.Server(config)
 
     async def run() -> None:
@@ -129,6 +142,7 @@ def serve(
         if web.started:  # listening, with its lifespan (database, supervisor) up
             typer.echo(f"Switchyard on http://{host}:{port}  (workers: {workers})", err=True)
         await task
+
     try:
         asyncio.run(run())
     finally:
@@ -142,7 +156,9 @@ def serve(
 def worker(
     concurrency: int = typer.Option(4, min=1, help="job slots in this process"),
     engines: str = typer.Option(None, help="only these engines, comma-separated"),
-    handlers: str = typer.Option(None, help="extra handler modules, comma-separated (looked up in the current directory first)"),
+    handlers: str = typer.Option(
+        None, help="extra handler modules, comma-separated (looked up in the current directory first)"
+    ),
     metrics_port: int = typer.Option(None, min=1, max=65535, help="serve Prometheus /metrics on this port"),
     supervisor: str = typer.Option(None, hidden=True, help="the id of the `serve` supervising this process"),
     parent_pid: int = typer.Option(None, hidden=True, help="exit when this process is gone"),
@@ -183,11 +199,18 @@ def migrate() -> None:
             typer.echo(f"migrated {s.mongodb_db}: schema {store.schema()}", err=True)
         finally:
             await store.close()
+
     asyncio.run(run())
 
 
-async def _run_worker(s: Settings, url: str, concurrency: int, engines: list[str] | None,
-                      supervisor: str | None = None, parent_pid: int | None = None) -> None:
+async def _run_worker(
+    s: Settings,
+    url: str,
+    concurrency: int,
+    engines: list[str] | None,
+    supervisor: str | None = None,
+    parent_pid: int | None = None,
+) -> None:
     from app.store import connect
     from app.worker.maintenance import Maintenance
     from app.worker.processor import JobProcessor

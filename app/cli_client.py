@@ -18,7 +18,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,9 +34,14 @@ from app.client import DEFAULT_URL, FINISHED, SwitchyardAPIError, SwitchyardClie
 out = Console()
 err = Console(stderr=True)
 UrlOption = typer.Option(DEFAULT_URL, "--url", envvar="SWITCHYARD_URL", help="the server's base URL")
-TokenOption = typer.Option(None, "--token", envvar="SWITCHYARD_TOKEN", show_default=False,
-                           help="API token (default: SWITCHYARD_ADMIN_TOKEN, or the admin_token of the data directory "
-                                "or of the one `serve` recorded)")
+TokenOption = typer.Option(
+    None,
+    "--token",
+    envvar="SWITCHYARD_TOKEN",
+    show_default=False,
+    help="API token (default: SWITCHYARD_ADMIN_TOKEN, or the admin_token of the data directory "
+    "or of the one `serve` recorded)",
+)
 
 
 def register(cli: typer.Typer) -> None:
@@ -80,8 +85,11 @@ class Auth:
     looked: list[str] = field(default_factory=list)
 
     def explain(self) -> str:
-        return f"the token came from {self.source}" if self.token else \
-            "no token: looked for --token, SWITCHYARD_TOKEN, SWITCHYARD_ADMIN_TOKEN, " + ", ".join(self.looked)
+        return (
+            f"the token came from {self.source}"
+            if self.token
+            else "no token: looked for --token, SWITCHYARD_TOKEN, SWITCHYARD_ADMIN_TOKEN, " + ", ".join(self.looked)
+        )
 
 
 def find_token(token: str | None, url: str) -> Auth:
@@ -117,10 +125,10 @@ def _run(fn, auth: Auth | None = None):
     except SwitchyardAPIError as exc:
         where = (f" ({exc.field})" if exc.field else "") + (f"; {auth.explain()}" if auth and exc.status == 401 else "")
         err.print(f"[red]error {exc.status} {exc.code}[/red]: {exc.message}{where}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except httpx.TransportError as exc:
         err.print(f"[red]cannot reach the server[/red]: {exc}", highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def load_spec(path: Path) -> dict:
@@ -156,14 +164,15 @@ def submit(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a job, or a workflow (an object with `jobs`)"),
     wait: bool = typer.Option(False, "--wait/--no-wait", metavar="", help="then follow it until it finishes"),
     as_json: bool = typer.Option(False, "--json", metavar="", help="print the API's answer as JSON"),
-    url: str = UrlOption, token: str = TokenOption,
+    url: str = UrlOption,
+    token: str = TokenOption,
 ) -> None:
     """Submit a job or a workflow from a JSON or YAML file."""
     try:
         spec = load_spec(file)
     except ValueError as exc:  # a UnicodeDecodeError too
         err.print(f"[red]cannot read {file}[/red]: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     workflow = "jobs" in spec
     auth = find_token(token, url)
 
@@ -180,15 +189,18 @@ def submit(
                 again = " (an existing job with this dedupe_key)" if body.get("deduplicated") else ""
                 out.print(f"job [bold]{body['id']}[/bold] {body['status']}{again}", highlight=False)
             return _follow(c, body["id"], workflow) if wait else 0
+
     raise typer.Exit(_run(go, auth))
 
 
 def status(
     id: str = typer.Argument(..., help="a job id or a workflow id"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", metavar="",
-                              help="follow it until it finishes (--no-wait: print the status once)"),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", metavar="", help="follow it until it finishes (--no-wait: print the status once)"
+    ),
     interval: float = typer.Option(0.5, min=0.05, help="seconds between polls while following"),
-    url: str = UrlOption, token: str = TokenOption,
+    url: str = UrlOption,
+    token: str = TokenOption,
 ) -> None:
     """Show a job or a workflow, with a live progress bar until it finishes.
 
@@ -207,6 +219,7 @@ def status(
                 _summary(body, workflow)
                 return _code(body) if wait else 0
             return _follow(c, id, workflow, interval)
+
     raise typer.Exit(_run(go, auth))
 
 
@@ -243,8 +256,10 @@ def _code(body: dict) -> int:
 def _summary(body: dict, workflow: bool) -> None:
     colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(body["status"], "cyan")
     kind = "workflow" if workflow else "job"
-    out.print(f"{kind} [bold]{body['id']}[/bold] [{colour}]{body['status']}[/{colour}] "
-              f"({_percent(body, workflow):.0f}%)", highlight=False)
+    out.print(
+        f"{kind} [bold]{body['id']}[/bold] [{colour}]{body['status']}[/{colour}] ({_percent(body, workflow):.0f}%)",
+        highlight=False,
+    )
     if workflow:
         table = Table("step", "status", "engine.operation", "progress")
         for s in body.get("steps") or []:
@@ -261,7 +276,7 @@ def _summary(body: dict, workflow: bool) -> None:
 def _age(at: Any) -> str:
     if not at:
         return "-"
-    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(str(at).replace("Z", "+00:00"))).total_seconds()
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(str(at).replace("Z", "+00:00"))).total_seconds()
     return f"{max(seconds, 0):.0f}s ago"
 
 
@@ -275,15 +290,24 @@ def queues(url: str = UrlOption, token: str = TokenOption) -> None:
         table = Table("queue", "running", "queued", "paused", "oldest queued", title="queues")
         for q in rows:
             age = q.get("oldest_queued_age_seconds")
-            table.add_row(q["name"], f"{q['running']}/{q['max_concurrent_jobs']}", str(q["queued"]),
-                          "yes" if q["paused"] else "", f"{age:.1f}s" if age is not None else "-")
+            table.add_row(
+                q["name"],
+                f"{q['running']}/{q['max_concurrent_jobs']}",
+                str(q["queued"]),
+                "yes" if q["paused"] else "",
+                f"{age:.1f}s" if age is not None else "-",
+            )
         out.print(table)
         return 0
+
     raise typer.Exit(_run(go, auth))
 
 
-def workers(url: str = UrlOption, token: str = TokenOption,
-            state: str = typer.Option(None, "--status", help="only alive, dead or stopped workers")) -> None:
+def workers(
+    url: str = UrlOption,
+    token: str = TokenOption,
+    state: str = typer.Option(None, "--status", help="only alive, dead or stopped workers"),
+) -> None:
     """Registered worker processes: host, pid, engines, slots, running jobs, last heartbeat."""
     auth = find_token(token, url)
 
@@ -293,8 +317,17 @@ def workers(url: str = UrlOption, token: str = TokenOption,
         table = Table("worker", "host", "pid", "kind", "engines", "running", "status", "last seen", title="workers")
         for w in rows:
             colour = {"alive": "green", "dead": "red"}.get(w["status"], "dim")
-            table.add_row(w["id"], w["host"], str(w["pid"]), w.get("kind", ""), ",".join(w["engines"] or ["all"]),
-                          f"{w['running']}/{w['concurrency']}", f"[{colour}]{w['status']}[/{colour}]", _age(w["last_seen"]))
+            table.add_row(
+                w["id"],
+                w["host"],
+                str(w["pid"]),
+                w.get("kind", ""),
+                ",".join(w["engines"] or ["all"]),
+                f"{w['running']}/{w['concurrency']}",
+                f"[{colour}]{w['status']}[/{colour}]",
+                _age(w["last_seen"]),
+            )
         out.print(table)
         return 0
+
     raise typer.Exit(_run(go, auth))

@@ -14,8 +14,9 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 
@@ -85,8 +86,13 @@ def _error(resp: httpx.Response) -> SwitchyardAPIError:
     details = dict(err["details"]) if isinstance(err.get("details"), dict) else {}
     if "errors" in err:  # a validation error lists every field
         details["errors"] = err["errors"]
-    return SwitchyardAPIError(resp.status_code, err.get("code") or f"http_{resp.status_code}",
-                              err.get("message") or resp.text[:500] or resp.reason_phrase, err.get("field"), details)
+    return SwitchyardAPIError(
+        resp.status_code,
+        err.get("code") or f"http_{resp.status_code}",
+        err.get("message") or resp.text[:500] or resp.reason_phrase,
+        err.get("field"),
+        details,
+    )
 
 
 def _body(obj: Any) -> Any:
@@ -118,7 +124,7 @@ class _Stream:
         self.failures += 1
         if self.failures > self.reconnects:
             raise ConnectionError(f"events stream {self.path} kept dropping; last event {self.last}")
-        return min(0.2 * 2 ** self.failures, 5.0)
+        return min(0.2 * 2**self.failures, 5.0)
 
     def saw(self, ev: Event) -> bool:
         """Record `ev`; True when nothing more will come (the `final` event)."""
@@ -126,8 +132,10 @@ class _Stream:
         self.last = ev.id if ev.id is not None else self.last
         kind, _, status = ev.type.partition(".")
         data = ev.data if isinstance(ev.data, dict) else {}
-        if status in FINISHED and ((kind == "job" and self.job_id and data.get("job_id") == self.job_id)
-                                   or (kind == "workflow" and self.workflow_id)):
+        if status in FINISHED and (
+            (kind == "job" and self.job_id and data.get("job_id") == self.job_id)
+            or (kind == "workflow" and self.workflow_id)
+        ):
             self.ended = True
         if ev.type == "final":
             self.ended = True
@@ -187,12 +195,18 @@ class _Waiter:
 class SwitchyardClient(_Base):
     """Blocking client. Use as a context manager, or call `close()`."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(url, token, timeout)
         self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
 
-    def __enter__(self) -> "SwitchyardClient":
+    def __enter__(self) -> SwitchyardClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -205,23 +219,57 @@ class SwitchyardClient(_Base):
         method, path, options = _req(name, *args, **kw)
         return self._result(self.http.request(method, path, **options))
 
-    def submit(self, job) -> dict: return self._call("submit", job)  # noqa: E704
-    def submit_workflow(self, spec) -> dict: return self._call("submit_workflow", spec)  # noqa: E704
-    def status(self, job_id: str) -> dict: return self._call("status", job_id)  # noqa: E704
-    def workflow_status(self, workflow_id: str) -> dict: return self._call("workflow_status", workflow_id)  # noqa: E704
-    def cancel(self, job_id: str) -> dict: return self._call("cancel", job_id)  # noqa: E704
-    def cancel_workflow(self, workflow_id: str) -> dict: return self._call("cancel_workflow", workflow_id)  # noqa: E704
-    def retry(self, job_id: str) -> dict: return self._call("retry", job_id)  # noqa: E704
-    def retry_workflow(self, workflow_id: str) -> dict: return self._call("retry_workflow", workflow_id)  # noqa: E704
-    def jobs(self, **filters) -> dict: return self._call("jobs", **filters)  # noqa: E704
-    def dead_letter(self, **filters) -> dict: return self._call("dead_letter", **filters)  # noqa: E704
-    def retry_failed(self, **filters) -> dict: return self._call("retry_failed", **filters)  # noqa: E704
-    def reset_stuck(self, **body) -> dict: return self._call("reset_stuck", **body)  # noqa: E704
-    def queues(self) -> list[dict]: return self._call("queues")["queues"]  # noqa: E704
-    def workers(self, **filters) -> list[dict]: return self._call("workers", **filters)["workers"]  # noqa: E704
+    def submit(self, job) -> dict:
+        return self._call("submit", job)  # noqa: E704
 
-    def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.1, max_poll: float = 2.0,
-             workflow: bool = False) -> dict:
+    def submit_workflow(self, spec) -> dict:
+        return self._call("submit_workflow", spec)  # noqa: E704
+
+    def status(self, job_id: str) -> dict:
+        return self._call("status", job_id)  # noqa: E704
+
+    def workflow_status(self, workflow_id: str) -> dict:
+        return self._call("workflow_status", workflow_id)  # noqa: E704
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("cancel", job_id)  # noqa: E704
+
+    def cancel_workflow(self, workflow_id: str) -> dict:
+        return self._call("cancel_workflow", workflow_id)  # noqa: E704
+
+    def retry(self, job_id: str) -> dict:
+        return self._call("retry", job_id)  # noqa: E704
+
+    def retry_workflow(self, workflow_id: str) -> dict:
+        return self._call("retry_workflow", workflow_id)  # noqa: E704
+
+    def jobs(self, **filters) -> dict:
+        return self._call("jobs", **filters)  # noqa: E704
+
+    def dead_letter(self, **filters) -> dict:
+        return self._call("dead_letter", **filters)  # noqa: E704
+
+    def retry_failed(self, **filters) -> dict:
+        return self._call("retry_failed", **filters)  # noqa: E704
+
+    def reset_stuck(self, **body) -> dict:
+        return self._call("reset_stuck", **body)  # noqa: E704
+
+    def queues(self) -> list[dict]:
+        return self._call("queues")["queues"]  # noqa: E704
+
+    def workers(self, **filters) -> list[dict]:
+        return self._call("workers", **filters)["workers"]  # noqa: E704
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.1,
+        max_poll: float = 2.0,
+        workflow: bool = False,
+    ) -> dict:
         """Poll the status, backing off from `poll` to `max_poll` seconds, until the job (or
         with `workflow=True` the workflow) finishes. Returns its last status; raises
         `TimeoutError` after `timeout` seconds."""
@@ -233,16 +281,24 @@ class SwitchyardClient(_Base):
     def wait_workflow(self, workflow_id: str, timeout: float | None = None, **kw) -> dict:
         return self.wait(workflow_id, timeout, workflow=True, **kw)
 
-    def stream_events(self, job_id: str | None = None, workflow_id: str | None = None, *, last_event_id: int | None = None,
-                      reconnects: int = 5, idle_timeout: float = 60.0) -> Iterator[Event]:
+    def stream_events(
+        self,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        *,
+        last_event_id: int | None = None,
+        reconnects: int = 5,
+        idle_timeout: float = 60.0,
+    ) -> Iterator[Event]:
         """The events of a job or a workflow as they happen (after `last_event_id`, if
         given), ending after its `final` event. A dropped connection is resumed from the
         last event seen, up to `reconnects` times in a row."""
         st = _Stream(job_id, workflow_id, last_event_id, reconnects)
         while True:
             try:
-                with self.http.stream("GET", st.path, headers=st.headers(),
-                                      timeout=httpx.Timeout(self.timeout, read=idle_timeout)) as resp:
+                with self.http.stream(
+                    "GET", st.path, headers=st.headers(), timeout=httpx.Timeout(self.timeout, read=idle_timeout)
+                ) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         raise _error(resp)
@@ -262,12 +318,18 @@ class SwitchyardClient(_Base):
 class AsyncSwitchyardClient(_Base):
     """The same calls as `SwitchyardClient`, as coroutines (and an async iterator of events)."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(url, token, timeout)
         self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
 
-    async def __aenter__(self) -> "AsyncSwitchyardClient":
+    async def __aenter__(self) -> AsyncSwitchyardClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -280,41 +342,84 @@ class AsyncSwitchyardClient(_Base):
         method, path, options = _req(name, *args, **kw)
         return self._result(await self.http.request(method, path, **options))
 
-    async def submit(self, job) -> dict: return await self._call("submit", job)  # noqa: E704
-    async def submit_workflow(self, spec) -> dict: return await self._call("submit_workflow", spec)  # noqa: E704
-    async def status(self, job_id: str) -> dict: return await self._call("status", job_id)  # noqa: E704
-    async def workflow_status(self, workflow_id: str) -> dict: return await self._call("workflow_status", workflow_id)  # noqa: E704
-    async def cancel(self, job_id: str) -> dict: return await self._call("cancel", job_id)  # noqa: E704
-    async def cancel_workflow(self, workflow_id: str) -> dict: return await self._call("cancel_workflow", workflow_id)  # noqa: E704
-    async def retry(self, job_id: str) -> dict: return await self._call("retry", job_id)  # noqa: E704
-    async def retry_workflow(self, workflow_id: str) -> dict: return await self._call("retry_workflow", workflow_id)  # noqa: E704
-    async def jobs(self, **filters) -> dict: return await self._call("jobs", **filters)  # noqa: E704
-    async def dead_letter(self, **filters) -> dict: return await self._call("dead_letter", **filters)  # noqa: E704
-    async def retry_failed(self, **filters) -> dict: return await self._call("retry_failed", **filters)  # noqa: E704
-    async def reset_stuck(self, **body) -> dict: return await self._call("reset_stuck", **body)  # noqa: E704
-    async def queues(self) -> list[dict]: return (await self._call("queues"))["queues"]  # noqa: E704
-    async def workers(self, **filters) -> list[dict]: return (await self._call("workers", **filters))["workers"]  # noqa: E704
+    async def submit(self, job) -> dict:
+        return await self._call("submit", job)  # noqa: E704
 
-    async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.1, max_poll: float = 2.0,
-                   workflow: bool = False) -> dict:
+    async def submit_workflow(self, spec) -> dict:
+        return await self._call("submit_workflow", spec)  # noqa: E704
+
+    async def status(self, job_id: str) -> dict:
+        return await self._call("status", job_id)  # noqa: E704
+
+    async def workflow_status(self, workflow_id: str) -> dict:
+        return await self._call("workflow_status", workflow_id)  # noqa: E704
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self._call("cancel", job_id)  # noqa: E704
+
+    async def cancel_workflow(self, workflow_id: str) -> dict:
+        return await self._call("cancel_workflow", workflow_id)  # noqa: E704
+
+    async def retry(self, job_id: str) -> dict:
+        return await self._call("retry", job_id)  # noqa: E704
+
+    async def retry_workflow(self, workflow_id: str) -> dict:
+        return await self._call("retry_workflow", workflow_id)  # noqa: E704
+
+    async def jobs(self, **filters) -> dict:
+        return await self._call("jobs", **filters)  # noqa: E704
+
+    async def dead_letter(self, **filters) -> dict:
+        return await self._call("dead_letter", **filters)  # noqa: E704
+
+    async def retry_failed(self, **filters) -> dict:
+        return await self._call("retry_failed", **filters)  # noqa: E704
+
+    async def reset_stuck(self, **body) -> dict:
+        return await self._call("reset_stuck", **body)  # noqa: E704
+
+    async def queues(self) -> list[dict]:
+        return (await self._call("queues"))["queues"]  # noqa: E704
+
+    async def workers(self, **filters) -> list[dict]:
+        return (await self._call("workers", **filters))["workers"]  # noqa: E704
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.1,
+        max_poll: float = 2.0,
+        workflow: bool = False,
+    ) -> dict:
         """See `SwitchyardClient.wait`."""
         w = _Waiter(f"{'workflow' if workflow else 'job'} {job_id}", timeout, poll, max_poll)
-        while (body := await (self.workflow_status(job_id) if workflow else self.status(job_id)))["status"] not in FINISHED:
+        while (body := await (self.workflow_status(job_id) if workflow else self.status(job_id)))[
+            "status"
+        ] not in FINISHED:
             await asyncio.sleep(w.next(body))
         return body
 
     async def wait_workflow(self, workflow_id: str, timeout: float | None = None, **kw) -> dict:
         return await self.wait(workflow_id, timeout, workflow=True, **kw)
 
-    async def stream_events(self, job_id: str | None = None, workflow_id: str | None = None, *,
-                            last_event_id: int | None = None, reconnects: int = 5,
-                            idle_timeout: float = 60.0) -> AsyncIterator[Event]:
+    async def stream_events(
+        self,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        *,
+        last_event_id: int | None = None,
+        reconnects: int = 5,
+        idle_timeout: float = 60.0,
+    ) -> AsyncIterator[Event]:
         """See `SwitchyardClient.stream_events`."""
         st = _Stream(job_id, workflow_id, last_event_id, reconnects)
         while True:
             try:
-                async with self.http.stream("GET", st.path, headers=st.headers(),
-                                            timeout=httpx.Timeout(self.timeout, read=idle_timeout)) as resp:
+                async with self.http.stream(
+                    "GET", st.path, headers=st.headers(), timeout=httpx.Timeout(self.timeout, read=idle_timeout)
+                ) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()
                         raise _error(resp)

@@ -39,6 +39,7 @@ def die_with_parent(sig: int = signal.SIGTERM):
             prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(1)
+
     return preexec
 
 
@@ -82,16 +83,40 @@ class EmbeddedServer:
             self.record.unlink()
 
 
-def spawn(storage: str, *, port: int | None = None, extra: list[str] | None = None, log: Path | None = None,
-          with_parent: bool = False) -> EmbeddedServer:
+def spawn(
+    storage: str,
+    *,
+    port: int | None = None,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    with_parent: bool = False,
+) -> EmbeddedServer:
     """Start a SecantusDB process; `storage` is a directory or ':memory:'. `with_parent`:
     it dies with this process."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
-           "--sync-on-commit", "--log-level", "WARNING", *(extra or [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "secantus",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        storage,
+        "--sync-on-commit",
+        "--log-level",
+        "WARNING",
+        *(extra or []),
+    ]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent() if with_parent else None)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent() if with_parent else None,
+    )
     url = url_for(port)
     try:
         wait_ready(url, proc=proc)

@@ -27,8 +27,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.settings import Settings
 
-_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout")
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout"
+)
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -98,8 +100,11 @@ class DeadlineProtocol(HttpToolsProtocol):
 
 def protocol_for(settings: Settings) -> type[DeadlineProtocol]:
     """The protocol class with `settings`' deadlines (uvicorn instantiates it per connection)."""
-    return type("SwitchyardHTTP", (DeadlineProtocol,), {"header_timeout": settings.http_header_timeout_seconds,
-                                                        "body_timeout": settings.http_body_timeout_seconds})
+    return type(
+        "SwitchyardHTTP",
+        (DeadlineProtocol,),
+        {"header_timeout": settings.http_header_timeout_seconds, "body_timeout": settings.http_body_timeout_seconds},
+    )
 
 
 def uvicorn_options(settings: Settings) -> dict:

@@ -43,11 +43,17 @@ def configure(level: str = "INFO", json: bool = True, stream: IO[str] | None = N
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
-                    _redact, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact,
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(lvl)
@@ -59,8 +65,12 @@ def get_logger(name: str = "switchyard", **bound):
 
 def job_fields(job: dict) -> dict:
     """The fields every line about `job` carries."""
-    return {"job_id": job["_id"], "workflow_id": job.get("workflow_id"), "engine": job.get("engine"),
-            "attempt": job.get("attempt")}
+    return {
+        "job_id": job["_id"],
+        "workflow_id": job.get("workflow_id"),
+        "engine": job.get("engine"),
+        "attempt": job.get("attempt"),
+    }
 
 
 def job_logger(job: dict, **extra):

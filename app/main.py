@@ -10,9 +10,28 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app import registry
-from app.domain import redact
+from app.api import (
+    admin,
+    body,
+    dashboard,
+    docs,
+    errors,
+    health,
+    jobs,
+    keys,
+    notifications,
+    queues,
+    schedules,
+    workflows,
+)
+from app.api import (
+    live as live_api,
+)
+from app.api import (
+    workers as workers_api,
+)
 from app.api.schemas import ERROR_RESPONSES, error_responses
-from app.api import admin, body, dashboard, docs, errors, health, jobs, keys, live as live_api, notifications, queues, schedules, workers as workers_api, workflows
+from app.domain import redact
 from app.notifications.runtime import Live
 from app.settings import Settings
 from app.store import Store, connect
@@ -20,8 +39,16 @@ from app.worker.maintenance import Maintenance
 from app.worker.processor import JobProcessor
 
 
-def create_app(settings: Settings, *, url: str | None = None, store: Store | None = None, workers: int = 0,
-               maintenance: bool = True, live: bool = True, supervisor=None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    store: Store | None = None,
+    workers: int = 0,
+    maintenance: bool = True,
+    live: bool = True,
+    supervisor=None,
+) -> FastAPI:
     """`url` (or a ready `store`) names the database; `workers` in-process job slots;
     `supervisor` (app/worker/supervisor.py) runs job slots in worker processes instead;
     `live` runs the event relay, the notifier and the mailer here (the hub always runs)."""
@@ -65,8 +92,15 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
 
     # Error responses are listed per router (app/api/schemas.py), not here: the
     # token-free operational endpoints answer no 401 or 403.
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id,
-                  description="MongoDB-backed job and workflow orchestrator", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Switchyard",
+        version="0.1.0",
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        description="MongoDB-backed job and workflow orchestrator",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.ready = False
     errors.install(app)
@@ -74,9 +108,13 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     if settings.allowed_origins():
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins(), allow_credentials=False,
-                           allow_methods=["GET", "POST", "PUT", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins(),
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
     app.include_router(health.router, responses=error_responses(400, 404, 413, 422, 429))
     app.include_router(docs.router)  # GET /docs: Swagger UI from the package, no CDN
     app.include_router(keys.router, responses=ERROR_RESPONSES)
@@ -85,7 +123,9 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
     app.include_router(workflows.router, responses=ERROR_RESPONSES)
     app.include_router(workers_api.router, responses=ERROR_RESPONSES)  # before jobs, as queues
     app.include_router(schedules.router, responses=ERROR_RESPONSES)  # before jobs, as queues
-    app.include_router(queues.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
+    app.include_router(
+        queues.router, responses=ERROR_RESPONSES
+    )  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(admin.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
@@ -95,8 +135,7 @@ def create_app(settings: Settings, *, url: str | None = None, store: Store | Non
 
 # One-word route functions are verbs on their router's resource: `submit` under "jobs" is
 # `submitJob`, `status` under "workflows" is `getWorkflowStatus`.
-RESOURCES = {"jobs": "Job", "dead letter": "Job", "queues": "Queue", "schedules": "Schedule",
-             "workflows": "Workflow"}
+RESOURCES = {"jobs": "Job", "dead letter": "Job", "queues": "Queue", "schedules": "Schedule", "workflows": "Workflow"}
 NOUN_VERBS = {"status": "get{}Status", "history": "get{}History", "limits": "set{}Limits"}
 
 
@@ -116,9 +155,13 @@ def _openapi(app: FastAPI) -> dict:
     bearer token (routes check it themselves, so FastAPI cannot say so on its own)."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
-        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
-            "type": "http", "scheme": "bearer",
-            "description": "SWITCHYARD_ADMIN_TOKEN, an API key (`sy_<id>_<secret>`), or a single sign-on JWT"}}
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "SWITCHYARD_ADMIN_TOKEN, an API key (`sy_<id>_<secret>`), or a single sign-on JWT",
+            }
+        }
         for path, operations in schema["paths"].items():
             if path.startswith("/api/"):
                 for op in operations.values():

@@ -21,35 +21,63 @@ Who increments what:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
 
 from app.domain import states
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
-                               disable_created_metrics, generate_latest)
-from prometheus_client.core import GaugeMetricFamily
-
-__all__ = ["CONTENT_TYPE_LATEST", "JOBS_CREATED", "JOBS_FINISHED", "JOB_DURATION", "CLAIM_LATENCY", "RETRIES", "RESCUES", "COUNTER_CORRECTIONS",
-           "NOTIFICATIONS_SENT", "EMAIL_FAILURES", "jobs_created", "job_outcome", "job_rescued", "render",
-           "serve_worker_metrics"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "JOBS_CREATED",
+    "JOBS_FINISHED",
+    "JOB_DURATION",
+    "CLAIM_LATENCY",
+    "RETRIES",
+    "RESCUES",
+    "COUNTER_CORRECTIONS",
+    "NOTIFICATIONS_SENT",
+    "EMAIL_FAILURES",
+    "jobs_created",
+    "job_outcome",
+    "job_rescued",
+    "render",
+    "serve_worker_metrics",
+]
 
 TERMINAL = tuple(s.value for s in states.TERMINAL)
 disable_created_metrics()  # no `*_created` series: start times add nothing a scrape needs
 
-JOBS_CREATED = Counter("switchyard_jobs_created_total", "Jobs created (submitted, or added as workflow steps)", ["engine"])
+JOBS_CREATED = Counter(
+    "switchyard_jobs_created_total", "Jobs created (submitted, or added as workflow steps)", ["engine"]
+)
 JOBS_FINISHED = Counter("switchyard_jobs_finished_total", "Jobs that reached a terminal status", ["engine", "status"])
 JOB_DURATION = Histogram(
-    "switchyard_job_duration_seconds", "Handler run time of the attempt that finished a job on a worker", ["engine"],
+    "switchyard_job_duration_seconds",
+    "Handler run time of the attempt that finished a job on a worker",
+    ["engine"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 CLAIM_LATENCY = Histogram(
-    "switchyard_claim_latency_seconds", "One claim round trip of a worker's fetch loop (window read, claim, read-back)",
+    "switchyard_claim_latency_seconds",
+    "One claim round trip of a worker's fetch loop (window read, claim, read-back)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RETRIES = Counter("switchyard_retries_total", "Failed attempts scheduled for another try", ["engine"])
-COUNTER_CORRECTIONS = Counter("switchyard_counter_corrections_total",
-                              "Engine counters found drifted from the jobs and corrected by the reconciler",
-                              ["engine", "counter"])
+COUNTER_CORRECTIONS = Counter(
+    "switchyard_counter_corrections_total",
+    "Engine counters found drifted from the jobs and corrected by the reconciler",
+    ["engine", "counter"],
+)
 RESCUES = Counter("switchyard_rescues_total", "Running jobs taken back from a worker whose lease expired")
 NOTIFICATIONS_SENT = Counter("switchyard_notifications_sent_total", "Notifications delivered, per channel", ["channel"])
 EMAIL_FAILURES = Counter("switchyard_email_failures_total", "Emails that could not be sent")
@@ -88,8 +116,12 @@ class _QueueSnapshot:
         self.engines = engines
 
     def collect(self):
-        depth = GaugeMetricFamily("switchyard_queue_depth", "Jobs queued (claimable now), per engine", labels=["engine"])
-        running = GaugeMetricFamily("switchyard_jobs_running", "Jobs running (permits held), per engine", labels=["engine"])
+        depth = GaugeMetricFamily(
+            "switchyard_queue_depth", "Jobs queued (claimable now), per engine", labels=["engine"]
+        )
+        running = GaugeMetricFamily(
+            "switchyard_jobs_running", "Jobs running (permits held), per engine", labels=["engine"]
+        )
         limit = GaugeMetricFamily("switchyard_queue_limit", "max_concurrent_jobs, per engine", labels=["engine"])
         paused = GaugeMetricFamily("switchyard_queue_paused", "1 when the engine's queue is paused", labels=["engine"])
         for e in self.engines:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from app.context import JobContext
 from app.domain.models import NAME_PATTERN
 from app.errors import ValidationFailed
-
-import re
 
 HandlerFn = Callable[[JobContext], Awaitable[Any]]
 _NAME = re.compile(NAME_PATTERN)
@@ -69,8 +69,9 @@ def get(engine: str, operation: str) -> Handler | None:
 def require(engine: str, operation: str, field: str = "operation") -> Handler:
     h = get(engine, operation)
     if h is None:
-        raise ValidationFailed(f"no handler is registered for {engine}.{operation}", field=field,
-                               engine=engine, operation=operation)
+        raise ValidationFailed(
+            f"no handler is registered for {engine}.{operation}", field=field, engine=engine, operation=operation
+        )
     return h
 
 
@@ -92,5 +93,6 @@ def load(extra_modules: list[str] | None = None) -> None:
         except DuplicateHandler:
             raise
         except Exception as exc:
-            raise HandlerModuleError(f"cannot import handler module {mod!r} (from {os.getcwd()}): "
-                                     f"{type(exc).__name__}: {exc}") from exc
+            raise HandlerModuleError(
+                f"cannot import handler module {mod!r} (from {os.getcwd()}): {type(exc).__name__}: {exc}"
+            ) from exc

@@ -33,13 +33,24 @@ class Settings(BaseSettings):
     mongodb_url: str | None = Field(None, validation_alias=_env("MONGODB_URL"))
     mongodb_db: str = Field("switchyard", validation_alias=_env("MONGODB_DB"), pattern=r"^[A-Za-z0-9_-]{1,60}$")
     data_dir: Path = Path("./.switchyard")
-    write_concern: str = Field("majority", pattern=r"^(majority|[1-9])$", description=(
-        "`w` of every write (always with j: true). `majority` survives an election on a replica set; a number "
-        "lowers it (writes acknowledged by fewer members can be rolled back). On the embedded single-node "
-        "server the majority is that node"))
-    db_timeout_ms: int = Field(30_000, ge=1_000, le=600_000, description=(
-        "client-side time limit (timeoutMS) of each database operation, server selection included: long "
-        "enough to ride out a primary election (about 12 s in MongoDB's manual)"))
+    write_concern: str = Field(
+        "majority",
+        pattern=r"^(majority|[1-9])$",
+        description=(
+            "`w` of every write (always with j: true). `majority` survives an election on a replica set; a number "
+            "lowers it (writes acknowledged by fewer members can be rolled back). On the embedded single-node "
+            "server the majority is that node"
+        ),
+    )
+    db_timeout_ms: int = Field(
+        30_000,
+        ge=1_000,
+        le=600_000,
+        description=(
+            "client-side time limit (timeoutMS) of each database operation, server selection included: long "
+            "enough to ride out a primary election (about 12 s in MongoDB's manual)"
+        ),
+    )
 
     # security
     admin_token: str | None = None
@@ -47,11 +58,16 @@ class Settings(BaseSettings):
     jwt_public_key: str | None = Field(None, description="RS256 public key (PEM) for JWT bearer tokens")
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    rate_limit_per_second: float = Field(50.0, gt=0, description="job creations per tenant per second, across API processes")
+    rate_limit_per_second: float = Field(
+        50.0, gt=0, description="job creations per tenant per second, across API processes"
+    )
     rate_limit_burst: float = Field(200.0, ge=1)
     tenant_max_queued: int = Field(100_000, ge=1, description="queued jobs a tenant may have at once")
-    secret_param_names: str = Field("api_key,apikey,password,passwd,secret,token,access_token,refresh_token,authorization,"
-                                    "private_key,client_secret", description="parameter names redacted outside handlers")
+    secret_param_names: str = Field(
+        "api_key,apikey,password,passwd,secret,token,access_token,refresh_token,authorization,"
+        "private_key,client_secret",
+        description="parameter names redacted outside handlers",
+    )
     cors_origins: str = Field("", description="origins allowed by CORS and the WebSocket Origin check, comma-separated")
     ws_max_messages_per_second: float = Field(20.0, gt=0)
 
@@ -66,8 +82,10 @@ class Settings(BaseSettings):
 
     # events and notifications
     event_retention_seconds: int = Field(7 * 24 * 3600, ge=60)
-    notify_types: str = Field("job.failed,job.cancelled,workflow.completed,workflow.failed",
-                              description="event types stored as notifications, comma-separated")
+    notify_types: str = Field(
+        "job.failed,job.cancelled,workflow.completed,workflow.failed",
+        description="event types stored as notifications, comma-separated",
+    )
     email_types: str = Field("job.failed,workflow.failed", description="event types that send email by default")
     run_relay: bool = Field(True, description="this serve process may run the event relay, notifier and mailer")
     ws_queue_max: int = Field(1000, ge=10, le=100_000, description="undelivered events before a client is dropped")
@@ -79,8 +97,11 @@ class Settings(BaseSettings):
     claim_batch: int = Field(64, ge=1, le=1000)
     cancel_grace_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
-    quarantine_suspects: bool = Field(True, description="run an attempt whose previous worker died or stalled "
-                                                        "in a child process (app/worker/quarantine.py)")
+    quarantine_suspects: bool = Field(
+        True,
+        description="run an attempt whose previous worker died or stalled "
+        "in a child process (app/worker/quarantine.py)",
+    )
 
     # default retry policy (seed 001: 3 retries, 60 s base, exponential, capped at 1 h)
     retry_max_retries: int = Field(3, ge=0, le=100)
@@ -97,10 +118,18 @@ class Settings(BaseSettings):
     # they finished; failed ones are the dead letter and are kept longer
     retention_completed_seconds: int = Field(7 * 86_400, ge=0, description="completed and cancelled jobs and workflows")
     retention_failed_seconds: int = Field(30 * 86_400, ge=0, description="failed jobs and workflows (the dead letter)")
-    reconcile_interval_seconds: float = Field(300.0, gt=0, le=86_400, description=(
-        "how often maintenance re-derives the engines' counters from the jobs; on SecantusDB each pass counts every "
-        "queued job"))
-    retention_interval_seconds: float = Field(60.0, gt=0, le=86_400, description="how often each process runs the cleaner")
+    reconcile_interval_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "how often maintenance re-derives the engines' counters from the jobs; on SecantusDB each pass counts every "
+            "queued job"
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="how often each process runs the cleaner"
+    )
 
     # cron schedules (app/worker/scheduler.py)
     schedule_interval_seconds: float = Field(1.0, gt=0, le=60, description="how often each process looks for due ticks")
@@ -121,24 +150,55 @@ class Settings(BaseSettings):
     metrics_addr: str = "0.0.0.0"
 
     # live streams (app/api/stream_guard.py)
-    stream_recheck_seconds: float = Field(5.0, gt=0, le=300, description=(
-        "how often each API process re-reads the API keys of its open WebSocket and SSE streams (one query for all) "
-        "and closes those of revoked keys with 4401; a JWT's streams close at its exp"))
+    stream_recheck_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "how often each API process re-reads the API keys of its open WebSocket and SSE streams (one query for all) "
+            "and closes those of revoked keys with 4401; a JWT's streams close at its exp"
+        ),
+    )
     # slow clients (app/http_limits.py) and secrets (app/domain/redact.py)
-    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, description=(
-        "the request line and headers must arrive within this many seconds of the connection opening (or of the "
-        "request's first byte on a kept-alive connection), however slowly they trickle; else 408 and close"))
-    http_body_timeout_seconds: float = Field(30.0, gt=0, le=3600, description=(
-        "a request's whole body must arrive within this many seconds of its headers; else the connection is closed"))
-    http_max_connections: int = Field(1000, ge=2, le=1_000_000, description=(
-        "open connections (HTTP, SSE and WebSocket) the API server holds; a request on one beyond gets 503"))
-    secret_allow_names: str = Field("dedupe_key,idempotency_key,cache_key,sort_key,partition_key,primary_key,"
-                                    "foreign_key", description=(
-        "key names never redacted, though they look secret, comma-separated (compared without case)"))
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "the request line and headers must arrive within this many seconds of the connection opening (or of the "
+            "request's first byte on a kept-alive connection), however slowly they trickle; else 408 and close"
+        ),
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "a request's whole body must arrive within this many seconds of its headers; else the connection is closed"
+        ),
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=2,
+        le=1_000_000,
+        description=(
+            "open connections (HTTP, SSE and WebSocket) the API server holds; a request on one beyond gets 503"
+        ),
+    )
+    secret_allow_names: str = Field(
+        "dedupe_key,idempotency_key,cache_key,sort_key,partition_key,primary_key,foreign_key",
+        description=("key names never redacted, though they look secret, comma-separated (compared without case)"),
+    )
     # limits on schedules per tenant (app/admission.py); the bootstrap admin is not limited
     tenant_max_schedules: int = Field(100, ge=1, description="schedules a tenant may have at once")
-    schedule_min_interval_seconds: float = Field(60.0, ge=0, le=86_400, description=(
-        "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"))
+    schedule_min_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"
+        ),
+    )
 
     @property
     def lease_ms(self) -> int:

@@ -78,7 +78,7 @@ async def sleep(ctx: JobContext) -> dict:
         deadline = start + seconds * i / steps
         try:  # wakes at once on cancellation, unlike a plain sleep
             await asyncio.wait_for(ctx.cancelled.wait(), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         slept = round(time.monotonic() - start, 3)
         if ctx.cancelled.is_set():
@@ -114,6 +114,7 @@ async def fail(ctx: JobContext) -> dict:
 
 # --- http_request ----------------------------------------------------------------------------
 
+
 def _embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
     """IPv4 addresses an IPv6 address can carry to an IPv4 host (mapped, 6to4, Teredo, NAT64)."""
     if ip.version != 6:
@@ -132,8 +133,16 @@ def is_forbidden_ip(ip: IPAddress) -> bool:
     explicit checks.)"""
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return is_forbidden_ip(ip.ipv4_mapped)  # ::ffff:a.b.c.d is judged as a.b.c.d
-    if (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-            or ip.is_reserved or ip.is_unspecified or (ip.version == 6 and ip.is_site_local)):
+    if (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or (ip.version == 6 and ip.is_site_local)
+    ):
         return True
     return any(is_forbidden_ip(v4) for v4 in _embedded_ipv4(ip))
 

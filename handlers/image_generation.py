@@ -68,17 +68,18 @@ def generate(kind: str, width: int, height: int, seed: int, cell: int) -> Image.
     c1, c2 = _colors(seed, 2)
     if kind == "gradient":  # c1 to c2 in one of four directions, chosen by the seed
         mask = Image.linear_gradient("L")  # 256 x 256, black at the top
-        turn = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                Image.Transpose.ROTATE_270)[random.Random(seed).randrange(4)]
+        turn = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[
+            random.Random(seed).randrange(4)
+        ]
         mask = mask.transpose(turn) if turn is not None else mask
-        return Image.composite(Image.new("RGB", size, c2), Image.new("RGB", size, c1),
-                               mask.resize(size, Image.Resampling.BILINEAR))
+        return Image.composite(
+            Image.new("RGB", size, c2), Image.new("RGB", size, c1), mask.resize(size, Image.Resampling.BILINEAR)
+        )
     # checker: build one row for each phase, then stack rows (fast even at 4096 x 4096)
     a, b = bytes(c1), bytes(c2)
     row_a = b"".join(a if (x // cell) % 2 == 0 else b for x in range(width))
     row_b = b"".join(b if (x // cell) % 2 == 0 else a for x in range(width))
-    return Image.frombytes("RGB", size, b"".join(row_a if (y // cell) % 2 == 0 else row_b
-                                                  for y in range(height)))
+    return Image.frombytes("RGB", size, b"".join(row_a if (y // cell) % 2 == 0 else row_b for y in range(height)))
 
 
 def encode(img: Image.Image, fmt: str, quality: int) -> dict[str, Any]:
@@ -90,8 +91,10 @@ def encode(img: Image.Image, fmt: str, quality: int) -> dict[str, Any]:
     img.save(buf, format=pil_format, **({"quality": quality} if pil_format == "JPEG" else {"optimize": False}))
     data = buf.getvalue()
     if len(data) > MAX_OUTPUT_BYTES:
-        raise PermanentError("output_too_large", f"the encoded image is {len(data)} bytes, over "
-                             f"{MAX_OUTPUT_BYTES}; use a smaller size or jpeg")
+        raise PermanentError(
+            "output_too_large",
+            f"the encoded image is {len(data)} bytes, over {MAX_OUTPUT_BYTES}; use a smaller size or jpeg",
+        )
     return {
         "format": "jpeg" if pil_format == "JPEG" else "png",
         "width": img.width,

@@ -40,8 +40,11 @@ def _sources(ctx: JobContext) -> list[tuple[str, Any]]:
         raise _bad("input_from", "must be a step key or a non-empty list of step keys")
     unknown = [k for k in keys if k not in ctx.parents]
     if unknown:
-        raise _bad("input_from", f"{', '.join(unknown)} is not a completed parent of this step "
-                   f"(parents: {', '.join(ctx.parents) or 'none'})")
+        raise _bad(
+            "input_from",
+            f"{', '.join(unknown)} is not a completed parent of this step "
+            f"(parents: {', '.join(ctx.parents) or 'none'})",
+        )
     return [(k, ctx.parents[k]) for k in keys]
 
 
@@ -64,11 +67,13 @@ def image_input(ctx: JobContext) -> str:
         return own
     found = [(k, v) for k, v in ((k, _field(r, IMAGE_FIELDS)) for k, r in _sources(ctx)) if v]
     if not found:
-        raise _bad("image_base64", "is required: give it, or depend on a step whose result has "
-                   f"{' or '.join(IMAGE_FIELDS)} (e.g. image_generation.render)")
+        raise _bad(
+            "image_base64",
+            "is required: give it, or depend on a step whose result has "
+            f"{' or '.join(IMAGE_FIELDS)} (e.g. image_generation.render)",
+        )
     if len(found) > 1:
-        raise _bad("input_from", f"parents {', '.join(k for k, _ in found)} each give an image; "
-                   "name the one to use")
+        raise _bad("input_from", f"parents {', '.join(k for k, _ in found)} each give an image; name the one to use")
     return found[0][1]
 
 
@@ -81,6 +86,9 @@ def text_input(ctx: JobContext) -> str:
         return own
     texts = [t for t in (_field(r, TEXT_FIELDS) for _, r in _sources(ctx)) if t is not None]
     if not texts:
-        raise _bad("text", "is required: give it, or depend on a step whose result has "
-                   f"{', '.join(TEXT_FIELDS[:-1])} or {TEXT_FIELDS[-1]} (e.g. general.http_request)")
+        raise _bad(
+            "text",
+            "is required: give it, or depend on a step whose result has "
+            f"{', '.join(TEXT_FIELDS[:-1])} or {TEXT_FIELDS[-1]} (e.g. general.http_request)",
+        )
     return "\n\n".join(texts)

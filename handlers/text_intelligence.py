@@ -22,7 +22,8 @@ from handlers.inputs import text_input
 MAX_CHARS = 1_000_000
 WORDS_PER_MINUTE = 238
 
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further
 had has have having he her here hers herself him himself his how i if in into is it its itself
@@ -30,7 +31,8 @@ just me more most my myself no nor not now of off on once only or other our ours
 over own same she should so some such than that the their theirs them themselves then there
 these they this those through to too under until up very was we were what when where which while
 who whom why will with would you your yours yourself yourselves s t don't it's i'm isn't
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
@@ -67,7 +69,7 @@ def sentences(text: str) -> list[str]:
     for para in paragraphs(text):
         start = 0
         for m in _SENTENCE_END.finditer(para):
-            out.append(para[start:m.end()])
+            out.append(para[start : m.end()])
             start = m.end()
         out.append(para[start:])
     return [" ".join(s.split()) for s in out if _WORD.search(s)]

@@ -23,13 +23,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_switchyard as sy  # noqa: E402
+
 from app import embedded  # noqa: E402
+
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
@@ -90,7 +92,7 @@ async def main() -> None:
                 await asyncio.sleep(1)
                 show("latency", await asyncio.to_thread(sy.submit_to_start, base, 10 if q else 100))
         claims = []
-        for depth in ((1000, 10_000) if q else (1000, 100_000)):
+        for depth in (1000, 10_000) if q else (1000, 100_000):
             name = f"claim{depth}"
             async with fresh_server(tmp, name, keep=True) as url:
                 await sy.fill_queue(url, "bench_claim", depth)
@@ -131,40 +133,79 @@ def report(o: dict) -> None:
     d, lat, c = o["drain"], o["latency"], o["claim"]
     cd, cdl = o.get("celery_drain"), o.get("celery_delay")
     half_raw = o["raw_writes_per_s"] / 2
+
     def runs(key: str, fmt: str = ".0f") -> str:  # the single runs behind a median, if several
         values = o.get(key) or []
         return f" (median of {len(values)}: {', '.join(format(v, fmt) for v in values)})" if len(values) > 1 else ""
 
     rows = [("raw write limit (update_one by _id, 8 clients)", f"{o['raw_writes_per_s']:.0f}/s" + runs("raw_runs"), "")]
-    rows.append((f"drain {d['jobs']} no-op jobs, 2 worker processes", f"{d['jobs_per_s']:.0f} jobs/s" + runs("drain_runs"),
-                 f">= {half_raw:.0f} (raw/2)" + (f"; >= {5 * cd['jobs_per_s']:.0f} (5x Celery)" if cd else "")))
+    rows.append(
+        (
+            f"drain {d['jobs']} no-op jobs, 2 worker processes",
+            f"{d['jobs_per_s']:.0f} jobs/s" + runs("drain_runs"),
+            f">= {half_raw:.0f} (raw/2)" + (f"; >= {5 * cd['jobs_per_s']:.0f} (5x Celery)" if cd else ""),
+        )
+    )
     if cd:
-        rows.append((f"Celery drain {cd['jobs']} no-op tasks, 2 processes x 8 threads", f"{cd['jobs_per_s']:.1f} jobs/s", ""))
-    rows.append(("single-job submit, one client, REST", f"{o['rest_submit_per_s']:.0f}/s",
-                 f">= {cdl['per_s']:.0f} (Celery delay())" if cdl else ""))
+        rows.append(
+            (f"Celery drain {cd['jobs']} no-op tasks, 2 processes x 8 threads", f"{cd['jobs_per_s']:.1f} jobs/s", "")
+        )
+    rows.append(
+        (
+            "single-job submit, one client, REST",
+            f"{o['rest_submit_per_s']:.0f}/s",
+            f">= {cdl['per_s']:.0f} (Celery delay())" if cdl else "",
+        )
+    )
     rows.append(("the same while 2 workers consume every job", f"{o['rest_submit_consumed_per_s']:.0f}/s", ""))
     if cdl:
         rows.append(("Celery delay(), one client", f"{cdl['per_s']:.0f}/s", ""))
-    rows.append((f"submit-to-start, idle system ({lat['samples']} jobs)", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
-                 "p50 <= 50 ms"))
+    rows.append(
+        (
+            f"submit-to-start, idle system ({lat['samples']} jobs)",
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
+            "p50 <= 50 ms",
+        )
+    )
     for row in c:
-        rows.append((f"claim at depth {row['depth']:,}, 8 claimers x 16", f"{row['jobs_per_s']:.0f} jobs/s (p50 call {row['p50_call_ms']:.0f} ms)", ""))
+        rows.append(
+            (
+                f"claim at depth {row['depth']:,}, 8 claimers x 16",
+                f"{row['jobs_per_s']:.0f} jobs/s (p50 call {row['p50_call_ms']:.0f} ms)",
+                "",
+            )
+        )
     rows.append(("claim rate, deepest / shallowest", f"{c[-1]['jobs_per_s'] / c[0]['jobs_per_s']:.0%}", ">= 50%"))
     m = o["makespan"]
-    rows.append((f"{m['steps']}-step fan-out/fan-in vs {m['steps']} independent jobs",
-                 f"{m['workflow_s']:.2f} s vs {m['independent_s']:.2f} s (ratio {m['ratio']:.2f})" + runs("makespan_ratios", ".2f"),
-                 "ratio <= 1.25"))
+    rows.append(
+        (
+            f"{m['steps']}-step fan-out/fan-in vs {m['steps']} independent jobs",
+            f"{m['workflow_s']:.2f} s vs {m['independent_s']:.2f} s (ratio {m['ratio']:.2f})"
+            + runs("makespan_ratios", ".2f"),
+            "ratio <= 1.25",
+        )
+    )
     if "floor_s" in m:  # the median floor ratio of the runs (each against its own independent jobs)
         floor = statistics.median(o.get("makespan_floors") or [m["floor_ratio"]])
-        rows.append((f"  floor: {m['steps']} jobs that each add only pending -> queued", f"ratio {floor:.2f}" + runs("makespan_floors", ".2f"),
-                     "a workflow cannot beat this"))
+        rows.append(
+            (
+                f"  floor: {m['steps']} jobs that each add only pending -> queued",
+                f"ratio {floor:.2f}" + runs("makespan_floors", ".2f"),
+                "a workflow cannot beat this",
+            )
+        )
     w = o["workflow_submit"]
     rows.append((f"submit a {w['steps']:,}-step workflow (REST)", f"{w['seconds']:.2f} s", "<= 3 s"))
     if "ws_fanout" in o:
         f = o["ws_fanout"]
-        rows.append((f"WebSocket: {f['clients']} clients subscribed to all, {f['transitions_per_s']:.0f} transitions/s",
-                     f"{f['delivered_per_s']:.0f} events/s delivered ({f['delivered']}/{f['expected']}), "
-                     f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms", "p99 <= 250 ms"))
+        rows.append(
+            (
+                f"WebSocket: {f['clients']} clients subscribed to all, {f['transitions_per_s']:.0f} transitions/s",
+                f"{f['delivered_per_s']:.0f} events/s delivered ({f['delivered']}/{f['expected']}), "
+                f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms",
+                "p99 <= 250 ms",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     vw = max(len(r[1]) for r in rows)
     print()

@@ -26,6 +26,7 @@ typical user runs it; ``SWITCHYARD_BENCH_CELERY_POLL=<seconds>`` overrides it.
 Manual use:
   python scripts/bench_celery.py --url 'mongodb://127.0.0.1:27555/?directConnection=true'
 """
+
 import argparse
 import os
 import signal
@@ -63,8 +64,12 @@ def make_app(url: str):
     transport_options = {}
     if os.environ.get(ENV_POLL):
         transport_options["polling_interval"] = float(os.environ[ENV_POLL])
-    app.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True,
-                    broker_transport_options=transport_options, worker_hijack_root_logger=False)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        worker_hijack_root_logger=False,
+    )
 
     @app.task(name=TASK)
     def noop():
@@ -108,12 +113,28 @@ def _start_workers(url: str, processes: int, threads: int, log) -> list:
     env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
     procs = []
     for i in range(processes):
-        cmd = [sys.executable, "-m", "celery", "-A", "bench_celery", "worker",
-               "--pool", "threads", "--concurrency", str(threads),
-               "--without-gossip", "--without-mingle", "--without-heartbeat",
-               "-Q", QUEUE, "-n", f"bench{i}-{os.getpid()}@%h", "--loglevel", "WARNING"]
-        procs.append(subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench_celery",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(threads),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-Q",
+            QUEUE,
+            "-n",
+            f"bench{i}-{os.getpid()}@%h",
+            "--loglevel",
+            "WARNING",
+        ]
+        procs.append(subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 
@@ -171,8 +192,7 @@ def _session(url: str):
         _reset(url)
 
 
-def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8,
-          timeout: float = 600) -> dict:
+def drain(url: str, n: int = 2000, processes: int = 2, threads: int = 8, timeout: float = 600) -> dict:
     """Pre-fill ``n`` tasks, then time ``processes`` workers until all results are stored."""
     with _session(url) as (task, db):
         for _ in range(n):
@@ -209,8 +229,9 @@ def delay_rate(url: str, seconds: float = 5.0) -> dict:
     return {"calls": calls, "per_s": round(calls / seconds, 2)}
 
 
-def end_to_end(url: str, n: int = 300, processes: int = 2, threads: int = 8,
-               timeout: float = 600, window: int | None = None) -> dict:
+def end_to_end(
+    url: str, n: int = 300, processes: int = 2, threads: int = 8, timeout: float = 600, window: int | None = None
+) -> dict:
     """With warm workers, submit ``n`` tasks one at a time and wait for all results.
 
     At most ``window`` tasks are in flight (submitted, result not stored), so the queue
@@ -252,8 +273,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of delay_rate")
     ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--window", type=int, default=None,
-                    help="end_to_end in-flight cap (default processes*threads; 0: none)")
+    ap.add_argument(
+        "--window", type=int, default=None, help="end_to_end in-flight cap (default processes*threads; 0: none)"
+    )
     a = ap.parse_args(argv)
     for name, fn in [
         ("delay_rate", lambda: delay_rate(a.url, a.seconds)),

@@ -15,10 +15,10 @@ import time
 from datetime import datetime
 
 import websockets
+from bench_switchyard import TOKEN
 
 from app.settings import Settings
 from app.store import connect
-from bench_switchyard import TOKEN
 
 
 def _clients(ws_url: str, n: int, seconds: float, times_q, out_q, ready) -> None:
@@ -35,8 +35,9 @@ async def _clients_main(ws_url, n, seconds, times_q, out_q, ready) -> None:
 
     async def client():
         nonlocal delivered
-        async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
-                                      max_queue=None, compression=None) as ws:
+        async with websockets.connect(
+            ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, max_queue=None, compression=None
+        ) as ws:
             await ws.recv()
             await ws.send(json.dumps({"action": "subscribe", "all": True}))
             while json.loads(await ws.recv()).get("type") != "subscribed":
@@ -89,8 +90,9 @@ async def ws_fanout(url: str, base: str, clients: int = 100, rate: float = 100.0
     await st.start()
     ctx = mp.get_context("spawn")
     times_q, out_q, ready = ctx.Queue(), ctx.Queue(), ctx.Semaphore(0)
-    proc = ctx.Process(target=_clients, args=(base.replace("http", "ws") + "/api/v1/ws", clients, seconds,
-                                              times_q, out_q, ready))
+    proc = ctx.Process(
+        target=_clients, args=(base.replace("http", "ws") + "/api/v1/ws", clients, seconds, times_q, out_q, ready)
+    )
     proc.start()
     for _ in range(clients):
         await asyncio.to_thread(ready.acquire)
@@ -133,9 +135,18 @@ async def ws_fanout(url: str, base: str, clients: int = 100, rate: float = 100.0
 
     def pct(p):
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    return {"clients": clients, "transitions": made, "transitions_per_s": round(made / elapsed, 1),
-            "delivered": result["delivered"], "expected": expected,
-            "delivered_per_s": round(result["delivered"] / elapsed, 1),
-            "p50_ms": round(pct(0.50), 1),
-            "p50_relay_to_client_ms": round(sorted(result["hub_lag"])[len(result["hub_lag"]) // 2] * 1000, 1)
-            if result["hub_lag"] else None, "p99_ms": round(pct(0.99), 1), "max_ms": round(pct(1.0), 1)}
+
+    return {
+        "clients": clients,
+        "transitions": made,
+        "transitions_per_s": round(made / elapsed, 1),
+        "delivered": result["delivered"],
+        "expected": expected,
+        "delivered_per_s": round(result["delivered"] / elapsed, 1),
+        "p50_ms": round(pct(0.50), 1),
+        "p50_relay_to_client_ms": round(sorted(result["hub_lag"])[len(result["hub_lag"]) // 2] * 1000, 1)
+        if result["hub_lag"]
+        else None,
+        "p99_ms": round(pct(0.99), 1),
+        "max_ms": round(pct(1.0), 1),
+    }

@@ -29,15 +29,27 @@ TOKEN = "bench-token"
 
 
 def env_for(url: str, db: str, **extra) -> dict:
-    env = dict(os.environ, MONGODB_URL=url, MONGODB_DB=db, SWITCHYARD_ADMIN_TOKEN=TOKEN, SWITCHYARD_LOG_LEVEL="WARNING",
-               SWITCHYARD_QUEUE_LIMITS=json.dumps({"general": 10_000}), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        MONGODB_URL=url,
+        MONGODB_DB=db,
+        SWITCHYARD_ADMIN_TOKEN=TOKEN,
+        SWITCHYARD_LOG_LEVEL="WARNING",
+        SWITCHYARD_QUEUE_LIMITS=json.dumps({"general": 10_000}),
+        PYTHONPATH=str(ROOT),
+    )
     env.update(extra)
     return env
 
 
 def spawn(args: list[str], url: str, db: str, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env_for(url, db, **extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=env_for(url, db, **extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop(procs) -> None:
@@ -88,7 +100,9 @@ async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64) -> 
     db = "bench_drain"
     st = await fresh_store(url, db)
     await st.engines.set_paused("general", True)
-    await st.lifecycle.insert_many([st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
+    await st.lifecycle.insert_many(
+        [st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
+    )
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, db) for _ in range(processes)]
     while await st.workers.alive_count() < processes:
         await asyncio.sleep(0.1)
@@ -129,10 +143,17 @@ def submit_to_start(base: str, samples: int) -> dict:
                 if j["status"] == "completed":
                     break
                 time.sleep(0.02)
-            lat.append((datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])).total_seconds() * 1000)
+            lat.append(
+                (datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])).total_seconds()
+                * 1000
+            )
             time.sleep(0.15)
     lat.sort()
-    return {"p50_ms": statistics.median(lat), "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "samples": samples}
+    return {
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "samples": samples,
+    }
 
 
 @asynccontextmanager
@@ -189,7 +210,12 @@ async def claim_cost(url: str, db: str, claims: int = 1000, claimers: int = 8, b
     await asyncio.gather(*(claimer(w) for w in range(claimers)))
     elapsed = time.monotonic() - t0
     await st.close()
-    return {"depth": depth, "claimed": taken, "jobs_per_s": taken / elapsed, "p50_call_ms": statistics.median(per_call) * 1000}
+    return {
+        "depth": depth,
+        "claimed": taken,
+        "jobs_per_s": taken / elapsed,
+        "p50_call_ms": statistics.median(per_call) * 1000,
+    }
 
 
 async def wait_engine_idle(st, engine: str = "general") -> None:
@@ -212,7 +238,9 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
         # Both are timed from submission to the last completion: the workflow's steps are
         # written inside its clock, so the independent jobs are too (one insert_many).
         t0 = time.monotonic()
-        await st.lifecycle.insert_many([st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)])
+        await st.lifecycle.insert_many(
+            [st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
+        )
         await wait_engine_idle(st)
         independent = time.monotonic() - t0
         # The floor: the same jobs, each paying only the write a fan-out child cannot avoid
@@ -227,8 +255,14 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
         await wait_engine_idle(st)
         floor = time.monotonic() - t0
         mids = [StepSpec(key=f"m{i}", engine="general", operation="noop", depends_on=["root"]) for i in range(n - 2)]
-        spec = WorkflowSpec(name="fan", jobs=[StepSpec(key="root", engine="general", operation="noop"), *mids,
-                                              StepSpec(key="sink", engine="general", operation="noop", depends_on=[m.key for m in mids])])
+        spec = WorkflowSpec(
+            name="fan",
+            jobs=[
+                StepSpec(key="root", engine="general", operation="noop"),
+                *mids,
+                StepSpec(key="sink", engine="general", operation="noop", depends_on=[m.key for m in mids]),
+            ],
+        )
         t0 = time.monotonic()
         wf = await st.workflows.create(spec, "bench")
         while (await st.workflows.get(wf["_id"]))["status"] == "running":
@@ -238,8 +272,14 @@ async def makespan(url: str, n: int = 1000, processes: int = 2, concurrency: int
     finally:
         stop(procs)
         await st.close()
-    return {"steps": n, "independent_s": independent, "workflow_s": workflow, "ratio": workflow / independent,
-            "floor_s": floor, "floor_ratio": floor / independent}
+    return {
+        "steps": n,
+        "independent_s": independent,
+        "workflow_s": workflow,
+        "ratio": workflow / independent,
+        "floor_s": floor,
+        "floor_ratio": floor / independent,
+    }
 
 
 def workflow_submit(base: str, n: int) -> dict:

@@ -35,18 +35,82 @@ SHOW = {
     "sigterm": ["exit_s", "finished_in_grace", "released", "duplicate_finishes", "reruns"],
     "long_job": ["rescues", "reruns", "duplicate_finishes"],
     "sigstop": ["stale_accepted", "stale_attempted", "stale_results_kept", "rescues", "stopped_s"],
-    "db_restart": ["lost", "acknowledged", "unacknowledged_landed", "server_down_s", "submit_gap_s", "submit_failures", "reconnected", "reruns"],
-    "fail_command": ["injected", "matching_commands", "fault_rate", "stuck", "lost", "failed", "reruns",
-                     "duplicate_finishes", "submit_failures"],
-    "claim_race": ["double_claims", "jobs_per_s", "drain_s", "completed_in_limit", "db_commands_per_job", "server_s_by_op", "reruns",
-                   "cursor", "first_queued_seq", "inflight_markers"],
-    "dags": ["order_violations", "workflows_stuck", "parents_mismatch", "steps", "kills", "reruns", "p50_release_s", "max_release_s"],
-    "poison": ["poison_status", "poison_attempts", "worker_deaths", "jobs_per_s_without", "jobs_per_s_with", "throughput_ratio"],
-    "retry_storm": ["failures_peak_per_s", "retries_peak_per_s", "delay_min_s", "delay_max_s", "delay_sd_s", "retry_span_s"],
+    "db_restart": [
+        "lost",
+        "acknowledged",
+        "unacknowledged_landed",
+        "server_down_s",
+        "submit_gap_s",
+        "submit_failures",
+        "reconnected",
+        "reruns",
+    ],
+    "fail_command": [
+        "injected",
+        "matching_commands",
+        "fault_rate",
+        "stuck",
+        "lost",
+        "failed",
+        "reruns",
+        "duplicate_finishes",
+        "submit_failures",
+    ],
+    "claim_race": [
+        "double_claims",
+        "jobs_per_s",
+        "drain_s",
+        "completed_in_limit",
+        "db_commands_per_job",
+        "server_s_by_op",
+        "reruns",
+        "cursor",
+        "first_queued_seq",
+        "inflight_markers",
+    ],
+    "dags": [
+        "order_violations",
+        "workflows_stuck",
+        "parents_mismatch",
+        "steps",
+        "kills",
+        "reruns",
+        "p50_release_s",
+        "max_release_s",
+    ],
+    "poison": [
+        "poison_status",
+        "poison_attempts",
+        "worker_deaths",
+        "jobs_per_s_without",
+        "jobs_per_s_with",
+        "throughput_ratio",
+    ],
+    "retry_storm": [
+        "failures_peak_per_s",
+        "retries_peak_per_s",
+        "delay_min_s",
+        "delay_max_s",
+        "delay_sd_s",
+        "retry_span_s",
+    ],
     "clock_skew": ["premature_reclaims", "reruns", "skew_seen_s"],
-    "lost_reply": ["lost", "charged_without_run", "stranded", "stale_accepted", "counters_at_rest", "dropped_claims",
-                   "dropped_completions", "dropped_exits", "dropped_submits", "lost_completions_kept", "failed_once",
-                   "submits_acknowledged", "race_claimed_before_read_back", "reruns"],
+    "lost_reply": [
+        "lost",
+        "charged_without_run",
+        "stranded",
+        "stale_accepted",
+        "counters_at_rest",
+        "dropped_claims",
+        "dropped_completions",
+        "dropped_exits",
+        "dropped_submits",
+        "lost_completions_kept",
+        "failed_once",
+        "submits_acknowledged",
+        "race_claimed_before_read_back",
+        "reruns",
+    ],
 }
 
 
@@ -60,8 +124,14 @@ def table(results: list[Result]) -> str:
     peaks = [(r.name, r.peak) for r in results if r.peak]
     if peaks:
         ok = all(p <= lim for _, (p, lim) in peaks)
-        rows.append(("per-engine limit N under all of the above (peak from the ledger)",
-                     ", ".join(f"{n} {p}/{lim}" for n, (p, lim) in peaks), "peak concurrency <= N", "pass" if ok else "FAIL"))
+        rows.append(
+            (
+                "per-engine limit N under all of the above (peak from the ledger)",
+                ", ".join(f"{n} {p}/{lim}" for n, (p, lim) in peaks),
+                "peak concurrency <= N",
+                "pass" if ok else "FAIL",
+            )
+        )
     out = ["| scenario | figures | goal | result |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(out)
@@ -109,9 +179,30 @@ async def main() -> int:
     for r in failed:
         print(f"\n{r.name}: " + "; ".join(w for w, ok in r.checks if not ok))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "seed": args.seed, "quick": args.quick, "results": [
-            {"name": r.name, "title": r.title, "goal": r.goal, "ok": r.ok, "figures": r.figures, "peak": r.peak,
-             "checks": r.checks, "notes": r.notes} for r in results]}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "seed": args.seed,
+                    "quick": args.quick,
+                    "results": [
+                        {
+                            "name": r.name,
+                            "title": r.title,
+                            "goal": r.goal,
+                            "ok": r.ok,
+                            "figures": r.figures,
+                            "peak": r.peak,
+                            "checks": r.checks,
+                            "notes": r.notes,
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 1 if failed else 0
 
 

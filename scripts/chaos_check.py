@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 INF = float("inf")
@@ -53,8 +54,17 @@ def load_runs(path: Path) -> dict[str, list[Run]]:
         e = json.loads(line)
         key = (e["job"], e["token"])
         if e["event"] == "start":
-            by_key[key] = Run(e["job"], e["token"], e["attempt"], e["pid"], e["engine"], e["t"], owner=e.get("owner"),
-                              parents=e.get("parents"), extra={k: e[k] for k in ("t_local",) if k in e})
+            by_key[key] = Run(
+                e["job"],
+                e["token"],
+                e["attempt"],
+                e["pid"],
+                e["engine"],
+                e["t"],
+                owner=e.get("owner"),
+                parents=e.get("parents"),
+                extra={k: e[k] for k in ("t_local",) if k in e},
+            )
         elif key in by_key:
             by_key[key].end, by_key[key].outcome = e["t"], e.get("outcome")
     runs: dict[str, list[Run]] = defaultdict(list)
@@ -75,7 +85,7 @@ def double_claims(runs: dict[str, list[Run]]) -> int:
         for r in rs:
             by_attempt[r.attempt].append(r)
         for same in by_attempt.values():
-            for prev, nxt in zip(same, same[1:]):
+            for prev, nxt in pairwise(same):
                 released = prev.outcome == "stopped" and prev.end is not None and prev.end <= nxt.start
                 n += not released
     return n

@@ -76,9 +76,21 @@ class Cluster:
     def start_db(self) -> float:
         """Start (or restart, on the same data and port) the server; returns seconds taken."""
         t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
-               "--storage-path", str(self.dir / "db"), "--sync-on-commit", "--enable-test-commands",
-               "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "secantus",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.dir / "db"),
+            "--sync-on-commit",
+            "--enable-test-commands",
+            "--log-level",
+            "WARNING",
+        ]
         log = open(self.dir / "db.log", "ab")
         self.db = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         embedded.wait_ready(self.base_url(), timeout=60, proc=self.db)
@@ -98,8 +110,9 @@ class Cluster:
         return st
 
     async def fail_point(self, mode, data: dict | None = None) -> None:
-        await self.store.client.admin.command({"configureFailPoint": "failCommand", "mode": mode,
-                                               "data": {**(data or {}), "appName": APP_NAME}})
+        await self.store.client.admin.command(
+            {"configureFailPoint": "failCommand", "mode": mode, "data": {**(data or {}), "appName": APP_NAME}}
+        )
 
     async def opcounters(self) -> dict:
         return (await self.store.client.admin.command("serverStatus"))["opcounters"]
@@ -107,13 +120,21 @@ class Cluster:
     # --- app processes ---------------------------------------------------------------------
     def env(self, **extra) -> dict:
         env = dict(os.environ)
-        env.update({
-            "MONGODB_URL": self.app_url(), "MONGODB_DB": self.db_name, "SWITCHYARD_ADMIN_TOKEN": TOKEN,
-            "SWITCHYARD_LEASE_SECONDS": str(LEASE), "SWITCHYARD_SHUTDOWN_GRACE_SECONDS": "3",
-            "SWITCHYARD_LOG_LEVEL": "WARNING", "SWITCHYARD_QUEUE_LIMITS": json.dumps({ENGINE: self.limit}),
-            "SWITCHYARD_DATA_DIR": str(self.dir / "data"), "SWITCHYARD_HANDLERS": "chaos_handlers",
-            "CHAOS_LEDGER": str(self.ledger), "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}",
-        })
+        env.update(
+            {
+                "MONGODB_URL": self.app_url(),
+                "MONGODB_DB": self.db_name,
+                "SWITCHYARD_ADMIN_TOKEN": TOKEN,
+                "SWITCHYARD_LEASE_SECONDS": str(LEASE),
+                "SWITCHYARD_SHUTDOWN_GRACE_SECONDS": "3",
+                "SWITCHYARD_LOG_LEVEL": "WARNING",
+                "SWITCHYARD_QUEUE_LIMITS": json.dumps({ENGINE: self.limit}),
+                "SWITCHYARD_DATA_DIR": str(self.dir / "data"),
+                "SWITCHYARD_HANDLERS": "chaos_handlers",
+                "CHAOS_LEDGER": str(self.ledger),
+                "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}",
+            }
+        )
         env.update(self.extra_env)
         env.update(extra)
         return env
@@ -121,8 +142,13 @@ class Cluster:
     def _spawn(self, args: list[str], label: str, prefix: list[str] | None = None, **extra) -> subprocess.Popen:
         self._n += 1
         log = open(self.dir / f"{label}-{self._n}.log", "ab")
-        p = subprocess.Popen([*(prefix or []), sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=self.env(**extra),
-                             stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "app.cli", *args],
+            cwd=ROOT,
+            env=self.env(**extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(p)
         return p
 
@@ -176,8 +202,12 @@ class Cluster:
     async def insert(self, n: int, operation: str = "work", retry: RetryConfig | None = None, **params) -> list[str]:
         """Insert `n` jobs directly (the harness's bulk path; acknowledged when this returns)."""
         st = self.store
-        docs = [st.lifecycle.build(JobSpec(engine=ENGINE, operation=operation, parameters=params, retry_config=retry), "chaos")
-                for _ in range(n)]
+        docs = [
+            st.lifecycle.build(
+                JobSpec(engine=ENGINE, operation=operation, parameters=params, retry_config=retry), "chaos"
+            )
+            for _ in range(n)
+        ]
         await st.lifecycle.insert_many(docs)
         return [d["_id"] for d in docs]
 
@@ -221,7 +251,7 @@ class Cluster:
             return await col.find({"engine": ENGINE}, projection).to_list(None)
         out = []
         for i in range(0, len(ids), 1000):
-            out += await col.find({"_id": {"$in": ids[i:i + 1000]}}, projection).to_list(None)
+            out += await col.find({"_id": {"$in": ids[i : i + 1000]}}, projection).to_list(None)
         return out
 
     # --- teardown --------------------------------------------------------------------------

@@ -41,8 +41,17 @@ def _write(ctx: JobContext, event: str, **extra) -> None:
     if fd is None:
         fd = _fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     local = time.time()
-    line = {"job": ctx.job_id, "attempt": ctx.attempt, "token": ctx.lease_token, "pid": os.getpid(), "owner": _owner(),
-            "engine": ctx.engine, "event": event, "t": local - SKEW, **extra}
+    line = {
+        "job": ctx.job_id,
+        "attempt": ctx.attempt,
+        "token": ctx.lease_token,
+        "pid": os.getpid(),
+        "owner": _owner(),
+        "engine": ctx.engine,
+        "event": event,
+        "t": local - SKEW,
+        **extra,
+    }
     if SKEW:
         line["t_local"] = local
     os.write(fd, (json.dumps(line) + "\n").encode())
@@ -65,11 +74,13 @@ async def _run(ctx: JobContext, body) -> dict:
 @handler(engine="chaos", operation="work")
 async def work(ctx: JobContext) -> dict:
     """Sleeps `seconds`; with `fail_before` = n, raises a retryable error on attempts < n."""
+
     async def body():
         await asyncio.sleep(float(ctx.params.get("seconds", 0.05)))
         if ctx.attempt < int(ctx.params.get("fail_before", 0)):
             raise ConnectionError(f"injected failure on attempt {ctx.attempt}")
         return None
+
     return await _run(ctx, body)
 
 
@@ -84,8 +95,9 @@ async def die(ctx: JobContext) -> dict:
 async def step(ctx: JobContext) -> dict:
     """A workflow step: records which parents' results it received, so the checker can
     compare them with the DAG."""
+
     async def body():
         await asyncio.sleep(float(ctx.params.get("seconds", 0.05)))
         return {"key": ctx.params.get("key"), "parents": sorted(ctx.parents)}
-    return await _run(ctx, body)
 
+    return await _run(ctx, body)

@@ -12,11 +12,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-
-import httpx
+from itertools import pairwise
 
 import chaos_check as ck
+import httpx
 from chaos_cluster import APP_NAME, ENGINE, LEASE, TOKEN, Cluster, running_owners
+
 from app.domain.retry import RetryConfig
 from app.store import quirks
 from app.worker.supervisor import hand_back
@@ -73,8 +74,11 @@ async def permits_at_rest(cl: Cluster, timeout: float = 3 * LEASE) -> int:
     if not await until(zero, timeout, 0.2):
         e = await cl.store.engines.get(ENGINE)
         ws = {w["_id"]: (w["pid"], w["status"]) for w in await cl.store.workers.list()}
-        print(f"  permits held at rest: running {e.get('running')}, holds "
-              f"{ {k: (v, ws.get(k)) for k, v in (e.get('holds') or {}).items()} }", flush=True)
+        print(
+            f"  permits held at rest: running {e.get('running')}, holds "
+            f"{ {k: (v, ws.get(k)) for k, v in (e.get('holds') or {}).items()} }",
+            flush=True,
+        )
     return running
 
 
@@ -88,10 +92,20 @@ async def common(cl: Cluster, r: Result, acknowledged: list[str], *, settle: flo
     stale = ck.stale_completions(runs, docs)
     peak = ck.peak_concurrency(ck.intervals(runs, cl.events, ENGINE, time.time()))
     f = r.figures
-    f.update(lost=state["lost"], stuck=state["stuck"], double_claims=ck.double_claims(runs),
-             stale_accepted=stale["accepted"], reruns=ck.reruns(runs), duplicate_finishes=ck.duplicate_finishes(runs),
-             peak=peak, limit=cl.limit, settle_s=round(waited, 1), statuses=state["statuses"], rescues=state["rescues"],
-             permits_leaked=leaked)
+    f.update(
+        lost=state["lost"],
+        stuck=state["stuck"],
+        double_claims=ck.double_claims(runs),
+        stale_accepted=stale["accepted"],
+        reruns=ck.reruns(runs),
+        duplicate_finishes=ck.duplicate_finishes(runs),
+        peak=peak,
+        limit=cl.limit,
+        settle_s=round(waited, 1),
+        statuses=state["statuses"],
+        rescues=state["rescues"],
+        permits_leaked=leaked,
+    )
     r.peak = (peak, cl.limit)
     r.check(f"lost {state['lost']} == 0", state["lost"] == 0)
     r.check(f"stuck {state['stuck']} == 0", state["stuck"] == 0)
@@ -105,7 +119,11 @@ async def common(cl: Cluster, r: Result, acknowledged: list[str], *, settle: flo
 
 # --- SIGKILL a worker holding 50 leased jobs ------------------------------------------------
 async def sigkill(tmp, quick: bool, seed: int) -> Result:
-    r = Result("sigkill", "SIGKILL a worker holding 50 leased jobs", "lost 0; all re-run within lease + 5 s; duplicates counted")
+    r = Result(
+        "sigkill",
+        "SIGKILL a worker holding 50 leased jobs",
+        "lost 0; all re-run within lease + 5 s; duplicates counted",
+    )
     cl = Cluster(tmp, "sigkill", limit=64)
     try:
         cl.start_db()
@@ -128,11 +146,16 @@ async def sigkill(tmp, quick: bool, seed: int) -> Result:
             if later:
                 delays.append(later[0].start - t_kill)
         killed_runs = sum(1 for rs in runs.values() for x in rs if x.pid == victim.pid and x.end is None)
-        r.figures.update(killed_runs=killed_runs, rerun_within_s=round(max(delays), 2) if delays else None,
-                         rerun_p50_s=round(statistics.median(delays), 2) if delays else None)
+        r.figures.update(
+            killed_runs=killed_runs,
+            rerun_within_s=round(max(delays), 2) if delays else None,
+            rerun_p50_s=round(statistics.median(delays), 2) if delays else None,
+        )
         r.check(f"{killed_runs} runs were in flight when killed (50)", killed_runs == 50)
         r.check(f"all 50 re-run ({len(delays)})", len(delays) == 50)
-        r.check(f"last re-run {r.figures['rerun_within_s']} s <= lease + 5 s", bool(delays) and max(delays) <= LEASE + 5)
+        r.check(
+            f"last re-run {r.figures['rerun_within_s']} s <= lease + 5 s", bool(delays) and max(delays) <= LEASE + 5
+        )
         r.check("every job completed", r.figures["statuses"].get("completed") == 50)
         _ = survivors
     finally:
@@ -147,7 +170,9 @@ async def _eq(coro, want) -> bool:
 # --- SIGTERM during work -----------------------------------------------------------------------
 async def sigterm(tmp, quick: bool, seed: int) -> Result:
     grace = 3.0
-    r = Result("sigterm", "SIGTERM during work", f"finished or released within the grace period ({grace:g} s); duplicates 0")
+    r = Result(
+        "sigterm", "SIGTERM during work", f"finished or released within the grace period ({grace:g} s); duplicates 0"
+    )
     cl = Cluster(tmp, "sigterm", limit=16, env={"SWITCHYARD_SHUTDOWN_GRACE_SECONDS": str(grace)})
     try:
         cl.start_db()
@@ -205,7 +230,9 @@ async def long_job(tmp, quick: bool, seed: int) -> Result:
 # --- SIGSTOP past the lease, SIGCONT -----------------------------------------------------------
 async def sigstop(tmp, quick: bool, seed: int) -> Result:
     n = 4
-    r = Result("sigstop", "SIGSTOP a worker past its lease, another takes over, SIGCONT", "stale completions accepted: 0")
+    r = Result(
+        "sigstop", "SIGSTOP a worker past its lease, another takes over, SIGCONT", "stale completions accepted: 0"
+    )
     cl = Cluster(tmp, "sigstop", limit=16)
     try:
         cl.start_db()
@@ -214,7 +241,9 @@ async def sigstop(tmp, quick: bool, seed: int) -> Result:
         stale = cl.worker(concurrency=n)
         await cl.wait_workers(1)
         ids = await cl.insert(n, seconds=3)
-        r.check(f"{n} jobs running on the stalled worker", await until(lambda: _eq(running_count(cl, stale.pid), n), 30))
+        r.check(
+            f"{n} jobs running on the stalled worker", await until(lambda: _eq(running_count(cl, stale.pid), n), 30)
+        )
         await asyncio.sleep(0.5)
         cl.signal(stale, signal.SIGSTOP)
         t_stop = time.monotonic()
@@ -227,13 +256,21 @@ async def sigstop(tmp, quick: bool, seed: int) -> Result:
         docs = {d["_id"]: d for d in out["docs"]}
         by_stale = sum(1 for d in docs.values() if (d.get("result") or {}).get("pid") == stale.pid)
         came_back = [w for w in await cl.store.workers.list() if w["pid"] == stale.pid]
-        r.figures.update(stopped_s=round(stopped_for, 1), stale_attempted=out["stale"]["attempted"],
-                         stale_results_kept=by_stale, stale_incarnations=len(came_back))
+        r.figures.update(
+            stopped_s=round(stopped_for, 1),
+            stale_attempted=out["stale"]["attempted"],
+            stale_results_kept=by_stale,
+            stale_incarnations=len(came_back),
+        )
         r.check(f"the others finished while it was stopped ({done:.1f} s)", done < 60)
         r.check(f"results written by the stalled worker {by_stale} == 0", by_stale == 0)
-        r.check("it came back under a new id, alive",
-                stale.poll() is None and any(w["status"] == "alive" for w in came_back) and len(came_back) >= 2)
-        r.notes.append(f"stale completions attempted (its handlers returned after SIGCONT): {out['stale']['attempted']}")
+        r.check(
+            "it came back under a new id, alive",
+            stale.poll() is None and any(w["status"] == "alive" for w in came_back) and len(came_back) >= 2,
+        )
+        r.notes.append(
+            f"stale completions attempted (its handlers returned after SIGCONT): {out['stale']['attempted']}"
+        )
     finally:
         await cl.close()
     return r
@@ -242,8 +279,11 @@ async def sigstop(tmp, quick: bool, seed: int) -> Result:
 # --- restart the database server under load --------------------------------------------------
 async def db_restart(tmp, quick: bool, seed: int) -> Result:
     n = 300 if quick else 1000
-    r = Result("db_restart", f"restart the database (SIGKILL, same data) under {n} enqueue+claim operations",
-               "acknowledged jobs lost 0; seconds unavailable; every process reconnects by itself")
+    r = Result(
+        "db_restart",
+        f"restart the database (SIGKILL, same data) under {n} enqueue+claim operations",
+        "acknowledged jobs lost 0; seconds unavailable; every process reconnects by itself",
+    )
     # The limit covers every slot (3 × 8): a worker keeps the permits it uses while there is
     # work, so under a lower limit one worker can rightly go without jobs after the restart,
     # and "ran a job after it" is part of what shows it reconnected.
@@ -266,8 +306,10 @@ async def db_restart(tmp, quick: bool, seed: int) -> Result:
                 todo.pop()
                 while True:
                     try:
-                        resp = await c.post("/api/v1/jobs/submit", json={"engine": ENGINE, "operation": "work",
-                                                                         "parameters": {"seconds": 0.05}})
+                        resp = await c.post(
+                            "/api/v1/jobs/submit",
+                            json={"engine": ENGINE, "operation": "work", "parameters": {"seconds": 0.05}},
+                        )
                         if resp.status_code == 201:
                             acked.append(resp.json()["id"])
                             ok_times.append(time.time())
@@ -289,7 +331,7 @@ async def db_restart(tmp, quick: bool, seed: int) -> Result:
             await asyncio.gather(killer(), *(submitter(c) for _ in range(4)))
         down, up = restart["down"], restart["up"]
         ok_times.sort()
-        gap = max((b - a for a, b in zip(ok_times, ok_times[1:]) if b > down), default=None)
+        gap = max((b - a for a, b in pairwise(ok_times) if b > down), default=None)
         after = min([t for t in ok_times if t > up], default=None)
         out = await common(cl, r, acked, settle=90)
         # every process reconnected by itself: alive, beating after the restart, running jobs after it
@@ -301,11 +343,19 @@ async def db_restart(tmp, quick: bool, seed: int) -> Result:
             ran = any(x.pid == p.pid and x.start > up for rs in runs.values() for x in rs)
             reconnected += p.poll() is None and beat and ran
         health = httpx.get(cl.api + "/health", timeout=10)
-        serve_ok = cl.serve_proc.poll() is None and health.status_code == 200 and (health.json().get("database") or {}).get("reachable")
-        r.figures.update(server_down_s=round(up - down, 2), submit_gap_s=round(gap, 2) if gap else None,
-                         submit_failures=failures, acknowledged=len(acked),
-                         reconnected=f"{reconnected + bool(serve_ok)}/{len(workers) + 1}",
-                         unacknowledged_landed=sum(r.figures["statuses"].values()) - len(acked))
+        serve_ok = (
+            cl.serve_proc.poll() is None
+            and health.status_code == 200
+            and (health.json().get("database") or {}).get("reachable")
+        )
+        r.figures.update(
+            server_down_s=round(up - down, 2),
+            submit_gap_s=round(gap, 2) if gap else None,
+            submit_failures=failures,
+            acknowledged=len(acked),
+            reconnected=f"{reconnected + bool(serve_ok)}/{len(workers) + 1}",
+            unacknowledged_landed=sum(r.figures["statuses"].values()) - len(acked),
+        )
         r.check(f"workers reconnected {reconnected}/{len(workers)}", reconnected == len(workers))
         r.check(f"serve reconnected (/health {health.status_code} {health.json().get('database')!r})", serve_ok)
         r.check("submits resumed after the restart", after is not None)
@@ -326,10 +376,17 @@ FAULT_CODE = 1  # InternalError: not a retryable code, so the driver does not hi
 async def fail_command(tmp, quick: bool, seed: int) -> Result:
     n = 200 if quick else 500
     p = 0.05
-    r = Result("fail_command", f"failCommand on update/find/insert at {p:.0%}, seed {seed}, {n} jobs",
-               "stuck 0, lost 0, duplicates counted")
-    cl = Cluster(tmp, "fail_command", limit=16, env={"SWITCHYARD_RETRY_DELAY_SECONDS": "0.2",
-                                                    "SWITCHYARD_RETRY_MAX_DELAY_SECONDS": "2"})
+    r = Result(
+        "fail_command",
+        f"failCommand on update/find/insert at {p:.0%}, seed {seed}, {n} jobs",
+        "stuck 0, lost 0, duplicates counted",
+    )
+    cl = Cluster(
+        tmp,
+        "fail_command",
+        limit=16,
+        env={"SWITCHYARD_RETRY_DELAY_SECONDS": "0.2", "SWITCHYARD_RETRY_MAX_DELAY_SECONDS": "2"},
+    )
     rng = random.Random(seed)
     try:
         cl.start_db()
@@ -355,8 +412,9 @@ async def fail_command(tmp, quick: bool, seed: int) -> Result:
                 while rng.random() >= p:
                     k += 1
                 k = max(0, k - excess)  # commands that passed while we re-armed count towards this gap
-                await cl.fail_point({"skip": k, "times": 1},
-                                    {"failCommands": ["update", "find", "insert"], "errorCode": FAULT_CODE})
+                await cl.fail_point(
+                    {"skip": k, "times": 1}, {"failCommands": ["update", "find", "insert"], "errorCode": FAULT_CODE}
+                )
                 o = await cl.opcounters()
                 base = sum(o[k] for k in kinds)
                 while not stop.is_set():
@@ -381,8 +439,10 @@ async def fail_command(tmp, quick: bool, seed: int) -> Result:
                 secs = 3.0 if rng.random() < 0.1 else round(rng.uniform(0.05, 1.0), 2)
                 while True:
                     try:
-                        resp = await c.post("/api/v1/jobs/submit", json={"engine": ENGINE, "operation": "work",
-                                                                         "parameters": {"seconds": secs}})
+                        resp = await c.post(
+                            "/api/v1/jobs/submit",
+                            json={"engine": ENGINE, "operation": "work", "parameters": {"seconds": secs}},
+                        )
                         if resp.status_code == 201:
                             acked.append(resp.json()["id"])
                             break
@@ -402,16 +462,25 @@ async def fail_command(tmp, quick: bool, seed: int) -> Result:
         faults_s = time.monotonic() - t0
         await common(cl, r, acked, settle=30)
         f = r.figures
-        f.update(injected=stats["injected"], matching_commands=stats["ops"],
-                 fault_rate=f"{stats['injected'] / max(1, stats['ops']):.1%}", faults_on_s=round(faults_s, 1),
-                 submit_failures=submit_failures, settled_under_faults=settled_under_faults < 120,
-                 failed=f["statuses"].get("failed", 0))
+        f.update(
+            injected=stats["injected"],
+            matching_commands=stats["ops"],
+            fault_rate=f"{stats['injected'] / max(1, stats['ops']):.1%}",
+            faults_on_s=round(faults_s, 1),
+            submit_failures=submit_failures,
+            settled_under_faults=settled_under_faults < 120,
+            failed=f["statuses"].get("failed", 0),
+        )
         r.check(f"acknowledged {len(acked)} == {n}", len(acked) == n)
         r.check(f"faults injected ({stats['injected']})", stats["injected"] > 0)
         failed = [d for d in await cl.docs(None, {"status": 1, "last_error": 1}) if d["status"] == "failed"]
         if failed:
-            r.notes.append("failed: " + ", ".join(f"{c} x{k}" for c, k in Counter(
-                (d.get("last_error") or {}).get("code") for d in failed).items()))
+            r.notes.append(
+                "failed: "
+                + ", ".join(
+                    f"{c} x{k}" for c, k in Counter((d.get("last_error") or {}).get("code") for d in failed).items()
+                )
+            )
     finally:
         await cl.close()
     return r
@@ -452,21 +521,36 @@ async def claim_race(tmp, quick: bool, seed: int) -> Result:
         done = ledger_ok(cl)
         if waited >= limit_s:  # what the queue looked like when we gave up
             e = await cl.store.engines.get(ENGINE)
-            first = await cl.store.jobs.col.find({"engine": ENGINE, "status": "queued"}, {"seq": 1}).sort("seq", 1).limit(1).to_list(1)
-            r.figures.update(completed_in_limit=done, cursor=e.get("cursor"), first_queued_seq=first[0]["seq"] if first else None,
-                             inflight_markers=len(e.get("inflight") or {}))
+            first = (
+                await cl.store.jobs.col.find({"engine": ENGINE, "status": "queued"}, {"seq": 1})
+                .sort("seq", 1)
+                .limit(1)
+                .to_list(1)
+            )
+            r.figures.update(
+                completed_in_limit=done,
+                cursor=e.get("cursor"),
+                first_queued_seq=first[0]["seq"] if first else None,
+                inflight_markers=len(e.get("inflight") or {}),
+            )
             await cl.stop_all()  # stop the drain: what is left is not lost, only unfinished
         await common(cl, r, ids, settle=30 if waited < limit_s else 0)
         runs = ck.load_runs(cl.ledger)
         pids = Counter(x.pid for rs in runs.values() for x in rs)
-        r.figures.update(jobs_per_s=round(done / elapsed, 1), drain_s=round(elapsed, 1), workers_used=len(pids),
-                         db_commands_per_job=round(ops / max(1, done), 1))
+        r.figures.update(
+            jobs_per_s=round(done / elapsed, 1),
+            drain_s=round(elapsed, 1),
+            workers_used=len(pids),
+            db_commands_per_job=round(ops / max(1, done), 1),
+        )
         r.check(f"drained within {limit_s} s", waited < limit_s)
         r.check("every job completed", r.figures["statuses"].get("completed") == n)
         # Nothing is injected here, so a re-run needs a lease that ran out: a worker whose
         # beats could not land for a whole lease (the server stalled; docs/reliability.md).
-        r.check(f"every re-run ({r.figures['reruns']}) follows an expired lease ({r.figures['rescues']} rescued)",
-                r.figures["reruns"] <= r.figures["rescues"])
+        r.check(
+            f"every re-run ({r.figures['reruns']}) follows an expired lease ({r.figures['rescues']} rescued)",
+            r.figures["reruns"] <= r.figures["rescues"],
+        )
     finally:
         await cl.close()
     return r
@@ -475,13 +559,16 @@ async def claim_race(tmp, quick: bool, seed: int) -> Result:
 # --- random DAGs with random worker kills ----------------------------------------------------
 def random_dags(n: int, seed: int) -> list[list[list[int]]]:
     """`n` DAGs from hypothesis (seeded): node i lists its parents, all < i."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
+    from hypothesis import strategies as st
 
     @st.composite
     def dag(draw):
         size = draw(st.integers(3, 16))
-        return [draw(st.lists(st.integers(0, i - 1), max_size=min(i, 3), unique=True)) if i else [] for i in range(size)]
+        return [
+            draw(st.lists(st.integers(0, i - 1), max_size=min(i, 3), unique=True)) if i else [] for i in range(size)
+        ]
 
     out = []
 
@@ -501,7 +588,11 @@ def random_dags(n: int, seed: int) -> list[list[list[int]]]:
 
 async def dags(tmp, quick: bool, seed: int) -> Result:
     n_wf, kills = (10, 4) if quick else (25, 10)
-    r = Result("dags", f"{n_wf} random DAGs (hypothesis) with {kills} random worker kills", "order violations 0, workflows stuck 0")
+    r = Result(
+        "dags",
+        f"{n_wf} random DAGs (hypothesis) with {kills} random worker kills",
+        "order violations 0, workflows stuck 0",
+    )
     cl = Cluster(tmp, "dags", limit=12)
     rng = random.Random(seed)
     try:
@@ -514,17 +605,27 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         wf_ids, parents_of = [], {}
         async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
             for w, shape in enumerate(shapes):
-                body = {"name": f"dag{w}", "jobs": [
-                    {"key": f"s{i}", "engine": ENGINE, "operation": "step", "depends_on": [f"s{p}" for p in ps],
-                     "parameters": {"key": f"s{i}", "seconds": round(rng.uniform(0.3, 1.5), 2)},
-                     "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2}}
-                    for i, ps in enumerate(shape)]}
+                body = {
+                    "name": f"dag{w}",
+                    "jobs": [
+                        {
+                            "key": f"s{i}",
+                            "engine": ENGINE,
+                            "operation": "step",
+                            "depends_on": [f"s{p}" for p in ps],
+                            "parameters": {"key": f"s{i}", "seconds": round(rng.uniform(0.3, 1.5), 2)},
+                            "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2},
+                        }
+                        for i, ps in enumerate(shape)
+                    ],
+                }
                 resp = await c.post("/api/v1/jobs/workflows", json=body)
                 resp.raise_for_status()
                 wf = resp.json()
                 wf_ids.append(wf["id"])
                 for i, ps in enumerate(shape):
                     parents_of[wf["jobs"][f"s{i}"]] = {f"s{p}": wf["jobs"][f"s{p}"] for p in ps}
+
         async def all_done():
             wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
             return all(w["status"] in ("completed", "failed", "cancelled") for w in wfs)
@@ -554,15 +655,22 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
             want = parents_of.get(job, {})
             for x in rs:
                 for pid in want.values():  # the parent's accepted run ended before this run began
-                    prs = [y for y in runs.get(pid, []) if y.outcome == "ok" and y.token == docs[pid].get("finished_token")]
+                    prs = [
+                        y for y in runs.get(pid, []) if y.outcome == "ok" and y.token == docs[pid].get("finished_token")
+                    ]
                     if not prs or prs[0].end > x.start:
                         violations += 1
                 if x.parents is not None and sorted(x.parents) != sorted(want):
                     wrong_parents += 1
         release = []  # how long a step waited after its last parent finished
         for job, want in parents_of.items():
-            ends = [min((y.end for y in runs.get(p, []) if y.outcome == "ok" and y.token == docs[p].get("finished_token")),
-                        default=None) for p in want.values()]
+            ends = [
+                min(
+                    (y.end for y in runs.get(p, []) if y.outcome == "ok" and y.token == docs[p].get("finished_token")),
+                    default=None,
+                )
+                for p in want.values()
+            ]
             if want and runs.get(job) and None not in ends:
                 release.append(runs[job][0].start - max(ends))
         for job, want in parents_of.items():  # and in the database: started after each parent completed
@@ -574,11 +682,18 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
         wf_status = Counter(w["status"] for w in wfs)
         stuck = sum(v for k, v in wf_status.items() if k not in ("completed", "failed", "cancelled"))
-        r.figures.update(workflows=len(wf_ids), steps=len(steps), order_violations=violations,
-                         parents_mismatch=wrong_parents, workflows_stuck=stuck, workflow_statuses=dict(wf_status),
-                         max_release_s=round(max(release), 1) if release else None,
-                         p50_release_s=round(statistics.median(release), 2) if release else None,
-                         kills=killed, settle_after_kills_s=round(settle_s, 1))
+        r.figures.update(
+            workflows=len(wf_ids),
+            steps=len(steps),
+            order_violations=violations,
+            parents_mismatch=wrong_parents,
+            workflows_stuck=stuck,
+            workflow_statuses=dict(wf_status),
+            max_release_s=round(max(release), 1) if release else None,
+            p50_release_s=round(statistics.median(release), 2) if release else None,
+            kills=killed,
+            settle_after_kills_s=round(settle_s, 1),
+        )
         r.check(f"order violations {violations} == 0", violations == 0)
         r.check(f"steps that saw the wrong parents {wrong_parents} == 0", wrong_parents == 0)
         r.check(f"workflows stuck {stuck} == 0", stuck == 0)
@@ -600,7 +715,11 @@ async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, 
     ids = await cl.insert(n // 2, seconds=0.2)  # the poison sits in the middle of the queue
     # A short retry delay: with the default 60 s, exponential, the last back-off alone (up
     # to 240 s) outlasted the run, and the poison was still scheduled when it ended.
-    pid = (await cl.insert(1, operation="die", retry=RetryConfig(max_retries=3, retry_delay_seconds=0.5)))[0] if poison else None
+    pid = (
+        (await cl.insert(1, operation="die", retry=RetryConfig(max_retries=3, retry_delay_seconds=0.5)))[0]
+        if poison
+        else None
+    )
     ids += await cl.insert(n - n // 2, seconds=0.2)
     t0 = time.monotonic()
     since = cl.store.clock.now() - timedelta(minutes=5)
@@ -622,7 +741,13 @@ async def _poison_phase(tmp, name: str, n: int, poison: bool) -> tuple[Cluster, 
             if (await cl.store.engines.get(ENGINE)).get("queued", 0) <= 0 and not await cl.any_open():
                 break
         await asyncio.sleep(0.1)
-    return cl, {"ids": ids, "poison": pid, "deaths": deaths, "others_s": others_done, "per_s": n / others_done if others_done else 0}
+    return cl, {
+        "ids": ids,
+        "poison": pid,
+        "deaths": deaths,
+        "others_s": others_done,
+        "per_s": n / others_done if others_done else 0,
+    }
 
 
 async def server_time(cl: Cluster) -> dict[str, int]:
@@ -644,7 +769,11 @@ def ledger_ok(cl: Cluster) -> int:
 
 async def poison(tmp, quick: bool, seed: int) -> Result:
     n = 400 if quick else 800
-    r = Result("poison", f"a poison job (os._exit) among {n} jobs", "attempts = max, then failed; others' throughput barely changes")
+    r = Result(
+        "poison",
+        f"a poison job (os._exit) among {n} jobs",
+        "attempts = max, then failed; others' throughput barely changes",
+    )
     # Alternate the runs (without, with, with, without): the machine is shared, and its
     # load drifts by more than the effect being measured.
     rates = {False: [], True: []}
@@ -661,13 +790,25 @@ async def poison(tmp, quick: bool, seed: int) -> Result:
         doc = await cl.store.jobs.get(run["poison"])
         without, with_ = statistics.mean(rates[False]), statistics.mean(rates[True])
         ratio = with_ / without if without else 0
-        r.figures.update(poison_status=doc["status"], poison_attempts=doc["attempt"], max_attempts=4, worker_deaths=run["deaths"],
-                         jobs_per_s_without=round(without, 1), jobs_per_s_with=round(with_, 1),
-                         throughput_ratio=round(ratio, 2), runs_each=len(rates[True]))
+        r.figures.update(
+            poison_status=doc["status"],
+            poison_attempts=doc["attempt"],
+            max_attempts=4,
+            worker_deaths=run["deaths"],
+            jobs_per_s_without=round(without, 1),
+            jobs_per_s_with=round(with_, 1),
+            throughput_ratio=round(ratio, 2),
+            runs_each=len(rates[True]),
+        )
         r.check(f"poison failed after {doc['attempt']} = 4 attempts", doc["status"] == "failed" and doc["attempt"] == 4)
-        r.check(f"worker deaths {run['deaths']} == 1 (the later attempts run quarantined, app/worker/quarantine.py)",
-                run["deaths"] == 1)
-        r.check(f"other jobs all completed ({r.figures['statuses'].get('completed')})", r.figures["statuses"].get("completed") == n)
+        r.check(
+            f"worker deaths {run['deaths']} == 1 (the later attempts run quarantined, app/worker/quarantine.py)",
+            run["deaths"] == 1,
+        )
+        r.check(
+            f"other jobs all completed ({r.figures['statuses'].get('completed')})",
+            r.figures["statuses"].get("completed") == n,
+        )
         r.check(f"others' throughput ratio {ratio:.2f} >= 0.8", ratio >= 0.8)
     finally:
         await cl.close()
@@ -678,8 +819,11 @@ async def poison(tmp, quick: bool, seed: int) -> Result:
 async def retry_storm(tmp, quick: bool, seed: int) -> Result:
     n = 300 if quick else 1000
     base = 4.0
-    r = Result("retry_storm", f"{n} jobs failing at once (retry base {base:g} s, equal jitter)",
-               "peak retries per second; retry times spread by jitter")
+    r = Result(
+        "retry_storm",
+        f"{n} jobs failing at once (retry base {base:g} s, equal jitter)",
+        "peak retries per second; retry times spread by jitter",
+    )
     cl = Cluster(tmp, "retry_storm", limit=64)
     try:
         cl.start_db()
@@ -689,8 +833,12 @@ async def retry_storm(tmp, quick: bool, seed: int) -> Result:
         await cl.serve()
         await cl.wait_workers(3)
         await cl.store.engines.set_paused(ENGINE, True)
-        ids = await cl.insert(n, retry=RetryConfig(max_retries=3, retry_delay_seconds=base, max_delay_seconds=60),
-                              seconds=0, fail_before=2)
+        ids = await cl.insert(
+            n,
+            retry=RetryConfig(max_retries=3, retry_delay_seconds=base, max_delay_seconds=60),
+            seconds=0,
+            fail_before=2,
+        )
         await cl.store.engines.set_paused(ENGINE, False)
         out = await common(cl, r, ids, settle=120)
         runs = out["runs"]
@@ -703,15 +851,28 @@ async def retry_storm(tmp, quick: bool, seed: int) -> Result:
                 delays.append((d["run_at"] - errs[0]["at"]).total_seconds())
         peak = lambda ts: max(Counter(int(t) for t in ts).values()) if ts else 0  # noqa: E731
         sd = statistics.pstdev(delays) if delays else 0
-        uniform_sd = (base / 2) / 12 ** 0.5
-        r.figures.update(failures_peak_per_s=peak(fails), retries_peak_per_s=peak(retries),
-                         fail_span_s=round(max(fails) - min(fails), 1) if fails else None,
-                         retry_span_s=round(max(retries) - min(retries), 1) if retries else None,
-                         delay_min_s=round(min(delays), 2) if delays else None, delay_max_s=round(max(delays), 2) if delays else None,
-                         delay_sd_s=round(sd, 2), delay_sd_uniform_s=round(uniform_sd, 2))
-        r.check(f"every job retried once and completed ({len(retries)})", len(retries) == n and r.figures["statuses"].get("completed") == n)
-        r.check(f"delays within [{base / 2:g}, {base:g}] s", bool(delays) and min(delays) >= base / 2 - 0.01 and max(delays) <= base + 0.01)
-        r.check(f"jitter spreads them: sd {sd:.2f} s >= half a uniform spread's {uniform_sd:.2f} s", sd >= uniform_sd / 2)
+        uniform_sd = (base / 2) / 12**0.5
+        r.figures.update(
+            failures_peak_per_s=peak(fails),
+            retries_peak_per_s=peak(retries),
+            fail_span_s=round(max(fails) - min(fails), 1) if fails else None,
+            retry_span_s=round(max(retries) - min(retries), 1) if retries else None,
+            delay_min_s=round(min(delays), 2) if delays else None,
+            delay_max_s=round(max(delays), 2) if delays else None,
+            delay_sd_s=round(sd, 2),
+            delay_sd_uniform_s=round(uniform_sd, 2),
+        )
+        r.check(
+            f"every job retried once and completed ({len(retries)})",
+            len(retries) == n and r.figures["statuses"].get("completed") == n,
+        )
+        r.check(
+            f"delays within [{base / 2:g}, {base:g}] s",
+            bool(delays) and min(delays) >= base / 2 - 0.01 and max(delays) <= base + 0.01,
+        )
+        r.check(
+            f"jitter spreads them: sd {sd:.2f} s >= half a uniform spread's {uniform_sd:.2f} s", sd >= uniform_sd / 2
+        )
     finally:
         await cl.close()
     return r
@@ -744,13 +905,19 @@ async def clock_skew(tmp, quick: bool, seed: int) -> Result:
             for x in rs:
                 if "t_local" in x.extra:
                     seen.setdefault(x.pid, round(x.extra["t_local"] - x.start))
-        r.figures.update(premature_reclaims=r.figures["rescues"], skew_seen_s=sorted(set(seen.values())),
-                         ran_ahead=sum(1 for rs in runs.values() for x in rs if x.pid == ahead.pid),
-                         ran_behind=sum(1 for rs in runs.values() for x in rs if x.pid == behind.pid),
-                         ran_plain=sum(1 for rs in runs.values() for x in rs if x.pid == plain.pid))
+        r.figures.update(
+            premature_reclaims=r.figures["rescues"],
+            skew_seen_s=sorted(set(seen.values())),
+            ran_ahead=sum(1 for rs in runs.values() for x in rs if x.pid == ahead.pid),
+            ran_behind=sum(1 for rs in runs.values() for x in rs if x.pid == behind.pid),
+            ran_plain=sum(1 for rs in runs.values() for x in rs if x.pid == plain.pid),
+        )
         r.check(f"premature reclaims {r.figures['rescues']} == 0", r.figures["rescues"] == 0)
         r.check(f"re-runs {r.figures['reruns']} == 0", r.figures["reruns"] == 0)
-        r.check(f"the skew was in effect: ledger clocks {seen}", seen.get(ahead.pid) == skew and seen.get(behind.pid) == -skew)
+        r.check(
+            f"the skew was in effect: ledger clocks {seen}",
+            seen.get(ahead.pid) == skew and seen.get(behind.pid) == -skew,
+        )
         r.check("the skewed workers ran jobs", r.figures["ran_ahead"] > 0 and r.figures["ran_behind"] > 0)
     finally:
         await cl.close()
@@ -760,27 +927,42 @@ async def clock_skew(tmp, quick: bool, seed: int) -> Result:
 # --- replies lost after the write landed (tests/faultproxy.py) -------------------------------
 def is_claim(body: dict) -> bool:
     """A claim: an `update` on jobs whose filter has `status: queued` and which stamps a lease."""
-    return any(isinstance(u.get("u"), dict) and u["q"].get("status") == "queued" and "lease_token" in (u["u"].get("$set") or {})
-               for u in body.get("updates") or [])
+    return any(
+        isinstance(u.get("u"), dict)
+        and u["q"].get("status") == "queued"
+        and "lease_token" in (u["u"].get("$set") or {})
+        for u in body.get("updates") or []
+    )
 
 
 def is_completion(body: dict) -> bool:
     """A completion: an `update` on jobs whose pipeline's first `$set` stamps `finished_token`."""
-    return any(isinstance(u.get("u"), list) and u["u"] and "finished_token" in (u["u"][0].get("$set") or {})
-               for u in body.get("updates") or [])
+    return any(
+        isinstance(u.get("u"), list) and u["u"] and "finished_token" in (u["u"][0].get("$set") or {})
+        for u in body.get("updates") or []
+    )
 
 
 def is_exit(body: dict) -> bool:
     """Any other move out of running (fail, retry, stop): a `bulk_write` of updates that stamp
     `finished_token` with `$set`."""
-    return any(isinstance(u.get("u"), dict) and "finished_token" in (u["u"].get("$set") or {})
-               for u in body.get("updates") or [])
+    return any(
+        isinstance(u.get("u"), dict) and "finished_token" in (u["u"].get("$set") or {})
+        for u in body.get("updates") or []
+    )
 
 
 def kind_of(command: str, body: dict) -> str:
     if command == "update" and body.get("update") == "jobs":
-        return ("claim" if is_claim(body) else "completion" if is_completion(body) else "exit" if is_exit(body)
-                else "update")
+        return (
+            "claim"
+            if is_claim(body)
+            else "completion"
+            if is_completion(body)
+            else "exit"
+            if is_exit(body)
+            else "update"
+        )
     if command == "insert" and body.get("insert") == "jobs":
         return "submit"
     return command
@@ -874,9 +1056,12 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
     n, n_sub, n_race = (150, 30, 3) if quick else (400, 60, 3)
     want = {"claim": 5, "completion": 5, "exit": 3}
     sub_drops = set(range(3, n_sub, 6 if quick else 10))  # these submits lose their insert's reply once
-    r = Result("lost_reply", f"replies lost after the write landed: {want['claim']} claims, {want['completion']} completions, "
-               f"{want['exit']} failure exits, {len(sub_drops) + n_race} submits; {n + n_sub + n_race} jobs with max_retries 0",
-               "lost 0, charged without a run 0, stranded 0, counters at rest")
+    r = Result(
+        "lost_reply",
+        f"replies lost after the write landed: {want['claim']} claims, {want['completion']} completions, "
+        f"{want['exit']} failure exits, {len(sub_drops) + n_race} submits; {n + n_sub + n_race} jobs with max_retries 0",
+        "lost 0, charged without a run 0, stranded 0, counters at rest",
+    )
     rng = random.Random(seed)
     cl = Cluster(tmp, "lost_reply", limit=12)
     retry = RetryConfig(max_retries=0)
@@ -902,8 +1087,12 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
             failing += await cl.insert(1, retry=retry, seconds=0.1, fail_before=2)
         ids += failing
         s = Settings(queue_limits={ENGINE: cl.limit}, lease_seconds=LEASE, log_level="WARNING")
-        sub = connect(proxy.url.replace(f"appName={APP_NAME}", "appName=chaos-submitter"), s, db_name=cl.db_name,
-                      secantus=quirks.is_secantus(cl.base_url()))
+        sub = connect(
+            proxy.url.replace(f"appName={APP_NAME}", "appName=chaos-submitter"),
+            s,
+            db_name=cl.db_name,
+            secantus=quirks.is_secantus(cl.base_url()),
+        )
         await sub.start()
 
         stop = asyncio.Event()
@@ -929,11 +1118,16 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
                         tagged[tag] = d["_id"]
                         return True
                 return False
+
             return match
 
         async def submit(tag: str) -> None:
-            spec = JobSpec(engine=ENGINE, operation="work", retry_config=retry,
-                           parameters={"seconds": round(rng.uniform(0.1, 0.5), 2), "tag": tag})
+            spec = JobSpec(
+                engine=ENGINE,
+                operation="work",
+                retry_config=retry,
+                parameters={"seconds": round(rng.uniform(0.1, 0.5), 2), "tag": tag},
+            )
             try:
                 job, _ = await sub.lifecycle.submit(spec, owner="chaos")
                 acked[tag] = job["_id"]
@@ -941,8 +1135,10 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
                 refused[tag] = repr(exc)
 
         # 1. the drain
-        drips = [asyncio.create_task(dripper(kind, match))
-                 for kind, match in (("claim", is_claim), ("completion", is_completion), ("exit", is_exit))]
+        drips = [
+            asyncio.create_task(dripper(kind, match))
+            for kind, match in (("claim", is_claim), ("completion", is_completion), ("exit", is_exit))
+        ]
         await cl.store.engines.set_paused(ENGINE, False)
         for i in range(n_sub):
             if i in sub_drops:
@@ -965,8 +1161,12 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
                 """The submitter's look for what landed: the first `find` naming the job by id
                 (the job is not claimed yet, so no worker reads it by id)."""
                 filt = body.get("filter") or {}
-                return (command == "find" and body.get("find") == "jobs" and "lease_token" not in filt
-                        and tagged.get(tag) in ((filt.get("_id") or {}).get("$in") or []))
+                return (
+                    command == "find"
+                    and body.get("find") == "jobs"
+                    and "lease_token" not in filt
+                    and tagged.get(tag) in ((filt.get("_id") or {}).get("$in") or [])
+                )
 
             async def claimed(tag=tag) -> bool:
                 d = await cl.store.jobs.col.find_one({"_id": tagged.get(tag)}, {"status": 1})
@@ -983,75 +1183,130 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
             await until(finished, 30, 0.1)
             after = (await cl.store.engines.get(ENGINE)).get("queued", 0)
             d = await cl.store.jobs.col.find_one({"_id": tagged.get(tag)}, {"status": 1, "attempt": 1}) or {}
-            race.append({"tag": tag, "id": tagged.get(tag), "acknowledged": tag in acked, "status": d.get("status"),
-                         "held_s": proxy.held[held][1] if len(proxy.held) > held else None,
-                         "claimed_first": len(proxy.held) > held and proxy.held[held][2], "queued_counter": [before, after]})
+            race.append(
+                {
+                    "tag": tag,
+                    "id": tagged.get(tag),
+                    "acknowledged": tag in acked,
+                    "status": d.get("status"),
+                    "held_s": proxy.held[held][1] if len(proxy.held) > held else None,
+                    "claimed_first": len(proxy.held) > held and proxy.held[held][2],
+                    "queued_counter": [before, after],
+                }
+            )
         proxy.clear()
         dropped = Counter(kind_of(c, b) for c, b in proxy.dropped)
         out = await common(cl, r, ids + list(acked.values()), settle=30)
         runs, docs = out["runs"], out["docs"]
 
         # charged without a run: an attempt counted beyond the handler runs the ledger saw
-        charged = [d["_id"] for d in docs if d.get("attempt", 0) > len(runs.get(d["_id"], []))
-                   or (d["status"] == "failed" and not runs.get(d["_id"]))]
+        charged = [
+            d["_id"]
+            for d in docs
+            if d.get("attempt", 0) > len(runs.get(d["_id"], [])) or (d["status"] == "failed" and not runs.get(d["_id"]))
+        ]
         stranded = [d["_id"] for d in docs if d["status"] == "running"]
         e = await cl.store.engines.get(ENGINE)
         queued_jobs = await cl.store.jobs.col.count_documents({"engine": ENGINE, "status": "queued"})
         holds = sum((e.get("holds") or {}).values())
         counters_ok = e.get("queued", 0) == queued_jobs and e.get("running", 0) == holds == 0
         # submits: an acknowledged one exists exactly once, an unacknowledged one once or not at all
-        by_tag = Counter((d.get("parameters") or {}).get("tag") for d in await cl.store.jobs.col.find(
-            {"engine": ENGINE, "parameters.tag": {"$exists": True}}, {"parameters.tag": 1}).to_list(None))
+        by_tag = Counter(
+            (d.get("parameters") or {}).get("tag")
+            for d in await cl.store.jobs.col.find(
+                {"engine": ENGINE, "parameters.tag": {"$exists": True}}, {"parameters.tag": 1}
+            ).to_list(None)
+        )
         acked_once = sum(by_tag[t] == 1 for t in acked)
         refused_landed = sum(by_tag[t] for t in refused)
         # a claim whose reply was lost: the jobs it took ran under its token
-        claim_tokens = {u["u"]["$set"]["lease_token"] for c, b in proxy.dropped if kind_of(c, b) == "claim"
-                        for u in b["updates"]}
+        claim_tokens = {
+            u["u"]["$set"]["lease_token"] for c, b in proxy.dropped if kind_of(c, b) == "claim" for u in b["updates"]
+        }
         claim_runs = sum(1 for rs in runs.values() for x in rs if x.token in claim_tokens)
         # a completion whose reply was lost: it stands (finished_token is its token), nothing re-ran
         by_id = {d["_id"]: d for d in docs}
-        completed_by_lost = [(i, u["q"]["lease_token"]) for c, b in proxy.dropped if kind_of(c, b) == "completion"
-                             for u in b["updates"] for i in u["q"]["_id"]["$in"]]
-        kept = sum(1 for i, tok in completed_by_lost if by_id.get(i, {}).get("status") == "completed"
-                   and by_id[i].get("finished_token") == tok and len(runs.get(i, [])) == 1)
+        completed_by_lost = [
+            (i, u["q"]["lease_token"])
+            for c, b in proxy.dropped
+            if kind_of(c, b) == "completion"
+            for u in b["updates"]
+            for i in u["q"]["_id"]["$in"]
+        ]
+        kept = sum(
+            1
+            for i, tok in completed_by_lost
+            if by_id.get(i, {}).get("status") == "completed"
+            and by_id[i].get("finished_token") == tok
+            and len(runs.get(i, [])) == 1
+        )
         # a failure exit whose reply was lost: failed once, one error recorded (the driver retries
         # a `bulk_write`; a retry applied twice would push the error twice)
         failed = {d["_id"] for d in docs if d["status"] == "failed"}
-        failed_once = sum(1 for i in failing if by_id.get(i, {}).get("status") == "failed"
-                          and len(by_id[i].get("errors") or []) == 1 and by_id[i].get("attempt") == 1 and len(runs.get(i, [])) == 1)
+        failed_once = sum(
+            1
+            for i in failing
+            if by_id.get(i, {}).get("status") == "failed"
+            and len(by_id[i].get("errors") or []) == 1
+            and by_id[i].get("attempt") == 1
+            and len(runs.get(i, [])) == 1
+        )
         exit_ids = {u["q"]["_id"] for c, b in proxy.dropped if kind_of(c, b) == "exit" for u in b["updates"]}
         corrections = sum(p.read_text(errors="replace").count("counter_corrected") for p in cl.dir.glob("*.log"))
         claimed_first = sum(x["claimed_first"] for x in race)
         read_backs = sum(x["held_s"] is not None for x in race)
         f = r.figures
-        f.update(charged_without_run=len(charged), stranded=len(stranded),
-                 counters_at_rest=f"queued {e.get('queued', 0)}/{queued_jobs} jobs, running {e.get('running', 0)}, holds {holds}",
-                 dropped_claims=dropped["claim"], dropped_completions=dropped["completion"], dropped_exits=dropped["exit"],
-                 dropped_submits=dropped["submit"],
-                 dropped_other=sum(v for k, v in dropped.items() if k not in ("claim", "completion", "exit", "submit")),
-                 failed_once=f"{failed_once}/{len(failing)}",
-                 lost_claim_jobs_run=claim_runs, lost_completions_kept=f"{kept}/{len(completed_by_lost)}",
-                 submits_acknowledged=f"{len(acked)}/{n_sub + n_race}", submits_refused=len(refused), refused_landed=refused_landed,
-                 race_claimed_before_read_back=f"{claimed_first}/{n_race}", race=race,
-                 drain_s=round(drained, 1), counter_corrections=corrections, failed=f["statuses"].get("failed", 0),
-                 completed=f["statuses"].get("completed", 0), proxy_connections=proxy.accepted)
+        f.update(
+            charged_without_run=len(charged),
+            stranded=len(stranded),
+            counters_at_rest=f"queued {e.get('queued', 0)}/{queued_jobs} jobs, running {e.get('running', 0)}, holds {holds}",
+            dropped_claims=dropped["claim"],
+            dropped_completions=dropped["completion"],
+            dropped_exits=dropped["exit"],
+            dropped_submits=dropped["submit"],
+            dropped_other=sum(v for k, v in dropped.items() if k not in ("claim", "completion", "exit", "submit")),
+            failed_once=f"{failed_once}/{len(failing)}",
+            lost_claim_jobs_run=claim_runs,
+            lost_completions_kept=f"{kept}/{len(completed_by_lost)}",
+            submits_acknowledged=f"{len(acked)}/{n_sub + n_race}",
+            submits_refused=len(refused),
+            refused_landed=refused_landed,
+            race_claimed_before_read_back=f"{claimed_first}/{n_race}",
+            race=race,
+            drain_s=round(drained, 1),
+            counter_corrections=corrections,
+            failed=f["statuses"].get("failed", 0),
+            completed=f["statuses"].get("completed", 0),
+            proxy_connections=proxy.accepted,
+        )
         r.check(f"charged without a run {len(charged)} == 0", not charged)
         r.check(f"stranded (still running after settling) {len(stranded)} == 0", not stranded)
         r.check(f"counters at rest: {f['counters_at_rest']}", counters_ok)
         for kind in ("claim", "completion", "exit", "submit"):
             r.check(f"{kind} replies lost {dropped[kind]} >= 1", dropped[kind] >= 1)
         r.check(f"the jobs of lost claims ran under their token ({claim_runs})", claim_runs >= 1)
-        r.check(f"completions whose reply was lost stand, none re-run ({f['lost_completions_kept']})",
-                completed_by_lost and kept == len(completed_by_lost))
-        r.check(f"the failing jobs failed once, with one error each ({failed_once}/{len(failing)}), and no other job failed",
-                failed_once == len(failing) and failed == set(failing))
-        r.check(f"the jobs of lost failure exits are among them ({len(exit_ids & set(failing))}/{len(exit_ids)})",
-                exit_ids <= set(failing))
+        r.check(
+            f"completions whose reply was lost stand, none re-run ({f['lost_completions_kept']})",
+            completed_by_lost and kept == len(completed_by_lost),
+        )
+        r.check(
+            f"the failing jobs failed once, with one error each ({failed_once}/{len(failing)}), and no other job failed",
+            failed_once == len(failing) and failed == set(failing),
+        )
+        r.check(
+            f"the jobs of lost failure exits are among them ({len(exit_ids & set(failing))}/{len(exit_ids)})",
+            exit_ids <= set(failing),
+        )
         r.check(f"acknowledged submits exist exactly once ({acked_once}/{len(acked)})", acked_once == len(acked))
-        r.check(f"unacknowledged submits exist at most once ({refused_landed} landed of {len(refused)})",
-                all(by_tag[t] <= 1 for t in refused))
-        r.check(f"the race was staged: every read-back ({read_backs}) waited until a worker had claimed the job "
-                f"({claimed_first})", claimed_first == read_backs)
+        r.check(
+            f"unacknowledged submits exist at most once ({refused_landed} landed of {len(refused)})",
+            all(by_tag[t] <= 1 for t in refused),
+        )
+        r.check(
+            f"the race was staged: every read-back ({read_backs}) waited until a worker had claimed the job "
+            f"({claimed_first})",
+            claimed_first == read_backs,
+        )
         r.check(f"fault proxy errors {len(proxy.errors)} == 0", not proxy.errors)
         if charged:
             r.notes.append(f"charged without a run: {charged[:10]}")
@@ -1075,7 +1330,16 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
 
 
 SCENARIOS = {
-    "sigkill": sigkill, "sigterm": sigterm, "long_job": long_job, "sigstop": sigstop, "db_restart": db_restart,
-    "fail_command": fail_command, "claim_race": claim_race, "dags": dags, "poison": poison,
-    "retry_storm": retry_storm, "clock_skew": clock_skew, "lost_reply": lost_reply,
+    "sigkill": sigkill,
+    "sigterm": sigterm,
+    "long_job": long_job,
+    "sigstop": sigstop,
+    "db_restart": db_restart,
+    "fail_command": fail_command,
+    "claim_race": claim_race,
+    "dags": dags,
+    "poison": poison,
+    "retry_storm": retry_storm,
+    "clock_skew": clock_skew,
+    "lost_reply": lost_reply,
 }

@@ -29,9 +29,16 @@ def db_url():
 
 def make_settings(**overrides) -> Settings:
     base = dict(
-        admin_token=TOKEN, lease_seconds=2.0, poll_interval_seconds=0.5, promote_interval_seconds=0.05,
-        cancel_grace_seconds=0.5, shutdown_grace_seconds=2.0, retry_delay_seconds=0.05, retry_max_delay_seconds=1.0,
-        log_level="WARNING", handlers="tests.support_handlers",
+        admin_token=TOKEN,
+        lease_seconds=2.0,
+        poll_interval_seconds=0.5,
+        promote_interval_seconds=0.05,
+        cancel_grace_seconds=0.5,
+        shutdown_grace_seconds=2.0,
+        retry_delay_seconds=0.05,
+        retry_max_delay_seconds=1.0,
+        log_level="WARNING",
+        handlers="tests.support_handlers",
     )
     base.update(overrides)
     return Settings(**base)
@@ -66,8 +73,9 @@ async def api(store, settings):
     app = create_app(settings, store=store, workers=0, maintenance=False, live=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as client:
             yield client
 
 

@@ -42,10 +42,12 @@ def parse_command(message: bytes) -> tuple[str, dict[str, Any], bool] | None:
     while pos < end:
         kind, (size,) = message[pos], struct.unpack_from("<i", message, pos + 1)
         if kind == 0:
-            body = bson.decode(message[pos + 1:pos + 1 + size], CODEC)
+            body = bson.decode(message[pos + 1 : pos + 1 + size], CODEC)
         elif kind == 1:
             name_end = message.index(b"\0", pos + 5)
-            sequences[message[pos + 5:name_end].decode()] = bson.decode_all(message[name_end + 1:pos + 1 + size], CODEC)
+            sequences[message[pos + 5 : name_end].decode()] = bson.decode_all(
+                message[name_end + 1 : pos + 1 + size], CODEC
+            )
         else:
             return None
         pos += 1 + size
@@ -118,9 +120,15 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def drop_reply_to(self, command: str, collection: str | None = None,
-                      where: Callable[[dict[str, Any]], bool] | None = None, times: int = 1) -> Rule:
+    def drop_reply_to(
+        self,
+        command: str,
+        collection: str | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        times: int = 1,
+    ) -> Rule:
         """Drop replies to `command` (on `collection`, the command's value, if given) whose body passes `where`."""
+
         def match(name: str, body: dict[str, Any]) -> bool:
             if name != command or (collection is not None and body[name] != collection):
                 return False
@@ -184,8 +192,10 @@ class FaultProxy:
         try:
             upstream_r, upstream_w = await asyncio.open_connection(self.upstream_host, self.upstream_port)
             doomed: set[int] = set()  # requestIDs whose reply must be lost
-            pumps = [asyncio.create_task(self._requests(client_r, upstream_w, doomed)),
-                     asyncio.create_task(self._replies(upstream_r, client_w, doomed))]
+            pumps = [
+                asyncio.create_task(self._requests(client_r, upstream_w, doomed)),
+                asyncio.create_task(self._replies(upstream_r, client_w, doomed)),
+            ]
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         except OSError:
             pass  # the server is unreachable: the client sees its connection closed

@@ -36,13 +36,34 @@ async def uvicorn_app(app):
         await asyncio.wait_for(task, 20)
 
 
-async def serve_processes(db_url: str, db: str, workers: list[int], **env: str) -> tuple[list[int], list[subprocess.Popen]]:
+async def serve_processes(
+    db_url: str, db: str, workers: list[int], **env: str
+) -> tuple[list[int], list[subprocess.Popen]]:
     """One `switchyard serve` per entry of `workers` (its in-process slots), ready to serve."""
     ports = [free_port() for _ in workers]
-    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(n),
-                               "--handlers", "tests.support_handlers"], cwd=ROOT, env=env_for(db_url, db, **env),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for port, n in zip(ports, workers)]
-    for port, proc in zip(ports, procs):
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(n),
+                "--handlers",
+                "tests.support_handlers",
+            ],
+            cwd=ROOT,
+            env=env_for(db_url, db, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for port, n in zip(ports, workers, strict=True)
+    ]
+    for port, proc in zip(ports, procs, strict=True):
+
         async def ready(port=port, proc=proc):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             try:
@@ -50,5 +71,6 @@ async def serve_processes(db_url: str, db: str, workers: list[int], **env: str) 
                     return (await c.get(f"http://127.0.0.1:{port}/ready")).status_code == 200
             except httpx.HTTPError:
                 return False
+
         await eventually(ready, timeout=60, interval=0.2)
     return ports, procs

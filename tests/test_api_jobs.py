@@ -14,7 +14,9 @@ MILLIS = re.compile(r"\.\d{3}(000)?(Z|\+00:00)$")
 
 
 async def test_submit_status_list_and_cancel(api):
-    r = await api.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": {"a": 1}, "priority": 3})
+    r = await api.post(
+        "/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": {"a": 1}, "priority": 3}
+    )
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["status"] == "queued" and job["priority"] == 3 and job["deduplicated"] is False
@@ -75,7 +77,9 @@ async def test_history_and_queue_controls(api, jobs, store):
     q = {x["name"]: x for x in (await api.get("/api/v1/jobs/queue/status")).json()["queues"]}
     assert q["testing"]["queued"] == 1 and q["testing"]["max_concurrent_jobs"] == 2
     assert q["testing"]["oldest_queued_age_seconds"] >= 0
-    assert q["ledger"]["max_concurrent_jobs"] == 2 and q["ledger"]["queued"] == 0  # handlers' engines appear at their defaults
+    assert (
+        q["ledger"]["max_concurrent_jobs"] == 2 and q["ledger"]["queued"] == 0
+    )  # handlers' engines appear at their defaults
     r = await api.post("/api/v1/jobs/queue/testing/pause")
     assert r.json()["paused"] is True and (await store.engines.get("testing"))["paused"] is True
     r = await api.post("/api/v1/jobs/queue/testing/resume")
@@ -89,8 +93,15 @@ async def test_health_needs_no_token(api):
     assert r.status_code == 200 and r.json()["database"]["reachable"] is True
 
 
-@pytest.mark.parametrize("path,method", [("/api/v1/jobs/", "GET"), ("/api/v1/jobs/submit", "POST"),
-                                         ("/api/v1/jobs/queue/status", "GET"), ("/api/v1/jobs/history", "GET")])
+@pytest.mark.parametrize(
+    "path,method",
+    [
+        ("/api/v1/jobs/", "GET"),
+        ("/api/v1/jobs/submit", "POST"),
+        ("/api/v1/jobs/queue/status", "GET"),
+        ("/api/v1/jobs/history", "GET"),
+    ],
+)
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic abc"])
 async def test_everything_else_needs_the_token(api, path, method, auth):
     headers = {"Authorization": auth} if auth else {"Authorization": ""}
@@ -98,18 +109,21 @@ async def test_everything_else_needs_the_token(api, path, method, auth):
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"engine": "testing", "operation": "ok", "priority": 0}, "priority"),
-    ({"engine": "testing", "operation": "ok", "priority": 11}, "priority"),
-    ({"engine": "testing"}, "operation"),
-    ({"engine": "bad name!", "operation": "ok"}, "engine"),
-    ({"engine": "testing", "operation": "ok", "parameters": {"$where": "1"}}, "parameters"),
-    ({"engine": "testing", "operation": "ok", "parameters": {"a": {"b.c": 1}}}, "parameters"),
-    ({"engine": "testing", "operation": "ok", "surprise": 1}, "surprise"),
-    ({"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z", "delay_seconds": 5}, "body"),
-    ({"engine": "testing", "operation": "ok", "retry_config": {"max_retries": -1}}, "retry_config.max_retries"),
-    ({"engine": "testing", "operation": "ok", "timeout_seconds": 0}, "timeout_seconds"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"engine": "testing", "operation": "ok", "priority": 0}, "priority"),
+        ({"engine": "testing", "operation": "ok", "priority": 11}, "priority"),
+        ({"engine": "testing"}, "operation"),
+        ({"engine": "bad name!", "operation": "ok"}, "engine"),
+        ({"engine": "testing", "operation": "ok", "parameters": {"$where": "1"}}, "parameters"),
+        ({"engine": "testing", "operation": "ok", "parameters": {"a": {"b.c": 1}}}, "parameters"),
+        ({"engine": "testing", "operation": "ok", "surprise": 1}, "surprise"),
+        ({"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z", "delay_seconds": 5}, "body"),
+        ({"engine": "testing", "operation": "ok", "retry_config": {"max_retries": -1}}, "retry_config.max_retries"),
+        ({"engine": "testing", "operation": "ok", "timeout_seconds": 0}, "timeout_seconds"),
+    ],
+)
 async def test_bad_submissions_name_the_field(api, body, field):
     r = await api.post("/api/v1/jobs/submit", json=body)
     assert r.status_code == 422, r.text
@@ -156,9 +170,17 @@ async def test_bad_limits_are_422(api):
 
 async def test_openapi_lists_the_contract(api):
     spec = (await api.get("/openapi.json")).json()
-    for path in ("/api/v1/jobs/submit", "/api/v1/jobs/{job_id}/status", "/api/v1/jobs/{job_id}/cancel", "/api/v1/jobs/",
-                 "/api/v1/jobs/history", "/api/v1/jobs/queue/status", "/api/v1/jobs/queue/{name}/pause",
-                 "/api/v1/jobs/queue/{name}/resume", "/api/v1/jobs/queue/{name}/limits"):
+    for path in (
+        "/api/v1/jobs/submit",
+        "/api/v1/jobs/{job_id}/status",
+        "/api/v1/jobs/{job_id}/cancel",
+        "/api/v1/jobs/",
+        "/api/v1/jobs/history",
+        "/api/v1/jobs/queue/status",
+        "/api/v1/jobs/queue/{name}/pause",
+        "/api/v1/jobs/queue/{name}/resume",
+        "/api/v1/jobs/queue/{name}/limits",
+    ):
         assert path in spec["paths"], path
 
 
@@ -168,7 +190,9 @@ async def test_unknown_routes_and_methods_have_the_error_shape(api):
     assert r.json() == {"error": {"code": "http_404", "message": "no such route", "field": "path"}}
     r = await api.delete("/api/v1/jobs/submit")
     assert r.status_code == 405
-    assert r.json() == {"error": {"code": "http_405", "message": "method DELETE is not allowed here", "field": "method"}}
+    assert r.json() == {
+        "error": {"code": "http_405", "message": "method DELETE is not allowed here", "field": "method"}
+    }
     r = await api.get("/api/v1/jobs/0123456789abcdef01234567/status")  # our own errors name no field here
     assert set(r.json()["error"]) >= {"code", "message", "field"}
 

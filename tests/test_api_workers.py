@@ -32,6 +32,7 @@ async def test_a_live_worker_shows_its_fields_and_running_jobs(api, worker, jobs
     async def beat_with_the_job():  # the next heartbeat (every lease/3) carries it
         ws = await listed(api)
         return ws if ws and ws[0]["running_jobs"] == [job["_id"]] else None
+
     [w] = await eventually(beat_with_the_job, timeout=10)
     assert w["id"] == worker.worker_id and w["status"] == "alive"
     assert (w["host"], w["pid"], w["kind"]) == (socket.gethostname(), os.getpid(), "worker")
@@ -45,6 +46,7 @@ async def test_a_live_worker_shows_its_fields_and_running_jobs(api, worker, jobs
     async def idle():
         [w] = await listed(api)
         return w["running"] == 0 and w["running_jobs"] == []
+
     await eventually(idle, timeout=10)
 
 
@@ -70,6 +72,7 @@ async def test_an_expired_registration_is_marked_dead_and_its_permits_return(api
     async def dead():  # no beats come: one rescue pass after the expiry marks it
         await maint.rescue()
         return await listed(api, status="dead")
+
     [w] = await eventually(dead, timeout=5)
     assert w["id"] == "wstalled" and w["died_at"] is not None
     assert await listed(api, status="alive") == []
@@ -79,8 +82,10 @@ async def test_an_expired_registration_is_marked_dead_and_its_permits_return(api
 async def test_a_killed_worker_process_turns_dead(api, db_url, store, settings):
     proc = start_worker(db_url, store.db.name, concurrency=3, engines="testing,ledger")
     try:
+
         async def registered():
             return [w for w in await listed(api, status="alive") if w["pid"] == proc.pid]
+
         [w] = await eventually(registered, timeout=30)
         assert w["engines"] == ["ledger", "testing"] and w["concurrency"] == 3 and w["kind"] == "worker"
         proc.send_signal(signal.SIGKILL)
@@ -90,6 +95,7 @@ async def test_a_killed_worker_process_turns_dead(api, db_url, store, settings):
         async def dead():
             await maint.rescue()
             return [d for d in await listed(api, status="dead") if d["id"] == w["id"]]
+
         [d] = await eventually(dead, timeout=settings.lease_seconds + 5)
         assert d["pid"] == proc.pid and d["last_seen"] <= d["died_at"]
     finally:

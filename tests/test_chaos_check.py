@@ -18,8 +18,10 @@ def runs(*rs: Run) -> dict[str, list[Run]]:
 def test_a_quarantined_run_ends_when_its_owner_is_killed():
     worker, child = 100, 200
     killed_at = 5.0
-    rs = runs(Run("a", "t", 1, child, "e", 1.0, owner=worker),   # no end line: exited with its owner
-              Run("b", "t", 1, 300, "e", 6.0, end=8.0, owner=300))
+    rs = runs(
+        Run("a", "t", 1, child, "e", 1.0, owner=worker),  # no end line: exited with its owner
+        Run("b", "t", 1, 300, "e", 6.0, end=8.0, owner=300),
+    )
     segs = intervals(rs, [(killed_at, worker, "SIGKILL")], "e", now=100.0)
     assert sorted(segs) == [(1.0, killed_at), (6.0, 8.0)]
     assert peak_concurrency(segs) == 1

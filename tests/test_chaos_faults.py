@@ -39,8 +39,9 @@ async def fstore(fault_url):
 
 async def fail_next(st, mode, commands=("update",)) -> None:
     """Fail matching commands with InternalError (code 1, which the driver does not retry)."""
-    await st.client.admin.command({"configureFailPoint": "failCommand", "mode": mode,
-                                   "data": {"failCommands": list(commands), "errorCode": 1}})
+    await st.client.admin.command(
+        {"configureFailPoint": "failCommand", "mode": mode, "data": {"failCommands": list(commands), "errorCode": 1}}
+    )
 
 
 async def queued_job(st, **kw) -> dict:
@@ -59,11 +60,14 @@ async def test_a_fault_after_the_claim_write_does_not_strand_the_jobs(fstore):
     assert doc["status"] == "running" and doc["lease_token"] == claimed[0]["lease_token"]
 
 
-@pytest.mark.parametrize("outcome, status", [
-    (oc.Success({"ok": 1}), "completed"),
-    (oc.Failure("ConnectionError", "try again"), "scheduled"),
-    (oc.Failure("bad_input", "never", permanent=True), "failed"),
-])
+@pytest.mark.parametrize(
+    "outcome, status",
+    [
+        (oc.Success({"ok": 1}), "completed"),
+        (oc.Failure("ConnectionError", "try again"), "scheduled"),
+        (oc.Failure("bad_input", "never", permanent=True), "failed"),
+    ],
+)
 async def test_a_terminal_write_survives_a_transient_fault(fstore, outcome, status):
     await queued_job(fstore)
     (job,) = await fstore.claimer.claim(await fstore.engines.get("fx"), "w1", 1)

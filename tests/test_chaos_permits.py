@@ -85,8 +85,20 @@ async def _rescued(store, settings, job_id):
 
 
 def _spawn_db(path, port) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(path),
-           "--sync-on-commit", "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "secantus",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(path),
+        "--sync-on-commit",
+        "--log-level",
+        "WARNING",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     embedded.wait_ready(embedded.url_for(port), timeout=60, proc=proc)
     return proc

@@ -10,7 +10,6 @@ import sys
 import time
 
 import httpx
-
 import pytest
 from typer.testing import CliRunner
 
@@ -34,11 +33,19 @@ def server(db_url, tmp_path_factory):
 @pytest.fixture
 def sy(server, tmp_path):
     """Runs a CLI command against the server; a data directory without a token file."""
+
     def run(*args, token: str | None = TOKEN, env: dict | None = None):
-        base = {"SWITCHYARD_URL": server, "COLUMNS": "200", "SWITCHYARD_DATA_DIR": str(tmp_path / "empty"),
-                "SWITCHYARD_TOKEN": None, "SWITCHYARD_ADMIN_TOKEN": None, "HOME": str(tmp_path / "home")}
+        base = {
+            "SWITCHYARD_URL": server,
+            "COLUMNS": "200",
+            "SWITCHYARD_DATA_DIR": str(tmp_path / "empty"),
+            "SWITCHYARD_TOKEN": None,
+            "SWITCHYARD_ADMIN_TOKEN": None,
+            "HOME": str(tmp_path / "home"),
+        }
         extra = ["--token", token] if token else []
         return runner.invoke(cli, [*args, *extra], env={**base, **(env or {})})
+
     return run
 
 
@@ -59,7 +66,10 @@ def test_submit_a_json_job_then_follow_it(sy, tmp_path):
 
 
 def test_submit_a_yaml_workflow_and_wait(sy, tmp_path):
-    f = write(tmp_path, "wf.yaml", """
+    f = write(
+        tmp_path,
+        "wf.yaml",
+        """
 name: nightly
 jobs:
   - key: fetch
@@ -70,7 +80,8 @@ jobs:
     engine: testing
     operation: collect
     depends_on: [fetch]
-""")
+""",
+    )
     r = sy("submit", f, "--wait")
     assert r.exit_code == 0, r.output
     assert "submitted: 2 steps" in r.output and "fetch:" in r.output and "report:" in r.output
@@ -129,8 +140,8 @@ def test_errors_are_reported_with_exit_codes(sy, tmp_path):
     r = sy("submit", broken)
     assert r.exit_code == 2, r.output  # not a traceback
     assert r.output.strip().splitlines() == [  # one line: the file, where, and the parser's reason
-        f"cannot read {broken}: line 3, column 6: "
-        "while parsing a flow sequence: expected ',' or ']', but got ':'"]
+        f"cannot read {broken}: line 3, column 6: while parsing a flow sequence: expected ',' or ']', but got ':'"
+    ]
     r = sy("submit", write(tmp_path, "tab.yml", "name: x\n\tengine: general\n"))
     assert r.exit_code == 2 and "cannot read" in r.output and "line 2, column 1" in r.output
     r = sy("status", "0123456789abcdef01234567")
@@ -140,8 +151,14 @@ def test_errors_are_reported_with_exit_codes(sy, tmp_path):
 
 
 def test_the_real_console_entry_point(server):
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "queues", "--url", server, "--token", TOKEN],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "queues", "--url", server, "--token", TOKEN],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "general" in proc.stdout
 
@@ -164,8 +181,13 @@ def test_the_token_serve_recorded_is_found_from_any_directory(db_url, tmp_path, 
     home, data, port = tmp_path / "home", tmp_path / "serve-data", free_port()
     env = env_for(db_url, f"t_{int(time.time() * 1000)}", SWITCHYARD_DATA_DIR=str(data), HOME=str(home))
     env.pop("SWITCHYARD_ADMIN_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "0"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -179,8 +201,13 @@ def test_the_token_serve_recorded_is_found_from_any_directory(db_url, tmp_path, 
             time.sleep(0.2)
         record = json.loads((home / ".local/state/switchyard/last-serve.json").read_text())
         assert record == {"data_dir": str(data.resolve()), "url": url}
-        client_env = {"HOME": str(home), "SWITCHYARD_DATA_DIR": str(tmp_path / "elsewhere"), "COLUMNS": "200",
-                      "SWITCHYARD_TOKEN": None, "SWITCHYARD_ADMIN_TOKEN": None}
+        client_env = {
+            "HOME": str(home),
+            "SWITCHYARD_DATA_DIR": str(tmp_path / "elsewhere"),
+            "COLUMNS": "200",
+            "SWITCHYARD_TOKEN": None,
+            "SWITCHYARD_ADMIN_TOKEN": None,
+        }
         r = runner.invoke(cli, ["queues", "--url", f"http://localhost:{port}"], env=client_env)
         assert r.exit_code == 0, r.output
         assert "general" in r.output
@@ -192,9 +219,14 @@ def test_the_token_serve_recorded_is_found_from_any_directory(db_url, tmp_path, 
         assert other.token is None and "last-serve.json" in other.explain()  # never sent to another server
         assert find_token(None, f"http://127.0.0.1:{port + 1}").token is None
         client_env = {k: v for k, v in env.items() if k not in ("SWITCHYARD_DATA_DIR", "MONGODB_URL")}
-        proc2 = subprocess.run([sys.executable, "-m", "app.cli", "queues", "--url", url], cwd=tmp_path, timeout=60,
-                               capture_output=True, text=True,
-                               env={**client_env, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+        proc2 = subprocess.run(
+            [sys.executable, "-m", "app.cli", "queues", "--url", url],
+            cwd=tmp_path,
+            timeout=60,
+            capture_output=True,
+            text=True,
+            env={**client_env, "COLUMNS": "200", "PYTHONPATH": str(ROOT)},
+        )
         assert proc2.returncode == 0, proc2.stderr  # a real process in another directory
         assert "general" in proc2.stdout
     finally:

@@ -21,8 +21,13 @@ TOKEN = "cli-token"
 
 def start_serve(data_dir, port: int, workers: int = 2) -> subprocess.Popen:
     env = env_for(None, None, SWITCHYARD_DATA_DIR=str(data_dir), SWITCHYARD_ADMIN_TOKEN=TOKEN)
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_http(port: int, proc: subprocess.Popen, timeout: float = 60) -> httpx.Client:
@@ -58,13 +63,25 @@ def test_serve_records_survives_a_crash_and_a_worker_joins(tmp_path):
         client = wait_http(port, serve)
         record = json.loads((data / "server.json").read_text())
         assert record["url"].startswith("mongodb://127.0.0.1:")
-        done = [client.post("/api/v1/jobs/submit", json={"engine": "general", "operation": "echo", "parameters": {"i": i}}).json()["id"]
-                for i in range(10)]
+        done = [
+            client.post(
+                "/api/v1/jobs/submit", json={"engine": "general", "operation": "echo", "parameters": {"i": i}}
+            ).json()["id"]
+            for i in range(10)
+        ]
         wait_jobs(client, done, "completed")
         client.post("/api/v1/jobs/queue/text_intelligence/pause")
-        kept = [client.post("/api/v1/jobs/submit", json={"engine": "text_intelligence", "operation": "analyze",
-                                                         "parameters": {"text": f"Job number {i}. It waits."}}).json()["id"]
-                for i in range(30)]
+        kept = [
+            client.post(
+                "/api/v1/jobs/submit",
+                json={
+                    "engine": "text_intelligence",
+                    "operation": "analyze",
+                    "parameters": {"text": f"Job number {i}. It waits."},
+                },
+            ).json()["id"]
+            for i in range(30)
+        ]
         # crash everything: the database server and the API process, without warning
         os.kill(record["pid"], signal.SIGKILL)
         serve.send_signal(signal.SIGKILL)
@@ -82,9 +99,13 @@ def test_serve_records_survives_a_crash_and_a_worker_joins(tmp_path):
         statuses = {client.get(f"/api/v1/jobs/{i}/status").json()["status"] for i in kept}
         assert statuses == {"queued"}  # every acknowledged job survived the crash
         # a separate worker finds the server through the recorded URL
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "3"], cwd=ROOT,
-                                  env=env_for(None, None, SWITCHYARD_DATA_DIR=str(data)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "3"],
+            cwd=ROOT,
+            env=env_for(None, None, SWITCHYARD_DATA_DIR=str(data)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         client.post("/api/v1/jobs/queue/text_intelligence/resume")
         wait_jobs(client, kept, "completed", timeout=90)
         result = client.get(f"/api/v1/jobs/{kept[0]}/status").json()["result"]
@@ -97,7 +118,7 @@ def test_serve_records_survives_a_crash_and_a_worker_joins(tmp_path):
 
 
 # --- a crashing handler, SIGKILL, handler modules and the port (issue 19) ---------------------
-CRASHER = '''
+CRASHER = """
 import os
 from app import handler
 
@@ -110,7 +131,7 @@ async def die(ctx):
 @handler(engine="crashy", operation="ok")
 async def ok(ctx):
     return {"ok": True}
-'''
+"""
 SWITCHYARD = [os.path.join(os.path.dirname(sys.executable), "switchyard")]  # the console script, as scripts/run
 
 
@@ -142,9 +163,13 @@ def alive(pid: int) -> bool:
 
 
 def serve_in(cwd, data_dir, port: int, *args: str, cmd=None, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([*(cmd or [sys.executable, "-m", "app.cli"]), "serve", "--port", str(port), *args], cwd=cwd,
-                            env=env_for(None, None, SWITCHYARD_DATA_DIR=str(data_dir), SWITCHYARD_ADMIN_TOKEN=TOKEN, **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*(cmd or [sys.executable, "-m", "app.cli"]), "serve", "--port", str(port), *args],
+        cwd=cwd,
+        env=env_for(None, None, SWITCHYARD_DATA_DIR=str(data_dir), SWITCHYARD_ADMIN_TOKEN=TOKEN, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.skipif(bool(os.environ.get("MONGODB_URL")), reason="exercises the embedded server")
@@ -154,8 +179,14 @@ def test_a_crashing_handler_leaves_the_api_up_and_a_sigkill_leaves_no_child(tmp_
     serve = serve_in(tmp_path, tmp_path / "data", port, "--workers", "2", "--handlers", "crashers")
     try:
         client = wait_http(port, serve)
-        job = client.post("/api/v1/jobs/submit", json={"engine": "crashy", "operation": "die",
-                                                       "retry_config": {"max_retries": 2, "retry_delay_seconds": 0.1}}).json()["id"]
+        job = client.post(
+            "/api/v1/jobs/submit",
+            json={
+                "engine": "crashy",
+                "operation": "die",
+                "retry_config": {"max_retries": 2, "retry_delay_seconds": 0.1},
+            },
+        ).json()["id"]
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline:
@@ -202,9 +233,14 @@ def test_handler_modules_come_from_the_current_directory(tmp_path):
 def test_a_handler_module_that_cannot_be_imported_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
     for name in ("missing_module", "broken"):
-        out = subprocess.run([*SWITCHYARD, "serve", "--port", str(free_port()), "--handlers", name], cwd=tmp_path,
-                             env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [*SWITCHYARD, "serve", "--port", str(free_port()), "--handlers", name],
+            cwd=tmp_path,
+            env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 2
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and "Traceback" not in out.stderr
@@ -218,9 +254,14 @@ def test_the_start_line_only_once_listening_and_a_taken_port_is_refused(tmp_path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                             env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env_for(None, None, SWITCHYARD_DATA_DIR=str(tmp_path / "data")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode != 0
     assert "Switchyard on" not in out.stderr
     lines = out.stderr.strip().splitlines()

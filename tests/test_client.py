@@ -25,11 +25,30 @@ def start_server(db_url: str, data_dir, **env) -> tuple[subprocess.Popen, str]:
     """`switchyard serve` on a free port and a database of its own; returns (process, url)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "4",
-         "--handlers", "tests.support_handlers"], cwd=ROOT,
-        env=env_for(db_url, f"t_{uuid.uuid4().hex[:12]}", SWITCHYARD_ADMIN_TOKEN=TOKEN,
-                    SWITCHYARD_DATA_DIR=str(data_dir), SWITCHYARD_QUEUE_LIMITS='{"general": 8, "testing": 8}', **env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "4",
+            "--handlers",
+            "tests.support_handlers",
+        ],
+        cwd=ROOT,
+        env=env_for(
+            db_url,
+            f"t_{uuid.uuid4().hex[:12]}",
+            SWITCHYARD_ADMIN_TOKEN=TOKEN,
+            SWITCHYARD_DATA_DIR=str(data_dir),
+            SWITCHYARD_QUEUE_LIMITS='{"general": 8, "testing": 8}',
+            **env,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,9 +108,15 @@ def test_wait_times_out(client):
 
 
 def test_workflow_submit_wait_and_status(client):
-    wf = client.submit_workflow({"name": "pair", "jobs": [
-        {"key": "a", "engine": "testing", "operation": "collect", "parameters": {"value": 1}},
-        {"key": "b", "engine": "testing", "operation": "collect", "depends_on": ["a"]}]})
+    wf = client.submit_workflow(
+        {
+            "name": "pair",
+            "jobs": [
+                {"key": "a", "engine": "testing", "operation": "collect", "parameters": {"value": 1}},
+                {"key": "b", "engine": "testing", "operation": "collect", "depends_on": ["a"]},
+            ],
+        }
+    )
     assert set(wf["jobs"]) == {"a", "b"}
     done = client.wait_workflow(wf["id"], timeout=30)
     assert done["status"] == "completed" and done["progress"] == 100
@@ -112,8 +137,9 @@ def test_api_errors_carry_status_code_message_and_field(client, server):
 
 
 def test_dead_letter_and_retries(client):
-    job = client.submit({"engine": "general", "operation": "fail",
-                         "parameters": {"code": "no_luck", "permanent": True}})
+    job = client.submit(
+        {"engine": "general", "operation": "fail", "parameters": {"code": "no_luck", "permanent": True}}
+    )
     assert client.wait(job["id"], timeout=30)["status"] == "failed"
     page = client.dead_letter(error_code="no_luck")
     assert job["id"] in [j["id"] for j in page["jobs"]]
@@ -137,8 +163,18 @@ def test_queues_and_workers(client):
 # --- events ------------------------------------------------------------------------------
 def test_sse_parser_follows_the_format():
     p = SSEParser()
-    lines = [": keep-alive", "", "id: 7", "event: job.running", 'data: {"a":', "data: 1}", "", "event: final",
-             "data: plain", ""]
+    lines = [
+        ": keep-alive",
+        "",
+        "id: 7",
+        "event: job.running",
+        'data: {"a":',
+        "data: 1}",
+        "",
+        "event: final",
+        "data: plain",
+        "",
+    ]
     events = [e for e in map(p.feed, lines) if e]
     assert events == [Event(7, "job.running", {"a": 1}), Event(None, "final", "plain")]  # data lines joined
 
@@ -183,6 +219,7 @@ class DropAfter(httpx.HTTPTransport):
 
             def close(self):
                 inner.close()
+
         return httpx.Response(resp.status_code, headers=resp.headers, stream=Cut(), extensions=resp.extensions)
 
 
@@ -218,8 +255,9 @@ def test_stream_of_an_unknown_job_raises(client):
 # --- async -------------------------------------------------------------------------------
 async def test_async_client(server):
     async with AsyncSwitchyardClient(server, TOKEN, timeout=10) as c:
-        jobs = await asyncio.gather(*(c.submit({"engine": "general", "operation": "echo", "parameters": {"i": i}})
-                                      for i in range(5)))
+        jobs = await asyncio.gather(
+            *(c.submit({"engine": "general", "operation": "echo", "parameters": {"i": i}}) for i in range(5))
+        )
         done = await asyncio.gather(*(c.wait(j["id"], timeout=30) for j in jobs))
         assert [d["result"]["echo"]["i"] for d in done] == list(range(5))
         job = await c.submit(sleep_job())

@@ -22,8 +22,15 @@ from tests.helpers import eventually
 from tests.servers import uvicorn_app
 
 CHROMIUM = os.environ.get("SWITCHYARD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TIMEOUT_MS = 20_000
 
@@ -59,8 +66,12 @@ async def page(browser, base):
     pg = await context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
-    pg.on("console", lambda m: problems.append(f"console: {m.text}")
-          if m.type == "error" and "Content Security Policy" in m.text else None)
+    pg.on(
+        "console",
+        lambda m: (
+            problems.append(f"console: {m.text}") if m.type == "error" and "Content Security Policy" in m.text else None
+        ),
+    )
     yield pg
     await context.close()
     assert not problems, problems
@@ -82,7 +93,9 @@ def chain(name: str, n: int = 5, depends_on_last: str | None = None) -> dict:
     steps = [{"key": "s0", "engine": "testing", "operation": "ok", "parameters": {"i": 0}}]
     for i in range(1, n):
         deps = [f"s{i - 1}"] if not (depends_on_last and i == n - 1) else [depends_on_last]
-        steps.append({"key": f"s{i}", "engine": "testing", "operation": "ok", "depends_on": deps, "parameters": {"i": i}})
+        steps.append(
+            {"key": f"s{i}", "engine": "testing", "operation": "ok", "depends_on": deps, "parameters": {"i": i}}
+        )
     return {"name": name, "jobs": steps}
 
 
@@ -228,8 +241,11 @@ async def test_5_a_failed_job_appears_under_the_bell(page, base, api):
     bell = page.locator("#bell")
     await expect(bell).to_have_attribute("aria-label", "Notifications, 0 unread")
     await page.evaluate("window.__marker = 'same page'")
-    job = (await api.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent",
-                                                       "name": "nightly report"})).json()
+    job = (
+        await api.post(
+            "/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent", "name": "nightly report"}
+        )
+    ).json()
     await expect(bell).to_have_attribute("aria-label", "Notifications, 1 unread")
     await expect(bell.locator(".count")).to_have_text("1")
     assert await page.evaluate("window.__marker") == "same page"  # pushed over the WebSocket
@@ -273,8 +289,11 @@ async def test_7_a_long_waits_for_label_stays_inside_its_node(page, base, api):
     # Six long-named parents on a paused engine: the last step waits for all of them.
     assert (await api.post("/api/v1/jobs/queue/testing/pause")).json()["paused"] is True
     parents = [f"extract_customer_records_region_{i}" for i in range(6)]
-    doc = {"name": "wide fan-in", "jobs": [{"key": k, "engine": "testing", "operation": "ok"} for k in parents]
-           + [{"key": "publish_quarterly_report", "engine": "testing", "operation": "ok", "depends_on": parents}]}
+    doc = {
+        "name": "wide fan-in",
+        "jobs": [{"key": k, "engine": "testing", "operation": "ok"} for k in parents]
+        + [{"key": "publish_quarterly_report", "engine": "testing", "operation": "ok", "depends_on": parents}],
+    }
     r = await api.post("/api/v1/jobs/workflows", json=doc)
     assert r.status_code in (200, 201), r.text
     await signed_in(page, base)

@@ -65,6 +65,7 @@ async def status_of(api, job_id: str) -> str:  # noqa: F811
 
 async def realistic_data(api) -> dict:  # noqa: F811
     """Jobs in every state, a failure (and so a notification), and a workflow mid-flight."""
+
     async def submit(**body) -> str:
         r = await api.post("/api/v1/jobs/submit", json=body)
         assert r.status_code in (200, 201), r.text
@@ -81,11 +82,17 @@ async def realistic_data(api) -> dict:  # noqa: F811
         "cancelled": await submit(engine="testing", operation="ok", name="abandoned", delay_seconds=3600),
     }
     assert (await api.post(f"/api/v1/jobs/{ids['cancelled']}/cancel")).status_code == 200
-    wf = await api.post("/api/v1/jobs/workflows", json={"name": "month end", "jobs": [
-        {"key": "extract", "engine": "testing", "operation": "ok"},
-        {"key": "post_ledger", "engine": "ledger", "operation": "work", "depends_on": ["extract"]},
-        {"key": "report", "engine": "testing", "operation": "ok", "depends_on": ["post_ledger"]},
-    ]})
+    wf = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "month end",
+            "jobs": [
+                {"key": "extract", "engine": "testing", "operation": "ok"},
+                {"key": "post_ledger", "engine": "ledger", "operation": "work", "depends_on": ["extract"]},
+                {"key": "report", "engine": "testing", "operation": "ok", "depends_on": ["post_ledger"]},
+            ],
+        },
+    )
     assert wf.status_code in (200, 201), wf.text
     wf_id = wf.json()["id"]
     for state in ("completed", "failed", "running", "scheduled", "queued", "cancelled"):
@@ -102,15 +109,20 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
     assert AXE.exists(), f"{AXE} is missing: run ./scripts/_setup test (npm ci in tests/js)"
     data = await realistic_data(api)
     # Reduced motion: the CSS then drops its colour transitions, so axe reads the final colours.
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme,
-                                        reduced_motion="reduce")
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900}, color_scheme=scheme, reduced_motion="reduce"
+    )
     context.set_default_timeout(TIMEOUT_MS)
     await context.route("**" + AXE_URL, lambda route: route.fulfill(path=AXE, content_type="text/javascript"))
     page = await context.new_page()
     errors: list[str] = []  # as in test_dashboard.py: uncaught errors and CSP violations fail too
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    page.on("console", lambda m: errors.append(f"console: {m.text}")
-            if m.type == "error" and "Content Security Policy" in m.text else None)
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(f"console: {m.text}") if m.type == "error" and "Content Security Policy" in m.text else None
+        ),
+    )
     problems: dict[str, list[dict]] = {}
 
     async def check(name: str) -> None:
@@ -165,8 +177,14 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
             await check(name)
         # The editor with the API's 422 marked on its line (a message on the danger colour).
         await page.goto(f"{base}/#/submit")
-        await page.get_by_label("Workflow or job (JSON)").fill(json.dumps(
-            {"name": "broken", "jobs": [{"key": "a", "engine": "testing", "operation": "ok", "depends_on": ["nope"]}]}))
+        await page.get_by_label("Workflow or job (JSON)").fill(
+            json.dumps(
+                {
+                    "name": "broken",
+                    "jobs": [{"key": "a", "engine": "testing", "operation": "ok", "depends_on": ["nope"]}],
+                }
+            )
+        )
         await page.get_by_role("button", name="Submit", exact=True).click()
         await expect(page.locator(".marks .mark-msg")).to_contain_text("unknown step 'nope'")
         await check("submit, a 422 marked")
@@ -174,4 +192,5 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
         await context.close()
     assert not errors, errors
     assert not problems, f"axe-core, {scheme} scheme: serious or critical violations\n" + "\n".join(
-        f"{name}:\n{axe_report(found)}" for name, found in problems.items())
+        f"{name}:\n{axe_report(found)}" for name, found in problems.items()
+    )

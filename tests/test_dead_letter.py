@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from app.api.auth import Principal, require_principal
-from app.errors import Conflict, InvalidTransition
 from app.domain.workflow import StepSpec, WorkflowSpec
+from app.errors import Conflict, InvalidTransition
 from tests.helpers import wait_status
 
 
@@ -144,9 +144,16 @@ async def test_retry_unknown_job_is_404(api, as_user, jobs):
 
 async def test_retry_of_a_workflow_step_points_to_the_workflow_retry(api, store, worker):
     await store.engines.set_limit("testing", 10)
-    wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[
-        StepSpec(key="a", engine="testing", operation="permanent"),
-        StepSpec(key="b", engine="testing", operation="ok", depends_on=["a"])]), owner="admin")
+    wf = await store.workflows.create(
+        WorkflowSpec(
+            name="w",
+            jobs=[
+                StepSpec(key="a", engine="testing", operation="permanent"),
+                StepSpec(key="b", engine="testing", operation="ok", depends_on=["a"]),
+            ],
+        ),
+        owner="admin",
+    )
     step = wf["steps"]["a"]["job_id"]
     await wait_status(store, step, "failed")
     r = await api.post(f"/api/v1/jobs/{step}/retry")
@@ -207,8 +214,10 @@ async def test_bulk_retry_by_failure_time(api, store, jobs):
     cut = late["completed_at"] - (late["completed_at"] - early["completed_at"]) / 2
     r = await api.post("/api/v1/jobs/retry", json={"engine": "kappa", "failed_before": cut.isoformat()})
     assert r.json()["retried"] == 1 and (await store.jobs.get(early["_id"]))["status"] == "queued"
-    r = await api.post("/api/v1/jobs/retry", json={"failed_after": cut.isoformat(),
-                                                   "failed_before": (cut + timedelta(hours=1)).isoformat()})
+    r = await api.post(
+        "/api/v1/jobs/retry",
+        json={"failed_after": cut.isoformat(), "failed_before": (cut + timedelta(hours=1)).isoformat()},
+    )
     assert r.json()["retried"] == 1 and (await store.jobs.get(late["_id"]))["status"] == "queued"
     r = await api.post("/api/v1/jobs/retry", json={"failed_after": cut.isoformat(), "failed_before": cut.isoformat()})
     assert r.status_code == 422
@@ -218,11 +227,18 @@ async def test_bulk_retry_by_failure_time(api, store, jobs):
 
 async def test_bulk_retry_names_workflows_instead_of_retrying_their_steps(api, store, worker):
     await store.engines.set_limit("testing", 10)
-    wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[StepSpec(key="a", engine="testing", operation="permanent")]),
-                                      owner="admin")
+    wf = await store.workflows.create(
+        WorkflowSpec(name="w", jobs=[StepSpec(key="a", engine="testing", operation="permanent")]), owner="admin"
+    )
     await wait_status(store, wf["steps"]["a"]["job_id"], "failed")
     r = await api.post("/api/v1/jobs/retry", json={"engine": "testing"})
-    assert r.json() == {"retried": 0, "matched": 0, "skipped_dedupe": 0, "skipped_steps": 1, "workflow_ids": [wf["_id"]]}
+    assert r.json() == {
+        "retried": 0,
+        "matched": 0,
+        "skipped_dedupe": 0,
+        "skipped_steps": 1,
+        "workflow_ids": [wf["_id"]],
+    }
 
 
 async def test_bulk_retry_and_reset_need_the_admin_role(as_user):
@@ -241,8 +257,10 @@ async def test_reset_stuck_requeues_expired_leases_and_reports(api, store, jobs,
     r = await api.post("/api/v1/admin/jobs/reset-stuck", json={"engine": "lambda", "dry_run": True})
     assert r.status_code == 200, r.text
     report = r.json()
-    assert report["dry_run"] and {j["job_id"]: j["new_status"] for j in report["jobs"]} == {stuck["_id"]: "queued",
-                                                                                             last["_id"]: "failed"}
+    assert report["dry_run"] and {j["job_id"]: j["new_status"] for j in report["jobs"]} == {
+        stuck["_id"]: "queued",
+        last["_id"]: "failed",
+    }
     assert (await store.jobs.get(stuck["_id"]))["status"] == "running"  # a dry run changes nothing
     report = (await api.post("/api/v1/admin/jobs/reset-stuck", json={"engine": "lambda"})).json()
     assert report["requeued"] == 1 and report["failed"] == 1
@@ -261,6 +279,10 @@ async def test_reset_stuck_requeues_expired_leases_and_reports(api, store, jobs,
 
 async def test_openapi_lists_the_new_routes(api):
     paths = (await api.get("/openapi.json")).json()["paths"]
-    for p in ("/api/v1/jobs/dead-letter", "/api/v1/jobs/retry", "/api/v1/jobs/{job_id}/retry",
-              "/api/v1/admin/jobs/reset-stuck"):
+    for p in (
+        "/api/v1/jobs/dead-letter",
+        "/api/v1/jobs/retry",
+        "/api/v1/jobs/{job_id}/retry",
+        "/api/v1/admin/jobs/reset-stuck",
+    ):
         assert p in paths, p

@@ -34,8 +34,9 @@ from tests.helpers import eventually
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESPONSE_MARK = "<!-- example: response -->"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>json|ya?ml|bash|sh)[ \t]*\n(?P<body>.*?)^(?P=indent)```",
-                   re.M | re.S)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>json|ya?ml|bash|sh)[ \t]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
 REQUEST_LINE = re.compile(r"^(POST|PUT) (/api/v1/\S+)$")
 CURL = re.compile(r"curl [^\n]*-X (POST|PUT) \S*?(/api/v1/[^\s\"']+)(?:[^\n]*\\\n)*?[^\n]*?-d '(?P<body>[^']*)'", re.S)
 CREATED = 201  # every create endpoint's documented status (README's REST table, docs/schedules.md)
@@ -48,8 +49,8 @@ SKIP_RUN = {
 
 @dataclass
 class Example:
-    where: str        # file:line, the test id
-    name: str         # file:<name of the job, workflow or schedule>, for SKIP_RUN and RESULTS
+    where: str  # file:line, the test id
+    name: str  # file:<name of the job, workflow or schedule>, for SKIP_RUN and RESULTS
     method: str
     path: str
     body: dict
@@ -88,10 +89,18 @@ def collect() -> tuple[list[Example], list[str]]:
                 for c in CURL.finditer(m["body"]):
                     body = json.loads(c["body"])
                     name = body.get("name") or f"{body.get('engine')}.{body.get('operation')}"
-                    examples.append(Example(f"{where}+{m['body'].count(chr(10), 0, c.start())}", f"{rel}:{name}",
-                                            c[1], c[2], body, CREATED))
+                    examples.append(
+                        Example(
+                            f"{where}+{m['body'].count(chr(10), 0, c.start())}",
+                            f"{rel}:{name}",
+                            c[1],
+                            c[2],
+                            body,
+                            CREATED,
+                        )
+                    )
                 continue
-            before = text[:m.start()].rstrip().splitlines()
+            before = text[: m.start()].rstrip().splitlines()
             if before and before[-1].strip() == RESPONSE_MARK:
                 continue
             method, path, status, response = "POST", None, CREATED, None
@@ -126,8 +135,12 @@ def test_every_example_block_is_a_request_or_marked_as_a_response():
     assert not UNCLASSIFIED, f"neither submittable nor marked {RESPONSE_MARK!r}: {UNCLASSIFIED}"
     names = {e.name for e in EXAMPLES}
     # the collector must keep finding the docs' headline examples
-    assert {"docs/workflows.md:article", "README.md:text_intelligence.analyze",
-            "docs/schedules.md:nightly-report", "docs/client.md:nightly"} <= names, names
+    assert {
+        "docs/workflows.md:article",
+        "README.md:text_intelligence.analyze",
+        "docs/schedules.md:nightly-report",
+        "docs/client.md:nightly",
+    } <= names, names
     assert set(SKIP_RUN) <= names, "a skip names an example that no longer exists"
 
 
@@ -139,8 +152,11 @@ def _matches(documented, actual, path="") -> list[str]:
     if isinstance(documented, dict):
         if not isinstance(actual, dict):
             return [f"{path or 'body'}: expected an object, got {actual!r}"]
-        return [err for k, v in documented.items()
-                for err in ([f"{path}{k}: missing"] if k not in actual else _matches(v, actual[k], f"{path}{k}."))]
+        return [
+            err
+            for k, v in documented.items()
+            for err in ([f"{path}{k}: missing"] if k not in actual else _matches(v, actual[k], f"{path}{k}."))
+        ]
     return [] if documented == actual else [f"{path.rstrip('.')}: documented {documented!r}, got {actual!r}"]
 
 
@@ -159,6 +175,7 @@ async def _run_job(api, job_id: str) -> dict:
     async def done():
         body = (await api.get(f"/api/v1/jobs/{job_id}/status")).json()
         return body if body["status"] in ("completed", "failed", "cancelled") else None
+
     return await eventually(done, timeout=30, interval=0.1)
 
 
@@ -166,6 +183,7 @@ async def _run_workflow(api, store, wf_id: str) -> dict:
     async def done():
         body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
         return body if body["status"] in ("completed", "failed", "cancelled") else None
+
     body = await eventually(done, timeout=30, interval=0.1)
     steps = {s["step_key"]: s for s in await store.jobs.steps_of(wf_id)}
     failed = {k: s.get("last_error") or s.get("cancel_reason") for k, s in steps.items() if s["status"] != "completed"}
@@ -211,13 +229,16 @@ async def test_doc_example_accepted_but_not_run(example: Example, api):
     pytest.skip(f"{example.name} accepted; not run: {SKIP_RUN[example.name]}")
 
 
-REPORT = ("Sales rose in March. The new store opened downtown. Sales of tea rose most.\n\n"
-          "Rain closed the market twice. Tea sales rose again in April.")
+REPORT = (
+    "Sales rose in March. The new store opened downtown. Sales of tea rose most.\n\n"
+    "Rain closed the market twice. Tea sales rose again in April."
+)
 
 
 @pytest.fixture
 def report_server(monkeypatch):
     """A local stand-in for the report URL of docs/client.md's nightly example, allowlisted."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             data = REPORT.encode()
@@ -246,7 +267,9 @@ async def test_nightly_example_summarizes_what_it_fetched(api, store, worker, re
     body = json.loads(json.dumps(example.body))
     (fetch,) = [s for s in body["jobs"] if s["key"] == "fetch"]
     fetch["parameters"]["url"] = report_server
-    created = await _submit(api, Example(example.where, example.name, example.method, example.path, body, example.status))
+    created = await _submit(
+        api, Example(example.where, example.name, example.method, example.path, body, example.status)
+    )
     steps = await _run_workflow(api, store, created["id"])
     summary = steps["summary"]["result"]
     assert summary["total_sentences"] == 5 and len(summary["sentences"]) == 3

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from pydantic import ValidationError
 
 from app.domain.schedule import Cron, ScheduleSpec, plan
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def z(*a) -> datetime:
@@ -24,8 +25,21 @@ def ticks(cron: Cron, start: datetime, n: int) -> list[datetime]:
     return out
 
 
-@pytest.mark.parametrize("expr", ["* * *", "* * * *", "* * * * * * *", "@hourly", "61 * * * *", "* 24 * * *",
-                                  "* * * * * 60", "a b c d e", "", "*/0 * * * *"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "* * *",
+        "* * * *",
+        "* * * * * * *",
+        "@hourly",
+        "61 * * * *",
+        "* 24 * * *",
+        "* * * * * 60",
+        "a b c d e",
+        "",
+        "*/0 * * * *",
+    ],
+)
 def test_bad_expressions_are_refused(expr):
     with pytest.raises(ValueError):
         Cron.parse(expr)
@@ -43,10 +57,16 @@ def test_unknown_zones_are_refused(tz):
 
 
 def test_five_fields_tick_on_minutes_and_six_have_seconds_last():
-    assert ticks(Cron.parse("*/15 * * * *"), z(2024, 1, 1, 0, 7, 30), 3) == [z(2024, 1, 1, 0, 15), z(2024, 1, 1, 0, 30),
-                                                                            z(2024, 1, 1, 0, 45)]
-    assert ticks(Cron.parse("* * * * * 15,45"), z(2024, 1, 1, 0, 0, 20), 3) == [z(2024, 1, 1, 0, 0, 45),
-                                                                                z(2024, 1, 1, 0, 1, 15), z(2024, 1, 1, 0, 1, 45)]
+    assert ticks(Cron.parse("*/15 * * * *"), z(2024, 1, 1, 0, 7, 30), 3) == [
+        z(2024, 1, 1, 0, 15),
+        z(2024, 1, 1, 0, 30),
+        z(2024, 1, 1, 0, 45),
+    ]
+    assert ticks(Cron.parse("* * * * * 15,45"), z(2024, 1, 1, 0, 0, 20), 3) == [
+        z(2024, 1, 1, 0, 0, 45),
+        z(2024, 1, 1, 0, 1, 15),
+        z(2024, 1, 1, 0, 1, 45),
+    ]
 
 
 def test_next_after_is_strict_and_back_from_is_inclusive():
@@ -70,24 +90,39 @@ def test_spring_forward_a_missing_wall_time_fires_once_at_the_end_of_the_gap():
 def test_fall_back_a_fixed_hour_fires_once():
     c = Cron.parse("30 1 * * *", "America/New_York")  # 2024-11-03: 01:00-02:00 happens twice
     assert ticks(c, z(2024, 11, 1, 12), 3) == [z(2024, 11, 2, 5, 30), z(2024, 11, 3, 5, 30), z(2024, 11, 4, 6, 30)]
-    assert c.back_from(z(2024, 11, 4, 7), z(2024, 11, 2), 10) == [z(2024, 11, 4, 6, 30), z(2024, 11, 3, 5, 30),
-                                                                   z(2024, 11, 2, 5, 30)]
+    assert c.back_from(z(2024, 11, 4, 7), z(2024, 11, 2), 10) == [
+        z(2024, 11, 4, 6, 30),
+        z(2024, 11, 3, 5, 30),
+        z(2024, 11, 2, 5, 30),
+    ]
 
 
 def test_fall_back_an_interval_fires_in_both_passes():
     c = Cron.parse("*/30 * * * *", "America/New_York")
     # 01:00 EDT, 01:30 EDT, 01:00 EST, 01:30 EST, 02:00 EST: every 30 minutes of real time
-    assert ticks(c, z(2024, 11, 3, 4, 50), 5) == [z(2024, 11, 3, 5), z(2024, 11, 3, 5, 30), z(2024, 11, 3, 6),
-                                                  z(2024, 11, 3, 6, 30), z(2024, 11, 3, 7)]
+    assert ticks(c, z(2024, 11, 3, 4, 50), 5) == [
+        z(2024, 11, 3, 5),
+        z(2024, 11, 3, 5, 30),
+        z(2024, 11, 3, 6),
+        z(2024, 11, 3, 6, 30),
+        z(2024, 11, 3, 7),
+    ]
 
 
-@pytest.mark.parametrize("expr,tz", [("30 1 * * *", "America/New_York"), ("*/20 * * * *", "America/New_York"),
-                                     ("15 2 * * *", "Europe/London"), ("0 */3 * * * 30", "Australia/Sydney")])
+@pytest.mark.parametrize(
+    "expr,tz",
+    [
+        ("30 1 * * *", "America/New_York"),
+        ("*/20 * * * *", "America/New_York"),
+        ("15 2 * * *", "Europe/London"),
+        ("0 */3 * * * 30", "Australia/Sydney"),
+    ],
+)
 def test_ticks_strictly_increase_and_back_from_agrees_with_next_after(expr, tz):
     c = Cron.parse(expr, tz)
     for start in (z(2024, 3, 9), z(2024, 3, 30), z(2024, 10, 5), z(2024, 10, 26), z(2024, 11, 2)):
         seq = ticks(c, start, 150)
-        assert all(a < b for a, b in zip(seq, seq[1:]))
+        assert all(a < b for a, b in pairwise(seq))
         assert list(reversed(c.back_from(seq[-1], seq[0], 1000))) == seq
 
 
@@ -141,17 +176,29 @@ def test_spec_normalises_cron_and_defaults():
     assert s.target() == ("job", {"engine": "testing", "operation": "ok"})
 
 
-@pytest.mark.parametrize("bad,where", [
-    ({"job": {"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z"}}, ("job", "run_at")),
-    ({"job": {"engine": "testing", "operation": "ok", "dedupe_key": "x"}}, ("job", "dedupe_key")),
-    ({"job": {"engine": "testing", "operation": "ok", "parameters": {"$where": 1}}}, ("job", "parameters")),
-    ({"job": {"engine": "testing", "operation": "ok", "extra": 1}}, ("job", "extra")),
-    ({"misfire_policy": "later"}, ("misfire_policy",)),
-    ({"surprise": True}, ("surprise",)),
-    ({"workflow": {"name": "w", "jobs": [{"key": "a", "engine": "testing", "operation": "ok"}], "metadata": {"a.b": 1}},
-      "job": None}, ("workflow",)),
-])
+@pytest.mark.parametrize(
+    "bad,where",
+    [
+        ({"job": {"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z"}}, ("job", "run_at")),
+        ({"job": {"engine": "testing", "operation": "ok", "dedupe_key": "x"}}, ("job", "dedupe_key")),
+        ({"job": {"engine": "testing", "operation": "ok", "parameters": {"$where": 1}}}, ("job", "parameters")),
+        ({"job": {"engine": "testing", "operation": "ok", "extra": 1}}, ("job", "extra")),
+        ({"misfire_policy": "later"}, ("misfire_policy",)),
+        ({"surprise": True}, ("surprise",)),
+        (
+            {
+                "workflow": {
+                    "name": "w",
+                    "jobs": [{"key": "a", "engine": "testing", "operation": "ok"}],
+                    "metadata": {"a.b": 1},
+                },
+                "job": None,
+            },
+            ("workflow",),
+        ),
+    ],
+)
 def test_spec_refuses_unsafe_or_unknown_fields(bad, where):
     with pytest.raises(ValidationError) as e:
         spec(**bad)
-    assert e.value.errors()[0]["loc"][:len(where)] == where
+    assert e.value.errors()[0]["loc"][: len(where)] == where

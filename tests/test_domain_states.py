@@ -16,14 +16,29 @@ from app.store.steps import StepMoves
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The job moves live here; other modules write the status of other collections only.
 JOB_MOVERS = {"app/store/lifecycle.py", "app/store/enqueue.py", "app/store/steps.py"}
-OTHER_COLLECTIONS = {"app/store/mail.py": "mail outbox", "app/store/workers.py": "worker registry",
-                     "app/store/workflows.py": "workflows", "app/store/workflow_flow.py": "workflows"}
+OTHER_COLLECTIONS = {
+    "app/store/mail.py": "mail outbox",
+    "app/store/workers.py": "worker registry",
+    "app/store/workflows.py": "workflows",
+    "app/store/workflow_flow.py": "workflows",
+}
 # One named primitive per move of the table.
 PRIMITIVES = {
-    "submit": Lifecycle.submit, "ready": Enqueuer.ready, "promote": Lifecycle.promote_due, "reseq": Lifecycle.reseq,
-    "claim": Lifecycle.take, "complete": Lifecycle.complete, "backoff": Lifecycle.backoff, "fail": Lifecycle.fail,
-    "release": Lifecycle.release, "rescue": Lifecycle.rescue, "exhaust": Lifecycle.rescue, "stop": Lifecycle.stop,
-    "cancel": Lifecycle.cancel, "retry": JobAdmin.retry_job, "reset": StepMoves.reset_steps,
+    "submit": Lifecycle.submit,
+    "ready": Enqueuer.ready,
+    "promote": Lifecycle.promote_due,
+    "reseq": Lifecycle.reseq,
+    "claim": Lifecycle.take,
+    "complete": Lifecycle.complete,
+    "backoff": Lifecycle.backoff,
+    "fail": Lifecycle.fail,
+    "release": Lifecycle.release,
+    "rescue": Lifecycle.rescue,
+    "exhaust": Lifecycle.rescue,
+    "stop": Lifecycle.stop,
+    "cancel": Lifecycle.cancel,
+    "retry": JobAdmin.retry_job,
+    "reset": StepMoves.reset_steps,
 }
 
 
@@ -54,12 +69,20 @@ def _status_writes(path: pathlib.Path) -> list[int]:
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Dict):
-            for k, v in zip(node.keys, node.values):
-                if isinstance(k, ast.Constant) and k.value in ("$set", "$setOnInsert") and isinstance(v, ast.Dict) \
-                        and any(isinstance(kk, ast.Constant) and kk.value == "status" for kk in v.keys):
+            for k, v in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(k, ast.Constant)
+                    and k.value in ("$set", "$setOnInsert")
+                    and isinstance(v, ast.Dict)
+                    and any(isinstance(kk, ast.Constant) and kk.value == "status" for kk in v.keys)
+                ):
                     lines.append(node.lineno)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update" \
-                and any(kw.arg == "status" for kw in node.keywords):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "update"
+            and any(kw.arg == "status" for kw in node.keywords)
+        ):
             lines.append(node.lineno)
         elif isinstance(node, ast.Assign):
             for t in node.targets:
@@ -81,6 +104,8 @@ def test_only_the_lifecycle_writes_a_jobs_status():
 
 def test_the_scan_catches_a_stray_write(tmp_path):
     stray = tmp_path / "stray.py"
-    stray.write_text('async def f(col):\n    await col.update_one({"_id": 1}, {"$set": {"status": "queued"}})\n'
-                     'def g(u):\n    u["$set"].update(status="failed")\n')
+    stray.write_text(
+        'async def f(col):\n    await col.update_one({"_id": 1}, {"$set": {"status": "queued"}})\n'
+        'def g(u):\n    u["$set"].update(status="failed")\n'
+    )
     assert sorted(_status_writes(stray)) == [2, 4]

@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -44,9 +44,14 @@ def smtp_port():
 
 @pytest.fixture
 def settings(smtp_port):
-    return make_settings(smtp_url=f"smtp://127.0.0.1:{smtp_port}", alert_email="oncall@example.com",
-                         email_from="switchyard@example.com", mail_retry_base_seconds=0.2,
-                         mail_retry_max_seconds=0.5, smtp_timeout_seconds=2)
+    return make_settings(
+        smtp_url=f"smtp://127.0.0.1:{smtp_port}",
+        alert_email="oncall@example.com",
+        email_from="switchyard@example.com",
+        mail_retry_base_seconds=0.2,
+        mail_retry_max_seconds=0.5,
+        smtp_timeout_seconds=2,
+    )
 
 
 @pytest.fixture
@@ -95,7 +100,7 @@ async def test_a_permanent_failure_sends_one_alert(store, settings, inbox, live,
     assert f"{settings.public_url}/#/jobs/{job['_id']}" in body
     assert msg.get_content_type() == "text/plain"
     sent_at = parsedate_to_datetime(msg["Date"])  # RFC 5322: present, parseable, with a zone
-    assert sent_at.tzinfo is not None and abs(datetime.now(timezone.utc) - sent_at) < timedelta(minutes=5)
+    assert sent_at.tzinfo is not None and abs(datetime.now(UTC) - sent_at) < timedelta(minutes=5)
     assert re.fullmatch(r"<[A-Za-z0-9.-]+@example\.com>", msg["Message-ID"])  # the sender's domain
     status = await live.email_status()
     assert status["status"] == "ok" and status["pending"] == 0
@@ -121,10 +126,17 @@ async def test_smtp_down_then_up_delivers_late_and_once(store, settings, smtp_po
 
 async def test_a_workflow_failure_sends_one_workflow_alert_not_one_per_step(store, settings, inbox, live, worker, api):
     await store.engines.set_limit("testing", 10)
-    r = await api.post("/api/v1/jobs/workflows", json={"name": "etl", "jobs": [
-        {"key": "extract", "engine": "testing", "operation": "ok"},
-        {"key": "load", "engine": "testing", "operation": "permanent", "depends_on": ["extract"]},
-        {"key": "report", "engine": "testing", "operation": "ok", "depends_on": ["load"]}]})
+    r = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "etl",
+            "jobs": [
+                {"key": "extract", "engine": "testing", "operation": "ok"},
+                {"key": "load", "engine": "testing", "operation": "permanent", "depends_on": ["extract"]},
+                {"key": "report", "engine": "testing", "operation": "ok", "depends_on": ["load"]},
+            ],
+        },
+    )
     wf = r.json()
     await eventually(lambda: _arrived(inbox, 1), timeout=30)
     await quiet_for(1.5)
@@ -134,8 +146,13 @@ async def test_a_workflow_failure_sends_one_workflow_alert_not_one_per_step(stor
 
 
 def test_a_name_cannot_inject_a_header():
-    mail = {"_id": "123:admin", "to": "ops@example.com", "body": "hi\n", "event_type": "job.failed",
-            "subject": "[Switchyard] Job failed: x\r\nBcc: victim@example.com\r\nX-Evil: 1 (abc)"}
+    mail = {
+        "_id": "123:admin",
+        "to": "ops@example.com",
+        "body": "hi\n",
+        "event_type": "job.failed",
+        "subject": "[Switchyard] Job failed: x\r\nBcc: victim@example.com\r\nX-Evil: 1 (abc)",
+    }
     raw = build(mail, "switchyard@example.com").as_bytes()
     parsed = email.message_from_bytes(raw)
     assert parsed["Bcc"] is None and parsed["X-Evil"] is None
@@ -167,12 +184,13 @@ async def _attempted(store):
     return doc if doc and doc["attempts"] >= 1 and doc.get("last_error") else None
 
 
-
-
 async def test_an_alert_never_carries_a_secret_parameter(store, settings, inbox, live, worker, jobs):
     secret = "s3cr3t-VALUE"
-    job = await jobs.queued(operation="uses_secret", name="with secrets",
-                            parameters={"password": secret, "secrets": {"x": secret}, "fail": True})
+    job = await jobs.queued(
+        operation="uses_secret",
+        name="with secrets",
+        parameters={"password": secret, "secrets": {"x": secret}, "fail": True},
+    )
     await wait_status(store, job["_id"], "failed")
     await eventually(lambda: _arrived(inbox, 1), timeout=30)
     raw = inbox.messages[0].as_string()
@@ -184,8 +202,17 @@ async def test_what_arrives_has_date_message_id_and_a_text_part_beside_html(stor
     multipart/alternative whose first part is the text; a sender at `localhost` takes the
     Message-ID's domain from the SMTP host, unless that is an IP address."""
     local = settings.model_copy(update={"email_from": "switchyard@localhost"})
-    await store.mail.enqueue([{"_id": "42:admin", "to": "ops@example.com", "subject": "[Switchyard] Job failed: x",
-                               "body": "plain words\n", "html": "<p>rich <b>words</b></p>"}])
+    await store.mail.enqueue(
+        [
+            {
+                "_id": "42:admin",
+                "to": "ops@example.com",
+                "subject": "[Switchyard] Job failed: x",
+                "body": "plain words\n",
+                "html": "<p>rich <b>words</b></p>",
+            }
+        ]
+    )
     assert await Mailer(store, local).drain() == 1
     [msg] = inbox.messages
     assert parsedate_to_datetime(msg["Date"]).tzinfo is not None
@@ -215,8 +242,12 @@ async def test_with_no_recipient_health_and_the_log_say_so_once_per_kind(store, 
 
             async def reported():
                 body = (await client.get("/health")).json()
-                return body if body["email"]["status"] == "no_recipient" and \
-                    body["email"]["suppressed"].get("job.failed") == 3 else None
+                return (
+                    body
+                    if body["email"]["status"] == "no_recipient" and body["email"]["suppressed"].get("job.failed") == 3
+                    else None
+                )
+
             body = await eventually(reported, timeout=30)
     assert body["status"] == "degraded"  # SMTP works, but alerts reach no one
     assert "SWITCHYARD_ALERT_EMAIL is unset" in body["email"]["reason"]
@@ -238,7 +269,10 @@ def test_no_recipient_warnings_are_rate_limited_per_kind(captured):
     tracker.suppressed("job.failed", "bob", s)
     warned = [json.loads(t) for t in captured.getvalue().splitlines()]
     assert [(w["alert"], w["suppressed"], w["suppressed_total"]) for w in warned] == [
-        ("job.failed", 1, 1), ("workflow.failed", 1, 1), ("job.failed", 5, 6)]  # 4 held back, then counted
+        ("job.failed", 1, 1),
+        ("workflow.failed", 1, 1),
+        ("job.failed", 5, 6),
+    ]  # 4 held back, then counted
     assert tracker.status(s)["suppressed"] == {"job.failed": 6, "workflow.failed": 1}
     now[0] += recipients.RECENT - recipients.LOG_EVERY
     assert tracker.status(s)["suppressed"] == {"job.failed": 6}  # workflow.failed is no longer recent

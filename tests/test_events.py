@@ -44,13 +44,15 @@ async def events_of(store, job_id, until_type, timeout=20.0):
     async def check():
         evs = await store.events.since(0, job_id=job_id)
         return evs if any(e["type"] == until_type for e in evs) else None
+
     return await eventually(check, timeout=timeout)
 
 
 async def test_a_jobs_life_is_one_event_per_transition_in_seq_order(store, relay, jobs, worker):
     await store.engines.set_limit("testing", 5)
-    job = await jobs.queued(operation="flaky", parameters={"succeed_on": 2},
-                            retry_config={"max_retries": 3, "retry_delay_seconds": 0.05})
+    job = await jobs.queued(
+        operation="flaky", parameters={"succeed_on": 2}, retry_config={"max_retries": 3, "retry_delay_seconds": 0.05}
+    )
     await wait_status(store, job["_id"], "completed")
     evs = await events_of(store, job["_id"], "job.completed")
     types = [e["type"] for e in evs]
@@ -146,14 +148,22 @@ async def test_the_lease_hands_over_when_the_leader_stops(store, settings, db_ur
 
 async def test_workflow_events(store, relay, api, worker):
     await store.engines.set_limit("testing", 10)
-    r = await api.post("/api/v1/jobs/workflows", json={"name": "pair", "jobs": [
-        {"key": "a", "engine": "testing", "operation": "ok"},
-        {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]}]})
+    r = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "pair",
+            "jobs": [
+                {"key": "a", "engine": "testing", "operation": "ok"},
+                {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]},
+            ],
+        },
+    )
     wf = r.json()
 
     async def finished():
         evs = await store.events.since(0, workflow_id=wf["id"])
         return evs if any(e["type"] == "workflow.completed" for e in evs) else None
+
     evs = await eventually(finished, timeout=30)
     kinds = [(e["kind"], e["type"]) for e in evs]
     assert kinds[0] == ("workflow", "workflow.running")

@@ -68,8 +68,9 @@ async def connect(proxy: FaultProxy, direct: AsyncMongoClient) -> AsyncIterator[
     clients: list[AsyncMongoClient] = []
 
     def make(**options: Any) -> AsyncDatabase:
-        client: AsyncMongoClient = AsyncMongoClient(proxy.url, **{"tz_aware": True, "serverSelectionTimeoutMS": 5000,
-                                                                   **options})
+        client: AsyncMongoClient = AsyncMongoClient(
+            proxy.url, **{"tz_aware": True, "serverSelectionTimeoutMS": 5000, **options}
+        )
         clients.append(client)
         return client[name]
 
@@ -81,7 +82,12 @@ async def connect(proxy: FaultProxy, direct: AsyncMongoClient) -> AsyncIterator[
 
 def test_url_points_at_the_proxy_and_keeps_options() -> None:
     assert split_url("mongodb://u:p%40w@db.example:27018/app?replicaSet=rs0&w=majority") == (
-        "u:p%40w@", "db.example", 27018, "app", "replicaSet=rs0&w=majority")
+        "u:p%40w@",
+        "db.example",
+        27018,
+        "app",
+        "replicaSet=rs0&w=majority",
+    )
     assert split_url("localhost:1234")[1:3] == ("localhost", 1234)
     assert split_url("mongodb://[::1]/")[1:3] == ("::1", 27017)
     p = FaultProxy("mongodb://127.0.0.1:9/?directConnection=false&appname=x")
@@ -96,25 +102,33 @@ def test_op_msg_parsing_merges_sequences_and_skips_the_checksum() -> None:
     sequence = struct.pack("<i", 4 + len(b"documents\0") + len(docs)) + b"documents\0" + docs
     payload = struct.pack("<I", 0b11) + b"\0" + body + b"\1" + sequence + b"CRC!"  # checksum + moreToCome
     message = HEADER.pack(HEADER.size + len(payload), 7, 0, OP_MSG) + payload
-    assert parse_command(message) == ("insert", {"insert": "jobs", "$db": "x", "documents": [{"_id": 0}, {"_id": 1}]},
-                                      True)
+    assert parse_command(message) == (
+        "insert",
+        {"insert": "jobs", "$db": "x", "documents": [{"_id": 0}, {"_id": 1}]},
+        True,
+    )
     assert parse_command(HEADER.pack(HEADER.size + 4, 7, 0, 2004) + b"\0\0\0\0") is None  # OP_QUERY: never parsed
 
 
-async def test_passes_commands_through_and_counts_them(proxy: FaultProxy, connect: Callable[..., AsyncDatabase],
-                                                       direct: AsyncMongoClient) -> None:
+async def test_passes_commands_through_and_counts_them(
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     db = connect()
     await db.jobs.insert_one({"_id": "a", "n": 1})
     await db.jobs.insert_many([{"_id": "b", "n": 2}, {"_id": "c", "n": 3}])
     assert await db.jobs.find({}, sort=[("_id", 1)]).to_list() == [
-        {"_id": "a", "n": 1}, {"_id": "b", "n": 2}, {"_id": "c", "n": 3}]
+        {"_id": "a", "n": 1},
+        {"_id": "b", "n": 2},
+        {"_id": "c", "n": 3},
+    ]
     assert await direct[db.name].jobs.count_documents({}) == 3
     assert proxy.seen["insert"] == 2 and proxy.seen["find"] == 1
     assert proxy.dropped == [] and proxy.accepted >= 2  # a monitor and an application connection at least
 
 
 async def test_a_lost_update_many_reply_raises_yet_the_update_landed(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     db = connect()
     await db.jobs.insert_many([{"_id": i, "state": "queued"} for i in range(3)])
     done = {"$set": {"state": "done"}}
@@ -132,7 +146,8 @@ async def test_a_lost_update_many_reply_raises_yet_the_update_landed(
 
 
 async def test_a_lost_insert_reply_is_retried_and_lands_exactly_once(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     commands = Commands()
     db = connect(event_listeners=[commands])
     proxy.drop_reply_to("insert", collection="jobs")
@@ -145,7 +160,8 @@ async def test_a_lost_insert_reply_is_retried_and_lands_exactly_once(
 
 
 async def test_a_lost_insert_reply_raises_without_retryable_writes(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     db = connect(retryWrites=False)
     proxy.drop_reply_to("insert", collection="jobs")
     with pytest.raises(AutoReconnect):
@@ -154,7 +170,8 @@ async def test_a_lost_insert_reply_raises_without_retryable_writes(
 
 
 async def test_a_retried_update_one_is_applied_once(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     db = connect()
     await db.jobs.insert_one({"_id": "j1", "attempts": 0})
     proxy.drop_reply_to("update", collection="jobs")
@@ -164,7 +181,8 @@ async def test_a_retried_update_one_is_applied_once(
 
 
 async def test_keeps_serving_many_new_connections_after_drops(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase], direct: AsyncMongoClient
+) -> None:
     db = connect(retryWrites=False)
     rule = proxy.drop_reply_to("insert", collection="jobs", times=2)
     for i in range(2):
@@ -183,7 +201,8 @@ async def test_keeps_serving_many_new_connections_after_drops(
 
 
 async def test_stop_closes_every_connection_and_leaves_no_tasks(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase]) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase]
+) -> None:
     db = connect(minPoolSize=3)
     await db.jobs.insert_one({"_id": 1})
     await db.client.close()  # pymongo 4.20 leaks a socket if close() cancels a monitor reconnecting to a stopped proxy
@@ -204,7 +223,8 @@ async def test_stop_closes_every_connection_and_leaves_no_tasks(
 
 
 async def test_a_broken_predicate_drops_nothing_and_fails_the_proxy(
-        proxy: FaultProxy, connect: Callable[..., AsyncDatabase]) -> None:
+    proxy: FaultProxy, connect: Callable[..., AsyncDatabase]
+) -> None:
     db = connect(retryWrites=False)
     proxy.drop_reply_to("insert", where=lambda body: body["no such field"])
     await db.jobs.insert_one({"_id": 1})  # not dropped: a KeyError is no match

@@ -15,20 +15,22 @@ import httpx
 import pytest
 
 from app import JobContext, PermanentError, get_settings
-from handlers.general import (ServiceUnavailable, check_address, echo, fail, http_request, is_forbidden_ip,
-                              noop, sleep)
+from handlers.general import ServiceUnavailable, check_address, echo, fail, http_request, is_forbidden_ip, noop, sleep
 
 
 def make_ctx(operation: str, params: dict, calls: list | None = None) -> JobContext:
     ctx = JobContext(job_id="j1", engine="general", operation=operation, attempt=1, params=params)
     if calls is not None:
+
         async def sink(percent, stage, data):
             calls.append((percent, stage, data))
+
         ctx._sink = sink
     return ctx
 
 
 # --- echo, noop, sleep, fail ------------------------------------------------------------------
+
 
 async def test_echo_returns_params_unchanged():
     params = {"a": 1, "b": [1, "x", {"c": None}], "d": "é"}
@@ -60,15 +62,18 @@ async def test_sleep_stops_early_when_cancelled():
     assert 0.05 <= result["slept"] < 2
 
 
-@pytest.mark.parametrize("params, field", [
-    ({}, "seconds"),
-    ({"seconds": -1}, "seconds"),
-    ({"seconds": 3601}, "seconds"),
-    ({"seconds": "5"}, "seconds"),
-    ({"seconds": True}, "seconds"),
-    ({"seconds": 1, "steps": 0}, "steps"),
-    ({"seconds": 1, "steps": 2.5}, "steps"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "seconds"),
+        ({"seconds": -1}, "seconds"),
+        ({"seconds": 3601}, "seconds"),
+        ({"seconds": "5"}, "seconds"),
+        ({"seconds": True}, "seconds"),
+        ({"seconds": 1, "steps": 0}, "steps"),
+        ({"seconds": 1, "steps": 2.5}, "steps"),
+    ],
+)
 async def test_sleep_bad_params(params, field):
     with pytest.raises(PermanentError) as err:
         await sleep(make_ctx("sleep", params))
@@ -105,6 +110,7 @@ async def test_fail_bad_params():
 
 # --- http_request -----------------------------------------------------------------------------
 
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -130,8 +136,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._reply(302, b"", {"Location": "http://169.254.169.254/latest/meta-data"})
         if self.path == "/big":
             return self._reply(200, b"x" * 5000, {"Content-Type": "text/plain"})
-        info = {"method": self.command, "path": self.path, "host": self.headers.get("Host"),
-                "x_test": self.headers.get("X-Test"), "body": body.decode()}
+        info = {
+            "method": self.command,
+            "path": self.path,
+            "host": self.headers.get("Host"),
+            "x_test": self.headers.get("X-Test"),
+            "body": body.decode(),
+        }
         self._reply(200, json.dumps(info).encode(), {"X-Reply.Dotted": "yes"})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
@@ -151,9 +162,11 @@ def server():
 @pytest.fixture
 def allow(monkeypatch):
     """Set SWITCHYARD_HTTP_ALLOWLIST for one test."""
+
     def set_allowlist(value: str):
         monkeypatch.setenv("SWITCHYARD_HTTP_ALLOWLIST", value)
         get_settings.cache_clear()
+
     yield set_allowlist
     monkeypatch.delenv("SWITCHYARD_HTTP_ALLOWLIST", raising=False)
     get_settings.cache_clear()
@@ -162,6 +175,7 @@ def allow(monkeypatch):
 @pytest.fixture
 def no_traffic(monkeypatch):
     """Fail the test if any request is sent or any connection opened."""
+
     async def refuse_send(*args, **kwargs):
         raise AssertionError("a request was sent")
 
@@ -186,13 +200,27 @@ async def test_loopback_refused_by_default(server, allow):
     assert len(server.hits) == before
 
 
-@pytest.mark.parametrize("target", [
-    "http://10.0.0.1/", "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/",
-    "http://localhost/", "https://LOCALHOST./", "http://0.0.0.0/", "http://192.168.1.1/",
-    "http://[::ffff:127.0.0.1]/", "http://[::ffff:a9fe:a9fe]/", "http://[2002:7f00:1::]/",
-    "http://[64:ff9b::a00:1]/", "http://224.0.0.1/", "http://100.64.0.1/", "http://[fe80::1]/",
-    "http://127.1/", "http://2130706433/",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/",
+        "http://localhost/",
+        "https://LOCALHOST./",
+        "http://0.0.0.0/",
+        "http://192.168.1.1/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[2002:7f00:1::]/",
+        "http://[64:ff9b::a00:1]/",
+        "http://224.0.0.1/",
+        "http://100.64.0.1/",
+        "http://[fe80::1]/",
+        "http://127.1/",
+        "http://2130706433/",
+    ],
+)
 async def test_private_addresses_refused_before_connecting(target, allow, no_traffic):
     allow("")
     with pytest.raises(PermanentError) as err:
@@ -200,13 +228,27 @@ async def test_private_addresses_refused_before_connecting(target, allow, no_tra
     assert err.value.code == "forbidden_address"
 
 
-@pytest.mark.parametrize("address, forbidden", [
-    ("93.184.216.34", False), ("2606:2800:220:1:248:1893:25c8:1946", False), ("8.8.8.8", False),
-    ("127.0.0.1", True), ("10.1.2.3", True), ("172.16.0.1", True), ("169.254.169.254", True),
-    ("255.255.255.255", True), ("240.0.0.1", True), ("::", True), ("fc00::1", True),
-    ("2001:db8::1", True), ("::ffff:8.8.8.8", False), ("::ffff:10.0.0.1", True),
-    ("2002:0808:0808::1", False), ("ff02::1", True),
-])
+@pytest.mark.parametrize(
+    "address, forbidden",
+    [
+        ("93.184.216.34", False),
+        ("2606:2800:220:1:248:1893:25c8:1946", False),
+        ("8.8.8.8", False),
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("169.254.169.254", True),
+        ("255.255.255.255", True),
+        ("240.0.0.1", True),
+        ("::", True),
+        ("fc00::1", True),
+        ("2001:db8::1", True),
+        ("::ffff:8.8.8.8", False),
+        ("::ffff:10.0.0.1", True),
+        ("2002:0808:0808::1", False),
+        ("ff02::1", True),
+    ],
+)
 def test_is_forbidden_ip(address, forbidden):
     assert is_forbidden_ip(ipaddress.ip_address(address)) is forbidden
 
@@ -225,15 +267,25 @@ async def test_allowlist_by_cidr_and_hostname(allow, no_traffic):
 async def test_allowlisted_get(server, allow):
     allow("127.0.0.1")
     calls: list = []
-    result = await http_request(make_ctx("http_request", {
-        "url": url(server, "/hello?x=1"), "headers": {"X-Test": "yes", "Host": "evil.example"}}, calls))
+    result = await http_request(
+        make_ctx(
+            "http_request",
+            {"url": url(server, "/hello?x=1"), "headers": {"X-Test": "yes", "Host": "evil.example"}},
+            calls,
+        )
+    )
     assert result["status_code"] == 200
     assert result["truncated"] is False
     assert result["elapsed_ms"] >= 0
     assert result["address"] == "127.0.0.1"
     info = json.loads(result["body"])
-    assert info == {"method": "GET", "path": "/hello?x=1", "x_test": "yes", "body": "",
-                    "host": f"127.0.0.1:{server.server_address[1]}"}
+    assert info == {
+        "method": "GET",
+        "path": "/hello?x=1",
+        "x_test": "yes",
+        "body": "",
+        "host": f"127.0.0.1:{server.server_address[1]}",
+    }
     assert result["headers"]["content-type"] == "application/json"
     assert result["headers"]["x-reply%2Edotted"] == "yes"
     assert calls[-1][0] == 100
@@ -241,11 +293,13 @@ async def test_allowlisted_get(server, allow):
 
 async def test_post_json_and_body(server, allow):
     allow("127.0.0.0/8")
-    result = await http_request(make_ctx("http_request", {
-        "url": url(server, "/p"), "method": "post", "json": {"k": [1, 2]}}))
+    result = await http_request(
+        make_ctx("http_request", {"url": url(server, "/p"), "method": "post", "json": {"k": [1, 2]}})
+    )
     assert json.loads(json.loads(result["body"])["body"]) == {"k": [1, 2]}
-    result = await http_request(make_ctx("http_request", {
-        "url": url(server, "/p"), "method": "PUT", "body": "raw text"}))
+    result = await http_request(
+        make_ctx("http_request", {"url": url(server, "/p"), "method": "PUT", "body": "raw text"})
+    )
     info = json.loads(result["body"])
     assert (info["method"], info["body"]) == ("PUT", "raw text")
 
@@ -279,20 +333,23 @@ async def test_5xx_and_connection_errors_are_retryable(server, allow):
         await http_request(make_ctx("http_request", {"url": f"http://127.0.0.1:{port}/", "timeout_seconds": 5}))
 
 
-@pytest.mark.parametrize("params, field", [
-    ({}, "url"),
-    ({"url": "ftp://example.com/x"}, "url"),
-    ({"url": "file:///etc/passwd"}, "url"),
-    ({"url": "/relative"}, "url"),
-    ({"url": "http://example.com/", "method": "TRACE"}, "method"),
-    ({"url": "http://example.com/", "headers": {"a": 1}}, "headers"),
-    ({"url": "http://example.com/", "headers": ["a"]}, "headers"),
-    ({"url": "http://example.com/", "headers": {"X": "a\r\nInjected: 1"}}, "headers"),
-    ({"url": "http://example.com/", "json": {}, "body": "x"}, "body"),
-    ({"url": "http://example.com/", "body": 5}, "body"),
-    ({"url": "http://example.com/", "timeout_seconds": 301}, "timeout_seconds"),
-    ({"url": "http://example.com/", "max_bytes": 10 * 1024 * 1024 + 1}, "max_bytes"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "url"),
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "file:///etc/passwd"}, "url"),
+        ({"url": "/relative"}, "url"),
+        ({"url": "http://example.com/", "method": "TRACE"}, "method"),
+        ({"url": "http://example.com/", "headers": {"a": 1}}, "headers"),
+        ({"url": "http://example.com/", "headers": ["a"]}, "headers"),
+        ({"url": "http://example.com/", "headers": {"X": "a\r\nInjected: 1"}}, "headers"),
+        ({"url": "http://example.com/", "json": {}, "body": "x"}, "body"),
+        ({"url": "http://example.com/", "body": 5}, "body"),
+        ({"url": "http://example.com/", "timeout_seconds": 301}, "timeout_seconds"),
+        ({"url": "http://example.com/", "max_bytes": 10 * 1024 * 1024 + 1}, "max_bytes"),
+    ],
+)
 async def test_http_request_bad_params(params, field, no_traffic):
     with pytest.raises(PermanentError) as err:
         await http_request(make_ctx("http_request", params))

@@ -18,8 +18,10 @@ from handlers.image_generation import render, resize
 def make_ctx(operation: str, params: dict, calls: list | None = None) -> JobContext:
     ctx = JobContext(job_id="j1", engine="image_generation", operation=operation, attempt=1, params=params)
     if calls is not None:
+
         async def sink(percent, stage, data):
             calls.append((percent, stage, data))
+
         ctx._sink = sink
     return ctx
 
@@ -91,16 +93,19 @@ async def test_render_honours_cancellation():
         await render(ctx)
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"height": 10}, "width"),
-    ({"width": 0, "height": 10}, "width"),
-    ({"width": 4097, "height": 10}, "width"),
-    ({"width": "10", "height": 10}, "width"),
-    ({"width": 10, "height": 10.5}, "height"),
-    ({"width": 10, "height": 10, "kind": "stars"}, "kind"),
-    ({"width": 10, "height": 10, "format": "bmp"}, "format"),
-    ({"width": 10, "height": 10, "seed": "x"}, "seed"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"height": 10}, "width"),
+        ({"width": 0, "height": 10}, "width"),
+        ({"width": 4097, "height": 10}, "width"),
+        ({"width": "10", "height": 10}, "width"),
+        ({"width": 10, "height": 10.5}, "height"),
+        ({"width": 10, "height": 10, "kind": "stars"}, "kind"),
+        ({"width": 10, "height": 10, "format": "bmp"}, "format"),
+        ({"width": 10, "height": 10, "seed": "x"}, "seed"),
+    ],
+)
 async def test_render_bad_params(params, field):
     with pytest.raises(PermanentError) as err:
         await render(make_ctx("render", params))
@@ -111,8 +116,13 @@ async def test_render_bad_params(params, field):
 async def test_resize_by_width_height_and_scale():
     src = await render(make_ctx("render", {"width": 100, "height": 50, "kind": "checker", "seed": 4}))
     data = src["data_base64"]
-    cases = [({"width": 40}, (40, 20)), ({"height": 10}, (20, 10)), ({"width": 30, "height": 70}, (30, 70)),
-             ({"scale": 0.5}, (50, 25)), ({"scale": 2}, (200, 100))]
+    cases = [
+        ({"width": 40}, (40, 20)),
+        ({"height": 10}, (20, 10)),
+        ({"width": 30, "height": 70}, (30, 70)),
+        ({"scale": 0.5}, (50, 25)),
+        ({"scale": 2}, (200, 100)),
+    ]
     for params, size in cases:
         calls: list = []
         r = await resize(make_ctx("resize", {"image_base64": data, **params}, calls))
@@ -167,18 +177,21 @@ async def test_resize_refuses_oversized_input():
     assert "20971520" in err.value.message
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"width": 10}, "image_base64"),
-    ({"image_base64": "", "width": 10}, "image_base64"),
-    ({"image_base64": "!!not base64!!", "width": 10}, "image_base64"),
-    ({"image_base64": base64.b64encode(b"hello, not an image").decode(), "width": 10}, "image_base64"),
-    ({"image_base64": "VALID", "width": 5000}, "width"),
-    ({"image_base64": "VALID"}, "width"),
-    ({"image_base64": "VALID", "scale": 0}, "scale"),
-    ({"image_base64": "VALID", "scale": 1, "width": 3}, "scale"),
-    ({"image_base64": "VALID", "scale": 1000}, "scale"),
-    ({"image_base64": "VALID", "width": 10, "format": "tiff"}, "format"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"width": 10}, "image_base64"),
+        ({"image_base64": "", "width": 10}, "image_base64"),
+        ({"image_base64": "!!not base64!!", "width": 10}, "image_base64"),
+        ({"image_base64": base64.b64encode(b"hello, not an image").decode(), "width": 10}, "image_base64"),
+        ({"image_base64": "VALID", "width": 5000}, "width"),
+        ({"image_base64": "VALID"}, "width"),
+        ({"image_base64": "VALID", "scale": 0}, "scale"),
+        ({"image_base64": "VALID", "scale": 1, "width": 3}, "scale"),
+        ({"image_base64": "VALID", "scale": 1000}, "scale"),
+        ({"image_base64": "VALID", "width": 10, "format": "tiff"}, "format"),
+    ],
+)
 async def test_resize_bad_params(params, field):
     if params.get("image_base64") == "VALID":
         params = {**params, "image_base64": encoded(Image.new("RGB", (20, 20)))}
@@ -189,6 +202,7 @@ async def test_resize_bad_params(params, field):
 
 
 # --- composition: an image step takes its parent's image (handlers/inputs.py) ----------------
+
 
 def child_ctx(params: dict, parents: dict) -> JobContext:
     ctx = make_ctx("resize", params)

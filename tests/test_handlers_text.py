@@ -21,8 +21,10 @@ CATS = (
 def make_ctx(operation: str, params: dict, calls: list | None = None) -> JobContext:
     ctx = JobContext(job_id="j1", engine="text_intelligence", operation=operation, attempt=1, params=params)
     if calls is not None:
+
         async def sink(percent, stage, data):
             calls.append((percent, stage, data))
+
         ctx._sink = sink
     return ctx
 
@@ -38,10 +40,21 @@ async def test_analyze_counts_a_known_text():
     assert r["unique_words"] == 12
     assert r["average_word_length"] == 3.59  # 61 letters / 17 words
     assert r["average_sentence_length"] == 4.25
-    assert r["top_words"][:3] == [{"word": "dog", "count": 2}, {"word": "fox", "count": 2},
-                                  {"word": "quick", "count": 2}]
-    assert [w["word"] for w in r["top_words"]] == ["dog", "fox", "quick", "brown", "jumps", "lazy",
-                                                   "sleeps", "yes"]  # no stopwords (the, over, a, is)
+    assert r["top_words"][:3] == [
+        {"word": "dog", "count": 2},
+        {"word": "fox", "count": 2},
+        {"word": "quick", "count": 2},
+    ]
+    assert [w["word"] for w in r["top_words"]] == [
+        "dog",
+        "fox",
+        "quick",
+        "brown",
+        "jumps",
+        "lazy",
+        "sleeps",
+        "yes",
+    ]  # no stopwords (the, over, a, is)
     assert r["syllables"] == 19
     assert r["flesch_reading_ease"] == 107.97  # 206.835 - 1.015 * 17/4 - 84.6 * 19/17
     assert r["flesch_kincaid_grade"] == -0.74  # 0.39 * 17/4 + 11.8 * 19/17 - 15.59
@@ -67,18 +80,41 @@ async def test_analyze_empty_text():
     assert r["flesch_reading_ease"] is None
 
 
-@pytest.mark.parametrize("word, count", [
-    ("the", 1), ("cat", 1), ("table", 2), ("whale", 1), ("make", 1), ("makes", 1), ("boxes", 2),
-    ("jumped", 1), ("wanted", 2), ("beautiful", 3), ("syllable", 3), ("reading", 2), ("free", 1),
-    ("people", 2), ("queue", 1), ("understanding", 4), ("2024", 1), ("", 0),
-])
+@pytest.mark.parametrize(
+    "word, count",
+    [
+        ("the", 1),
+        ("cat", 1),
+        ("table", 2),
+        ("whale", 1),
+        ("make", 1),
+        ("makes", 1),
+        ("boxes", 2),
+        ("jumped", 1),
+        ("wanted", 2),
+        ("beautiful", 3),
+        ("syllable", 3),
+        ("reading", 2),
+        ("free", 1),
+        ("people", 2),
+        ("queue", 1),
+        ("understanding", 4),
+        ("2024", 1),
+        ("", 0),
+    ],
+)
 def test_syllable_heuristic(word, count):
     assert syllables(word) == count
 
 
 def test_sentence_splitting():
-    assert sentences("Pi is 3.14 roughly. Really?! \"Yes.\" Heading\n\nNext para") == [
-        "Pi is 3.14 roughly.", "Really?!", "\"Yes.\"", "Heading", "Next para"]
+    assert sentences('Pi is 3.14 roughly. Really?! "Yes." Heading\n\nNext para') == [
+        "Pi is 3.14 roughly.",
+        "Really?!",
+        '"Yes."',
+        "Heading",
+        "Next para",
+    ]
 
 
 async def test_analyze_runs_off_the_event_loop():
@@ -114,8 +150,9 @@ async def test_summarize_picks_top_sentences_in_original_order():
     r = await summarize(make_ctx("summarize", {"text": CATS, "sentences": 2}, calls))
     assert r["total_sentences"] == 5
     assert [s["index"] for s in r["sentences"]] == [1, 3]
-    assert r["summary"] == ("Cats love sleeping and cats love playing. "
-                            "Many people adopt cats because cats are calm pets.")
+    assert r["summary"] == (
+        "Cats love sleeping and cats love playing. Many people adopt cats because cats are calm pets."
+    )
     assert r["sentences"][0]["score"] == 3.2  # (5 + 2 + 1 + 5 + 2 + 1) / 5
     assert calls[-1][:2] == (100.0, "done")
 
@@ -130,16 +167,19 @@ async def test_summarize_short_text_returns_everything():
     assert r["total_sentences"] == 1
 
 
-@pytest.mark.parametrize("fn, params, field", [
-    (analyze, {}, "text"),
-    (analyze, {"text": 5}, "text"),
-    (analyze, {"text": "x" * 1_000_001}, "text"),
-    (summarize, {}, "text"),
-    (summarize, {"text": "a. b.", "sentences": 0}, "sentences"),
-    (summarize, {"text": "a. b.", "sentences": "3"}, "sentences"),
-    (summarize, {"text": "a. b.", "sentences": True}, "sentences"),
-    (summarize, {"text": "a. b.", "sentences": 101}, "sentences"),
-])
+@pytest.mark.parametrize(
+    "fn, params, field",
+    [
+        (analyze, {}, "text"),
+        (analyze, {"text": 5}, "text"),
+        (analyze, {"text": "x" * 1_000_001}, "text"),
+        (summarize, {}, "text"),
+        (summarize, {"text": "a. b.", "sentences": 0}, "sentences"),
+        (summarize, {"text": "a. b.", "sentences": "3"}, "sentences"),
+        (summarize, {"text": "a. b.", "sentences": True}, "sentences"),
+        (summarize, {"text": "a. b.", "sentences": 101}, "sentences"),
+    ],
+)
 async def test_bad_params(fn, params, field):
     with pytest.raises(PermanentError) as err:
         await fn(make_ctx(fn.__name__, params))
@@ -148,6 +188,7 @@ async def test_bad_params(fn, params, field):
 
 
 # --- composition: a text step takes its parents' text (handlers/inputs.py) -------------------
+
 
 def child_ctx(operation: str, params: dict, parents: dict) -> JobContext:
     ctx = make_ctx(operation, params)
@@ -165,7 +206,11 @@ async def test_analyze_reads_a_fetched_body_and_a_summary():
 
 
 async def test_summarize_joins_several_parents_in_order_and_own_text_wins():
-    parents = {"a": {"text": "Cats sleep all day."}, "img": {"data_base64": "xx"}, "b": {"summary": "Dogs bark at night."}}
+    parents = {
+        "a": {"text": "Cats sleep all day."},
+        "img": {"data_base64": "xx"},
+        "b": {"summary": "Dogs bark at night."},
+    }
     r = await summarize(child_ctx("summarize", {"sentences": 5}, parents))
     assert [s["text"] for s in r["sentences"]] == ["Cats sleep all day.", "Dogs bark at night."]
     r = await analyze(child_ctx("analyze", {}, parents))

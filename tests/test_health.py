@@ -43,7 +43,14 @@ async def test_health_shape_without_a_token_shows_no_queue_or_engine(api, jobs, 
     assert body["database"]["reachable"] is True and body["database"]["latency_ms"] >= 0
     assert body["email"]["configured"] is False and body["email"]["reason"] == "SMTP_URL is not set: no email is sent"
     assert body["workers"] == {"alive": 1}  # the in-process worker of the `worker` fixture
-    assert body["queues"]["testing"] == {"waiting": 2, "active": 0, "paused": True, "limit": 2, "queued": 2, "running": 0}
+    assert body["queues"]["testing"] == {
+        "waiting": 2,
+        "active": 0,
+        "paused": True,
+        "limit": 2,
+        "queued": 2,
+        "running": 0,
+    }
 
 
 async def test_email_from_settings_never_shows_credentials(store):
@@ -117,6 +124,7 @@ async def test_database_gone_means_unavailable_and_not_ready():
 
             async def recovered():
                 return (await c.get("/ready")).status_code == 200 and (await c.get("/health")).status_code == 200
+
             await eventually(recovered, timeout=30, interval=0.5)
     finally:
         server.stop()

@@ -37,8 +37,9 @@ async def member(api):
     tenant = f"t{uuid.uuid4().hex[:10]}"
     r = await api.post("/api/v1/auth/keys", json={"name": "hostile", "tenant": tenant, "user": "m", "role": "member"})
     assert r.status_code == 201, r.text
-    async with httpx.AsyncClient(transport=api._transport, base_url="http://test",
-                                 headers={"Authorization": f"Bearer {r.json()['token']}"}) as c:
+    async with httpx.AsyncClient(
+        transport=api._transport, base_url="http://test", headers={"Authorization": f"Bearer {r.json()['token']}"}
+    ) as c:
         c.tenant = tenant
         yield c
 
@@ -46,8 +47,10 @@ async def member(api):
 async def counts(store, tenant: str) -> dict:
     db = store.db
     bucket = await db["rate_limits"].find_one({"_id": f"jobs:{tenant}"}, {"tokens": 1})
-    return {**{c: await db[c].count_documents({}) for c in ("jobs", "workflows", "schedules", "api_keys")},
-            "tokens": round(bucket["tokens"], 3) if bucket else None}
+    return {
+        **{c: await db[c].count_documents({}) for c in ("jobs", "workflows", "schedules", "api_keys")},
+        "tokens": round(bucket["tokens"], 3) if bucket else None,
+    }
 
 
 def refused(r, field: str, *, hidden: str | None = None) -> dict:
@@ -68,13 +71,28 @@ async def test_integers_outside_int64_are_refused_at_any_depth(member, store, n)
         (SUBMIT, {**JOB, "parameters": {"n": n}}, "parameters", "parameters.n"),
         (SUBMIT, {**JOB, "parameters": {"a": {"b": [1, {"c": n}]}}}, "parameters", "parameters.a.b.1.c"),
         (WORKFLOWS, {"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": {"m": [n]}}, "metadata", "metadata.m.0"),
-        (WORKFLOWS, {"name": "w", "jobs": [{"key": "a", **JOB, "parameters": {"x": n}}]}, "jobs.0.parameters",
-         "jobs.0.parameters.x"),
-        (SCHEDULES, {"name": "s", "cron": "0 0 1 1 *", "job": {**JOB, "parameters": {"x": {"y": n}}}}, "job.parameters",
-         "job.parameters.x.y"),
-        (SCHEDULES, {"name": "s", "cron": "0 0 1 1 *", "workflow": {"name": "w", "jobs": [{"key": "a", **JOB}],
-                                                                   "metadata": {"k": n}}}, "workflow.metadata",
-         "workflow.metadata.k"),
+        (
+            WORKFLOWS,
+            {"name": "w", "jobs": [{"key": "a", **JOB, "parameters": {"x": n}}]},
+            "jobs.0.parameters",
+            "jobs.0.parameters.x",
+        ),
+        (
+            SCHEDULES,
+            {"name": "s", "cron": "0 0 1 1 *", "job": {**JOB, "parameters": {"x": {"y": n}}}},
+            "job.parameters",
+            "job.parameters.x.y",
+        ),
+        (
+            SCHEDULES,
+            {
+                "name": "s",
+                "cron": "0 0 1 1 *",
+                "workflow": {"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": {"k": n}},
+            },
+            "workflow.metadata",
+            "workflow.metadata.k",
+        ),
     ]
     for url, body, field, path in cases:
         err = refused(await member.post(url, json=body), field, hidden=str(n))
@@ -101,14 +119,17 @@ def test_the_domain_models_share_one_validator():
 
 
 # --- 2. lone surrogates, in values and keys, anywhere in a body -------------------------------
-@pytest.mark.parametrize("url,body,field", [
-    (SUBMIT, {**JOB, "parameters": {"s": "\udfff"}}, "parameters.s"),
-    (SUBMIT, {**JOB, "parameters": {"\ud800": 1}}, "parameters.\\ud800"),
-    (SUBMIT, {**JOB, "name": "a\udfffb"}, "name"),
-    (WORKFLOWS, {"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": {"l": ["x", "\udc00"]}}, "metadata.l.1"),
-    (SCHEDULES, {"name": "\udfff", "cron": "0 0 1 1 *", "job": JOB}, "name"),
-    ("/api/v1/auth/keys", {"name": "\udfff", "user": "u"}, "name"),
-])
+@pytest.mark.parametrize(
+    "url,body,field",
+    [
+        (SUBMIT, {**JOB, "parameters": {"s": "\udfff"}}, "parameters.s"),
+        (SUBMIT, {**JOB, "parameters": {"\ud800": 1}}, "parameters.\\ud800"),
+        (SUBMIT, {**JOB, "name": "a\udfffb"}, "name"),
+        (WORKFLOWS, {"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": {"l": ["x", "\udc00"]}}, "metadata.l.1"),
+        (SCHEDULES, {"name": "\udfff", "cron": "0 0 1 1 *", "job": JOB}, "name"),
+        ("/api/v1/auth/keys", {"name": "\udfff", "user": "u"}, "name"),
+    ],
+)
 async def test_lone_surrogates_are_refused(api, member, store, url, body, field):
     before = await counts(store, member.tenant)
     client = api if url.startswith("/api/v1/auth") else member
@@ -118,19 +139,24 @@ async def test_lone_surrogates_are_refused(api, member, store, url, body, field)
 
 
 async def test_preferences_with_a_surrogate_change_nothing(member):
-    for body, field in (({"email": "a\udfff@example.com"}, "email"),
-                        ({"channels": {"\udfff": ["db"]}}, "channels.\\udfff")):
+    for body, field in (
+        ({"email": "a\udfff@example.com"}, "email"),
+        ({"channels": {"\udfff": ["db"]}}, "channels.\\udfff"),
+    ):
         refused(await member.put("/api/v1/jobs/notifications/preferences", **raw(body)), field)
     assert (await member.get("/api/v1/jobs/notifications/preferences")).json() == {"email": None, "channels": {}}
 
 
 async def test_a_body_that_is_not_utf8_is_refused(member):
-    r = await member.post(SUBMIT, content=b'{"engine": "testing", "operation": "ok", "name": "\xed\xbf\xbf"}',
-                          headers={"content-type": "application/json"})
+    r = await member.post(
+        SUBMIT,
+        content=b'{"engine": "testing", "operation": "ok", "name": "\xed\xbf\xbf"}',
+        headers={"content-type": "application/json"},
+    )
     refused(r, "body")
     # an escaped surrogate *pair* is one ordinary character
-    r = await member.post(SUBMIT, **raw({**JOB, "parameters": {"emoji": "\U0001F600"}}))
-    assert r.status_code == 201 and r.json()["parameters"] == {"emoji": "\U0001F600"}
+    r = await member.post(SUBMIT, **raw({**JOB, "parameters": {"emoji": "\U0001f600"}}))
+    assert r.status_code == 201 and r.json()["parameters"] == {"emoji": "\U0001f600"}
 
 
 # --- 3. the notifications cursor --------------------------------------------------------------
@@ -152,8 +178,11 @@ async def test_a_chunked_body_over_the_cap_is_413(member, store, settings):
 
     r = await member.post(SUBMIT, content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413, r.text
-    assert r.json()["error"] == {"code": "payload_too_large", "field": "body",
-                                 "message": f"request body is over {settings.max_body_bytes} bytes"}
+    assert r.json()["error"] == {
+        "code": "payload_too_large",
+        "field": "body",
+        "message": f"request body is over {settings.max_body_bytes} bytes",
+    }
     assert await counts(store, member.tenant) == before
 
     async def small():
@@ -174,24 +203,30 @@ async def test_unknown_query_parameters_are_refused_on_status_and_writes(member)
 
 
 # --- 6. workflow metadata keys ---------------------------------------------------------------
-@pytest.mark.parametrize("meta,path", [({"$where": "1"}, "metadata.$where"), ({"a.b": 1}, "metadata.a.b"),
-                                       ({"ok": {"$gt": ""}}, "metadata.ok.$gt")])
+@pytest.mark.parametrize(
+    "meta,path",
+    [({"$where": "1"}, "metadata.$where"), ({"a.b": 1}, "metadata.a.b"), ({"ok": {"$gt": ""}}, "metadata.ok.$gt")],
+)
 async def test_workflow_metadata_refuses_operator_and_dotted_keys(member, store, meta, path):
     before = await counts(store, member.tenant)
-    err = refused(await member.post(WORKFLOWS, json={"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": meta}),
-                  "metadata")
+    err = refused(
+        await member.post(WORKFLOWS, json={"name": "w", "jobs": [{"key": "a", **JOB}], "metadata": meta}), "metadata"
+    )
     assert err["errors"][0]["path"] == path
     assert await counts(store, member.tenant) == before
 
 
 # --- 7. no echo of the submitted value -------------------------------------------------------
-@pytest.mark.parametrize("body,field,secret", [
-    ({"cron": "61 * * * * SeCrEt"}, "cron", "SeCrEt"),
-    ({"cron": "99 99 * * *"}, "cron", "99 99"),
-    ({"cron": "0 0 30 2 *"}, "cron", "30 2"),
-    ({"timezone": "Mars/SeCrEt_Base"}, "timezone", "SeCrEt"),
-    ({"timezone": "../../etc/SeCrEt"}, "timezone", "SeCrEt"),
-])
+@pytest.mark.parametrize(
+    "body,field,secret",
+    [
+        ({"cron": "61 * * * * SeCrEt"}, "cron", "SeCrEt"),
+        ({"cron": "99 99 * * *"}, "cron", "99 99"),
+        ({"cron": "0 0 30 2 *"}, "cron", "30 2"),
+        ({"timezone": "Mars/SeCrEt_Base"}, "timezone", "SeCrEt"),
+        ({"timezone": "../../etc/SeCrEt"}, "timezone", "SeCrEt"),
+    ],
+)
 async def test_schedule_errors_do_not_echo_the_value(member, body, field, secret):
     r = await member.post(SCHEDULES, json={"name": "s", "cron": "0 0 1 1 *", "job": JOB, **body})
     refused(r, field, hidden=secret)

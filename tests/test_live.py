@@ -22,7 +22,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 async def submit_wf(host, n=5):
     steps = [{"key": "s0", "engine": "testing", "operation": "ok"}] + [
-        {"key": f"s{i}", "engine": "testing", "operation": "ok", "depends_on": [f"s{i-1}"]} for i in range(1, n)]
+        {"key": f"s{i}", "engine": "testing", "operation": "ok", "depends_on": [f"s{i - 1}"]} for i in range(1, n)
+    ]
     async with httpx.AsyncClient(base_url=f"http://{host}", headers=AUTH) as c:
         r = await c.post("/api/v1/jobs/workflows", json={"name": "chain", "jobs": steps})
         assert r.status_code == 201, r.text
@@ -30,8 +31,10 @@ async def submit_wf(host, n=5):
 
 
 async def test_websocket_refuses_missing_and_wrong_tokens(server):
-    for url, headers in ((f"ws://{server}/api/v1/ws?token=nope", None),
-                         (f"ws://{server}/api/v1/ws", {"Authorization": "Bearer wrong"})):
+    for url, headers in (
+        (f"ws://{server}/api/v1/ws?token=nope", None),
+        (f"ws://{server}/api/v1/ws", {"Authorization": "Bearer wrong"}),
+    ):
         async with websockets.connect(url, additional_headers=headers) as ws:
             msg = await recv(ws)
             assert msg["type"] == "error" and msg["code"] == "unauthorized"
@@ -56,7 +59,9 @@ async def test_a_workflows_events_arrive_in_order_and_since_replays_the_missed_o
     for key, job_id in wf["jobs"].items():
         mine = [m["type"] for m in events if m.get("job_id") == job_id]
         # Steps are created with the workflow; the root starts queued, the others pending.
-        assert mine == (["job.running", "job.completed"] if key == "s0" else ["job.queued", "job.running", "job.completed"])
+        assert mine == (
+            ["job.running", "job.completed"] if key == "s0" else ["job.queued", "job.running", "job.completed"]
+        )
     # Steps complete in chain order: s{i} completes before s{i+1} starts.
     order = [m["job_id"] for m in events if m["type"] == "job.completed"]
     assert order == [wf["jobs"][f"s{i}"] for i in range(5)]
@@ -75,8 +80,12 @@ async def test_subscribe_all_sees_jobs_live_and_bad_subscriptions_are_refused(se
         await ws.send(json.dumps({"action": "subscribe", "all": True}))
         assert (await recv(ws))["type"] == "subscribed"
         await ws.send(json.dumps({"action": "subscribe", "job_id": "0123456789abcdef01234567"}))
-        assert (await recv(ws)) == {"type": "error", "code": "not_found", "message": "job '0123456789abcdef01234567' not found",
-                                    "field": "job_id"}
+        assert (await recv(ws)) == {
+            "type": "error",
+            "code": "not_found",
+            "message": "job '0123456789abcdef01234567' not found",
+            "field": "job_id",
+        }
         await ws.send(json.dumps({"action": "subscribe", "job_id": {"$ne": 1}}))
         assert (await recv(ws))["code"] == "not_found"
         await ws.send(json.dumps({"action": "dance"}))
@@ -86,7 +95,11 @@ async def test_subscribe_all_sees_jobs_live_and_bad_subscriptions_are_refused(se
         async with httpx.AsyncClient(base_url=f"http://{server}", headers=AUTH) as c:
             job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
         msgs = await until(ws, lambda m: m.get("type") == "job.completed" and m.get("job_id") == job["id"])
-        assert [m["type"] for m in msgs if m.get("job_id") == job["id"]] == ["job.queued", "job.running", "job.completed"]
+        assert [m["type"] for m in msgs if m.get("job_id") == job["id"]] == [
+            "job.queued",
+            "job.running",
+            "job.completed",
+        ]
         await ws.send(json.dumps({"action": "unsubscribe", "all": True}))
         assert (await until(ws, lambda m: m.get("type") == "unsubscribed"))[-1]["found"] is True
 
@@ -103,7 +116,9 @@ async def test_sse_streams_a_job_to_its_end_and_resumes_from_last_event_id(serve
         resumed = await sse(c, f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": first_id})
         assert [f["event"] for f in resumed] == ["connected", "job.running", "job.completed", "final"]
         assert (await c.get("/api/v1/jobs/0123456789abcdef01234567/events")).status_code == 404
-        assert (await c.get(f"/api/v1/jobs/{job['id']}/events", headers={"Authorization": "Bearer x"})).status_code == 401
+        assert (
+            await c.get(f"/api/v1/jobs/{job['id']}/events", headers={"Authorization": "Bearer x"})
+        ).status_code == 401
         async with httpx.AsyncClient(base_url=f"http://{server}", timeout=30) as bare:  # EventSource: token in the URL
             assert (await bare.get(f"/api/v1/jobs/{job['id']}/events?token=nope")).status_code == 401
             names = [f["event"] for f in await sse(bare, f"/api/v1/jobs/{job['id']}/events?token={TOKEN}")]
@@ -149,8 +164,10 @@ async def test_two_api_processes_share_events(db_url, store):
             await ws.send(json.dumps({"action": "subscribe", "all": True}))
             await until(ws, lambda m: m.get("type") == "subscribed")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{pa}", headers=AUTH) as c:
-                ids = {(await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()["id"]
-                       for _ in range(5)}
+                ids = {
+                    (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()["id"]
+                    for _ in range(5)
+                }
             done: set[str] = set()
             while done != ids:
                 msg = await recv(ws, timeout=30)
@@ -169,13 +186,17 @@ async def test_notifications_are_pushed_with_the_id_they_are_stored_under(server
         assert "job.failed" in ack[-1]["notifications"] and "job.completed" not in ack[-1]["notifications"]
         async with httpx.AsyncClient(base_url=f"http://{server}", headers=AUTH) as c:
             ok = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
-            bad = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent",
-                                                              "name": "broken"})).json()
+            bad = (
+                await c.post(
+                    "/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent", "name": "broken"}
+                )
+            ).json()
             [note] = [m for m in await until(ws, lambda m: m.get("type") == "notification")]
             assert note["job_id"] == bad["id"] and note["event_type"] == "job.failed" and "broken" in note["title"]
 
             async def stored():
                 return (await c.post(f"/api/v1/jobs/notifications/{note['id']}/read")).status_code == 200
+
             await eventually(stored, timeout=20)
         assert ok["id"] != bad["id"]
 

@@ -51,11 +51,11 @@ async def test_websocket_refuses_a_since_out_of_range_negative_or_not_a_number(s
             assert code == 1008 and "since" in reason and seen[-1]["field"] == "since", (bad, code, seen)
     async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers=AUTH) as ws:
         assert (await recv(ws))["type"] == "welcome"
-        for bad in (10 ** 30, 2 ** 63, -1, "1" * 30, 1.5, True, {"$gt": 0}):
+        for bad in (10**30, 2**63, -1, "1" * 30, 1.5, True, {"$gt": 0}):
             await ws.send(json.dumps({"action": "subscribe", "all": True, "since": bad}))
             reply = await recv(ws)
             assert reply["type"] == "error" and reply["field"] == "since", (bad, reply)
-        await ws.send(json.dumps({"action": "subscribe", "all": True, "since": 2 ** 63 - 1}))
+        await ws.send(json.dumps({"action": "subscribe", "all": True, "since": 2**63 - 1}))
         assert (await recv(ws))["type"] == "subscribed"
 
 
@@ -80,8 +80,9 @@ async def test_an_auth_token_that_is_not_a_string_is_unauthorized(server):
         async with websockets.connect(f"ws://{server}/api/v1/ws") as ws:
             await ws.send(json.dumps({"action": "auth", "token": token}))
             code, reason, seen = await closed(ws)
-            assert code == 4401 and seen == [{"type": "error", "code": "unauthorized",
-                                              "message": "missing or invalid bearer token"}], (token, code, seen)
+            assert code == 4401 and seen == [
+                {"type": "error", "code": "unauthorized", "message": "missing or invalid bearer token"}
+            ], (token, code, seen)
 
 
 async def test_unknown_query_parameters_are_refused_on_the_streams(server):

@@ -42,12 +42,22 @@ def assert_job_fields(line: dict) -> None:
 
 async def test_a_worker_process_logs_json_lines_with_the_job_fields(db_url, store, jobs):
     ok = await jobs.queued(operation="ok")
-    flaky = await jobs.queued(operation="flaky", parameters={"succeed_on": 2},
-                              retry_config=RetryConfig(max_retries=2, retry_delay_seconds=0.01))
+    flaky = await jobs.queued(
+        operation="flaky",
+        parameters={"succeed_on": 2},
+        retry_config=RetryConfig(max_retries=2, retry_delay_seconds=0.01),
+    )
     bad = await jobs.queued(operation="permanent")
-    wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[
-        {"key": "a", "engine": "testing", "operation": "ok"},
-        {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]}]), owner="admin")
+    wf = await store.workflows.create(
+        WorkflowSpec(
+            name="w",
+            jobs=[
+                {"key": "a", "engine": "testing", "operation": "ok"},
+                {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]},
+            ],
+        ),
+        owner="admin",
+    )
     step_b = wf["steps"]["b"]["job_id"]
     proc = start_worker(db_url, store.db.name, SWITCHYARD_LOG_LEVEL="INFO")
     try:
@@ -70,8 +80,10 @@ async def test_a_worker_process_logs_json_lines_with_the_job_fields(db_url, stor
 
     events = [(line["event"], line["attempt"]) for line in job_lines(lines, flaky["_id"])]
     assert ("job.started", 1) in events and ("job.handler_error", 1) in events and ("job.finished", 2) in events
-    assert [line["status"] for line in job_lines(lines, flaky["_id"]) if line["event"] == "job.finished"] == \
-        ["scheduled", "completed"]
+    assert [line["status"] for line in job_lines(lines, flaky["_id"]) if line["event"] == "job.finished"] == [
+        "scheduled",
+        "completed",
+    ]
     failed = [line for line in job_lines(lines, bad["_id"]) if line["event"] == "job.finished"]
     assert failed[0]["status"] == "failed" and failed[0]["engine"] == "testing" and failed[0]["workflow_id"] is None
     step_lines = job_lines(lines, step_b)

@@ -22,13 +22,16 @@ from tests.helpers import eventually
 
 def is_claim(body: dict) -> bool:
     """The claim's `update_many`: `status: queued` in its filter, a lease token stamped."""
-    return any(u["q"].get("status") == "queued" and "lease_token" in (u["u"].get("$set") or {})
-               for u in body.get("updates") or [])
+    return any(
+        u["q"].get("status") == "queued" and "lease_token" in (u["u"].get("$set") or {})
+        for u in body.get("updates") or []
+    )
 
 
 def is_completion(body: dict) -> bool:
-    return any(isinstance(u["u"], list) and "finished_token" in u["u"][0].get("$set", {})
-               for u in body.get("updates") or [])
+    return any(
+        isinstance(u["u"], list) and "finished_token" in u["u"][0].get("$set", {}) for u in body.get("updates") or []
+    )
 
 
 @pytest.fixture
@@ -93,15 +96,22 @@ async def test_lost_claim_replies_charge_no_attempt_and_lose_no_job(proxied):
     """The issue's measurement: 120 jobs with no retries, three claim replies lost. Every
     job runs and completes once, and the engine's counters match the jobs at rest."""
     proxy, st, direct = proxied
-    docs = [st.lifecycle.build(JobSpec(engine="testing", operation="ok", retry_config=RetryConfig(max_retries=0)), "admin")
-            for _ in range(120)]
+    docs = [
+        st.lifecycle.build(JobSpec(engine="testing", operation="ok", retry_config=RetryConfig(max_retries=0)), "admin")
+        for _ in range(120)
+    ]
     await st.lifecycle.insert_many(docs)
     proxy.drop_reply_to("update", "jobs", where=is_claim, times=3)
     worker = JobProcessor(st, st.settings, concurrency=8)
     await worker.start()
     try:
+
         async def finished():
-            return await direct.jobs.col.count_documents({"engine": "testing", "status": {"$in": ["completed", "failed"]}}) == 120
+            return (
+                await direct.jobs.col.count_documents({"engine": "testing", "status": {"$in": ["completed", "failed"]}})
+                == 120
+            )
+
         await eventually(finished, timeout=60)
     finally:
         await worker.stop()
@@ -116,7 +126,9 @@ async def test_lost_claim_replies_charge_no_attempt_and_lose_no_job(proxied):
 async def test_a_cancel_whose_reply_was_lost_reports_the_cancel(proxied):
     proxy, st, direct = proxied
     job, _ = await st.lifecycle.submit(JobSpec(engine="lr", operation="ok"), owner="admin")
-    proxy.drop_reply_to("update", "jobs", where=lambda b: b["updates"][0]["u"].get("$set", {}).get("status") == "cancelled")
+    proxy.drop_reply_to(
+        "update", "jobs", where=lambda b: b["updates"][0]["u"].get("$set", {}).get("status") == "cancelled"
+    )
     done = await st.lifecycle.cancel(job["_id"])
     assert len(proxy.dropped) == 1 and done["status"] == "cancelled"
     assert await counters_match(direct, "lr") and (await direct.engines.get("lr"))["queued"] == 0
@@ -127,8 +139,9 @@ async def test_a_permit_reservation_whose_reply_was_lost_is_known_to_its_worker(
     await st.engines.ensure("lr")
     worker = JobProcessor(st, st.settings, concurrency=4)
     # the driver retries a single-document write once: both replies are lost
-    proxy.drop_reply_to("update", "engines", where=lambda b: "holds." + worker.worker_id in str(b["updates"][0]["u"]),
-                        times=2)
+    proxy.drop_reply_to(
+        "update", "engines", where=lambda b: "holds." + worker.worker_id in str(b["updates"][0]["u"]), times=2
+    )
     with pytest.raises(PyMongoError):
         await worker._reserve("lr", 2)
     assert len(proxy.dropped) == 2

@@ -48,7 +48,9 @@ async def test_one_process_maintains_and_another_takes_over(store, jobs):
 async def test_a_dead_leaders_lease_runs_out_then_another_leads(store):
     settings = make_settings(lease_seconds=1)
     until = store.clock.now() + timedelta(seconds=1.5)
-    await store.leases.col.insert_one({"_id": "maintenance", "holder": "dead-process", "expires_at": until, "state": {}})
+    await store.leases.col.insert_one(
+        {"_id": "maintenance", "holder": "dead-process", "expires_at": until, "state": {}}
+    )
     b = Maintenance(store, settings)
     await b.start()
     try:

@@ -19,8 +19,11 @@ from tests.procs import ROOT, env_for, stop
 
 def parse(text: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 async def scrape(api) -> dict:
@@ -46,13 +49,24 @@ async def submit(api, **body) -> str:
 async def test_job_counters_and_histograms_follow_real_jobs(api, worker, store):
     before = await scrape(api)
     ok = [await submit(api, operation="ok") for _ in range(3)]
-    flaky = await submit(api, operation="flaky", parameters={"succeed_on": 2},
-                         retry_config={"max_retries": 3, "retry_delay_seconds": 0.01})
+    flaky = await submit(
+        api,
+        operation="flaky",
+        parameters={"succeed_on": 2},
+        retry_config={"max_retries": 3, "retry_delay_seconds": 0.01},
+    )
     bad = await submit(api, operation="permanent")
     later = await submit(api, operation="ok", delay_seconds=3600)
-    r = await api.post("/api/v1/jobs/workflows", json={"name": "pair", "jobs": [
-        {"key": "a", "engine": "testing", "operation": "ok"},
-        {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]}]})
+    r = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "pair",
+            "jobs": [
+                {"key": "a", "engine": "testing", "operation": "ok"},
+                {"key": "b", "engine": "testing", "operation": "ok", "depends_on": ["a"]},
+            ],
+        },
+    )
     assert r.status_code == 201
     steps = list(r.json()["jobs"].values())
     assert (await api.post(f"/api/v1/jobs/{later}/cancel")).json()["status"] == "cancelled"
@@ -80,11 +94,18 @@ async def test_job_counters_and_histograms_follow_real_jobs(api, worker, store):
 async def test_every_metric_family_is_exposed(api):
     r = await api.get("/metrics", headers={"Authorization": ""})
     families = {f.name: f.type for f in text_string_to_metric_families(r.text)}
-    expected = {"switchyard_jobs_created": "counter", "switchyard_jobs_finished": "counter",
-                "switchyard_job_duration_seconds": "histogram", "switchyard_claim_latency_seconds": "histogram",
-                "switchyard_retries": "counter", "switchyard_rescues": "counter",
-                "switchyard_notifications_sent": "counter", "switchyard_email_failures": "counter",
-                "switchyard_queue_depth": "gauge", "switchyard_jobs_running": "gauge"}
+    expected = {
+        "switchyard_jobs_created": "counter",
+        "switchyard_jobs_finished": "counter",
+        "switchyard_job_duration_seconds": "histogram",
+        "switchyard_claim_latency_seconds": "histogram",
+        "switchyard_retries": "counter",
+        "switchyard_rescues": "counter",
+        "switchyard_notifications_sent": "counter",
+        "switchyard_email_failures": "counter",
+        "switchyard_queue_depth": "gauge",
+        "switchyard_jobs_running": "gauge",
+    }
     assert {k: families.get(k) for k in expected} == expected
     assert "/metrics" in (await api.get("/openapi.json")).json()["paths"]
 
@@ -98,6 +119,7 @@ async def test_queue_gauges_are_read_from_the_engines(api, worker, store):
     async def settled():
         e = await store.engines.get("testing")
         return e.get("running") == 2 and e.get("queued") == 1
+
     await eventually(settled)
     m = await scrape(api)
     assert val(m, "switchyard_queue_depth", engine="testing") == 1
@@ -133,10 +155,25 @@ async def test_rescues_are_counted(api, store, jobs, settings):
 
 async def test_a_worker_process_serves_its_own_metrics(db_url, store, jobs):
     port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "worker", "--concurrency", "4", "--handlers", "tests.support_handlers",
-           "--metrics-port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for(db_url, store.db.name, SWITCHYARD_METRICS_ADDR="127.0.0.1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "worker",
+        "--concurrency",
+        "4",
+        "--handlers",
+        "tests.support_handlers",
+        "--metrics-port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env_for(db_url, store.db.name, SWITCHYARD_METRICS_ADDR="127.0.0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         ids = [(await jobs.queued(operation="ok"))["_id"] for _ in range(3)]
         bad = (await jobs.queued(operation="permanent"))["_id"]
@@ -151,7 +188,12 @@ async def test_a_worker_process_serves_its_own_metrics(db_url, store, jobs):
             except httpx.HTTPError:
                 return None
             done = val(m, "switchyard_jobs_finished_total", engine="testing", status="completed")
-            return m if done == 3 and val(m, "switchyard_jobs_finished_total", engine="testing", status="failed") == 1 else None
+            return (
+                m
+                if done == 3 and val(m, "switchyard_jobs_finished_total", engine="testing", status="failed") == 1
+                else None
+            )
+
         m = await eventually(scraped, timeout=10)
         # a fresh process: its counters are exactly this test's jobs
         assert val(m, "switchyard_job_duration_seconds_count", engine="testing") == 4

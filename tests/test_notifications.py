@@ -20,6 +20,7 @@ async def until_count(api, n, **params):
     async def check():
         body = await notifications(api, **params)
         return body if len(body["notifications"]) >= n else None
+
     return await eventually(check, timeout=30)
 
 
@@ -60,15 +61,19 @@ async def test_read_all_pagination_and_bad_ids(api, live, jobs):
 async def test_preferences_validate_and_route(api, live, jobs, store):
     r = await api.get("/api/v1/jobs/notifications/preferences")
     assert r.json() == {"email": None, "channels": {}}
-    for bad, field in (({"channels": {"job.exploded": ["db"]}}, "channels"),
-                       ({"channels": {"job.completed": ["pigeon"]}}, "channels"),
-                       ({"email": "a@b.c\r\nBcc: x@y.z"}, "email"),
-                       ({"colour": "red"}, "colour")):
+    for bad, field in (
+        ({"channels": {"job.exploded": ["db"]}}, "channels"),
+        ({"channels": {"job.completed": ["pigeon"]}}, "channels"),
+        ({"email": "a@b.c\r\nBcc: x@y.z"}, "email"),
+        ({"colour": "red"}, "colour"),
+    ):
         r = await api.put("/api/v1/jobs/notifications/preferences", json=bad)
         assert r.status_code == 422, bad
         assert r.json()["error"]["field"] == field
-    r = await api.put("/api/v1/jobs/notifications/preferences",
-                      json={"email": "ops@example.com", "channels": {"job.completed": ["db"], "job.failed": []}})
+    r = await api.put(
+        "/api/v1/jobs/notifications/preferences",
+        json={"email": "ops@example.com", "channels": {"job.completed": ["db"], "job.failed": []}},
+    )
     assert r.status_code == 200 and r.json()["email"] == "ops@example.com"
 
     done = await jobs.completed()

@@ -12,10 +12,14 @@ from contextlib import contextmanager
 import pytest
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from app.main import create_app
 from tests.conftest import TOKEN, make_settings
@@ -64,8 +68,9 @@ def test_no_5xx_and_every_response_matches_the_schema(base_url):
             continue  # streams: covered by tests/test_live.py
 
         @given(case=op.as_strategy())
-        @hsettings(max_examples=6, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=list(HealthCheck))
+        @hsettings(
+            max_examples=6, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         def run(case):
             case.call_and_validate(base_url=base_url, headers=AUTH, checks=checks)
 
@@ -85,8 +90,10 @@ async def test_the_document_says_how_to_authenticate_and_the_cross_field_rules(a
     for name in ("JobSpec", "StepSpec", "JobTemplate"):
         assert schemas[name]["not"] == {"required": ["run_at", "delay_seconds"]}, name
     assert "not both" in schemas["JobSpec"]["description"]
-    assert schemas["ScheduleSpec"]["oneOf"] == [{"required": ["job"], "not": {"required": ["workflow"]}},
-                                                {"required": ["workflow"], "not": {"required": ["job"]}}]
+    assert schemas["ScheduleSpec"]["oneOf"] == [
+        {"required": ["job"], "not": {"required": ["workflow"]}},
+        {"required": ["workflow"], "not": {"required": ["job"]}},
+    ]
     assert "exactly one of `job` and `workflow`" in schemas["ScheduleSpec"]["description"]
 
 

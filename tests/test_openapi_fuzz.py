@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import httpx
 import schemathesis
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.conftest import TOKEN
 from tests.test_openapi import base_url  # noqa: F401  (the fixture: the app on uvicorn in a thread)
@@ -22,8 +26,11 @@ EXAMPLES = 20  # per operation, each mode: well under a minute in all on two slo
 
 
 def member_token(base_url: str) -> str:  # noqa: F811
-    r = httpx.post(f"{base_url}/api/v1/auth/keys", headers={"Authorization": f"Bearer {TOKEN}"},
-                   json={"name": "fuzz", "tenant": "fuzzers", "user": "member", "role": "member"})
+    r = httpx.post(
+        f"{base_url}/api/v1/auth/keys",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={"name": "fuzz", "tenant": "fuzzers", "user": "member", "role": "member"},
+    )
     assert r.status_code == 201, r.text
     return r.json()["token"]
 
@@ -43,8 +50,13 @@ def test_a_member_gets_no_5xx_and_only_documented_statuses(base_url):  # noqa: F
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=op.as_strategy(generation_mode=mode))
-            @hsettings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                       suppress_health_check=list(HealthCheck))
+            @hsettings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case):
                 case.call_and_validate(base_url=base_url, headers=headers, checks=checks)
 

@@ -15,8 +15,14 @@ from tests.test_worker_processor import peak_concurrency
 
 
 async def submit_ledger(jobs, ledger, n, seconds=0.3, **kw):
-    return [(await jobs.queued(engine="ledger", operation="work",
-                               parameters={"ledger": str(ledger), "seconds": seconds}, **kw))["_id"] for _ in range(n)]
+    return [
+        (
+            await jobs.queued(
+                engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": seconds}, **kw
+            )
+        )["_id"]
+        for _ in range(n)
+    ]
 
 
 async def test_limit_holds_across_three_processes(db_url, store, jobs, tmp_path):
@@ -110,6 +116,7 @@ async def test_a_stalled_worker_cannot_overwrite_the_new_owner(db_url, store, jo
 
         async def handler_started():  # stopped before that, the attempt would not be charged
             return ledger.exists() and job_id in ledger.read_text()
+
         await eventually(handler_started, timeout=30)
         first = await store.jobs.get(job_id)
         stale.send_signal(signal.SIGSTOP)

@@ -100,8 +100,14 @@ async def test_progress_and_cancel_cross_the_pipe(store, jobs, start):
 
 
 async def test_a_timeout_kills_the_child(store, jobs, start):
-    job = await suspect(store, jobs, operation="stubborn", parameters={"seconds": 60}, timeout_seconds=2,
-                        retry_config=RetryConfig(max_retries=1, retry_delay_seconds=0.05))
+    job = await suspect(
+        store,
+        jobs,
+        operation="stubborn",
+        parameters={"seconds": 60},
+        timeout_seconds=2,
+        retry_config=RetryConfig(max_retries=1, retry_delay_seconds=0.05),
+    )
     await start()
     dead = await wait_status(store, job["_id"], "failed", timeout=60)
     assert dead["last_error"]["code"] == "timeout"
@@ -123,7 +129,9 @@ async def test_a_child_does_not_outlive_its_worker(db_url, store, jobs, tmp_path
     from tests.procs import start_worker, stop
 
     ledger = tmp_path / "ledger.jsonl"
-    job = await suspect(store, jobs, engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 60})
+    job = await suspect(
+        store, jobs, engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 60}
+    )
     proc = start_worker(db_url, store.db.name, concurrency=1)
     try:
         for _ in range(300):

@@ -28,12 +28,38 @@ def defaults():
     r.configure(s.secret_param_names, s.secret_allow_names)
 
 
-@pytest.mark.parametrize("name", [
-    "db_password", "passphrase", "private-key", "private_key", "x-api-key", "X-Api-Key", "apiKey", "APIKey", "apikey",
-    "aws_secret_access_key", "client_secret", "authToken", "refresh_token", "Authorization", "Proxy-Authorization",
-    "basic_auth", "credentials", "db_creds", "Cookie", "Set-Cookie", "secret_string", "SecretString", "password_hash",
-    "auth_header", "smtp_pass", "secrets", "ssh_key",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "db_password",
+        "passphrase",
+        "private-key",
+        "private_key",
+        "x-api-key",
+        "X-Api-Key",
+        "apiKey",
+        "APIKey",
+        "apikey",
+        "aws_secret_access_key",
+        "client_secret",
+        "authToken",
+        "refresh_token",
+        "Authorization",
+        "Proxy-Authorization",
+        "basic_auth",
+        "credentials",
+        "db_creds",
+        "Cookie",
+        "Set-Cookie",
+        "secret_string",
+        "SecretString",
+        "password_hash",
+        "auth_header",
+        "smtp_pass",
+        "secrets",
+        "ssh_key",
+    ],
+)
 def test_secret_looking_names_are_masked_at_any_depth(name):
     doc = {"top": {name: SECRET}, "list": [{"deeper": {name: {"nested": SECRET}}}], "plain": "visible"}
     out = redact(doc)
@@ -42,10 +68,27 @@ def test_secret_looking_names_are_masked_at_any_depth(name):
     assert doc["top"][name] == SECRET  # a copy: the stored job keeps the real value
 
 
-@pytest.mark.parametrize("name", [
-    "keyword", "monkey", "key_frame", "keyframes", "token_count", "max_tokens", "password_file", "author", "bypass",
-    "hotkey", "session_id", "secret_name", "text", "dedupe_key", "sort_key", "Idempotency-Key",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "keyword",
+        "monkey",
+        "key_frame",
+        "keyframes",
+        "token_count",
+        "max_tokens",
+        "password_file",
+        "author",
+        "bypass",
+        "hotkey",
+        "session_id",
+        "secret_name",
+        "text",
+        "dedupe_key",
+        "sort_key",
+        "Idempotency-Key",
+    ],
+)
 def test_names_that_only_contain_a_secret_word_are_kept(name):
     assert redact({name: "visible"}) == {name: "visible"}
 
@@ -55,13 +98,16 @@ def test_headers_given_as_pairs_are_masked_by_name():
     assert out["headers"] == [["Authorization", MASK], ("X-Api-Key", MASK), ["Accept", "text/plain"]]
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("http://user:pass@host/x", "http://***@host/x"),
-    ("fetch postgres://admin:p@ss@db.local:5432/app failed", "fetch postgres://***@db.local:5432/app failed"),
-    ("https://ghp_TOKEN@github.com/o/r.git", "https://***@github.com/o/r.git"),
-    ("redis://:pw@cache:6379/0", "redis://***@cache:6379/0"),
-    ("two: amqp://a:b@q1 and smtp://c:d@mail", "two: amqp://***@q1 and smtp://***@mail"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://user:pass@host/x", "http://***@host/x"),
+        ("fetch postgres://admin:p@ss@db.local:5432/app failed", "fetch postgres://***@db.local:5432/app failed"),
+        ("https://ghp_TOKEN@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("redis://:pw@cache:6379/0", "redis://***@cache:6379/0"),
+        ("two: amqp://a:b@q1 and smtp://c:d@mail", "two: amqp://***@q1 and smtp://***@mail"),
+    ],
+)
 def test_user_info_in_urls_is_masked_in_any_string(text, shown):
     assert redact({"url": text, "nested": [text]}) == {"url": shown, "nested": [shown]}
     assert r.redact_text(text) == shown
@@ -83,8 +129,12 @@ def test_log_lines_are_redacted_messages_fields_and_tracebacks():
     configure("INFO", stream=stream)
     try:
         log = get_logger("test")
-        log.warning("calling http://bob:" + SECRET + "@api.local/v1", db_password=SECRET,
-                    headers={"X-Api-Key": SECRET, "Accept": "json"}, keyword="visible")
+        log.warning(
+            "calling http://bob:" + SECRET + "@api.local/v1",
+            db_password=SECRET,
+            headers={"X-Api-Key": SECRET, "Accept": "json"},
+            keyword="visible",
+        )
         try:
             raise RuntimeError(f"cannot reach postgres://bob:{SECRET}@db/x")
         except RuntimeError:
@@ -122,17 +172,32 @@ def settings():
 
 
 async def test_secret_parameters_show_masked_everywhere_but_the_handler(server, store):
-    params = {"db_password": SECRET, "passphrase": SECRET, "private-key": SECRET, "url": f"http://bob:{SECRET}@api.example/v1",
-              "headers": {"X-Api-Key": SECRET, "Accept": "application/json"}, "keyword": "visible"}
+    params = {
+        "db_password": SECRET,
+        "passphrase": SECRET,
+        "private-key": SECRET,
+        "url": f"http://bob:{SECRET}@api.example/v1",
+        "headers": {"X-Api-Key": SECRET, "Accept": "application/json"},
+        "keyword": "visible",
+    }
     stream = io.StringIO()
     configure("INFO", stream=stream)
     try:
-        async with httpx.AsyncClient(base_url=f"http://{server}", headers={"Authorization": f"Bearer {TOKEN}"},
-                                     timeout=30) as c:
-            ok = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "leaks_secrets",
-                                                              "parameters": params})).json()
-            bad = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "leaks_secrets",
-                                                               "parameters": {**params, "fail": True}})).json()
+        async with httpx.AsyncClient(
+            base_url=f"http://{server}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as c:
+            ok = (
+                await c.post(
+                    "/api/v1/jobs/submit",
+                    json={"engine": "testing", "operation": "leaks_secrets", "parameters": params},
+                )
+            ).json()
+            bad = (
+                await c.post(
+                    "/api/v1/jobs/submit",
+                    json={"engine": "testing", "operation": "leaks_secrets", "parameters": {**params, "fail": True}},
+                )
+            ).json()
             await wait_status(store, ok["id"], ["completed"])
             await wait_status(store, bad["id"], ["failed"])
             status = (await c.get(f"/api/v1/jobs/{ok['id']}/status")).json()
@@ -155,13 +220,18 @@ async def test_secret_parameters_show_masked_everywhere_but_the_handler(server, 
     assert [j for j in dead if j["id"] == bad["id"]] == [failed | {"why": None}]
     assert events[0]["error"]["message"] == f"cannot reach {shown_url}"
     assert shown_url in mail["body"]
-    for where, text in (("status", json.dumps([status, failed])), ("dead letter", json.dumps(dead)),
-                        ("events", json.dumps(events, default=str)), ("email", mail["body"] + mail["subject"]),
-                        ("logs", stream.getvalue())):
+    for where, text in (
+        ("status", json.dumps([status, failed])),
+        ("dead letter", json.dumps(dead)),
+        ("events", json.dumps(events, default=str)),
+        ("email", mail["body"] + mail["subject"]),
+        ("logs", stream.getvalue()),
+    ):
         assert SECRET not in text, where
     logged = [json.loads(line) for line in stream.getvalue().splitlines() if "calling" in line]
-    assert logged and all(line["event"] == f"calling {shown_url}" and line["params"]["db_password"] == MASK
-                          for line in logged)
+    assert logged and all(
+        line["event"] == f"calling {shown_url}" and line["params"]["db_password"] == MASK for line in logged
+    )
 
 
 async def _failed_events(store, job_id):

@@ -14,6 +14,7 @@ def test_a_second_function_for_the_same_pair_fails():
         return {}
 
     with pytest.raises(registry.DuplicateHandler, match="regtest.one is registered twice"):
+
         @handler(engine="regtest", operation="one")
         async def second(ctx: JobContext) -> dict:
             return {}
@@ -23,9 +24,11 @@ def test_a_second_function_for_the_same_pair_fails():
 
 def test_handlers_must_be_async_and_well_named():
     with pytest.raises(TypeError):
+
         @handler(engine="regtest", operation="sync")
         def not_async(ctx):
             return {}
+
     with pytest.raises(ValueError):
         handler(engine="bad name", operation="x")
 
@@ -38,5 +41,9 @@ def test_unknown_pair_is_a_named_validation_error():
 def test_builtins_load():
     registry.load()
     names = {(h.engine, h.operation) for h in registry.all_handlers()}
-    assert {("general", "echo"), ("general", "http_request"), ("text_intelligence", "analyze"),
-            ("image_generation", "resize")} <= names
+    assert {
+        ("general", "echo"),
+        ("general", "http_request"),
+        ("text_intelligence", "analyze"),
+        ("image_generation", "resize"),
+    } <= names

@@ -62,9 +62,16 @@ async def test_index_is_sparse_not_ttl_and_bounds_the_cleaner(store, jobs):
     for _ in range(20):
         await jobs.queued()
     now = store.clock.now()
-    plan = await store.jobs.col.database.command({"explain": {
-        "find": "jobs", "filter": {"expires_at": {"$gte": now - timedelta(days=1), "$lt": now + timedelta(days=1)}},
-        "limit": 500}, "verbosity": "executionStats"})
+    plan = await store.jobs.col.database.command(
+        {
+            "explain": {
+                "find": "jobs",
+                "filter": {"expires_at": {"$gte": now - timedelta(days=1), "$lt": now + timedelta(days=1)}},
+                "limit": 500,
+            },
+            "verbosity": "executionStats",
+        }
+    )
     assert "retention" in str(plan["queryPlanner"]["winningPlan"])
     assert plan["executionStats"]["totalDocsExamined"] == 3  # the expiring ones only, never the queue
 
@@ -100,8 +107,9 @@ async def test_a_retried_job_leaves_retention_until_it_finishes_again(store, job
 
 
 async def test_maintenance_runs_the_cleaner(db_url):
-    from app.store import connect
     import uuid
+
+    from app.store import connect
 
     settings = make_settings(retention_completed_seconds=0)
     st = connect(db_url, settings, db_name=f"t_{uuid.uuid4().hex[:12]}")
@@ -119,10 +127,14 @@ async def test_maintenance_runs_the_cleaner(db_url):
 
 # --- workflows -------------------------------------------------------------------------
 def spec(fail: bool = False) -> WorkflowSpec:
-    return WorkflowSpec(name="wf", jobs=[
-        StepSpec(key="a", engine="testing", operation="ok"),
-        StepSpec(key="b", engine="testing", operation="permanent" if fail else "ok", depends_on=["a"]),
-        StepSpec(key="c", engine="testing", operation="ok", depends_on=["b"])])
+    return WorkflowSpec(
+        name="wf",
+        jobs=[
+            StepSpec(key="a", engine="testing", operation="ok"),
+            StepSpec(key="b", engine="testing", operation="permanent" if fail else "ok", depends_on=["a"]),
+            StepSpec(key="c", engine="testing", operation="ok", depends_on=["b"]),
+        ],
+    )
 
 
 async def finished(store, worker, fail=False) -> dict:
@@ -131,6 +143,7 @@ async def finished(store, worker, fail=False) -> dict:
     async def done():
         doc = await store.workflows.get(wf["_id"], steps=True)
         return doc if doc["status"] != "running" else None
+
     return await eventually(done, timeout=30)
 
 
@@ -176,6 +189,7 @@ async def test_a_cleaner_that_died_half_way_is_finished_by_the_next(store, worke
 
     async def crash(*_):
         raise RuntimeError("process died")
+
     monkeypatch.setattr(store.workflow_retention, "_delete_steps", crash)
     with pytest.raises(RuntimeError):
         await store.workflow_retention.expire_workflows(now)

@@ -28,8 +28,9 @@ def settings():
 
 async def member_key(host) -> tuple[str, str]:
     async with httpx.AsyncClient(base_url=f"http://{host}", headers=ADMIN) as c:
-        r = await c.post("/api/v1/auth/keys",
-                         json={"name": "watcher", "tenant": "acme", "user": "ann", "role": "member"})
+        r = await c.post(
+            "/api/v1/auth/keys", json={"name": "watcher", "tenant": "acme", "user": "ann", "role": "member"}
+        )
         assert r.status_code == 201, r.text
         return r.json()["id"], r.json()["token"]
 
@@ -51,9 +52,11 @@ async def closed_code(ws, timeout=BOUND) -> tuple[int | None, list[dict]]:
 async def test_revoking_a_key_closes_its_websockets_and_refuses_new_subscriptions(server):
     key_id, token = await member_key(server)
     url = f"ws://{server}/api/v1/ws"
-    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as watching, \
-            websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as idle, \
-            websockets.connect(url, additional_headers=ADMIN) as other:
+    async with (
+        websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as watching,
+        websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as idle,
+        websockets.connect(url, additional_headers=ADMIN) as other,
+    ):
         for ws in (watching, idle, other):
             assert (await recv(ws))["type"] == "welcome"
         await watching.send(json.dumps({"action": "subscribe", "all": True}))
@@ -77,10 +80,14 @@ async def test_revoking_a_key_closes_its_websockets_and_refuses_new_subscription
 
 async def test_revoking_a_key_ends_its_sse_stream(server):
     key_id, token = await member_key(server)
-    async with httpx.AsyncClient(base_url=f"http://{server}", headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30) as c:
-        job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "wait_cancel",
-                                                          "parameters": {"max": 60}})).json()
+    async with httpx.AsyncClient(
+        base_url=f"http://{server}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
+        job = (
+            await c.post(
+                "/api/v1/jobs/submit", json={"engine": "testing", "operation": "wait_cancel", "parameters": {"max": 60}}
+            )
+        ).json()
         frames = []
 
         async def read():
@@ -112,10 +119,14 @@ async def test_a_jwt_stream_closes_when_the_token_expires(server):
 
     exp = time.time() + 2
     token = jwt.encode({"sub": "carol", "tenant": "acme", "exp": exp}, SECRET, "HS256")
-    async with httpx.AsyncClient(base_url=f"http://{server}", headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30) as c:
-        job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "wait_cancel",
-                                                          "parameters": {"max": 60}})).json()
+    async with httpx.AsyncClient(
+        base_url=f"http://{server}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
+        job = (
+            await c.post(
+                "/api/v1/jobs/submit", json={"engine": "testing", "operation": "wait_cancel", "parameters": {"max": 60}}
+            )
+        ).json()
         lines = []
 
         async def read():
@@ -138,8 +149,10 @@ async def test_one_read_per_recheck_covers_every_open_key_and_closes_only_the_re
     from tests.helpers import eventually
 
     now = store.clock.now()
-    keys = [(await store.keys.create(tenant="acme", user=u, role="member", name=u, created_by="t", now=now))[0]["_id"]
-            for u in ("ann", "bob")]
+    keys = [
+        (await store.keys.create(tenant="acme", user=u, role="member", name=u, created_by="t", now=now))[0]["_id"]
+        for u in ("ann", "bob")
+    ]
     reads, real = [], store.keys.live
 
     async def counted(ids):  # the real read, counted

@@ -5,7 +5,7 @@ tenant, the minimum gap between ticks, and that a refused request changes nothin
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,11 +13,16 @@ from app.domain.schedule import ScheduleSpec
 from app.worker.scheduler import Scheduler
 from tests.conftest import make_settings
 
-UTC = timezone.utc
+UTC = UTC
 URL = "/api/v1/jobs/schedules"
 JOB = {"engine": "testing", "operation": "ok"}
-LIMITS = dict(rate_limit_per_second=0.001, rate_limit_burst=3, tenant_max_queued=2, tenant_max_schedules=2,
-              schedule_min_interval_seconds=60)
+LIMITS = dict(
+    rate_limit_per_second=0.001,
+    rate_limit_burst=3,
+    tenant_max_queued=2,
+    tenant_max_schedules=2,
+    schedule_min_interval_seconds=60,
+)
 
 
 @pytest.fixture
@@ -88,7 +93,9 @@ async def test_a_tick_over_the_quota_is_refused_recorded_notified_and_the_schedu
     assert r.status_code == 200, r.text
 
     await store.lifecycle.cancel((await store.jobs.col.find_one({"tenant": "quo"}))["_id"])
-    assert await Scheduler(store, settings).tick(z(2030, 1, 1, 0, 15)) == 2  # room again (a new process: no cached count)
+    assert (
+        await Scheduler(store, settings).tick(z(2030, 1, 1, 0, 15)) == 2
+    )  # room again (a new process: no cached count)
     doc = await store.schedules.get(s["_id"])
     assert doc["run_count"] == 1 and doc["last_error"] is None and doc["refused_ticks"] == 2
 
@@ -117,24 +124,30 @@ async def test_a_tick_over_the_rate_is_refused_and_a_workflow_costs_its_steps(st
 async def test_a_tenant_has_a_cap_on_schedules_and_a_refused_create_changes_nothing(api, store):
     me = await key(api, "cap")
     for i in range(2):
-        assert (await api.post(URL, json={"name": f"s{i}", "cron": "0 * * * *", "job": JOB}, headers=me)).status_code == 201
+        assert (
+            await api.post(URL, json={"name": f"s{i}", "cron": "0 * * * *", "job": JOB}, headers=me)
+        ).status_code == 201
     left = await tokens(store, "cap")
     r = await api.post(URL, json={"name": "s2", "cron": "0 * * * *", "job": JOB}, headers=me)
     assert r.status_code == 409, r.text
     err = r.json()["error"]
-    assert err["field"] == "tenant" and err["details"]["reason"] == "tenant_max_schedules" and "cap is 2" in err["message"]
+    assert (
+        err["field"] == "tenant" and err["details"]["reason"] == "tenant_max_schedules" and "cap is 2" in err["message"]
+    )
     assert await store.schedules.count("cap") == 2 and await tokens(store, "cap") == pytest.approx(left, abs=0.01)
     other = await key(api, "cap2")  # the cap is per tenant
     assert (await api.post(URL, json={"name": "s", "cron": "0 * * * *", "job": JOB}, headers=other)).status_code == 201
 
 
 async def test_ticks_closer_than_the_minimum_are_refused_naming_cron_without_echoing_it(api, store):
-    cases = [("* * * * * *", False),          # every second
-             ("* * * * * 7,37", False),       # 30 s apart
-             ("59 23 * * * 30,59", False),    # 29 s apart, once a day
-             ("* * * * *", True),             # every minute: exactly the minimum
-             ("0,1 9 * * *", True),           # 60 s apart, once a day
-             ("0 0 1 1 *", True)]             # yearly
+    cases = [
+        ("* * * * * *", False),  # every second
+        ("* * * * * 7,37", False),  # 30 s apart
+        ("59 23 * * * 30,59", False),  # 29 s apart, once a day
+        ("* * * * *", True),  # every minute: exactly the minimum
+        ("0,1 9 * * *", True),  # 60 s apart, once a day
+        ("0 0 1 1 *", True),
+    ]  # yearly
     for i, (cron, ok) in enumerate(cases):
         tenant = f"gap{i}"
         r = await api.post(URL, json={"name": "s", "cron": cron, "job": JOB}, headers=await key(api, tenant))

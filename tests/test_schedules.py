@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ from app.worker.scheduler import STALE_CLAIM, Scheduler
 from tests.conftest import make_settings
 from tests.helpers import eventually
 
-UTC = timezone.utc
+UTC = UTC
 URL = "/api/v1/jobs/schedules"
 JOB = {"engine": "testing", "operation": "ok", "parameters": {"n": 1}}
 
@@ -50,31 +50,37 @@ async def workflows_of(store, sid: str) -> list[dict]:
 
 
 # --- API: validation -------------------------------------------------------------------
-@pytest.mark.parametrize("body,field", [
-    ({"cron": "* * * *"}, "cron"),
-    ({"cron": "0 0 30 2 *"}, "cron"),
-    ({"cron": "* * * * * * *"}, "cron"),
-    ({"timezone": "Mars/Olympus"}, "timezone"),
-    ({"misfire_policy": "whenever"}, "misfire_policy"),
-    ({"job": {"engine": "nope", "operation": "ok"}}, "job.operation"),
-    ({"job": {"engine": "testing", "operation": "ok", "parameters": {"$gt": 1}}}, "job.parameters"),
-    ({"job": {"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z"}}, "job.run_at"),
-    ({"job": None}, "job"),
-    ({"workflow": {"name": "w", "jobs": [{"key": "a", **JOB}]}}, "workflow"),
-    ({"owner": "mallory"}, "owner"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"cron": "* * * *"}, "cron"),
+        ({"cron": "0 0 30 2 *"}, "cron"),
+        ({"cron": "* * * * * * *"}, "cron"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"misfire_policy": "whenever"}, "misfire_policy"),
+        ({"job": {"engine": "nope", "operation": "ok"}}, "job.operation"),
+        ({"job": {"engine": "testing", "operation": "ok", "parameters": {"$gt": 1}}}, "job.parameters"),
+        ({"job": {"engine": "testing", "operation": "ok", "run_at": "2030-01-01T00:00:00Z"}}, "job.run_at"),
+        ({"job": None}, "job"),
+        ({"workflow": {"name": "w", "jobs": [{"key": "a", **JOB}]}}, "workflow"),
+        ({"owner": "mallory"}, "owner"),
+    ],
+)
 async def test_create_refuses_with_the_field_named(api, body, field):
     r = await api.post(URL, json={"name": "s", "cron": "*/5 * * * *", "job": JOB, **body})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == field
 
 
-@pytest.mark.parametrize("jobs,field", [
-    ([{"key": "a", **JOB, "depends_on": ["b"]}, {"key": "b", **JOB, "depends_on": ["a"]}], "workflow.jobs"),
-    ([{"key": "a", **JOB}, {"key": "b", **JOB, "depends_on": ["zz"]}], "workflow.jobs[1].depends_on"),
-    ([{"key": "a", **JOB}, {"key": "a", **JOB}], "workflow.jobs[1].key"),
-    ([{"key": "a", "engine": "testing", "operation": "nope"}], "workflow.jobs[0].operation"),
-])
+@pytest.mark.parametrize(
+    "jobs,field",
+    [
+        ([{"key": "a", **JOB, "depends_on": ["b"]}, {"key": "b", **JOB, "depends_on": ["a"]}], "workflow.jobs"),
+        ([{"key": "a", **JOB}, {"key": "b", **JOB, "depends_on": ["zz"]}], "workflow.jobs[1].depends_on"),
+        ([{"key": "a", **JOB}, {"key": "a", **JOB}], "workflow.jobs[1].key"),
+        ([{"key": "a", "engine": "testing", "operation": "nope"}], "workflow.jobs[0].operation"),
+    ],
+)
 async def test_create_refuses_a_bad_workflow_template(api, jobs, field):
     r = await api.post(URL, json={"name": "s", "cron": "*/5 * * * *", "workflow": {"name": "w", "jobs": jobs}})
     assert r.status_code == 422, r.text
@@ -82,7 +88,9 @@ async def test_create_refuses_a_bad_workflow_template(api, jobs, field):
 
 
 async def test_create_needs_the_token(api):
-    r = await api.post(URL, json={"name": "s", "cron": "*/5 * * * *", "job": JOB}, headers={"Authorization": "Bearer no"})
+    r = await api.post(
+        URL, json={"name": "s", "cron": "*/5 * * * *", "job": JOB}, headers={"Authorization": "Bearer no"}
+    )
     assert r.status_code == 401
 
 
@@ -98,8 +106,16 @@ async def test_six_fields_have_seconds_last(api, store):
 async def test_create_get_list_pause_resume_delete(api, store):
     ids = []
     for i in range(3):
-        r = await api.post(URL, json={"name": f"s{i}", "cron": "0 3 * * *", "timezone": "Asia/Tokyo", "job": JOB,
-                                      "misfire_policy": "catch_up"})
+        r = await api.post(
+            URL,
+            json={
+                "name": f"s{i}",
+                "cron": "0 3 * * *",
+                "timezone": "Asia/Tokyo",
+                "job": JOB,
+                "misfire_policy": "catch_up",
+            },
+        )
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     one = (await api.get(f"{URL}/{ids[0]}")).json()
@@ -144,8 +160,10 @@ async def test_ticks_fire_at_exactly_their_due_times(store, settings):
         assert doc["last_job_id"] == tick_job_id(s["_id"], due) and doc["firing"] is None
     jobs = await runs(store, s["_id"])
     assert [j["schedule_tick"] for j in jobs] == [z(2030, 1, 1, 0, m) for m in (5, 10, 15)]
-    assert all(j["status"] == "queued" and j["owner"] == "admin" and j["name"] == "every5" and j["parameters"] == {"n": 1}
-               for j in jobs)
+    assert all(
+        j["status"] == "queued" and j["owner"] == "admin" and j["name"] == "every5" and j["parameters"] == {"n": 1}
+        for j in jobs
+    )
     assert (await store.schedules.get(s["_id"]))["run_count"] == 3
 
 
@@ -282,8 +300,9 @@ async def test_three_schedulers_racing_run_every_tick_exactly_once(store, settin
     wf = {"name": "w", "jobs": [{"key": "a", "engine": "wfeng", "operation": "ok"}]}
     t0 = z(2030, 1, 1, 0, 0, 0, 500_000)
     skip = await make(store, t0, cron="* * * * * *", name="skip", job={**JOB, "engine": "skipeng"})
-    catch = await make(store, t0, cron="* * * * * *", name="catch", misfire_policy="catch_up",
-                       job={**JOB, "engine": "catcheng"})
+    catch = await make(
+        store, t0, cron="* * * * * *", name="catch", misfire_policy="catch_up", job={**JOB, "engine": "catcheng"}
+    )
     flow = await make(store, t0, cron="* * * * * */2", name="flow", misfire_policy="catch_up", workflow=wf)
     others = [connect(db_url, settings, db_name=store.db.name) for _ in range(2)]
     for st in others:
@@ -302,7 +321,9 @@ async def test_three_schedulers_racing_run_every_tick_exactly_once(store, settin
         for st in others:
             await st.close()
 
-    every_second = [z(2030, 1, 1) + timedelta(seconds=i) for i in range(1, int((end - z(2030, 1, 1)).total_seconds()) + 1)]
+    every_second = [
+        z(2030, 1, 1) + timedelta(seconds=i) for i in range(1, int((end - z(2030, 1, 1)).total_seconds()) + 1)
+    ]
     assert await run_ticks(store, catch["_id"]) == every_second
     skipped = await run_ticks(store, skip["_id"])
     assert skipped == sorted(set(skipped)) and set(skipped) <= set(every_second) and skipped[-1] == every_second[-1]

@@ -25,7 +25,9 @@ SECRET = "hunter2-SECRET"
 
 async def make_key(host, tenant, user, role) -> str:
     async with httpx.AsyncClient(base_url=f"http://{host}", headers=ADMIN) as c:
-        r = await c.post("/api/v1/auth/keys", json={"name": f"{user} key", "tenant": tenant, "user": user, "role": role})
+        r = await c.post(
+            "/api/v1/auth/keys", json={"name": f"{user} key", "tenant": tenant, "user": user, "role": role}
+        )
         assert r.status_code == 201, r.text
         return r.json()["token"]
 
@@ -37,22 +39,34 @@ def client(host, token) -> httpx.AsyncClient:
 @pytest.fixture
 async def tenants(server):
     """Keys for tenants acme and globex, one per role."""
-    return {(t, r): await make_key(server, t, f"{r}-{t}", r)
-            for t in ("acme", "globex") for r in ("member", "operator", "admin")}
+    return {
+        (t, r): await make_key(server, t, f"{r}-{t}", r)
+        for t in ("acme", "globex")
+        for r in ("member", "operator", "admin")
+    }
 
 
 async def acme_resources(host, token) -> dict:
     async with client(host, token) as c:
         job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()
         failed = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "permanent"})).json()
-        wf = (await c.post("/api/v1/jobs/workflows", json={"name": "w", "jobs": [
-            {"key": "a", "engine": "testing", "operation": "ok"}]})).json()
-        sched = (await c.post("/api/v1/jobs/schedules", json={"name": "s", "cron": "0 0 1 1 *", "job": {
-            "engine": "testing", "operation": "ok"}})).json()
+        wf = (
+            await c.post(
+                "/api/v1/jobs/workflows",
+                json={"name": "w", "jobs": [{"key": "a", "engine": "testing", "operation": "ok"}]},
+            )
+        ).json()
+        sched = (
+            await c.post(
+                "/api/v1/jobs/schedules",
+                json={"name": "s", "cron": "0 0 1 1 *", "job": {"engine": "testing", "operation": "ok"}},
+            )
+        ).json()
 
         async def notified():
             body = (await c.get("/api/v1/jobs/notifications")).json()
             return body["notifications"] or None
+
         notes = await eventually(notified, timeout=30)
     return {"job": job["id"], "failed": failed["id"], "wf": wf["id"], "sched": sched["id"], "note": notes[0]["id"]}
 
@@ -60,8 +74,12 @@ async def acme_resources(host, token) -> dict:
 async def test_keys_are_shown_once_scoped_and_revoked_at_once(server, tenants):
     token = tenants[("acme", "member")]
     async with client(server, token) as c:
-        assert (await c.get("/api/v1/auth/me")).json() == {"user": "member-acme", "tenant": "acme", "role": "member",
-                                                             "global_admin": False}
+        assert (await c.get("/api/v1/auth/me")).json() == {
+            "user": "member-acme",
+            "tenant": "acme",
+            "role": "member",
+            "global_admin": False,
+        }
         assert (await c.post("/api/v1/auth/keys", json={"name": "x", "user": "x"})).status_code == 403
     async with client(server, tenants[("acme", "admin")]) as c:
         keys = (await c.get("/api/v1/auth/keys")).json()
@@ -82,19 +100,36 @@ async def test_keys_are_shown_once_scoped_and_revoked_at_once(server, tenants):
 async def test_no_tenant_sees_another_tenants_resources(server, tenants):
     acme = await acme_resources(server, tenants[("acme", "member")])
     j, w, s = acme["job"], acme["wf"], acme["sched"]
-    by_id = [("GET", f"/api/v1/jobs/{j}/status"), ("POST", f"/api/v1/jobs/{j}/cancel"),
-             ("POST", f"/api/v1/jobs/{acme['failed']}/retry"), ("GET", f"/api/v1/jobs/{j}/events"),
-             ("GET", f"/api/v1/jobs/workflows/{w}/status"), ("GET", f"/api/v1/jobs/workflows/{w}/events"),
-             ("POST", f"/api/v1/jobs/workflows/{w}/cancel"), ("POST", f"/api/v1/jobs/workflows/{w}/retry"),
-             ("POST", f"/api/v1/jobs/workflows/{w}/jobs"), ("GET", f"/api/v1/jobs/schedules/{s}"),
-             ("POST", f"/api/v1/jobs/schedules/{s}/pause"), ("POST", f"/api/v1/jobs/schedules/{s}/resume"),
-             ("DELETE", f"/api/v1/jobs/schedules/{s}"), ("POST", f"/api/v1/jobs/notifications/{acme['note']}/read")]
-    lists = ["/api/v1/jobs/", "/api/v1/jobs/workflows", "/api/v1/jobs/schedules", "/api/v1/jobs/dead-letter",
-             "/api/v1/jobs/notifications", "/api/v1/audit"]
+    by_id = [
+        ("GET", f"/api/v1/jobs/{j}/status"),
+        ("POST", f"/api/v1/jobs/{j}/cancel"),
+        ("POST", f"/api/v1/jobs/{acme['failed']}/retry"),
+        ("GET", f"/api/v1/jobs/{j}/events"),
+        ("GET", f"/api/v1/jobs/workflows/{w}/status"),
+        ("GET", f"/api/v1/jobs/workflows/{w}/events"),
+        ("POST", f"/api/v1/jobs/workflows/{w}/cancel"),
+        ("POST", f"/api/v1/jobs/workflows/{w}/retry"),
+        ("POST", f"/api/v1/jobs/workflows/{w}/jobs"),
+        ("GET", f"/api/v1/jobs/schedules/{s}"),
+        ("POST", f"/api/v1/jobs/schedules/{s}/pause"),
+        ("POST", f"/api/v1/jobs/schedules/{s}/resume"),
+        ("DELETE", f"/api/v1/jobs/schedules/{s}"),
+        ("POST", f"/api/v1/jobs/notifications/{acme['note']}/read"),
+    ]
+    lists = [
+        "/api/v1/jobs/",
+        "/api/v1/jobs/workflows",
+        "/api/v1/jobs/schedules",
+        "/api/v1/jobs/dead-letter",
+        "/api/v1/jobs/notifications",
+        "/api/v1/audit",
+    ]
     for role in ("member", "operator", "admin"):
         async with client(server, tenants[("globex", role)]) as c:
             for method, path in by_id:
-                body = {"jobs": [{"key": "z", "engine": "testing", "operation": "ok"}]} if path.endswith("/jobs") else None
+                body = (
+                    {"jobs": [{"key": "z", "engine": "testing", "operation": "ok"}]} if path.endswith("/jobs") else None
+                )
                 r = await c.request(method, path, json=body)
                 assert r.status_code == 404, (role, method, path, r.status_code, r.text)
             for path in lists:
@@ -158,8 +193,11 @@ async def test_injection_payloads_are_refused(server):
         for params in ({"$where": "sleep(1000)"}, {"a.b": 1}, {"x": {"$gt": ""}}):
             r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": params})
             assert r.status_code == 422, params
-        r = await c.post("/api/v1/jobs/submit", content=b'{"engine": "' + b"x" * (10 * 1024 * 1024) + b'"}',
-                         headers={"Content-Type": "application/json"})
+        r = await c.post(
+            "/api/v1/jobs/submit",
+            content=b'{"engine": "' + b"x" * (10 * 1024 * 1024) + b'"}',
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 413
         r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "colour": "red"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "colour"
@@ -179,10 +217,14 @@ async def test_injection_payloads_are_refused(server):
                 await recv(ws)
         assert info.value.rcvd.code == 4429
     with pytest.raises(websockets.InvalidStatus) as refused:  # a page on another origin: refused at the handshake
-        async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": "https://evil.example"}):
+        async with websockets.connect(
+            f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": "https://evil.example"}
+        ):
             pass
     assert refused.value.response.status_code == 403
-    async with websockets.connect(f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": f"http://{server}"}) as ws:
+    async with websockets.connect(
+        f"ws://{server}/api/v1/ws", additional_headers={**ADMIN, "Origin": f"http://{server}"}
+    ) as ws:
         assert (await recv(ws))["type"] == "welcome"  # the dashboard's own origin
 
 
@@ -192,15 +234,18 @@ async def test_secrets_are_redacted_outside_the_handler(server, tenants):
     try:
         params = {"password": SECRET, "secrets": {"k": SECRET}, "nested": {"api_key": SECRET}, "plain": "visible"}
         async with client(server, tenants[("acme", "member")]) as c:
-            job = (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "uses_secret",
-                                                              "parameters": params})).json()
+            job = (
+                await c.post(
+                    "/api/v1/jobs/submit", json={"engine": "testing", "operation": "uses_secret", "parameters": params}
+                )
+            ).json()
             assert SECRET not in json.dumps(job) and job["parameters"]["plain"] == "visible"
             frames = await _sse_text(c, f"/api/v1/jobs/{job['id']}/events")
             status = (await c.get(f"/api/v1/jobs/{job['id']}/status")).json()
         assert status["status"] == "completed" and status["result"] == {"length": len(SECRET), "first": "h"}
         assert status["parameters"]["password"] == "***" and status["parameters"]["secrets"] == "***"
         assert status["parameters"]["nested"]["api_key"] == "***"
-        assert SECRET not in frames and "job.completed" in frames, [l for l in frames.splitlines() if SECRET in l]
+        assert SECRET not in frames and "job.completed" in frames, [ln for ln in frames.splitlines() if SECRET in ln]
         get_logger("test").warning("a line with secrets", password=SECRET, token=SECRET)
         assert SECRET not in stream.getvalue() and '"password": "***"' in stream.getvalue()
     finally:
@@ -221,7 +266,9 @@ async def test_jwt_bearer_tokens(store, settings):
     secret = "x" * 32
     app = create_app(settings.model_copy(update={"jwt_secret": secret}), store=store, workers=0, live=False)
     async with uvicorn_app(app) as host:
-        good = jwt.encode({"sub": "carol", "tenant": "acme", "role": "operator", "exp": time.time() + 60}, secret, "HS256")
+        good = jwt.encode(
+            {"sub": "carol", "tenant": "acme", "role": "operator", "exp": time.time() + 60}, secret, "HS256"
+        )
         expired = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() - 60}, secret, "HS256")
         forged = jwt.encode({"sub": "carol", "tenant": "acme", "exp": time.time() + 60}, "y" * 32, "HS256")
         async with httpx.AsyncClient(base_url=f"http://{host}") as c:
@@ -232,8 +279,14 @@ async def test_jwt_bearer_tokens(store, settings):
 
 
 async def test_the_rate_limit_holds_across_two_api_processes(db_url, store):
-    ports, procs = await serve_processes(db_url, store.db.name, [0, 0], SWITCHYARD_ADMIN_TOKEN=TOKEN,
-                                         SWITCHYARD_RATE_LIMIT_PER_SECOND="2", SWITCHYARD_RATE_LIMIT_BURST="5")
+    ports, procs = await serve_processes(
+        db_url,
+        store.db.name,
+        [0, 0],
+        SWITCHYARD_ADMIN_TOKEN=TOKEN,
+        SWITCHYARD_RATE_LIMIT_PER_SECOND="2",
+        SWITCHYARD_RATE_LIMIT_BURST="5",
+    )
     try:
         token = await make_key(f"127.0.0.1:{ports[0]}", "acme", "bursty", "member")
         accepted, refused, t0 = 0, [], time.monotonic()
@@ -285,8 +338,9 @@ async def test_no_key_sees_or_cancels_the_bootstrap_admins_jobs(api, store):
         r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": f"{role}-u", "tenant": tenant, "role": role})
         tokens.append(r.json()["token"])
     # a key the bootstrap admin made without a tenant before the fix: it landed in `default`
-    _, legacy = await store.keys.create(tenant="default", user="old", role="admin", name="legacy", created_by="admin",
-                                        now=store.clock.now())
+    _, legacy = await store.keys.create(
+        tenant="default", user="old", role="admin", name="legacy", created_by="admin", now=store.clock.now()
+    )
     missing = "0" * 24
     # it no longer authenticates at all: it could otherwise list the bootstrap admin's jobs
     legacy_auth = {"Authorization": f"Bearer {legacy}"}
@@ -297,8 +351,10 @@ async def test_no_key_sees_or_cancels_the_bootstrap_admins_jobs(api, store):
             r = await api.request(method, path.format(job["id"]), headers=auth)
             gone = await api.request(method, path.format(missing), headers=auth)
             assert r.status_code == gone.status_code == 404, (token, path, r.text)
-            assert r.json()["error"] == {**gone.json()["error"], "message": gone.json()["error"]["message"].replace(
-                missing, job["id"])}
+            assert r.json()["error"] == {
+                **gone.json()["error"],
+                "message": gone.json()["error"]["message"].replace(missing, job["id"]),
+            }
     assert (await store.jobs.get(job["id"]))["status"] == "queued"
 
 
@@ -306,12 +362,14 @@ async def test_a_jwt_cannot_claim_the_bootstrap_admins_tenant(store, settings):
     from app.main import create_app
 
     secret = "x" * 32
-    app = create_app(settings.model_copy(update={"jwt_secret": secret}), store=store, workers=0, maintenance=False,
-                     live=False)
+    app = create_app(
+        settings.model_copy(update={"jwt_secret": secret}), store=store, workers=0, maintenance=False, live=False
+    )
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
             for tenant, expected in (("default", 401), ("acme", 200)):
-                token = jwt.encode({"sub": "eve", "tenant": tenant, "role": "admin", "exp": time.time() + 60}, secret,
-                                   "HS256")
+                token = jwt.encode(
+                    {"sub": "eve", "tenant": tenant, "role": "admin", "exp": time.time() + 60}, secret, "HS256"
+                )
                 r = await c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == expected, (tenant, r.text)

@@ -48,20 +48,33 @@ async def _slow(port: int, head: bytes) -> tuple[float, bytes]:
 
 
 async def test_a_trickled_header_or_body_is_cut_at_its_deadline_while_others_are_served(db_url, store):
-    (port,), procs = await serve_processes(db_url, store.db.name, [0], SWITCHYARD_ADMIN_TOKEN=TOKEN,
-                                           SWITCHYARD_HTTP_HEADER_TIMEOUT_SECONDS=str(DEADLINE),
-                                           SWITCHYARD_HTTP_BODY_TIMEOUT_SECONDS=str(DEADLINE))
+    (port,), procs = await serve_processes(
+        db_url,
+        store.db.name,
+        [0],
+        SWITCHYARD_ADMIN_TOKEN=TOKEN,
+        SWITCHYARD_HTTP_HEADER_TIMEOUT_SECONDS=str(DEADLINE),
+        SWITCHYARD_HTTP_BODY_TIMEOUT_SECONDS=str(DEADLINE),
+    )
     try:
         headers = [_slow(port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(8)]
         line = _slow(port, b"GET /hea")  # not even the request line
-        body = _slow(port, b"POST /api/v1/jobs/submit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                     + b"\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"engine\": \"")
+        body = _slow(
+            port,
+            b"POST /api/v1/jobs/submit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b'\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{"engine": "',
+        )
         slow = asyncio.gather(*headers, line, body)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN, timeout=30) as c, \
-                websockets.connect(f"ws://127.0.0.1:{port}/api/v1/ws", additional_headers=ADMIN) as ws:
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN, timeout=30) as c,
+            websockets.connect(f"ws://127.0.0.1:{port}/api/v1/ws", additional_headers=ADMIN) as ws,
+        ):
             await asyncio.sleep(DEADLINE / 2)  # the slow ones are in
             assert (await c.get("/health")).status_code == 200
-            r = await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": {"i": 1}})
+            r = await c.post(
+                "/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok", "parameters": {"i": 1}}
+            )
             assert r.status_code == 201, r.text
             cut = await slow
             # a kept-alive connection idle for longer than the header deadline is still served
@@ -81,9 +94,14 @@ async def test_a_trickled_header_or_body_is_cut_at_its_deadline_while_others_are
 
 async def test_requests_beyond_the_connection_cap_get_503_until_the_half_open_ones_are_cut(db_url, store):
     cap = 5
-    (port,), procs = await serve_processes(db_url, store.db.name, [0], SWITCHYARD_ADMIN_TOKEN=TOKEN,
-                                           SWITCHYARD_HTTP_MAX_CONNECTIONS=str(cap),
-                                           SWITCHYARD_HTTP_HEADER_TIMEOUT_SECONDS=str(DEADLINE))
+    (port,), procs = await serve_processes(
+        db_url,
+        store.db.name,
+        [0],
+        SWITCHYARD_ADMIN_TOKEN=TOKEN,
+        SWITCHYARD_HTTP_MAX_CONNECTIONS=str(cap),
+        SWITCHYARD_HTTP_HEADER_TIMEOUT_SECONDS=str(DEADLINE),
+    )
     held = []
     try:
         for _ in range(cap):  # half-open: connected, a request begun, never finished

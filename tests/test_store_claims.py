@@ -46,12 +46,12 @@ async def test_claimers_holding_permits_take_their_own_windows(jobs, store, sett
     engine = await store.engines.get("testing")
     first, second = await asyncio.gather(store.claimer.claim(engine, "w0", 8), store.claimer.claim(engine, "w1", 8))
     assert [j["_id"] for j in first] == made[:8]
-    assert [j["_id"] for j in second] == made[batch:batch + 8]
+    assert [j["_id"] for j in second] == made[batch : batch + 8]
     engine = await store.engines.get("testing")  # w0's claim moved the cursor: w1 stays ahead
     again = await store.claimer.claim(engine, "w1", 8)
-    assert [j["_id"] for j in again] == made[2 * batch + 8:2 * batch + 16]
+    assert [j["_id"] for j in again] == made[2 * batch + 8 : 2 * batch + 16]
     still = await store.claimer.claim(await store.engines.get("testing"), "w1", 8)  # not for long yet
-    assert [j["_id"] for j in still] == made[3 * batch + 16:3 * batch + 24]
+    assert [j["_id"] for j in still] == made[3 * batch + 16 : 3 * batch + 24]
     await asyncio.sleep(0.3)
     head = await store.claimer.claim(await store.engines.get("testing"), "w1", 8)  # it stood still too long
     assert [j["_id"] for j in head] == made[8:16]

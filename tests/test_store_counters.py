@@ -34,6 +34,7 @@ class Faulty:
             if self._then is not None:
                 await self._then()
             raise AutoReconnect("injected: connection dropped")
+
         return failing
 
 
@@ -78,9 +79,16 @@ async def test_a_failed_write_after_the_seq_was_taken_gives_the_count_back(store
 async def _ready_a_step(store):
     from app.domain.workflow import StepSpec, WorkflowSpec
 
-    wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[
-        StepSpec(key="a", engine="other", operation="ok"),
-        StepSpec(key="b", engine="counted", operation="ok", depends_on=["a"])]), owner="admin")
+    wf = await store.workflows.create(
+        WorkflowSpec(
+            name="w",
+            jobs=[
+                StepSpec(key="a", engine="other", operation="ok"),
+                StepSpec(key="b", engine="counted", operation="ok", depends_on=["a"]),
+            ],
+        ),
+        owner="admin",
+    )
     (a,) = await store.claimer.claim(await store.engines.get("other"), "w1", 1)
     await dying_lifecycle(store).complete(a, a["lease_token"], {}, 1)
     await store.flow.settle_many([wf["steps"]["a"]["job_id"]])
@@ -102,6 +110,7 @@ async def test_a_lost_insert_reply_read_back_after_a_worker_claimed_the_job(stor
 
     async def a_worker_claims():
         taken.extend(await store.claimer.claim(await store.engines.get("counted"), "w1", 5))
+
     store.enqueuer.col = Faulty(store.enqueuer.col, "insert_many", land=True, then=a_worker_claims)
     job, created = await store.lifecycle.submit(spec(), owner="admin")
     assert created and job["_id"] in {t["_id"] for t in taken}

@@ -45,9 +45,13 @@ async def test_complete_requires_the_current_lease(jobs, store):
 async def test_complete_many_reports_exactly_the_lost_leases(jobs, store):
     a, b, c = [await jobs.running() for _ in range(3)]
     await store.lifecycle.complete(b, b["lease_token"], {"first": True}, 1)  # b finished by its lease
-    lost = await store.lifecycle.leave_running([Exit(a, a["lease_token"], "complete", result=1, execution_ms=1),
-                                                Exit(b, "stale", "complete", result=2, execution_ms=1),
-                                                Exit(c, c["lease_token"], "complete", result=3, execution_ms=1)])
+    lost = await store.lifecycle.leave_running(
+        [
+            Exit(a, a["lease_token"], "complete", result=1, execution_ms=1),
+            Exit(b, "stale", "complete", result=2, execution_ms=1),
+            Exit(c, c["lease_token"], "complete", result=3, execution_ms=1),
+        ]
+    )
     assert lost == {b["_id"]}
     assert [(await store.jobs.get(j["_id"]))["result"] for j in (a, b, c)] == [1, {"first": True}, 3]
 

@@ -23,8 +23,9 @@ async def app(store, settings):
 
 
 def client(app, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                             headers={"Authorization": f"Bearer {token}"})
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", headers={"Authorization": f"Bearer {token}"}
+    )
 
 
 @pytest.fixture
@@ -33,7 +34,9 @@ async def keys(app):
     async with client(app, TOKEN) as c:
         for t in ("ta", "tb"):
             for role in ("member", "operator", "admin"):
-                r = await c.post("/api/v1/auth/keys", json={"name": "k", "tenant": t, "user": f"{role}-{t}", "role": role})
+                r = await c.post(
+                    "/api/v1/auth/keys", json={"name": "k", "tenant": t, "user": f"{role}-{t}", "role": role}
+                )
                 assert r.status_code == 201, r.text
                 out[t, role] = r.json()["token"]
     return out
@@ -41,8 +44,10 @@ async def keys(app):
 
 async def submit(app, token: str, n: int = 1) -> list[str]:
     async with client(app, token) as c:
-        return [(await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()["id"]
-                for _ in range(n)]
+        return [
+            (await c.post("/api/v1/jobs/submit", json={"engine": "testing", "operation": "ok"})).json()["id"]
+            for _ in range(n)
+        ]
 
 
 async def test_a_tenant_operator_pauses_only_its_own_work(app, keys, store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from itertools import pairwise
 
 from app.domain.retry import RetryConfig
 from app.worker.processor import JobProcessor
@@ -40,7 +41,7 @@ async def test_backoff_gaps_grow_and_respect_the_base(worker, jobs, store):
     dead = await wait_status(store, job["_id"], "failed")
     at = [e["at"] for e in dead["errors"]]
     assert len(at) == 3 and dead["last_error"]["message"].endswith("(no attempts left: 3/3)")
-    gaps = [(b - a).total_seconds() for a, b in zip(at, at[1:])]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(at)]
     assert gaps[0] >= 0.15 and gaps[1] >= 0.3  # at least half of 0.3 * 2**n (equal jitter)
 
 
@@ -98,12 +99,20 @@ async def test_pause_and_resume(worker, jobs, store):
 
 async def test_limit_holds_and_can_change_while_running(worker, jobs, store, tmp_path):
     ledger = tmp_path / "ledger.jsonl"
-    ids = [(await jobs.queued(engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 0.3}))["_id"]
-           for _ in range(6)]
+    ids = [
+        (await jobs.queued(engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 0.3}))[
+            "_id"
+        ]
+        for _ in range(6)
+    ]
     await wait_status(store, ids[0], {"running", "completed"})
     await store.engines.set_limit("ledger", 3)
-    more = [(await jobs.queued(engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 0.3}))["_id"]
-            for _ in range(6)]
+    more = [
+        (await jobs.queued(engine="ledger", operation="work", parameters={"ledger": str(ledger), "seconds": 0.3}))[
+            "_id"
+        ]
+        for _ in range(6)
+    ]
     for i in ids + more:
         await wait_status(store, i, "completed")
     peak = peak_concurrency(ledger)

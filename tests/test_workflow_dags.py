@@ -4,7 +4,9 @@ workflow ended in a terminal state."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app.domain.workflow import StepSpec, WorkflowSpec
 from tests.helpers import eventually
@@ -40,10 +42,20 @@ async def test_random_dags_respect_dependencies(db_url, store):
     try:
         made = []
         for dag in generate(12):
-            spec = WorkflowSpec(name="random", jobs=[
-                StepSpec(key=s["key"], engine="testing", operation=s["op"], depends_on=s["depends_on"],
-                         parameters={"succeed_on": 2}, retry_config={"max_retries": 2, "retry_delay_seconds": 0.05})
-                for s in dag])
+            spec = WorkflowSpec(
+                name="random",
+                jobs=[
+                    StepSpec(
+                        key=s["key"],
+                        engine="testing",
+                        operation=s["op"],
+                        depends_on=s["depends_on"],
+                        parameters={"succeed_on": 2},
+                        retry_config={"max_retries": 2, "retry_delay_seconds": 0.05},
+                    )
+                    for s in dag
+                ],
+            )
             made.append(await store.workflows.create(spec, owner="admin"))
 
         async def all_done():
@@ -70,9 +82,17 @@ async def test_fail_fast_tells_the_steps_it_cancels_why(api, store, worker, live
     """A step that fail_fast stops, running or waiting, says the workflow failed and which
     step failed in the API, not "cancelled by user"; a waiting one says so in its event."""
     await store.engines.set_limit("testing", 50)
-    r = await api.post("/api/v1/jobs/workflows", json={"name": "ff", "failure_policy": "fail_fast", "jobs": [
-        {"key": "slow", "engine": "testing", "operation": "wait_cancel", "parameters": {"max": 60}},
-        {"key": "later", "engine": "testing", "operation": "ok", "depends_on": ["slow"]}]})
+    r = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "ff",
+            "failure_policy": "fail_fast",
+            "jobs": [
+                {"key": "slow", "engine": "testing", "operation": "wait_cancel", "parameters": {"max": 60}},
+                {"key": "later", "engine": "testing", "operation": "ok", "depends_on": ["slow"]},
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
     wf_id = r.json()["id"]
 
@@ -81,9 +101,15 @@ async def test_fail_fast_tells_the_steps_it_cancels_why(api, store, worker, live
         return next(s for s in steps if s["key"] == key)
 
     await eventually(lambda: _is(step_status("slow"), "running"))
-    r = await api.post(f"/api/v1/jobs/workflows/{wf_id}/jobs", json={"jobs": [
-        {"key": "bad", "engine": "testing", "operation": "permanent"},
-        {"key": "after", "engine": "testing", "operation": "ok", "depends_on": ["bad"]}]})
+    r = await api.post(
+        f"/api/v1/jobs/workflows/{wf_id}/jobs",
+        json={
+            "jobs": [
+                {"key": "bad", "engine": "testing", "operation": "permanent"},
+                {"key": "after", "engine": "testing", "operation": "ok", "depends_on": ["bad"]},
+            ]
+        },
+    )
     assert r.status_code in (200, 201), r.text
 
     async def failed():

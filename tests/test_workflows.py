@@ -3,7 +3,6 @@ result passing, failure policies, cancel, add-steps, retry and "why"."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.factories import dying_lifecycle
@@ -31,6 +30,7 @@ async def wait_wf(api, wf_id, statuses=("completed",), timeout=60):
     async def done():
         body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
         return body if body["status"] in statuses else None
+
     return await eventually(done, timeout=timeout, interval=0.1)
 
 
@@ -45,7 +45,9 @@ def assert_order(steps: dict):
 
 
 async def test_diamond_passes_results(api, store, worker):
-    wf = await submit(api, [step("a", value=1), step("b", ["a"], value=2), step("c", ["a"], value=3), step("d", ["b", "c"])])
+    wf = await submit(
+        api, [step("a", value=1), step("b", ["a"], value=2), step("c", ["a"], value=3), step("d", ["b", "c"])]
+    )
     body = await wait_wf(api, wf["id"])
     assert body["counts"]["completed"] == 4 and body["progress"] == 100
     steps = await docs(store, wf)
@@ -71,19 +73,39 @@ async def test_fan_out_500_and_fan_in(api, store, worker):
 
 
 async def test_fail_fast_cancels_everything_unfinished(api, store, worker):
-    wf = await submit(api, [step("bad", op="permanent"), step("after", ["bad"]),
-                            step("slow", op="stubborn", parameters={"seconds": 60}), step("later", ["slow"])])
+    wf = await submit(
+        api,
+        [
+            step("bad", op="permanent"),
+            step("after", ["bad"]),
+            step("slow", op="stubborn", parameters={"seconds": 60}),
+            step("later", ["slow"]),
+        ],
+    )
     body = await wait_wf(api, wf["id"], ("failed",), timeout=30)
     steps = await docs(store, wf)
     assert steps["bad"]["status"] == "failed"
-    assert {k: steps[k]["status"] for k in ("after", "slow", "later")} == {"after": "cancelled", "slow": "cancelled", "later": "cancelled"}
+    assert {k: steps[k]["status"] for k in ("after", "slow", "later")} == {
+        "after": "cancelled",
+        "slow": "cancelled",
+        "later": "cancelled",
+    }
     assert steps["after"]["cancel_reason"] == "dependency_failed"
     assert body["counts"] == {**body["counts"], "failed": 1, "cancelled": 3}
 
 
 async def test_continue_runs_independent_branches(api, store, worker):
-    wf = await submit(api, [step("bad", op="permanent"), step("child", ["bad"]), step("grandchild", ["child"]),
-                            step("other"), step("other2", ["other"])], failure_policy="continue")
+    wf = await submit(
+        api,
+        [
+            step("bad", op="permanent"),
+            step("child", ["bad"]),
+            step("grandchild", ["child"]),
+            step("other"),
+            step("other2", ["other"]),
+        ],
+        failure_policy="continue",
+    )
     await wait_wf(api, wf["id"], ("failed",))
     steps = await docs(store, wf)
     assert steps["other2"]["status"] == "completed"
@@ -109,8 +131,10 @@ async def _status(store, wf, key, status):
 async def test_add_steps_to_a_running_workflow(api, store, worker):
     wf = await submit(api, [step("first", value="x"), step("gate", op="wait_cancel", parameters={"max": 60})])
     await eventually(lambda: _status(store, wf, "first", "completed"))
-    r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/jobs",
-                       json={"jobs": [step("late", ["first"]), step("after_gate", ["gate"])]})
+    r = await api.post(
+        f"/api/v1/jobs/workflows/{wf['id']}/jobs",
+        json={"jobs": [step("late", ["first"]), step("after_gate", ["gate"])]},
+    )
     assert r.status_code == 200, r.text
     await eventually(lambda: _status(store, wf, "late", "completed"))
     steps = await docs(store, wf)
@@ -126,8 +150,14 @@ async def test_add_steps_to_a_running_workflow(api, store, worker):
 
 async def test_retry_keeps_completed_steps(api, store, worker, tmp_path):
     marker = tmp_path / "ok"
-    wf = await submit(api, [step("done", value=7), step("flaky", ["done"], op="fail_unless", parameters={"marker": str(marker)}),
-                            step("tail", ["flaky"])])
+    wf = await submit(
+        api,
+        [
+            step("done", value=7),
+            step("flaky", ["done"], op="fail_unless", parameters={"marker": str(marker)}),
+            step("tail", ["flaky"]),
+        ],
+    )
     await wait_wf(api, wf["id"], ("failed",))
     before = await docs(store, wf)
     marker.write_text("now it works")
@@ -140,14 +170,17 @@ async def test_retry_keeps_completed_steps(api, store, worker, tmp_path):
     assert (await api.post(f"/api/v1/jobs/workflows/{wf['id']}/retry")).status_code == 409
 
 
-@pytest.mark.parametrize("steps,needle", [
-    ([step("a", ["nope"])], "unknown step 'nope'"),
-    ([step("a"), step("a")], "duplicate step key 'a'"),
-    ([step("a", ["c"]), step("b", ["a"]), step("c", ["b"])], "cycle: a -> c -> b -> a"),
-    ([step("a", ["a"])], "depends on itself"),
-    ([{"key": "a", "engine": "nowhere", "operation": "x"}], "nowhere.x"),
-    ([step("a b")], "key"),
-])
+@pytest.mark.parametrize(
+    "steps,needle",
+    [
+        ([step("a", ["nope"])], "unknown step 'nope'"),
+        ([step("a"), step("a")], "duplicate step key 'a'"),
+        ([step("a", ["c"]), step("b", ["a"]), step("c", ["b"])], "cycle: a -> c -> b -> a"),
+        ([step("a", ["a"])], "depends on itself"),
+        ([{"key": "a", "engine": "nowhere", "operation": "x"}], "nowhere.x"),
+        ([step("a b")], "key"),
+    ],
+)
 async def test_validation_names_the_problem(api, store, steps, needle):
     r = await api.post("/api/v1/jobs/workflows", json={"name": "bad", "jobs": steps})
     assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
@@ -243,8 +276,15 @@ async def test_marks_from_before_the_shared_index_are_carried_over(store):
     from datetime import timedelta
 
     await store.jobs.col.create_index("fanout_pending", sparse=True)
-    await store.jobs.col.insert_one({"_id": "old-step", "status": "failed", "workflow_id": "w", "fanout_pending": True,
-                                     "completed_at": store.clock.now()})
+    await store.jobs.col.insert_one(
+        {
+            "_id": "old-step",
+            "status": "failed",
+            "workflow_id": "w",
+            "fanout_pending": True,
+            "completed_at": store.clock.now(),
+        }
+    )
     await store.jobs.ensure_indexes()
     assert "fanout_pending_1" not in await store.jobs.col.index_information()
     doc = await store.jobs.col.find_one({"_id": "old-step"})
@@ -258,8 +298,10 @@ async def test_the_graph_is_kept_apart_from_the_counted_document(api, store):
     wf = await submit(api, [step("a"), step("b", ["a"])])
     doc = await store.workflows.col.find_one({"_id": wf["id"]})
     assert "steps" not in doc and doc["open"] == 2
-    assert await store.workflows.graph(wf["id"]) == {"a": {"job_id": wf["jobs"]["a"], "depends_on": []},
-                                                     "b": {"job_id": wf["jobs"]["b"], "depends_on": ["a"]}}
+    assert await store.workflows.graph(wf["id"]) == {
+        "a": {"job_id": wf["jobs"]["a"], "depends_on": []},
+        "b": {"job_id": wf["jobs"]["b"], "depends_on": ["a"]},
+    }
     assert (await store.workflows.get(wf["id"], steps=True))["steps"]["b"]["job_id"] == wf["jobs"]["b"]
 
 

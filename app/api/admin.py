@@ -10,7 +10,7 @@ the admin role.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,7 +34,7 @@ async def require_admin(who: Principal = Depends(require_principal)) -> Principa
 
 
 def _aware(v: datetime | None) -> datetime | None:
-    return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
+    return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
 
 class BulkRetryIn(BaseModel):
@@ -47,7 +47,7 @@ class BulkRetryIn(BaseModel):
     limit: int = Field(100, ge=1, le=10_000, description="retry at most this many jobs, oldest failures first")
 
     @model_validator(mode="after")
-    def _window(self) -> "BulkRetryIn":
+    def _window(self) -> BulkRetryIn:
         self.failed_after, self.failed_before = _aware(self.failed_after), _aware(self.failed_before)
         if self.failed_after and self.failed_before and self.failed_after >= self.failed_before:
             raise ValueError("failed_after must be before failed_before")
@@ -86,8 +86,11 @@ class ResetStuckOut(BaseModel):
     jobs: list[StuckJob]
 
 
-@router.get("/api/v1/jobs/dead-letter", response_model=JobPage,
-            dependencies=[strict_query("engine", "operation", "error_code", "cursor", "limit")])
+@router.get(
+    "/api/v1/jobs/dead-letter",
+    response_model=JobPage,
+    dependencies=[strict_query("engine", "operation", "error_code", "cursor", "limit")],
+)
 async def dead_letter(
     request: Request,
     engine: str | None = Query(None, pattern=NAME_PATTERN),
@@ -100,22 +103,26 @@ async def dead_letter(
     """Failed jobs (the dead letter), newest first, with their error history. Kept for
     `SWITCHYARD_RETENTION_FAILED_SECONDS` after they failed."""
     docs, nxt = await request.app.state.store.job_admin.dead_letter(
-        engine=engine, operation=operation, error_code=error_code, after=cursor, limit=limit,
-        tenant=who.scope)
+        engine=engine, operation=operation, error_code=error_code, after=cursor, limit=limit, tenant=who.scope
+    )
     return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
 
 
 @router.post("/api/v1/jobs/retry", response_model=BulkRetryOut)
-async def retry_many(request: Request, body: BulkRetryIn = Body(default_factory=BulkRetryIn),
-                     who: Principal = Depends(require_admin)):
+async def retry_many(
+    request: Request, body: BulkRetryIn = Body(default_factory=BulkRetryIn), who: Principal = Depends(require_admin)
+):
     """Retry failed jobs matching a filter, each with a fresh attempt budget."""
     out = await request.app.state.store.job_admin.retry_failed(**body.model_dump())
     await audit(request, who, "jobs.bulk_retry", None, filter=body.model_dump(mode="json"), retried=out["retried"])
     return BulkRetryOut(**out)
 
 
-@router.post("/api/v1/jobs/{job_id}/retry", response_model=JobOut,
-             responses={409: {"description": "the job is not failed or cancelled, or is a workflow step"}})
+@router.post(
+    "/api/v1/jobs/{job_id}/retry",
+    response_model=JobOut,
+    responses={409: {"description": "the job is not failed or cancelled, or is a workflow step"}},
+)
 async def retry_one(job_id: str, request: Request, who: Principal = Depends(require_principal)):
     """A failed or cancelled job goes back to queued with a fresh attempt budget; its error
     history stays. A workflow step is refused with 409: retry its workflow, which re-runs
@@ -126,15 +133,20 @@ async def retry_one(job_id: str, request: Request, who: Principal = Depends(requ
         raise NotFound(f"job {job_id!r} not found", field="job_id")
     if job.get("workflow_id"):
         wf = job["workflow_id"]
-        raise Conflict(f"job {job_id} is step {job.get('step_key')!r} of workflow {wf}; retry the workflow with "
-                       f"POST /api/v1/jobs/workflows/{wf}/retry", field="workflow_id", workflow_id=wf,
-                       retry_url=f"/api/v1/jobs/workflows/{wf}/retry")
+        raise Conflict(
+            f"job {job_id} is step {job.get('step_key')!r} of workflow {wf}; retry the workflow with "
+            f"POST /api/v1/jobs/workflows/{wf}/retry",
+            field="workflow_id",
+            workflow_id=wf,
+            retry_url=f"/api/v1/jobs/workflows/{wf}/retry",
+        )
     return JobOut.of(await store.job_admin.retry_job(job_id))
 
 
 @router.post("/api/v1/admin/jobs/reset-stuck", response_model=ResetStuckOut, tags=["admin"])
-async def reset_stuck(request: Request, body: ResetStuckIn = Body(default_factory=ResetStuckIn),
-                      who: Principal = Depends(require_admin)):
+async def reset_stuck(
+    request: Request, body: ResetStuckIn = Body(default_factory=ResetStuckIn), who: Principal = Depends(require_admin)
+):
     """Running jobs whose lease has expired (their worker died or stalled) are requeued now,
     the attempt counted, or failed when they have no attempts left: what the rescuer in
     maintenance does every second, on demand, with a report."""
@@ -146,9 +158,13 @@ async def reset_stuck(request: Request, body: ResetStuckIn = Body(default_factor
             if j["new_status"]:
                 metrics.job_rescued(j["engine"], j["new_status"])
         await audit(request, who, "jobs.reset_stuck", body.engine, jobs=[j["job_id"] for j in jobs][:100])
-    return ResetStuckOut(checked_at=now, dry_run=body.dry_run, jobs=[StuckJob(**j) for j in jobs],
-                         requeued=sum(j["new_status"] == "queued" for j in jobs),
-                         failed=sum(j["new_status"] == "failed" for j in jobs))
+    return ResetStuckOut(
+        checked_at=now,
+        dry_run=body.dry_run,
+        jobs=[StuckJob(**j) for j in jobs],
+        requeued=sum(j["new_status"] == "queued" for j in jobs),
+        failed=sum(j["new_status"] == "failed" for j in jobs),
+    )
 
 
 class CounterCorrection(BaseModel):

@@ -74,13 +74,25 @@ def _from_jwt(token: str, settings) -> Principal | None:
 
     key, algorithm = (settings.jwt_public_key, "RS256") if settings.jwt_public_key else (settings.jwt_secret, "HS256")
     try:
-        claims = jwt.decode(token, key, algorithms=[algorithm], audience=settings.jwt_audience,
-                            issuer=settings.jwt_issuer, options={"require": ["sub", "exp"]})
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["sub", "exp"]},
+        )
     except jwt.PyJWTError:
         return None
     role, tenant, sub = claims.get("role", "member"), claims.get("tenant"), claims.get("sub")
-    if role not in ROLES or not isinstance(tenant, str) or not NAME.match(tenant) or tenant in RESERVED_TENANTS \
-            or not isinstance(sub, str) or not NAME.match(sub):
+    if (
+        role not in ROLES
+        or not isinstance(tenant, str)
+        or not NAME.match(tenant)
+        or tenant in RESERVED_TENANTS
+        or not isinstance(sub, str)
+        or not NAME.match(sub)
+    ):
         return None
     return Principal(user=sub, role=role, tenant=tenant)
 
@@ -132,10 +144,24 @@ def visible(who: Principal, doc: dict, what: str, field: str) -> dict:
     return doc
 
 
-async def audit(request: Request, who: Principal, action: str, target: str | None = None, *,
-                log_tenant: str | None = None, **details) -> None:
+async def audit(
+    request: Request,
+    who: Principal,
+    action: str,
+    target: str | None = None,
+    *,
+    log_tenant: str | None = None,
+    **details,
+) -> None:
     """Record an admin or operator action, in the caller's tenant's log or in `log_tenant`'s
     (`"*"`: a deployment-wide action, in every tenant's log)."""
     store = request.app.state.store
-    await store.audit.record(actor=who.owner, role=who.role, tenant=log_tenant or who.tenant, action=action, target=target,
-                             details=details, now=store.clock.now())
+    await store.audit.record(
+        actor=who.owner,
+        role=who.role,
+        tenant=log_tenant or who.tenant,
+        action=action,
+        target=target,
+        details=details,
+        now=store.clock.now(),
+    )

@@ -102,8 +102,16 @@ class BodyGuard:
         bad = problem(scope, body)
         if bad is not None:
             field, reason = bad
-            return await _reply(send, 422, {"code": "validation_error", "message": f"{field}: {reason}", "field": field,
-                                            "errors": [{"field": field, "reason": reason, "type": "lone_surrogate"}]})
+            return await _reply(
+                send,
+                422,
+                {
+                    "code": "validation_error",
+                    "message": f"{field}: {reason}",
+                    "field": field,
+                    "errors": [{"field": field, "reason": reason, "type": "lone_surrogate"}],
+                },
+            )
         replayed = False
 
         async def replay():
@@ -116,12 +124,20 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send) -> None:
-        await _reply(send, 413, {"code": "payload_too_large", "message": f"request body is over {self.max_bytes} bytes",
-                                 "field": "body"})
+        await _reply(
+            send,
+            413,
+            {"code": "payload_too_large", "message": f"request body is over {self.max_bytes} bytes", "field": "body"},
+        )
 
 
 async def _reply(send, status: int, error: dict) -> None:
     body = json.dumps({"error": error}, ensure_ascii=True).encode("ascii")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -32,22 +32,30 @@ _files = StaticFiles(directory=ASSETS, check_dir=False)
 def _csp(html: str) -> str:
     inline = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
-    return "; ".join([
-        "default-src 'none'",
-        f"script-src 'self' {hashes}",
-        "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' data:",
-        "font-src 'self'",
-        "connect-src 'self'",  # the page reads /openapi.json, and "Try it out" calls the API
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src 'self' {hashes}",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            "font-src 'self'",
+            "connect-src 'self'",  # the page reads /openapi.json, and "Try it out" calls the API
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 def _secured(response: Response, csp: str) -> Response:
-    response.headers.update({"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-                             "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
+    response.headers.update(
+        {
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+        }
+    )
     return response
 
 
@@ -55,10 +63,13 @@ def _secured(response: Response, csp: str) -> Response:
 async def swagger_ui(request: Request) -> Response:
     app = request.app
     root = request.scope.get("root_path", "")
-    page = get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API reference",
-                               swagger_js_url=f"{root}{ASSET_URL}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{root}{ASSET_URL}/swagger-ui.css",
-                               swagger_favicon_url=f"{root}{ASSET_URL}/favicon.png")
+    page = get_swagger_ui_html(
+        openapi_url=f"{root}{app.openapi_url}",
+        title=f"{app.title} - API reference",
+        swagger_js_url=f"{root}{ASSET_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{ASSET_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{ASSET_URL}/favicon.png",
+    )
     page.headers["Cache-Control"] = "no-cache"
     return _secured(page, _csp(page.body.decode()))
 

@@ -39,6 +39,7 @@ QUEUE_READ_TIMEOUT = 2.0
 class _Sparse(BaseModel):
     """Leaves out the fields named in `_sparse` while they are null: they appear only when
     there is something to say."""
+
     _sparse: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
@@ -54,13 +55,16 @@ class Database(BaseModel):
 
 class Email(_Sparse):
     """What the notifications service reports about email; it may add fields of its own."""
+
     _sparse = ("server", "ok", "status", "pending", "dead", "last_error", "last_sent_at")
     model_config = ConfigDict(extra="allow")
     configured: bool
     server: str | None = Field(None, description="`host:port` of the SMTP server; shown only with a token")
     reason: str | None = None
     ok: bool | None = None
-    status: str | None = Field(None, description='"ok", "failing", "no_recipient" or "disabled", when the mailer runs here')
+    status: str | None = Field(
+        None, description='"ok", "failing", "no_recipient" or "disabled", when the mailer runs here'
+    )
     pending: int | None = Field(None, description="emails waiting to be sent")
     dead: int | None = Field(None, description="emails given up on")
     last_error: str | None = None
@@ -73,7 +77,9 @@ class Workers(_Sparse):
     dead: int | None = Field(None, description="worker registrations marked dead (shown when any)")
     restarting: int | None = Field(None, description="worker processes `serve` is about to restart, after a back-off")
     restarts: int | None = Field(None, description="worker processes `serve`'s supervisors have restarted")
-    last_exit: dict | None = Field(None, description="the latest worker process exit seen by a supervisor: pid, code, ran_s, at")
+    last_exit: dict | None = Field(
+        None, description="the latest worker process exit seen by a supervisor: pid, code, ran_s, at"
+    )
 
 
 class Queue(BaseModel):
@@ -101,8 +107,11 @@ class ReadyOut(BaseModel):
     database: bool = Field(description="the database answers")
 
 
-@router.get("/health", response_model=HealthOut,
-            responses={503: {"model": HealthOut, "description": "the database does not answer"}})
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "the database does not answer"}},
+)
 async def health(request: Request, response: Response) -> dict:
     """Status, uptime, database, email (SMTP), workers alive; with a token, per queue the
     waiting and active counts (plus the older `queued`/`running` names, limit and pause
@@ -138,8 +147,11 @@ async def health(request: Request, response: Response) -> dict:
     return body
 
 
-@router.get("/ready", response_model=ReadyOut,
-            responses={503: {"model": ReadyOut, "description": "not started yet, shutting down, or the database is gone"}})
+@router.get(
+    "/ready",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "not started yet, shutting down, or the database is gone"}},
+)
 async def ready(request: Request, response: Response) -> dict:
     """200 once start-up finished (indexes ensured, loops started) and while the database
     answers; 503 before, during shutdown, or when the database is gone."""
@@ -152,8 +164,11 @@ async def ready(request: Request, response: Response) -> dict:
     return {"ready": ok, "started": started, "database": reachable}
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
+)
 async def prometheus(request: Request) -> Response:
     """This process's counters and histograms, and queue gauges read from the database
     (left out when it does not answer in time)."""
@@ -173,14 +188,23 @@ async def _caller(request: Request):
 
 
 def _queue(q) -> dict:
-    return {"waiting": q.queued, "active": q.running, "paused": q.paused or q.tenant_paused,
-            "limit": q.max_concurrent_jobs, "queued": q.queued, "running": q.running}
+    return {
+        "waiting": q.queued,
+        "active": q.running,
+        "paused": q.paused or q.tenant_paused,
+        "limit": q.max_concurrent_jobs,
+        "queued": q.queued,
+        "running": q.running,
+    }
 
 
 async def _email(state) -> dict:
     url = state.settings.smtp_url
-    out: dict = {"configured": bool(url), "server": _server(url) if url else None,
-                 "reason": None if url else "SMTP_URL is not set: no email is sent"}
+    out: dict = {
+        "configured": bool(url),
+        "server": _server(url) if url else None,
+        "reason": None if url else "SMTP_URL is not set: no email is sent",
+    }
     probe = getattr(state, "email_status", None)
     if probe is None:
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -10,7 +10,7 @@ from app import metrics, registry
 from app.admission import Admission
 from app.api.auth import Principal, require_principal, visible
 from app.api.schemas import History, JobOut, JobPage, SubmitOut
-from app.domain.models import JobSpec, NAME_PATTERN
+from app.domain.models import NAME_PATTERN, JobSpec
 from app.domain.states import JobStatus
 from app.domain.userjson import label
 from app.errors import ValidationFailed
@@ -48,8 +48,13 @@ def strict_query(*allowed: str):
     return Depends(check)
 
 
-@router.post("/submit", status_code=201, response_model=SubmitOut, dependencies=[strict_query()],
-             responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}})
+@router.post(
+    "/submit",
+    status_code=201,
+    response_model=SubmitOut,
+    dependencies=[strict_query()],
+    responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}},
+)
 async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
     registry.require(spec.engine, spec.operation)
     await admit(request, who, 1)
@@ -61,7 +66,9 @@ async def submit(spec: JobSpec, request: Request, response: Response, who: Princ
     return SubmitOut(**JobOut.of(job).model_dump(), deduplicated=not created)
 
 
-@router.get("/", response_model=JobPage, dependencies=[strict_query("status", "engine", "workflow_id", "cursor", "limit")])
+@router.get(
+    "/", response_model=JobPage, dependencies=[strict_query("status", "engine", "workflow_id", "cursor", "limit")]
+)
 async def list_jobs(
     request: Request,
     status: JobStatus | None = None,
@@ -72,8 +79,13 @@ async def list_jobs(
     who: Principal = Depends(require_principal),
 ):
     docs, nxt = await request.app.state.store.jobs.list(
-        status=status.value if status else None, engine=engine, workflow_id=workflow_id, tenant=who.scope,
-        after=cursor, limit=limit)
+        status=status.value if status else None,
+        engine=engine,
+        workflow_id=workflow_id,
+        tenant=who.scope,
+        after=cursor,
+        limit=limit,
+    )
     return JobPage(jobs=[JobOut.of(d) for d in docs], next_cursor=nxt)
 
 
@@ -84,7 +96,7 @@ async def history(
     engine: str | None = Query(None, pattern=NAME_PATTERN),
     who: Principal = Depends(require_principal),
 ):
-    since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours else None
+    since = datetime.now(UTC) - timedelta(hours=hours) if hours else None
     return History(**await request.app.state.store.jobs.history(since=since, engine=engine, tenant=who.scope))
 
 

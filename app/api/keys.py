@@ -26,8 +26,11 @@ class KeyIn(BaseModel):
     name: str = Field(..., min_length=1, max_length=100, description="what the key is for")
     user: str = Field(..., pattern=NAME, description="the user the key acts as")
     role: str = Field("member", pattern="^(member|operator|admin)$")
-    tenant: str | None = Field(None, pattern=NAME, description=(
-        "defaults to the caller's tenant; required from the bootstrap admin; never `default`"))
+    tenant: str | None = Field(
+        None,
+        pattern=NAME,
+        description=("defaults to the caller's tenant; required from the bootstrap admin; never `default`"),
+    )
 
 
 class KeyOut(BaseModel):
@@ -41,7 +44,7 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None = None
 
     @classmethod
-    def of(cls, doc: dict) -> "KeyOut":
+    def of(cls, doc: dict) -> KeyOut:
         return cls(id=doc["_id"], **{k: doc.get(k) for k in cls.model_fields if k != "id"})
 
 
@@ -89,8 +92,9 @@ async def create_key(body: KeyIn, request: Request, who: Principal = Depends(req
     if ROLES.index(body.role) > ROLES.index(who.role):
         raise Forbidden(f"you cannot create a key with a role above your own ({who.role})", field="role")
     store = request.app.state.store
-    doc, token = await store.keys.create(tenant=tenant, user=body.user, role=body.role, name=body.name,
-                                         created_by=who.owner, now=store.clock.now())
+    doc, token = await store.keys.create(
+        tenant=tenant, user=body.user, role=body.role, name=body.name, created_by=who.owner, now=store.clock.now()
+    )
     await audit(request, who, "key.create", doc["_id"], tenant=tenant, user=body.user, role=body.role)
     return NewKey(**KeyOut.of(doc).model_dump(), token=token)
 
@@ -101,8 +105,9 @@ async def list_keys(request: Request, who: Principal = Depends(require_role("adm
 
 
 @router.delete("/api/v1/auth/keys/{key_id}", response_model=KeyOut)
-async def revoke_key(request: Request, key_id: str = Path(..., pattern=ID_PATTERN),
-                     who: Principal = Depends(require_role("admin"))):
+async def revoke_key(
+    request: Request, key_id: str = Path(..., pattern=ID_PATTERN), who: Principal = Depends(require_role("admin"))
+):
     store = request.app.state.store
     doc = await store.keys.revoke(key_id, who.scope, store.clock.now())
     await audit(request, who, "key.revoke", key_id)
@@ -110,8 +115,14 @@ async def revoke_key(request: Request, key_id: str = Path(..., pattern=ID_PATTER
 
 
 @router.get("/api/v1/audit", response_model=AuditPage, dependencies=[strict_query("cursor", "limit")])
-async def audit_log(request: Request, cursor: str | None = Query(None, pattern=ID_PATTERN),
-                    limit: int = Query(50, ge=1, le=500), who: Principal = Depends(require_role("admin"))):
+async def audit_log(
+    request: Request,
+    cursor: str | None = Query(None, pattern=ID_PATTERN),
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = Depends(require_role("admin")),
+):
     docs, nxt = await request.app.state.store.audit.list(tenant=who.scope, after=cursor, limit=limit)
-    return AuditPage(entries=[AuditEntry(id=d["_id"], **{k: d.get(k) for k in AuditEntry.model_fields if k != "id"})
-                              for d in docs], next_cursor=nxt)
+    return AuditPage(
+        entries=[AuditEntry(id=d["_id"], **{k: d.get(k) for k in AuditEntry.model_fields if k != "id"}) for d in docs],
+        next_cursor=nxt,
+    )

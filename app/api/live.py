@@ -81,8 +81,9 @@ async def _subscription(msg: dict, store=None, who: Principal | None = None) -> 
         return Subscription(job_id=msg["job_id"])
     if "workflow_id" in msg:
         return Subscription(workflow_id=msg["workflow_id"])
-    raise ValidationFailed('name what to subscribe to: "job_id", "workflow_id", "all": true or "notifications": true',
-                           field="action")
+    raise ValidationFailed(
+        'name what to subscribe to: "job_id", "workflow_id", "all": true or "notifications": true', field="action"
+    )
 
 
 @router.websocket("/api/v1/ws")
@@ -100,7 +101,7 @@ async def websocket(ws: WebSocket):
             token = auth_token(await asyncio.wait_for(_receive(ws), 10))
         who = await authenticate(token, settings, store)
         since = seq(ws.query_params.get("since"))
-    except (Unauthorized, asyncio.TimeoutError, WebSocketDisconnect) as exc:
+    except (TimeoutError, Unauthorized, WebSocketDisconnect) as exc:
         reason = exc.message if isinstance(exc, Unauthorized) else "authenticate first"
         await ws.send_json({"type": "error", "code": "unauthorized", "message": reason})
         await ws.close(UNAUTHORIZED, reason)
@@ -113,8 +114,9 @@ async def websocket(ws: WebSocket):
     watch = watch_of(app)
     await hub.attach(sub)
     watch.add(sub, who, token)
-    await _reply(sub, {"type": "welcome", "user": who.user, "tenant": who.tenant, "role": who.role,
-                       "position": hub.position})
+    await _reply(
+        sub, {"type": "welcome", "user": who.user, "tenant": who.tenant, "role": who.role, "position": hub.position}
+    )
     sender = asyncio.create_task(_send(ws, sub))
     try:
         allowance, last = settings.ws_max_messages_per_second * 2, time.monotonic()
@@ -124,13 +126,15 @@ async def websocket(ws: WebSocket):
                 await ws.close(NOT_TEXT, "the protocol is JSON in text frames")
                 return
             now = time.monotonic()
-            allowance = min(settings.ws_max_messages_per_second * 2,
-                            allowance + (now - last) * settings.ws_max_messages_per_second)
+            allowance = min(
+                settings.ws_max_messages_per_second * 2, allowance + (now - last) * settings.ws_max_messages_per_second
+            )
             last = now
             if len(raw) > MAX_FRAME or allowance < 1:
                 big = len(raw) > MAX_FRAME
-                await ws.close(TOO_BIG if big else TOO_FAST,
-                               "message too large" if big else "too many messages; slow down")
+                await ws.close(
+                    TOO_BIG if big else TOO_FAST, "message too large" if big else "too many messages; slow down"
+                )
                 return
             allowance -= 1
             await _handle(raw, store, hub, watch, sub, who, since)
@@ -244,7 +248,7 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
                     # Finished before we looked: its terminal event may still be on its way
                     # from the relay; give it a moment, then end anyway (it may have expired).
                     event, text = await asyncio.wait_for(sub.queue.get(), 3 if ended else 15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if ended:
                         yield _sse(None, "final", json.dumps(_final(doc, kind), default=str))
                         return
@@ -264,8 +268,9 @@ async def _stream(request: Request, who: Principal, *, job_id=None, workflow_id=
             watch.remove(sub)
             hub.detach(sub)
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def _sse_token(request: Request) -> str | None:
@@ -282,15 +287,23 @@ async def _sse_principal(request: Request) -> Principal:
     return await authenticate(request.query_params["token"], state.settings, state.store)
 
 
-@router.get("/api/v1/jobs/workflows/{workflow_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}}, dependencies=[strict_query("since", "token")])
+@router.get(
+    "/api/v1/jobs/workflows/{workflow_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=[strict_query("since", "token")],
+)
 async def workflow_events(workflow_id: str, request: Request):
     """A workflow's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes."""
     return await _stream(request, await _sse_principal(request), workflow_id=workflow_id)
 
 
-@router.get("/api/v1/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}}, dependencies=[strict_query("since", "token")])
+@router.get(
+    "/api/v1/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=[strict_query("since", "token")],
+)
 async def job_events(job_id: str, request: Request):
     """A job's events as Server-Sent Events; `Last-Event-ID` (or `?since=`) resumes. The
     stream ends after the job's terminal event, with a `final` event carrying its result."""

@@ -17,8 +17,11 @@ from app.notifications.email import valid_address
 from app.notifications.service import CHANNELS
 
 router = APIRouter(prefix="/api/v1/jobs/notifications", tags=["notifications"])
-EVENT_TYPES = sorted({f"job.{s.value}" for s in JobStatus} | {"job.progress"}
-                     | {f"workflow.{s}" for s in ("running", "completed", "failed", "cancelled")})
+EVENT_TYPES = sorted(
+    {f"job.{s.value}" for s in JobStatus}
+    | {"job.progress"}
+    | {f"workflow.{s}" for s in ("running", "completed", "failed", "cancelled")}
+)
 NOTIFICATION_ID = r"^[0-9]{1,20}:[A-Za-z0-9_~-]{1,200}$"
 
 
@@ -35,7 +38,7 @@ class NotificationOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, doc: dict) -> "NotificationOut":
+    def of(cls, doc: dict) -> NotificationOut:
         return cls(id=doc["_id"], **{k: doc.get(k) for k in cls.model_fields if k != "id"})
 
 
@@ -48,8 +51,9 @@ class NotificationPage(BaseModel):
 class Preferences(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str | None = Field(None, max_length=254, description="where this user's email goes")
-    channels: dict[str, list[str]] = Field(default_factory=dict,
-                                           description='per event type, e.g. {"job.failed": ["db", "email"]}')
+    channels: dict[str, list[str]] = Field(
+        default_factory=dict, description='per event type, e.g. {"job.failed": ["db", "email"]}'
+    )
 
     @field_validator("email")
     @classmethod
@@ -70,14 +74,21 @@ class Preferences(BaseModel):
 
 
 @router.get("", response_model=NotificationPage, dependencies=[strict_query("unread", "cursor", "limit")])
-async def list_notifications(request: Request, unread: bool | None = None,
-                             cursor: int | None = Query(None, ge=0, le=INT64_MAX), limit: int = Query(50, ge=1, le=200),
-                             who: Principal = Depends(require_principal)):
+async def list_notifications(
+    request: Request,
+    unread: bool | None = None,
+    cursor: int | None = Query(None, ge=0, le=INT64_MAX),
+    limit: int = Query(50, ge=1, le=200),
+    who: Principal = Depends(require_principal),
+):
     """Newest first; `unread=true` for unread only; `cursor` is the previous page's `next_cursor`."""
     store = request.app.state.store
     docs, nxt = await store.notifications.list(who.owner, unread=unread, before=cursor, limit=limit)
-    return NotificationPage(notifications=[NotificationOut.of(d) for d in docs],
-                            unread_count=await store.notifications.unread_count(who.owner), next_cursor=nxt)
+    return NotificationPage(
+        notifications=[NotificationOut.of(d) for d in docs],
+        unread_count=await store.notifications.unread_count(who.owner),
+        next_cursor=nxt,
+    )
 
 
 @router.post("/read-all", dependencies=[strict_query()])
@@ -100,7 +111,10 @@ async def put_preferences(prefs: Preferences, request: Request, who: Principal =
 
 
 @router.post("/{notification_id}/read", response_model=NotificationOut, dependencies=[strict_query()])
-async def read_one(request: Request, notification_id: str = Path(..., pattern=NOTIFICATION_ID),
-                   who: Principal = Depends(require_principal)):
+async def read_one(
+    request: Request,
+    notification_id: str = Path(..., pattern=NOTIFICATION_ID),
+    who: Principal = Depends(require_principal),
+):
     store = request.app.state.store
     return NotificationOut.of(await store.notifications.mark_read(who.owner, notification_id, store.clock.now()))

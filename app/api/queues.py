@@ -34,7 +34,9 @@ async def engine_docs(store) -> dict[str, dict]:
 
 
 async def known_engine(store, name: str) -> None:
-    if name not in {h.engine for h in registry.all_handlers()} and name not in {d["_id"] for d in await store.engines.list()}:
+    if name not in {h.engine for h in registry.all_handlers()} and name not in {
+        d["_id"] for d in await store.engines.list()
+    }:
         raise NotFound(f"unknown queue {name!r}", field="name")
 
 
@@ -47,24 +49,38 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         running, queued = mine.get("running", 0), mine.get("queued", 0)
     oldest = await store.jobs.oldest_queued_at(doc, tenant) if queued > 0 else None
     age = (store.clock.now() - oldest).total_seconds() if oldest else None
-    return QueueOut(name=doc["_id"], running=running, queued=queued, max_concurrent_jobs=doc["limit"],
-                    paused=doc.get("paused", False), oldest_queued_age_seconds=age,
-                    tenant_paused=tenant is not None and tenant in (doc.get("paused_tenants") or {}))
+    return QueueOut(
+        name=doc["_id"],
+        running=running,
+        queued=queued,
+        max_concurrent_jobs=doc["limit"],
+        paused=doc.get("paused", False),
+        oldest_queued_age_seconds=age,
+        tenant_paused=tenant is not None and tenant in (doc.get("paused_tenants") or {}),
+    )
 
 
 @router.get("/status", response_model=QueueStatus)
 async def queue_status(request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     counts = await store.jobs.tenant_counts(who.scope) if who.scope is not None else None
-    return QueueStatus(queues=[await queue_out(store, d, who, counts) for _, d in sorted((await engine_docs(store)).items())])
+    return QueueStatus(
+        queues=[await queue_out(store, d, who, counts) for _, d in sorted((await engine_docs(store)).items())]
+    )
 
 
 async def _pause(request: Request, name: str, who: Principal, paused: bool) -> QueueOut:
     store = request.app.state.store
     await known_engine(store, name)
     doc = await store.engines.set_paused(name, paused, tenant=who.scope)
-    await audit(request, who, "queue.pause" if paused else "queue.resume", name,
-                log_tenant=EVERY_TENANT if who.scope is None else None, scope="engine" if who.scope is None else "tenant")
+    await audit(
+        request,
+        who,
+        "queue.pause" if paused else "queue.resume",
+        name,
+        log_tenant=EVERY_TENANT if who.scope is None else None,
+        scope="engine" if who.scope is None else "tenant",
+    )
     return await queue_out(store, doc, who)
 
 
@@ -82,16 +98,24 @@ async def resume(request: Request, name: str = QueueName, who: Principal = Depen
     return await _pause(request, name, who, False)
 
 
-@router.put("/{name}/limits", response_model=QueueOut,
-            responses={403: {"description": "not the bootstrap admin: the limit is deployment-wide"},
-                       404: {"description": "no such engine"}})
-async def limits(body: LimitsIn, request: Request, name: str = QueueName,
-                 who: Principal = Depends(require_role("operator"))):
+@router.put(
+    "/{name}/limits",
+    response_model=QueueOut,
+    responses={
+        403: {"description": "not the bootstrap admin: the limit is deployment-wide"},
+        404: {"description": "no such engine"},
+    },
+)
+async def limits(
+    body: LimitsIn, request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))
+):
     """The engine's concurrency limit, across every worker and tenant: the bootstrap admin's."""
     if who.scope is not None:
         raise Forbidden("an engine's limit is deployment-wide; only the bootstrap admin sets it", field="name")
     store = request.app.state.store
     await known_engine(store, name)
     doc = await store.engines.set_limit(name, body.max_concurrent_jobs)
-    await audit(request, who, "queue.limits", name, log_tenant=EVERY_TENANT, max_concurrent_jobs=body.max_concurrent_jobs)
+    await audit(
+        request, who, "queue.limits", name, log_tenant=EVERY_TENANT, max_concurrent_jobs=body.max_concurrent_jobs
+    )
     return await queue_out(store, doc, who)

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from app import registry
-from app.domain.redact import redact
 from app.api.auth import Principal, require_principal, visible
 from app.api.jobs import ID_PATTERN, admission, strict_query
 from app.api.workflows import require_handlers
+from app.domain.redact import redact
 from app.domain.schedule import ScheduleSpec
 from app.domain.workflow import validate_steps
 from app.errors import ValidationFailed
@@ -48,11 +48,13 @@ class ScheduleOut(BaseModel):
     last_job_id: str | None = None
     last_workflow_id: str | None = None
     last_error: dict[str, Any] | None = None
-    last_misfire: dict[str, Any] | None = Field(None, description="the last due ticks passed over, by the misfire policy")
+    last_misfire: dict[str, Any] | None = Field(
+        None, description="the last due ticks passed over, by the misfire policy"
+    )
     refused_ticks: int = Field(0, description="ticks its tenant's rate limit or quota refused (the last in last_error)")
 
     @classmethod
-    def of(cls, doc: dict) -> "ScheduleOut":
+    def of(cls, doc: dict) -> ScheduleOut:
         fields = {k: v for k, v in doc.items() if k in cls.model_fields}
         if fields.get("last_error"):
             fields["last_error"] = redact(fields["last_error"])
@@ -70,7 +72,9 @@ def under(prefix: str):
     try:
         yield
     except ValidationFailed as exc:
-        raise ValidationFailed(exc.message, field=f"{prefix}.{exc.field}" if exc.field else prefix, **exc.details) from None
+        raise ValidationFailed(
+            exc.message, field=f"{prefix}.{exc.field}" if exc.field else prefix, **exc.details
+        ) from None
 
 
 def check_target(spec: ScheduleSpec, settings) -> None:
@@ -93,15 +97,21 @@ async def create(spec: ScheduleSpec, request: Request, who: Principal = Depends(
 
 
 @router.get("", response_model=SchedulePage, dependencies=[strict_query("cursor", "limit")])
-async def list_schedules(request: Request, cursor: str | None = Query(None, pattern=ID_PATTERN),
-                         limit: int = Query(50, ge=1, le=200), who: Principal = Depends(require_principal)):
+async def list_schedules(
+    request: Request,
+    cursor: str | None = Query(None, pattern=ID_PATTERN),
+    limit: int = Query(50, ge=1, le=200),
+    who: Principal = Depends(require_principal),
+):
     docs, nxt = await request.app.state.store.schedules.list(tenant=who.scope, after=cursor, limit=limit)
     return SchedulePage(schedules=[ScheduleOut.of(d) for d in docs], next_cursor=nxt)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut)
 async def get(request: Request, schedule_id: str = ScheduleId, who: Principal = Depends(require_principal)):
-    return ScheduleOut.of(visible(who, await request.app.state.store.schedules.get(schedule_id), "schedule", "schedule_id"))
+    return ScheduleOut.of(
+        visible(who, await request.app.state.store.schedules.get(schedule_id), "schedule", "schedule_id")
+    )
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut)

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain.retry import RetryConfig
 from app.domain.redact import redact
+from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 
 
@@ -64,7 +64,7 @@ class JobOut(BaseModel):
     why: dict | None = Field(None, description="why a job that is not running yet waits: reasons as data")
 
     @classmethod
-    def of(cls, doc: dict, **extra) -> "JobOut":
+    def of(cls, doc: dict, **extra) -> JobOut:
         fields = {k: v for k, v in doc.items() if k in cls.model_fields and k != "id"}
         fields["parameters"] = redact(fields.get("parameters") or {})
         for f in REDACTED:
@@ -112,7 +112,9 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
-    position: dict[str, int] | None = Field(None, description="a body that is not JSON: where it stops being JSON (`line`, `column`, `character`)")
+    position: dict[str, int] | None = Field(
+        None, description="a body that is not JSON: where it stops being JSON (`line`, `column`, `character`)"
+    )
     details: dict[str, Any] | None = None
     errors: list[dict[str, Any]] | None = None
 
@@ -123,11 +125,19 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
-ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text in (
-    (400, "the body could not be read (e.g. JSON nested too deeply)"), (401, "missing or invalid bearer token"), (403, "the caller's role does not allow this"),
-    (404, "no such resource, or not the caller's to see"), (409, "the resource is not in a state that allows this"),
-    (413, "the body is over the size cap"), (422, "the request failed validation; `field` names the problem"),
-    (429, "rate limit or quota reached; see Retry-After"))}
+ERROR_RESPONSES = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "the body could not be read (e.g. JSON nested too deeply)"),
+        (401, "missing or invalid bearer token"),
+        (403, "the caller's role does not allow this"),
+        (404, "no such resource, or not the caller's to see"),
+        (409, "the resource is not in a state that allows this"),
+        (413, "the body is over the size cap"),
+        (422, "the request failed validation; `field` names the problem"),
+        (429, "rate limit or quota reached; see Retry-After"),
+    )
+}
 
 
 def error_responses(*codes: int) -> dict:

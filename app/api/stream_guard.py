@@ -37,7 +37,7 @@ from app.notifications.hub import Subscriber
 
 log = get_logger("switchyard.streams")
 UNAUTHORIZED = 4401
-MAX_SEQ = 2 ** 63 - 1
+MAX_SEQ = 2**63 - 1
 MAX_DEPTH = 32
 MAX_FRAME = 64 * 1024  # a bigger message closes the WebSocket (1009), or is no auth message
 SEQ = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -51,8 +51,9 @@ def seq(value) -> int | None:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ:
         return value
-    raise ValidationFailed(f"since (or Last-Event-ID) must be an event seq: an integer from 0 to {MAX_SEQ}",
-                          field="since")
+    raise ValidationFailed(
+        f"since (or Last-Event-ID) must be an event seq: an integer from 0 to {MAX_SEQ}", field="since"
+    )
 
 
 def parse(raw: str):

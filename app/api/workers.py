@@ -38,11 +38,22 @@ class WorkerOut(BaseModel):
     died_at: datetime | None = Field(None, description="when maintenance marked it dead")
 
     @classmethod
-    def of(cls, doc: dict) -> "WorkerOut":
-        return cls(id=doc["_id"], host=doc["host"], pid=doc["pid"], kind=doc.get("kind", "worker"),
-                   engines=doc.get("engines"), concurrency=doc["concurrency"], running=doc.get("running", 0),
-                   running_jobs=doc.get("running_jobs") or [], status=doc["status"], started_at=doc["started_at"],
-                   last_seen=doc["last_seen"], expires_at=doc.get("expires_at"), died_at=doc.get("died_at"))
+    def of(cls, doc: dict) -> WorkerOut:
+        return cls(
+            id=doc["_id"],
+            host=doc["host"],
+            pid=doc["pid"],
+            kind=doc.get("kind", "worker"),
+            engines=doc.get("engines"),
+            concurrency=doc["concurrency"],
+            running=doc.get("running", 0),
+            running_jobs=doc.get("running_jobs") or [],
+            status=doc["status"],
+            started_at=doc["started_at"],
+            last_seen=doc["last_seen"],
+            expires_at=doc.get("expires_at"),
+            died_at=doc.get("died_at"),
+        )
 
 
 class WorkerList(BaseModel):

@@ -69,7 +69,9 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
     if steps is None:  # list view: from the workflow's counters
         failed, cancelled = wf.get("n_failed", 0), wf.get("n_cancelled", 0)
         counts = {s: 0 for s in STEP_STATUSES}
-        counts.update(failed=failed, cancelled=cancelled, completed=max(wf["total"] - wf.get("open", 0) - failed - cancelled, 0))
+        counts.update(
+            failed=failed, cancelled=cancelled, completed=max(wf["total"] - wf.get("open", 0) - failed - cancelled, 0)
+        )
         started = None
     else:
         counts = {s: 0 for s in STEP_STATUSES}
@@ -81,10 +83,19 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
     status = wf["status"]
     if status == "running" and steps is not None and started is None:
         status = "pending"  # accepted, nothing has started yet
-    return WorkflowOut(id=wf["_id"], name=wf["name"], status=status, failure_policy=wf["failure_policy"],
-                       metadata=redact(wf.get("metadata") or {}), created_at=wf["created_at"], started_at=started,
-                       completed_at=wf.get("completed_at"), total=wf["total"], counts=counts,
-                       progress=round(100 * done / wf["total"], 2) if wf["total"] else 100.0)
+    return WorkflowOut(
+        id=wf["_id"],
+        name=wf["name"],
+        status=status,
+        failure_policy=wf["failure_policy"],
+        metadata=redact(wf.get("metadata") or {}),
+        created_at=wf["created_at"],
+        started_at=started,
+        completed_at=wf.get("completed_at"),
+        total=wf["total"],
+        counts=counts,
+        progress=round(100 * done / wf["total"], 2) if wf["total"] else 100.0,
+    )
 
 
 @router.post("", status_code=201, response_model=Created, dependencies=[strict_query()])
@@ -99,9 +110,13 @@ async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(
 
 
 @router.get("", response_model=WorkflowPage, dependencies=[strict_query("status", "cursor", "limit")])
-async def list_workflows(request: Request, status: str | None = Query(None, pattern="^(running|completed|failed|cancelled)$"),
-                         cursor: str | None = Query(None, pattern=ID_PATTERN), limit: int = Query(50, ge=1, le=200),
-                         who: Principal = Depends(require_principal)):
+async def list_workflows(
+    request: Request,
+    status: str | None = Query(None, pattern="^(running|completed|failed|cancelled)$"),
+    cursor: str | None = Query(None, pattern=ID_PATTERN),
+    limit: int = Query(50, ge=1, le=200),
+    who: Principal = Depends(require_principal),
+):
     store = request.app.state.store
     docs, nxt = await store.workflows.list(status=status, tenant=who.scope, after=cursor, limit=limit)
     return WorkflowPage(workflows=[_view(d, None) for d in docs], next_cursor=nxt)
@@ -111,9 +126,25 @@ async def list_workflows(request: Request, status: str | None = Query(None, patt
 async def status(workflow_id: str, request: Request, who: Principal = Depends(require_principal)):
     store = request.app.state.store
     wf = visible(who, await store.workflows.get(workflow_id, steps=True), "workflow", "workflow_id")
-    steps = await store.jobs.steps_of(workflow_id, {"step_key": 1, "status": 1, "engine": 1, "operation": 1, "depends_on": 1,
-                                                    "started_at": 1, "completed_at": 1, "progress": 1, "cancel_reason": 1,
-                                                    "waiting_on": 1, "run_at": 1, "retry_count": 1, "priority": 1, "seq": 1})
+    steps = await store.jobs.steps_of(
+        workflow_id,
+        {
+            "step_key": 1,
+            "status": 1,
+            "engine": 1,
+            "operation": 1,
+            "depends_on": 1,
+            "started_at": 1,
+            "completed_at": 1,
+            "progress": 1,
+            "cancel_reason": 1,
+            "waiting_on": 1,
+            "run_at": 1,
+            "retry_count": 1,
+            "priority": 1,
+            "seq": 1,
+        },
+    )
     view = _view(wf, steps)
     key_of = {s["_id"]: s["step_key"] for s in steps}
     engines = {e["_id"]: e for e in await store.engines.list()}
@@ -124,9 +155,21 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
         count = s["status"] == "queued" and counted < 20  # positions cost a count each: the first 20
         counted += count
         why = await explain(store, s, engine=engines.get(s["engine"]), key_of=key_of, count_position=count)
-        out.append(StepOut(key=s["step_key"], job_id=s["_id"], status=s["status"], engine=s["engine"], operation=s["operation"],
-                           depends_on=s.get("depends_on") or [], started_at=s.get("started_at"), completed_at=s.get("completed_at"),
-                           progress=(s.get("progress") or {}).get("percent", 0.0), cancel_reason=s.get("cancel_reason"), why=why))
+        out.append(
+            StepOut(
+                key=s["step_key"],
+                job_id=s["_id"],
+                status=s["status"],
+                engine=s["engine"],
+                operation=s["operation"],
+                depends_on=s.get("depends_on") or [],
+                started_at=s.get("started_at"),
+                completed_at=s.get("completed_at"),
+                progress=(s.get("progress") or {}).get("percent", 0.0),
+                cancel_reason=s.get("cancel_reason"),
+                why=why,
+            )
+        )
     view.steps = out
     return view
 
@@ -159,4 +202,3 @@ async def retry(workflow_id: str, request: Request, who: Principal = Depends(req
     jobs = await store.flow.retry(workflow_id)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs=jobs)
-

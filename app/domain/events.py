@@ -16,7 +16,7 @@ Event types: `job.<status>` when a job is created or changes status (`job.queued
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.models import tenant_of
@@ -79,10 +79,14 @@ def from_change(change: dict, static: dict | None, last_status: str | None, now:
         return None
     at = change.get("wallTime") or now  # real MongoDB 6+ records the write's wall time
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
+        at = at.replace(tzinfo=UTC)
     oid = change["documentKey"]["_id"]
     event: dict[str, Any] = {
-        "token": token_of(change), "type": etype, "kind": kind, "status": status, "at": at,
+        "token": token_of(change),
+        "type": etype,
+        "kind": kind,
+        "status": status,
+        "at": at,
         "job_id": oid if kind == "job" else None,
         "workflow_id": base.get("workflow_id") if kind == "job" else oid,
         "owner": base.get("owner"),
@@ -118,5 +122,5 @@ def public(event: dict) -> dict:
     out["seq"] = event["_id"]
     at = event.get("at")
     if isinstance(at, datetime):
-        out["at"] = (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).isoformat()
+        out["at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
     return out

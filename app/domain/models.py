@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,11 +36,11 @@ class JobSpec(BaseModel):
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
         return v
 
     @model_validator(mode="after")
-    def _one_delay(self) -> "JobSpec":
+    def _one_delay(self) -> JobSpec:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
         return self
@@ -55,14 +55,38 @@ def tenant_of(owner: str | None) -> str:
 # `.get`, and `JobOut` fills them in. On SecantusDB every transition decodes, diffs and
 # re-encodes the whole document, so a job born at half the size drains ~10 % faster
 # (docs/benchmarks.md).
-SPARSE_FIELDS = frozenset({"name", "queued_at", "run_at", "started_at", "completed_at", "execution_time_ms", "result",
-                           "last_error", "errors", "timeout_seconds", "depends_on", "workflow_id", "step_key",
-                           "dedupe_key", "cancel_requested"})
+SPARSE_FIELDS = frozenset(
+    {
+        "name",
+        "queued_at",
+        "run_at",
+        "started_at",
+        "completed_at",
+        "execution_time_ms",
+        "result",
+        "last_error",
+        "errors",
+        "timeout_seconds",
+        "depends_on",
+        "workflow_id",
+        "step_key",
+        "dedupe_key",
+        "cancel_requested",
+    }
+)
 
 
-def new_job_document(spec: JobSpec, *, job_id: str, owner: str, now: datetime, retry: RetryConfig | dict,
-                     workflow_id: str | None = None, depends_on: list[str] | None = None,
-                     step_key: str | None = None) -> dict[str, Any]:
+def new_job_document(
+    spec: JobSpec,
+    *,
+    job_id: str,
+    owner: str,
+    now: datetime,
+    retry: RetryConfig | dict,
+    workflow_id: str | None = None,
+    depends_on: list[str] | None = None,
+    step_key: str | None = None,
+) -> dict[str, Any]:
     """The document for a freshly accepted job, in `pending`, `scheduled` or `queued`.
     The store adds `seq` to queued ones."""
     from datetime import timedelta

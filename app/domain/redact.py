@@ -35,10 +35,38 @@ from typing import Any
 
 MASK = "***"
 
-_HEADS = frozenset({"password", "passwd", "pass", "passphrase", "secret", "secrets", "token", "key", "keys",
-                    "credential", "credentials", "creds", "auth", "authorization", "cookie"})
-_GLUED = ("password", "passwd", "passphrase", "secret", "token", "apikey", "privatekey", "secretkey", "accesskey",
-          "credential", "credentials")
+_HEADS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "key",
+        "keys",
+        "credential",
+        "credentials",
+        "creds",
+        "auth",
+        "authorization",
+        "cookie",
+    }
+)
+_GLUED = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "privatekey",
+    "secretkey",
+    "accesskey",
+    "credential",
+    "credentials",
+)
 _OF_A_SECRET = frozenset({"value", "string", "hash", "text", "header"})
 # words: acronyms before a hump (API in APIKey), capitalised or lower words, bare capitals, digits
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")

@@ -24,7 +24,7 @@ Misfires (the scheduler was down or late, so several ticks are due at once):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.domain.models import JobSpec
 from app.domain.workflow import WorkflowSpec
 
-UTC = timezone.utc
+UTC = UTC
 MisfirePolicy = Literal["skip", "catch_up"]
 
 
@@ -57,7 +57,7 @@ class Cron:
     interval_hours: bool = field(default=False)  # hour field starts with '*': both DST passes fire
 
     @classmethod
-    def parse(cls, expr: str, tz: str = "UTC") -> "Cron":
+    def parse(cls, expr: str, tz: str = "UTC") -> Cron:
         """Validate `expr` in zone `tz`. Raises ValueError saying what is wrong."""
         fields = expr.split()
         if len(fields) not in (5, 6):
@@ -148,10 +148,16 @@ class ScheduleSpec(BaseModel):
     """`POST /api/v1/jobs/schedules`. Exactly one of `job` and `workflow` (checked by the
     API with `check_target`, so the error can name the field; said in the schema too)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "oneOf": [{"required": ["job"], "not": {"required": ["workflow"]}},
-                  {"required": ["workflow"], "not": {"required": ["job"]}}],
-        "description": "A cron schedule of a job or a workflow: give exactly one of `job` and `workflow`."})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["job"], "not": {"required": ["workflow"]}},
+                {"required": ["workflow"], "not": {"required": ["job"]}},
+            ],
+            "description": "A cron schedule of a job or a workflow: give exactly one of `job` and `workflow`.",
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     cron: str = Field(min_length=1, max_length=200, description="5 fields, or 6 with seconds last")

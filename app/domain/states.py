@@ -96,9 +96,15 @@ class Effect(Flag):
     """The attempt budget starts again."""
 
 
-LABELS = {Effect.SEQ: "fresh seq", Effect.LEASE_TAKEN: "lease taken", Effect.CHARGED: "attempt charged",
-          Effect.LEASE_CLEARED: "lease cleared", Effect.REFUNDED: "attempt refunded", Effect.SETTLE: "settle",
-          Effect.RESET: "attempts reset"}
+LABELS = {
+    Effect.SEQ: "fresh seq",
+    Effect.LEASE_TAKEN: "lease taken",
+    Effect.CHARGED: "attempt charged",
+    Effect.LEASE_CLEARED: "lease cleared",
+    Effect.REFUNDED: "attempt refunded",
+    Effect.SETTLE: "settle",
+    Effect.RESET: "attempts reset",
+}
 
 
 @dataclass(frozen=True)
@@ -116,23 +122,32 @@ class Move:
 
 S = JobStatus
 E = Effect
-MOVES: dict[str, Move] = {m.name: m for m in (
-    Move("submit", (), (S.PENDING, S.SCHEDULED, S.QUEUED), E.NONE, "a client; queued takes a seq like any enqueue"),
-    Move("ready", (S.PENDING,), S.QUEUED, E.SEQ, "the workflow settle of its last parent"),
-    Move("promote", (S.SCHEDULED,), S.QUEUED, E.SEQ, "maintenance, once run_at is due"),
-    Move("reseq", (S.QUEUED,), S.QUEUED, E.SEQ, "maintenance: an orphan below its band's cursor"),
-    Move("claim", (S.QUEUED,), S.RUNNING, E.LEASE_TAKEN | E.CHARGED, "a worker holding permits"),
-    Move("complete", (S.RUNNING,), S.COMPLETED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
-    Move("backoff", (S.RUNNING,), S.SCHEDULED, E.LEASE_CLEARED, "the lease holder, attempts left"),
-    Move("fail", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
-    Move("release", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED | E.REFUNDED, "the lease holder, on shutdown"),
-    Move("rescue", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED, "maintenance, the lease expired"),
-    Move("exhaust", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "maintenance, no attempts left"),
-    Move("stop", (S.RUNNING,), S.CANCELLED, E.LEASE_CLEARED | E.SETTLE, "the lease holder, cancel requested"),
-    Move("cancel", (S.PENDING, S.SCHEDULED, S.QUEUED), S.CANCELLED, E.SETTLE, "a user, or a workflow's failure policy"),
-    Move("retry", (S.FAILED, S.CANCELLED), S.QUEUED, E.SEQ | E.RESET, "an operator (the dead letter)"),
-    Move("reset", (S.FAILED, S.CANCELLED), S.PENDING, E.RESET, "a workflow retry; ready follows at once"),
-)}
+MOVES: dict[str, Move] = {
+    m.name: m
+    for m in (
+        Move("submit", (), (S.PENDING, S.SCHEDULED, S.QUEUED), E.NONE, "a client; queued takes a seq like any enqueue"),
+        Move("ready", (S.PENDING,), S.QUEUED, E.SEQ, "the workflow settle of its last parent"),
+        Move("promote", (S.SCHEDULED,), S.QUEUED, E.SEQ, "maintenance, once run_at is due"),
+        Move("reseq", (S.QUEUED,), S.QUEUED, E.SEQ, "maintenance: an orphan below its band's cursor"),
+        Move("claim", (S.QUEUED,), S.RUNNING, E.LEASE_TAKEN | E.CHARGED, "a worker holding permits"),
+        Move("complete", (S.RUNNING,), S.COMPLETED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
+        Move("backoff", (S.RUNNING,), S.SCHEDULED, E.LEASE_CLEARED, "the lease holder, attempts left"),
+        Move("fail", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
+        Move("release", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED | E.REFUNDED, "the lease holder, on shutdown"),
+        Move("rescue", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED, "maintenance, the lease expired"),
+        Move("exhaust", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "maintenance, no attempts left"),
+        Move("stop", (S.RUNNING,), S.CANCELLED, E.LEASE_CLEARED | E.SETTLE, "the lease holder, cancel requested"),
+        Move(
+            "cancel",
+            (S.PENDING, S.SCHEDULED, S.QUEUED),
+            S.CANCELLED,
+            E.SETTLE,
+            "a user, or a workflow's failure policy",
+        ),
+        Move("retry", (S.FAILED, S.CANCELLED), S.QUEUED, E.SEQ | E.RESET, "an operator (the dead letter)"),
+        Move("reset", (S.FAILED, S.CANCELLED), S.PENDING, E.RESET, "a workflow retry; ready follows at once"),
+    )
+}
 """Every move of a job. A rescue whose handler never started also refunds the attempt."""
 
 

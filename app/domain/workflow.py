@@ -44,8 +44,9 @@ def validate_steps(steps: list[StepSpec], *, existing: set[str] = frozenset(), c
     on but cannot depend on new ones). Returns the new keys in a topological order.
     Raises ValidationFailed naming the problem."""
     if len(steps) + len(existing) > cap:
-        raise ValidationFailed(f"a workflow may have at most {cap} steps; this one would have {len(steps) + len(existing)}",
-                               field="jobs")
+        raise ValidationFailed(
+            f"a workflow may have at most {cap} steps; this one would have {len(steps) + len(existing)}", field="jobs"
+        )
     keys: dict[str, int] = {}
     for i, s in enumerate(steps):
         if s.key in keys or s.key in existing:
@@ -56,8 +57,12 @@ def validate_steps(steps: list[StepSpec], *, existing: set[str] = frozenset(), c
             if dep == s.key:
                 raise ValidationFailed(f"step {s.key!r} depends on itself", field=f"jobs[{i}].depends_on", key=s.key)
             if dep not in keys and dep not in existing:
-                raise ValidationFailed(f"step {s.key!r} depends on unknown step {dep!r}", field=f"jobs[{i}].depends_on",
-                                       key=s.key, unknown=dep)
+                raise ValidationFailed(
+                    f"step {s.key!r} depends on unknown step {dep!r}",
+                    field=f"jobs[{i}].depends_on",
+                    key=s.key,
+                    unknown=dep,
+                )
         if len(set(s.depends_on)) != len(s.depends_on):
             raise ValidationFailed(f"step {s.key!r} lists a dependency twice", field=f"jobs[{i}].depends_on", key=s.key)
     return topological(steps, keys)
@@ -96,7 +101,7 @@ def find_cycle(stuck: set[str], steps: list[StepSpec]) -> list[str]:
     while True:
         node = deps[node][0]
         if node in seen:
-            return path[seen[node]:] + [node]
+            return path[seen[node] :] + [node]
         seen[node] = len(path)
         path.append(node)
 
@@ -110,4 +115,3 @@ def descendants(children: dict[str, list[str]], roots: list[str]) -> set[str]:
                 out.add(c)
                 todo.append(c)
     return out
-

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from datetime import datetime, timezone
 from email.utils import format_datetime, parseaddr
 from urllib.parse import unquote, urlsplit
 
@@ -54,17 +54,21 @@ class Smtp:
     start_tls: bool | None
 
     @classmethod
-    def parse(cls, url: str) -> "Smtp":
+    def parse(cls, url: str) -> Smtp:
         """`smtp://[user:pass@]host[:port]` (STARTTLS when the server offers it),
         `smtp+starttls://` (STARTTLS required) or `smtps://` (TLS from the start)."""
         u = urlsplit(url)
         if u.scheme not in ("smtp", "smtps", "smtp+starttls") or not u.hostname:
             raise ValueError("SMTP_URL must look like smtp://user:pass@host:587 (or smtps://, smtp+starttls://)")
         tls = u.scheme == "smtps"
-        return cls(host=u.hostname, port=u.port or (465 if tls else 587 if u.scheme == "smtp+starttls" else 25),
-                   username=unquote(u.username) if u.username else None,
-                   password=unquote(u.password) if u.password else None,
-                   use_tls=tls, start_tls=True if u.scheme == "smtp+starttls" else None)
+        return cls(
+            host=u.hostname,
+            port=u.port or (465 if tls else 587 if u.scheme == "smtp+starttls" else 25),
+            username=unquote(u.username) if u.username else None,
+            password=unquote(u.password) if u.password else None,
+            use_tls=tls,
+            start_tls=True if u.scheme == "smtp+starttls" else None,
+        )
 
 
 def id_domain(sender: str, smtp_host: str | None = None) -> str:
@@ -83,9 +87,8 @@ def build(mail: dict, sender: str, domain: str | None = None) -> EmailMessage:
     msg["From"] = clean(sender)
     msg["To"] = clean(mail["to"])
     msg["Subject"] = clean(mail["subject"])
-    at = mail.get("created_at") or datetime.now(timezone.utc)
-    msg["Date"] = format_datetime((at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc),
-                                  usegmt=True)
+    at = mail.get("created_at") or datetime.now(UTC)
+    msg["Date"] = format_datetime((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC), usegmt=True)
     local = re.sub(r"[^A-Za-z0-9.-]", ".", mail["_id"])
     msg["Message-ID"] = f"<{local}.switchyard@{domain or id_domain(sender)}>"
     if mail.get("event_type"):
@@ -119,7 +122,7 @@ class Mailer:
             if not sent:
                 try:
                     await asyncio.wait_for(self.wake.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.wake.clear()
 
@@ -130,18 +133,30 @@ class Mailer:
         done = 0
         for mail in await self.store.mail.claim_due(20, lease_seconds=timeout * 3 + 5):
             try:
-                await aiosmtplib.send(build(mail, self.settings.email_from, self.domain),
-                                      hostname=self.smtp.host, port=self.smtp.port, username=self.smtp.username, password=self.smtp.password,
-                                      use_tls=self.smtp.use_tls, start_tls=self.smtp.start_tls, timeout=timeout)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                await aiosmtplib.send(
+                    build(mail, self.settings.email_from, self.domain),
+                    hostname=self.smtp.host,
+                    port=self.smtp.port,
+                    username=self.smtp.username,
+                    password=self.smtp.password,
+                    use_tls=self.smtp.use_tls,
+                    start_tls=self.smtp.start_tls,
+                    timeout=timeout,
+                )
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 metrics.EMAIL_FAILURES.inc()
                 try:
                     status = await self.store.mail.failed(mail["_id"], mail["token"], self.last_error, mail["attempts"])
                 except LeaseLost:
                     continue
-                log.warning("mailer.send_failed", mail_id=mail["_id"], attempts=mail["attempts"], next=status,
-                            error=self.last_error)
+                log.warning(
+                    "mailer.send_failed",
+                    mail_id=mail["_id"],
+                    attempts=mail["attempts"],
+                    next=status,
+                    error=self.last_error,
+                )
                 continue
             try:
                 await self.store.mail.sent(mail["_id"], mail["token"])
@@ -157,7 +172,12 @@ class Mailer:
             return {"configured": False, "status": "disabled", "reason": "SMTP_URL is not set: no email is sent"}
         counts = await self.store.mail.counts()
         last = await self.store.mail.last_sent_at()
-        return {"configured": True, "status": "failing" if self.last_error else "ok",
-                "server": f"{self.smtp.host}:{self.smtp.port}", "pending": counts.get("pending", 0) + counts.get("sending", 0),
-                "dead": counts.get("dead", 0), "last_error": self.last_error,
-                "last_sent_at": last.isoformat() if last else None}
+        return {
+            "configured": True,
+            "status": "failing" if self.last_error else "ok",
+            "server": f"{self.smtp.host}:{self.smtp.port}",
+            "pending": counts.get("pending", 0) + counts.get("sending", 0),
+            "dead": counts.get("dead", 0),
+            "last_error": self.last_error,
+            "last_sent_at": last.isoformat() if last else None,
+        }

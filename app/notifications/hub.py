@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from app.domain.events import public
 from app.logs import get_logger
@@ -31,12 +31,21 @@ def encode(event: dict) -> str:
 def notification(event: dict, user: str) -> str:
     """An event as the notification it is for `user` (same id as the stored one)."""
     from app.notifications.service import title_of
-
     from app.store.notifications import notification_id
 
-    return json.dumps({"type": "notification", "id": notification_id(event["_id"], user), "event_type": event["type"],
-                       "title": title_of(event), "job_id": event.get("job_id"), "workflow_id": event.get("workflow_id"),
-                       "status": event.get("status"), "seq": event["_id"]}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "type": "notification",
+            "id": notification_id(event["_id"], user),
+            "event_type": event["type"],
+            "title": title_of(event),
+            "job_id": event.get("job_id"),
+            "workflow_id": event.get("workflow_id"),
+            "status": event.get("status"),
+            "seq": event["_id"],
+        },
+        separators=(",", ":"),
+    )
 
 
 @dataclass(eq=False)
@@ -57,9 +66,13 @@ class Subscription:
             return event.get("workflow_id") == self.workflow_id
         return self.all
 
-    def same(self, other: "Subscription") -> bool:
+    def same(self, other: Subscription) -> bool:
         return (self.all, self.job_id, self.workflow_id, self.notify is None) == (
-            other.all, other.job_id, other.workflow_id, other.notify is None)
+            other.all,
+            other.job_id,
+            other.workflow_id,
+            other.notify is None,
+        )
 
     def key(self, event: dict):
         """What a subscriber remembers having sent: an event, or the notification it made."""

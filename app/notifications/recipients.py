@@ -64,9 +64,15 @@ class NoRecipient:
         k.last_at, k.last_owner = now, owner
         if k.logged_at is None or now - k.logged_at >= LOG_EVERY:
             log = get_logger("switchyard.notifications")  # now, not at import: the configuration may change
-            log.warning("email.no_recipient", alert=kind, owner=owner, suppressed=k.unlogged, suppressed_total=k.total,
-                        reason=self.reason(settings),
-                        fix="set SWITCHYARD_ALERT_EMAIL, or the owner's address in their notification preferences")
+            log.warning(
+                "email.no_recipient",
+                alert=kind,
+                owner=owner,
+                suppressed=k.unlogged,
+                suppressed_total=k.total,
+                reason=self.reason(settings),
+                fix="set SWITCHYARD_ALERT_EMAIL, or the owner's address in their notification preferences",
+            )
             k.logged_at, k.unlogged = now, 0
 
     def reason(self, settings) -> str:
@@ -85,8 +91,11 @@ class NoRecipient:
         if not recent:
             return None
         kinds = ", ".join(f"{n} {kind}" for kind, n in recent.items())
-        return {"status": "no_recipient", "suppressed": recent,
-                "reason": f"alerts with no recipient were not emailed ({kinds}): {self.reason(settings)}"}
+        return {
+            "status": "no_recipient",
+            "suppressed": recent,
+            "reason": f"alerts with no recipient were not emailed ({kinds}): {self.reason(settings)}",
+        }
 
     def clear(self) -> None:
         self.kinds.clear()

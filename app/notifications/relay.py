@@ -71,7 +71,9 @@ class EventRelay(Singleton):
                         return
                     token, saved = new_token, now
         except HistoryLost as exc:
-            self.log.error("relay.history_lost", error=str(exc), action="restarting from now; events in between are lost")
+            self.log.error(
+                "relay.history_lost", error=str(exc), action="restarting from now; events in between are lost"
+            )
             await self.save({"token": None, "seq": floor})
 
     async def derive(self, changes: list[dict]) -> list[dict]:

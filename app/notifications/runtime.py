@@ -16,22 +16,37 @@ from app.notifications.service import DbChannel, EmailChannel, NotificationServi
 
 
 class Live:
-    def __init__(self, store, settings, *, background: bool = True, lease_seconds: float = 10.0,
-                 no_recipient: NoRecipient = NO_RECIPIENT) -> None:
+    def __init__(
+        self,
+        store,
+        settings,
+        *,
+        background: bool = True,
+        lease_seconds: float = 10.0,
+        no_recipient: NoRecipient = NO_RECIPIENT,
+    ) -> None:
         self.store, self.settings, self.no_recipient = store, settings, no_recipient
         self.hub = Hub(store, settings)
         self.mailer = Mailer(store, settings)
         self.relay = EventRelay(store, settings, lease_seconds=lease_seconds)
         self.notifier = NotificationService(
-            store, settings, [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)], self.hub,
-            lease_seconds=lease_seconds, no_recipient=no_recipient)
+            store,
+            settings,
+            [DbChannel(store), EmailChannel(store, settings, wake=self.mailer.wake)],
+            self.hub,
+            lease_seconds=lease_seconds,
+            no_recipient=no_recipient,
+        )
         self.background = background
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         if self.background:
-            for name, coro in (("relay", self.relay.run()), ("notifier", self.notifier.run()),
-                               ("mailer", self.mailer.run())):
+            for name, coro in (
+                ("relay", self.relay.run()),
+                ("notifier", self.notifier.run()),
+                ("mailer", self.mailer.run()),
+            ):
                 self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:

@@ -24,9 +24,9 @@ from typing import Protocol
 
 from app import metrics
 from app.domain.redact import redact_text
+from app.leadership import Singleton
 from app.notifications.hub import Subscriber, Subscription
 from app.notifications.recipients import NO_RECIPIENT, NoRecipient, recipient
-from app.leadership import Singleton
 from app.store.notifications import notification_id
 
 LEASE = "notifier"
@@ -62,10 +62,22 @@ class DbChannel:
         self.store = store
 
     async def deliver(self, notices: list[Notice]) -> None:
-        docs = [{"_id": notification_id(n.event["_id"], n.user), "user": n.user, "seq": n.event["_id"],
-                 "type": n.event["type"], "title": n.title, "job_id": n.event.get("job_id"),
-                 "workflow_id": n.event.get("workflow_id"), "status": n.event.get("status"),
-                 "error": n.event.get("error"), "read": False, "created_at": n.event["at"]} for n in notices]
+        docs = [
+            {
+                "_id": notification_id(n.event["_id"], n.user),
+                "user": n.user,
+                "seq": n.event["_id"],
+                "type": n.event["type"],
+                "title": n.title,
+                "job_id": n.event.get("job_id"),
+                "workflow_id": n.event.get("workflow_id"),
+                "status": n.event.get("status"),
+                "error": n.event.get("error"),
+                "read": False,
+                "created_at": n.event["at"],
+            }
+            for n in notices
+        ]
         added = await self.store.notifications.add_many(docs)
         metrics.NOTIFICATIONS_SENT.labels(channel="db").inc(added)
 
@@ -89,27 +101,42 @@ class EmailChannel:
         if e["kind"] == "job":
             job = await self.store.jobs.get(e["job_id"])
             err = job.get("last_error") or {}
-            lines += [f"Job:       {e['job_id']}", f"Handler:   {job['engine']}.{job['operation']}",
-                      f"Status:    {job['status']}", f"Attempts:  {job.get('attempt', 0)}",
-                      f"Error:     {err.get('code', '-')}: {err.get('message', '-')}"]
+            lines += [
+                f"Job:       {e['job_id']}",
+                f"Handler:   {job['engine']}.{job['operation']}",
+                f"Status:    {job['status']}",
+                f"Attempts:  {job.get('attempt', 0)}",
+                f"Error:     {err.get('code', '-')}: {err.get('message', '-')}",
+            ]
             for past in job.get("errors", [])[:-1][-5:]:
                 lines.append(f"  earlier attempt {past.get('attempt')}: {past.get('code')}: {past.get('message')}")
             link = f"{base}/#/jobs/{e['job_id']}"
         else:
             wf = await self.store.workflows.get(e["workflow_id"])
-            lines += [f"Workflow:  {e['workflow_id']}", f"Status:    {wf['status']}",
-                      f"Steps:     {wf.get('total', 0)}, failed {wf.get('n_failed', 0)}, "
-                      f"cancelled {wf.get('n_cancelled', 0)}"]
-            for step in await self.store.jobs.steps_of(e["workflow_id"], {"status": 1, "step_key": 1, "last_error": 1,
-                                                                          "attempt": 1}):
+            lines += [
+                f"Workflow:  {e['workflow_id']}",
+                f"Status:    {wf['status']}",
+                f"Steps:     {wf.get('total', 0)}, failed {wf.get('n_failed', 0)}, "
+                f"cancelled {wf.get('n_cancelled', 0)}",
+            ]
+            for step in await self.store.jobs.steps_of(
+                e["workflow_id"], {"status": 1, "step_key": 1, "last_error": 1, "attempt": 1}
+            ):
                 if step["status"] == "failed":
                     err = step.get("last_error") or {}
-                    lines.append(f"  step {step['step_key']} failed after {step.get('attempt')} attempt(s): "
-                                 f"{err.get('code')}: {err.get('message')}")
+                    lines.append(
+                        f"  step {step['step_key']} failed after {step.get('attempt')} attempt(s): "
+                        f"{err.get('code')}: {err.get('message')}"
+                    )
             link = f"{base}/#/workflows/{e['workflow_id']}"
         lines += ["", f"Open in the dashboard: {link}"]
-        return {"_id": notification_id(e["_id"], n.user), "to": n.email, "subject": redact_text(f"[Switchyard] {n.title}"),
-                "body": redact_text("\n".join(lines) + "\n"), "event_type": e["type"]}
+        return {
+            "_id": notification_id(e["_id"], n.user),
+            "to": n.email,
+            "subject": redact_text(f"[Switchyard] {n.title}"),
+            "body": redact_text("\n".join(lines) + "\n"),
+            "event_type": e["type"],
+        }
 
 
 async def notify_schedule_refused(store, settings, schedule: dict, tick, error: dict, now) -> None:
@@ -121,10 +148,24 @@ async def notify_schedule_refused(store, settings, schedule: dict, tick, error: 
     nid = f"{int(tick.timestamp())}:{owner.replace('/', '~')}~{sid}"  # never an event's `<seq>:<user>`
     title = f"Schedule refused: {schedule.get('name')} ({sid})"
     err = {"code": error.get("code"), "message": error.get("message")}
-    await store.notifications.add_many([{
-        "_id": nid, "user": owner, "seq": await store.events.last_seq(), "type": SCHEDULE_REFUSED, "title": title,
-        "schedule_id": sid, "job_id": None, "workflow_id": None, "status": None, "error": err, "read": False,
-        "created_at": now}])
+    await store.notifications.add_many(
+        [
+            {
+                "_id": nid,
+                "user": owner,
+                "seq": await store.events.last_seq(),
+                "type": SCHEDULE_REFUSED,
+                "title": title,
+                "schedule_id": sid,
+                "job_id": None,
+                "workflow_id": None,
+                "status": None,
+                "error": err,
+                "read": False,
+                "created_at": now,
+            }
+        ]
+    )
     metrics.NOTIFICATIONS_SENT.labels(channel="db").inc()
     prefs = await store.notifications.preferences(owner)
     address = recipient(prefs, settings)
@@ -134,12 +175,28 @@ async def notify_schedule_refused(store, settings, schedule: dict, tick, error: 
         if settings.smtp_url:
             NO_RECIPIENT.suppressed(SCHEDULE_REFUSED, owner, settings)
     else:
-        body = [title, "", f"Schedule:  {sid}", f"Tick:      {tick.isoformat()}",
-                f"Error:     {err['code']}: {err['message']}",
-                "", "The schedule goes on; its next tick is admitted afresh.", "",
-                f"In the API: {settings.public_url.rstrip('/')}/api/v1/jobs/schedules/{sid}"]
-        await store.mail.enqueue([{"_id": nid, "to": address, "subject": f"[Switchyard] {title}",
-                                   "body": "\n".join(body) + "\n", "event_type": SCHEDULE_REFUSED}])
+        body = [
+            title,
+            "",
+            f"Schedule:  {sid}",
+            f"Tick:      {tick.isoformat()}",
+            f"Error:     {err['code']}: {err['message']}",
+            "",
+            "The schedule goes on; its next tick is admitted afresh.",
+            "",
+            f"In the API: {settings.public_url.rstrip('/')}/api/v1/jobs/schedules/{sid}",
+        ]
+        await store.mail.enqueue(
+            [
+                {
+                    "_id": nid,
+                    "to": address,
+                    "subject": f"[Switchyard] {title}",
+                    "body": "\n".join(body) + "\n",
+                    "event_type": SCHEDULE_REFUSED,
+                }
+            ]
+        )
 
 
 def _types(csv: str) -> set[str]:
@@ -154,15 +211,25 @@ def channels_for(settings, prefs: dict, etype: str) -> list[str]:
 
 def routes_for(settings, prefs: dict, channel: str) -> set[str]:
     """The notified event types that a user routes to `channel`."""
-    return {t for t in _types(settings.notify_types) | set(prefs.get("channels", {}))
-            if channel in channels_for(settings, prefs, t)}
+    return {
+        t
+        for t in _types(settings.notify_types) | set(prefs.get("channels", {}))
+        if channel in channels_for(settings, prefs, t)
+    }
 
 
 class NotificationService(Singleton):
     lease = LEASE
 
-    def __init__(self, store, settings, channels: list[Channel], hub, lease_seconds: float = 10.0,
-                 no_recipient: NoRecipient = NO_RECIPIENT) -> None:
+    def __init__(
+        self,
+        store,
+        settings,
+        channels: list[Channel],
+        hub,
+        lease_seconds: float = 10.0,
+        no_recipient: NoRecipient = NO_RECIPIENT,
+    ) -> None:
         super().__init__(store, lease_seconds)
         self.settings, self.hub, self.no_recipient = settings, hub, no_recipient
         self.channels = {c.name: c for c in channels}
@@ -221,6 +288,7 @@ class NotificationService(Singleton):
                     continue
                 if name in self.channels:
                     by_channel.setdefault(name, []).append(
-                        Notice(e, e["owner"], title_of(e), address if name == "email" else None))
+                        Notice(e, e["owner"], title_of(e), address if name == "email" else None)
+                    )
         for name, notices in by_channel.items():
             await self.channels[name].deliver(notices)

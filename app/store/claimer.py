@@ -65,15 +65,29 @@ class Claimer:
         self._spread: dict[str, int] = {}  # per engine: claim contention (see the module's docstring)
         self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
 
-    async def window(self, engine: str, priority: int, tenant: str, lo: int, hi: int, need: int,
-                      projection: dict | None = None, ahead: int = 4) -> tuple[list[dict], int]:
+    async def window(
+        self,
+        engine: str,
+        priority: int,
+        tenant: str,
+        lo: int,
+        hi: int,
+        need: int,
+        projection: dict | None = None,
+        ahead: int = 4,
+    ) -> tuple[list[dict], int]:
         """Candidates from the first non-empty window at or after `lo`, probing in growing
         steps. Returns them and the new lower bound (everything below it has left queued).
         The window is `ahead` times `need` (at least 64): SecantusDB reads all of it."""
         width = max(64, need * ahead)
         while lo < hi:
-            filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
-                    "seq": {"$gte": lo, "$lt": lo + width}}
+            filt = {
+                "engine": engine,
+                "status": QUEUED,
+                "priority": priority,
+                "tenant": tenant,
+                "seq": {"$gte": lo, "$lt": lo + width},
+            }
             found = await self.col.find(filt, projection).sort("seq", 1).limit(need).to_list(need)
             if found:
                 return found, found[0]["seq"]
@@ -92,13 +106,23 @@ class Claimer:
                 seen += len(found)
         return seen
 
-    async def explain_window(self, engine: str, priority: int, lo: int, width: int, need: int,
-                             tenant: str = DEFAULT_TENANT) -> dict:
+    async def explain_window(
+        self, engine: str, priority: int, lo: int, width: int, need: int, tenant: str = DEFAULT_TENANT
+    ) -> dict:
         """The server's `executionStats` plan for one claim window (for tests and docs)."""
-        filt = {"engine": engine, "status": QUEUED, "priority": priority, "tenant": tenant,
-                "seq": {"$gte": lo, "$lt": lo + width}}
-        return await self.col.database.command({"explain": {"find": self.col.name, "filter": filt, "sort": {"seq": 1},
-                                                            "limit": need}, "verbosity": "executionStats"})
+        filt = {
+            "engine": engine,
+            "status": QUEUED,
+            "priority": priority,
+            "tenant": tenant,
+            "seq": {"$gte": lo, "$lt": lo + width},
+        }
+        return await self.col.database.command(
+            {
+                "explain": {"find": self.col.name, "filter": filt, "sort": {"seq": 1}, "limit": need},
+                "verbosity": "executionStats",
+            }
+        )
 
     async def claim(self, engine: dict, worker: str, k: int) -> Claimed:
         """Lease up to `k` queued jobs of `engine` (its document as read) to `worker`: strict
@@ -107,8 +131,12 @@ class Claimer:
         name = engine["_id"]
         token = uuid.uuid4().hex
         now = self.clock.now()
-        stamp = {"lease_owner": worker, "lease_token": token,
-                 "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds), "started_at": now}
+        stamp = {
+            "lease_owner": worker,
+            "lease_token": token,
+            "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds),
+            "started_at": now,
+        }
         taken = 0
         moved: dict[str, int] = {}
         mine: list[dict] = []  # rounds we won outright: the candidates as read, stamped here
@@ -145,11 +173,16 @@ class Claimer:
                     self._ahead[(name, key)] = (seen, since, found[-1]["seq"] + 1)
                 else:
                     # uncontended: a window as wide as the claim; contended: gaps, so wider
-                    found, lows[key] = await self.window(name, p, tenant, lo, hi, (want - got) * spread,
-                                                          ahead=1 if spread == 1 else 4)
+                    found, lows[key] = await self.window(
+                        name, p, tenant, lo, hi, (want - got) * spread, ahead=1 if spread == 1 else 4
+                    )
                 if not found:
                     break
-                tried = found if spread == 1 else sorted(random.sample(found, min(want - got, len(found))), key=lambda f: f["seq"])
+                tried = (
+                    found
+                    if spread == 1
+                    else sorted(random.sample(found, min(want - got, len(found))), key=lambda f: f["seq"])
+                )
                 ids = [f["_id"] for f in tried]
                 try:
                     n = await self.lifecycle.take(ids, stamp)
@@ -157,8 +190,10 @@ class Claimer:
                     contested += ids  # it may have landed: the token tells, below
                     raise
                 if n == len(tried):
-                    mine += [{**f, **stamp, "status": JobStatus.RUNNING.value, "attempt": f.get("attempt", 0) + 1}
-                             for f in tried]
+                    mine += [
+                        {**f, **stamp, "status": JobStatus.RUNNING.value, "attempt": f.get("attempt", 0) + 1}
+                        for f in tried
+                    ]
                     self._spread[name] = max(1, spread // 2)
                 else:
                     contested += ids
@@ -237,10 +272,20 @@ class Claimer:
         moved = 0
         for key, cursor in (engine.get("cursor") or {}).items():
             p, tenant = parse_band(key)
-            stray = await self.col.find(
-                {"engine": engine["_id"], "status": QUEUED, "priority": p, "tenant": tenant, "seq": {"$gte": 0, "$lt": cursor}},
-                {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
-            ).limit(limit).to_list(limit)
+            stray = (
+                await self.col.find(
+                    {
+                        "engine": engine["_id"],
+                        "status": QUEUED,
+                        "priority": p,
+                        "tenant": tenant,
+                        "seq": {"$gte": 0, "$lt": cursor},
+                    },
+                    {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
+                )
+                .limit(limit)
+                .to_list(limit)
+            )
             if stray:
                 moved += await self.lifecycle.reseq(stray)
         return moved

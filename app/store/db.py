@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -55,7 +55,7 @@ IN_CHUNK = quirks.IN_CHUNK
 
 def chunks(ids: list, size: int = IN_CHUNK):
     for i in range(0, len(ids), size):
-        yield ids[i:i + size]
+        yield ids[i : i + size]
 
 
 async def find_in(col: AsyncCollection, ids, filt: dict | None = None, projection: dict | None = None) -> list[dict]:
@@ -91,7 +91,7 @@ class Clock:
         t1 = time.monotonic()
         server = reply["localTime"]
         if server.tzinfo is None:
-            server = server.replace(tzinfo=timezone.utc)
+            server = server.replace(tzinfo=UTC)
         # The server read its clock somewhere inside the round trip: assume the middle. A
         # slow round trip is a poor reading, so it replaces a better one only when that one
         # is a minute old (the monotonic clock drifts far less than that in a minute).
@@ -104,7 +104,7 @@ class Clock:
         """Whole milliseconds, as BSON stores dates: a time handed out before a write (in
         an API answer) is exactly the one read back later."""
         if self._base is None:  # before the first sync, fall back to the local clock
-            t = datetime.now(timezone.utc)
+            t = datetime.now(UTC)
         else:
             t = self._base + timedelta(seconds=time.monotonic() - self._mono)
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
@@ -116,15 +116,15 @@ SCHEMA_VERSION = 3  # raise it whenever an index or a migration changes
 class Store:
     """Bundles the per-collection stores that share one database and one clock."""
 
-    def __init__(self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None, *,
-                 secantus: bool = True) -> None:
+    def __init__(
+        self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None, *, secantus: bool = True
+    ) -> None:
         from app.store.claimer import Claimer
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
         from app.store.enqueue import Enqueuer
         from app.store.events import EventStore
         from app.store.feed import ChangeFeed
-        from app.store.quirks import BulkGate
         from app.store.guard import AuditLog, RateLimits
         from app.store.job_admin import JobAdmin
         from app.store.jobs import JobQueries
@@ -133,6 +133,7 @@ class Store:
         from app.store.lifecycle import Lifecycle
         from app.store.mail import MailStore
         from app.store.notifications import NotificationStore
+        from app.store.quirks import BulkGate
         from app.store.retention import Expiry, JobRetention, WorkflowRetention
         from app.store.schedules import ScheduleStore
         from app.store.steps import StepMoves
@@ -151,8 +152,17 @@ class Store:
         # The jobs collection's collaborators: who reads, who numbers, who moves, who claims.
         jobs, dedupe, expiry = self.db["jobs"], DedupeStore(self.db), Expiry(settings)
         self.enqueuer = Enqueuer(jobs, self.engines, self.clock, self.bulk)
-        self.lifecycle = Lifecycle(jobs, settings, self.clock, self.engines, self.enqueuer, dedupe, self.workers,
-                                   settle=lambda ids: self.flow.settle_many(ids), expiry=expiry)
+        self.lifecycle = Lifecycle(
+            jobs,
+            settings,
+            self.clock,
+            self.engines,
+            self.enqueuer,
+            dedupe,
+            self.workers,
+            settle=lambda ids: self.flow.settle_many(ids),
+            expiry=expiry,
+        )
         self.claimer = Claimer(jobs, settings, self.clock, self.engines, self.lifecycle)
         self.jobs = JobQueries(jobs, settings, self.engines, self.claimer)
         self.steps = StepMoves(jobs, self.clock, self.enqueuer, expiry)
@@ -194,8 +204,9 @@ class Store:
                     await self.leases.release("migrate", holder)
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError("another process has been migrating the database for too long; "
-                                   "see `switchyard migrate`")
+                raise TimeoutError(
+                    "another process has been migrating the database for too long; see `switchyard migrate`"
+                )
             await asyncio.sleep(0.5)
 
     async def migrate(self) -> None:
@@ -203,10 +214,18 @@ class Store:
         schema. `switchyard migrate` runs this before a rolling deploy; a migration only
         adds indexes and fields, and an index is dropped only by a version whose code no
         longer queries it (docs/deployment.md)."""
-        await asyncio.gather(self.jobs.ensure_indexes(), self.engines.ensure_indexes(), self.workers.ensure_indexes(),
-                             self.events.ensure_indexes(), self.keys.ensure_indexes(), self.audit.ensure_indexes(),
-                             self.notifications.ensure_indexes(), self.mail.ensure_indexes(),
-                             self.workflows.ensure_indexes(), self.schedules.ensure_indexes())
+        await asyncio.gather(
+            self.jobs.ensure_indexes(),
+            self.engines.ensure_indexes(),
+            self.workers.ensure_indexes(),
+            self.events.ensure_indexes(),
+            self.keys.ensure_indexes(),
+            self.audit.ensure_indexes(),
+            self.notifications.ensure_indexes(),
+            self.mail.ensure_indexes(),
+            self.workflows.ensure_indexes(),
+            self.schedules.ensure_indexes(),
+        )
         await self.db["meta"].replace_one({"_id": "schema"}, self.schema(), upsert=True)
 
     async def ping(self) -> bool:
@@ -233,8 +252,9 @@ def answers_ping(url: str, timeout_ms: int = 500) -> bool:
         return False
 
 
-def connect(url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None,
-            **client_options) -> Store:
+def connect(
+    url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None, **client_options
+) -> Store:
     """A `Store` on `url`. Writes are `w: majority` (`SWITCHYARD_WRITE_CONCERN`) and journaled
     (`j: true`), so an acknowledged job survives a server crash and, on a replica set, an
     election (a `w: 1` write can be rolled back). Every operation carries `timeoutMS`
@@ -245,10 +265,17 @@ def connect(url: str, settings: Settings, db_name: str | None = None, *, secantu
     `event_listeners`) go to the client as they are."""
     secantus = quirks.is_secantus(url) if secantus is None else secantus
     w = "majority" if settings.write_concern == "majority" else int(settings.write_concern)
-    options = {"w": w, "journal": True, "connectTimeoutMS": 5_000,
-               **quirks.timeout_options(url, settings.db_timeout_ms, secantus)}
+    options = {
+        "w": w,
+        "journal": True,
+        "connectTimeoutMS": 5_000,
+        **quirks.timeout_options(url, settings.db_timeout_ms, secantus),
+    }
     given = {k.lower() for k in url.partition("?")[2].replace(";", "&").split("&") for k in [k.partition("=")[0]] if k}
     client: AsyncMongoClient = AsyncMongoClient(
-        url, tz_aware=True, **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)},
-        **client_options)
+        url,
+        tz_aware=True,
+        **{k: v for k, v in options.items() if k.lower() not in given and not (k == "journal" and "j" in given)},
+        **client_options,
+    )
     return Store(client, settings, db_name, secantus=secantus)

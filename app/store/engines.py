@@ -102,8 +102,10 @@ class EngineStore:
         are woken. `key` is the band (`band(priority, tenant)`)."""
         tag = f"{key}_{uuid.uuid4().hex[:12]}"
         # `jobs` (default n) is how many jobs will use the n numbers: a sparse range is fine
-        update: dict[str, Any] = {"$inc": {f"seq.{key}": n, "queued": n if jobs is None else jobs},
-                                  "$set": {f"inflight.{tag}": self.clock.now()}}
+        update: dict[str, Any] = {
+            "$inc": {f"seq.{key}": n, "queued": n if jobs is None else jobs},
+            "$set": {f"inflight.{tag}": self.clock.now()},
+        }
         # Markers of earlier enqueues that have landed go in this same write, with the
         # wake-up, instead of a write of their own (see `_clear_landed`).
         landed = self._landed.pop(engine, [])
@@ -143,7 +145,9 @@ class EngineStore:
         while self._landed:
             engine, tags = self._landed.popitem()
             try:
-                await self.col.update_one({"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}})
+                await self.col.update_one(
+                    {"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}}
+                )
             except Exception:  # the database blinked: maintenance drops the marker later
                 pass
 
@@ -205,8 +209,23 @@ class EngineStore:
             seen[d["_id"]] = (d.get("queued", 0), await count_queued(d["_id"]))
             running, held = d.get("running", 0), sum((d.get("holds") or {}).values())
             if running != held:
-                res = await self.col.update_one({"_id": d["_id"], "running": running}, [{"$set": {"running": {"$sum": {
-                    "$map": {"input": {"$objectToArray": {"$ifNull": ["$holds", {}]}}, "in": "$$this.v"}}}}}])
+                res = await self.col.update_one(
+                    {"_id": d["_id"], "running": running},
+                    [
+                        {
+                            "$set": {
+                                "running": {
+                                    "$sum": {
+                                        "$map": {
+                                            "input": {"$objectToArray": {"$ifNull": ["$holds", {}]}},
+                                            "in": "$$this.v",
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    ],
+                )
                 if res.modified_count:
                     out.append({"engine": d["_id"], "counter": "running", "was": running, "now": held})
         drifted = {name: v for name, v in seen.items() if v[0] != v[1]}
@@ -225,7 +244,11 @@ class EngineStore:
         """Take `n` permits for `worker`, only if the engine is not paused and `running + n`
         stays within `limit`."""
         res = await self.col.update_one(
-            {"_id": engine, "paused": False, "$expr": {"$lte": [{"$add": [{"$ifNull": ["$running", 0]}, n]}, "$limit"]}},
+            {
+                "_id": engine,
+                "paused": False,
+                "$expr": {"$lte": [{"$add": [{"$ifNull": ["$running", 0]}, n]}, "$limit"]},
+            },
             {"$inc": {"running": n, f"holds.{worker}": n}},
         )
         return res.modified_count == 1
@@ -241,8 +264,10 @@ class EngineStore:
         if n <= 0:
             return True
         before = await self.col.find_one_and_update(
-            {"_id": engine, f"holds.{worker}": {"$gte": n}}, {"$inc": {"running": -n, f"holds.{worker}": -n}},
-            {"running": 1, "limit": 1}, return_document=ReturnDocument.BEFORE,
+            {"_id": engine, f"holds.{worker}": {"$gte": n}},
+            {"$inc": {"running": -n, f"holds.{worker}": -n}},
+            {"running": 1, "limit": 1},
+            return_document=ReturnDocument.BEFORE,
         )
         if before is None:
             return False
@@ -288,6 +313,15 @@ class EngineStore:
     def watch(self):
         """A change stream of the writes that may give claimers new work."""
         return self.col.watch(
-            [{"$match": {"$or": [{"operationType": "insert"}, {"updateDescription.updatedFields.wake": {"$exists": True}}]}}],
+            [
+                {
+                    "$match": {
+                        "$or": [
+                            {"operationType": "insert"},
+                            {"updateDescription.updatedFields.wake": {"$exists": True}},
+                        ]
+                    }
+                }
+            ],
             max_await_time_ms=500,
         )

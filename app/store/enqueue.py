@@ -14,8 +14,8 @@ mends it from the jobs.
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import AsyncExitStack
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from pymongo import UpdateOne
@@ -32,8 +32,9 @@ class Enqueuer:
     def __init__(self, col, engines, clock, gate: BulkGate) -> None:
         self.col, self.engines, self.clock, self.gate = col, engines, clock, gate
 
-    async def _enter(self, engine: str, key: str, members: list[JobDoc], span: int,
-                     write: Callable[[int], Awaitable[int]]) -> int:
+    async def _enter(
+        self, engine: str, key: str, members: list[JobDoc], span: int, write: Callable[[int], Awaitable[int]]
+    ) -> int:
         """Take `span` seqs of band `key` for `members`, run `write(first)`, which returns how
         many of them it moved, and give back the count of the rest. Returns how many moved."""
         async with self.engines.enqueue(engine, key, span, jobs=len(members)) as first:
@@ -78,8 +79,9 @@ class Enqueuer:
                 # Lost reply, or some documents refused (a duplicate _id): what landed holds
                 # our seq, whatever its status now (a worker may have claimed it already);
                 # the rest is given back, and any loss is raised.
-                found = {d["_id"]: d.get("seq") for d in await find_in(
-                    self.col, [d["_id"] for d in docs], None, {"seq": 1})}
+                found = {
+                    d["_id"]: d.get("seq") for d in await find_in(self.col, [d["_id"] for d in docs], None, {"seq": 1})
+                }
                 missing = 0
                 for (engine, _), members in groups.items():
                     gone = sum(found.get(d["_id"]) != d["seq"] for d in members)
@@ -101,12 +103,20 @@ class Enqueuer:
         now = self.clock.now()
         moved = 0
         for (engine, key), members in groups.items():
+
             async def write(first: int, members=members) -> int:
-                ops = [UpdateOne({"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
-                                 {**update, "$set": {**update.get("$set", {}), "status": QUEUED, "seq": first + i,
-                                                     "queued_at": now}})
-                       for i, j in enumerate(members)]
+                ops = [
+                    UpdateOne(
+                        {"_id": j["_id"], **{k: (j[k] if v is None else v) for k, v in guard.items()}},
+                        {
+                            **update,
+                            "$set": {**update.get("$set", {}), "status": QUEUED, "seq": first + i, "queued_at": now},
+                        },
+                    )
+                    for i, j in enumerate(members)
+                ]
                 return (await self.col.bulk_write(ops, ordered=False)).modified_count
+
             moved += await self._enter(engine, key, members, len(members), write)
         return moved
 
@@ -130,13 +140,26 @@ class Enqueuer:
             for members in chunks(group):
                 lo, span = members[0]["ord"], members[-1]["ord"] - members[0]["ord"] + 1
 
-                async def write(first: int, members=members, lo=lo) -> int:
+                async def write(first: int, members=members, lo=lo, waited=waited) -> int:
                     res = await self.col.update_many(
-                        {"_id": {"$in": [m["_id"] for m in members]}, "status": JobStatus.PENDING.value,
-                         "waiting_on": {p: 1 for p in waited}},
-                        [{"$set": {"status": QUEUED, "seq": {"$add": [first - lo, "$ord"]},
-                                   "queued_at": self.clock.now(), "waiting_on": {"$literal": {}}}}])
+                        {
+                            "_id": {"$in": [m["_id"] for m in members]},
+                            "status": JobStatus.PENDING.value,
+                            "waiting_on": {p: 1 for p in waited},
+                        },
+                        [
+                            {
+                                "$set": {
+                                    "status": QUEUED,
+                                    "seq": {"$add": [first - lo, "$ord"]},
+                                    "queued_at": self.clock.now(),
+                                    "waiting_on": {"$literal": {}},
+                                }
+                            }
+                        ],
+                    )
                     return res.modified_count
+
                 moved += await self._enter(engine, key, members, span, write)
         return moved
 

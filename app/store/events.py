@@ -12,7 +12,7 @@ stream and polling freely.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
@@ -71,7 +71,7 @@ class EventStore:
                 seen = "token" in (errors[0].get("keyPattern") or {}) or "token" in str(errors[0].get("errmsg", ""))
                 # a token already in: that event is skipped; a seq taken by another appender
                 # (a deposed relay still finishing): renumber the rest after the new last seq
-                events = events[at + 1:] if seen else events[at:]
+                events = events[at + 1 :] if seen else events[at:]
         return added
 
     async def recent_tokens(self, n: int = 5000) -> set[str]:
@@ -84,8 +84,9 @@ class EventStore:
         doc = await self.col.find_one({}, {"_id": 1}, sort=[("_id", -1)])
         return doc["_id"] if doc else 0
 
-    async def since(self, after: int, *, job_id: str | None = None, workflow_id: str | None = None,
-                    limit: int = 1000) -> list[dict]:
+    async def since(
+        self, after: int, *, job_id: str | None = None, workflow_id: str | None = None, limit: int = 1000
+    ) -> list[dict]:
         """Events after seq `after`, oldest first, for one job, one workflow, or all."""
         filt: dict = {"_id": {"$gt": int(after)}}
         if job_id is not None:
@@ -100,15 +101,19 @@ class EventStore:
         last = after
         while True:
             try:
-                async with await self.col.watch([{"$match": {"operationType": "insert"}}],
-                                                max_await_time_ms=100) as stream:
+                async with await self.col.watch(
+                    [{"$match": {"operationType": "insert"}}], max_await_time_ms=100
+                ) as stream:
                     # Opened first, caught up second: nothing written in between is missed.
                     while batch := await self.since(last):
                         last = batch[-1]["_id"]
                         yield batch
                     while stream.alive:
-                        batch = [c["fullDocument"] for c in await next_batch(stream, 1000, min_interval=0.04, gate=self.gate)
-                                 if c.get("fullDocument") and c["fullDocument"]["_id"] > last]
+                        batch = [
+                            c["fullDocument"]
+                            for c in await next_batch(stream, 1000, min_interval=0.04, gate=self.gate)
+                            if c.get("fullDocument") and c["fullDocument"]["_id"] > last
+                        ]
                         if batch:
                             last = batch[-1]["_id"]
                             yield batch

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
@@ -65,26 +66,55 @@ class ChangeFeed:
         self.db = db
         self.gate = gate
 
-    async def batches(self, resume_token: Any | None, *, max_batch: int = 1000) -> AsyncIterator[tuple[list[dict], Any]]:
+    async def batches(
+        self, resume_token: Any | None, *, max_batch: int = 1000
+    ) -> AsyncIterator[tuple[list[dict], Any]]:
         """Yields `(changes, token)`: the changes one server reply brought, in log order,
         and the token to resume after them. An empty batch with a new token means only that
         time passed."""
         pipeline = [
-            {"$match": {"ns.coll": {"$in": ["jobs", "workflows"]},
-                        "operationType": {"$in": ["insert", "update", "replace"]},
-                        # A workflow's steps are created with it: its own insert stands for them,
-                        # so a 10,000-step workflow is one change here, not 10,001.
-                        "$nor": [{"operationType": "insert", "fullDocument.workflow_id": {"$type": "string"}}]}},
+            {
+                "$match": {
+                    "ns.coll": {"$in": ["jobs", "workflows"]},
+                    "operationType": {"$in": ["insert", "update", "replace"]},
+                    # A workflow's steps are created with it: its own insert stands for them,
+                    # so a 10,000-step workflow is one change here, not 10,001.
+                    "$nor": [{"operationType": "insert", "fullDocument.workflow_id": {"$type": "string"}}],
+                }
+            },
             # Events need none of the bulky fields, and a change event, like a document, may
             # not pass 16 MiB: a result near the cap would stop the relay for good. An update's
             # fields are filtered by their top-level name (`errors.3` is a `$push`).
             {"$project": {f"fullDocument.{f}": 0 for f in BULKY}},
-            {"$set": {"updateDescription.updatedFields": {"$cond": [
-                {"$eq": ["$operationType", "update"]},
-                {"$arrayToObject": {"$filter": {
-                    "input": {"$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}},
-                    "cond": {"$not": [{"$in": [{"$arrayElemAt": [{"$split": ["$$this.k", "."]}, 0]}, list(BULKY)]}]}}}},
-                "$$REMOVE"]}}},
+            {
+                "$set": {
+                    "updateDescription.updatedFields": {
+                        "$cond": [
+                            {"$eq": ["$operationType", "update"]},
+                            {
+                                "$arrayToObject": {
+                                    "$filter": {
+                                        "input": {
+                                            "$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}
+                                        },
+                                        "cond": {
+                                            "$not": [
+                                                {
+                                                    "$in": [
+                                                        {"$arrayElemAt": [{"$split": ["$$this.k", "."]}, 0]},
+                                                        list(BULKY),
+                                                    ]
+                                                }
+                                            ]
+                                        },
+                                    }
+                                }
+                            },
+                            "$$REMOVE",
+                        ]
+                    }
+                }
+            },
             {"$unset": ["updateDescription.updatedFields.progress.data", "fullDocument.progress.data"]},
         ]
         try:

@@ -29,12 +29,28 @@ class RateLimits:
         except DuplicateKeyError:
             pass
         elapsed = {"$divide": [{"$max": [0, {"$subtract": [now, "$at"]}]}, 1000]}
-        doc = await self.col.find_one_and_update({"_id": key}, [
-            {"$set": {"tokens": {"$min": [float(burst), {"$add": ["$tokens", {"$multiply": [float(rate), elapsed]}]}]},
-                      "at": {"$max": ["$at", now]}}},
-            {"$set": {"granted": {"$gte": ["$tokens", float(n)]},
-                      "tokens": {"$cond": [{"$gte": ["$tokens", float(n)]}, {"$subtract": ["$tokens", float(n)]}, "$tokens"]}}},
-        ], return_document=ReturnDocument.AFTER)
+        doc = await self.col.find_one_and_update(
+            {"_id": key},
+            [
+                {
+                    "$set": {
+                        "tokens": {
+                            "$min": [float(burst), {"$add": ["$tokens", {"$multiply": [float(rate), elapsed]}]}]
+                        },
+                        "at": {"$max": ["$at", now]},
+                    }
+                },
+                {
+                    "$set": {
+                        "granted": {"$gte": ["$tokens", float(n)]},
+                        "tokens": {
+                            "$cond": [{"$gte": ["$tokens", float(n)]}, {"$subtract": ["$tokens", float(n)]}, "$tokens"]
+                        },
+                    }
+                },
+            ],
+            return_document=ReturnDocument.AFTER,
+        )
         if doc["granted"]:
             return 0.0
         return max(0.001, (n - doc["tokens"]) / rate) if rate > 0 else math.inf
@@ -47,10 +63,29 @@ class AuditLog:
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("tenant", 1), ("_id", -1)])
 
-    async def record(self, *, actor: str, role: str, tenant: str, action: str, target: str | None,
-                     details: dict | None, now: datetime) -> None:
-        await self.col.insert_one({"_id": str(ObjectId()), "at": now, "actor": actor, "role": role, "tenant": tenant,
-                                   "action": action, "target": target, "details": details or {}})
+    async def record(
+        self,
+        *,
+        actor: str,
+        role: str,
+        tenant: str,
+        action: str,
+        target: str | None,
+        details: dict | None,
+        now: datetime,
+    ) -> None:
+        await self.col.insert_one(
+            {
+                "_id": str(ObjectId()),
+                "at": now,
+                "actor": actor,
+                "role": role,
+                "tenant": tenant,
+                "action": action,
+                "target": target,
+                "details": details or {},
+            }
+        )
 
     async def list(self, *, tenant: str | None, after: str | None, limit: int) -> tuple[list[dict], str | None]:
         # A tenant's log has its own entries and the deployment-wide ones (tenant "*").

@@ -20,16 +20,25 @@ from __future__ import annotations
 
 from datetime import datetime
 
-
-from app.domain.retry import RetryConfig
 from app.domain import states
+from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidTransition
 
 FAILED = JobStatus.FAILED.value
 RETRYABLE = tuple(s.value for s in states.RETRYABLE)
-ROW = {"engine": 1, "priority": 1, "tenant": 1, "operation": 1, "status": 1, "owner": 1, "completed_at": 1, "workflow_id": 1,
-       "dedupe_key": 1, "last_error.code": 1}
+ROW = {
+    "engine": 1,
+    "priority": 1,
+    "tenant": 1,
+    "operation": 1,
+    "status": 1,
+    "owner": 1,
+    "completed_at": 1,
+    "workflow_id": 1,
+    "dedupe_key": 1,
+    "last_error.code": 1,
+}
 
 
 class JobAdmin:
@@ -37,8 +46,15 @@ class JobAdmin:
         self.col, self.engines, self.enqueuer, self.lifecycle = col, engines, enqueuer, lifecycle
         self.queries, self.dedupe, self.clock = queries, dedupe, clock
 
-    def _failed_filter(self, *, engine: str | None, operation: str | None, error_code: str | None,
-                       failed_after: datetime | None = None, failed_before: datetime | None = None) -> dict:
+    def _failed_filter(
+        self,
+        *,
+        engine: str | None,
+        operation: str | None,
+        error_code: str | None,
+        failed_after: datetime | None = None,
+        failed_before: datetime | None = None,
+    ) -> dict:
         """The dead letter's filter, from validated values only, as plain equality."""
         filt: dict = {"status": FAILED}
         for key, value in (("engine", engine), ("operation", operation), ("last_error.code", error_code)):
@@ -48,39 +64,70 @@ class JobAdmin:
             filt["completed_at"] = {k: v for k, v in (("$gte", failed_after), ("$lt", failed_before)) if v is not None}
         return filt
 
-    async def dead_letter(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
-                          tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+    async def dead_letter(
+        self,
+        *,
+        engine: str | None = None,
+        operation: str | None = None,
+        error_code: str | None = None,
+        tenant: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict], str | None]:
         """Failed jobs, newest first; `after` is the previous page's `next_cursor`. Sorted
         and limited on the server, per tenant (`JobQueries.page`)."""
-        return await self.queries.page(self._failed_filter(engine=engine, operation=operation, error_code=error_code),
-                                       tenant=tenant, after=after, limit=limit)
+        return await self.queries.page(
+            self._failed_filter(engine=engine, operation=operation, error_code=error_code),
+            tenant=tenant,
+            after=after,
+            limit=limit,
+        )
 
     async def retry_job(self, job_id: str) -> dict:
         """failed | cancelled → queued, with a fresh attempt budget. Raises NotFound,
         Conflict (a workflow step; a live job holds its dedupe key) or InvalidTransition."""
         job = await self.queries.get(job_id)
         if job.get("workflow_id"):
-            raise Conflict(f"job {job_id} is step {job.get('step_key')!r} of workflow {job['workflow_id']}; "
-                           "retry the workflow instead", field="workflow_id", workflow_id=job["workflow_id"])
+            raise Conflict(
+                f"job {job_id} is step {job.get('step_key')!r} of workflow {job['workflow_id']}; "
+                "retry the workflow instead",
+                field="workflow_id",
+                workflow_id=job["workflow_id"],
+            )
         if job["status"] not in RETRYABLE:
-            raise InvalidTransition(f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried",
-                                    field="status")
+            raise InvalidTransition(
+                f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried", field="status"
+            )
         await self._rebind_dedupe(job)
         if not await self._requeue_fresh([job]):
             raise InvalidTransition(f"job {job_id} changed meanwhile; try again", field="status")
         return await self.queries.get(job_id)
 
-    async def retry_failed(self, *, engine: str | None = None, operation: str | None = None, error_code: str | None = None,
-                           failed_after: datetime | None = None, failed_before: datetime | None = None,
-                           limit: int = 100) -> dict:
+    async def retry_failed(
+        self,
+        *,
+        engine: str | None = None,
+        operation: str | None = None,
+        error_code: str | None = None,
+        failed_after: datetime | None = None,
+        failed_before: datetime | None = None,
+        limit: int = 100,
+    ) -> dict:
         """Retry up to `limit` failed standalone jobs matching the filters, oldest first.
         Steps are counted and their workflows named, not retried."""
-        filt = self._failed_filter(engine=engine, operation=operation, error_code=error_code,
-                                   failed_after=failed_after, failed_before=failed_before)
+        filt = self._failed_filter(
+            engine=engine,
+            operation=operation,
+            error_code=error_code,
+            failed_after=failed_after,
+            failed_before=failed_before,
+        )
         rows: list[dict] = []
         after = None
         while True:  # the matches in pages, oldest first; only small projections are held
-            page, after = await self.queries.page(filt, tenant=None, after=after, limit=1000, newest=False, projection=ROW)
+            page, after = await self.queries.page(
+                filt, tenant=None, after=after, limit=1000, newest=False, projection=ROW
+            )
             rows += page
             if after is None:
                 break
@@ -95,8 +142,13 @@ class JobAdmin:
             except Conflict:
                 blocked += 1
         retried = await self._requeue_fresh(chosen) if chosen else 0
-        return {"retried": retried, "matched": len(rows) - len(steps), "skipped_dedupe": blocked,
-                "skipped_steps": len(steps), "workflow_ids": sorted({r["workflow_id"] for r in steps})}
+        return {
+            "retried": retried,
+            "matched": len(rows) - len(steps),
+            "skipped_dedupe": blocked,
+            "skipped_steps": len(steps),
+            "workflow_ids": sorted({r["workflow_id"] for r in steps}),
+        }
 
     async def _rebind_dedupe(self, job: dict) -> None:
         """A retried job takes its dedupe key back, unless another live job holds it."""
@@ -117,15 +169,30 @@ class JobAdmin:
         """The `retry` move: terminal jobs back to queued with a fresh attempt budget, each
         guarded on the status it was read in. Returns how many moved."""
         now = self.clock.now()
-        return await self.enqueuer.move(jobs, {"status": None}, {
-            "$set": {"attempt": 0, "retry_count": 0, "run_at": None, "started_at": None, "completed_at": None,
-                     "execution_time_ms": None, "result": None, "cancel_requested": False, "retried_at": now,
-                     "progress": {"percent": 0.0, "stage": None, "data": {}}},
-            "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
-            "$inc": {"manual_retries": 1}})
+        return await self.enqueuer.move(
+            jobs,
+            {"status": None},
+            {
+                "$set": {
+                    "attempt": 0,
+                    "retry_count": 0,
+                    "run_at": None,
+                    "started_at": None,
+                    "completed_at": None,
+                    "execution_time_ms": None,
+                    "result": None,
+                    "cancel_requested": False,
+                    "retried_at": now,
+                    "progress": {"percent": 0.0, "stage": None, "data": {}},
+                },
+                "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
+                "$inc": {"manual_retries": 1},
+            },
+        )
 
-    async def reset_stuck(self, now: datetime, *, engine: str | None = None, dry_run: bool = False,
-                          limit: int = 1000) -> list[dict]:
+    async def reset_stuck(
+        self, now: datetime, *, engine: str | None = None, dry_run: bool = False, limit: int = 1000
+    ) -> list[dict]:
         """Running jobs whose lease has expired, handed to the rescuer now: requeued with the
         attempt counted, or failed when no attempts are left. Returns one entry per job with
         `new_status` ("" when it moved on meanwhile; what would happen under `dry_run`)."""
@@ -138,7 +205,15 @@ class JobAdmin:
                 status = FAILED if last else JobStatus.QUEUED.value
             else:
                 status = await self.lifecycle.rescue(job, now)
-            out.append({"job_id": job["_id"], "engine": job["engine"], "workflow_id": job.get("workflow_id"),
-                        "lease_owner": job.get("lease_owner"), "lease_expires_at": job.get("lease_expires_at"),
-                        "attempt": job.get("attempt", 1), "new_status": status})
+            out.append(
+                {
+                    "job_id": job["_id"],
+                    "engine": job["engine"],
+                    "workflow_id": job.get("workflow_id"),
+                    "lease_owner": job.get("lease_owner"),
+                    "lease_expires_at": job.get("lease_expires_at"),
+                    "attempt": job.get("attempt", 1),
+                    "new_status": status,
+                }
+            )
         return out

@@ -22,10 +22,24 @@ from app.store.engines import DEFAULT_TENANT, band, busy_bands
 from app.store.retention import EPOCH, UNSETTLED
 
 POSITION_CAP = 1000  # most sequence numbers one position count looks at
-CLAIM_INDEX = [("engine", ASCENDING), ("status", ASCENDING), ("priority", ASCENDING), ("tenant", ASCENDING),
-               ("seq", ASCENDING)]
-RESCUE_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "attempt": 1, "retry_config": 1, "lease_owner": 1,
-                 "lease_token": 1, "lease_expires_at": 1, "workflow_id": 1}
+CLAIM_INDEX = [
+    ("engine", ASCENDING),
+    ("status", ASCENDING),
+    ("priority", ASCENDING),
+    ("tenant", ASCENDING),
+    ("seq", ASCENDING),
+]
+RESCUE_FIELDS = {
+    "engine": 1,
+    "priority": 1,
+    "tenant": 1,
+    "attempt": 1,
+    "retry_config": 1,
+    "lease_owner": 1,
+    "lease_token": 1,
+    "lease_expires_at": 1,
+    "workflow_id": 1,
+}
 
 
 class JobQueries:
@@ -46,7 +60,9 @@ class JobQueries:
                 await c.update_many({"tenant": {"$exists": False}}, {"$set": {"tenant": DEFAULT_TENANT}})
                 await c.drop_index(name)
         if "fanout_pending_1" in await c.index_information():  # before the mark moved into retention's index
-            await c.update_many({"fanout_pending": True}, {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}})
+            await c.update_many(
+                {"fanout_pending": True}, {"$set": {"expires_at": UNSETTLED}, "$unset": {"fanout_pending": ""}}
+            )
             await c.drop_index("fanout_pending_1")
         # A tenant's jobs by status, newest first: the quota's waiting count, lists by status,
         # the dead letter.
@@ -67,8 +83,16 @@ class JobQueries:
         MongoDB a DISTINCT_SCAN, one key per tenant)."""
         return sorted(str(t) for t in await self.col.distinct("tenant"))
 
-    async def page(self, filt: dict[str, Any], *, tenant: str | None, after: str | None = None, limit: int = 50,
-                   newest: bool = True, projection: dict | None = None) -> tuple[list[dict], str | None]:
+    async def page(
+        self,
+        filt: dict[str, Any],
+        *,
+        tenant: str | None,
+        after: str | None = None,
+        limit: int = 50,
+        newest: bool = True,
+        projection: dict | None = None,
+    ) -> tuple[list[dict], str | None]:
         """One page of jobs matching `filt` (a filter the store built), ordered by `_id`
         (creation) on the server; `after` is the previous page's `next_cursor`.
 
@@ -82,27 +106,45 @@ class JobQueries:
             f = {**filt, "tenant": str(t)}
             if after is not None:
                 f["_id"] = {"$lt" if newest else "$gt": str(after)}
-            rows += await self.col.find(f, projection).sort("_id", -1 if newest else 1).limit(limit + 1).to_list(limit + 1)
+            rows += (
+                await self.col.find(f, projection).sort("_id", -1 if newest else 1).limit(limit + 1).to_list(limit + 1)
+            )
         rows.sort(key=lambda d: d["_id"], reverse=newest)
         return rows[:limit], (rows[limit - 1]["_id"] if len(rows) > limit else None)
 
-    async def list(self, *, status: str | None = None, engine: str | None = None, workflow_id: str | None = None,
-                   owner: str | None = None, tenant: str | None = None, after: str | None = None,
-                   limit: int = 50) -> tuple[list[dict], str | None]:
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        engine: str | None = None,
+        workflow_id: str | None = None,
+        owner: str | None = None,
+        tenant: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict], str | None]:
         """Newest first. `after` is the `next_cursor` of the previous page."""
-        filt = {key: str(value) for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id),
-                                                   ("owner", owner)) if value is not None}
+        filt = {
+            key: str(value)
+            for key, value in (("status", status), ("engine", engine), ("workflow_id", workflow_id), ("owner", owner))
+            if value is not None
+        }
         return await self.page(filt, tenant=tenant, after=after, limit=limit)
 
     async def count_waiting(self, tenant: str) -> int:
         """A tenant's jobs waiting to run (queued, scheduled or pending): one count per
         status over the `(tenant, status, _id)` index, so its cost follows the tenant's
         waiting jobs, never the collection. Callers cache it."""
-        return sum([await self.col.count_documents({"tenant": str(tenant), "status": s.value})
-                    for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PENDING)])
+        return sum(
+            [
+                await self.col.count_documents({"tenant": str(tenant), "status": s.value})
+                for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PENDING)
+            ]
+        )
 
-    async def history(self, *, since: datetime | None = None, engine: str | None = None,
-                      tenant: str | None = None) -> dict[str, Any]:
+    async def history(
+        self, *, since: datetime | None = None, engine: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Counts by status of the jobs created since `since`. A job's `_id` is an ObjectId,
         whose leading seconds are its creation time, so `since` is a range on `_id`: with a
         tenant, `(tenant, _id)` bounds the read to that tenant's jobs of the window."""
@@ -111,11 +153,21 @@ class JobQueries:
             match["_id"] = {"$gte": str(ObjectId.from_datetime(since))}
         if engine is not None:
             match["engine"] = str(engine)
-        rows = await (await self.col.aggregate([
-            {"$match": match},
-            {"$group": {"_id": "$status", "n": {"$sum": 1}, "ms": {"$sum": {"$ifNull": ["$execution_time_ms", 0]}},
-                        "timed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}}}},
-        ])).to_list(None)
+        rows = await (
+            await self.col.aggregate(
+                [
+                    {"$match": match},
+                    {
+                        "$group": {
+                            "_id": "$status",
+                            "n": {"$sum": 1},
+                            "ms": {"$sum": {"$ifNull": ["$execution_time_ms", 0]}},
+                            "timed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
+                        }
+                    },
+                ]
+            )
+        ).to_list(None)
         counts = {s.value: 0 for s in JobStatus}
         completed_ms = 0
         for r in rows:
@@ -136,9 +188,14 @@ class JobQueries:
         jobs (bounded by its quota and the limits), never other tenants'."""
         out: dict[str, dict[str, int]] = {}
         for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            rows = await (await self.col.aggregate([
-                {"$match": {"tenant": str(tenant), "status": status.value}},
-                {"$group": {"_id": "$engine", "n": {"$sum": 1}}}])).to_list(None)
+            rows = await (
+                await self.col.aggregate(
+                    [
+                        {"$match": {"tenant": str(tenant), "status": status.value}},
+                        {"$group": {"_id": "$engine", "n": {"$sum": 1}}},
+                    ]
+                )
+            ).to_list(None)
             for r in rows:
                 out.setdefault(r["_id"], {"queued": 0, "running": 0})[status.value] = r["n"]
         return out
@@ -180,8 +237,15 @@ class JobQueries:
             start = max(lo, hi - (cap - ahead))  # the numbers nearest the top; older ones may be gone
             partial = partial or start > lo
             if start < hi:
-                ahead += await self.col.count_documents({"engine": job["engine"], "status": JobStatus.QUEUED.value,
-                                                         "priority": p, "tenant": tenant, "seq": {"$gte": start, "$lt": hi}})
+                ahead += await self.col.count_documents(
+                    {
+                        "engine": job["engine"],
+                        "status": JobStatus.QUEUED.value,
+                        "priority": p,
+                        "tenant": tenant,
+                        "seq": {"$gte": start, "$lt": hi},
+                    }
+                )
         return ahead, partial
 
     async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
@@ -210,8 +274,10 @@ class JobQueries:
         and return what was read: a worker calls it for each claimed batch, so 64 children
         of one parent read it once."""
         missing = sorted({i for j in jobs for i in j.get("parent_ids") or [] if i not in cache})
-        read = {d["_id"]: (d["step_key"], d.get("result"))
-                for d in (await find_in(self.col, missing, None, {"step_key": 1, "result": 1}) if missing else [])}
+        read = {
+            d["_id"]: (d["step_key"], d.get("result"))
+            for d in (await find_in(self.col, missing, None, {"step_key": 1, "result": 1}) if missing else [])
+        }
         for k, v in read.items():  # item by item: a bounded cache evicts in __setitem__
             cache[k] = v
         return read
@@ -222,17 +288,25 @@ class JobQueries:
         worker's own settler, so a replay does not race it."""
         # Only `expires_at` in the filter: SecantusDB scans the collection when a query adds
         # a field its index lacks. Marked steps are few; their status is checked here.
-        found = await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}},
-                                    {"completed_at": 1, "status": 1}).limit(limit * 3).to_list(limit * 3)
-        return [d for d in found if JobStatus(d["status"]).terminal
-                and (not d.get("completed_at") or d["completed_at"] < finished_before)][:limit]
+        found = (
+            await self.col.find({"expires_at": {"$gte": UNSETTLED, "$lt": EPOCH}}, {"completed_at": 1, "status": 1})
+            .limit(limit * 3)
+            .to_list(limit * 3)
+        )
+        return [
+            d
+            for d in found
+            if JobStatus(d["status"]).terminal and (not d.get("completed_at") or d["completed_at"] < finished_before)
+        ][:limit]
 
     async def expired_leases(self, now: datetime, limit: int = 100) -> list[dict]:
         """Running jobs whose lease has passed, found per engine through the claim index's
         (engine, status) prefix: running jobs are few (bounded by the limits)."""
         out: list[dict] = []
         for engine in await self.engines.list():
-            running = await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value}, RESCUE_FIELDS).to_list(None)
+            running = await self.col.find(
+                {"engine": engine["_id"], "status": JobStatus.RUNNING.value}, RESCUE_FIELDS
+            ).to_list(None)
             out += [j for j in running if j.get("lease_expires_at") and j["lease_expires_at"] < now]
         return out[:limit]
 
@@ -240,8 +314,9 @@ class JobQueries:
         """Running jobs leased to `worker_id`, through the same (engine, status) prefix."""
         out: list[dict] = []
         for engine in await self.engines.list():
-            out += await self.col.find({"engine": engine["_id"], "status": JobStatus.RUNNING.value, "lease_owner": worker_id},
-                                       RESCUE_FIELDS).to_list(None)
+            out += await self.col.find(
+                {"engine": engine["_id"], "status": JobStatus.RUNNING.value, "lease_owner": worker_id}, RESCUE_FIELDS
+            ).to_list(None)
         return out
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
@@ -251,8 +326,9 @@ class JobQueries:
         """`{job_id: cancel_reason}` of these jobs that were asked to stop."""
         if not job_ids:
             return {}
-        docs = await self.col.find({"_id": {"$in": job_ids}, "cancel_requested": True},
-                                   {"_id": 1, "cancel_reason": 1}).to_list(None)
+        docs = await self.col.find(
+            {"_id": {"$in": job_ids}, "cancel_requested": True}, {"_id": 1, "cancel_reason": 1}
+        ).to_list(None)
         return {d["_id"]: d.get("cancel_reason") for d in docs}
 
     async def get(self, job_id: str) -> dict:

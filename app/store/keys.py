@@ -28,7 +28,7 @@ def split_token(token: str) -> tuple[str, str] | None:
     """(key id, secret) of a well-formed API key token, else None."""
     if not token.startswith(PREFIX):
         return None
-    key_id, _, secret = token[len(PREFIX):].partition("_")
+    key_id, _, secret = token[len(PREFIX) :].partition("_")
     if len(key_id) != 24 or not secret or not all(c in "0123456789abcdef" for c in key_id):
         return None
     return key_id, secret
@@ -41,10 +41,22 @@ class KeyStore:
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("tenant", 1), ("_id", -1)])
 
-    async def create(self, *, tenant: str, user: str, role: str, name: str, created_by: str, now: datetime) -> tuple[dict, str]:
+    async def create(
+        self, *, tenant: str, user: str, role: str, name: str, created_by: str, now: datetime
+    ) -> tuple[dict, str]:
         key_id, secret = str(ObjectId()), secrets.token_urlsafe(32)
-        doc = {"_id": key_id, "tenant": tenant, "user": user, "role": role, "name": name, "hash": _digest(secret),
-               "created_at": now, "created_by": created_by, "revoked_at": None, "last_used_at": None}
+        doc = {
+            "_id": key_id,
+            "tenant": tenant,
+            "user": user,
+            "role": role,
+            "name": name,
+            "hash": _digest(secret),
+            "created_at": now,
+            "created_by": created_by,
+            "revoked_at": None,
+            "last_used_at": None,
+        }
         await self.col.insert_one(doc)
         return doc, f"{PREFIX}{key_id}_{secret}"
 

@@ -27,8 +27,10 @@ class LeaseStore:
         until = now + timedelta(seconds=seconds)
         # Tiny collection: `$or` is fine here (DESIGN.md §5). Renewing or taking over is the
         # common case; the insert only ever succeeds once per name.
-        res = await self.col.update_one({"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
-                                        {"$set": {"holder": holder, "expires_at": until}})
+        res = await self.col.update_one(
+            {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
+            {"$set": {"holder": holder, "expires_at": until}},
+        )
         if res.matched_count:
             return await self.col.find_one({"_id": name, "holder": holder})
         try:
@@ -42,8 +44,9 @@ class LeaseStore:
 
     async def save(self, name: str, holder: str, state: dict[str, Any]) -> bool:
         """Write the checkpoint if `holder` still holds the lease."""
-        res = await self.col.update_one({"_id": name, "holder": holder},
-                                        {"$set": {f"state.{k}": v for k, v in state.items()}})
+        res = await self.col.update_one(
+            {"_id": name, "holder": holder}, {"$set": {f"state.{k}": v for k, v in state.items()}}
+        )
         return res.matched_count == 1
 
     async def get(self, name: str) -> dict | None:

@@ -38,8 +38,12 @@ from app.store.settles import Settles
 EPOCH = datetime(1970, 1, 1)
 RUNNING = JobStatus.RUNNING.value
 UNSET_LEASE = {f: "" for f in LEASE_FIELDS}
-EXIT_TARGETS = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED, "backoff": JobStatus.SCHEDULED,
-                "stop": JobStatus.CANCELLED}
+EXIT_TARGETS = {
+    "complete": JobStatus.COMPLETED,
+    "fail": JobStatus.FAILED,
+    "backoff": JobStatus.SCHEDULED,
+    "stop": JobStatus.CANCELLED,
+}
 
 
 @dataclass
@@ -57,8 +61,18 @@ class Exit:
 
 
 class Lifecycle:
-    def __init__(self, col, settings, clock, engines, enqueuer, dedupe, workers,
-                 settle: Callable[[list[str]], Awaitable[None]], expiry: Expiry) -> None:
+    def __init__(
+        self,
+        col,
+        settings,
+        clock,
+        engines,
+        enqueuer,
+        dedupe,
+        workers,
+        settle: Callable[[list[str]], Awaitable[None]],
+        expiry: Expiry,
+    ) -> None:
         self.col, self.settings, self.clock = col, settings, clock
         self.engines, self.enqueuer, self.dedupe, self.workers = engines, enqueuer, dedupe, workers
         self.settles, self.expiry = Settles(settle), expiry
@@ -67,8 +81,11 @@ class Lifecycle:
     # --- (new) → pending | scheduled | queued --------------------------------------------
     def default_retry(self) -> RetryConfig:
         s = self.settings
-        return RetryConfig(max_retries=s.retry_max_retries, retry_delay_seconds=s.retry_delay_seconds,
-                           max_delay_seconds=s.retry_max_delay_seconds)
+        return RetryConfig(
+            max_retries=s.retry_max_retries,
+            retry_delay_seconds=s.retry_delay_seconds,
+            max_delay_seconds=s.retry_max_delay_seconds,
+        )
 
     def build(self, spec: JobSpec, owner: str, now: datetime | None = None, **kw: Any) -> JobDoc:
         """A new job's document. The default retry policy is dumped once: a 10,000-step
@@ -79,8 +96,9 @@ class Lifecycle:
             if self._default_retry_doc is None:
                 self._default_retry_doc = self.default_retry().model_dump()
             retry = dict(self._default_retry_doc)
-        return new_job_document(spec, job_id=str(ObjectId()), owner=owner, now=now or self.clock.now(),
-                                retry=retry, **kw)
+        return new_job_document(
+            spec, job_id=str(ObjectId()), owner=owner, now=now or self.clock.now(), retry=retry, **kw
+        )
 
     async def submit(self, spec: JobSpec, owner: str) -> tuple[JobDoc, bool]:
         """Insert one job. Returns `(job, created)`; `created` is False when a live job with
@@ -111,8 +129,10 @@ class Lifecycle:
         """The claim's write: queued → running for those of `ids` still queued, stamped with
         one lease (`stamp`); the attempt is charged here. Not a retryable write: after an
         error the claimer reads back by the lease token (`Claimer.claim`)."""
-        res = await self.col.update_many({"_id": {"$in": ids}, "status": JobStatus.QUEUED.value},
-                                         {"$set": {**stamp, "status": RUNNING}, "$inc": {"attempt": 1}})
+        res = await self.col.update_many(
+            {"_id": {"$in": ids}, "status": JobStatus.QUEUED.value},
+            {"$set": {**stamp, "status": RUNNING}, "$inc": {"attempt": 1}},
+        )
         return res.modified_count
 
     # --- the lease holder ----------------------------------------------------------------
@@ -144,30 +164,54 @@ class Lifecycle:
         others: list[Exit] = []
         for e in exits:
             (by_token.setdefault(e.token, []) if e.move == "complete" else others).append(e)
-        expires = {"$cond": [{"$eq": [{"$type": "$workflow_id"}, "string"]}, "$$REMOVE",
-                             {"$literal": self.expiry.at(JobStatus.COMPLETED.value, now)}]}
+        expires = {
+            "$cond": [
+                {"$eq": [{"$type": "$workflow_id"}, "string"]},
+                "$$REMOVE",
+                {"$literal": self.expiry.at(JobStatus.COMPLETED.value, now)},
+            ]
+        }
         runs = [run for members in by_token.values() for run in by_size(members, lambda m: bson_size(m.result))]
         for members in runs:
             token = members[0].token
             ids = [m.job["_id"] for m in members]
             at = {"$indexOfArray": [{"$literal": ids}, "$_id"]}
-            res = await self.col.update_many({"_id": {"$in": ids}, "status": RUNNING, "lease_token": token}, [
-                {"$set": {"status": JobStatus.COMPLETED.value, "completed_at": now, "finished_token": token,
-                          "progress.percent": 100.0, "expires_at": expires,
-                          "result": {"$arrayElemAt": [{"$literal": [m.result for m in members]}, at]},
-                          "execution_time_ms": {"$arrayElemAt": [{"$literal": [m.execution_ms for m in members]}, at]}}},
-                {"$unset": list(LEASE_FIELDS)},
-            ])
+            res = await self.col.update_many(
+                {"_id": {"$in": ids}, "status": RUNNING, "lease_token": token},
+                [
+                    {
+                        "$set": {
+                            "status": JobStatus.COMPLETED.value,
+                            "completed_at": now,
+                            "finished_token": token,
+                            "progress.percent": 100.0,
+                            "expires_at": expires,
+                            "result": {"$arrayElemAt": [{"$literal": [m.result for m in members]}, at]},
+                            "execution_time_ms": {
+                                "$arrayElemAt": [{"$literal": [m.execution_ms for m in members]}, at]
+                            },
+                        }
+                    },
+                    {"$unset": list(LEASE_FIELDS)},
+                ],
+            )
             if res.modified_count < len(ids):
                 lost |= await self._not_ours(members)
         if others:
-            ops = [UpdateOne({"_id": e.job["_id"], "status": RUNNING, "lease_token": e.token}, self._exit_update(e, now))
-                   for e in others]
+            ops = [
+                UpdateOne({"_id": e.job["_id"], "status": RUNNING, "lease_token": e.token}, self._exit_update(e, now))
+                for e in others
+            ]
             res = await self.col.bulk_write(ops, ordered=False)
             if res.modified_count < len(ops):
                 lost |= await self._not_ours(others)
-        self.settle_later([e.job["_id"] for e in exits if is_step(e.job) and e.job["_id"] not in lost
-                           and EXIT_TARGETS[e.move].terminal])
+        self.settle_later(
+            [
+                e.job["_id"]
+                for e in exits
+                if is_step(e.job) and e.job["_id"] not in lost and EXIT_TARGETS[e.move].terminal
+            ]
+        )
         return lost
 
     def _exit_update(self, e: Exit, now: datetime) -> dict[str, Any]:
@@ -180,8 +224,11 @@ class Lifecycle:
             update["$set"]["run_at"] = e.run_at or now
             update["$inc"] = {"retry_count": 1}
             return update
-        update["$set"].update(completed_at=now, execution_time_ms=e.execution_ms,
-                              **self.expiry.finished(is_step(e.job), target.value, now))
+        update["$set"].update(
+            completed_at=now,
+            execution_time_ms=e.execution_ms,
+            **self.expiry.finished(is_step(e.job), target.value, now),
+        )
         if target == JobStatus.CANCELLED:
             update["$set"]["cancel_reason"] = e.reason
         return update
@@ -211,8 +258,11 @@ class Lifecycle:
     async def release(self, job: JobDoc, token: str) -> None:
         """running → queued without charging the attempt (shutdown, or a claim whose
         handler could not be started)."""
-        moved = await self.enqueuer.move([job], {"status": RUNNING, "lease_token": token},
-                                         {"$set": {"started_at": None}, "$inc": {"attempt": -1}, "$unset": UNSET_LEASE})
+        moved = await self.enqueuer.move(
+            [job],
+            {"status": RUNNING, "lease_token": token},
+            {"$set": {"started_at": None}, "$inc": {"attempt": -1}, "$unset": UNSET_LEASE},
+        )
         if not moved:
             raise LeaseLost(f"job {job['_id']} is no longer leased with this token", job_id=job["_id"])
 
@@ -232,8 +282,14 @@ class Lifecycle:
                 update = {"$set": {"cancel_requested": True, "cancel_reason": reason}}
             else:
                 now = self.clock.now()
-                update = {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                                   **self.expiry.finished(is_step(job), JobStatus.CANCELLED.value, now)}}
+                update = {
+                    "$set": {
+                        "status": JobStatus.CANCELLED.value,
+                        "completed_at": now,
+                        "cancel_reason": reason,
+                        **self.expiry.finished(is_step(job), JobStatus.CANCELLED.value, now),
+                    }
+                }
             if await self._landed_once({"_id": job_id, "status": status.value}, update):
                 if status == JobStatus.QUEUED:
                     await self.enqueuer.left(job["engine"], 1)
@@ -256,8 +312,14 @@ class Lifecycle:
     # --- maintenance ---------------------------------------------------------------------
     async def promote_due(self, now: datetime, limit: int = 500) -> int:
         """scheduled → queued for every job whose `run_at` has come."""
-        due = await self.col.find({"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
-                                  {"engine": 1, "priority": 1, "tenant": 1}).limit(limit).to_list(limit)
+        due = (
+            await self.col.find(
+                {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
+                {"engine": 1, "priority": 1, "tenant": 1},
+            )
+            .limit(limit)
+            .to_list(limit)
+        )
         return await self.enqueuer.move(due, {"status": JobStatus.SCHEDULED.value}, {}) if due else 0
 
     async def reseq(self, stray: list[JobDoc]) -> int:
@@ -275,19 +337,35 @@ class Lifecycle:
         started = await self.workers.handler_started(job.get("lease_owner"), job["lease_token"])
         attempt = job.get("attempt", 1)
         # the exact expiry read: a heartbeat that renewed the lease meanwhile wins
-        guard = {"_id": job["_id"], "status": RUNNING, "lease_token": job["lease_token"],
-                 "lease_expires_at": job["lease_expires_at"]}
+        guard = {
+            "_id": job["_id"],
+            "status": RUNNING,
+            "lease_token": job["lease_token"],
+            "lease_expires_at": job["lease_expires_at"],
+        }
         if started is False:
             error, update = None, {"$inc": {"attempt": -1}, "$unset": UNSET_LEASE}
         else:
-            error = error_entry("lease_expired", f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} "
-                                "stopped or stalled)", attempt, now, job.get("lease_owner"))
-            update = {"$set": {"last_error": error}, "$push": {"errors": error}, "$inc": {"retry_count": 1},
-                      "$unset": UNSET_LEASE}
+            error = error_entry(
+                "lease_expired",
+                f"lease expired on attempt {attempt} (worker {job.get('lease_owner')} stopped or stalled)",
+                attempt,
+                now,
+                job.get("lease_owner"),
+            )
+            update = {
+                "$set": {"last_error": error},
+                "$push": {"errors": error},
+                "$inc": {"retry_count": 1},
+                "$unset": UNSET_LEASE,
+            }
             if attempt >= RetryConfig(**job["retry_config"]).max_attempts:
                 error["message"] += f"; no attempts left ({attempt}/{RetryConfig(**job['retry_config']).max_attempts})"
-                update["$set"].update(status=JobStatus.FAILED.value, completed_at=now,
-                                      **self.expiry.finished(is_step(job), JobStatus.FAILED.value, now))
+                update["$set"].update(
+                    status=JobStatus.FAILED.value,
+                    completed_at=now,
+                    **self.expiry.finished(is_step(job), JobStatus.FAILED.value, now),
+                )
                 del update["$inc"]
                 if not (await self.col.update_one(guard, update)).modified_count:
                     return ""

@@ -36,8 +36,10 @@ class MailStore:
         if not messages:
             return 0
         now = self.clock.now()
-        docs = [{**m, "status": "pending", "attempts": 0, "created_at": now, "next_attempt_at": now,
-                 "last_error": None} for m in messages]
+        docs = [
+            {**m, "status": "pending", "attempts": 0, "created_at": now, "next_attempt_at": now, "last_error": None}
+            for m in messages
+        ]
         try:
             return len((await self.col.insert_many(docs, ordered=False)).inserted_ids)
         except BulkWriteError as exc:
@@ -51,24 +53,40 @@ class MailStore:
         now = self.clock.now()
         stale = await self.col.find({"status": "sending", "lease_until": {"$lt": now}}, {"_id": 1}).to_list(100)
         for doc in stale:
-            await self.col.update_one({"_id": doc["_id"], "status": "sending", "lease_until": {"$lt": now}},
-                                      {"$set": {"status": "pending", "next_attempt_at": now}})
-        due = await self.col.find({"status": "pending", "next_attempt_at": {"$lte": now}}).sort(
-            "next_attempt_at", 1).limit(limit).to_list(limit)
+            await self.col.update_one(
+                {"_id": doc["_id"], "status": "sending", "lease_until": {"$lt": now}},
+                {"$set": {"status": "pending", "next_attempt_at": now}},
+            )
+        due = (
+            await self.col.find({"status": "pending", "next_attempt_at": {"$lte": now}})
+            .sort("next_attempt_at", 1)
+            .limit(limit)
+            .to_list(limit)
+        )
         claimed = []
         for doc in due:
             token = uuid.uuid4().hex
             res = await self.col.update_one(
                 {"_id": doc["_id"], "status": "pending", "attempts": doc["attempts"]},
-                {"$set": {"status": "sending", "token": token, "lease_until": now + timedelta(seconds=lease_seconds)},
-                 "$inc": {"attempts": 1}})
+                {
+                    "$set": {
+                        "status": "sending",
+                        "token": token,
+                        "lease_until": now + timedelta(seconds=lease_seconds),
+                    },
+                    "$inc": {"attempts": 1},
+                },
+            )
             if res.modified_count:
                 claimed.append({**doc, "token": token, "attempts": doc["attempts"] + 1})
         return claimed
 
     async def sent(self, mail_id: str, token: str) -> None:
-        await self._guarded(mail_id, token, {"$set": {"status": "sent", "sent_at": self.clock.now()},
-                                             "$unset": {"token": "", "lease_until": ""}})
+        await self._guarded(
+            mail_id,
+            token,
+            {"$set": {"status": "sent", "sent_at": self.clock.now()}, "$unset": {"token": "", "lease_until": ""}},
+        )
 
     async def failed(self, mail_id: str, token: str, error: str, attempts: int) -> str:
         """Back to pending with backoff, or `dead` when attempts are used up. Returns the status."""
@@ -78,7 +96,11 @@ class MailStore:
         else:
             delay = min(s.mail_retry_max_seconds, s.mail_retry_base_seconds * 2 ** (attempts - 1))
             status = "pending"
-            update = {"status": status, "last_error": error, "next_attempt_at": self.clock.now() + timedelta(seconds=delay)}
+            update = {
+                "status": status,
+                "last_error": error,
+                "next_attempt_at": self.clock.now() + timedelta(seconds=delay),
+            }
         await self._guarded(mail_id, token, {"$set": update, "$unset": {"token": "", "lease_until": ""}})
         return status
 
@@ -88,8 +110,9 @@ class MailStore:
             raise LeaseLost(f"mail {mail_id} is no longer claimed with this token")
 
     async def counts(self) -> dict[str, int]:
-        cursor = await self.col.aggregate([{"$match": {"status": {"$ne": "sent"}}},
-                                           {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        cursor = await self.col.aggregate(
+            [{"$match": {"status": {"$ne": "sent"}}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        )
         rows = await cursor.to_list(None)
         return {r["_id"]: r["n"] for r in rows}
 

@@ -45,8 +45,9 @@ class NotificationStore:
                 raise
             return exc.details.get("nInserted", 0)
 
-    async def list(self, user: str, *, unread: bool | None = None, before: int | None = None,
-                   limit: int = 50) -> tuple[list[dict], int | None]:
+    async def list(
+        self, user: str, *, unread: bool | None = None, before: int | None = None, limit: int = 50
+    ) -> tuple[list[dict], int | None]:
         """Newest first. `before` is the cursor: the seq of the last one on the previous page."""
         filt: dict[str, Any] = {"user": user}
         if unread is not None:
@@ -61,7 +62,9 @@ class NotificationStore:
 
     async def mark_read(self, user: str, notification_id: str, now) -> dict:
         """Mark one read. Another user's notification is "not found", like a missing one."""
-        res = await self.col.update_one({"_id": notification_id, "user": user}, {"$set": {"read": True, "read_at": now}})
+        res = await self.col.update_one(
+            {"_id": notification_id, "user": user}, {"$set": {"read": True, "read_at": now}}
+        )
         if res.matched_count == 0:
             raise NotFound(f"notification {notification_id!r} not found", field="notification_id")
         return await self.col.find_one({"_id": notification_id})

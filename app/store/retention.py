@@ -28,25 +28,25 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.domain.states import JobStatus, WorkflowStatus
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAILED = JobStatus.FAILED.value
 FINISHED_WORKFLOW = tuple(s.value for s in WorkflowStatus if s.terminal)
 STALE_TOMBSTONE = timedelta(minutes=5)
 LOWEST_ID = "0" * 24  # not "": SecantusDB matches nothing with an empty-string lower bound
-UNSETTLED = datetime(1900, 1, 1, tzinfo=timezone.utc)  # `expires_at` of a step awaiting its fan-out
+UNSETTLED = datetime(1900, 1, 1, tzinfo=UTC)  # `expires_at` of a step awaiting its fan-out
 
 
 def awaits_fanout(step: dict) -> bool:
     """The step's fan-out is still to run (its `expires_at` is the `UNSETTLED` mark)."""
     at = step.get("expires_at")
-    return at is not None and at.replace(tzinfo=timezone.utc) < EPOCH
+    return at is not None and at.replace(tzinfo=UTC) < EPOCH
 
 
 def keep_seconds(settings, status: str) -> int:
@@ -87,8 +87,13 @@ class JobRetention:
         deleted = 0
         deadline = time.monotonic() + budget_seconds
         while time.monotonic() < deadline:  # budget 0: nothing this pass
-            found = await self.col.find({"expires_at": {"$gte": EPOCH, "$lt": now}},
-                                        {"status": 1, "owner": 1, "dedupe_key": 1}).limit(batch).to_list(batch)
+            found = (
+                await self.col.find(
+                    {"expires_at": {"$gte": EPOCH, "$lt": now}}, {"status": 1, "owner": 1, "dedupe_key": 1}
+                )
+                .limit(batch)
+                .to_list(batch)
+            )
             by_status: dict[str, list[str]] = defaultdict(list)
             for d in found:
                 by_status[d["status"]].append(d["_id"])
@@ -119,9 +124,15 @@ class WorkflowRetention:
             cutoff = now - timedelta(seconds=keep_seconds(self.settings, status))
             bound = str(ObjectId.from_datetime(cutoff))  # created before the cutoff
             for _ in range(max_pages):
-                page = await self.col.find({"status": status, "_id": {"$gte": LOWEST_ID, "$lt": bound}},
-                                           {"completed_at": 1, "updated_at": 1, "created_at": 1}
-                                           ).sort("_id", -1).limit(batch).to_list(batch)
+                page = (
+                    await self.col.find(
+                        {"status": status, "_id": {"$gte": LOWEST_ID, "$lt": bound}},
+                        {"completed_at": 1, "updated_at": 1, "created_at": 1},
+                    )
+                    .sort("_id", -1)
+                    .limit(batch)
+                    .to_list(batch)
+                )
                 for wf in page:
                     finished = wf.get("completed_at") or wf.get("updated_at") or wf["created_at"]
                     if finished < cutoff:

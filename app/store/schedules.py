@@ -73,11 +73,30 @@ class ScheduleStore:
     async def create(self, spec: ScheduleSpec, owner: str, now: datetime) -> dict:
         cron = spec.cron_spec()
         target, template = spec.target()
-        doc = {"_id": str(ObjectId()), "name": spec.name, "owner": owner, "tenant": tenant_of(owner), "cron": cron.expr, "timezone": spec.timezone,
-               "misfire_policy": spec.misfire_policy, "target": target, "template": template, "paused": False,
-               "next_run_at": cron.next_after(now), "firing": None, "created_at": now, "updated_at": now,
-               "run_count": 0, "last_run_at": None, "last_fired_at": None, "last_job_id": None, "last_workflow_id": None,
-               "last_error": None, "last_misfire": None, "tick_failures": 0}
+        doc = {
+            "_id": str(ObjectId()),
+            "name": spec.name,
+            "owner": owner,
+            "tenant": tenant_of(owner),
+            "cron": cron.expr,
+            "timezone": spec.timezone,
+            "misfire_policy": spec.misfire_policy,
+            "target": target,
+            "template": template,
+            "paused": False,
+            "next_run_at": cron.next_after(now),
+            "firing": None,
+            "created_at": now,
+            "updated_at": now,
+            "run_count": 0,
+            "last_run_at": None,
+            "last_fired_at": None,
+            "last_job_id": None,
+            "last_workflow_id": None,
+            "last_error": None,
+            "last_misfire": None,
+            "tick_failures": 0,
+        }
         await self.col.insert_one(doc)
         return doc
 
@@ -91,7 +110,9 @@ class ScheduleStore:
         """A tenant's schedules (their cap is checked against this)."""
         return await self.col.count_documents({"tenant": str(tenant)})
 
-    async def list(self, *, tenant: str | None = None, after: str | None = None, limit: int = 50) -> tuple[list[dict], str | None]:
+    async def list(
+        self, *, tenant: str | None = None, after: str | None = None, limit: int = 50
+    ) -> tuple[list[dict], str | None]:
         """Newest first; `after` is the previous page's `next_cursor`."""
         filt: dict[str, Any] = {} if after is None else {"_id": {"$lt": str(after)}}
         if tenant is not None:
@@ -111,8 +132,10 @@ class ScheduleStore:
         doc = await self.get(schedule_id)
         if doc["paused"]:
             nxt = Cron.parse(doc["cron"], doc["timezone"]).next_after(now)
-            await self.col.update_one({"_id": doc["_id"], "paused": True},
-                                      {"$set": {"paused": False, "updated_at": now}, "$max": {"next_run_at": nxt}})
+            await self.col.update_one(
+                {"_id": doc["_id"], "paused": True},
+                {"$set": {"paused": False, "updated_at": now}, "$max": {"next_run_at": nxt}},
+            )
         return await self.get(schedule_id)
 
     async def delete(self, schedule_id: str) -> None:
@@ -125,24 +148,38 @@ class ScheduleStore:
     async def due(self, now: datetime, limit: int = 100) -> list[dict]:
         """Unpaused schedules whose next tick is due, including ones with a claim in flight
         (the scheduler decides whether that claim is stale)."""
-        return await self.col.find({"paused": False, "next_run_at": {"$lte": now}}).sort("next_run_at", 1) \
-            .limit(limit).to_list(limit)
+        return (
+            await self.col.find({"paused": False, "next_run_at": {"$lte": now}})
+            .sort("next_run_at", 1)
+            .limit(limit)
+            .to_list(limit)
+        )
 
-    async def claim(self, schedule_id: str, cur: datetime, tick: datetime, nxt: datetime, token: str, now: datetime,
-                    skipped: tuple[datetime, datetime] | None = None) -> bool:
+    async def claim(
+        self,
+        schedule_id: str,
+        cur: datetime,
+        tick: datetime,
+        nxt: datetime,
+        token: str,
+        now: datetime,
+        skipped: tuple[datetime, datetime] | None = None,
+    ) -> bool:
         """Step 1: take tick `tick` of a schedule whose stored next tick is still `cur`.
         `skipped` (misfired ticks this plan passes over) is recorded by the winner only."""
         update: dict[str, Any] = {"firing": {"tick": tick, "next": nxt, "token": token, "at": now}}
         if skipped:
             update["last_misfire"] = {"skipped_from": skipped[0], "skipped_until": skipped[1], "detected_at": now}
-        res = await self.col.update_one({"_id": schedule_id, "next_run_at": cur, "paused": False, "firing": None},
-                                        {"$set": update})
+        res = await self.col.update_one(
+            {"_id": schedule_id, "next_run_at": cur, "paused": False, "firing": None}, {"$set": update}
+        )
         return res.modified_count == 1
 
     async def take_over(self, schedule_id: str, old_token: str, token: str, now: datetime) -> bool:
         """Take a stale claim (its process is presumed dead); one taker wins."""
-        res = await self.col.update_one({"_id": schedule_id, "firing.token": old_token},
-                                        {"$set": {"firing.token": token, "firing.at": now}})
+        res = await self.col.update_one(
+            {"_id": schedule_id, "firing.token": old_token}, {"$set": {"firing.token": token, "firing.at": now}}
+        )
         return res.modified_count == 1
 
     async def launch(self, doc: dict, tick: datetime, recovering: bool = False) -> tuple[str, str, list[str]]:
@@ -173,22 +210,49 @@ class ScheduleStore:
             return "job", job["_id"], []
         return "job", job["_id"], [job["engine"]]
 
-    async def commit(self, schedule_id: str, token: str, tick: datetime, nxt: datetime, target: str, target_id: str,
-                     now: datetime) -> bool:
+    async def commit(
+        self, schedule_id: str, token: str, tick: datetime, nxt: datetime, target: str, target_id: str, now: datetime
+    ) -> bool:
         """Step 3: the tick is done; move on. False if our claim was taken over meanwhile."""
-        res = await self.col.update_one({"_id": schedule_id, "firing.token": token}, {
-            "$set": {"firing": None, "last_run_at": tick, "last_fired_at": now, f"last_{target}_id": target_id,
-                     "last_error": None, "tick_failures": 0, "updated_at": now},
-            "$max": {"next_run_at": nxt}, "$inc": {"run_count": 1}})
+        res = await self.col.update_one(
+            {"_id": schedule_id, "firing.token": token},
+            {
+                "$set": {
+                    "firing": None,
+                    "last_run_at": tick,
+                    "last_fired_at": now,
+                    f"last_{target}_id": target_id,
+                    "last_error": None,
+                    "tick_failures": 0,
+                    "updated_at": now,
+                },
+                "$max": {"next_run_at": nxt},
+                "$inc": {"run_count": 1},
+            },
+        )
         return res.modified_count == 1
 
-    async def release(self, schedule_id: str, token: str, tick: datetime, nxt: datetime, error: dict,
-                      give_up: bool, now: datetime, refused: bool = False) -> bool:
+    async def release(
+        self,
+        schedule_id: str,
+        token: str,
+        tick: datetime,
+        nxt: datetime,
+        error: dict,
+        give_up: bool,
+        now: datetime,
+        refused: bool = False,
+    ) -> bool:
         """The launch failed. `give_up`: the tick is passed over (recorded in `last_error`);
         otherwise the claim is dropped and the tick stays due, to be tried again. `refused`:
         the tenant's limits refused it (given up, and counted in `refused_ticks`)."""
-        update: dict[str, Any] = {"$set": {"firing": None, "updated_at": now,
-                                           "last_error": {**error, "tick": tick, "at": now, "given_up": give_up}}}
+        update: dict[str, Any] = {
+            "$set": {
+                "firing": None,
+                "updated_at": now,
+                "last_error": {**error, "tick": tick, "at": now, "given_up": give_up},
+            }
+        }
         if give_up:
             update["$set"]["tick_failures"] = 0
             update["$max"] = {"next_run_at": nxt}

@@ -12,7 +12,6 @@ parents as for a fan-in of 10,000.
 
 from __future__ import annotations
 
-
 from app.domain import states
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in, update_in
@@ -35,17 +34,27 @@ class StepMoves:
         if not children:
             return 0
         done = set(parent_ids)
-        docs = await find_in(self.col, children, {"status": PENDING},
-                             {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1})
+        docs = await find_in(
+            self.col,
+            children,
+            {"status": PENDING},
+            {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1},
+        )
         direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
         moved = await self.enqueuer.ready(direct, exact=True) if direct else 0
         rest = [d["_id"] for d in docs if d not in direct]
         if moved < len(direct):  # a map changed under us: those take the general path
             rest += [d["_id"] for d in direct]
         if rest:
-            await update_in(self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}})
-            ready = await find_in(self.col, rest, {"status": PENDING, "waiting_on": {}},
-                                  {"engine": 1, "priority": 1, "tenant": 1, "ord": 1})
+            await update_in(
+                self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}}
+            )
+            ready = await find_in(
+                self.col,
+                rest,
+                {"status": PENDING, "waiting_on": {}},
+                {"engine": 1, "priority": 1, "tenant": 1, "ord": 1},
+            )
             moved += await self.enqueuer.ready(ready) if ready else 0
         return moved
 
@@ -62,15 +71,29 @@ class StepMoves:
             groups.setdefault((j["status"], j["engine"]), []).append(j["_id"])
         for (status, engine), members in groups.items():
             changed = await update_in(
-                self.col, members, {"status": status},
-                {"$set": {"status": JobStatus.CANCELLED.value, "completed_at": now, "cancel_reason": reason,
-                          "expires_at": UNSETTLED}})
+                self.col,
+                members,
+                {"status": status},
+                {
+                    "$set": {
+                        "status": JobStatus.CANCELLED.value,
+                        "completed_at": now,
+                        "cancel_reason": reason,
+                        "expires_at": UNSETTLED,
+                    }
+                },
+            )
             if status == JobStatus.QUEUED.value:
                 await self.enqueuer.left(engine, changed)
-        await update_in(self.col, ids, {"status": JobStatus.RUNNING.value},
-                        {"$set": {"cancel_requested": True, "cancel_reason": reason}})
-        mine = await find_in(self.col, [j["_id"] for j in found], {"status": JobStatus.CANCELLED.value, "completed_at": now},
-                             {"_id": 1})
+        await update_in(
+            self.col,
+            ids,
+            {"status": JobStatus.RUNNING.value},
+            {"$set": {"cancel_requested": True, "cancel_reason": reason}},
+        )
+        mine = await find_in(
+            self.col, [j["_id"] for j in found], {"status": JobStatus.CANCELLED.value, "completed_at": now}, {"_id": 1}
+        )
         return [d["_id"] for d in mine]
 
     async def delete_steps(self, workflow_id: str, ids: list[str]) -> None:
@@ -96,9 +119,20 @@ class StepMoves:
             waiting = {p: 1 for p in sorted(s.get("parent_ids", [])) if p not in completed}
             res = await self.col.update_one(
                 {"_id": s["_id"], "status": s["status"]},
-                {"$set": {"status": PENDING, "waiting_on": waiting, "attempt": 0, "retry_count": 0,
-                          "completed_at": None, "started_at": None, "cancel_requested": False, "reset_at": now},
-                 "$unset": {"cancel_reason": "", "finished_token": ""}})
+                {
+                    "$set": {
+                        "status": PENDING,
+                        "waiting_on": waiting,
+                        "attempt": 0,
+                        "retry_count": 0,
+                        "completed_at": None,
+                        "started_at": None,
+                        "cancel_requested": False,
+                        "reset_at": now,
+                    },
+                    "$unset": {"cancel_reason": "", "finished_token": ""},
+                },
+            )
             moved += res.modified_count
             if res.modified_count and not waiting:
                 ready.append(s)

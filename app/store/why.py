@@ -1,4 +1,4 @@
-""""Why is it waiting?": a job's reasons for not running yet, as data.
+""" "Why is it waiting?": a job's reasons for not running yet, as data.
 
 Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
@@ -15,8 +15,9 @@ from app.domain.states import JobStatus
 from app.store.db import find_in
 
 
-async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[str, str] | None = None,
-                  count_position: bool = True) -> dict | None:
+async def explain(
+    store, job: dict, *, engine: dict | None = None, key_of: dict[str, str] | None = None, count_position: bool = True
+) -> dict | None:
     status = JobStatus(job["status"])
     if status in (JobStatus.RUNNING,) or status.terminal:
         return None
@@ -27,30 +28,59 @@ async def explain(store, job: dict, *, engine: dict | None = None, key_of: dict[
         if keys is None and waiting:
             docs = await find_in(store.jobs.col, waiting, None, {"step_key": 1, "status": 1})
             keys = [d.get("step_key") or d["_id"] for d in docs]
-        reasons.append({"reason": "dependencies", "waiting_for": sorted(keys or []),
-                        "message": f"waits for {len(waiting)} unfinished dependenc{'y' if len(waiting) == 1 else 'ies'}"})
+        reasons.append(
+            {
+                "reason": "dependencies",
+                "waiting_for": sorted(keys or []),
+                "message": f"waits for {len(waiting)} unfinished dependenc{'y' if len(waiting) == 1 else 'ies'}",
+            }
+        )
     if status == JobStatus.SCHEDULED:
         run_at: datetime | None = job.get("run_at")
         kind = "retry_backoff" if job.get("retry_count") else "run_at"
         left = (run_at - store.clock.now()).total_seconds() if run_at else None
-        reasons.append({"reason": "scheduled", "kind": kind, "run_at": run_at, "seconds_left": max(left, 0) if left is not None else None,
-                        "message": ("retry back-off" if kind == "retry_backoff" else "scheduled to run") + (f" in {max(left, 0):.1f}s" if left is not None else "")})
+        reasons.append(
+            {
+                "reason": "scheduled",
+                "kind": kind,
+                "run_at": run_at,
+                "seconds_left": max(left, 0) if left is not None else None,
+                "message": ("retry back-off" if kind == "retry_backoff" else "scheduled to run")
+                + (f" in {max(left, 0):.1f}s" if left is not None else ""),
+            }
+        )
     engine = engine or await store.engines.get(job["engine"])
     if engine.get("paused"):
         reasons.append({"reason": "paused", "engine": engine["_id"], "message": f"engine {engine['_id']} is paused"})
     elif job.get("tenant") in (engine.get("paused_tenants") or {}):
-        reasons.append({"reason": "paused", "engine": engine["_id"], "tenant": job["tenant"],
-                        "message": f"this tenant's work on engine {engine['_id']} is paused"})
+        reasons.append(
+            {
+                "reason": "paused",
+                "engine": engine["_id"],
+                "tenant": job["tenant"],
+                "message": f"this tenant's work on engine {engine['_id']} is paused",
+            }
+        )
     running, limit = engine.get("running", 0), engine["limit"]
     if running >= limit:
-        reasons.append({"reason": "engine_full", "engine": engine["_id"], "running": running, "limit": limit,
-                        "message": f"engine {engine['_id']} is full ({running}/{limit})"})
+        reasons.append(
+            {
+                "reason": "engine_full",
+                "engine": engine["_id"],
+                "running": running,
+                "limit": limit,
+                "message": f"engine {engine['_id']} is full ({running}/{limit})",
+            }
+        )
     if status == JobStatus.QUEUED:
         entry = {"reason": "position", "engine": engine["_id"], "priority": job["priority"]}
         if count_position:
             ahead, partial = await store.jobs.queue_position(job)
-            entry.update(ahead=ahead, ahead_at_least=partial,
-                         message=f"{'at least ' if partial else ''}{ahead} queued job{'s' if ahead != 1 else ''} ahead in {engine['_id']}")
+            entry.update(
+                ahead=ahead,
+                ahead_at_least=partial,
+                message=f"{'at least ' if partial else ''}{ahead} queued job{'s' if ahead != 1 else ''} ahead in {engine['_id']}",
+            )
         else:
             entry["message"] = f"queued in {engine['_id']} at priority {job['priority']}"
         reasons.append(entry)

@@ -42,8 +42,9 @@ class WorkerStore:
     def _expiry(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
 
-    async def register(self, worker_id: str, *, engines: list[str] | None, concurrency: int, kind: str,
-                       supervisor: str | None = None) -> None:
+    async def register(
+        self, worker_id: str, *, engines: list[str] | None, concurrency: int, kind: str, supervisor: str | None = None
+    ) -> None:
         now = self.clock.now()
         await self.col.insert_one(
             {
@@ -67,8 +68,14 @@ class WorkerStore:
         """Extend the worker's registration and record the jobs it runs; forget the start
         marks of leases whose jobs have all left (`done_tokens`). False means it was
         declared dead."""
-        update: dict = {"$set": {"last_seen": self.clock.now(), "expires_at": self._expiry(), "running": len(running_jobs),
-                                 "running_jobs": running_jobs}}
+        update: dict = {
+            "$set": {
+                "last_seen": self.clock.now(),
+                "expires_at": self._expiry(),
+                "running": len(running_jobs),
+                "running_jobs": running_jobs,
+            }
+        }
         if done_tokens:
             update["$unset"] = {f"started.{t}": "" for t in done_tokens}
         res = await self.col.update_one({"_id": worker_id, "status": "alive"}, update)
@@ -90,16 +97,21 @@ class WorkerStore:
         return token in (doc.get("started") or {})
 
     async def stop(self, worker_id: str) -> None:
-        await self.col.update_one({"_id": worker_id}, {"$set": {"status": "stopped", "last_seen": self.clock.now(),
-                                                                "running": 0, "running_jobs": []}})
+        await self.col.update_one(
+            {"_id": worker_id},
+            {"$set": {"status": "stopped", "last_seen": self.clock.now(), "running": 0, "running_jobs": []}},
+        )
 
     async def expired(self, now: datetime) -> list[str]:
-        docs = await self.col.find({"status": "alive", "expires_at": {"$gte": EPOCH, "$lt": now}}, {"_id": 1}).to_list(100)
+        docs = await self.col.find({"status": "alive", "expires_at": {"$gte": EPOCH, "$lt": now}}, {"_id": 1}).to_list(
+            100
+        )
         return [d["_id"] for d in docs]
 
     async def mark_dead(self, worker_id: str, now: datetime) -> bool:
         res = await self.col.update_one(
-            {"_id": worker_id, "status": "alive", "expires_at": {"$lt": now}}, {"$set": {"status": "dead", "died_at": now}}
+            {"_id": worker_id, "status": "alive", "expires_at": {"$lt": now}},
+            {"$set": {"status": "dead", "died_at": now}},
         )
         return res.modified_count == 1
 
@@ -124,48 +136,76 @@ class WorkerStore:
         since `since`: its supervisor saw it exit, so no lease has to run out first. Returns
         the registrations it marked (with their `running_jobs`)."""
         now = self.clock.now()
-        found = await self.col.find({"host": socket.gethostname(), "pid": pid, "status": "alive",
-                                     "started_at": {"$gte": since}}).to_list(None)
+        found = await self.col.find(
+            {"host": socket.gethostname(), "pid": pid, "status": "alive", "started_at": {"$gte": since}}
+        ).to_list(None)
         marked = []
         for doc in found:
-            res = await self.col.update_one({"_id": doc["_id"], "status": "alive"},
-                                            {"$set": {"status": "dead", "died_at": now}})
+            res = await self.col.update_one(
+                {"_id": doc["_id"], "status": "alive"}, {"$set": {"status": "dead", "died_at": now}}
+            )
             if res.modified_count:
                 marked.append(doc)
         return marked
 
     async def supervise(self, supervisor_id: str, *, processes: int, concurrency: int) -> None:
         now = self.clock.now()
-        await self.col.insert_one({"_id": supervisor_id, "kind": SUPERVISOR, "status": "supervising",
-                                   "host": socket.gethostname(), "pid": os.getpid(), "processes": processes,
-                                   "concurrency": concurrency, "children": [], "restarts": 0, "restarting": 0,
-                                   "last_exit": None, "started_at": now, "last_seen": now,
-                                   "expires_at": self._expiry()})
+        await self.col.insert_one(
+            {
+                "_id": supervisor_id,
+                "kind": SUPERVISOR,
+                "status": "supervising",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "processes": processes,
+                "concurrency": concurrency,
+                "children": [],
+                "restarts": 0,
+                "restarting": 0,
+                "last_exit": None,
+                "started_at": now,
+                "last_seen": now,
+                "expires_at": self._expiry(),
+            }
+        )
 
-    async def supervisor_beat(self, supervisor_id: str, *, children: list[int], restarting: int,
-                              exit_: dict | None = None) -> None:
+    async def supervisor_beat(
+        self, supervisor_id: str, *, children: list[int], restarting: int, exit_: dict | None = None
+    ) -> None:
         """Record the children's pids and how many wait out a back-off; `exit_` ({pid, code})
         records one more restart."""
-        update: dict = {"$set": {"children": children, "restarting": restarting, "last_seen": self.clock.now(),
-                                 "expires_at": self._expiry()}}
+        update: dict = {
+            "$set": {
+                "children": children,
+                "restarting": restarting,
+                "last_seen": self.clock.now(),
+                "expires_at": self._expiry(),
+            }
+        }
         if exit_ is not None:
             update["$set"]["last_exit"] = {**exit_, "at": self.clock.now()}
             update["$inc"] = {"restarts": 1}
         await self.col.update_one({"_id": supervisor_id}, update)
 
     async def unsupervise(self, supervisor_id: str) -> None:
-        await self.col.update_one({"_id": supervisor_id}, {"$set": {"status": "stopped", "children": [],
-                                                                    "restarting": 0, "last_seen": self.clock.now()}})
+        await self.col.update_one(
+            {"_id": supervisor_id},
+            {"$set": {"status": "stopped", "children": [], "restarting": 0, "last_seen": self.clock.now()}},
+        )
 
     async def summary(self) -> dict:
         """For /health: worker registrations `alive` and `dead` (all time), and over the
         supervisors still beating, children `restarting` (waiting out a back-off), `restarts`
         so far and the latest `last_exit`."""
         now = self.clock.now()
-        sups = await self.col.find({"kind": SUPERVISOR, "status": "supervising", "expires_at": {"$gte": now}}
-                                   ).to_list(None)
+        sups = await self.col.find({"kind": SUPERVISOR, "status": "supervising", "expires_at": {"$gte": now}}).to_list(
+            None
+        )
         exits = [s["last_exit"] for s in sups if s.get("last_exit")]
-        return {"alive": await self.alive_count(), "dead": await self.col.count_documents({"status": "dead"}),
-                "restarting": sum(s.get("restarting", 0) for s in sups),
-                "restarts": sum(s.get("restarts", 0) for s in sups),
-                "last_exit": max(exits, key=lambda e: e["at"]) if exits else None}
+        return {
+            "alive": await self.alive_count(),
+            "dead": await self.col.count_documents({"status": "dead"}),
+            "restarting": sum(s.get("restarting", 0) for s in sups),
+            "restarts": sum(s.get("restarts", 0) for s in sups),
+            "last_exit": max(exits, key=lambda e: e["at"]) if exits else None,
+        }

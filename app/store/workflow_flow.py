@@ -41,10 +41,16 @@ class WorkflowFlow:
         worker dies first, `repair_stalled` finds the children still waiting on it. Failed
         and cancelled steps carry the `UNSETTLED` mark from their terminal write until this
         has run, and maintenance replays them."""
-        found = await self.jobs.by_ids(job_ids, None,
-                                       {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1})
-        jobs = [j for j in found if j.get("workflow_id") and JobStatus(j["status"]).terminal
-                and (j["status"] == JobStatus.COMPLETED.value or awaits_fanout(j))]
+        found = await self.jobs.by_ids(
+            job_ids, None, {"status": 1, "workflow_id": 1, "step_key": 1, "dependents": 1, "expires_at": 1}
+        )
+        jobs = [
+            j
+            for j in found
+            if j.get("workflow_id")
+            and JobStatus(j["status"]).terminal
+            and (j["status"] == JobStatus.COMPLETED.value or awaits_fanout(j))
+        ]
         if not jobs:
             return
         done = [j for j in jobs if j["status"] == JobStatus.COMPLETED.value]
@@ -92,9 +98,17 @@ class WorkflowFlow:
         """Count finished steps into the workflow's `open`, `n_failed` and `n_cancelled`.
         One small write per batch. A replayed settle could count a step twice; finishing
         verifies against the steps themselves before it trusts `open`."""
-        await self.col.update_one({"_id": workflow_id}, {
-            "$inc": {"open": -len(statuses), "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")},
-            "$set": {"updated_at": self.clock.now()}})
+        await self.col.update_one(
+            {"_id": workflow_id},
+            {
+                "$inc": {
+                    "open": -len(statuses),
+                    "n_failed": statuses.count("failed"),
+                    "n_cancelled": statuses.count("cancelled"),
+                },
+                "$set": {"updated_at": self.clock.now()},
+            },
+        )
 
     async def repair_stalled(self, quiet_since, limit: int = 20) -> int:
         """Running workflows with no step counted since `quiet_since`: release children whose
@@ -103,11 +117,17 @@ class WorkflowFlow:
         the `(status, updated_at)` index), each at most once per quiet period. Returns how many
         children were released."""
         released = 0
-        quiet = await self.col.find({"status": RUNNING, "updated_at": {"$lt": quiet_since}},
-                                    {"updated_at": 1}).limit(limit).to_list(limit)
+        quiet = (
+            await self.col.find({"status": RUNNING, "updated_at": {"$lt": quiet_since}}, {"updated_at": 1})
+            .limit(limit)
+            .to_list(limit)
+        )
         for wf in quiet:
-            pending = [s for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
-                       if s["status"] == JobStatus.PENDING.value]
+            pending = [
+                s
+                for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
+                if s["status"] == JobStatus.PENDING.value
+            ]
             parents = sorted({p for s in pending for p in s.get("waiting_on") or {}})
             done = sorted(await self.jobs.completed_among(parents))
             if done:
@@ -129,14 +149,36 @@ class WorkflowFlow:
         statuses = [s["status"] for s in steps]
         still_open = sum(not JobStatus(s).terminal for s in statuses)
         if still_open:  # the counter drifted (a replayed settle): mend it from the truth
-            await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
-                "open": still_open, "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
+            await self.col.update_one(
+                {"_id": workflow_id, "status": RUNNING},
+                {
+                    "$set": {
+                        "open": still_open,
+                        "n_failed": statuses.count("failed"),
+                        "n_cancelled": statuses.count("cancelled"),
+                    }
+                },
+            )
             return None
-        final = (WorkflowStatus.FAILED if "failed" in statuses else WorkflowStatus.CANCELLED if "cancelled" in statuses
-                 else WorkflowStatus.COMPLETED).value
-        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING}, {"$set": {
-            "status": final, "completed_at": self.clock.now(), "open": 0,
-            "n_failed": statuses.count("failed"), "n_cancelled": statuses.count("cancelled")}})
+        final = (
+            WorkflowStatus.FAILED
+            if "failed" in statuses
+            else WorkflowStatus.CANCELLED
+            if "cancelled" in statuses
+            else WorkflowStatus.COMPLETED
+        ).value
+        res = await self.col.update_one(
+            {"_id": workflow_id, "status": RUNNING},
+            {
+                "$set": {
+                    "status": final,
+                    "completed_at": self.clock.now(),
+                    "open": 0,
+                    "n_failed": statuses.count("failed"),
+                    "n_cancelled": statuses.count("cancelled"),
+                }
+            },
+        )
         return final if res.modified_count else None
 
     async def cancel(self, workflow_id: str) -> dict:
@@ -153,19 +195,46 @@ class WorkflowFlow:
         and their results stay. Returns `{key: job_id}` of the steps that were reset."""
         wf = await self.workflows.get(workflow_id)
         if wf["status"] not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
-            raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
-                                    field="status")
-        steps = await self.jobs.steps_of(workflow_id, {"status": 1, "cancel_reason": 1, "parent_ids": 1, "step_key": 1,
-                                                       "engine": 1, "priority": 1, "tenant": 1, "ord": 1})
-        again = [s for s in steps if s["status"] == "failed"
-                 or (s["status"] == "cancelled"
-                     and (s.get("cancel_reason") or "").split(":")[0] in (DEPENDENCY_FAILED, DEPENDENCY_CANCELLED, WORKFLOW_FAILED))]
+            raise InvalidTransition(
+                f"workflow {workflow_id} is {wf['status']}; only a failed or cancelled one can be retried",
+                field="status",
+            )
+        steps = await self.jobs.steps_of(
+            workflow_id,
+            {
+                "status": 1,
+                "cancel_reason": 1,
+                "parent_ids": 1,
+                "step_key": 1,
+                "engine": 1,
+                "priority": 1,
+                "tenant": 1,
+                "ord": 1,
+            },
+        )
+        again = [
+            s
+            for s in steps
+            if s["status"] == "failed"
+            or (
+                s["status"] == "cancelled"
+                and (s.get("cancel_reason") or "").split(":")[0]
+                in (DEPENDENCY_FAILED, DEPENDENCY_CANCELLED, WORKFLOW_FAILED)
+            )
+        ]
         if not again:
             raise InvalidTransition(f"workflow {workflow_id} has no failed steps to retry", field="status")
-        res = await self.col.update_one({"_id": workflow_id, "status": wf["status"]}, {
-            "$set": {"status": RUNNING, "completed_at": None, "cancel_requested": False},
-            "$inc": {"open": len(again), "n_failed": -sum(s["status"] == "failed" for s in again),
-                     "n_cancelled": -sum(s["status"] == "cancelled" for s in again)}})
+        res = await self.col.update_one(
+            {"_id": workflow_id, "status": wf["status"]},
+            {
+                "$set": {"status": RUNNING, "completed_at": None, "cancel_requested": False},
+                "$inc": {
+                    "open": len(again),
+                    "n_failed": -sum(s["status"] == "failed" for s in again),
+                    "n_cancelled": -sum(s["status"] == "cancelled" for s in again),
+                },
+            },
+        )
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} changed meanwhile; try again", field="status")
         completed = {s["_id"] for s in steps if s["status"] == "completed"}

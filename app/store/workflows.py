@@ -25,8 +25,8 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import CollectionInvalid
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid
 
 from app.domain.models import tenant_of
 from app.domain.states import JobStatus, WorkflowStatus
@@ -68,8 +68,9 @@ class WorkflowStore:
         doc = await self.graphs.find_one({"_id": workflow_id})
         return doc["steps"] if doc else {}
 
-    async def list(self, *, status: str | None = None, tenant: str | None = None, after: str | None = None,
-                   limit: int = 50) -> tuple[list[dict], str | None]:
+    async def list(
+        self, *, status: str | None = None, tenant: str | None = None, after: str | None = None, limit: int = 50
+    ) -> tuple[list[dict], str | None]:
         filt: dict[str, Any] = {} if status is None else {"status": str(status)}
         if tenant is not None:
             filt["tenant"] = str(tenant)
@@ -79,8 +80,9 @@ class WorkflowStore:
         return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
 
     # --- creation ------------------------------------------------------------------------
-    def _step_docs(self, wf_id: str, steps: list[StepSpec], ids: dict[str, str], owner: str,
-                   first_ord: int = 0) -> list[dict]:
+    def _step_docs(
+        self, wf_id: str, steps: list[StepSpec], ids: dict[str, str], owner: str, first_ord: int = 0
+    ) -> list[dict]:
         children: dict[str, list[str]] = {s.key: [] for s in steps}
         for s in steps:
             for d in s.depends_on:
@@ -92,8 +94,12 @@ class WorkflowStore:
             doc = self.lifecycle.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
             # a step with dependencies is born `pending` (new_job_document)
-            doc.update(parent_ids=[ids[d] for d in s.depends_on], waiting_on={p: 1 for p in sorted(ids[d] for d in s.depends_on)},
-                       dependents=children[s.key], ord=n)
+            doc.update(
+                parent_ids=[ids[d] for d in s.depends_on],
+                waiting_on={p: 1 for p in sorted(ids[d] for d in s.depends_on)},
+                dependents=children[s.key],
+                ord=n,
+            )
             docs.append(doc)
         return docs
 
@@ -103,16 +109,31 @@ class WorkflowStore:
         ids = {s.key: str(ObjectId()) for s in spec.jobs}
         by_key = {s.key: s for s in spec.jobs}
         now = self.clock.now()
-        wf = {"_id": wf_id, "name": spec.name, "owner": owner, "tenant": tenant_of(owner), "status": RUNNING, "failure_policy": spec.failure_policy,
-              "metadata": spec.metadata, "created_at": now, "updated_at": now, "completed_at": None, "total": len(ids),
-              "open": len(ids), "n_failed": 0, "n_cancelled": 0}
+        wf = {
+            "_id": wf_id,
+            "name": spec.name,
+            "owner": owner,
+            "tenant": tenant_of(owner),
+            "status": RUNNING,
+            "failure_policy": spec.failure_policy,
+            "metadata": spec.metadata,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": None,
+            "total": len(ids),
+            "open": len(ids),
+            "n_failed": 0,
+            "n_cancelled": 0,
+        }
         steps = {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}
         await self.graphs.insert_one({"_id": wf_id, "steps": steps})  # first: a workflow always has its graph
         await self.col.insert_one(wf)
         try:
             await self.lifecycle.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
         except BaseException:
-            await self.col.update_one({"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}})
+            await self.col.update_one(
+                {"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}}
+            )
             await self.steps.cancel_steps(list(ids.values()), "workflow could not be stored")
             raise
         return {**wf, "steps": steps}
@@ -123,18 +144,22 @@ class WorkflowStore:
         registering the child with its parents first, then re-reading their status."""
         wf = await self.get(workflow_id, steps=True)
         if wf["status"] != RUNNING:
-            raise InvalidTransition(f"workflow {workflow_id} is {wf['status']}; steps can only be added while it runs",
-                                    field="status")
+            raise InvalidTransition(
+                f"workflow {workflow_id} is {wf['status']}; steps can only be added while it runs", field="status"
+            )
         existing = {k: v["job_id"] for k, v in wf["steps"].items()}
         order = validate_steps(steps, existing=set(existing), cap=self.settings.workflow_max_steps)
         ids = {**existing, **{s.key: str(ObjectId()) for s in steps}}
         by_key = {s.key: s for s in steps}
-        res = await self.col.update_one({"_id": workflow_id, "status": RUNNING},
-                                        {"$inc": {"total": len(steps), "open": len(steps)}})
+        res = await self.col.update_one(
+            {"_id": workflow_id, "status": RUNNING}, {"$inc": {"total": len(steps), "open": len(steps)}}
+        )
         if not res.modified_count:
             raise InvalidTransition(f"workflow {workflow_id} finished meanwhile", field="status")
-        await self.graphs.update_one({"_id": workflow_id}, {
-            "$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}})
+        await self.graphs.update_one(
+            {"_id": workflow_id},
+            {"$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}},
+        )
         docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner, first_ord=wf["total"])
         for d in docs:  # parents outside the batch learn of their new child first
             await self.steps.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])

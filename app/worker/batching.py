@@ -32,7 +32,7 @@ class Exits:
     async def _flush(self) -> None:
         await asyncio.sleep(self.window)
         while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
                 lost = await self.store.lifecycle.leave_running([e for e, _ in batch])
             except Exception as exc:
@@ -44,6 +44,8 @@ class Exits:
                 if fut.done():
                     continue
                 if e.job["_id"] in lost:
-                    fut.set_exception(LeaseLost(f"job {e.job['_id']} is no longer leased with this token", job_id=e.job["_id"]))
+                    fut.set_exception(
+                        LeaseLost(f"job {e.job['_id']} is no longer leased with this token", job_id=e.job["_id"])
+                    )
                 else:
                     fut.set_result(None)

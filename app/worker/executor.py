@@ -33,9 +33,15 @@ class Execution:
         self.releasing = asyncio.Event()
         self.cancel_reason = "cancelled by user"  # or why the store asked it to stop (a failed workflow)
         self.ctx = JobContext(
-            job_id=job["_id"], engine=job["engine"], operation=job["operation"], attempt=job["attempt"],
-            params=job.get("parameters") or {}, parents=job.get("parents") or {}, workflow_id=job.get("workflow_id"),
-            _sink=self._progress, _lease_token=self.token,
+            job_id=job["_id"],
+            engine=job["engine"],
+            operation=job["operation"],
+            attempt=job["attempt"],
+            params=job.get("parameters") or {},
+            parents=job.get("parents") or {},
+            workflow_id=job.get("workflow_id"),
+            _sink=self._progress,
+            _lease_token=self.token,
         )
 
     @property
@@ -53,11 +59,16 @@ class Execution:
         start = time.monotonic()
         h = registry.get(self.job["engine"], self.job["operation"])
         if h is None:
-            return oc.Failure("no_handler", f"no handler for {self.job['engine']}.{self.job['operation']} on this worker"), 0
+            return oc.Failure(
+                "no_handler", f"no handler for {self.job['engine']}.{self.job['operation']} on this worker"
+            ), 0
         settings = self.store.settings
         isolated = settings.quarantine_suspects and quarantine.is_suspect(self.job)
         if isolated:
-            self.log.warning("job.quarantined", note="the previous attempt's worker died or stalled: this one runs in a child process")
+            self.log.warning(
+                "job.quarantined",
+                note="the previous attempt's worker died or stalled: this one runs in a child process",
+            )
         with job_context(self.job, worker=self.worker):  # what the handler logs carries the job's fields
             coro = quarantine.run(self.ctx, settings.handler_modules(), h.fn) if isolated else h.fn(self.ctx)
             task = asyncio.create_task(coro)

@@ -14,7 +14,6 @@ from app.logs import get_logger
 from app.store import quirks
 
 
-
 def new_worker_id() -> str:
     return "w" + uuid.uuid4().hex[:15]
 

@@ -41,15 +41,19 @@ class Maintenance(Singleton):
     async def lead(self, state: dict) -> None:
         s = self.settings
         self.log.info("maintenance.leading", holder=self.holder)
-        tasks = [asyncio.create_task(self._every(fn, every), name=fn.__name__) for fn, every in (
-            (self.promote, s.promote_interval_seconds),
-            (self.rescue, min(1.0, s.lease_seconds / 4)),
-            (self.sweep_orphans, 2.0),
-            (self.settle_steps, 2.0),
-            (self.repair_workflows, 10.0),
-            (self.reconcile, s.reconcile_interval_seconds),
-            (self.expire, s.retention_interval_seconds),
-            (self.run_schedules, s.schedule_interval_seconds))]
+        tasks = [
+            asyncio.create_task(self._every(fn, every), name=fn.__name__)
+            for fn, every in (
+                (self.promote, s.promote_interval_seconds),
+                (self.rescue, min(1.0, s.lease_seconds / 4)),
+                (self.sweep_orphans, 2.0),
+                (self.settle_steps, 2.0),
+                (self.repair_workflows, 10.0),
+                (self.reconcile, s.reconcile_interval_seconds),
+                (self.expire, s.retention_interval_seconds),
+                (self.run_schedules, s.schedule_interval_seconds),
+            )
+        ]
         try:
             while await self.keep():
                 await asyncio.sleep(self.lease_seconds / 6)

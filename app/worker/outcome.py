@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bson.errors import InvalidDocument
@@ -81,8 +81,7 @@ def classify_exception(exc: BaseException) -> Outcome:
     return Failure(type(exc).__name__, str(exc) or repr(exc))
 
 
-async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str,
-                leave=None) -> str:
+async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str, leave=None) -> str:
     """Perform the move for `outcome`; returns the job's new status ("" for Lost). `leave`
     batches moves out of running (`batching.Exits`); it defaults to the lifecycle's own.
     A database error is retried a few times: every move is fenced by the lease and stamps

@@ -28,13 +28,22 @@ from app.worker.batching import Exits
 from app.worker.executor import Execution, ResultCache
 from app.worker.loops import LoopsMixin, new_worker_id
 
+
 def has_work(engine: dict) -> bool:
     return next(busy_bands(engine), None) is not None
 
 
 class JobProcessor(LoopsMixin):
-    def __init__(self, store, settings, *, concurrency: int, engines: list[str] | None = None, kind: str = "worker",
-                 supervisor: str | None = None) -> None:
+    def __init__(
+        self,
+        store,
+        settings,
+        *,
+        concurrency: int,
+        engines: list[str] | None = None,
+        kind: str = "worker",
+        supervisor: str | None = None,
+    ) -> None:
         self.store, self.settings = store, settings
         self.supervisor = supervisor  # the `serve` that started this process, if one did
         self.concurrency = concurrency
@@ -68,9 +77,13 @@ class JobProcessor(LoopsMixin):
         self.log.info("worker.started", concurrency=self.concurrency, engines=sorted(self.only or []) or "all")
 
     async def _register(self) -> None:
-        await self.store.workers.register(self.worker_id, engines=sorted(self.only) if self.only else None,
-                                          concurrency=self.concurrency, kind=self.kind,
-                                          supervisor=self.supervisor)
+        await self.store.workers.register(
+            self.worker_id,
+            engines=sorted(self.only) if self.only else None,
+            concurrency=self.concurrency,
+            kind=self.kind,
+            supervisor=self.supervisor,
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running jobs finish within `grace`; release the rest to the
@@ -260,5 +273,5 @@ class JobProcessor(LoopsMixin):
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from app.context import JobContext, PermanentError, Retry
 
@@ -43,8 +44,16 @@ async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContex
     `fallback` (the handler itself) runs in-process when the child cannot find it."""
     mp = _context(modules)
     parent, child = mp.Pipe()
-    fields = {"job_id": ctx.job_id, "engine": ctx.engine, "operation": ctx.operation, "attempt": ctx.attempt,
-              "params": ctx.params, "parents": ctx.parents, "workflow_id": ctx.workflow_id, "_lease_token": ctx.lease_token}
+    fields = {
+        "job_id": ctx.job_id,
+        "engine": ctx.engine,
+        "operation": ctx.operation,
+        "attempt": ctx.attempt,
+        "params": ctx.params,
+        "parents": ctx.parents,
+        "workflow_id": ctx.workflow_id,
+        "_lease_token": ctx.lease_token,
+    }
     proc = mp.Process(target=_child, args=(child, modules, fields), name=f"quarantine-{ctx.job_id}", daemon=True)
     proc.start()
     child.close()
@@ -72,8 +81,10 @@ async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContex
             elif proc.sentinel not in ready:
                 continue
             await asyncio.to_thread(proc.join, 1)
-            raise HandlerCrashed(f"the handler's process died (exit code {proc.exitcode}) on a quarantined attempt; "
-                                 "the previous attempt's worker had died or stalled while running this job")
+            raise HandlerCrashed(
+                f"the handler's process died (exit code {proc.exitcode}) on a quarantined attempt; "
+                "the previous attempt's worker had died or stalled while running this job"
+            )
     finally:
         if proc.is_alive():
             proc.kill()

@@ -13,15 +13,15 @@ by default it is the database clock, which every process shares.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable
 
 from app import metrics
 from app.admission import Admission, limited_tenant
 from app.domain.schedule import Cron, plan
 from app.errors import RateLimited, SwitchyardError
-from app.notifications.service import notify_schedule_refused
 from app.logs import get_logger
+from app.notifications.service import notify_schedule_refused
 
 # A claim older than this is taken as its process's death. Launching one tick is a single
 # insert (or one workflow's inserts), far below this.
@@ -60,34 +60,55 @@ class Scheduler:
             self.log.warning("schedule.claim_taken_over", schedule_id=doc["_id"], tick=firing["tick"].isoformat())
             return int(await self._launch(doc, firing["tick"], firing["next"], token, now, recovering=True))
 
-        p = plan(Cron.parse(doc["cron"], doc["timezone"]), doc["next_run_at"], now, doc["misfire_policy"],
-                 self.settings.schedule_max_catchup)
+        p = plan(
+            Cron.parse(doc["cron"], doc["timezone"]),
+            doc["next_run_at"],
+            now,
+            doc["misfire_policy"],
+            self.settings.schedule_max_catchup,
+        )
         if p is None:
             return 0
         if p.skipped:
-            self.log.warning("schedule.misfire", schedule_id=doc["_id"], policy=doc["misfire_policy"],
-                             skipped_from=p.skipped[0].isoformat(), skipped_until=p.skipped[1].isoformat())
+            self.log.warning(
+                "schedule.misfire",
+                schedule_id=doc["_id"],
+                policy=doc["misfire_policy"],
+                skipped_from=p.skipped[0].isoformat(),
+                skipped_until=p.skipped[1].isoformat(),
+            )
         launched, cur = 0, doc["next_run_at"]
         for i, tick in enumerate(p.run):
             nxt = p.run[i + 1] if i + 1 < len(p.run) else p.resume
             token = uuid.uuid4().hex
-            if not await self.store.schedules.claim(doc["_id"], cur, tick, nxt, token, now,
-                                                    skipped=p.skipped if i == 0 else None):
+            if not await self.store.schedules.claim(
+                doc["_id"], cur, tick, nxt, token, now, skipped=p.skipped if i == 0 else None
+            ):
                 break  # another process has it (or it was paused or deleted)
             if not await self._launch(doc, tick, nxt, token, now):
                 break
             launched, cur, doc = launched + 1, nxt, {**doc, "last_error": None}  # as commit left it
         return launched
 
-    async def _launch(self, doc: dict, tick: datetime, nxt: datetime, token: str, now: datetime,
-                      recovering: bool = False) -> bool:
+    async def _launch(
+        self, doc: dict, tick: datetime, nxt: datetime, token: str, now: datetime, recovering: bool = False
+    ) -> bool:
         """Launch one claimed tick and commit it; on failure, release or give up the tick."""
         st, sid = self.store.schedules, doc["_id"]
         if recovering and doc["target"] == "workflow":
             # At most once: the dead process may or may not have created it.
-            await st.release(sid, token, tick, nxt, {"code": "outcome_unknown", "message":
-                             "the process firing this tick stopped before recording its workflow; not re-run"},
-                             give_up=True, now=now)
+            await st.release(
+                sid,
+                token,
+                tick,
+                nxt,
+                {
+                    "code": "outcome_unknown",
+                    "message": "the process firing this tick stopped before recording its workflow; not re-run",
+                },
+                give_up=True,
+                now=now,
+            )
             return False
         try:
             if not recovering:  # a taken-over tick was admitted by the process that claimed it
@@ -104,13 +125,18 @@ class Scheduler:
         except Exception as exc:
             give_up = isinstance(exc, SwitchyardError) or doc.get("tick_failures", 0) + 1 >= MAX_TICK_ATTEMPTS
             code = getattr(exc, "code", type(exc).__name__)
-            await st.release(sid, token, tick, nxt, {"code": code, "message": str(exc)[:2000]}, give_up=give_up, now=now)
-            self.log.warning("schedule.launch_failed", schedule_id=sid, tick=tick.isoformat(), error=repr(exc),
-                             given_up=give_up)
+            await st.release(
+                sid, token, tick, nxt, {"code": code, "message": str(exc)[:2000]}, give_up=give_up, now=now
+            )
+            self.log.warning(
+                "schedule.launch_failed", schedule_id=sid, tick=tick.isoformat(), error=repr(exc), given_up=give_up
+            )
             return False
         metrics.jobs_created(created)
         if not await st.commit(sid, token, tick, nxt, target, target_id, now):
-            self.log.warning("schedule.claim_lost", schedule_id=sid, tick=tick.isoformat(), **{f"{target}_id": target_id})
+            self.log.warning(
+                "schedule.claim_lost", schedule_id=sid, tick=tick.isoformat(), **{f"{target}_id": target_id}
+            )
         self.log.info("schedule.fired", schedule_id=sid, tick=tick.isoformat(), **{f"{target}_id": target_id})
         return True
 

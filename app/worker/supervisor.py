@@ -61,12 +61,14 @@ async def hand_back(store, pid: int, since) -> tuple[list[str], int]:
 def watch_parent(parent: int, on_gone, hard_after: float) -> None:
     """In a child: when `parent` is gone, call `on_gone` (a graceful stop), and exit hard
     `hard_after` seconds later should that stop hang (its database may be gone too)."""
+
     def run() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         on_gone()
         time.sleep(hard_after)
         os._exit(3)
+
     threading.Thread(target=run, name="watch-parent", daemon=True).start()
 
 
@@ -85,8 +87,18 @@ class Supervisor:
         self._tasks: list[asyncio.Task] = []
 
     def command(self, concurrency: int) -> list[str]:
-        cmd = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency),
-               "--supervisor", self.id, "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--supervisor",
+            self.id,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         return cmd + (["--handlers", self.handlers] if self.handlers else [])
 
     async def start(self, store) -> None:
@@ -101,8 +113,9 @@ class Supervisor:
         while not self.stopping:
             since = self.store.clock.now() - timedelta(seconds=5)  # the database clock, with slack
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(*self.command(concurrency), env=env, start_new_session=True,
-                                                        preexec_fn=die_with_parent())
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(concurrency), env=env, start_new_session=True, preexec_fn=die_with_parent()
+            )
             self.children[slot] = proc
             await self._beat()
             code = await proc.wait()
@@ -119,8 +132,15 @@ class Supervisor:
                 except Exception as exc:  # the rescuer gets them after a lease instead
                     workers, moved = [], 0
                     log.warning("supervisor.hand_back_failed", pid=proc.pid, error=repr(exc))
-                log.error("supervisor.worker_exited", pid=proc.pid, code=code, ran_s=round(ran, 1), workers=workers,
-                          jobs_handed_back=moved, restart_in_s=delay)
+                log.error(
+                    "supervisor.worker_exited",
+                    pid=proc.pid,
+                    code=code,
+                    ran_s=round(ran, 1),
+                    workers=workers,
+                    jobs_handed_back=moved,
+                    restart_in_s=delay,
+                )
                 await self._beat({"pid": proc.pid, "code": code, "ran_s": round(ran, 1)})
                 await asyncio.sleep(delay)
             finally:
@@ -128,8 +148,9 @@ class Supervisor:
 
     async def _beat(self, exit_: dict | None = None) -> None:
         try:
-            await self.store.workers.supervisor_beat(self.id, children=[p.pid for p in self.children.values()],
-                                                     restarting=self.restarting, exit_=exit_)
+            await self.store.workers.supervisor_beat(
+                self.id, children=[p.pid for p in self.children.values()], restarting=self.restarting, exit_=exit_
+            )
         except Exception as exc:
             log.warning("supervisor.beat_failed", error=repr(exc))
 
@@ -150,7 +171,7 @@ class Supervisor:
         for p in procs:
             try:
                 await asyncio.wait_for(p.wait(), max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 p.kill()
                 await p.wait()
         for t in self._tasks:

@@ -30,8 +30,9 @@ def keys_examined(explain: dict) -> int:
     return sum(s.get("totalKeysExamined", 0) for s in stats.get("executionStages", {}).get("shards", []))
 
 
-def assert_index_bounded(explain: dict, index: dict | None = None, max_keys: int | None = None,
-                         allow: frozenset = frozenset()) -> None:
+def assert_index_bounded(
+    explain: dict, index: dict | None = None, max_keys: int | None = None, allow: frozenset = frozenset()
+) -> None:
     """An index scan (of `index`, if given), no collection scan and no in-memory sort, and
     at most `max_keys` keys examined. `allow`: the server's known explain quirks
     (`app.store.quirks.PLAN_ALLOWANCES` on SecantusDB, nothing on MongoDB)."""

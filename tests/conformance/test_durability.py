@@ -17,13 +17,16 @@ async def test_n_transitions_give_exactly_n_events_with_unique_ids(store, settin
     relay = EventRelay(store, settings, lease_seconds=2.0)
     task = asyncio.create_task(relay.run())
     try:
+
         async def leading():
             return relay.leading
+
         await eventually(leading)
         made = [await jobs.completed(engine="ev") for _ in range(10)]  # queued, running, completed each
 
         async def all_in():
             return len([e for e in await store.events.since(0) if e.get("engine") == "ev"]) >= 30
+
         await eventually(all_in)
         events = [e for e in await store.events.since(0) if e.get("engine") == "ev"]
         assert len(events) == 30 and len({e["_id"] for e in events}) == 30 and len({e["token"] for e in events}) == 30
@@ -41,8 +44,9 @@ async def test_results_at_the_cap_complete_in_one_batch(store, jobs):
     near_cap = "x" * (oc.MAX_RESULT_BYTES - 1024)
     assert isinstance(oc.classify_result({"blob": near_cap}), oc.Success)
     claimed = [await jobs.running(engine="big") for _ in range(3)]
-    lost = await store.lifecycle.leave_running([Exit(j, j["lease_token"], "complete", result={"blob": near_cap},
-                                                     execution_ms=1) for j in claimed])
+    lost = await store.lifecycle.leave_running(
+        [Exit(j, j["lease_token"], "complete", result={"blob": near_cap}, execution_ms=1) for j in claimed]
+    )
     assert lost == set()
     for j in claimed:
         doc = await store.jobs.get(j["_id"])
@@ -60,7 +64,10 @@ async def test_start_up_after_a_retention_setting_changed(db_url, settings, stor
     again = connect(db_url, changed, db_name=store.db.name)
     await again.start()  # IndexOptionsConflict unless collMod
     try:
-        for col, want in (("events", changed.event_retention_seconds), ("notifications", changed.event_retention_seconds * 4)):
+        for col, want in (
+            ("events", changed.event_retention_seconds),
+            ("notifications", changed.event_retention_seconds * 4),
+        ):
             info = await again.db[col].index_information()
             assert info["retention"]["expireAfterSeconds"] == want
         await again.lifecycle.submit(JobSpec(engine="up", operation="ok"), owner="admin")
@@ -103,8 +110,9 @@ async def test_the_exact_fan_out_guard_matches_the_map_as_stored(store, jobs):
     doc.update(status="pending", waiting_on={"zz": 1, "aa": 1}, parent_ids=["zz", "aa"], ord=0)  # not sorted
     doc.pop("queued_at", None)
     await store.lifecycle.insert_many([doc])
-    (read,) = await store.jobs.by_ids([doc["_id"]], None, {"engine": 1, "priority": 1, "tenant": 1, "ord": 1,
-                                                            "waiting_on": 1})
+    (read,) = await store.jobs.by_ids(
+        [doc["_id"]], None, {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1}
+    )
     assert await store.enqueuer.ready([read], exact=True) == 1
     assert (await store.jobs.get(doc["_id"]))["status"] == "queued"
 
@@ -116,8 +124,9 @@ async def test_switchyard_migrate_brings_a_database_to_the_schema(db_url, settin
 
     name = store.db.name + "_m"
     env = {**os.environ, "MONGODB_URL": db_url, "MONGODB_DB": name, "SWITCHYARD_LOG_LEVEL": "WARNING"}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"], env=env, capture_output=True, text=True, timeout=120
+    )
     try:
         assert out.returncode == 0, out.stderr
         meta = await store.client[name]["meta"].find_one({"_id": "schema"}, {"_id": 0})
@@ -135,6 +144,7 @@ async def test_change_events_carry_no_results_errors_or_progress_data(store, job
     async def consume():
         async for changes, _ in store.feed.batches(None):
             seen.extend(changes)
+
     task = asyncio.create_task(consume())
     try:
         await asyncio.sleep(0.5)
@@ -143,8 +153,10 @@ async def test_change_events_carry_no_results_errors_or_progress_data(store, job
         await store.lifecycle.complete(job, job["lease_token"], {"blob": "x" * (oc.MAX_RESULT_BYTES - 1024)}, 1)
 
         async def completed():
-            return any((c.get("updateDescription") or {}).get("updatedFields", {}).get("status") == "completed"
-                       for c in seen)
+            return any(
+                (c.get("updateDescription") or {}).get("updatedFields", {}).get("status") == "completed" for c in seen
+            )
+
         await eventually(completed)
     finally:
         task.cancel()

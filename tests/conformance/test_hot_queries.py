@@ -4,7 +4,7 @@ reads classic, SBE and mongos plan shapes)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -23,6 +23,7 @@ def bounded(db_url):
         if unlimited_keys is not None and "limit_after_scan" in allow:
             max_keys = unlimited_keys
         assert_index_bounded(plan, index, max_keys, allow=allow)
+
     return check
 
 
@@ -42,8 +43,13 @@ async def many(store, jobs, n: int = 300, **kw) -> None:
 
 async def test_the_claim_window(store, jobs, bounded):
     await many(store, jobs)
-    plan = await explain(store, "jobs", {"engine": "testing", "status": "queued", "priority": 5, "tenant": "default",
-                                         "seq": {"$gte": 100, "$lt": 164}}, {"seq": 1}, 16)
+    plan = await explain(
+        store,
+        "jobs",
+        {"engine": "testing", "status": "queued", "priority": 5, "tenant": "default", "seq": {"$gte": 100, "$lt": 164}},
+        {"seq": 1},
+        16,
+    )
     bounded(plan, {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}, max_keys=65)
 
 
@@ -59,8 +65,12 @@ async def test_the_promoter(store, jobs, bounded):
     for _ in range(3):
         await jobs.scheduled()
     now = store.clock.now()
-    plan = await explain(store, "jobs", {"status": "scheduled", "run_at": {"$gte": now - timedelta(days=1),
-                                                                           "$lte": now + timedelta(days=1)}}, limit=500)
+    plan = await explain(
+        store,
+        "jobs",
+        {"status": "scheduled", "run_at": {"$gte": now - timedelta(days=1), "$lte": now + timedelta(days=1)}},
+        limit=500,
+    )
     bounded(plan, max_keys=4)
 
 
@@ -69,8 +79,9 @@ async def test_retention_and_the_unsettled_marks(store, jobs, bounded):
     for _ in range(3):
         await jobs.completed()
     now = store.clock.now()
-    plan = await explain(store, "jobs", {"expires_at": {"$gte": now - timedelta(days=1), "$lt": now + timedelta(days=30)}},
-                         limit=500)
+    plan = await explain(
+        store, "jobs", {"expires_at": {"$gte": now - timedelta(days=1), "$lt": now + timedelta(days=30)}}, limit=500
+    )
     bounded(plan, max_keys=4)
 
 
@@ -78,8 +89,10 @@ async def test_a_workflows_steps(store, jobs, bounded):
     from app.domain.workflow import StepSpec, WorkflowSpec
 
     await many(store, jobs)
-    wf = await store.workflows.create(WorkflowSpec(name="w", jobs=[StepSpec(key=f"s{i}", engine="testing", operation="ok")
-                                                                   for i in range(5)]), owner="admin")
+    wf = await store.workflows.create(
+        WorkflowSpec(name="w", jobs=[StepSpec(key=f"s{i}", engine="testing", operation="ok") for i in range(5)]),
+        owner="admin",
+    )
     plan = await explain(store, "jobs", {"workflow_id": wf["_id"]})
     bounded(plan, max_keys=6)
 
@@ -87,14 +100,14 @@ async def test_a_workflows_steps(store, jobs, bounded):
 async def test_a_tenants_waiting_count(store, jobs, bounded):
     await store.lifecycle.insert_many([store.lifecycle.build(jobs.spec(), "ta/u") for _ in range(50)])
     await many(store, jobs)
-    plan = await store.db.command({"explain": {"count": "jobs", "query": {"tenant": "ta", "status": "queued"}},
-                                   "verbosity": "executionStats"})
+    plan = await store.db.command(
+        {"explain": {"count": "jobs", "query": {"tenant": "ta", "status": "queued"}}, "verbosity": "executionStats"}
+    )
     bounded(plan, {"tenant": 1, "status": 1, "_id": 1}, max_keys=51)
 
 
 async def test_quiet_running_workflows_for_the_repair(store, bounded):
-    plan = await explain(store, "workflows", {"status": "running", "updated_at": {"$lt": store.clock.now()}},
-                         limit=20)
+    plan = await explain(store, "workflows", {"status": "running", "updated_at": {"$lt": store.clock.now()}}, limit=20)
     bounded(plan, {"status": 1, "updated_at": 1})
 
 
@@ -127,13 +140,13 @@ async def test_a_tenants_list_by_status_and_its_dead_letter(store, jobs, bounded
 
 async def test_a_tenants_history_window(store, jobs, bounded):
     import asyncio
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from bson import ObjectId
 
     await many(store, jobs)
     await asyncio.sleep(1.05)  # an ObjectId counts whole seconds
-    since = str(ObjectId.from_datetime(datetime.now(timezone.utc)))
+    since = str(ObjectId.from_datetime(datetime.now(UTC)))
     await tenant_jobs(store, jobs, "ta", 20)
     plan = await explain(store, "jobs", {"tenant": "ta", "_id": {"$gte": since}})
     bounded(plan, {"tenant": 1, "_id": 1}, max_keys=21)

@@ -41,9 +41,16 @@ async def test_every_write_is_majority_and_journaled(db_url, settings):
         job, _ = await st.lifecycle.submit(JobSpec(engine="wc", operation="ok"), owner="admin")
         (claimed,) = await st.claimer.claim(await st.engines.get("wc"), "w1", 1)
         await st.lifecycle.complete(claimed, claimed["lease_token"], {"ok": 1}, 1)
-        await st.workflows.create(WorkflowSpec(name="w", jobs=[StepSpec(key="a", engine="wc", operation="ok"),
-                                                               StepSpec(key="b", engine="wc", operation="ok",
-                                                                        depends_on=["a"])]), owner="admin")
+        await st.workflows.create(
+            WorkflowSpec(
+                name="w",
+                jobs=[
+                    StepSpec(key="a", engine="wc", operation="ok"),
+                    StepSpec(key="b", engine="wc", operation="ok", depends_on=["a"]),
+                ],
+            ),
+            owner="admin",
+        )
         other, _ = await st.lifecycle.submit(JobSpec(engine="wc", operation="ok"), owner="admin")
         await st.lifecycle.cancel(other["_id"])
         await st.lifecycle.drain()
@@ -54,4 +61,3 @@ async def test_every_write_is_majority_and_journaled(db_url, settings):
     assert len(rec.writes) >= 8
     bad = [(c, wc) for c, wc in rec.writes if not wc or wc.get("w") != "majority" or wc.get("j") is not True]
     assert not bad, bad
-
