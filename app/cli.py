@@ -228,7 +228,9 @@ async def _run_worker(
     store = connect(url, s)
     await store.start()
     maint = Maintenance(store, s)
-    proc = JobProcessor(store, s, concurrency=concurrency, engines=engines, kind="worker", supervisor=supervisor)
+    # A pool that `serve` supervises registers as `serve`'s, a standalone one as a worker.
+    kind = "serve" if supervisor else "worker"
+    proc = JobProcessor(store, s, concurrency=concurrency, engines=engines, kind=kind, supervisor=supervisor)
     await maint.start()
     await proc.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -102,6 +102,21 @@ async def test_transitions_made_while_no_relay_ran_still_get_their_events(store,
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_new_databases_first_relay_sees_the_writes_made_before_it_ran(store, settings, jobs):
+    """The relay of a new database starts where its migration put it, not whenever it first
+    leads: jobs submitted while the relays were still starting get their events (two relays
+    starting next to a stream of submits once lost the first job's event this way)."""
+    made = [await jobs.queued() for _ in range(3)]
+    relay = EventRelay(store, settings, lease_seconds=2.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        for job in made:
+            assert [e["type"] for e in await events_of(store, job["_id"], "job.queued")] == ["job.queued"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_only_one_relay_leads_and_a_replayed_batch_adds_nothing(store, settings, db_url, jobs):
     other_store = connect(db_url, settings, db_name=store.db.name)
     await other_store.start()

@@ -26,7 +26,7 @@ class WorkerOut(BaseModel):
     id: str
     host: str
     pid: int
-    kind: str = Field(description="`serve` (in-process pool) or `worker` (a separate process)")
+    kind: str = Field(description="`serve` (a worker process `serve` supervises) or `worker` (a `switchyard worker`)")
     engines: list[str] | None = Field(description="the engines it takes jobs of; null means every engine")
     concurrency: int = Field(description="job slots")
     running: int = Field(description="jobs running at its last heartbeat (of the caller's tenant)")

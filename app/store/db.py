@@ -226,7 +226,21 @@ class Store:
             self.workflows.ensure_indexes(),
             self.schedules.ensure_indexes(),
         )
+        await self.seed_event_relay()
         await self.db["meta"].replace_one({"_id": "schema"}, self.schema(), upsert=True)
+
+    async def seed_event_relay(self) -> None:
+        """Where the event relay starts on a new database: here, before any process of this
+        version writes a job. Without it the first relay starts its change stream whenever
+        it first leads, and the writes made before that (a submit racing start-up) would
+        never become events. Where change streams are missing, the relay cannot run anyway."""
+        from app.notifications.relay import LEASE
+
+        try:
+            token = await self.feed.position()
+        except Exception:
+            return
+        await self.leases.seed(LEASE, {"token": token, "seq": 0})
 
     async def ping(self) -> bool:
         try:

@@ -127,6 +127,15 @@ class ChangeFeed:
                 raise HistoryLost(str(exc)) from exc
             raise
 
+    async def position(self) -> Any:
+        """A resume token for this moment in the database's log: `batches(position)` later
+        yields every change made after it."""
+        async with await self.db.watch(
+            [{"$match": {"ns.coll": {"$in": ["jobs", "workflows"]}}}], max_await_time_ms=1
+        ) as s:
+            await s.try_next()
+            return s.resume_token
+
     async def static(self, kind: str, ids: list[str]) -> dict[str, dict]:
         """The unchanging fields of jobs or workflows, by id (a query per 64 ids)."""
         if not ids:

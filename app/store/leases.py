@@ -4,16 +4,19 @@ Some loops run in one process of a deployment at a time (maintenance, the event 
 notifier). Each holds a lease document `{_id: name, holder, expires_at, state}`, renewed
 well within its length on the database clock. Invariant: `state` (the loop's checkpoint)
 is only written under the holder's own lease, so a deposed leader that wakes up late cannot
-move the checkpoint; at worst it repeats work, which its loop makes idempotent.
+move the checkpoint; at worst it repeats work, which its loop makes idempotent. The one
+exception is `seed`, which only writes a lease that has never saved a checkpoint.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a seeded lease is free to take
 
 
 class LeaseStore:
@@ -38,6 +41,22 @@ class LeaseStore:
             return {"_id": name, "holder": holder, "expires_at": until, "state": {}}
         except DuplicateKeyError:
             return None
+
+    async def seed(self, name: str, state: dict[str, Any]) -> bool:
+        """Give a lease that has never saved a checkpoint this one (creating the lease, free,
+        if need be). Whoever first holds it starts from there. False: it had one already."""
+        try:
+            res = await self.col.update_one(
+                {"_id": name, "state.token": None},
+                {
+                    "$set": {f"state.{k}": v for k, v in state.items()},
+                    "$setOnInsert": {"holder": None, "expires_at": EPOCH},
+                },
+                upsert=True,
+            )
+        except DuplicateKeyError:  # it exists, with a checkpoint
+            return False
+        return bool(res.modified_count or res.upserted_id)
 
     async def release(self, name: str, holder: str) -> None:
         await self.col.update_one({"_id": name, "holder": holder}, {"$set": {"expires_at": self.clock.now()}})
