@@ -155,9 +155,10 @@ async def test_one_read_per_recheck_covers_every_open_key_and_closes_only_the_re
     ]
     reads, real = [], store.keys.live
 
-    async def counted(ids):  # the real read, counted
+    async def counted(ids):  # the real read, counted once it has answered
+        out = await real(ids)
         reads.append(set(ids))
-        return await real(ids)
+        return out
 
     store.keys.live = counted
     watch = Watch(store, 0.2)
