@@ -16,7 +16,9 @@ killed, its `end` line, tied by (job, lease token).
   duplicate finishes: jobs whose handler returned normally more than once.
 - peak concurrency: the most runs of one engine in progress at once, each run clipped at
   its process's SIGKILL/exit (for a quarantined run, also its owning worker's: the child
-  exits with it) and with its SIGSTOP..SIGCONT pauses cut out.
+  exits with it, and the time its owner recorded the attempt's failure: the owner records
+  a quarantined crash only once the child is gone, and the harness cannot see that child's
+  exit) and with its SIGSTOP..SIGCONT pauses cut out.
 """
 
 from __future__ import annotations
@@ -118,8 +120,12 @@ def stale_completions(runs: dict[str, list[Run]], docs: list[dict]) -> dict:
     return {"accepted": accepted_stale, "attempted": attempted_stale, "completed_without_run": unknown}
 
 
-def intervals(runs: dict[str, list[Run]], events: list[tuple[float, int, str]], engine: str, now: float):
-    """Each run's active time: start..end (or its process's kill/exit), minus stopped spans."""
+def intervals(runs: dict[str, list[Run]], events: list[tuple[float, int, str]], engine: str, now: float, docs=()):
+    """Each run's active time: start..end (or its process's kill/exit), minus stopped spans.
+    `docs`: the jobs, whose error history dates the end of quarantined runs that crashed."""
+    failed_at = {
+        (d["_id"], e.get("attempt")): e["at"].timestamp() for d in docs for e in d.get("errors") or [] if e.get("at")
+    }
     killed: dict[int, float] = {}
     stops: dict[int, list[tuple[float, float]]] = defaultdict(list)
     open_stop: dict[int, float] = {}
@@ -139,6 +145,8 @@ def intervals(runs: dict[str, list[Run]], events: list[tuple[float, int, str]], 
                 continue
             # a quarantine child dies with the worker that owns it (it exits on the pipe's EOF)
             gone = min(killed.get(r.pid, INF), killed.get(r.owner, INF) if r.owner else INF)
+            if r.owner and r.owner != r.pid and r.end is None:
+                gone = min(gone, failed_at.get((r.job, r.attempt), INF))
             end = min(r.end if r.end is not None else now, gone)
             segs = [(r.start, end)]
             for a, b in stops.get(r.pid, []):

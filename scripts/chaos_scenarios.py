@@ -90,7 +90,7 @@ async def common(cl: Cluster, r: Result, acknowledged: list[str], *, settle: flo
     docs = await cl.docs()
     state = ck.db_state(acknowledged, docs)
     stale = ck.stale_completions(runs, docs)
-    peak = ck.peak_concurrency(ck.intervals(runs, cl.events, ENGINE, time.time()))
+    peak = ck.peak_concurrency(ck.intervals(runs, cl.events, ENGINE, time.time(), docs))
     f = r.figures
     f.update(
         lost=state["lost"],
