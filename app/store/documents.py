@@ -62,6 +62,7 @@ class JobDoc(TypedDict):
     dedupe_key: NotRequired[str | None]
     cancel_requested: NotRequired[bool]
     cancel_reason: NotRequired[str]
+    stop_reason: NotRequired[str]  # why a running job was asked to stop, until it has
     lease_owner: NotRequired[str]
     lease_token: NotRequired[str]
     lease_expires_at: NotRequired[datetime]

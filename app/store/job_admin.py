@@ -185,7 +185,7 @@ class JobAdmin:
                     "retried_at": now,
                     "progress": {"percent": 0.0, "stage": None, "data": {}},
                 },
-                "$unset": {"expires_at": "", "cancel_reason": "", "finished_token": ""},
+                "$unset": {"expires_at": "", "cancel_reason": "", "stop_reason": "", "finished_token": ""},
                 "$inc": {"manual_retries": 1},
             },
         )

@@ -323,13 +323,13 @@ class JobQueries:
         return set(await self.cancel_reasons(job_ids))
 
     async def cancel_reasons(self, job_ids: list[str]) -> dict[str, str | None]:
-        """`{job_id: cancel_reason}` of these jobs that were asked to stop."""
+        """`{job_id: reason}` of these running jobs that were asked to stop."""
         if not job_ids:
             return {}
         docs = await self.col.find(
-            {"_id": {"$in": job_ids}, "cancel_requested": True}, {"_id": 1, "cancel_reason": 1}
+            {"_id": {"$in": job_ids}, "cancel_requested": True}, {"_id": 1, "stop_reason": 1}
         ).to_list(None)
-        return {d["_id"]: d.get("cancel_reason") for d in docs}
+        return {d["_id"]: d.get("stop_reason") for d in docs}
 
     async def get(self, job_id: str) -> dict:
         doc = await self.col.find_one({"_id": job_id}) if isinstance(job_id, str) else None

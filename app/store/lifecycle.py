@@ -279,7 +279,9 @@ class Lifecycle:
             if status.terminal:
                 raise InvalidTransition(f"job {job_id} is already {status.value}", field="status")
             if status == JobStatus.RUNNING:
-                update = {"$set": {"cancel_requested": True, "cancel_reason": reason}}
+                # The reason waits under its own name: the exit writes `cancel_reason`, and a
+                # field set to the value it already has is not in the change (nor the event).
+                update = {"$set": {"cancel_requested": True, "stop_reason": reason}}
             else:
                 now = self.clock.now()
                 update = {

@@ -89,7 +89,7 @@ class StepMoves:
             self.col,
             ids,
             {"status": JobStatus.RUNNING.value},
-            {"$set": {"cancel_requested": True, "cancel_reason": reason}},
+            {"$set": {"cancel_requested": True, "stop_reason": reason}},  # see Lifecycle.cancel
         )
         mine = await find_in(
             self.col, [j["_id"] for j in found], {"status": JobStatus.CANCELLED.value, "completed_at": now}, {"_id": 1}
@@ -130,7 +130,7 @@ class StepMoves:
                         "cancel_requested": False,
                         "reset_at": now,
                     },
-                    "$unset": {"cancel_reason": "", "finished_token": ""},
+                    "$unset": {"cancel_reason": "", "stop_reason": "", "finished_token": ""},
                 },
             )
             moved += res.modified_count
