@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -197,6 +198,24 @@ class Settings(BaseSettings):
         le=86_400,
         description=(
             "shortest gap allowed between two ticks of a tenant's schedule; a cron that fires closer is refused"
+        ),
+    )
+
+    # the built-in `llm.chat` handler (handlers/llm.py, docs/llm.md): an OpenAI-compatible
+    # chat-completions endpoint. The settings' base URL is trusted; a job's own `base_url` goes
+    # through http_request's address check (SWITCHYARD_HTTP_ALLOWLIST admits private hosts).
+    llm_base_url: str = Field(
+        "https://api.openai.com/v1",
+        pattern=r"^https?://",
+        description="base URL of the chat-completions API (`{base}/chat/completions`): OpenAI, vLLM, Ollama, llama.cpp",
+    )
+    llm_api_key: str | None = Field(None, description="bearer key sent to `llm_base_url`; a job's `api_key` wins")
+    llm_model: str = Field("gpt-4o-mini", min_length=1, description="model a job without `model` asks for")
+    llm_prices: dict[str, dict[Literal["input", "output"], Annotated[float, Field(ge=0)]]] = Field(
+        default_factory=dict,
+        description=(
+            'JSON: model -> {"input": USD per 1M prompt tokens, "output": USD per 1M completion tokens}; '
+            "an unpriced model costs 0"
         ),
     )
 

@@ -9,8 +9,9 @@ steps"):
   parent: a parent result's `data_base64` (what `render` and `resize` return) or
   `image_base64`. Exactly one parent may offer one, unless `input_from` names the parent.
 - A text handler takes `text` from its parameters; without it, the text of its parents: a
-  parent result's `text`, else `summary` (`summarize`), else `body` (`http_request`). Several
-  parents' texts are joined, in `depends_on` order, as paragraphs (a blank line between).
+  parent result's `text`, else `summary` (`summarize`), else `content` (`llm.chat`), else
+  `body` (`http_request`). Several parents' texts are joined, in `depends_on` order, as
+  paragraphs (a blank line between).
 - `input_from` (a step key, or a list of them) restricts the search to those parents.
 
 Parameters win so that a step can always be run, or re-run, on an input of its own.
@@ -23,7 +24,7 @@ from typing import Any
 from app import JobContext, PermanentError
 
 IMAGE_FIELDS = ("data_base64", "image_base64")
-TEXT_FIELDS = ("text", "summary", "body")
+TEXT_FIELDS = ("text", "summary", "content", "body")
 
 
 def _bad(field: str, reason: str) -> PermanentError:
