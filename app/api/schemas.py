@@ -97,6 +97,12 @@ class QueueOut(BaseModel):
     paused: bool = Field(description="the whole engine is paused (by the bootstrap admin)")
     tenant_paused: bool = Field(False, description="the caller's tenant paused its own work on this engine")
     oldest_queued_age_seconds: float | None = None
+    held_until: datetime | None = Field(
+        None,
+        description="provider back-pressure holds this engine until then: the whole engine, or "
+        "(for a tenant) its own key; null when nothing holds it",
+    )
+    held_key: str | None = Field(None, description="the held key (`tenant:<name>`), null for the whole engine")
 
 
 class QueueStatus(BaseModel):
