@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -149,3 +149,21 @@ ERROR_RESPONSES = {
 def error_responses(*codes: int) -> dict:
     """The documented error answers for these status codes only."""
     return {c: ERROR_RESPONSES[c] for c in codes}
+
+
+class UsageRow(BaseModel):
+    key: Any = Field(description="the group: a tenant, engine, day (YYYY-MM-DD), job id or workflow id (null: none)")
+    attempts: int = Field(description="attempts that reported usage")
+    tokens_in: float
+    tokens_out: float
+    cost: float
+    counters: dict[str, float] = Field(default_factory=dict, description="the handlers' own counters, summed")
+
+
+class UsageOut(BaseModel):
+    group_by: str
+    start: date | None = Field(None, alias="from")
+    end: date | None = Field(None, alias="to")
+    rows: list[UsageRow]
+
+    model_config = {"populate_by_name": True, "serialize_by_alias": True}

@@ -262,6 +262,10 @@ class JobProcessor(LoopsMixin):
             if job.get("parent_ids"):
                 ex.ctx.parents = await self.store.jobs.parent_results(job, self.results)
             outcome, ms = await ex.run()
+            try:  # before the move, so a finished job's document has its usage
+                await ex.record_usage()
+            except Exception as exc:
+                ex.log.warning("job.usage_lost", error=repr(exc))
             status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.exits.leave)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)
