@@ -127,6 +127,8 @@ async def test_the_usage_api_groups_and_scopes(app, worker, jobs, store):
         assert [(r["key"], r["attempts"]) for r in by_day] == [(today, 3)]
         past = (await admin.get("/api/v1/usage", params={"to": "2000-01-01"})).json()["rows"]
         assert past == []
+        job = (await admin.get(f"/api/v1/jobs/{ta['_id']}/status")).json()
+        assert job["usage"] == {"tokens_in": 11, "tokens_out": 5, "cost": 0.25, "counters": {"images": 2}}
     async with client(app, await _tenant_token(app, "ta")) as mine:
         r = await mine.get("/api/v1/usage", params={"group_by": "job"})
         assert {row["key"] for row in r.json()["rows"]} == {ta["_id"], ta2["_id"]}

@@ -30,6 +30,13 @@ class JobError(BaseModel):
 REDACTED = ("result", "last_error", "errors", "progress", "cancel_reason", "name")
 
 
+class JobUsage(BaseModel):
+    tokens_in: float = 0
+    tokens_out: float = 0
+    cost: float = 0
+    counters: dict[str, float] = Field(default_factory=dict)
+
+
 class JobOut(BaseModel):
     id: str
     engine: str
@@ -61,6 +68,8 @@ class JobOut(BaseModel):
     cancel_reason: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    usage: JobUsage | None = Field(None, description="what its attempts reported with ctx.usage, summed")
+    backpressure_count: int = Field(0, description="times the provider pushed it back (RateLimited), uncharged")
     why: dict | None = Field(None, description="why a job that is not running yet waits: reasons as data")
 
     @classmethod
