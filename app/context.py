@@ -1,8 +1,11 @@
-"""What a handler sees: `JobContext`, and the two exceptions it may raise on purpose."""
+"""What a handler sees: `JobContext` (progress, cancellation, usage), and the exceptions it
+may raise on purpose: `Retry`, `PermanentError`, `RateLimited`."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +13,10 @@ from typing import Any
 from app.domain.models import check_keys
 
 ProgressSink = Callable[[float, "str | None", dict], Awaitable[None]]
+UsageSink = Callable[[dict[str, float]], Awaitable[None]]
+HOLD_KEY = re.compile(r"^tenant:[A-Za-z0-9_-]{1,64}$")
+COUNTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_HOLD_SECONDS = 3600.0  # a malformed Retry-After must not stop an engine for a day
 
 
 class Retry(Exception):
@@ -30,6 +37,47 @@ class PermanentError(Exception):
         self.message = message or code
 
 
+class RateLimited(Exception):
+    """Raise when the provider pushes back (a 429 with `Retry-After`): the job goes back to
+    the queue without being charged an attempt, and no worker claims the engine's jobs (or,
+    with `key="tenant:<name>"`, that tenant's jobs in the engine) for `retry_after` seconds
+    (at most MAX_HOLD_SECONDS). A bad `retry_after` or `key` raises ValueError here."""
+
+    def __init__(
+        self, retry_after: float, key: str | None = None, reason: str = "rate limited by the provider"
+    ) -> None:
+        super().__init__(reason)
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int | float) or not math.isfinite(retry_after):
+            raise ValueError("retry_after must be a finite number of seconds")
+        if retry_after < 0:
+            raise ValueError("retry_after must not be negative")
+        if key is not None and not (isinstance(key, str) and HOLD_KEY.match(key)):
+            raise ValueError("key must be None (the whole engine) or 'tenant:<name>'")
+        self.retry_after = min(float(retry_after), MAX_HOLD_SECONDS)
+        self.key = key
+        self.reason = reason
+
+
+def check_usage(tokens_in: Any, tokens_out: Any, cost: Any, counters: dict[str, Any]) -> dict[str, float]:
+    """The usage one `ctx.usage` call reports, validated; zeros left out."""
+    values = {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, **counters}
+    out: dict[str, float] = {}
+    for name, v in values.items():
+        if not COUNTER_NAME.match(name):
+            raise ValueError(f"usage counter name {name!r} must be an identifier")
+        if name in ("tokens_in", "tokens_out") and name in counters:
+            raise ValueError(f"{name} is not a counter")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"usage {name} must be a number, not {type(v).__name__}")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"usage {name} must be finite and not negative")
+        if name in ("tokens_in", "tokens_out") and v != int(v):
+            raise ValueError(f"usage {name} must be a whole number")
+        if v:
+            out[name] = v
+    return out
+
+
 @dataclass
 class JobContext:
     job_id: str
@@ -42,6 +90,7 @@ class JobContext:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _sink: ProgressSink | None = None
     _lease_token: str | None = None
+    _usage_sink: UsageSink | None = None
 
     @property
     def lease_token(self) -> str | None:
@@ -59,3 +108,11 @@ class JobContext:
         check_keys(data, "data")
         if self._sink is not None:
             await self._sink(percent, stage, data)
+
+    async def usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0, **counters: float) -> None:
+        """Report usage of a paid service; calls add up. Values are numbers, finite and not
+        negative, counter names identifiers: anything else raises ValueError and records
+        nothing. Kept per attempt and summed on the job (docs/limits.md)."""
+        values = check_usage(tokens_in, tokens_out, cost, counters)
+        if values and self._usage_sink is not None:
+            await self._usage_sink(values)

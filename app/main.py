@@ -28,6 +28,9 @@ from app.api import (
     live as live_api,
 )
 from app.api import (
+    usage as usage_api,
+)
+from app.api import (
     workers as workers_api,
 )
 from app.api.schemas import ERROR_RESPONSES, error_responses
@@ -127,6 +130,7 @@ def create_app(
         queues.router, responses=ERROR_RESPONSES
     )  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(admin.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/dead-letter, /jobs/retry
+    app.include_router(usage_api.router, responses=ERROR_RESPONSES)
     app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     app.openapi = lambda: _openapi(app)

@@ -16,7 +16,9 @@ Who increments what:
 - `RESCUES`, and `JOBS_FINISHED{status="failed"}` for a rescued job out of attempts: the
   rescuer in `app/worker/maintenance.py` (`job_rescued`);
 - `CLAIM_LATENCY`: the fetch loop in `app/worker/processor.py`, one claim round trip;
-- `NOTIFICATIONS_SENT`, `EMAIL_FAILURES`: the notification channels.
+- `NOTIFICATIONS_SENT`, `EMAIL_FAILURES`: the notification channels;
+- `USAGE_TOKENS`, `USAGE_COST`: the worker that wrote an attempt's usage (`usage_recorded`,
+  from `app/worker/processor.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ __all__ = [
     "COUNTER_CORRECTIONS",
     "NOTIFICATIONS_SENT",
     "EMAIL_FAILURES",
+    "USAGE_TOKENS",
+    "USAGE_COST",
+    "usage_recorded",
     "jobs_created",
     "job_outcome",
     "job_rescued",
@@ -81,6 +86,10 @@ COUNTER_CORRECTIONS = Counter(
 RESCUES = Counter("switchyard_rescues_total", "Running jobs taken back from a worker whose lease expired")
 NOTIFICATIONS_SENT = Counter("switchyard_notifications_sent_total", "Notifications delivered, per channel", ["channel"])
 EMAIL_FAILURES = Counter("switchyard_email_failures_total", "Emails that could not be sent")
+USAGE_TOKENS = Counter(
+    "switchyard_usage_tokens_total", "Tokens handlers reported (ctx.usage), in or out", ["engine", "direction"]
+)
+USAGE_COST = Counter("switchyard_usage_cost_total", "Cost handlers reported (ctx.usage)", ["engine"])
 
 
 # --- recording helpers (one call at each place a transition happens) ---------------------
@@ -98,6 +107,15 @@ def job_outcome(engine: str, status: str, execution_ms: int | None) -> None:
         JOBS_FINISHED.labels(engine=engine, status=status).inc()
         if execution_ms is not None:
             JOB_DURATION.labels(engine=engine).observe(execution_ms / 1000)
+
+
+def usage_recorded(engine: str, values: dict[str, float]) -> None:
+    """One attempt's usage, as written to the database."""
+    for direction in ("in", "out"):
+        if values.get(f"tokens_{direction}"):
+            USAGE_TOKENS.labels(engine=engine, direction=direction).inc(values[f"tokens_{direction}"])
+    if values.get("cost"):
+        USAGE_COST.labels(engine=engine).inc(values["cost"])
 
 
 def job_rescued(engine: str, new_status: str) -> None:

@@ -33,6 +33,7 @@ PRIMITIVES = {
     "backoff": Lifecycle.backoff,
     "fail": Lifecycle.fail,
     "release": Lifecycle.release,
+    "hold": Lifecycle.hold,
     "rescue": Lifecycle.rescue,
     "exhaust": Lifecycle.rescue,
     "stop": Lifecycle.stop,

@@ -19,6 +19,7 @@ from app.api.auth import Principal, audit, require_principal, require_role
 from app.api.schemas import LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
 from app.errors import Forbidden, NotFound
+from app.store.engines import held_until
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
 QueueName = Path(pattern=NAME_PATTERN, description="the engine's name")
@@ -49,6 +50,7 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         running, queued = mine.get("running", 0), mine.get("queued", 0)
     oldest = await store.jobs.oldest_queued_at(doc, tenant) if queued > 0 else None
     age = (store.clock.now() - oldest).total_seconds() if oldest else None
+    hold = held_until(doc, tenant, store.clock.now())  # the admin sees the engine-wide hold
     return QueueOut(
         name=doc["_id"],
         running=running,
@@ -57,6 +59,8 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         paused=doc.get("paused", False),
         oldest_queued_age_seconds=age,
         tenant_paused=tenant is not None and tenant in (doc.get("paused_tenants") or {}),
+        held_until=hold[0] if hold else None,
+        held_key=hold[1] if hold else None,
     )
 
 

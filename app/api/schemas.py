@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,13 @@ class JobError(BaseModel):
 
 # What a handler or its caller wrote freely: secrets (a URL's password in an error message) may be in it.
 REDACTED = ("result", "last_error", "errors", "progress", "cancel_reason", "name")
+
+
+class JobUsage(BaseModel):
+    tokens_in: float = 0
+    tokens_out: float = 0
+    cost: float = 0
+    counters: dict[str, float] = Field(default_factory=dict)
 
 
 class JobOut(BaseModel):
@@ -61,6 +68,8 @@ class JobOut(BaseModel):
     cancel_reason: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    usage: JobUsage | None = Field(None, description="what its attempts reported with ctx.usage, summed")
+    backpressure_count: int = Field(0, description="times the provider pushed it back (RateLimited), uncharged")
     why: dict | None = Field(None, description="why a job that is not running yet waits: reasons as data")
 
     @classmethod
@@ -97,6 +106,12 @@ class QueueOut(BaseModel):
     paused: bool = Field(description="the whole engine is paused (by the bootstrap admin)")
     tenant_paused: bool = Field(False, description="the caller's tenant paused its own work on this engine")
     oldest_queued_age_seconds: float | None = None
+    held_until: datetime | None = Field(
+        None,
+        description="provider back-pressure holds this engine until then: the whole engine, or "
+        "(for a tenant) its own key; null when nothing holds it",
+    )
+    held_key: str | None = Field(None, description="the held key (`tenant:<name>`), null for the whole engine")
 
 
 class QueueStatus(BaseModel):
@@ -143,3 +158,21 @@ ERROR_RESPONSES = {
 def error_responses(*codes: int) -> dict:
     """The documented error answers for these status codes only."""
     return {c: ERROR_RESPONSES[c] for c in codes}
+
+
+class UsageRow(BaseModel):
+    key: Any = Field(description="the group: a tenant, engine, day (YYYY-MM-DD), job id or workflow id (null: none)")
+    attempts: int = Field(description="attempts that reported usage")
+    tokens_in: float
+    tokens_out: float
+    cost: float
+    counters: dict[str, float] = Field(default_factory=dict, description="the handlers' own counters, summed")
+
+
+class UsageOut(BaseModel):
+    group_by: str
+    start: date | None = Field(None, alias="from")
+    end: date | None = Field(None, alias="to")
+    rows: list[UsageRow]
+
+    model_config = {"populate_by_name": True, "serialize_by_alias": True}

@@ -25,6 +25,7 @@ class JobStatus(StrEnum):
     running    ──backoff─────> scheduled    [lease cleared]
     running    ──fail────────> failed       [lease cleared, settle]
     running    ──release─────> queued       [fresh seq, lease cleared, attempt refunded]
+    running    ──hold────────> queued       [fresh seq, lease cleared, attempt refunded]
     running    ──rescue──────> queued       [fresh seq, lease cleared]
     running    ──exhaust─────> failed       [lease cleared, settle]
     running    ──stop────────> cancelled    [lease cleared, settle]
@@ -134,6 +135,13 @@ MOVES: dict[str, Move] = {
         Move("backoff", (S.RUNNING,), S.SCHEDULED, E.LEASE_CLEARED, "the lease holder, attempts left"),
         Move("fail", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "the lease holder"),
         Move("release", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED | E.REFUNDED, "the lease holder, on shutdown"),
+        Move(
+            "hold",
+            (S.RUNNING,),
+            S.QUEUED,
+            E.SEQ | E.LEASE_CLEARED | E.REFUNDED,
+            "the lease holder, the provider pushed back (RateLimited): its engine or key is held",
+        ),
         Move("rescue", (S.RUNNING,), S.QUEUED, E.SEQ | E.LEASE_CLEARED, "maintenance, the lease expired"),
         Move("exhaust", (S.RUNNING,), S.FAILED, E.LEASE_CLEARED | E.SETTLE, "maintenance, no attempts left"),
         Move("stop", (S.RUNNING,), S.CANCELLED, E.LEASE_CLEARED | E.SETTLE, "the lease holder, cancel requested"),

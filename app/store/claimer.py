@@ -1,6 +1,7 @@
 """`Claimer`: the claim, and the per-engine state it keeps between claims (its caches).
 
-The claim (docs/claiming.md): read the engine document, take the highest band with work,
+The claim (docs/claiming.md): read the engine document, take the highest band with work
+(not paused, not held by provider back-pressure: both read from that same document),
 find a window of candidates with plain equality plus a seq range bounded on both sides,
 claim them in one `update_many({_id: {$in}, status: "queued"})` stamped with a fresh lease
 token, then read them back by token. Its cost depends on the window, never on queue depth.
@@ -100,7 +101,7 @@ class Claimer:
         claim, read-only. Lets a worker size its permit reservation, and lets a worker that
         lost the race for a job find out without writing anything."""
         seen = 0
-        for _, p, tenant, lo, hi in busy_bands(engine):
+        for _, p, tenant, lo, hi in busy_bands(engine, now=self.clock.now()):
             if seen < k:
                 found, _ = await self.window(engine["_id"], p, tenant, lo, hi, k - seen, {"seq": 1})
                 seen += len(found)
@@ -141,7 +142,7 @@ class Claimer:
         moved: dict[str, int] = {}
         mine: list[dict] = []  # rounds we won outright: the candidates as read, stamped here
         contested: list[str] = []  # rounds another claimer shared: the token tells which we won
-        bands = list(busy_bands(engine))
+        bands = list(busy_bands(engine, now=now))  # held bands (back-pressure) are skipped
         lows = {b[0]: b[3] for b in bands}
         holders = sorted(w for w, n in (engine.get("holds") or {}).items() if n > 0 or w == worker)
         rank = holders.index(worker) if worker in holders else len(holders)

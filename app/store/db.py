@@ -110,7 +110,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 3  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 4  # raise it whenever an index or a migration changes
 
 
 class Store:
@@ -137,6 +137,7 @@ class Store:
         from app.store.retention import Expiry, JobRetention, WorkflowRetention
         from app.store.schedules import ScheduleStore
         from app.store.steps import StepMoves
+        from app.store.usage import UsageStore
         from app.store.workers import WorkerStore
         from app.store.workflow_flow import WorkflowFlow
         from app.store.workflows import WorkflowStore
@@ -180,6 +181,7 @@ class Store:
         self.notifications = NotificationStore(self.db, settings)
         self.mail = MailStore(self.db, settings, self.clock)
         self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.workflows)
+        self.usage = UsageStore(self.db, jobs, self.clock)
 
     def schema(self) -> dict:
         """What the database's indexes and migrations must match: this version's schema and
@@ -225,6 +227,7 @@ class Store:
             self.mail.ensure_indexes(),
             self.workflows.ensure_indexes(),
             self.schedules.ensure_indexes(),
+            self.usage.ensure_indexes(),
         )
         await self.seed_event_relay()
         await self.db["meta"].replace_one({"_id": "schema"}, self.schema(), upsert=True)

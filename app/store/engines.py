@@ -5,6 +5,10 @@ It holds what every worker must agree on:
   bootstrap admin, docs/security.md);
 - `paused_tenants.<tenant>`: a tenant's own pause: its bands are not claimed while every
   other tenant's are;
+- `held_until` and `held_keys.<key>`: provider back-pressure (a handler raised
+  `RateLimited`): until that time no band of the engine (`held_until`), or none of the
+  key's bands (`held_keys."tenant:<name>"`), is claimed. Only ever moved later (`$max`);
+  an expired hold is inert and is left in place;
 - `seq.<band>`: the next sequence number of a band, one per (priority, tenant): `pN` for
   tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
 - `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -32,32 +37,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from app.errors import NotFound
 from app.settings import Settings
+from app.store.bands import (  # noqa: F401 (the band helpers, imported from here too)
+    DEFAULT_TENANT,
+    band,
+    busy_bands,
+    held_until,
+    next_hold_end,
+    parse_band,
+    tenant_key,
+)
 
-DEFAULT_TENANT = "default"
 CLEAR_DELAY = 0.005  # seconds a landed marker waits for the next enqueue to carry its removal
-
-
-def band(priority: int, tenant: str = DEFAULT_TENANT) -> str:
-    """The key of a (priority, tenant) band. Tenant names are letters, digits, `_` and `-`."""
-    return f"p{priority}" if tenant == DEFAULT_TENANT else f"p{priority}:{tenant}"
-
-
-def parse_band(key: str) -> tuple[int, str]:
-    p, _, tenant = key[1:].partition(":")
-    return int(p), tenant or DEFAULT_TENANT
-
-
-def busy_bands(engine: dict, *, paused_too: bool = False):
-    """`(band, priority, tenant, cursor, next_seq)` for each band of an engine document that
-    may hold queued jobs, highest priority first; the bands of paused tenants only with
-    `paused_too`."""
-    cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
-    paused = {} if paused_too else engine.get("paused_tenants") or {}
-    for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
-        lo, hi = cursors.get(key, 0), seqs.get(key, 0)
-        p, tenant = parse_band(key)
-        if lo < hi and tenant not in paused:
-            yield key, p, tenant, lo, hi
 
 
 class EngineStore:
@@ -303,6 +293,13 @@ class EngineStore:
         if not paused:
             update["$set" if tenant is None else "$unset"] = {field: False if tenant is None else ""}
         return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
+
+    async def hold(self, engine: str, key: str | None, until: datetime) -> None:
+        """Provider back-pressure: no worker claims the engine's jobs (key None) or the key's
+        until `until`. A hold is only ever extended: two jobs told "wait 5 s" and "wait 30 s"
+        hold for 30. Read by the claimer from the engine document it reads anyway."""
+        field = "held_until" if key is None else f"held_keys.{key}"
+        await self.col.update_one({"_id": engine}, {"$max": {field: until}})
 
     async def set_limit(self, engine: str, limit: int) -> dict:
         await self.ensure(engine)

@@ -266,6 +266,23 @@ class Lifecycle:
         if not moved:
             raise LeaseLost(f"job {job['_id']} is no longer leased with this token", job_id=job["_id"])
 
+    async def hold(self, job: JobDoc, token: str, note: dict[str, Any]) -> None:
+        """running → queued without charging the attempt: the provider pushed back
+        (`RateLimited`), and the engine or key is held meanwhile (`EngineStore.hold`). Not an
+        error: `errors` and `retry_count` stay as they were; `last_backpressure` keeps the
+        note (when, until when, the key, the reason) and `backpressure_count` counts them."""
+        moved = await self.enqueuer.move(
+            [job],
+            {"status": RUNNING, "lease_token": token},
+            {
+                "$set": {"started_at": None, "last_backpressure": note},
+                "$inc": {"attempt": -1, "backpressure_count": 1},
+                "$unset": UNSET_LEASE,
+            },
+        )
+        if not moved:
+            raise LeaseLost(f"job {job['_id']} is no longer leased with this token", job_id=job["_id"])
+
     # --- users ---------------------------------------------------------------------------
     async def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobDoc:
         """pending | scheduled | queued → cancelled at once; a running job is asked to stop

@@ -2,7 +2,8 @@
 
 Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
-paused), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
+paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
+`until`), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
 engine's line, counted only where asked, since a count costs what it counts, and over at
 most 1,000 sequence numbers a band: `ahead_at_least` says when it is a lower bound).
 """
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from app.domain.states import JobStatus
 from app.store.db import find_in
+from app.store.engines import held_until
 
 
 async def explain(
@@ -59,6 +61,22 @@ async def explain(
                 "engine": engine["_id"],
                 "tenant": job["tenant"],
                 "message": f"this tenant's work on engine {engine['_id']} is paused",
+            }
+        )
+    now = store.clock.now()
+    hold = held_until(engine, job.get("tenant"), now)
+    if hold is not None:
+        until, key = hold
+        left = (until - now).total_seconds()
+        what = f"engine {engine['_id']}" if key is None else f"{key} on engine {engine['_id']}"
+        reasons.append(
+            {
+                "reason": "held",
+                "engine": engine["_id"],
+                "key": key,
+                "until": until,
+                "seconds_left": left,
+                "message": f"{what} is held by the provider (rate limited) for {left:.1f}s more",
             }
         )
     running, limit = engine.get("running", 0), engine["limit"]

@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any
 
-from app import registry
+from app import metrics, registry
 from app.context import JobContext
 from app.errors import LeaseLost
 from app.logs import job_context, job_logger
@@ -42,7 +42,9 @@ class Execution:
             workflow_id=job.get("workflow_id"),
             _sink=self._progress,
             _lease_token=self.token,
+            _usage_sink=self._usage,
         )
+        self.usage: dict[str, float] = {}  # this attempt's `ctx.usage` calls, added up
 
     @property
     def cancel_requested(self) -> asyncio.Event:
@@ -53,6 +55,17 @@ class Execution:
             await self.store.lifecycle.progress(self.job["_id"], self.token, percent, stage, data)
         except LeaseLost:
             self.lost.set()
+
+    async def _usage(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.usage[k] = self.usage.get(k, 0) + v
+
+    async def record_usage(self) -> None:
+        """Write the attempt's usage, once, when it ends (app/store/usage.py)."""
+        if self.usage:
+            values, self.usage = self.usage, {}
+            await self.store.usage.record(self.job, self.job["attempt"], values)
+            metrics.usage_recorded(self.job["engine"], values)
 
     async def run(self) -> tuple[oc.Outcome, int]:
         """Run the handler; returns the outcome and the run time in ms."""

@@ -16,7 +16,7 @@ from typing import Any
 from bson.errors import InvalidDocument
 
 from app import metrics
-from app.context import PermanentError, Retry
+from app.context import PermanentError, RateLimited, Retry
 from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
@@ -52,11 +52,20 @@ class Released:
 
 
 @dataclass
+class Held:
+    """The provider pushed back (`RateLimited`): hold the engine or key, requeue uncharged."""
+
+    retry_after: float
+    key: str | None
+    reason: str
+
+
+@dataclass
 class Lost:
     """The lease is gone (rescued or taken over): write nothing."""
 
 
-Outcome = Success | Failure | Cancelled | Released | Lost
+Outcome = Success | Failure | Cancelled | Released | Held | Lost
 
 
 def classify_result(result: Any) -> Outcome:
@@ -72,6 +81,8 @@ def classify_result(result: Any) -> Outcome:
 
 
 def classify_exception(exc: BaseException) -> Outcome:
+    if isinstance(exc, RateLimited):
+        return Held(exc.retry_after, exc.key, exc.reason)
     if isinstance(exc, Retry):
         return Failure("retry", exc.reason, retry_after=exc.after, explicit_retry=True)
     if isinstance(exc, PermanentError):
@@ -100,13 +111,13 @@ async def apply(store, job: dict, token: str, outcome: Outcome, execution_ms: in
 
 
 def exit_for(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str) -> Exit | None:
-    """The move out of `running` that `outcome` calls for; None for Released and Lost."""
+    """The move out of `running` that `outcome` calls for; None for Released, Held and Lost."""
     match outcome:
         case Success(result=result):
             return Exit(job, token, "complete", result=result, execution_ms=execution_ms)
         case Cancelled(reason=reason):
             return Exit(job, token, "stop", reason=reason, execution_ms=execution_ms)
-        case Released() | Lost():
+        case Released() | Held() | Lost():
             return None
         case Failure() as f:
             retry = RetryConfig(**job["retry_config"])
@@ -127,6 +138,14 @@ def exit_for(store, job: dict, token: str, outcome: Outcome, execution_ms: int, 
 async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: int, worker: str, leave) -> str:
     if isinstance(outcome, Released):
         await store.lifecycle.release(job, token)
+        return JobStatus.QUEUED.value
+    if isinstance(outcome, Held):
+        # The hold lands before the job is back in the queue, so no worker claims it (or
+        # another job of the engine or key) in between.
+        until = store.clock.now() + timedelta(seconds=outcome.retry_after)
+        await store.engines.hold(job["engine"], outcome.key, until)
+        note = {"at": store.clock.now(), "until": until, "key": outcome.key, "reason": outcome.reason}
+        await store.lifecycle.hold(job, token, note)
         return JobStatus.QUEUED.value
     e = exit_for(store, job, token, outcome, execution_ms, worker)
     if e is None:

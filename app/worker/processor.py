@@ -22,15 +22,16 @@ from collections import defaultdict
 from app import metrics
 from app.errors import LeaseLost
 from app.logs import get_logger
-from app.store.engines import busy_bands
+from app.store.engines import busy_bands, next_hold_end
 from app.worker import outcome as oc
 from app.worker.batching import Exits
 from app.worker.executor import Execution, ResultCache
 from app.worker.loops import LoopsMixin, new_worker_id
 
 
-def has_work(engine: dict) -> bool:
-    return next(busy_bands(engine), None) is not None
+def has_work(engine: dict, now=None) -> bool:
+    """Claimable work: a band with queued jobs, neither paused nor held by back-pressure."""
+    return next(busy_bands(engine, now=now), None) is not None
 
 
 class JobProcessor(LoopsMixin):
@@ -63,6 +64,7 @@ class JobProcessor(LoopsMixin):
         self.stopping = False
         self.contended = False  # the last fetch lost candidates to other claimers
         self.starved = False  # the last fetch found work but no free permit
+        self.hold_ends: list = []  # when the back-pressure holds seen by the last fetch end
         self.declared_dead = False  # set by the heartbeat; the fetch loop re-registers between fetches
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -128,6 +130,7 @@ class JobProcessor(LoopsMixin):
                 engines = [e for e in await self.store.engines.list() if self.only is None or e["_id"] in self.only]
                 rotation += 1
                 claimed = 0
+                self.hold_ends = [at for e in engines if (at := next_hold_end(e, self.store.clock.now()))]
                 self.contended = self.starved = False
                 for i in range(len(engines)):
                     claimed += await self._fetch_engine(engines[(i + rotation) % len(engines)])
@@ -140,7 +143,7 @@ class JobProcessor(LoopsMixin):
                     await asyncio.sleep(random.uniform(0.005, 0.05))
                 elif not claimed:
                     self.idle.set()
-                    await _wait(self.wake, self.settings.poll_interval_seconds)
+                    await _wait(self.wake, self._idle_wait())
                     self.idle.clear()
                     self.busy_since = time.monotonic()
             except asyncio.CancelledError:
@@ -149,11 +152,20 @@ class JobProcessor(LoopsMixin):
                 self.log.warning("worker.fetch_error", error=repr(exc))
                 await asyncio.sleep(1)
 
+    def _idle_wait(self) -> float:
+        """The poll interval, or less when a back-pressure hold ends sooner: nothing wakes
+        workers when a hold ends, so they look again then."""
+        wait = self.settings.poll_interval_seconds
+        if self.hold_ends:
+            left = (min(self.hold_ends) - self.store.clock.now()).total_seconds()
+            wait = min(wait, max(left, 0.0) + 0.01)
+        return wait
+
     async def _fetch_engine(self, engine: dict) -> int:
         name = engine["_id"]
         idle = self.held[name] - self.busy[name]
         running, limit = engine.get("running", 0), engine["limit"]
-        if engine.get("paused") or not has_work(engine) or (running > limit and idle > 0):
+        if engine.get("paused") or not has_work(engine, self.store.clock.now()) or (running > limit and idle > 0):
             # (over the limit, after it was lowered: shrink towards it)
             await self._give_back(name, idle)
             return 0
@@ -250,6 +262,10 @@ class JobProcessor(LoopsMixin):
             if job.get("parent_ids"):
                 ex.ctx.parents = await self.store.jobs.parent_results(job, self.results)
             outcome, ms = await ex.run()
+            try:  # before the move, so a finished job's document has its usage
+                await ex.record_usage()
+            except Exception as exc:
+                ex.log.warning("job.usage_lost", error=repr(exc))
             status = await oc.apply(self.store, job, ex.token, outcome, ms, self.worker_id, self.exits.leave)
             if status:
                 ex.log.info("job.finished", status=status, execution_time_ms=ms)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from app.context import JobContext, PermanentError, Retry
+from app.context import JobContext, PermanentError, RateLimited, Retry
 
 
 class HandlerCrashed(Exception):
@@ -73,6 +73,9 @@ async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContex
                     if msg[0] == "progress":
                         await ctx.progress(*msg[1:])
                         continue
+                    if msg[0] == "usage":
+                        await ctx.usage(**msg[1])
+                        continue
                     if msg[0] == "ok":
                         return msg[1]
                     if msg[0] == "nohandler":
@@ -115,6 +118,8 @@ def _rebuild(msg: tuple) -> Exception:
         return Retry(after=msg[1], reason=msg[2])
     if kind == "permanent":
         return PermanentError(msg[1], msg[2])
+    if kind == "ratelimited":
+        return RateLimited(msg[1], msg[2], msg[3])
     name, text = msg[1], msg[2]
     if name == "TimeoutError":
         return TimeoutError(text)
@@ -144,7 +149,10 @@ async def _run_child(conn: Connection, h, fields: dict) -> tuple:
     async def sink(percent: float, stage: str | None, data: dict) -> None:
         conn.send(("progress", percent, stage, data))
 
-    ctx = JobContext(**fields, _sink=sink)
+    async def usage(values: dict) -> None:
+        conn.send(("usage", values))
+
+    ctx = JobContext(**fields, _sink=sink, _usage_sink=usage)
 
     def on_message() -> None:
         try:
@@ -161,6 +169,8 @@ async def _run_child(conn: Connection, h, fields: dict) -> tuple:
 
 
 def _describe(exc: BaseException) -> tuple:
+    if isinstance(exc, RateLimited):
+        return ("ratelimited", exc.retry_after, exc.key, exc.reason)
     if isinstance(exc, Retry):
         return ("retry", exc.after, exc.reason)
     if isinstance(exc, PermanentError):

@@ -25,6 +25,8 @@ export async function render(ctx) {
   const params = h("div");
   const result = h("div");
   const errors = h("ol", { class: "errors" });
+  const usage = h("div");
+  const usageCard = h("section", { class: "card", "aria-labelledby": "usage-h", hidden: true }, h("h2", { id: "usage-h" }, "Usage"), usage);
   const timeline = h("ol", { class: "timeline", "aria-live": "polite", "aria-relevant": "additions" });
   const timelineState = h("p", { class: "muted small" }, "Loading the event log…");
 
@@ -37,6 +39,7 @@ export async function render(ctx) {
       h("section", { class: "card", "aria-labelledby": "params-h" }, h("h2", { id: "params-h" }, "Parameters"), params),
       h("section", { class: "card", "aria-labelledby": "result-h" }, h("h2", { id: "result-h" }, "Result"), result),
       h("section", { class: "card", "aria-labelledby": "errors-h" }, h("h2", { id: "errors-h" }, "Error history"), errors),
+      usageCard,
       h("section", { class: "card span-2", "aria-labelledby": "timeline-h" }, h("h2", { id: "timeline-h" }, "Event timeline"), timelineState, timeline)));
 
   let job = null;
@@ -72,6 +75,15 @@ export async function render(ctx) {
       h("div", {}, h("strong", {}, `Attempt ${e.attempt ?? i + 1}`), " · ", h("code", {}, e.code), e.at ? [" · ", timeEl(e.at)] : null,
         e.worker ? h("span", { class: "muted" }, ` · ${e.worker}`) : null),
       h("div", { class: "error-line" }, e.message))) : [h("li", { class: "muted empty" }, "No errors.")]));
+    usageCard.hidden = !j.usage;
+    if (j.usage) {
+      const u = j.usage;
+      const rows = [["Tokens in", u.tokens_in], ["Tokens out", u.tokens_out], ["Cost", u.cost],
+        ...Object.entries(u.counters || {}).sort(([a], [b]) => a.localeCompare(b))];
+      fill(usage, h("table", { class: "usage" },
+        h("caption", { class: "visually-hidden" }, "Usage reported by the job's attempts, summed"),
+        h("tbody", {}, ...rows.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "num" }, String(v)))))));
+    }
     const reasons = j.why?.reasons || [];
     why.hidden = !reasons.length;
     fill(whyList, ...reasons.map((r) => h("li", { "data-reason": r.reason }, h("strong", {}, r.reason), ": ", r.message || JSON.stringify(r))));

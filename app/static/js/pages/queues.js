@@ -79,9 +79,11 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
     r.cells.running.textContent = q.running;
     r.cells.max_concurrent_jobs.textContent = q.max_concurrent_jobs;
     r.cells.age.textContent = q.oldest_queued_age_seconds == null ? "—" : fmtDuration(q.oldest_queued_age_seconds * 1000);
-    const stopped = q.paused || q.tenant_paused;
+    const stopped = q.paused || q.tenant_paused || q.held_until != null;
     r.state.className = `badge ${stopped ? "st-paused" : "st-active"}`;
-    r.state.textContent = q.paused ? "paused" : q.tenant_paused ? "paused for your tenant" : "active";
+    const held = q.held_until == null ? ""
+      : `held by the provider${q.held_key ? ` (${q.held_key})` : ""} until ${new Date(q.held_until).toLocaleTimeString()}`;
+    r.state.textContent = q.paused ? "paused" : q.tenant_paused ? "paused for your tenant" : held || "active";
     r.toggle.textContent = ownPause(q) ? "Resume" : "Pause";
     r.toggle.setAttribute("aria-label", `${ownPause(q) ? "Resume" : "Pause"} ${q.name}`);
     if (!r.dirty && document.activeElement !== r.limitIn) r.limitIn.value = q.max_concurrent_jobs;

@@ -1,0 +1,66 @@
+"""Bands, the per-(priority, tenant) lines of an engine, as its document records them: their
+keys, which of them have claimable work (`busy_bands`), and which are held by provider
+back-pressure (`held_until`). Pure functions of an engine document (app/store/engines.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+DEFAULT_TENANT = "default"
+
+
+def band(priority: int, tenant: str = DEFAULT_TENANT) -> str:
+    """The key of a (priority, tenant) band. Tenant names are letters, digits, `_` and `-`."""
+    return f"p{priority}" if tenant == DEFAULT_TENANT else f"p{priority}:{tenant}"
+
+
+def parse_band(key: str) -> tuple[int, str]:
+    p, _, tenant = key[1:].partition(":")
+    return int(p), tenant or DEFAULT_TENANT
+
+
+def tenant_key(tenant: str) -> str:
+    """The back-pressure key of a tenant's bands (`RateLimited(key=...)`)."""
+    return f"tenant:{tenant}"
+
+
+def held_until(engine: dict, tenant: str | None, now: datetime) -> tuple[datetime, str | None] | None:
+    """`(until, key)` when provider back-pressure holds the engine (key None) or, for
+    `tenant`, its tenant key, at `now`; the later one when both do. None when nothing does."""
+    holds = []
+    whole = engine.get("held_until")
+    if whole is not None and _aware(whole) > now:
+        holds.append((_aware(whole), None))
+    if tenant is not None:
+        key = tenant_key(tenant)
+        mine = (engine.get("held_keys") or {}).get(key)
+        if mine is not None and _aware(mine) > now:
+            holds.append((_aware(mine), key))
+    return max(holds, key=lambda h: h[0]) if holds else None
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def busy_bands(engine: dict, *, paused_too: bool = False, now: datetime | None = None):
+    """`(band, priority, tenant, cursor, next_seq)` for each band of an engine document that
+    may hold queued jobs, highest priority first; the bands of paused tenants, and of those
+    held by back-pressure at `now` (default: this machine's clock), only with `paused_too`."""
+    cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
+    paused = {} if paused_too else engine.get("paused_tenants") or {}
+    holds = not paused_too and (engine.get("held_until") is not None or engine.get("held_keys"))
+    now = now or datetime.now(UTC)
+    for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
+        lo, hi = cursors.get(key, 0), seqs.get(key, 0)
+        p, tenant = parse_band(key)
+        if lo < hi and tenant not in paused and not (holds and held_until(engine, tenant, now)):
+            yield key, p, tenant, lo, hi
+
+
+def next_hold_end(engine: dict, now: datetime) -> datetime | None:
+    """When the earliest hold of the engine that is still on ends (a worker waits no longer)."""
+    ends = [_aware(engine["held_until"])] if engine.get("held_until") is not None else []
+    ends += [_aware(at) for at in (engine.get("held_keys") or {}).values()]
+    ends = [at for at in ends if at > now]
+    return min(ends) if ends else None
