@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from app import JobContext, PermanentError, Retry, get_settings, handler
+from app import JobContext, PermanentError, RateLimited, get_settings, handler
 from handlers.general import ServiceUnavailable, _bad, _number, _string, check_address
 
 MiB = 1024 * 1024
@@ -85,8 +85,9 @@ def answer_error(
     message = f"HTTP {status}: {provider_message(body, secret)}"
     if status == 429:
         delay = retry_after(httpx.Headers(headers).get("retry-after"))
-        # issue 20: RateLimited
-        return Retry(after=delay, reason=f"rate limited by the provider for {delay:g} s: {message}")
+        # The whole engine waits: its jobs share the provider's limit (an account's key is
+        # not a tenant's, so no narrower hold fits here yet).
+        return RateLimited(delay, reason=f"rate limited by the provider for {delay:g} s: {message}")
     if status == 408 or status >= 500:
         return ServiceUnavailable(message)
     code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large"}
@@ -250,7 +251,6 @@ async def chat(ctx: JobContext) -> dict:
         "model": answered_model,
         "finish_reason": choices[0].get("finish_reason"),
         "streamed": bool(answer.get("_streamed")),
-        # issue 20: ctx.usage
         "usage": {
             "tokens_in": tokens_in,
             "tokens_out": tokens_out,
@@ -259,5 +259,6 @@ async def chat(ctx: JobContext) -> dict:
     }
     if usage is None:
         result["usage_reported"] = False  # the server sent no usage: nothing is counted
+    await ctx.usage(**result["usage"])
     await ctx.progress(100, "done", {"tokens": tokens_out})
     return result

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from app import JobContext, PermanentError, Retry, get_settings
+from app import JobContext, PermanentError, RateLimited, get_settings
 from app.domain.retry import RetryConfig
 from handlers.general import ServiceUnavailable
 from handlers.inputs import text_input
@@ -116,6 +116,9 @@ async def test_a_plain_answer_gives_content_usage_and_cost_from_the_price_table(
         "streamed": False,
         "usage": {"tokens_in": 12, "tokens_out": 5, "cost": pytest.approx((12 * 2.0 + 5 * 10.0) / 1e6)},
     }
+    # reported with ctx.usage too: summed on the job, and kept per attempt
+    assert done["usage"]["tokens_in"] == 12 and done["usage"]["tokens_out"] == 5
+    assert done["usage"]["cost"] == pytest.approx((12 * 2.0 + 5 * 10.0) / 1e6)
     [req] = provider.requests
     assert req["auth"] == f"Bearer {SETTINGS_KEY}"
     assert req["body"]["model"] == "tiny" and req["body"]["messages"] == MESSAGES
@@ -157,22 +160,23 @@ async def test_a_stream_without_usage_counts_nothing_and_says_so(provider, store
     assert done["result"]["usage_reported"] is False
 
 
-async def test_a_429_holds_the_job_for_its_retry_after(provider, store, jobs, worker):
+async def test_a_429_holds_the_engine_for_its_retry_after_and_charges_no_attempt(provider, store, jobs, worker):
     provider.script = [error(429, "Rate limit reached", {"Retry-After": "2"}), completion("ok", 1, 1)]
     job = await submit(jobs, {"messages": MESSAGES, "stream": False})
 
     async def backed_off():
         doc = await store.jobs.get(job["_id"])
-        return doc if doc.get("last_error") else None
+        return doc if doc.get("last_backpressure") else None
 
     held = await eventually(backed_off)
-    assert held["status"] == "scheduled"
-    assert (held["run_at"] - held["last_error"]["at"]).total_seconds() == pytest.approx(2, abs=0.1)
-    assert held["last_error"]["code"] == "retry"
-    assert "rate limited by the provider for 2 s" in held["last_error"]["message"]
-    assert "Rate limit reached" in held["last_error"]["message"]
+    note = held["last_backpressure"]
+    assert (note["until"] - note["at"]).total_seconds() == pytest.approx(2, abs=0.1)
+    assert "rate limited by the provider for 2 s" in note["reason"] and "Rate limit reached" in note["reason"]
+    assert not held.get("errors")  # back-pressure is not a failure
+    engine = await store.engines.get("llm")
+    assert engine["held_until"] == note["until"]
     done = await wait_status(store, job["_id"], {"completed", "failed"})
-    assert done["status"] == "completed"
+    assert done["status"] == "completed" and done["attempt"] == 1  # the 429 cost no attempt
     first, second = provider.requests
     assert second["at"] - first["at"] >= 1.9  # the job waited Retry-After, not the 0.05 s back-off
 
@@ -273,9 +277,9 @@ async def test_progress_is_written_at_most_every_half_second():
 def test_answer_error_maps_each_kind_of_answer():
     assert answer_error(200, {}, b"{}") is None
     limited = answer_error(429, {"Retry-After": "7"}, b'{"error": {"message": "slow down"}}')
-    assert isinstance(limited, Retry) and limited.after == 7 and "slow down" in limited.reason
-    assert answer_error(429, {}, b"").after == 1.0
-    assert answer_error(429, {"Retry-After": "86400"}, b"").after == 300.0
+    assert isinstance(limited, RateLimited) and limited.retry_after == 7 and "slow down" in limited.reason
+    assert answer_error(429, {}, b"").retry_after == 1.0
+    assert answer_error(429, {"Retry-After": "86400"}, b"").retry_after == 300.0
     for status in (408, 500, 502, 503):
         assert isinstance(answer_error(status, {}, b"busy"), ServiceUnavailable)
     gone = answer_error(404, {}, b'{"error": "model \\"x\\" not found"}')  # Ollama's shape
