@@ -67,8 +67,7 @@ async def notify_budget(store, settings, tenant: str, crossings: list[dict], als
                 f"Period:    {c['period']} {c['key']} (UTC), rolls over at {c['ends'].isoformat()}",
                 f"Spent:     {c['spend']:.4f} of {c['budget']:.4f}",
                 "",
-                "The tenant's queued jobs wait until the period rolls over or the budget is raised; "
-                "running jobs go on."
+                "The tenant's queued jobs wait until the period rolls over or the budget is raised; running jobs go on."
                 if c["percent"] >= 100
                 else "At 100 % the tenant's queued jobs wait until the period rolls over or the budget is raised.",
                 "",

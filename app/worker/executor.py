@@ -78,7 +78,9 @@ class Execution:
         try:
             crossed = await self.store.budgets.charge(tenant, cost)
             if crossed:
-                self.log.warning("budget.crossed", tenant=tenant, thresholds=[(c["period"], c["percent"]) for c in crossed])
+                self.log.warning(
+                    "budget.crossed", tenant=tenant, thresholds=[(c["period"], c["percent"]) for c in crossed]
+                )
                 await notify_budget(self.store, self.store.settings, tenant, crossed, self.job.get("owner"))
         except Exception as exc:  # the usage is written; the next costed attempt checks again
             self.log.warning("budget.check_failed", error=repr(exc))
