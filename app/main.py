@@ -13,6 +13,7 @@ from app import registry
 from app.api import (
     admin,
     body,
+    budgets,
     dashboard,
     docs,
     errors,
@@ -131,6 +132,7 @@ def create_app(
     )  # before jobs: /jobs/queue/status must not match /jobs/{id}/status
     app.include_router(admin.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(usage_api.router, responses=ERROR_RESPONSES)
+    app.include_router(budgets.router, responses=ERROR_RESPONSES)
     app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     app.openapi = lambda: _openapi(app)

@@ -95,3 +95,11 @@ async def uses_secret(ctx: JobContext) -> dict:
     if ctx.params.get("fail"):
         raise PermanentError("bad_input", "refused")
     return {"length": len(secret), "first": secret[:1]}
+
+
+@handler(engine="billing", operation="spend")
+async def spend(ctx: JobContext) -> dict:
+    """Reports `cost` (default none) through `ctx.usage`, as a paid call would (budgets)."""
+    if ctx.params.get("cost"):
+        await ctx.usage(cost=ctx.params["cost"])
+    return {"cost": ctx.params.get("cost", 0)}

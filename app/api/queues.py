@@ -19,7 +19,7 @@ from app.api.auth import Principal, audit, require_principal, require_role
 from app.api.schemas import LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
 from app.errors import Forbidden, NotFound
-from app.store.engines import held_until
+from app.store.engines import budget_hold, held_until
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
 QueueName = Path(pattern=NAME_PATTERN, description="the engine's name")
@@ -51,6 +51,7 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
     oldest = await store.jobs.oldest_queued_at(doc, tenant) if queued > 0 else None
     age = (store.clock.now() - oldest).total_seconds() if oldest else None
     hold = held_until(doc, tenant, store.clock.now())  # the admin sees the engine-wide hold
+    budget = budget_hold(doc, tenant, store.clock.now())  # a tenant's own; None for the admin
     return QueueOut(
         name=doc["_id"],
         running=running,
@@ -61,6 +62,8 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         tenant_paused=tenant is not None and tenant in (doc.get("paused_tenants") or {}),
         held_until=hold[0] if hold else None,
         held_key=hold[1] if hold else None,
+        budget_reached=budget is not None,
+        budget_until=budget["until"] if budget else None,
     )
 
 

@@ -112,6 +112,10 @@ class QueueOut(BaseModel):
         "(for a tenant) its own key; null when nothing holds it",
     )
     held_key: str | None = Field(None, description="the held key (`tenant:<name>`), null for the whole engine")
+    budget_reached: bool = Field(
+        False, description="the caller's tenant spent its cost budget: its queued jobs here wait (docs/limits.md)"
+    )
+    budget_until: datetime | None = Field(None, description="when the reached budget period rolls over")
 
 
 class QueueStatus(BaseModel):

@@ -1,6 +1,7 @@
 """Bands, the per-(priority, tenant) lines of an engine, as its document records them: their
-keys, which of them have claimable work (`busy_bands`), and which are held by provider
-back-pressure (`held_until`). Pure functions of an engine document (app/store/engines.py)."""
+keys, which of them have claimable work (`busy_bands`), which are held by provider
+back-pressure (`held_until`), and whose tenant has reached its cost budget (`budget_hold`).
+Pure functions of an engine document (app/store/engines.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ def held_until(engine: dict, tenant: str | None, now: datetime) -> tuple[datetim
     return max(holds, key=lambda h: h[0]) if holds else None
 
 
+def budget_hold(engine: dict, tenant: str | None, now: datetime) -> dict | None:
+    """`{until, period, key}` when `tenant` has reached its cost budget (app/store/budgets.py):
+    its bands on this engine wait until `until`, the end of the reached period. An expired
+    hold is inert, so a period's rollover lifts it without a write."""
+    hold = (engine.get("budget_held") or {}).get(tenant) if tenant is not None else None
+    if hold is None or _aware(hold["until"]) <= now:
+        return None
+    return {**hold, "until": _aware(hold["until"])}
+
+
 def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
@@ -46,15 +57,22 @@ def _aware(at: datetime) -> datetime:
 def busy_bands(engine: dict, *, paused_too: bool = False, now: datetime | None = None):
     """`(band, priority, tenant, cursor, next_seq)` for each band of an engine document that
     may hold queued jobs, highest priority first; the bands of paused tenants, and of those
-    held by back-pressure at `now` (default: this machine's clock), only with `paused_too`."""
+    held by back-pressure or a reached budget at `now` (default: this machine's clock), only
+    with `paused_too`."""
     cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
     paused = {} if paused_too else engine.get("paused_tenants") or {}
     holds = not paused_too and (engine.get("held_until") is not None or engine.get("held_keys"))
+    budgets = not paused_too and engine.get("budget_held")
     now = now or datetime.now(UTC)
     for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
         lo, hi = cursors.get(key, 0), seqs.get(key, 0)
         p, tenant = parse_band(key)
-        if lo < hi and tenant not in paused and not (holds and held_until(engine, tenant, now)):
+        if (
+            lo < hi
+            and tenant not in paused
+            and not (holds and held_until(engine, tenant, now))
+            and not (budgets and budget_hold(engine, tenant, now))
+        ):
             yield key, p, tenant, lo, hi
 
 
@@ -62,5 +80,6 @@ def next_hold_end(engine: dict, now: datetime) -> datetime | None:
     """When the earliest hold of the engine that is still on ends (a worker waits no longer)."""
     ends = [_aware(engine["held_until"])] if engine.get("held_until") is not None else []
     ends += [_aware(at) for at in (engine.get("held_keys") or {}).values()]
+    ends += [_aware(h["until"]) for h in (engine.get("budget_held") or {}).values()]  # a period's rollover
     ends = [at for at in ends if at > now]
     return min(ends) if ends else None

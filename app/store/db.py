@@ -119,6 +119,7 @@ class Store:
     def __init__(
         self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None, *, secantus: bool = True
     ) -> None:
+        from app.store.budgets import BudgetStore
         from app.store.claimer import Claimer
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
@@ -182,6 +183,7 @@ class Store:
         self.mail = MailStore(self.db, settings, self.clock)
         self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.workflows)
         self.usage = UsageStore(self.db, jobs, self.clock)
+        self.budgets = BudgetStore(self.db, self.usage, self.clock)
 
     def schema(self) -> dict:
         """What the database's indexes and migrations must match: this version's schema and

@@ -9,6 +9,10 @@ It holds what every worker must agree on:
   `RateLimited`): until that time no band of the engine (`held_until`), or none of the
   key's bands (`held_keys."tenant:<name>"`), is claimed. Only ever moved later (`$max`);
   an expired hold is inert and is left in place;
+- `budget_held.<tenant>`: `{until, period}`, the tenant reached its cost budget
+  (app/store/budgets.py, which alone writes it): none of the tenant's bands is claimed until
+  `until`, the period's end. Unlike back-pressure it is set and unset outright, since a
+  raised budget must lift it at once;
 - `seq.<band>`: the next sequence number of a band, one per (priority, tenant): `pN` for
   tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
 - `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
@@ -40,6 +44,7 @@ from app.settings import Settings
 from app.store.bands import (  # noqa: F401 (the band helpers, imported from here too)
     DEFAULT_TENANT,
     band,
+    budget_hold,
     busy_bands,
     held_until,
     next_hold_end,

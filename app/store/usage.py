@@ -8,7 +8,8 @@ adds up its calls in memory): an attempt whose worker dies mid-way loses what it
 written yet (docs/limits.md).
 
 `aggregate` answers `GET /api/v1/usage`: a `$match` on the (tenant, day) index bounds it
-to the caller's tenant and the asked days, then one `$group`.
+to the caller's tenant and the asked days, then one `$group`. `period_cost` is the same
+read for one tenant's cost over a budget period (app/store/budgets.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,19 @@ class UsageStore:
             upsert=True,
         )
         await self.jobs.update_one({"_id": job["_id"]}, {"$inc": _inc("usage.", values)})
+
+    async def period_cost(self, tenant: str, first: str, last: str) -> float:
+        """The tenant's cost over UTC days `first`..`last` (`YYYY-MM-DD`, both included),
+        bounded by the (tenant, day) index."""
+        rows = await (
+            await self.col.aggregate(
+                [
+                    {"$match": {"tenant": tenant, "day": {"$gte": first, "$lte": last}}},
+                    {"$group": {"_id": None, "cost": {"$sum": "$cost"}}},
+                ]
+            )
+        ).to_list(None)
+        return float(rows[0]["cost"] or 0) if rows else 0.0
 
     async def aggregate(
         self,

@@ -3,7 +3,8 @@
 Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
-`until`), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
+`until`), `budget_reached` (its tenant spent its daily or monthly cost budget: it waits
+until the period rolls over at `until`, or the budget is raised), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
 engine's line, counted only where asked, since a count costs what it counts, and over at
 most 1,000 sequence numbers a band: `ahead_at_least` says when it is a lower bound).
 """
@@ -14,7 +15,7 @@ from datetime import datetime
 
 from app.domain.states import JobStatus
 from app.store.db import find_in
-from app.store.engines import held_until
+from app.store.engines import budget_hold, held_until
 
 
 async def explain(
@@ -77,6 +78,21 @@ async def explain(
                 "until": until,
                 "seconds_left": left,
                 "message": f"{what} is held by the provider (rate limited) for {left:.1f}s more",
+            }
+        )
+    budget = budget_hold(engine, job.get("tenant"), now)
+    if budget is not None:
+        left = (budget["until"] - now).total_seconds()
+        reasons.append(
+            {
+                "reason": "budget_reached",
+                "tenant": job["tenant"],
+                "period": budget["period"],
+                "period_key": budget["key"],
+                "until": budget["until"],
+                "seconds_left": left,
+                "message": f"budget reached: tenant {job['tenant']} spent its {budget['period']} cost budget "
+                f"({budget['key']}); waits until it rolls over in {left:.0f}s or the budget is raised",
             }
         )
     running, limit = engine.get("running", 0), engine["limit"]

@@ -13,6 +13,7 @@ from app import metrics, registry
 from app.context import JobContext
 from app.errors import LeaseLost
 from app.logs import job_context, job_logger
+from app.notifications.budget import notify_budget
 from app.worker import outcome as oc
 from app.worker import quarantine
 
@@ -66,6 +67,23 @@ class Execution:
             values, self.usage = self.usage, {}
             await self.store.usage.record(self.job, self.job["attempt"], values)
             metrics.usage_recorded(self.job["engine"], values)
+            if values.get("cost"):
+                await self.check_budget(values["cost"])
+
+    async def check_budget(self, cost: float) -> None:
+        """After the usage is written: add its cost to the tenant's period spend, notify the
+        thresholds it crossed, and hold the tenant's work at 100 % (app/store/budgets.py).
+        This attempt runs to its end either way."""
+        tenant = self.job.get("tenant", "default")
+        try:
+            crossed = await self.store.budgets.charge(tenant, cost)
+            if crossed:
+                self.log.warning(
+                    "budget.crossed", tenant=tenant, thresholds=[(c["period"], c["percent"]) for c in crossed]
+                )
+                await notify_budget(self.store, self.store.settings, tenant, crossed, self.job.get("owner"))
+        except Exception as exc:  # the usage is written; the next costed attempt checks again
+            self.log.warning("budget.check_failed", error=repr(exc))
 
     async def run(self) -> tuple[oc.Outcome, int]:
         """Run the handler; returns the outcome and the run time in ms."""
