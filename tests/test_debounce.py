@@ -193,3 +193,17 @@ def test_a_workflow_step_cannot_be_debounced():
 
     with pytest.raises(ValidationError, match="only a job submitted on its own"):
         StepSpec(key="a", engine="testing", operation="ok", debounce={"key": "k", "seconds": 1})
+
+
+async def test_racing_first_submits_open_one_window(store):
+    import asyncio
+
+    from app.domain.models import JobSpec
+
+    def spec(n: int) -> JobSpec:
+        return JobSpec(**body(n))
+
+    out = await asyncio.gather(*(store.lifecycle.submit(spec(n), owner="admin") for n in range(6)))
+    assert len({job["_id"] for job, _ in out}) == 1
+    assert sum(created for _, created in out) == 1
+    assert len((await store.jobs.list(limit=10))[0]) == 1

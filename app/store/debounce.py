@@ -5,8 +5,10 @@ either replaces a waiting job's parameters or opens a new window.
 Invariants:
 - A key is bound to at most one job, the latest window's. A binding is replaced only
   guarded by the job id it was read with, so of two racing submits one wins and the other
-  looks again. Bindings are never removed on the hot path: one whose job finished or is gone
-  is stale, and the next submit with the key takes it over.
+  looks again. The binding is written before its job: a reader that finds a young binding
+  (its job id made less than `IN_FLIGHT` ago) without its job waits for the job to land.
+  Bindings are never removed on the hot path: one whose job finished or is gone is stale,
+  and the next submit with the key takes it over.
 - Only a job that is still `scheduled` and never started (`attempt` 0) is changed, and the
   change (`Lifecycle.rewait`) is guarded by exactly that, so a job the promoter or a worker
   took meanwhile is never touched: the submit looks again and finds it started.
@@ -15,9 +17,11 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -30,6 +34,7 @@ from app.store.documents import JobDoc
 # (app/admission.py counts a replacement as a request but not as a waiting job).
 Admit = Callable[[bool], Awaitable[None]]
 TRIES = 5
+IN_FLIGHT = 10.0  # seconds a bound job may take to be inserted (its writer died otherwise)
 
 
 class DebounceStore:
@@ -64,9 +69,8 @@ class Debouncer:
         key = f"{tenant_of(owner)}:{d.key}"
         lc = self.lifecycle
         for _ in range(TRIES):
+            bound, job = await self._bound_job(key)
             now = lc.clock.now()
-            bound = await self.bindings.bound(key)
-            job = await lc.col.find_one({"_id": bound}) if bound else None
             if job is not None and (job["engine"], job["operation"]) != (spec.engine, spec.operation):
                 raise Conflict(
                     f"job {bound} holds this debounce key for another engine or operation",
@@ -106,6 +110,18 @@ class Debouncer:
                 raise
             return doc, True
         raise Conflict("the debounce key kept changing hands; try again", field="debounce.key")
+
+    async def _bound_job(self, key: str) -> tuple[str | None, JobDoc | None]:
+        """The job bound to `key`, waiting for one whose submit is still writing it."""
+        while True:
+            bound = await self.bindings.bound(key)
+            job = await self.lifecycle.col.find_one({"_id": bound}) if bound else None
+            if job is not None or bound is None:
+                return bound, job
+            age = (datetime.now(UTC) - ObjectId(bound).generation_time).total_seconds()
+            if age > IN_FLIGHT:
+                return bound, None  # gone (retention) or never written: the key is free
+            await asyncio.sleep(0.02)
 
     async def _unbind(self, key: str, ours: str, before: str | None) -> None:
         """A new window that was not written gives the key back to the job it had."""
