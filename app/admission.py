@@ -5,13 +5,14 @@ ask an `Admission`, so a schedule can never do what its owner's requests may not
 ten every-second schedules filled a tenant far past its quota while REST answered 429).
 
 - Rate: a token bucket per tenant kept in MongoDB (`jobs:<tenant>` in app/store/guard.py),
-  so the budget holds across every API and worker process. A job costs one token, a
-  workflow one per step (capped at the bucket's size, so a large workflow is admitted when
+  so the budget holds across every API and worker process. A job costs one token (so does a
+  debounced submit that only replaced a waiting job's parameters), a workflow one per step (capped at the bucket's size, so a large workflow is admitted when
   the bucket is full), a new schedule one. Over budget: 429 with `Retry-After`.
 - Quota: at most `SWITCHYARD_TENANT_MAX_QUEUED` jobs waiting (queued, scheduled or pending).
   The count is read at most once a second per process (a count is a scan on SecantusDB) and
   what this process admits meanwhile is added to it, so only other processes' admissions of
-  the last second can overshoot the quota.
+  the last second can overshoot the quota. A debounced replacement adds no job and is not
+  checked against it.
 - Schedules: at most `SWITCHYARD_TENANT_MAX_SCHEDULES` per tenant (409), and no two ticks of
   one schedule closer than `SWITCHYARD_SCHEDULE_MIN_INTERVAL_SECONDS` (422 on `cron`).
 
@@ -93,6 +94,12 @@ class Admission:
         await self._take(tenant, min(float(n), s.rate_limit_burst))
         at, count = self.waiting[tenant]
         self.waiting[tenant] = (at, count + n)
+
+    async def request(self, tenant: str | None) -> None:
+        """Admit a submit that adds no job (a debounced replacement of a waiting job's
+        parameters): one rate token, and no quota check, since nothing more waits."""
+        if tenant is not None:
+            await self._take(tenant, 1.0)
 
     async def schedule(self, tenant: str | None, cron: Cron) -> None:
         """Admit a new schedule for `tenant`: its ticks far enough apart, the tenant under its

@@ -53,17 +53,32 @@ def strict_query(*allowed: str):
     status_code=201,
     response_model=SubmitOut,
     dependencies=[strict_query()],
-    responses={200: {"model": SubmitOut, "description": "deduplicated: an existing live job"}},
+    responses={
+        200: {
+            "model": SubmitOut,
+            "description": "deduplicated (an existing live job) or debounced (its parameters replaced)",
+        },
+        409: {"description": "debounce: the key's job has started and debounce.follower is false"},
+    },
 )
 async def submit(spec: JobSpec, request: Request, response: Response, who: Principal = Depends(require_principal)):
     registry.require(spec.engine, spec.operation)
-    await admit(request, who, 1)
-    job, created = await request.app.state.store.lifecycle.submit(spec, owner=who.owner)
+    lifecycle = request.app.state.store.lifecycle
+    if spec.debounce is None:
+        await admit(request, who, 1)
+        job, created = await lifecycle.submit(spec, owner=who.owner)
+    else:
+        # Admitted once the store knows what the submit does: a replacement adds no job.
+        async def admit_debounced(new: bool) -> None:
+            await (admit(request, who, 1) if new else admission(request).request(who.scope))
+
+        job, created = await lifecycle.submit(spec, owner=who.owner, admit=admit_debounced)
     if not created:
         response.status_code = 200
     else:
         metrics.jobs_created([job["engine"]])
-    return SubmitOut(**JobOut.of(job).model_dump(), deduplicated=not created)
+    debounced = spec.debounce is not None and not created
+    return SubmitOut(**JobOut.of(job).model_dump(), deduplicated=not created and not debounced, debounced=debounced)
 
 
 @router.get(

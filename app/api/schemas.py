@@ -84,6 +84,9 @@ class JobOut(BaseModel):
 
 class SubmitOut(JobOut):
     deduplicated: bool = Field(False, description="true when an existing live job with this dedupe_key was returned")
+    debounced: bool = Field(
+        False, description="true when a waiting job with this debounce key took these parameters and a later run_at"
+    )
 
 
 class JobPage(BaseModel):

@@ -5,13 +5,38 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.domain.retry import RetryConfig
 from app.domain.userjson import UserDict, check_json
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 check_keys = check_json  # handler results and progress data obey the same rules (app/worker, app/context.py)
+
+
+DEBOUNCE_MAX_SECONDS = 86_400.0  # a window, and its max_wait, last at most a day
+
+
+class Debounce(BaseModel):
+    """`JobSpec.debounce`: submits with the same key (per tenant) inside the window replace
+    the waiting job's parameters and push its start back (docs/limits.md, "Debounce")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=200, description="per tenant, like dedupe_key")
+    seconds: float = Field(gt=0, le=DEBOUNCE_MAX_SECONDS, description="the start is this long after the latest submit")
+    max_wait: float | None = Field(
+        None, gt=0, le=DEBOUNCE_MAX_SECONDS, description="at most this long after the first submit; at least seconds"
+    )
+    follower: bool = Field(False, description="while the key's job has started, one more job may wait behind it")
+
+    @field_validator("max_wait")
+    @classmethod
+    def _after_seconds(cls, v: float | None, info: ValidationInfo) -> float | None:
+        seconds = info.data.get("seconds")
+        if v is not None and seconds is not None and v < seconds:
+            raise ValueError("max_wait must be at least seconds")
+        return v
 
 
 class JobSpec(BaseModel):
@@ -31,12 +56,25 @@ class JobSpec(BaseModel):
     delay_seconds: float | None = Field(None, ge=0, le=366 * 86_400, description="seconds from now; not with run_at")
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86_400)
     dedupe_key: str | None = Field(None, min_length=1, max_length=200)
+    debounce: Debounce | None = Field(None, description="not with dedupe_key, run_at or delay_seconds")
 
     @field_validator("run_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             v = v.replace(tzinfo=UTC)
+        return v
+
+    @field_validator("debounce")
+    @classmethod
+    def _debounce_alone(cls, v: Debounce | None, info: ValidationInfo) -> Debounce | None:
+        if v is None:
+            return v
+        # Workflow steps and schedule templates are JobSpecs too; they are never debounced.
+        if cls is not JobSpec:
+            raise ValueError("only a job submitted on its own can be debounced")
+        if any(info.data.get(f) is not None for f in ("dedupe_key", "run_at", "delay_seconds")):
+            raise ValueError("debounce sets the start itself: give it without dedupe_key, run_at or delay_seconds")
         return v
 
     @model_validator(mode="after")
@@ -71,6 +109,8 @@ SPARSE_FIELDS = frozenset(
         "workflow_id",
         "step_key",
         "dedupe_key",
+        "debounce_key",
+        "debounce_deadline",
         "cancel_requested",
     }
 )
@@ -94,6 +134,9 @@ def new_job_document(
     from app.domain.states import JobStatus
 
     run_at = spec.run_at or (now + timedelta(seconds=spec.delay_seconds) if spec.delay_seconds else None)
+    d = spec.debounce
+    if d is not None:  # the window opens: a later submit with the key may move run_at, up to the deadline
+        run_at = now + timedelta(seconds=d.seconds)
     if depends_on:
         status = JobStatus.PENDING
     elif run_at is not None and run_at > now:
@@ -128,6 +171,8 @@ def new_job_document(
         "workflow_id": workflow_id,
         "step_key": step_key,
         "dedupe_key": spec.dedupe_key,
+        "debounce_key": f"{tenant_of(owner)}:{d.key}" if d else None,
+        "debounce_deadline": now + timedelta(seconds=d.max_wait) if d and d.max_wait else None,
         "cancel_requested": False,
     }
     return {k: v for k, v in doc.items() if k not in SPARSE_FIELDS or not (v is None or v is False or v == [])}

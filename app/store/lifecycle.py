@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
 from app.domain.models import JobSpec, new_job_document
@@ -77,6 +77,9 @@ class Lifecycle:
         self.engines, self.enqueuer, self.dedupe, self.workers = engines, enqueuer, dedupe, workers
         self.settles, self.expiry = Settles(settle), expiry
         self._default_retry_doc: dict | None = None
+        from app.store.debounce import Debouncer, DebounceStore
+
+        self.debouncer = Debouncer(self, DebounceStore(col.database))
 
     # --- (new) → pending | scheduled | queued --------------------------------------------
     def default_retry(self) -> RetryConfig:
@@ -100,9 +103,12 @@ class Lifecycle:
             spec, job_id=str(ObjectId()), owner=owner, now=now or self.clock.now(), retry=retry, **kw
         )
 
-    async def submit(self, spec: JobSpec, owner: str) -> tuple[JobDoc, bool]:
+    async def submit(self, spec: JobSpec, owner: str, admit=None) -> tuple[JobDoc, bool]:
         """Insert one job. Returns `(job, created)`; `created` is False when a live job with
-        the same `dedupe_key` exists, which is returned instead."""
+        the same `dedupe_key` exists, which is returned instead, or when a waiting debounced
+        job took this submit's parameters (debounce.py; `admit(new)` is called before it writes)."""
+        if spec.debounce is not None:
+            return await self.debouncer.submit(spec, owner, admit)
         doc = self.build(spec, owner)
         key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
         while key:
@@ -120,6 +126,17 @@ class Lifecycle:
                 await self.dedupe.drop(key, doc["_id"])
             raise
         return doc, True
+
+    # --- scheduled → scheduled: a debounced job's new parameters and start --------------
+    async def rewait(self, job_id: str, key: str, parameters: dict, run_at: datetime) -> JobDoc | None:
+        """Give a waiting debounced job the latest submit's parameters and `run_at`, guarded
+        by its status and key: only while it is `scheduled` and has never started. Not a
+        status write, and no seq: it stays where it is. Returns the job as changed, or None."""
+        return await self.col.find_one_and_update(
+            {"_id": job_id, "status": JobStatus.SCHEDULED.value, "attempt": 0, "debounce_key": key},
+            {"$set": {"parameters": parameters, "run_at": run_at}},
+            return_document=ReturnDocument.AFTER,
+        )
 
     async def insert_many(self, docs: list[JobDoc]) -> None:
         await self.enqueuer.insert(docs)
