@@ -7,8 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.domain.rates import parse_rate
 
 # Seed 001's `default_queues`. An engine not named here starts with `general`'s limit.
 DEFAULT_QUEUE_LIMITS: dict[str, int] = {
@@ -218,6 +220,23 @@ class Settings(BaseSettings):
             "an unpriced model costs 0"
         ),
     )
+
+    # engines' rate limits (docs/limits.md, "Rate limits"): an engine's default, applied when
+    # its document is created, like `queue_limits`; REST changes it later
+    queue_rates: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON: engine -> starts per period, `N/s`, `N/min` or `N/h` (e.g. {"llm": "60/min"})',
+    )
+
+    @field_validator("queue_rates")
+    @classmethod
+    def _rates_parse(cls, v: dict[str, str]) -> dict[str, str]:
+        for engine, spec in v.items():
+            try:
+                parse_rate(spec)
+            except ValueError as exc:
+                raise ValueError(f"queue_rates[{engine[:40]!r}]: {exc}") from None
+        return v
 
     @property
     def lease_ms(self) -> int:

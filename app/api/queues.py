@@ -18,7 +18,7 @@ from app import registry
 from app.api.auth import Principal, audit, require_principal, require_role
 from app.api.schemas import LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
-from app.errors import Forbidden, NotFound
+from app.errors import Forbidden, NotFound, ValidationFailed
 from app.store.engines import budget_hold, held_until
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
@@ -64,6 +64,8 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         held_key=hold[1] if hold else None,
         budget_reached=budget is not None,
         budget_until=budget["until"] if budget else None,
+        rate=doc.get("rate"),
+        burst=doc.get("burst") if doc.get("rate") else None,
     )
 
 
@@ -116,13 +118,18 @@ async def resume(request: Request, name: str = QueueName, who: Principal = Depen
 async def limits(
     body: LimitsIn, request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))
 ):
-    """The engine's concurrency limit, across every worker and tenant: the bootstrap admin's."""
+    """The engine's concurrency limit and rate limit (docs/limits.md, "Rate limits"), across
+    every worker and tenant: the bootstrap admin's. A field left out is kept; `rate: null`
+    clears the rate limit."""
     if who.scope is not None:
-        raise Forbidden("an engine's limit is deployment-wide; only the bootstrap admin sets it", field="name")
+        raise Forbidden("an engine's limits are deployment-wide; only the bootstrap admin sets them", field="name")
     store = request.app.state.store
     await known_engine(store, name)
-    doc = await store.engines.set_limit(name, body.max_concurrent_jobs)
-    await audit(
-        request, who, "queue.limits", name, log_tenant=EVERY_TENANT, max_concurrent_jobs=body.max_concurrent_jobs
+    given = body.model_fields_set
+    if "burst" in given and "rate" not in given and not (await store.engines.ensure(name)).get("rate"):
+        raise ValidationFailed("burst: the engine has no rate limit; give a rate with it", field="burst")
+    doc = await store.engines.set_limits(
+        name, limit=body.max_concurrent_jobs, rate=body.rate if "rate" in given else ..., burst=body.burst
     )
+    await audit(request, who, "queue.limits", name, log_tenant=EVERY_TENANT, **body.model_dump(exclude_unset=True))
     return await queue_out(store, doc, who)

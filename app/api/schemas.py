@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.domain.rates import MAX_BURST, parse_rate
 from app.domain.redact import redact
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
@@ -119,6 +120,8 @@ class QueueOut(BaseModel):
         False, description="the caller's tenant spent its cost budget: its queued jobs here wait (docs/limits.md)"
     )
     budget_until: datetime | None = Field(None, description="when the reached budget period rolls over")
+    rate: str | None = Field(None, description="the engine's rate limit (`60/min`), across every worker; null: none")
+    burst: int | None = Field(None, description="the rate limit's burst")
 
 
 class QueueStatus(BaseModel):
@@ -126,8 +129,27 @@ class QueueStatus(BaseModel):
 
 
 class LimitsIn(BaseModel):
+    """Any of the three; a field left out is kept. `rate: null` clears the rate limit."""
+
     model_config = ConfigDict(extra="forbid")
-    max_concurrent_jobs: int = Field(ge=1, le=100_000)
+    max_concurrent_jobs: int | None = Field(None, ge=1, le=100_000)
+    rate: str | None = Field(None, description="starts per period across every worker: `N/s`, `N/min` or `N/h`")
+    burst: int | None = Field(
+        None, ge=1, le=MAX_BURST, description="starts allowed at once (default: one period's worth, at most 100)"
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rate(v)
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> LimitsIn:
+        if not self.model_fields_set:
+            raise ValueError("give max_concurrent_jobs, rate or burst")
+        return self
 
 
 class ErrorBody(BaseModel):

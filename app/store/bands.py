@@ -1,11 +1,11 @@
 """Bands, the per-(priority, tenant) lines of an engine, as its document records them: their
 keys, which of them have claimable work (`busy_bands`), which are held by provider
-back-pressure (`held_until`), and whose tenant has reached its cost budget (`budget_hold`).
-Pure functions of an engine document (app/store/engines.py)."""
+back-pressure (`held_until`), whose tenant has reached its cost budget (`budget_hold`), and
+when the engine's rate limit has its next token (`next_token_at`). Pure functions of an engine document (app/store/engines.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 DEFAULT_TENANT = "default"
 
@@ -77,9 +77,32 @@ def busy_bands(engine: dict, *, paused_too: bool = False, now: datetime | None =
 
 
 def next_hold_end(engine: dict, now: datetime) -> datetime | None:
-    """When the earliest hold of the engine that is still on ends (a worker waits no longer)."""
+    """When the earliest hold of the engine that is still on ends, or its empty rate bucket
+    has a token again (a worker waits no longer)."""
     ends = [_aware(engine["held_until"])] if engine.get("held_until") is not None else []
     ends += [_aware(at) for at in (engine.get("held_keys") or {}).values()]
     ends += [_aware(h["until"]) for h in (engine.get("budget_held") or {}).values()]  # a period's rollover
+    ends += [at] if (at := next_token_at(engine, now)) else []  # the rate limit's next token
     ends = [at for at in ends if at > now]
     return min(ends) if ends else None
+
+
+def rate_tokens(engine: dict, now: datetime) -> float | None:
+    """The tokens in the engine's rate bucket at `now` (None: no rate), refilled as the draw
+    in app/store/permits.py refills them."""
+    per_s = engine.get("rate_per_s")
+    if not per_s:
+        return None
+    burst = engine.get("burst") or 1
+    tokens, at = engine.get("rate_tokens"), engine.get("rate_at")
+    if tokens is None or at is None:
+        return float(burst)
+    return min(float(burst), tokens + max(0.0, (now - _aware(at)).total_seconds()) * per_s)
+
+
+def next_token_at(engine: dict, now: datetime) -> datetime | None:
+    """When the engine's rate bucket next holds a whole token, if it holds none at `now`."""
+    tokens = rate_tokens(engine, now)
+    if tokens is None or tokens >= 1:
+        return None
+    return now + timedelta(seconds=(1 - tokens) / engine["rate_per_s"])

@@ -17,10 +17,11 @@ It holds what every worker must agree on:
   tenant `default`, `pN:<tenant>` for the others; enqueue takes numbers here;
 - `cursor.<band>`: every job of the band with a lower seq has left `queued` (orphans aside,
   see `Claimer.requeue_orphans`); claimers start their window here;
-- `running` and `holds.<worker>`: the concurrency permits. A worker takes permits here
-  before it claims jobs and gives them back after. Invariant: `running == sum(holds)` and a
-  reservation never makes `running` exceed `limit`, so the limit holds across all processes.
+- `running` and `holds.<worker>`: the concurrency permits (app/store/permits.py).
+  Invariant: `running == sum(holds)`, and `running` never exceeds `limit` by a reservation.
   A dead worker's holds are dropped by the rescuer, so no permit outlives its worker's lease;
+- `rate`, `rate_per_s`, `burst`, `rate_tokens`, `rate_at`: the engine's rate limit, a token
+  bucket drawn from with the permits (app/store/permits.py); absent when no rate is set;
 - `queued`: a counter kept with `$inc` next to every move in and out of `queued`;
 - `wake`: bumped whenever claimers may have new work (enqueue, resume, limit raised, permits
   returned to a saturated engine); workers watch it through a change stream.
@@ -39,6 +40,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.domain.rates import default_burst, parse_rate
 from app.errors import NotFound
 from app.settings import Settings
 from app.store.bands import (  # noqa: F401 (the band helpers, imported from here too)
@@ -51,11 +53,13 @@ from app.store.bands import (  # noqa: F401 (the band helpers, imported from her
     parse_band,
     tenant_key,
 )
+from app.store.permits import PermitsMixin
 
+RATE_FIELDS = ("rate", "rate_per_s", "burst", "rate_tokens", "rate_at", "rate_took")
 CLEAR_DELAY = 0.005  # seconds a landed marker waits for the next enqueue to carry its removal
 
 
-class EngineStore:
+class EngineStore(PermitsMixin):
     def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
         self.col = db["engines"]
         self._known: set[str] = set()  # engines whose document exists
@@ -68,7 +72,10 @@ class EngineStore:
         return None  # looked up by _id only
 
     def _defaults(self, engine: str) -> dict[str, Any]:
-        return {"limit": self.settings.default_limit(engine), "paused": False, "created_at": self.clock.now()}
+        out = {"limit": self.settings.default_limit(engine), "paused": False, "created_at": self.clock.now()}
+        if (spec := self.settings.queue_rates.get(engine)) is not None:
+            out.update(rate_fields(spec))
+        return out
 
     async def ensure(self, engine: str) -> dict:
         """The engine's document, created on first use with its default limit."""
@@ -234,61 +241,6 @@ class EngineStore:
                 out.append({"engine": name, "counter": "queued", "was": counted, "now": jobs})
         return out
 
-    # --- permits -------------------------------------------------------------------------
-    async def reserve(self, engine: str, worker: str, n: int) -> bool:
-        """Take `n` permits for `worker`, only if the engine is not paused and `running + n`
-        stays within `limit`."""
-        res = await self.col.update_one(
-            {
-                "_id": engine,
-                "paused": False,
-                "$expr": {"$lte": [{"$add": [{"$ifNull": ["$running", 0]}, n]}, "$limit"]},
-            },
-            {"$inc": {"running": n, f"holds.{worker}": n}},
-        )
-        return res.modified_count == 1
-
-    async def holds_of(self, engine: str, worker: str) -> int | None:
-        """The permits of `engine` that `worker` holds, as recorded (None: no engine)."""
-        doc = await self.col.find_one({"_id": engine}, {f"holds.{worker}": 1})
-        return None if doc is None else (doc.get("holds") or {}).get(worker, 0)
-
-    async def release(self, engine: str, worker: str, n: int) -> bool:
-        """Give back `n` permits of `worker`. A no-op (False) when the worker's holds were
-        already dropped by the rescuer."""
-        if n <= 0:
-            return True
-        before = await self.col.find_one_and_update(
-            {"_id": engine, f"holds.{worker}": {"$gte": n}},
-            {"$inc": {"running": -n, f"holds.{worker}": -n}},
-            {"running": 1, "limit": 1},
-            return_document=ReturnDocument.BEFORE,
-        )
-        if before is None:
-            return False
-        if before.get("running", 0) >= before["limit"]:
-            # Only a saturated engine has workers waiting for a permit. Waking every idle
-            # worker on every release made them all peek at once (the chaos claim race).
-            await self.col.update_one({"_id": engine}, {"$inc": {"wake": 1}})
-        return True
-
-    async def drop_holds(self, worker: str) -> int:
-        """Return every permit a dead worker held. Guarded by the value read, so a race with
-        the worker's own release retries instead of double counting."""
-        dropped = 0
-        for _ in range(10):
-            docs = await self.col.find({f"holds.{worker}": {"$exists": True}}, {f"holds.{worker}": 1}).to_list(None)
-            if not docs:
-                break
-            for doc in docs:
-                n = doc["holds"][worker]
-                res = await self.col.update_one(
-                    {"_id": doc["_id"], f"holds.{worker}": n},
-                    {"$inc": {"running": -n, "wake": 1}, "$unset": {f"holds.{worker}": ""}},
-                )
-                dropped += n if res.modified_count else 0
-        return dropped
-
     # --- queue controls ------------------------------------------------------------------
     async def set_paused(self, engine: str, paused: bool, tenant: str | None = None) -> dict:
         """Pause or resume the whole engine (`tenant` None), or one tenant's work in it."""
@@ -307,10 +259,26 @@ class EngineStore:
         await self.col.update_one({"_id": engine}, {"$max": {field: until}})
 
     async def set_limit(self, engine: str, limit: int) -> dict:
+        return await self.set_limits(engine, limit=limit)
+
+    async def set_limits(self, engine: str, *, limit: int | None = None, rate: Any = ..., burst: int | None = None):
+        """The concurrency `limit` and the rate limit: `rate` a spec (`60/min`) starts a full
+        bucket of `burst` (default: `default_burst`), None clears it, `...` keeps it (a
+        `burst` alone then resizes the bucket; the caller checks the engine has a rate)."""
         await self.ensure(engine)
-        return await self.col.find_one_and_update(
-            {"_id": engine}, {"$set": {"limit": limit}, "$inc": {"wake": 1}}, return_document=ReturnDocument.AFTER
-        )
+        update: dict[str, Any] = {"$set": {}, "$inc": {"wake": 1}}
+        if limit is not None:
+            update["$set"]["limit"] = limit
+        if rate is None:
+            update["$unset"] = {f: "" for f in RATE_FIELDS}
+        elif rate is not ...:
+            update["$set"].update(rate_fields(rate, burst))
+            update["$unset"] = {"rate_tokens": "", "rate_at": ""}  # a full bucket
+        elif burst is not None:
+            update["$set"]["burst"] = burst
+        if not update["$set"]:
+            del update["$set"]
+        return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
 
     def watch(self):
         """A change stream of the writes that may give claimers new work."""
@@ -327,3 +295,9 @@ class EngineStore:
             ],
             max_await_time_ms=500,
         )
+
+
+def rate_fields(spec: str, burst: int | None = None) -> dict[str, Any]:
+    """The engine document's fields for a rate spec (validated by the caller)."""
+    n, per_s = parse_rate(spec)
+    return {"rate": spec.strip(), "rate_per_s": per_s, "burst": burst or default_burst(n)}

@@ -4,7 +4,9 @@ Reasons (any number, in this order): `dependencies` (unfinished parents, by step
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
 `until`), `budget_reached` (its tenant spent its daily or monthly cost budget: it waits
-until the period rolls over at `until`, or the budget is raised), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
+until the period rolls over at `until`, or the budget is raised), `rate_limited` (the
+engine's rate limit has no token now: `next_slot_at`, when the next start is allowed),
+`engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
 engine's line, counted only where asked, since a count costs what it counts, and over at
 most 1,000 sequence numbers a band: `ahead_at_least` says when it is a lower bound).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.domain.states import JobStatus
+from app.store.bands import next_token_at
 from app.store.db import find_in
 from app.store.engines import budget_hold, held_until
 
@@ -93,6 +96,21 @@ async def explain(
                 "seconds_left": left,
                 "message": f"budget reached: tenant {job['tenant']} spent its {budget['period']} cost budget "
                 f"({budget['key']}); waits until it rolls over in {left:.0f}s or the budget is raised",
+            }
+        )
+    slot = next_token_at(engine, now) if status == JobStatus.QUEUED else None
+    if slot is not None:
+        left = (slot - now).total_seconds()
+        reasons.append(
+            {
+                "reason": "rate_limited",
+                "engine": engine["_id"],
+                "rate": engine.get("rate"),
+                "burst": engine.get("burst"),
+                "next_slot_at": slot,
+                "seconds_left": left,
+                "message": f"engine {engine['_id']}'s rate limit ({engine.get('rate')}) holds it: "
+                f"its next slot comes in {left:.2f}s",
             }
         )
     running, limit = engine.get("running", 0), engine["limit"]

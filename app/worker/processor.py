@@ -18,6 +18,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
+from datetime import UTC, timedelta
 
 from app import metrics
 from app.errors import LeaseLost
@@ -153,8 +154,8 @@ class JobProcessor(LoopsMixin):
                 await asyncio.sleep(1)
 
     def _idle_wait(self) -> float:
-        """The poll interval, or less when a back-pressure hold ends sooner: nothing wakes
-        workers when a hold ends, so they look again then."""
+        """The poll interval, or less when a back-pressure hold ends or a rate limit's next
+        token is due sooner: nothing wakes workers then, so they look again by themselves."""
         wait = self.settings.poll_interval_seconds
         if self.hold_ends:
             left = (min(self.hold_ends) - self.store.clock.now()).total_seconds()
@@ -170,7 +171,12 @@ class JobProcessor(LoopsMixin):
             await self._give_back(name, idle)
             return 0
         want = min(self.free_slots(), self.settings.claim_batch)
-        if idle < want and running < limit:
+        rated = bool(engine.get("rate_per_s"))
+        if rated:  # one token per start, drawn with the permits it needs (docs/limits.md)
+            idle = await self._draw(name, want, idle)
+            if not idle:
+                return 0
+        elif idle < want and running < limit:
             # Look before taking permits: sizes the reservation to the work there is, and a
             # worker that lost the race for the last job leaves without writing anything.
             available = await self.store.claimer.peek(engine, want)
@@ -197,11 +203,37 @@ class JobProcessor(LoopsMixin):
             return 0
         for job in jobs:
             self._launch(job)
+        if rated and len(jobs) < n:  # a token is spent only by a start
+            await self.store.engines.refund(name, n - len(jobs))
         if jobs.dry and len(jobs) < n:  # the queue ran dry: keep no idle permits
             await self._give_back(name, n - len(jobs))
         elif len(jobs) < n:  # lost candidates to other claimers: keep the permits, retry soon
             self.contended = True
         return len(jobs)
+
+    async def _draw(self, engine: str, want: int, idle: int) -> int:
+        """A rated engine: draw up to `want` tokens, topping our permits up to cover them
+        (app/store/permits.py); how many jobs to claim. With no token the idle permits go
+        back and the fetch loop sleeps until the next token is due."""
+        try:
+            got = await self.store.engines.draw(engine, self.worker_id, want, idle)
+        except Exception:
+            await self._read_back(engine)
+            raise
+        took = got["took"] if got else 0
+        self.held[engine] += max(0, took - idle)
+        if got and took == 0 and got["tokens"] < 1:
+            at = got["at"] if got["at"].tzinfo else got["at"].replace(tzinfo=UTC)
+            self.hold_ends.append(at + timedelta(seconds=(1 - got["tokens"]) / got["per_s"]))
+            await self._give_back(engine, idle)
+        elif got and took == 0:  # tokens, but every permit is taken
+            self.starved = True
+        return took
+
+    async def _read_back(self, engine: str) -> None:
+        holds = await self.store.engines.holds_of(engine, self.worker_id)
+        if holds is not None and holds > self.held[engine]:
+            self.held[engine] = holds  # it landed
 
     async def _reserve(self, engine: str, n: int) -> bool:
         """Take `n` permits. A reservation whose reply was lost may have landed: our holds as
@@ -209,9 +241,7 @@ class JobProcessor(LoopsMixin):
         try:
             return await self.store.engines.reserve(engine, self.worker_id, n)
         except Exception:
-            holds = await self.store.engines.holds_of(engine, self.worker_id)
-            if holds is not None and holds > self.held[engine]:
-                self.held[engine] = holds  # it landed
+            await self._read_back(engine)
             raise
 
     async def _mark_started(self, jobs: list[dict]) -> bool:
