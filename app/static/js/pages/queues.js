@@ -77,7 +77,9 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
     r.q = q;
     r.cells.queued.textContent = q.queued;
     r.cells.running.textContent = q.running;
-    r.cells.max_concurrent_jobs.textContent = q.max_concurrent_jobs;
+    // the rate limit is read-only here (set over PUT /jobs/queue/{name}/limits)
+    r.cells.max_concurrent_jobs.textContent = q.rate
+      ? `${q.max_concurrent_jobs} · rate ${q.rate}, burst ${q.burst}` : String(q.max_concurrent_jobs);
     r.cells.age.textContent = q.oldest_queued_age_seconds == null ? "—" : fmtDuration(q.oldest_queued_age_seconds * 1000);
     const stopped = q.paused || q.tenant_paused || q.held_until != null;
     r.state.className = `badge ${stopped ? "st-paused" : "st-active"}`;
