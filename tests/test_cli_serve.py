@@ -279,3 +279,28 @@ def test_the_start_line_only_once_listening_and_a_taken_port_is_refused(tmp_path
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     finally:
         assert stop(serve) == 0
+
+
+async def test_the_listening_socket_serves_connections_without_nagle():
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP; a socket
+    made with proto 0 left every response waiting ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from app.cli import _bind
+
+    sock = _bind("127.0.0.1", free_port())
+    sock.listen()
+    accepted = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        assert await asyncio.wait_for(accepted, 5) != 0
+        writer.close()
+    finally:
+        server.close()
