@@ -154,3 +154,20 @@ async def test_a_backoff_counts_from_the_failure_not_from_when_its_batch_is_writ
     doc = await store.jobs.get(job["_id"])
     delay = (doc["run_at"] - doc["errors"][0]["at"]).total_seconds()
     assert doc["status"] == "scheduled" and 2 - 0.01 <= delay <= 4 + 0.01
+
+
+async def test_a_tenants_list_merges_its_statuses_newest_first_page_by_page(store, jobs):
+    made = []
+    for make in (jobs.queued, jobs.completed, jobs.failed, jobs.cancelled, jobs.queued, jobs.scheduled, jobs.completed):
+        made.append((await make(owner="tlist/u"))["_id"])
+    await jobs.queued(owner="tother/u")  # another tenant's: never in this list
+    seen, cursor = [], None
+    while True:
+        page, cursor = await store.jobs.list(tenant="tlist", after=cursor, limit=3)
+        seen += [d["_id"] for d in page]
+        if cursor is None:
+            break
+    assert seen == sorted(made, reverse=True)
+    every, _ = await store.jobs.list(limit=500)  # the deployment admin's: every tenant's, merged
+    assert [d["_id"] for d in every] == sorted([d["_id"] for d in every], reverse=True)
+    assert set(made) <= {d["_id"] for d in every}

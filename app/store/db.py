@@ -110,7 +110,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 4  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 5  # raise it whenever an index or a migration changes
 
 
 class Store:
