@@ -80,7 +80,7 @@ class JobQueries:
         await self.col.create_index("expires_at", sparse=True, name="retention")
 
     async def tenants(self) -> list[str]:
-        """Every tenant that has jobs: a `distinct` over the `(tenant, _id)` index (on
+        """Every tenant that has jobs: a `distinct` over the `(tenant, status, _id)` index (on
         MongoDB a DISTINCT_SCAN, one key per tenant)."""
         return sorted(str(t) for t in await self.col.distinct("tenant"))
 
