@@ -12,17 +12,7 @@ from playwright.async_api import async_playwright, expect
 
 from app.main import create_app
 from tests.servers import uvicorn_app
-
-CHROMIUM = os.environ.get("SWITCHYARD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
+from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS  # one browser set-up for the browser tests
 
 
 @pytest.fixture
