@@ -14,7 +14,7 @@ from app.domain.models import check_keys
 
 ProgressSink = Callable[[float, "str | None", dict], Awaitable[None]]
 UsageSink = Callable[[dict[str, float]], Awaitable[None]]
-HOLD_KEY = re.compile(r"^tenant:[A-Za-z0-9_-]{1,64}$")
+HOLD_KEY = re.compile(r"^(tenant:[A-Za-z0-9_-]{1,64}|key)$")
 COUNTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_HOLD_SECONDS = 3600.0  # a malformed Retry-After must not stop an engine for a day
 
@@ -40,7 +40,8 @@ class PermanentError(Exception):
 class RateLimited(Exception):
     """Raise when the provider pushes back (a 429 with `Retry-After`): the job goes back to
     the queue without being charged an attempt, and no worker claims the engine's jobs (or,
-    with `key="tenant:<name>"`, that tenant's jobs in the engine) for `retry_after` seconds
+    with `key="tenant:<name>"`, that tenant's jobs in the engine, or with `key="key"`, the
+    jobs of this job's limit key, docs/limits.md) for `retry_after` seconds
     (at most MAX_HOLD_SECONDS). A bad `retry_after` or `key` raises ValueError here."""
 
     def __init__(
@@ -52,7 +53,7 @@ class RateLimited(Exception):
         if retry_after < 0:
             raise ValueError("retry_after must not be negative")
         if key is not None and not (isinstance(key, str) and HOLD_KEY.match(key)):
-            raise ValueError("key must be None (the whole engine) or 'tenant:<name>'")
+            raise ValueError("key must be None (the whole engine), 'tenant:<name>' or 'key' (the job's limit key)")
         self.retry_after = min(float(retry_after), MAX_HOLD_SECONDS)
         self.key = key
         self.reason = reason

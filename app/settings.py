@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.domain.limitkeys import parse_key_spec
 from app.domain.rates import parse_rate
 
 # Seed 001's `default_queues`. An engine not named here starts with `general`'s limit.
@@ -236,6 +237,34 @@ class Settings(BaseSettings):
                 parse_rate(spec)
             except ValueError as exc:
                 raise ValueError(f"queue_rates[{engine[:40]!r}]: {exc}") from None
+        return v
+
+    # engines' per-key limits (docs/limits.md, "Per-key limits"), applied like `queue_rates`
+    queue_keys: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='JSON: engine -> {key, key_rate, key_burst, key_concurrency} (e.g. {"image": {"key": '
+        '"params.account", "key_rate": "50/min"}})',
+    )
+
+    @field_validator("queue_keys")
+    @classmethod
+    def _keys_parse(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for engine, spec in v.items():
+            where = f"queue_keys[{engine[:40]!r}]"
+            if not isinstance(spec, dict) or "key" not in spec:
+                raise ValueError(f"{where}: must be an object with a key")
+            if unknown := set(spec) - {"key", "key_rate", "key_burst", "key_concurrency"}:
+                raise ValueError(f"{where}: unknown field {sorted(unknown)[0][:40]!r}")
+            try:
+                parse_key_spec(spec["key"])
+                if spec.get("key_rate") is not None:
+                    parse_rate(spec["key_rate"])
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            for field in ("key_burst", "key_concurrency"):
+                n = spec.get(field)
+                if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000):
+                    raise ValueError(f"{where}.{field}: must be a whole number from 1 to 100000")
         return v
 
     @property

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from app import registry
 from app.api.auth import Principal, audit, require_principal, require_role
-from app.api.schemas import LimitsIn, QueueOut, QueueStatus
+from app.api.schemas import KeyOut, LimitsIn, QueueOut, QueueStatus
 from app.domain.models import NAME_PATTERN
 from app.errors import Forbidden, NotFound, ValidationFailed
-from app.store.engines import budget_hold, held_until
+from app.store.bands import band_lane, key_block, key_running
+from app.store.engines import budget_hold, busy_bands, held_until
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
 QueueName = Path(pattern=NAME_PATTERN, description="the engine's name")
@@ -50,6 +51,7 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         running, queued = mine.get("running", 0), mine.get("queued", 0)
     oldest = await store.jobs.oldest_queued_at(doc, tenant) if queued > 0 else None
     age = (store.clock.now() - oldest).total_seconds() if oldest else None
+    weights = doc.get("weights") or {}
     hold = held_until(doc, tenant, store.clock.now())  # the admin sees the engine-wide hold
     budget = budget_hold(doc, tenant, store.clock.now())  # a tenant's own; None for the admin
     return QueueOut(
@@ -66,7 +68,33 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         budget_until=budget["until"] if budget else None,
         rate=doc.get("rate"),
         burst=doc.get("burst") if doc.get("rate") else None,
+        key=doc.get("key"),
+        key_rate=doc.get("key_rate"),
+        key_burst=doc.get("key_burst") if doc.get("key_rate") else None,
+        key_concurrency=doc.get("key_concurrency"),
+        keys_at_limit=keys_at_limit(doc, tenant, store.clock.now()),
+        weights=weights if tenant is None else ({tenant: weights[tenant]} if tenant in weights else None),
     )
+
+
+def keys_at_limit(doc: dict, tenant: str | None, now, cap: int = 50) -> list[KeyOut]:
+    """The limit keys (the caller's tenant's, or all) whose queued jobs may not start now."""
+    if not doc.get("lanes"):
+        return []
+    names = {v["lane"]: v["name"] for v in doc["lanes"].values()}
+    out = []
+    for key, _, band_tenant, _, _ in busy_bands(doc, paused_too=True, now=now):
+        lane = band_lane(key)
+        if not lane or (tenant is not None and band_tenant != tenant) or len(out) >= cap:
+            continue
+        if (block := key_block(doc, lane, now)) is not None:
+            until = block.get("next_slot_at") or block.get("until")
+            out.append(
+                KeyOut(
+                    key=names.get(lane, str(lane)), limit=block["limit"], running=key_running(doc, lane), until=until
+                )
+            )
+    return out
 
 
 @router.get("/status", response_model=QueueStatus)
@@ -118,18 +146,32 @@ async def resume(request: Request, name: str = QueueName, who: Principal = Depen
 async def limits(
     body: LimitsIn, request: Request, name: str = QueueName, who: Principal = Depends(require_role("operator"))
 ):
-    """The engine's concurrency limit and rate limit (docs/limits.md, "Rate limits"), across
-    every worker and tenant: the bootstrap admin's. A field left out is kept; `rate: null`
-    clears the rate limit."""
+    """The engine's concurrency limit, rate limit, per-key limits and tenant weights
+    (docs/limits.md), across every worker and tenant: the bootstrap admin's. A field left out
+    is kept; `null` clears a limit, and `key: null` every per-key limit."""
     if who.scope is not None:
         raise Forbidden("an engine's limits are deployment-wide; only the bootstrap admin sets them", field="name")
     store = request.app.state.store
     await known_engine(store, name)
     given = body.model_fields_set
-    if "burst" in given and "rate" not in given and not (await store.engines.ensure(name)).get("rate"):
+    current = await store.engines.ensure(name)
+    if "burst" in given and "rate" not in given and not current.get("rate"):
         raise ValidationFailed("burst: the engine has no rate limit; give a rate with it", field="burst")
+    keyed = body.key if "key" in given else current.get("key")
+    for field in ("key_rate", "key_burst", "key_concurrency"):
+        if getattr(body, field) is not None and keyed is None:
+            raise ValidationFailed(f"{field}: the engine has no limit key; give a key with it", field=field)
+    if "key_burst" in given and "key_rate" not in given and not current.get("key_rate"):
+        raise ValidationFailed("key_burst: the engine has no per-key rate; give a key_rate with it", field="key_burst")
+    keyed_fields = {f: getattr(body, f) for f in ("key", "key_rate", "key_concurrency") if f in given}
     doc = await store.engines.set_limits(
-        name, limit=body.max_concurrent_jobs, rate=body.rate if "rate" in given else ..., burst=body.burst
+        name,
+        limit=body.max_concurrent_jobs,
+        rate=body.rate if "rate" in given else ...,
+        burst=body.burst,
+        weights=body.weights,
+        key_burst=body.key_burst,
+        **keyed_fields,
     )
     await audit(request, who, "queue.limits", name, log_tenant=EVERY_TENANT, **body.model_dump(exclude_unset=True))
     return await queue_out(store, doc, who)

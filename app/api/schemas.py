@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.domain.limitkeys import check_weight, parse_key_spec
+from app.domain.models import NAME_PATTERN
 from app.domain.rates import MAX_BURST, parse_rate
 from app.domain.redact import redact
 from app.domain.retry import RetryConfig
@@ -102,6 +105,13 @@ class History(BaseModel):
     avg_execution_time_ms: float | None
 
 
+class KeyOut(BaseModel):
+    key: str = Field(description="`<tenant>/<value>`")
+    limit: str = Field(description="`concurrency`, `rate` or `held` (provider back-pressure)")
+    running: int
+    until: datetime | None = Field(None, description="its next slot (rate) or the hold's end")
+
+
 class QueueOut(BaseModel):
     name: str
     running: int = Field(description="jobs running: the caller's tenant's, or every tenant's for the bootstrap admin")
@@ -122,6 +132,18 @@ class QueueOut(BaseModel):
     budget_until: datetime | None = Field(None, description="when the reached budget period rolls over")
     rate: str | None = Field(None, description="the engine's rate limit (`60/min`), across every worker; null: none")
     burst: int | None = Field(None, description="the rate limit's burst")
+    key: str | None = Field(None, description="what the per-key limits count by (`params.account`); null: none")
+    key_rate: str | None = Field(None, description="each key's rate limit, across every worker")
+    key_burst: int | None = Field(None, description="each key's burst")
+    key_concurrency: int | None = Field(None, description="jobs running at once for each key")
+    keys_at_limit: list[KeyOut] = Field(
+        default_factory=list,
+        description="limit keys with queued jobs that may not start now (the caller's tenant's own, every "
+        "tenant's for the bootstrap admin)",
+    )
+    weights: dict[str, float] | None = Field(
+        None, description="tenants' claim weights (the bootstrap admin sees all; a tenant only its own)"
+    )
 
 
 class QueueStatus(BaseModel):
@@ -129,7 +151,8 @@ class QueueStatus(BaseModel):
 
 
 class LimitsIn(BaseModel):
-    """Any of the three; a field left out is kept. `rate: null` clears the rate limit."""
+    """Any of these; a field left out is kept, and `null` clears a limit (`key: null` clears
+    every per-key limit). docs/limits.md, "Rate limits" and "Per-key limits"."""
 
     model_config = ConfigDict(extra="forbid")
     max_concurrent_jobs: int | None = Field(None, ge=1, le=100_000)
@@ -137,18 +160,47 @@ class LimitsIn(BaseModel):
     burst: int | None = Field(
         None, ge=1, le=MAX_BURST, description="starts allowed at once (default: one period's worth, at most 100)"
     )
+    key: str | None = Field(
+        None, description="what per-key limits count by: `tenant`, `owner` or `params.<path>` (within each tenant)"
+    )
+    key_rate: str | None = Field(None, description="starts per period for each key, across every worker")
+    key_burst: int | None = Field(None, ge=1, le=MAX_BURST, description="each key's burst")
+    key_concurrency: int | None = Field(None, ge=1, le=100_000, description="jobs running at once for each key")
+    weights: dict[str, float | None] | None = Field(
+        None, description="tenants' shares of the engine's claims, by weight (default 1); `null` removes one"
+    )
 
-    @field_validator("rate")
+    @field_validator("rate", "key_rate")
     @classmethod
     def _rate(cls, v: str | None) -> str | None:
         if v is not None:
             parse_rate(v)
         return v
 
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        return None if v is None else parse_key_spec(v)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict | None) -> dict | None:
+        if v is None:
+            raise ValueError("must be an object of tenant: weight")
+        if len(v) > 1000:
+            raise ValueError("at most 1000 tenants at once")
+        for tenant, w in v.items():
+            if not re.match(NAME_PATTERN, tenant):
+                raise ValueError(f"{tenant[:60]!r} is not a tenant name")
+            check_weight(tenant, w)
+        return v
+
     @model_validator(mode="after")
     def _some(self) -> LimitsIn:
         if not self.model_fields_set:
-            raise ValueError("give max_concurrent_jobs, rate or burst")
+            raise ValueError(
+                "give max_concurrent_jobs, rate, burst, key, key_rate, key_burst, key_concurrency or weights"
+            )
         return self
 
 

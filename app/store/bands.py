@@ -1,23 +1,38 @@
-"""Bands, the per-(priority, tenant) lines of an engine, as its document records them: their
-keys, which of them have claimable work (`busy_bands`), which are held by provider
-back-pressure (`held_until`), whose tenant has reached its cost budget (`budget_hold`), and
-when the engine's rate limit has its next token (`next_token_at`). Pure functions of an engine document (app/store/engines.py)."""
+"""Bands, the per-(priority, tenant, lane) lines of an engine, as its document records them:
+their keys, which of them have claimable work (`busy_bands`), which are held by provider
+back-pressure (`held_until`), whose tenant has reached its cost budget (`budget_hold`), which
+lanes' limit keys are at their limit (`key_block`), and when the engine's or a key's rate
+limit has its next token (`next_token_at`). Pure functions of an engine document
+(app/store/engines.py). Lanes: app/domain/limitkeys.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from app.domain.limitkeys import lane_base
+
 DEFAULT_TENANT = "default"
 
 
-def band(priority: int, tenant: str = DEFAULT_TENANT) -> str:
-    """The key of a (priority, tenant) band. Tenant names are letters, digits, `_` and `-`."""
-    return f"p{priority}" if tenant == DEFAULT_TENANT else f"p{priority}:{tenant}"
+def band(priority: int, tenant: str = DEFAULT_TENANT, lane: int = 0) -> str:
+    """The key of a (priority, tenant, lane) band: `pN`, `pN:<tenant>`, then `~<lane>` for a
+    limit key's lane. Tenant names are letters, digits, `_` and `-`."""
+    head = f"p{priority}" if tenant == DEFAULT_TENANT else f"p{priority}:{tenant}"
+    return f"{head}~{lane}" if lane else head
 
 
 def parse_band(key: str) -> tuple[int, str]:
-    p, _, tenant = key[1:].partition(":")
+    p, _, tenant = key[1:].partition("~")[0].partition(":")
     return int(p), tenant or DEFAULT_TENANT
+
+
+def band_lane(key: str) -> int:
+    return int(key.partition("~")[2] or 0)
+
+
+def band_floor(key: str) -> int:
+    """The lowest seq of a band: where its cursor starts."""
+    return lane_base(band_lane(key))
 
 
 def tenant_key(tenant: str) -> str:
@@ -63,46 +78,85 @@ def busy_bands(engine: dict, *, paused_too: bool = False, now: datetime | None =
     paused = {} if paused_too else engine.get("paused_tenants") or {}
     holds = not paused_too and (engine.get("held_until") is not None or engine.get("held_keys"))
     budgets = not paused_too and engine.get("budget_held")
+    keyed = not paused_too and engine.get("lanes")
     now = now or datetime.now(UTC)
     for key in sorted(seqs, key=lambda k: (parse_band(k)[0], k)):
-        lo, hi = cursors.get(key, 0), seqs.get(key, 0)
+        floor = band_floor(key)
+        lo, hi = cursors.get(key, floor), seqs.get(key, floor)
         p, tenant = parse_band(key)
         if (
             lo < hi
             and tenant not in paused
             and not (holds and held_until(engine, tenant, now))
             and not (budgets and budget_hold(engine, tenant, now))
+            and not (keyed and key_block(engine, band_lane(key), now))
         ):
             yield key, p, tenant, lo, hi
 
 
 def next_hold_end(engine: dict, now: datetime) -> datetime | None:
     """When the earliest hold of the engine that is still on ends, or its empty rate bucket
-    has a token again (a worker waits no longer)."""
+    (or that of a limit key with queued jobs) has a token again (a worker waits no longer)."""
     ends = [_aware(engine["held_until"])] if engine.get("held_until") is not None else []
     ends += [_aware(at) for at in (engine.get("held_keys") or {}).values()]
     ends += [_aware(h["until"]) for h in (engine.get("budget_held") or {}).values()]  # a period's rollover
     ends += [at] if (at := next_token_at(engine, now)) else []  # the rate limit's next token
+    if engine.get("key_rate_per_s"):
+        cursors, seqs = engine.get("cursor") or {}, engine.get("seq") or {}
+        waiting = {band_lane(k) for k, hi in seqs.items() if cursors.get(k, band_floor(k)) < hi}
+        ends += [at for lane in waiting - {0} if (at := next_token_at(engine, now, lane))]
     ends = [at for at in ends if at > now]
     return min(ends) if ends else None
 
 
-def rate_tokens(engine: dict, now: datetime) -> float | None:
-    """The tokens in the engine's rate bucket at `now` (None: no rate), refilled as the draw
-    in app/store/permits.py refills them."""
-    per_s = engine.get("rate_per_s")
+def _bucket(engine: dict, lane: int) -> tuple[float | None, float, float | None, datetime | None]:
+    """`(per_s, burst, tokens, at)` of the engine's bucket (lane 0) or a limit key's."""
+    if not lane:
+        return engine.get("rate_per_s"), engine.get("burst") or 1, engine.get("rate_tokens"), engine.get("rate_at")
+    state = (engine.get("keys") or {}).get(f"k{lane}") or {}
+    return engine.get("key_rate_per_s"), engine.get("key_burst") or 1, state.get("tokens"), state.get("at")
+
+
+def rate_tokens(engine: dict, now: datetime, lane: int = 0) -> float | None:
+    """The tokens in the engine's rate bucket (or, for a lane, its limit key's) at `now`
+    (None: no rate), refilled as the draws in app/store/permits.py and keylimits.py do."""
+    per_s, burst, tokens, at = _bucket(engine, lane)
     if not per_s:
         return None
-    burst = engine.get("burst") or 1
-    tokens, at = engine.get("rate_tokens"), engine.get("rate_at")
     if tokens is None or at is None:
         return float(burst)
     return min(float(burst), tokens + max(0.0, (now - _aware(at)).total_seconds()) * per_s)
 
 
-def next_token_at(engine: dict, now: datetime) -> datetime | None:
-    """When the engine's rate bucket next holds a whole token, if it holds none at `now`."""
-    tokens = rate_tokens(engine, now)
+def next_token_at(engine: dict, now: datetime, lane: int = 0) -> datetime | None:
+    """When the bucket next holds a whole token, if it holds none at `now`."""
+    tokens = rate_tokens(engine, now, lane)
     if tokens is None or tokens >= 1:
         return None
-    return now + timedelta(seconds=(1 - tokens) / engine["rate_per_s"])
+    return now + timedelta(seconds=(1 - tokens) / _bucket(engine, lane)[0])
+
+
+def key_running(engine: dict, lane: int) -> int:
+    return ((engine.get("keys") or {}).get(f"k{lane}") or {}).get("running", 0)
+
+
+def key_block(engine: dict, lane: int, now: datetime) -> dict | None:
+    """What keeps a lane's limit key from starting a job at `now`: `{limit: "concurrency"}`,
+    `{limit: "rate", next_slot_at}` or `{limit: "held", until}` (provider back-pressure on
+    the key); None when it may start one (lane 0 never has a key)."""
+    if not lane:
+        return None
+    cap = engine.get("key_concurrency")
+    if cap and key_running(engine, lane) >= cap:
+        return {"limit": "concurrency", "running": key_running(engine, lane), "max": cap}
+    if (at := next_token_at(engine, now, lane)) is not None:
+        return {"limit": "rate", "next_slot_at": at}
+    held = (engine.get("held_keys") or {}).get(lane_hold_key(lane))
+    if held is not None and _aware(held) > now:
+        return {"limit": "held", "until": _aware(held)}
+    return None
+
+
+def lane_hold_key(lane: int) -> str:
+    """The back-pressure key of a limit key's lane (`RateLimited(key="key")`)."""
+    return f"lane:{lane}"

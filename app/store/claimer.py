@@ -40,9 +40,10 @@ from datetime import timedelta
 
 from pymongo.errors import PyMongoError
 
+from app.domain.limitkeys import shares, unspend
 from app.domain.states import JobStatus
 from app.store.db import find_in
-from app.store.engines import DEFAULT_TENANT, busy_bands, parse_band
+from app.store.engines import DEFAULT_TENANT, band_floor, band_lane, busy_bands, parse_band
 
 QUEUED = JobStatus.QUEUED.value
 MAX_WINDOW = 1 << 20
@@ -52,11 +53,14 @@ HEAD_PATIENCE = 1.0  # seconds a band's cursor may stand still before claimers a
 
 class Claimed(list):
     """The jobs a claim took; `dry` says it saw every band of the engine run out, as opposed
-    to losing its candidates to other claimers (then there is more to take at once)."""
+    to losing its candidates to other claimers (then there is more to take at once);
+    `key_permits`: each job of a limit key's lane holds one of its key's permits, to give back
+    when it ends (app/store/keylimits.py)."""
 
-    def __init__(self, jobs=(), *, dry: bool) -> None:
+    def __init__(self, jobs=(), *, dry: bool, key_permits: bool = False) -> None:
         super().__init__(jobs)
         self.dry = dry
+        self.key_permits = key_permits
 
 
 class Claimer:
@@ -65,6 +69,7 @@ class Claimer:
         self.engines, self.lifecycle = engines, lifecycle
         self._spread: dict[str, int] = {}  # per engine: claim contention (see the module's docstring)
         self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
+        self._passes: dict[tuple[str, int], dict[str, float]] = {}  # per (engine, priority): tenants' stride passes
 
     async def window(
         self,
@@ -208,22 +213,51 @@ class Claimer:
                 lows[key] = min(untried) if untried else found[-1]["seq"] + 1
             return got
 
-        # Strict priority; within a priority, fairness between tenants: each band first gets
-        # an even share of what is left, in an order that rotates, then the rest go to any.
+        async def take_band(b: tuple, want: int) -> int:
+            """`take`, after drawing the band's limit key's starts when it has one."""
+            key, p, tenant, _, hi = b
+            lane = band_lane(key)
+            if not (lane and keyed) or want <= 0:
+                return await take(key, p, tenant, hi, want) if want > 0 else 0
+            drawn = await self.engines.keys.draw(engine, lane, worker, want)
+            got = await take(key, p, tenant, hi, drawn) if drawn else 0
+            await self.engines.keys.refund(engine, lane, worker, drawn - got)
+            return got
+
+        # Strict priority; within a priority, shares between tenants by weight (stride
+        # scheduling over this claimer's claims, app/domain/limitkeys.py), each tenant's share
+        # split between its bands (its limit keys' lanes) from a rotating start; then what is
+        # left goes to any band, so no slot idles while there is work.
         # A write whose reply is lost (`update_many` is not a retryable write) ends the claim:
         # what it took is found by the token, run, and counted like any other.
         failure: Exception | None = None
+        weights = engine.get("weights") or {}
+        keyed = bool(engine.get("key_rate_per_s") or engine.get("key_concurrency"))
         try:
             for p in sorted({b[1] for b in bands}):
                 same = [b for b in bands if b[1] == p]
                 start = random.randrange(len(same))
                 same = same[start:] + same[:start]
-                share = -(-(k - taken) // len(same))  # ceil
-                for even in (True, False):
-                    for key, _, tenant, _, hi in same:
-                        if taken >= k:
-                            break
-                        taken += await take(key, p, tenant, hi, min(share, k - taken) if even else k - taken)
+                tenants: dict[str, list[tuple]] = {}
+                for b in same:
+                    tenants.setdefault(b[2], []).append(b)
+                w = {t: float(weights.get(t, 1.0)) for t in tenants}
+                passes = self._passes.setdefault((name, p), {})
+                quota = shares(w, k - taken, passes)
+                for t, own in tenants.items():
+                    got, q = 0, quota[t]
+                    for even in (True, False):
+                        each = -(-q // len(own))  # ceil
+                        for b in own:
+                            if got < q:
+                                got += await take_band(b, min(each, q - got) if even else q - got)
+                    unspend(passes, t, q - got, w[t])
+                    taken += got
+                for b in same:
+                    if taken < k:
+                        got = await take_band(b, k - taken)
+                        passes[b[2]] = passes.get(b[2], 0.0) + got / w[b[2]]
+                        taken += got
                 if taken >= k:
                     break
         except PyMongoError as exc:
@@ -251,7 +285,7 @@ class Claimer:
             raise failure
         dry = failure is None and all(lows[key] >= hi for key, _, _, _, hi in bands)
         docs.sort(key=lambda d: (d["priority"], d["seq"]))
-        return Claimed(docs, dry=dry)
+        return Claimed(docs, dry=dry, key_permits=keyed and bool(engine.get("key_concurrency")))
 
     async def _read_back(self, ids: list[str], token: str) -> list[dict]:
         """The jobs among `ids` that carry our lease token. After a lost reply the server
@@ -280,7 +314,7 @@ class Claimer:
                         "status": QUEUED,
                         "priority": p,
                         "tenant": tenant,
-                        "seq": {"$gte": 0, "$lt": cursor},
+                        "seq": {"$gte": band_floor(key), "$lt": cursor},
                     },
                     {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
                 )

@@ -49,6 +49,8 @@ class JobDoc(TypedDict):
     retry_config: dict[str, Any]
     progress: Progress
     seq: NotRequired[int]  # set whenever the job enters queued
+    lane: NotRequired[int]  # its limit key's lane (app/domain/limitkeys.py); absent: lane 0
+    limit_key: NotRequired[str]  # that key's value, as shown in "why"
     queued_at: NotRequired[datetime]
     run_at: NotRequired[datetime | None]
     started_at: NotRequired[datetime | None]
@@ -104,8 +106,8 @@ def by_size(items: list, size, limit: int = MAX_BATCH_BYTES):
 
 
 def band_of(job: JobDoc | dict) -> str:
-    """The (priority, tenant) band a job is numbered and claimed in."""
-    return band(job["priority"], job["tenant"])
+    """The (priority, tenant, lane) band a job is numbered and claimed in."""
+    return band(job["priority"], job["tenant"], job.get("lane", 0))
 
 
 def is_step(job: JobDoc | dict) -> bool:

@@ -22,6 +22,8 @@ It holds what every worker must agree on:
   A dead worker's holds are dropped by the rescuer, so no permit outlives its worker's lease;
 - `rate`, `rate_per_s`, `burst`, `rate_tokens`, `rate_at`: the engine's rate limit, a token
   bucket drawn from with the permits (app/store/permits.py); absent when no rate is set;
+- `key`, `lanes`, `keys`, `kholds` and the `key_*` settings: per-key limits, owned by
+  `KeyLimits` (app/store/keylimits.py); `weights.<tenant>`: the tenants' claim weights;
 - `queued`: a counter kept with `$inc` next to every move in and out of `queued`;
 - `wake`: bumped whenever claimers may have new work (enqueue, resume, limit raised, permits
   returned to a saturated engine); workers watch it through a change stream.
@@ -46,6 +48,8 @@ from app.settings import Settings
 from app.store.bands import (  # noqa: F401 (the band helpers, imported from here too)
     DEFAULT_TENANT,
     band,
+    band_floor,
+    band_lane,
     budget_hold,
     busy_bands,
     held_until,
@@ -53,6 +57,7 @@ from app.store.bands import (  # noqa: F401 (the band helpers, imported from her
     parse_band,
     tenant_key,
 )
+from app.store.keylimits import KeyLimits
 from app.store.permits import PermitsMixin
 
 RATE_FIELDS = ("rate", "rate_per_s", "burst", "rate_tokens", "rate_at", "rate_took")
@@ -62,6 +67,7 @@ CLEAR_DELAY = 0.005  # seconds a landed marker waits for the next enqueue to car
 class EngineStore(PermitsMixin):
     def __init__(self, db: AsyncDatabase, settings: Settings, clock) -> None:
         self.col = db["engines"]
+        self.keys = KeyLimits(self.col)
         self._known: set[str] = set()  # engines whose document exists
         self._landed: dict[str, list[str]] = {}  # inflight markers whose writes have landed
         self._flusher: asyncio.Task | None = None
@@ -75,6 +81,8 @@ class EngineStore(PermitsMixin):
         out = {"limit": self.settings.default_limit(engine), "paused": False, "created_at": self.clock.now()}
         if (spec := self.settings.queue_rates.get(engine)) is not None:
             out.update(rate_fields(spec))
+        if (keyed := self.settings.queue_keys.get(engine)) is not None:
+            out.update(KeyLimits.config(**keyed)[0])
         return out
 
     async def ensure(self, engine: str) -> dict:
@@ -119,6 +127,7 @@ class EngineStore(PermitsMixin):
         try:
             if engine not in self._known:
                 await self.ensure(engine)
+            await self.keys.open_band(engine, key)
             doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
         except BaseException:
             self._land(engine, landed)  # cleared later; unsetting twice is harmless
@@ -162,7 +171,7 @@ class EngineStore(PermitsMixin):
     def cursor_ceiling(engine: dict, key: str) -> int | None:
         """While a band has writes in flight its cursor stays where it is."""
         if any(tag.rpartition("_")[0] == key for tag in engine.get("inflight") or {}):
-            return (engine.get("cursor") or {}).get(key, 0)
+            return (engine.get("cursor") or {}).get(key, band_floor(key))
         return None
 
     async def drop_stale_inflight(self, engine: dict, older_than) -> int:
@@ -261,23 +270,43 @@ class EngineStore(PermitsMixin):
     async def set_limit(self, engine: str, limit: int) -> dict:
         return await self.set_limits(engine, limit=limit)
 
-    async def set_limits(self, engine: str, *, limit: int | None = None, rate: Any = ..., burst: int | None = None):
+    async def set_limits(
+        self,
+        engine: str,
+        *,
+        limit: int | None = None,
+        rate: Any = ...,
+        burst: int | None = None,
+        weights: dict[str, float | None] | None = None,
+        **keyed: Any,
+    ):
         """The concurrency `limit` and the rate limit: `rate` a spec (`60/min`) starts a full
         bucket of `burst` (default: `default_burst`), None clears it, `...` keeps it (a
-        `burst` alone then resizes the bucket; the caller checks the engine has a rate)."""
+        `burst` alone then resizes the bucket; the caller checks the engine has a rate).
+        `weights`: tenant weights to set (None removes one). `keyed`: the per-key limits,
+        as `KeyLimits.config` takes them."""
         await self.ensure(engine)
-        update: dict[str, Any] = {"$set": {}, "$inc": {"wake": 1}}
+        update: dict[str, Any] = {"$set": {}, "$inc": {"wake": 1}, "$unset": {}}
         if limit is not None:
             update["$set"]["limit"] = limit
         if rate is None:
-            update["$unset"] = {f: "" for f in RATE_FIELDS}
+            update["$unset"].update({f: "" for f in RATE_FIELDS})
         elif rate is not ...:
             update["$set"].update(rate_fields(rate, burst))
-            update["$unset"] = {"rate_tokens": "", "rate_at": ""}  # a full bucket
+            update["$unset"].update({"rate_tokens": "", "rate_at": ""})  # a full bucket
         elif burst is not None:
             update["$set"]["burst"] = burst
-        if not update["$set"]:
-            del update["$set"]
+        for tenant, w in (weights or {}).items():
+            if w is None:
+                update["$unset"][f"weights.{tenant}"] = ""
+            else:
+                update["$set"][f"weights.{tenant}"] = w
+        sets, unsets = KeyLimits.config(**keyed)
+        update["$set"].update(sets)
+        update["$unset"].update(unsets)
+        for op in ("$set", "$unset"):
+            if not update[op]:
+                del update[op]
         return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
 
     def watch(self):

@@ -58,7 +58,9 @@ class Enqueuer:
 
     async def insert(self, docs: list[JobDoc]) -> int:
         """Insert new job documents (`new_job_document` output); queued ones take their seqs
-        with one `$inc` per (engine, band). Returns how many queued jobs landed."""
+        with one `$inc` per (engine, band). Returns how many queued jobs landed. Every job of
+        an engine with a limit key gets its key's lane first: it keeps it for life."""
+        await self.engines.keys.assign(docs)
         groups: dict[tuple[str, str], list[JobDoc]] = defaultdict(list)
         for d in docs:
             if d["status"] == QUEUED:

@@ -18,7 +18,8 @@ from pymongo import ASCENDING
 from app.domain.states import JobStatus
 from app.errors import NotFound
 from app.store.db import ensure_index, find_in
-from app.store.engines import DEFAULT_TENANT, band, busy_bands
+from app.store.documents import band_of
+from app.store.engines import DEFAULT_TENANT, band_floor, busy_bands
 from app.store.retention import EPOCH, UNSETTLED
 
 POSITION_CAP = 1000  # most sequence numbers one position count looks at
@@ -226,7 +227,8 @@ class JobQueries:
         mine = (job["priority"], job.get("tenant", DEFAULT_TENANT))
         cursors = engine.get("cursor") or {}
         ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine, paused_too=True) if p < mine[0]]
-        ranges.append((*mine, min(cursors.get(band(*mine), 0), job["seq"]), job["seq"]))
+        own = band_of(job)
+        ranges.append((*mine, min(cursors.get(own, band_floor(own)), job["seq"]), job["seq"]))
         ahead, partial = 0, False
         for p, tenant, lo, hi in ranges:
             start = max(lo, hi - (cap - ahead))  # the numbers nearest the top; older ones may be gone

@@ -20,17 +20,19 @@ from pymongo import ReturnDocument
 _NOW_MS = {"$toLong": "$$NOW"}  # (SecantusDB cannot subtract two dates: compare them as ms)
 
 
-def _tokens_now() -> dict:
-    """The bucket's tokens at `$$NOW`: refilled since `rate_at` by `rate_per_s`, capped at
-    `burst`; a bucket never drawn from is full."""
-    since = {"$toLong": {"$ifNull": ["$rate_at", "$$NOW"]}}
+def tokens_now(per_s="$rate_per_s", burst="$burst", tokens="$rate_tokens", at="$rate_at") -> dict:
+    """A bucket's tokens at `$$NOW`: refilled since `at` by `per_s`, capped at `burst`; a
+    bucket never drawn from is full. The arguments name its fields (the engine's by default;
+    a limit key's in app/store/keylimits.py)."""
+    since = {"$toLong": {"$ifNull": [at, "$$NOW"]}}
     elapsed = {"$divide": [{"$max": [0, {"$subtract": [_NOW_MS, since]}]}, 1000]}
-    have = {"$ifNull": ["$rate_tokens", "$burst"]}
-    return {"$min": ["$burst", {"$add": [have, {"$multiply": [elapsed, "$rate_per_s"]}]}]}
+    have = {"$ifNull": [tokens, burst]}
+    return {"$min": [burst, {"$add": [have, {"$multiply": [elapsed, per_s]}]}]}
 
 
 class PermitsMixin:
     col: object
+    keys: object  # KeyLimits (app/store/keylimits.py)
 
     async def reserve(self, engine: str, worker: str, n: int) -> bool:
         """Take `n` permits for `worker`, only if the engine is not paused and `running + n`
@@ -70,9 +72,9 @@ class PermitsMixin:
         return True
 
     async def drop_holds(self, worker: str) -> int:
-        """Return every permit a dead worker held. Guarded by the value read, so a race with
-        the worker's own release retries instead of double counting."""
-        dropped = 0
+        """Return every permit a dead worker held, its limit keys' too. Guarded by the value
+        read, so a race with the worker's own release retries instead of double counting."""
+        dropped = await self.keys.drop(worker)
         for _ in range(10):
             docs = await self.col.find({f"holds.{worker}": {"$exists": True}}, {f"holds.{worker}": 1}).to_list(None)
             if not docs:
@@ -97,7 +99,7 @@ class PermitsMixin:
         after = await self.col.find_one_and_update(
             {"_id": engine, "paused": False, "rate_per_s": {"$gt": 0}},
             [
-                {"$set": {"_tok": _tokens_now()}},
+                {"$set": {"_tok": tokens_now()}},
                 {"$set": {"_take": {"$max": [0, {"$min": [n, {"$floor": "$_tok"}, room]}]}}},
                 {"$set": {"_p": {"$max": [0, {"$subtract": ["$_take", idle]}]}}},
                 {

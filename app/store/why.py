@@ -6,7 +6,8 @@ paused), `held` (provider back-pressure holds its engine, or its tenant's key, u
 `until`), `budget_reached` (its tenant spent its daily or monthly cost budget: it waits
 until the period rolls over at `until`, or the budget is raised), `rate_limited` (the
 engine's rate limit has no token now: `next_slot_at`, when the next start is allowed),
-`engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
+`key_limited` (its limit key is at its concurrency, has no rate token, or is held by the
+provider: app/store/keylimits.py), `engine_full` (`running/limit`), and `position` (queued jobs ahead of it in its
 engine's line, counted only where asked, since a count costs what it counts, and over at
 most 1,000 sequence numbers a band: `ahead_at_least` says when it is a lower bound).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.domain.states import JobStatus
-from app.store.bands import next_token_at
+from app.store.bands import key_block, next_token_at
 from app.store.db import find_in
 from app.store.engines import budget_hold, held_until
 
@@ -113,6 +114,9 @@ async def explain(
                 f"its next slot comes in {left:.2f}s",
             }
         )
+    block = key_block(engine, job.get("lane", 0), now) if status == JobStatus.QUEUED else None
+    if block is not None:
+        reasons.append(key_reason(engine, job, block, now))
     running, limit = engine.get("running", 0), engine["limit"]
     if running >= limit:
         reasons.append(
@@ -137,3 +141,25 @@ async def explain(
             entry["message"] = f"queued in {engine['_id']} at priority {job['priority']}"
         reasons.append(entry)
     return {"status": status.value, "reasons": reasons}
+
+
+def key_reason(engine: dict, job: dict, block: dict, now) -> dict:
+    """ "why" for a job whose limit key (docs/limits.md, "Per-key limits") may not start it."""
+    key = f"{engine.get('key')}={job.get('limit_key', '')!r}"
+    out = {"reason": "key_limited", "engine": engine["_id"], "key": key, "limit": block["limit"]}
+    if block["limit"] == "concurrency":
+        out.update(running=block["running"], max=block["max"])
+        out["message"] = f"key {key} has {block['running']} of {block['max']} jobs running on engine {engine['_id']}"
+        return out
+    until = block.get("next_slot_at") or block["until"]
+    left = (until - now).total_seconds()
+    out.update(next_slot_at=until, seconds_left=left)
+    if block["limit"] == "rate":
+        out["rate"] = engine.get("key_rate")
+        out["message"] = (
+            f"key {key}'s rate limit ({engine.get('key_rate')}) on engine {engine['_id']} holds it: "
+            f"its next slot comes in {left:.2f}s"
+        )
+    else:
+        out["message"] = f"key {key} on engine {engine['_id']} is held by the provider for {left:.1f}s more"
+    return out

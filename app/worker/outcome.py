@@ -21,6 +21,7 @@ from app.domain.models import check_keys
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 from app.errors import SwitchyardError
+from app.store.bands import lane_hold_key, tenant_key
 from app.store.documents import bson_size, error_entry
 from app.store.lifecycle import EXIT_TARGETS, Exit
 
@@ -143,8 +144,11 @@ async def _apply(store, job: dict, token: str, outcome: Outcome, execution_ms: i
         # The hold lands before the job is back in the queue, so no worker claims it (or
         # another job of the engine or key) in between.
         until = store.clock.now() + timedelta(seconds=outcome.retry_after)
-        await store.engines.hold(job["engine"], outcome.key, until)
-        note = {"at": store.clock.now(), "until": until, "key": outcome.key, "reason": outcome.reason}
+        key = outcome.key
+        if key == "key":  # the job's limit key (docs/limits.md): its lane, else its tenant
+            key = lane_hold_key(job["lane"]) if job.get("lane") else tenant_key(job["tenant"])
+        await store.engines.hold(job["engine"], key, until)
+        note = {"at": store.clock.now(), "until": until, "key": key, "reason": outcome.reason}
         await store.lifecycle.hold(job, token, note)
         return JobStatus.QUEUED.value
     e = exit_for(store, job, token, outcome, execution_ms, worker)

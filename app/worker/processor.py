@@ -66,6 +66,7 @@ class JobProcessor(LoopsMixin):
         self.contended = False  # the last fetch lost candidates to other claimers
         self.starved = False  # the last fetch found work but no free permit
         self.hold_ends: list = []  # when the back-pressure holds seen by the last fetch end
+        self.key_permits: dict[str, int] = {}  # job id -> the lane whose key permit it holds
         self.declared_dead = False  # set by the heartbeat; the fetch loop re-registers between fetches
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -199,6 +200,8 @@ class JobProcessor(LoopsMixin):
             await self.store.jobs.load_parent_results(jobs, self.results)
         except Exception as exc:  # the jobs are ours now: each reads its own parents instead
             self.log.warning("worker.parents_read_failed", error=repr(exc))
+        if jobs.key_permits:  # each goes back when its job ends (app/store/keylimits.py)
+            self.key_permits.update({j["_id"]: j["lane"] for j in jobs if j.get("lane")})
         if jobs and not await self._mark_started(jobs):
             return 0
         for job in jobs:
@@ -259,6 +262,7 @@ class JobProcessor(LoopsMixin):
                 await self.store.lifecycle.release(job, token)
             except Exception:
                 pass
+            await self._give_back_key(job)
         await self._give_back(jobs[0]["engine"], len(jobs))
         return False
 
@@ -269,6 +273,16 @@ class JobProcessor(LoopsMixin):
             surplus = self.held[name] - self.busy[name] - max(0, self.free_slots())
             if surplus > 0:
                 await self._give_back(name, surplus)
+
+    async def _give_back_key(self, job: dict) -> None:
+        """The key permit of a job that ended here. If the write fails the permit stays with
+        this worker until it exits or is declared dead (then `drop_holds` returns it)."""
+        lane = self.key_permits.pop(job["_id"], None)
+        if lane is not None:
+            try:
+                await self.store.engines.keys.release(job["engine"], self.worker_id, lane)
+            except Exception as exc:
+                self.log.warning("worker.key_release_failed", job_id=job["_id"], error=repr(exc))
 
     async def _give_back(self, engine: str, n: int) -> None:
         if n > 0:
@@ -311,6 +325,9 @@ class JobProcessor(LoopsMixin):
                 self.done_leases.append(ex.token)
             if ex.worker == self.worker_id:  # else its permit died with our old incarnation
                 self.busy[job["engine"]] -= 1
+                await self._give_back_key(job)
+            else:
+                self.key_permits.pop(job["_id"], None)
             self.wake.set()
 
     # --- background loops ----------------------------------------------------------------
