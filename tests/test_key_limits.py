@@ -247,3 +247,17 @@ async def test_a_key_limit_that_does_not_bind_drains_normally(store, jobs, keyed
         await wait_status(store, job_id, "completed", timeout=20)
     doc = await store.engines.get("keyed")
     assert doc.get("queued", 0) == 0 and all(k.get("running", 0) == 0 for k in doc["keys"].values())
+
+
+async def test_scheduled_jobs_and_workflow_steps_keep_their_lane(store, jobs, worker, api):
+    await store.engines.set_limits("keyed", key="params.account", key_concurrency=1)
+    later = await jobs.queued(engine="keyed", operation="call", parameters={"account": "a"}, delay_seconds=0.2)
+    step = {"engine": "keyed", "operation": "call", "parameters": {"account": "a"}}
+    wf = {"name": "keyed", "jobs": [{"key": "one", **step}, {"key": "two", "depends_on": ["one"], **step}]}
+    r = await api.post("/api/v1/jobs/workflows", json=wf)
+    assert r.status_code == 201, r.text
+    ids = [later["_id"], *r.json()["jobs"].values()]
+    for job_id in ids:
+        await wait_status(store, job_id, "completed", timeout=15)
+    docs = await store.jobs.col.find({"_id": {"$in": ids}}).to_list(None)
+    assert len({d["lane"] for d in docs}) == 1 and all(d["seq"] >> 40 == d["lane"] for d in docs), docs

@@ -143,6 +143,9 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
             "retry_count": 1,
             "priority": 1,
             "seq": 1,
+            "tenant": 1,
+            "lane": 1,
+            "limit_key": 1,
         },
     )
     view = _view(wf, steps)

@@ -43,6 +43,7 @@ from pymongo.errors import PyMongoError
 from app.domain.limitkeys import shares, unspend
 from app.domain.states import JobStatus
 from app.store.db import find_in
+from app.store.documents import BAND_FIELDS
 from app.store.engines import DEFAULT_TENANT, band_floor, band_lane, busy_bands, parse_band
 
 QUEUED = JobStatus.QUEUED.value
@@ -226,7 +227,7 @@ class Claimer:
 
         # Strict priority; within a priority, shares between tenants by weight (stride
         # scheduling over this claimer's claims, app/domain/limitkeys.py), each tenant's share
-        # split between its bands (its limit keys' lanes) from a rotating start; then what is
+        # taken from its bands (its limit keys' lanes) from a rotating start; then what is
         # left goes to any band, so no slot idles while there is work.
         # A write whose reply is lost (`update_many` is not a retryable write) ends the claim:
         # what it took is found by the token, run, and counted like any other.
@@ -245,12 +246,13 @@ class Claimer:
                 passes = self._passes.setdefault((name, p), {})
                 quota = shares(w, k - taken, passes)
                 for t, own in tenants.items():
+                    # A tenant's share from one band after another, from the rotated start: a
+                    # claim touches as few limit keys as it can (each costs a draw and a
+                    # window), and the rotation shares the keys out over claims.
                     got, q = 0, quota[t]
-                    for even in (True, False):
-                        each = -(-q // len(own))  # ceil
-                        for b in own:
-                            if got < q:
-                                got += await take_band(b, min(each, q - got) if even else q - got)
+                    for b in own:
+                        if got < q:
+                            got += await take_band(b, q - got)
                     unspend(passes, t, q - got, w[t])
                     taken += got
                 for b in same:
@@ -316,7 +318,7 @@ class Claimer:
                         "tenant": tenant,
                         "seq": {"$gte": band_floor(key), "$lt": cursor},
                     },
-                    {"engine": 1, "priority": 1, "tenant": 1, "seq": 1},
+                    {**BAND_FIELDS, "seq": 1},
                 )
                 .limit(limit)
                 .to_list(limit)

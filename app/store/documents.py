@@ -105,6 +105,9 @@ def by_size(items: list, size, limit: int = MAX_BATCH_BYTES):
         yield run
 
 
+BAND_FIELDS = {"engine": 1, "priority": 1, "tenant": 1, "lane": 1}  # what `band_of` reads: project all of them
+
+
 def band_of(job: JobDoc | dict) -> str:
     """The (priority, tenant, lane) band a job is numbered and claimed in."""
     return band(job["priority"], job["tenant"], job.get("lane", 0))

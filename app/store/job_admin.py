@@ -31,6 +31,7 @@ ROW = {
     "engine": 1,
     "priority": 1,
     "tenant": 1,
+    "lane": 1,
     "operation": 1,
     "status": 1,
     "owner": 1,

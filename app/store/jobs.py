@@ -18,8 +18,7 @@ from pymongo import ASCENDING
 from app.domain.states import JobStatus
 from app.errors import NotFound
 from app.store.db import ensure_index, find_in
-from app.store.documents import band_of
-from app.store.engines import DEFAULT_TENANT, band_floor, busy_bands
+from app.store.engines import DEFAULT_TENANT, band, band_floor, busy_bands
 from app.store.retention import EPOCH, UNSETTLED
 
 POSITION_CAP = 1000  # most sequence numbers one position count looks at
@@ -34,6 +33,7 @@ RESCUE_FIELDS = {
     "engine": 1,
     "priority": 1,
     "tenant": 1,
+    "lane": 1,
     "attempt": 1,
     "retry_config": 1,
     "lease_owner": 1,
@@ -227,7 +227,7 @@ class JobQueries:
         mine = (job["priority"], job.get("tenant", DEFAULT_TENANT))
         cursors = engine.get("cursor") or {}
         ranges = [(p, tenant, lo, hi) for _, p, tenant, lo, hi in busy_bands(engine, paused_too=True) if p < mine[0]]
-        own = band_of(job)
+        own = band(*mine, job.get("lane", 0))
         ranges.append((*mine, min(cursors.get(own, band_floor(own)), job["seq"]), job["seq"]))
         ahead, partial = 0, False
         for p, tenant, lo, hi in ranges:

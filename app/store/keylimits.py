@@ -151,22 +151,35 @@ class KeyLimits:
         if inc:
             await self.col.update_one({"_id": engine["_id"]}, {"$inc": inc})
 
-    async def release(self, engine: str, worker: str, lane: int) -> bool:
-        """A job of the lane's key ended: its permit goes back, and waiting workers are woken
-        if the key was full. A no-op (False) when the rescuer dropped the worker's holds."""
-        k, hold = f"keys.k{lane}", f"kholds.{worker}.k{lane}"
+    async def release(self, engine: str, worker: str, lanes: dict[int, int]) -> int:
+        """Jobs of these lanes' keys ended (`{lane: how many}`): their permits go back in one
+        write, and waiting workers are woken if a key was full. A lane whose holds the
+        rescuer already dropped is left alone. Returns how many permits went back."""
+        guards = {f"kholds.{worker}.k{lane}": {"$gte": n} for lane, n in lanes.items() if n > 0}
+        if not guards:
+            return 0
         before = await self.col.find_one_and_update(
-            {"_id": engine, hold: {"$gte": 1}},
-            {"$inc": {f"{k}.running": -1, hold: -1}},
-            {k: 1, "key_concurrency": 1},
+            {"_id": engine, **guards},
+            {
+                "$inc": {
+                    f: -n
+                    for lane, n in lanes.items()
+                    if n > 0
+                    for f in (f"keys.k{lane}.running", f"kholds.{worker}.k{lane}")
+                }
+            },
+            {"keys": 1, "key_concurrency": 1},
             return_document=ReturnDocument.BEFORE,
         )
-        if before is None:
-            return False
-        running = ((before.get("keys") or {}).get(f"k{lane}") or {}).get("running", 0)
-        if running >= (before.get("key_concurrency") or 0):
+        if before is None:  # some lane's holds are gone: each on its own
+            if len(guards) == 1:
+                return 0
+            return sum([await self.release(engine, worker, {lane: n}) for lane, n in lanes.items()])
+        cap = before.get("key_concurrency") or 0
+        keys = before.get("keys") or {}
+        if any((keys.get(f"k{lane}") or {}).get("running", 0) >= cap for lane in lanes):
             await self.col.update_one({"_id": engine}, {"$inc": {"wake": 1}})
-        return True
+        return sum(lanes.values())
 
     async def drop(self, worker: str) -> int:
         """Give back every key permit a dead worker held, guarded by the holds as read."""

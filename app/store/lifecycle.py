@@ -31,7 +31,7 @@ from app.domain.models import JobSpec, new_job_document
 from app.domain.retry import RetryConfig
 from app.domain.states import JobStatus
 from app.errors import InvalidTransition, LeaseLost, NotFound
-from app.store.documents import LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
+from app.store.documents import BAND_FIELDS, LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
 from app.store.retention import Expiry
 from app.store.settles import Settles
 
@@ -351,7 +351,7 @@ class Lifecycle:
         due = (
             await self.col.find(
                 {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
-                {"engine": 1, "priority": 1, "tenant": 1},
+                {**BAND_FIELDS},
             )
             .limit(limit)
             .to_list(limit)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from app.domain import states
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in, update_in
+from app.store.documents import BAND_FIELDS
 from app.store.retention import UNSETTLED
 
 PENDING = JobStatus.PENDING.value
@@ -38,7 +39,7 @@ class StepMoves:
             self.col,
             children,
             {"status": PENDING},
-            {"engine": 1, "priority": 1, "tenant": 1, "ord": 1, "waiting_on": 1},
+            {**BAND_FIELDS, "ord": 1, "waiting_on": 1},
         )
         direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
         moved = await self.enqueuer.ready(direct, exact=True) if direct else 0
@@ -53,7 +54,7 @@ class StepMoves:
                 self.col,
                 rest,
                 {"status": PENDING, "waiting_on": {}},
-                {"engine": 1, "priority": 1, "tenant": 1, "ord": 1},
+                {**BAND_FIELDS, "ord": 1},
             )
             moved += await self.enqueuer.ready(ready) if ready else 0
         return moved

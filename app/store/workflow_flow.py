@@ -209,6 +209,7 @@ class WorkflowFlow:
                 "engine": 1,
                 "priority": 1,
                 "tenant": 1,
+                "lane": 1,
                 "ord": 1,
             },
         )

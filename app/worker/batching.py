@@ -1,10 +1,12 @@
-"""Batching of the per-job writes that follow a handler (`Exits`): work that finishes within
-a couple of milliseconds shares one round of writes. The workflow settles that follow are
-batched by the lifecycle itself (`Lifecycle.settle_later`)."""
+"""Batching of the per-job writes that follow a handler (`Exits`, and `KeyReturns` for the
+key permits of per-key limits): work that finishes within a couple of milliseconds shares
+one round of writes. The workflow settles that follow are batched by the lifecycle itself
+(`Lifecycle.settle_later`)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, defaultdict
 
 from app.errors import LeaseLost
 from app.store.lifecycle import Exit
@@ -49,3 +51,35 @@ class Exits:
                     )
                 else:
                     fut.set_result(None)
+
+
+class KeyReturns:
+    """Key permits of ended jobs go back in one write per engine for everything that ended
+    within `window` (app/store/keylimits.py). A write that fails leaves the permits with
+    this worker, as a failed release of engine permits does: `drop_holds` returns them when
+    it exits or is declared dead."""
+
+    def __init__(self, store, log, *, window: float = 0.002) -> None:
+        self.store, self.log, self.window = store, log, window
+        self._pending: dict[tuple[str, str], Counter] = defaultdict(Counter)  # (engine, worker) -> lanes
+        self._flusher: asyncio.Task | None = None
+
+    def give(self, engine: str, worker: str, lane: int) -> None:
+        self._pending[(engine, worker)][lane] += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.window)
+        while self._pending:
+            (engine, worker), lanes = self._pending.popitem()
+            try:
+                await self.store.engines.keys.release(engine, worker, dict(lanes))
+            except Exception as exc:
+                self.log.warning(
+                    "worker.key_release_failed", engine=engine, permits=sum(lanes.values()), error=repr(exc)
+                )
+
+    async def flush(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])

@@ -25,7 +25,7 @@ from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import busy_bands, next_hold_end
 from app.worker import outcome as oc
-from app.worker.batching import Exits
+from app.worker.batching import Exits, KeyReturns
 from app.worker.executor import Execution, ResultCache
 from app.worker.loops import LoopsMixin, new_worker_id
 
@@ -67,6 +67,7 @@ class JobProcessor(LoopsMixin):
         self.starved = False  # the last fetch found work but no free permit
         self.hold_ends: list = []  # when the back-pressure holds seen by the last fetch end
         self.key_permits: dict[str, int] = {}  # job id -> the lane whose key permit it holds
+        self.key_returns = KeyReturns(store, get_logger("switchyard.worker", worker=self.worker_id))
         self.declared_dead = False  # set by the heartbeat; the fetch loop re-registers between fetches
         self._tasks: list[asyncio.Task] = []
         self._execs: set[asyncio.Task] = set()
@@ -262,7 +263,7 @@ class JobProcessor(LoopsMixin):
                 await self.store.lifecycle.release(job, token)
             except Exception:
                 pass
-            await self._give_back_key(job)
+            self._give_back_key(job)
         await self._give_back(jobs[0]["engine"], len(jobs))
         return False
 
@@ -274,15 +275,11 @@ class JobProcessor(LoopsMixin):
             if surplus > 0:
                 await self._give_back(name, surplus)
 
-    async def _give_back_key(self, job: dict) -> None:
-        """The key permit of a job that ended here. If the write fails the permit stays with
-        this worker until it exits or is declared dead (then `drop_holds` returns it)."""
+    def _give_back_key(self, job: dict) -> None:
+        """The key permit of a job that ended here goes back with the others of the moment."""
         lane = self.key_permits.pop(job["_id"], None)
         if lane is not None:
-            try:
-                await self.store.engines.keys.release(job["engine"], self.worker_id, lane)
-            except Exception as exc:
-                self.log.warning("worker.key_release_failed", job_id=job["_id"], error=repr(exc))
+            self.key_returns.give(job["engine"], self.worker_id, lane)
 
     async def _give_back(self, engine: str, n: int) -> None:
         if n > 0:
@@ -325,7 +322,7 @@ class JobProcessor(LoopsMixin):
                 self.done_leases.append(ex.token)
             if ex.worker == self.worker_id:  # else its permit died with our old incarnation
                 self.busy[job["engine"]] -= 1
-                await self._give_back_key(job)
+                self._give_back_key(job)
             else:
                 self.key_permits.pop(job["_id"], None)
             self.wake.set()
