@@ -1,5 +1,6 @@
 """The dashboard's execution controls in a real Chromium (the browser, server and page set-up
-of tests/test_dashboard.py): usage per day on the overview, and a workflow's usage per step.
+of tests/test_dashboard.py): usage per day on the overview, a workflow's usage per step, and
+an engine's limits on the queues page.
 
 Usage comes from a handler reporting it through `ctx.usage`, run by the app's own workers;
 only the days before today are written straight into the `usage` collection, since the worker
@@ -13,7 +14,7 @@ from playwright.async_api import expect
 
 from app import JobContext, handler
 from tests.helpers import eventually
-from tests.test_dashboard import TIMEOUT_MS, api, base, browser, page, signed_in  # noqa: F401 (fixtures)
+from tests.test_dashboard import TIMEOUT_MS, api, base, browser, page, queue, sign_in, signed_in  # noqa: F401 (fixtures)
 from tests.test_dashboard_a11y import AXE, AXE_URL, axe, axe_report
 
 
@@ -127,3 +128,126 @@ async def test_2_a_workflows_page_shows_usage_per_step_and_its_total(page, base,
     await page.wait_for_url(f"**/#/jobs/{wf['jobs']['review']}")
     await expect(page.locator("table.usage")).to_contain_text("images")
     await _done(api, elsewhere)
+
+
+async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_them(page, base, api):  # noqa: F811
+    await signed_in(page, base)
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    row = page.locator("tr[data-engine='testing']")
+    more = row.get_by_role("button", name="Edit all limits of testing")
+    await more.click()
+    await expect(more).to_have_attribute("aria-expanded", "true")
+    editor = page.get_by_role("form", name="Limits of testing")
+    await expect(editor.get_by_label("Concurrency", exact=True)).to_have_value("8")
+    # The per-key fields and the weights show only when the server's queue status has them.
+    per_key = "key" in await queue(api, "testing")
+    for field in ("key", "key_rate", "key_burst", "key_concurrency"):
+        await expect(editor.locator(f"[data-field='{field}']")).to_be_visible(visible=per_key)
+
+    await editor.get_by_label("Concurrency", exact=True).fill("4")
+    await editor.get_by_label("Rate", exact=True).fill("30/min")
+    await editor.get_by_label("Burst", exact=True).fill("5")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Saved.")
+    q = await queue(api, "testing")
+    assert (q["max_concurrent_jobs"], q["rate"], q["burst"]) == (4, "30/min", 5)
+    await expect(row.locator("td").nth(2)).to_have_text("4 · rate 30/min, burst 5")
+    await expect(row.get_by_label("Limit for testing")).to_have_value("4")
+
+    # The API's 422 is shown beside the field it names; nothing changed.
+    rate = editor.get_by_label("Rate", exact=True)
+    await rate.fill("fast")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.locator("[data-field='rate'] .field-error")).to_contain_text("N/s, N/min or N/h")
+    await expect(rate).to_have_attribute("aria-invalid", "true")
+    await expect(editor.locator("[data-field='burst'] .field-error")).to_have_text("")
+    assert (await queue(api, "testing"))["rate"] == "30/min"
+
+    # Emptied, the rate is cleared (null); a save with no change sends nothing.
+    await rate.fill("")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Saved.")
+    await expect(rate).not_to_have_attribute("aria-invalid", "true")
+    assert (await queue(api, "testing"))["rate"] is None
+    await expect(row.locator("td").nth(2)).to_have_text("4")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Nothing changed.")
+
+    # A tenant's admin may pause for its tenant, but an engine's limits are not its to set:
+    # neither form is offered (and the API refuses it).
+    r = await api.post("/api/v1/auth/keys", json={"name": "ops", "user": "olga", "role": "admin", "tenant": "acme"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    put = await api.put(
+        "/api/v1/jobs/queue/testing/limits", json={"rate": "1/s"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert put.status_code == 403, put.text
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, base, token=token)
+    await expect(page.locator("#who")).to_have_text("olga · admin")
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    row = page.locator("tr[data-engine='testing']")
+    await expect(row.get_by_role("button", name="Pause testing")).to_be_enabled()
+    await expect(row.get_by_role("button", name="Edit all limits of testing")).to_have_count(0)
+    await expect(row.get_by_label("Limit for testing")).to_be_hidden()
+    await expect(page.get_by_role("form", name="Limits of testing")).to_have_count(0)
+
+
+async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page, base, api):  # noqa: F811
+    """Against the API contract of per-key limits and weights (docs/limits.md): the queue
+    status is the server's with those fields added, and the PUT is answered here, so this
+    checks what the page shows and sends whether or not the server has them yet."""
+    extra = {"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
+             "weights": {"acme": 2.0, "beta": 1.5}}  # fmt: skip
+
+    async def status(route):
+        response = await route.fetch()
+        body = await response.json()
+        for q in body["queues"]:
+            if q["name"] == "testing":
+                q.update(extra)
+        await route.fulfill(response=response, json=body)
+
+    sent: list[dict] = []
+
+    async def limits(route):
+        sent.append(route.request.post_data_json)
+        if len(sent) == 1:  # the server's answer to a key field it refuses
+            error = {"code": "validation_error", "message": "key_rate: must be N/s, N/min or N/h", "field": "key_rate"}
+            await route.fulfill(status=422, json={"error": error})
+        else:
+            q = await queue(api, "testing")
+            await route.fulfill(json={**q, **extra, "key_concurrency": None, "weights": {"acme": 2.0, "gamma": 0.5}})
+
+    await page.route("**/api/v1/jobs/queue/status", status)
+    await page.route("**/api/v1/jobs/queue/testing/limits", limits)
+    await signed_in(page, base)
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    row = page.locator("tr[data-engine='testing']")
+    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
+    await row.get_by_role("button", name="Edit all limits of testing").click()
+    editor = page.get_by_role("form", name="Limits of testing")
+    await expect(editor.get_by_label("Limit key")).to_have_value("params.account")
+    await expect(editor.get_by_label("Rate per key")).to_have_value("10/min")
+    await expect(editor.get_by_label("Burst per key")).to_have_value("2")
+    await expect(editor.get_by_label("Weight of acme")).to_have_value("2")
+
+    await editor.get_by_label("Concurrency per key").fill("")  # null: no per-key concurrency
+    await editor.get_by_label("Weight of beta").fill("")  # null: beta back to the default
+    await editor.get_by_label("Add a tenant").fill("gamma")
+    await editor.get_by_label("Its weight").fill("0.5")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text(
+        "key_rate: must be N/s, N/min or N/h"
+    )
+    await expect(editor.get_by_label("Rate per key")).to_have_attribute("aria-invalid", "true")
+    await accessible(page, "the limits editor with a 422 marked")
+    # Only what changed is sent: a field left out is kept.
+    assert sent == [{"key_concurrency": None, "weights": {"beta": None, "gamma": 0.5}}]
+
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Saved.")
+    await expect(editor.get_by_label("Weight of gamma")).to_have_value("0.5")
+    await expect(editor.get_by_label("Weight of beta")).to_have_count(0)
+    await expect(editor.get_by_label("Rate per key")).not_to_have_attribute("aria-invalid", "true")
+    assert len(sent) == 2 and sent[1] == sent[0]
