@@ -194,7 +194,7 @@ async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_th
 
 
 async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page, base, api):  # noqa: F811
-    """Against the API contract of per-key limits and weights (docs/limits.md): the queue
+    """Against the API contract of per-key limits and weights (issue 20): the queue
     status is the server's with those fields added, and the PUT is answered here, so this
     checks what the page shows and sends whether or not the server has them yet."""
     extra = {"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
@@ -212,8 +212,13 @@ async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page
 
     async def limits(route):
         sent.append(route.request.post_data_json)
-        if len(sent) == 1:  # the server's answer to a key field it refuses
-            error = {"code": "validation_error", "message": "key_rate: must be N/s, N/min or N/h", "field": "key_rate"}
+        if len(sent) == 1:  # the API's answer to two bad fields, as pydantic reports them
+            errors = [
+                {"field": "key_rate", "reason": "Value error, must be N/s, N/min or N/h", "type": "value_error"},
+                {"field": "weights", "reason": "Value error, weights.gamma: must be above 0", "type": "value_error"},
+            ]
+            error = {"code": "validation_error", "message": "key_rate: Value error, must be N/s, N/min or N/h",
+                     "field": "key_rate", "errors": errors}  # fmt: skip
             await route.fulfill(status=422, json={"error": error})
         else:
             q = await queue(api, "testing")
@@ -237,10 +242,13 @@ async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page
     await editor.get_by_label("Add a tenant").fill("gamma")
     await editor.get_by_label("Its weight").fill("0.5")
     await editor.get_by_role("button", name="Save limits").click()
+    # Each error beside its field: a weight's by the tenant its message names (here the new one).
     await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text(
-        "key_rate: must be N/s, N/min or N/h"
+        "Value error, must be N/s, N/min or N/h"
     )
     await expect(editor.get_by_label("Rate per key")).to_have_attribute("aria-invalid", "true")
+    await expect(editor.locator("#lim-testing-new-error")).to_have_text("Value error, weights.gamma: must be above 0")
+    await expect(editor.get_by_label("Its weight")).to_have_attribute("aria-invalid", "true")
     await accessible(page, "the limits editor with a 422 marked")
     # Only what changed is sent: a field left out is kept.
     assert sent == [{"key_concurrency": None, "weights": {"beta": None, "gamma": 0.5}}]

@@ -4,8 +4,9 @@
 // its burst; and, on a server whose queue status carries them, the per-key limits (`key`,
 // `key_rate`, `key_burst`, `key_concurrency`) and the tenants' weights. A field is shown only
 // when the status has it, so this works against servers with and without per-key limits.
-// A 422 is shown beside the field it names (each entry of `errors` too); `weights.<tenant>`
-// beside that tenant's weight, anything else above the buttons.
+// A 422 is shown beside the field it names (each entry of `errors` too); a weight's beside
+// that tenant's weight (`weights.<tenant>`, as the field or in the message), anything else
+// above the buttons.
 
 import { put, explain } from "./api.js";
 import { h, fill } from "./dom.js";
@@ -122,6 +123,9 @@ export function limitsEditor(q, { onSaved }) {
   /** Where an error about `field` goes: its input, a tenant's weight, or the form. */
   function place(field, message) {
     if (inputs.has(field)) return mark(inputs.get(field).input, inputs.get(field).err, message);
+    // The API names a bad weight in its message ("weights.acme: ...") or in the field.
+    const named = field === "weights" ? /weights\.([A-Za-z0-9_-]+):/.exec(message || "") : null;
+    if (named) field = `weights.${named[1]}`;
     if (field === "weights") return mark(null, weightsErr, message);
     if (field?.startsWith("weights.")) {
       const tenant = field.slice("weights.".length);
