@@ -1,6 +1,6 @@
 """The dashboard's execution controls in a real Chromium (the browser, server and page set-up
-of tests/test_dashboard.py): usage per day on the overview, a workflow's usage per step, and
-an engine's limits on the queues page.
+of tests/test_dashboard.py): usage per day on the overview, a workflow's usage per step, an
+engine's limits on the queues page, and a budget notification arriving under the bell.
 
 Usage comes from a handler reporting it through `ctx.usage`, run by the app's own workers;
 only the days before today are written straight into the `usage` collection, since the worker
@@ -259,3 +259,26 @@ async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page
     await expect(editor.get_by_label("Weight of beta")).to_have_count(0)
     await expect(editor.get_by_label("Rate per key")).not_to_have_attribute("aria-invalid", "true")
     assert len(sent) == 2 and sent[1] == sent[0]
+
+
+async def test_5_a_budget_crossed_by_a_worker_appears_under_the_bell_live(page, base, api):  # noqa: F811
+    r = await api.post("/api/v1/auth/keys", json={"name": "k", "user": "alice", "role": "admin", "tenant": "ta"})
+    assert r.status_code == 201, r.text
+    alice = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert (await api.put("/api/v1/admin/tenants/ta/budget", json={"daily": 1.0})).status_code == 200
+    await sign_in(page, base, token=r.json()["token"])
+    await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    bell = page.locator("#bell")
+    await expect(bell).to_have_attribute("aria-label", "Notifications, 0 unread")
+    await page.evaluate("window.__marker = 'same page'")
+
+    job = {"engine": "billing", "operation": "spend", "parameters": {"cost": 0.9}}
+    assert (await api.post("/api/v1/jobs/submit", json=job, headers=alice)).status_code in (200, 201)
+    await expect(bell).to_have_attribute("aria-label", "Notifications, 1 unread")
+    assert await page.evaluate("window.__marker") == "same page"  # pushed over the WebSocket
+    await bell.click()
+    item = page.locator("#bell-panel li.notification.unread")
+    await expect(item).to_contain_text("Budget 80 % spent: tenant ta")
+    await item.get_by_role("button", name="Mark read").click()
+    await expect(bell).to_have_attribute("aria-label", "Notifications, 0 unread")
+    assert (await api.get("/api/v1/jobs/notifications", headers=alice)).json()["unread_count"] == 0
