@@ -152,3 +152,27 @@ async def test_a_bad_usage_query_is_a_422_naming_the_field(api, params, field):
     r = await api.get("/api/v1/usage", params=params)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == field
+
+
+async def test_a_workflows_usage_per_step_and_in_all(app, worker, store):
+    """What the dashboard's workflow page reads: `group_by=job` with `workflow_id` gives the
+    steps that reported usage and nothing else; `group_by=workflow` the total."""
+    steps = [
+        {"key": "a", "engine": "usage", "operation": "report"},
+        {"key": "b", "engine": "usage", "operation": "report", "depends_on": ["a"]},
+        {"key": "c", "engine": "testing", "operation": "ok", "depends_on": ["b"]},
+    ]
+    async with client(app, TOKEN) as admin:
+        r = await admin.post("/api/v1/jobs/workflows", json={"name": "paid", "jobs": steps})
+        assert r.status_code == 201, r.text
+        wf = r.json()
+        alone = (await admin.post("/api/v1/jobs/submit", json={"engine": "usage", "operation": "report"})).json()
+        for job_id in [*wf["jobs"].values(), alone["id"]]:
+            await wait_status(store, job_id, "completed")
+        today = store.clock.now().date().isoformat()
+        q = {"workflow_id": wf["id"], "from": today, "to": today}
+        rows = (await admin.get("/api/v1/usage", params={**q, "group_by": "job"})).json()["rows"]
+        assert sorted(r["key"] for r in rows) == sorted([wf["jobs"]["a"], wf["jobs"]["b"]])
+        assert all(r["tokens_in"] == 11 and r["cost"] == 0.25 and r["counters"] == {"images": 2} for r in rows)
+        [total] = (await admin.get("/api/v1/usage", params={**q, "group_by": "workflow"})).json()["rows"]
+        assert total["key"] == wf["id"] and total["attempts"] == 2 and total["tokens_in"] == 22 and total["cost"] == 0.5

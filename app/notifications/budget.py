@@ -4,7 +4,9 @@
 No job or workflow changed, so there is no event to fan out: like `schedule.refused`, the
 notification is stored here for each of the tenant's users (those with a live API key, and
 the owner of the job whose cost crossed it), and mailed by the rule failures follow (the
-type in `email_types` or the user's channel preferences, and an address).
+type in `email_types` or the user's channel preferences, and an address). It reaches the
+WebSocket from the stored document: every API process's hub follows these inserts
+(app/notifications/direct.py), since the worker storing it has no hub of its own.
 
 Invariant: once per (tenant, period, threshold, user). The store lets one caller through per
 threshold and period, and the notification's id (`<YYYYMMDD|YYYYMM>:budget-<daily|monthly>-
@@ -15,11 +17,9 @@ endpoint accepts, and can never be an event's `<seq>:<tenant>~<user>`.
 from __future__ import annotations
 
 from app import metrics
+from app.notifications.direct import BUDGET_REACHED, BUDGET_WARNING
 from app.notifications.recipients import NO_RECIPIENT, recipient
 from app.notifications.service import channels_for
-
-BUDGET_WARNING = "budget.warning"  # 80 % of a period's budget spent
-BUDGET_REACHED = "budget.reached"  # 100 %: the tenant's queued jobs wait
 
 
 def budget_notification_id(crossing: dict, owner: str) -> str:

@@ -8,6 +8,10 @@ each event to the subscribers that want it and may see it. Invariants:
   read from the log, then the buffer is flushed past what the replay already sent.
 - Memory is bounded: a subscriber whose queue (or replay buffer) is full is dropped, and
   told why; it can reconnect with `since` and lose nothing.
+
+Notifications that no event stands behind (budget alerts, stored by worker processes) come
+from the `notifications` collection instead, through `DirectPush` (app/notifications/
+direct.py), which runs only while a subscriber here wants notifications.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 
 from app.domain.events import public
 from app.logs import get_logger
+from app.notifications.direct import DIRECT_TYPES, DirectPush
 
 log = get_logger("switchyard.hub")
 
@@ -128,6 +133,7 @@ class Hub:
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self.closed = False
+        self.direct = DirectPush(self, store.notifications.col, getattr(store.events, "gate", None))
 
     async def attach(self, sub: Subscriber) -> None:
         if self.closed:
@@ -145,6 +151,7 @@ class Hub:
 
     async def stop(self) -> None:
         self.closed = True
+        await self.direct.stop()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -158,6 +165,8 @@ class Hub:
             return 0
         wanted.buffer = [] if since is not None else None
         sub.subs.append(wanted)
+        if wanted.notify is not None and not wanted.notify.isdisjoint(DIRECT_TYPES):
+            await self.direct.ensure()  # open before the subscription is acknowledged
         replayed = 0
         if since is not None:
             after = since

@@ -25,6 +25,7 @@ from typing import Protocol
 from app import metrics
 from app.domain.redact import redact_text
 from app.leadership import Singleton
+from app.notifications.direct import DIRECT_TYPES
 from app.notifications.hub import Subscriber, Subscription
 from app.notifications.recipients import NO_RECIPIENT, NoRecipient, recipient
 from app.store.notifications import notification_id
@@ -210,10 +211,11 @@ def channels_for(settings, prefs: dict, etype: str) -> list[str]:
 
 
 def routes_for(settings, prefs: dict, channel: str) -> set[str]:
-    """The notified event types that a user routes to `channel`."""
+    """The notified types that a user routes to `channel`: the events', and the direct
+    notifications' (budget alerts, which are always stored: app/notifications/direct.py)."""
     return {
         t
-        for t in _types(settings.notify_types) | set(prefs.get("channels", {}))
+        for t in _types(settings.notify_types) | DIRECT_TYPES | set(prefs.get("channels", {}))
         if channel in channels_for(settings, prefs, t)
     }
 

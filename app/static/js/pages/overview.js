@@ -1,13 +1,14 @@
 // Overview: the engines (queued, running, limit, paused, with their controls), jobs
 // completed and failed in the last five minutes (see stats.js for where those numbers come
-// from), and the most recent failures (GET /api/v1/jobs/dead-letter, newest first,
-// refreshed when a job.failed event arrives).
+// from), the most recent failures (GET /api/v1/jobs/dead-letter, newest first, refreshed
+// when a job.failed event arrives), and usage per day over the last 14 days (usage.js).
 
 import { get, explain, serverNow } from "../api.js";
 import { h, clear, fill, notice, throttle, timeEl, shortId } from "../dom.js";
 import { chart } from "../chart.js";
 import { WINDOW_MS } from "../stats.js";
 import { queueTable } from "./queues.js";
+import { usageOverview, DAYS } from "../usage.js";
 
 export async function render(ctx) {
   ctx.title("Overview");
@@ -27,7 +28,9 @@ export async function render(ctx) {
   failBox.append(failErr, failList, h("p", {}, h("a", { href: "#/jobs?status=failed" }, "All failed jobs")));
   const engines = h("section", { class: "card span-2", "aria-labelledby": "engines-h" },
     h("h2", { id: "engines-h" }, "Engines"));
-  grid.append(engines, chartBox, failBox);
+  const usageBox = h("section", { class: "card span-2", "aria-labelledby": "usage-h" },
+    h("h2", { id: "usage-h" }, `Usage, last ${DAYS} days`));
+  grid.append(engines, chartBox, failBox, usageBox);
   ctx.main.append(grid);
 
   const drawChart = () => {
@@ -65,7 +68,7 @@ export async function render(ctx) {
   ctx.on(ctx.app.live, "resync", soonFailures);
   ctx.onLeave(() => soonFailures.cancel());
   ctx.every(15000, workerLine);
-  await Promise.all([queueTable(ctx, engines, { controls: true }), failures(), workerLine()]);
+  await Promise.all([queueTable(ctx, engines, { controls: true }), failures(), workerLine(), usageOverview(ctx, usageBox)]);
 }
 
 function failureItem(j) {

@@ -1,10 +1,14 @@
-// Queue controls: per engine, queued, running, limit and pause state
+// Queue controls: per engine, queued, running, limits and pause state
 // (GET /api/v1/jobs/queue/status), with pause, resume (POST .../{name}/pause|resume) and
-// the limit (PUT .../{name}/limits). Refreshed when a job event arrives (at most once a
-// second) and every 5 s, since pausing and limits are not events.
+// the concurrency limit (PUT .../{name}/limits). On the queues page the deployment's admin
+// also opens each engine's full limits editor (limits.js): rate, burst, per-key limits and
+// tenants' weights. Limits are the deployment admin's alone, so no one else is offered them.
+// Refreshed when a job event arrives (at most once a second) and every 5 s, since pausing
+// and limits are not events.
 
 import { get, post, put, explain, atLeast } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtDuration } from "../dom.js";
+import { limitsEditor } from "../limits.js";
 
 export async function render(ctx) {
   ctx.title("Queues");
@@ -12,11 +16,23 @@ export async function render(ctx) {
     h("p", { class: "lede" }, "Each engine's line: pause stops new jobs from starting (running ones finish): the deployment's admin pauses an engine for everyone, a tenant's operator only the tenant's own jobs. The limit caps how many run at once across every worker and tenant, and is the deployment admin's."));
   const section = h("section", { "aria-labelledby": "engines-title", class: "card" }, h("h2", { id: "engines-title" }, "Engines"));
   ctx.main.append(section);
-  await queueTable(ctx, section, { controls: true });
+  await queueTable(ctx, section, { controls: true, editor: true });
 }
 
-/** The engines table inside `parent`; with `controls`, pause/resume and limit editing. */
-export async function queueTable(ctx, parent, { controls = true } = {}) {
+/** What limits an engine has, in a few words: its concurrency first (alone when that is all). */
+export function limitText(q) {
+  const parts = [String(q.max_concurrent_jobs)];
+  if (q.rate) parts.push(`rate ${q.rate}, burst ${q.burst}`);
+  if (q.key) {
+    const each = [q.key_concurrency ? `${q.key_concurrency} at once` : null, q.key_rate ? `${q.key_rate}` : null].filter(Boolean);
+    parts.push(`per ${q.key}${each.length ? `: ${each.join(", ")}` : ""}`);
+  }
+  return parts.join(" · ");
+}
+
+/** The engines table inside `parent`; with `controls`, pause/resume and the concurrency
+ * limit; with `editor` too, the deployment admin's full limits editor per engine. */
+export async function queueTable(ctx, parent, { controls = true, editor = false } = {}) {
   const err = notice();
   const wrap = h("div", { class: "table-wrap" });
   parent.append(err, wrap);
@@ -54,12 +70,29 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
       const rowErr = h("span", { class: "field-error", role: "alert" });
       const form = h("form", { class: "limit-form", "aria-label": `Limit of ${q.name}` }, limitIn, save);
       r = { q, state, toggle, limitIn, save, rowErr, cells: {} };
+      form.hidden = !deploymentAdmin; // an engine's limits are the deployment admin's alone
+      let more = null;
+      if (controls && editor && deploymentAdmin) {
+        const ed = limitsEditor(q, { onSaved: (saved) => { if (!r.dirty) r.limitIn.value = saved.max_concurrent_jobs; row(saved); } });
+        const id = `limits-${q.name}`;
+        r.editorRow = h("tr", { class: "limits-row", id, "data-editor": q.name, hidden: true },
+          h("td", { colspan: "7" }, ed.el));
+        more = h("button", { type: "button", class: "small", "aria-expanded": "false", "aria-controls": id,
+          "aria-label": `Edit all limits of ${q.name}` }, "Limits…");
+        more.addEventListener("click", () => {
+          const open = r.editorRow.hidden;
+          if (open) ed.show(r.q); // the latest status, not what it was when the page opened
+          r.editorRow.hidden = !open;
+          more.setAttribute("aria-expanded", String(open));
+          if (open) ed.el.querySelector("input")?.focus();
+        });
+      }
       const labels = { queued: "queued", running: "running", max_concurrent_jobs: "limit", age: "oldest" };
       for (const k of Object.keys(labels)) r.cells[k] = h("td", { class: k === "age" ? "wide" : "num", "data-label": labels[k] });
       r.tr = h("tr", { "data-engine": q.name },
         h("th", { scope: "row" }, h("a", { href: `#/jobs?engine=${encodeURIComponent(q.name)}` }, q.name)),
         r.cells.queued, r.cells.running, r.cells.max_concurrent_jobs, h("td", {}, state), r.cells.age,
-        controls ? h("td", { class: "controls" }, h("div", { class: "control-row" }, toggle, form), rowErr) : null);
+        controls ? h("td", { class: "controls" }, h("div", { class: "control-row" }, toggle, form, more), rowErr) : null);
       toggle.addEventListener("click", () => act(r, () => post(`/jobs/queue/${encodeURIComponent(r.q.name)}/${ownPause(r.q) ? "resume" : "pause"}`)));
       form.addEventListener("submit", (e) => {
         e.preventDefault();
@@ -77,9 +110,7 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
     r.q = q;
     r.cells.queued.textContent = q.queued;
     r.cells.running.textContent = q.running;
-    // the rate limit is read-only here (set over PUT /jobs/queue/{name}/limits)
-    r.cells.max_concurrent_jobs.textContent = q.rate
-      ? `${q.max_concurrent_jobs} · rate ${q.rate}, burst ${q.burst}` : String(q.max_concurrent_jobs);
+    r.cells.max_concurrent_jobs.textContent = limitText(q);
     r.cells.age.textContent = q.oldest_queued_age_seconds == null ? "—" : fmtDuration(q.oldest_queued_age_seconds * 1000);
     const stopped = q.paused || q.tenant_paused || q.held_until != null;
     r.state.className = `badge ${stopped ? "st-paused" : "st-active"}`;
@@ -123,10 +154,10 @@ export async function queueTable(ctx, parent, { controls = true } = {}) {
       err.show("");
       for (const q of data.queues) row(q);
       const names = data.queues.map((q) => q.name);
-      for (const [name, r] of rows) if (!names.includes(name)) { r.tr.remove(); rows.delete(name); }
-      const shown = [...tbody.children].map((tr) => tr.dataset.engine || "-");
+      for (const [name, r] of rows) if (!names.includes(name)) { r.tr.remove(); r.editorRow?.remove(); rows.delete(name); }
+      const shown = [...tbody.children].filter((tr) => !tr.dataset.editor).map((tr) => tr.dataset.engine || "-");
       if (!names.length) fill(tbody, h("tr", {}, h("td", { colspan: "7", class: "muted" }, "No engines yet.")));
-      else if (shown.join() !== names.join()) fill(tbody, ...names.map((n) => rows.get(n).tr)); // moving rows would lose focus
+      else if (shown.join() !== names.join()) fill(tbody, ...names.map((n) => [rows.get(n).tr, rows.get(n).editorRow])); // moving rows would lose focus
     } catch (e) {
       if (!ctx.signal.aborted) err.show(`Queue status unavailable: ${explain(e)}`);
     }

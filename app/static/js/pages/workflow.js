@@ -2,11 +2,14 @@
 // `why`), drawn as a DAG whose nodes take the colour of each job.* event of the workflow
 // as it arrives over the WebSocket; the status is then re-read (at most every 0.5 s) for
 // the reasons a waiting step waits, which events do not carry. Cancel and retry:
-// POST /api/v1/jobs/workflows/{id}/cancel, /retry.
+// POST /api/v1/jobs/workflows/{id}/cancel, /retry. Usage: the steps' reported usage and
+// its total (GET /api/v1/usage?group_by=job&workflow_id=, usage.js), re-read when a step
+// finishes an attempt (an attempt's usage is written before its job moves on).
 
 import { get, post, explain } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtTime, statusBadge, progressBar, TERMINAL } from "../dom.js";
 import { drawDag, whyText } from "../dag.js";
+import { workflowUsage, usageTable } from "../usage.js";
 
 const MAX_DRAWN = 400; // more steps than this: the table only
 
@@ -24,6 +27,10 @@ export async function render(ctx) {
   const legend = h("p", { class: "legend", "aria-hidden": "true" },
     ["pending", "scheduled", "queued", "running", "completed", "failed", "cancelled"].map((st) => h("span", { class: `key st-${st}` }, st)));
   const tbody = h("tbody");
+  const usageErr = notice();
+  const usageBody = h("div", { class: "table-wrap" });
+  const usageCard = h("section", { class: "card", "aria-labelledby": "usage-h", hidden: true },
+    h("h2", { id: "usage-h" }, "Usage"), usageErr, usageBody);
   ctx.main.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/workflows" }, "Workflows"), " / ", h("span", { class: "mono" }, id)),
     h("div", { class: "page-head" }, title, badge, h("div", { class: "actions" }, cancelBtn, retryBtn)),
@@ -34,7 +41,8 @@ export async function render(ctx) {
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Step"), h("th", { scope: "col" }, "Status"),
           h("th", { scope: "col", class: "wide" }, "Engine"), h("th", { scope: "col", class: "wide" }, "Depends on"),
           h("th", { scope: "col" }, "Why it waits"))),
-        tbody))));
+        tbody))),
+    usageCard);
 
   let wf = null;
   let dag = null;
@@ -98,10 +106,25 @@ export async function render(ctx) {
     }
   }
 
+  async function loadUsage() {
+    try {
+      const rows = await workflowUsage(id, wf.created_at);
+      if (ctx.signal.aborted) return;
+      usageErr.show("");
+      usageCard.hidden = !rows.length; // like a job's page: no card until a step reports usage
+      fill(usageBody, rows.length ? usageTable(rows, byJob, `Usage reported by the steps of ${wf.name}, and the total`) : null);
+    } catch (e) {
+      if (ctx.signal.aborted) return;
+      usageCard.hidden = false;
+      usageErr.show(`Usage unavailable: ${explain(e)}`);
+    }
+  }
+
   await load();
   if (!wf) return;
 
   const refresh = throttle(load, 500);
+  const refreshUsage = throttle(loadUsage, 1000);
   const redrawTable = throttle(drawTable, 250);
   ctx.on(ctx.app.live, "event", (ev) => {
     const e = ev.detail;
@@ -117,12 +140,14 @@ export async function render(ctx) {
         redrawTable();
       }
       if (e.type !== "job.progress") refresh();
+      if (e.type !== "job.progress" && e.type !== "job.running") refreshUsage();
     } else {
       refresh();
     }
   });
-  ctx.on(ctx.app.live, "resync", refresh);
-  ctx.onLeave(() => { refresh.cancel(); redrawTable.cancel(); });
+  ctx.on(ctx.app.live, "resync", () => { refresh(); refreshUsage(); });
+  ctx.onLeave(() => { refresh.cancel(); redrawTable.cancel(); refreshUsage.cancel(); });
+  const usageLoaded = loadUsage(); // after the listeners: no event waits for it
 
   async function act(button, call, done) {
     button.disabled = true;
@@ -141,4 +166,5 @@ export async function render(ctx) {
   cancelBtn.addEventListener("click", () => act(cancelBtn, () => post(`/jobs/workflows/${id}/cancel`), () => "Cancelling every unfinished step."));
   retryBtn.addEventListener("click", () => act(retryBtn, () => post(`/jobs/workflows/${id}/retry`),
     (out) => `${Object.keys(out.jobs || {}).length} step(s) queued again.`));
+  await usageLoaded;
 }
