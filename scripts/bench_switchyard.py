@@ -95,13 +95,27 @@ async def raw_write_limit(url: str, seconds: float, clients: int = 8) -> float:
     return rate
 
 
-async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64) -> dict:
-    """A queue pre-filled with `n` no-op jobs, drained by `processes` worker processes."""
+# Limits that hold every job to a rate, a per-key rate and a per-key concurrency, none of
+# which binds at the drain's speed: what configured limits cost when they do not bind.
+LOOSE_LIMITS = {"rate": "1000000/s", "key": "params.account", "key_rate": "1000000/s", "key_concurrency": 10_000}
+ACCOUNTS = 8
+
+
+async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64, limited: bool = False) -> dict:
+    """A queue pre-filled with `n` no-op jobs, drained by `processes` worker processes.
+    `limited`: with LOOSE_LIMITS on the engine and the jobs spread over ACCOUNTS keys."""
     db = "bench_drain"
     st = await fresh_store(url, db)
     await st.engines.set_paused("general", True)
+    if limited:
+        await st.engines.set_limits("general", **LOOSE_LIMITS)
     await st.lifecycle.insert_many(
-        [st.lifecycle.build(JobSpec(engine="general", operation="noop"), "bench") for _ in range(n)]
+        [
+            st.lifecycle.build(
+                JobSpec(engine="general", operation="noop", parameters={"account": f"a{i % ACCOUNTS}"}), "bench"
+            )
+            for i in range(n)
+        ]
     )
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, db) for _ in range(processes)]
     while await st.workers.alive_count() < processes:
