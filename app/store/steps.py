@@ -12,6 +12,8 @@ parents as for a fan-in of 10,000.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from app.domain import states
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in, update_in
@@ -22,9 +24,30 @@ PENDING = JobStatus.PENDING.value
 WAITING = tuple(s.value for s in states.WAITING)
 
 
+READY_FIELDS = {**BAND_FIELDS, "ord": 1, "kind": 1}  # what `ready` needs of a step
+
+
 class StepMoves:
     def __init__(self, col, clock, enqueuer, expiry) -> None:
         self.col, self.clock, self.enqueuer, self.expiry = col, clock, enqueuer, expiry
+        # What a step of each non-job kind does when nothing is left to wait on (app/store/
+        # flowsteps.py and friends register here); a job step is queued.
+        self.kinds: dict[str, Callable[[list[dict], bool], Awaitable[int]]] = {}
+
+    async def ready(self, steps: list[dict], exact: bool = False) -> int:
+        """Steps with nothing left to wait on (guarded as `Enqueuer.ready` guards them): a job
+        step is queued; a step of another `kind` (an approval, a signal, a sleep, a map)
+        takes its kind's move. Returns how many moved."""
+        by_kind: dict[str, list[dict]] = {}
+        for st in steps:
+            by_kind.setdefault(st.get("kind") or "job", []).append(st)
+        moved = 0
+        for kind, group in by_kind.items():
+            if kind == "job":
+                moved += await self.enqueuer.ready(group, exact=exact)
+            else:
+                moved += await self.kinds[kind](group, exact)
+        return moved
 
     async def release_children(self, parent_ids: list[str], children: list[str]) -> int:
         """The parents completed: unblock their children and queue those with nothing left
@@ -39,10 +62,10 @@ class StepMoves:
             self.col,
             children,
             {"status": PENDING},
-            {**BAND_FIELDS, "ord": 1, "waiting_on": 1},
+            {**READY_FIELDS, "waiting_on": 1},
         )
         direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
-        moved = await self.enqueuer.ready(direct, exact=True) if direct else 0
+        moved = await self.ready(direct, exact=True) if direct else 0
         rest = [d["_id"] for d in docs if d not in direct]
         if moved < len(direct):  # a map changed under us: those take the general path
             rest += [d["_id"] for d in direct]
@@ -54,9 +77,9 @@ class StepMoves:
                 self.col,
                 rest,
                 {"status": PENDING, "waiting_on": {}},
-                {**BAND_FIELDS, "ord": 1},
+                READY_FIELDS,
             )
-            moved += await self.enqueuer.ready(ready) if ready else 0
+            moved += await self.ready(ready) if ready else 0
         return moved
 
     async def cancel_steps(self, ids: list[str], reason: str) -> list[str]:
@@ -138,5 +161,5 @@ class StepMoves:
             if res.modified_count and not waiting:
                 ready.append(s)
         if ready:
-            await self.enqueuer.ready(ready)
+            await self.ready(ready)
         return moved

@@ -211,6 +211,7 @@ class WorkflowFlow:
                 "tenant": 1,
                 "lane": 1,
                 "ord": 1,
+                "kind": 1,
             },
         )
         again = [

@@ -128,8 +128,17 @@ class WorkflowStore:
         steps = {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}
         await self.graphs.insert_one({"_id": wf_id, "steps": steps})  # first: a workflow always has its graph
         await self.col.insert_one(wf)
+        docs = self._step_docs(wf_id, [by_key[k] for k in order], ids, owner)
+        # A root of another kind than a job (an approval, a sleep) is born pending, and takes
+        # its kind's move once stored, as it would when its last parent completed.
+        special = [d for d in docs if d.get("kind") and d["status"] == JobStatus.QUEUED.value]
+        for d in special:
+            d["status"] = JobStatus.PENDING.value
+            d.pop("queued_at", None)
         try:
-            await self.lifecycle.insert_many(self._step_docs(wf_id, [by_key[k] for k in order], ids, owner))
+            await self.lifecycle.insert_many(docs)
+            if special:
+                await self.steps.ready(special)
         except BaseException:
             await self.col.update_one(
                 {"_id": wf_id}, {"$set": {"status": "failed", "error": "steps could not be stored"}}
@@ -177,5 +186,5 @@ class WorkflowStore:
                 await self.steps.release_children(done, [d["_id"]])
         roots = [d for d in docs if not d["parent_ids"]]
         if roots:
-            await self.steps.enqueuer.ready(roots)
+            await self.steps.ready(roots)
         return {s.key: ids[s.key] for s in steps}
