@@ -53,6 +53,30 @@ async def test_the_claim_window(store, jobs, bounded):
     bounded(plan, {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}, max_keys=65)
 
 
+async def test_the_claim_window_of_a_limit_keys_lane(store, jobs, bounded):
+    # A lane is a seq range of its band (app/domain/limitkeys.py): the same index, the same bounds.
+    await store.engines.set_limits("testing", key="params.account")
+    for account in ("a", "b"):
+        await many(store, jobs, 150, parameters={"account": account})
+    engine = await store.engines.get("testing")
+    lane = engine["lanes"][next(iter(engine["lanes"]))]["lane"]
+    lo = lane << 40
+    plan = await explain(
+        store,
+        "jobs",
+        {
+            "engine": "testing",
+            "status": "queued",
+            "priority": 5,
+            "tenant": "default",
+            "seq": {"$gte": lo, "$lt": lo + 64},
+        },
+        {"seq": 1},
+        16,
+    )
+    bounded(plan, {"engine": 1, "status": 1, "priority": 1, "tenant": 1, "seq": 1}, max_keys=65)
+
+
 async def test_running_jobs_of_an_engine_for_the_rescuer(store, jobs, bounded):
     await many(store, jobs)
     await store.claimer.claim(await store.engines.get("testing"), "w1", 1)
