@@ -261,3 +261,19 @@ async def test_scheduled_jobs_and_workflow_steps_keep_their_lane(store, jobs, wo
         await wait_status(store, job_id, "completed", timeout=15)
     docs = await store.jobs.col.find({"_id": {"$in": ids}}).to_list(None)
     assert len({d["lane"] for d in docs}) == 1 and all(d["seq"] >> 40 == d["lane"] for d in docs), docs
+
+
+async def test_queue_status_lists_a_key_at_its_limit_only_while_it_has_queued_jobs(store, jobs, api):
+    await store.engines.set_limits("keyed", key="owner", key_concurrency=1)
+    await jobs.queued(engine="keyed", operation="call", owner="acme/ann")
+    claimed = await store.claimer.claim(await store.engines.get("keyed"), "w1", 5)
+    assert len(claimed) == 1 and claimed.key_permits
+
+    async def listed():
+        status = (await api.get("/api/v1/jobs/queue/status")).json()
+        return next(q for q in status["queues"] if q["name"] == "keyed")["keys_at_limit"]
+
+    assert await listed() == []  # at its limit, but nothing of it waits
+    await jobs.queued(engine="keyed", operation="call", owner="acme/ann")
+    [row] = await listed()
+    assert (row["key"], row["limit"], row["running"]) == ("acme/acme/ann", "concurrency", 1)

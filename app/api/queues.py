@@ -72,28 +72,30 @@ async def queue_out(store, doc: dict, who: Principal, counts: dict | None = None
         key_rate=doc.get("key_rate"),
         key_burst=doc.get("key_burst") if doc.get("key_rate") else None,
         key_concurrency=doc.get("key_concurrency"),
-        keys_at_limit=keys_at_limit(doc, tenant, store.clock.now()),
+        keys_at_limit=await keys_at_limit(store, doc, tenant, store.clock.now()),
         weights=weights if tenant is None else ({tenant: weights[tenant]} if tenant in weights else None),
     )
 
 
-def keys_at_limit(doc: dict, tenant: str | None, now, cap: int = 50) -> list[KeyOut]:
-    """The limit keys (the caller's tenant's, or all) whose queued jobs may not start now."""
+async def keys_at_limit(store, doc: dict, tenant: str | None, now, cap: int = 50) -> list[KeyOut]:
+    """The limit keys (the caller's tenant's, or all) that have queued jobs and may not start
+    one now. A band's cursor lags behind claims, so each is checked for a queued job with one
+    bounded window read."""
     if not doc.get("lanes"):
         return []
     names = {v["lane"]: v["name"] for v in doc["lanes"].values()}
-    out = []
-    for key, _, band_tenant, _, _ in busy_bands(doc, paused_too=True, now=now):
+    out: list[KeyOut] = []
+    for key, p, band_tenant, lo, hi in busy_bands(doc, paused_too=True, now=now):
         lane = band_lane(key)
         if not lane or (tenant is not None and band_tenant != tenant) or len(out) >= cap:
             continue
-        if (block := key_block(doc, lane, now)) is not None:
-            until = block.get("next_slot_at") or block.get("until")
-            out.append(
-                KeyOut(
-                    key=names.get(lane, str(lane)), limit=block["limit"], running=key_running(doc, lane), until=until
-                )
-            )
+        block = key_block(doc, lane, now)
+        if block is None or not (await store.claimer.window(doc["_id"], p, band_tenant, lo, hi, 1, {"seq": 1}))[0]:
+            continue
+        until = block.get("next_slot_at") or block.get("until")
+        out.append(
+            KeyOut(key=names.get(lane, str(lane)), limit=block["limit"], running=key_running(doc, lane), until=until)
+        )
     return out
 
 
