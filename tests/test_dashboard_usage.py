@@ -139,10 +139,8 @@ async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_th
     await expect(more).to_have_attribute("aria-expanded", "true")
     editor = page.get_by_role("form", name="Limits of testing")
     await expect(editor.get_by_label("Concurrency", exact=True)).to_have_value("8")
-    # The per-key fields and the weights show only when the server's queue status has them.
-    per_key = "key" in await queue(api, "testing")
-    for field in ("key", "key_rate", "key_burst", "key_concurrency"):
-        await expect(editor.locator(f"[data-field='{field}']")).to_be_visible(visible=per_key)
+    for field in ("key", "key_rate", "key_burst", "key_concurrency"):  # per key: test_4
+        await expect(editor.locator(f"[data-field='{field}']")).to_be_visible()
 
     await editor.get_by_label("Concurrency", exact=True).fill("4")
     await editor.get_by_label("Rate", exact=True).fill("30/min")
@@ -193,72 +191,67 @@ async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_th
     await expect(page.get_by_role("form", name="Limits of testing")).to_have_count(0)
 
 
-async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page, base, api):  # noqa: F811
-    """Against the API contract of per-key limits and weights (issue 20): the queue
-    status is the server's with those fields added, and the PUT is answered here, so this
-    checks what the page shows and sends whether or not the server has them yet."""
-    extra = {"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
-             "weights": {"acme": 2.0, "beta": 1.5}}  # fmt: skip
-
-    async def status(route):
-        response = await route.fetch()
-        body = await response.json()
-        for q in body["queues"]:
-            if q["name"] == "testing":
-                q.update(extra)
-        await route.fulfill(response=response, json=body)
-
-    sent: list[dict] = []
-
-    async def limits(route):
-        sent.append(route.request.post_data_json)
-        if len(sent) == 1:  # the API's answer to two bad fields, as pydantic reports them
-            errors = [
-                {"field": "key_rate", "reason": "Value error, must be N/s, N/min or N/h", "type": "value_error"},
-                {"field": "weights", "reason": "Value error, weights.gamma: must be above 0", "type": "value_error"},
-            ]
-            error = {"code": "validation_error", "message": "key_rate: Value error, must be N/s, N/min or N/h",
-                     "field": "key_rate", "errors": errors}  # fmt: skip
-            await route.fulfill(status=422, json={"error": error})
-        else:
-            q = await queue(api, "testing")
-            await route.fulfill(json={**q, **extra, "key_concurrency": None, "weights": {"acme": 2.0, "gamma": 0.5}})
-
-    await page.route("**/api/v1/jobs/queue/status", status)
-    await page.route("**/api/v1/jobs/queue/testing/limits", limits)
+async def test_4_the_admin_sets_per_key_limits_and_a_weight_and_the_engine_has_them(page, base, api):  # noqa: F811
+    """The per-key limits and the weights through the real API: set, refused (nothing
+    changes), and the key cleared, which clears every per-key limit."""
+    sent: list[dict] = []  # what the page PUTs, observed (the server answers every one)
+    page.on("request", lambda rq: sent.append(rq.post_data_json) if rq.method == "PUT" else None)
     await signed_in(page, base)
     await page.get_by_role("link", name="Queues", exact=True).click()
     row = page.locator("tr[data-engine='testing']")
-    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
     await row.get_by_role("button", name="Edit all limits of testing").click()
     editor = page.get_by_role("form", name="Limits of testing")
-    await expect(editor.get_by_label("Limit key")).to_have_value("params.account")
-    await expect(editor.get_by_label("Rate per key")).to_have_value("10/min")
-    await expect(editor.get_by_label("Burst per key")).to_have_value("2")
-    await expect(editor.get_by_label("Weight of acme")).to_have_value("2")
+    key = editor.get_by_label("Limit key")
+    await expect(key).to_have_value("")
+    await expect(editor.get_by_label("Weight of acme")).to_have_count(0)
 
-    await editor.get_by_label("Concurrency per key").fill("")  # null: no per-key concurrency
-    await editor.get_by_label("Weight of beta").fill("")  # null: beta back to the default
-    await editor.get_by_label("Add a tenant").fill("gamma")
-    await editor.get_by_label("Its weight").fill("0.5")
-    await editor.get_by_role("button", name="Save limits").click()
-    # Each error beside its field: a weight's by the tenant its message names (here the new one).
-    await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text(
-        "Value error, must be N/s, N/min or N/h"
-    )
-    await expect(editor.get_by_label("Rate per key")).to_have_attribute("aria-invalid", "true")
-    await expect(editor.locator("#lim-testing-new-error")).to_have_text("Value error, weights.gamma: must be above 0")
-    await expect(editor.get_by_label("Its weight")).to_have_attribute("aria-invalid", "true")
-    await accessible(page, "the limits editor with a 422 marked")
-    # Only what changed is sent: a field left out is kept.
-    assert sent == [{"key_concurrency": None, "weights": {"beta": None, "gamma": 0.5}}]
-
+    await key.fill("params.account")
+    await editor.get_by_label("Rate per key").fill("10/min")
+    await editor.get_by_label("Burst per key").fill("2")
+    await editor.get_by_label("Concurrency per key").fill("3")
+    await editor.get_by_label("Add a tenant").fill("acme")
+    await editor.get_by_label("Its weight").fill("2.5")
     await editor.get_by_role("button", name="Save limits").click()
     await expect(editor.get_by_role("status")).to_have_text("Saved.")
-    await expect(editor.get_by_label("Weight of gamma")).to_have_value("0.5")
-    await expect(editor.get_by_label("Weight of beta")).to_have_count(0)
+    assert sent == [{"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
+                     "weights": {"acme": 2.5}}]  # fmt: skip
+    per_key = ("key", "key_rate", "key_burst", "key_concurrency", "weights")
+    q = await queue(api, "testing")
+    assert {f: q[f] for f in per_key} == {"key": "params.account", "key_rate": "10/min", "key_burst": 2,
+                                          "key_concurrency": 3, "weights": {"acme": 2.5}}  # fmt: skip
+    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
+    await expect(editor.get_by_label("Weight of acme")).to_have_value("2.5")  # the editor shows what was saved
+    await expect(editor.get_by_label("Add a tenant")).to_have_value("")
+
+    # A key the API does not know: its 422 beside the key field, and nothing changed (not the
+    # valid per-key rate sent with it either).
+    await key.fill("account")
+    await editor.get_by_label("Rate per key").fill("20/min")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.locator("[data-field='key'] .field-error")).to_contain_text("unknown key 'account'")
+    await expect(key).to_have_attribute("aria-invalid", "true")
+    await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text("")
     await expect(editor.get_by_label("Rate per key")).not_to_have_attribute("aria-invalid", "true")
-    assert len(sent) == 2 and sent[1] == sent[0]
+    await expect(editor.get_by_role("status")).to_have_text("")
+    assert sent[-1] == {"key": "account", "key_rate": "20/min"}
+    assert {f: (await queue(api, "testing"))[f] for f in per_key} == {f: q[f] for f in per_key}
+    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
+    await accessible(page, "the limits editor with a 422 on the key")
+
+    # The key emptied: every per-key limit goes with it (the per-key rate typed above is not
+    # sent); the weight stays.
+    await key.fill("")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Saved.")
+    assert sent[-1] == {"key": None}
+    await expect(key).not_to_have_attribute("aria-invalid", "true")
+    for label in ("Rate per key", "Burst per key", "Concurrency per key"):
+        await expect(editor.get_by_label(label)).to_have_value("")
+    q = await queue(api, "testing")
+    assert {f: q[f] for f in per_key} == {"key": None, "key_rate": None, "key_burst": None, "key_concurrency": None,
+                                          "weights": {"acme": 2.5}}  # fmt: skip
+    await expect(row.locator("td").nth(2)).to_have_text("8")
+    assert len(sent) == 3
 
 
 async def test_5_a_budget_crossed_by_a_worker_appears_under_the_bell_live(page, base, api):  # noqa: F811
