@@ -1,6 +1,7 @@
 """The dashboard's execution controls in a real Chromium (the browser, server and page set-up
 of tests/test_dashboard.py): usage per day on the overview, a workflow's usage per step, an
-engine's limits on the queues page, and a budget notification arriving under the bell.
+engine's limits on the queues page (per-key limits and weights too), a budget notification
+arriving under the bell, and the keys at their limit under their engine.
 
 Usage comes from a handler reporting it through `ctx.usage`, run by the app's own workers;
 only the days before today are written straight into the `usage` collection, since the worker
@@ -8,11 +9,12 @@ stamps an attempt with the day it ends."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
 
 from playwright.async_api import expect
 
-from app import JobContext, handler
+from app import JobContext, RateLimited, handler
 from tests.helpers import eventually
 from tests.test_dashboard import TIMEOUT_MS, api, base, browser, page, queue, sign_in, signed_in  # noqa: F401 (fixtures)
 from tests.test_dashboard_a11y import AXE, AXE_URL, axe, axe_report
@@ -22,6 +24,19 @@ from tests.test_dashboard_a11y import AXE, AXE_URL, axe, axe_report
 async def call(ctx: JobContext) -> dict:
     """Reports the usage in its parameters, as a paid call would."""
     await ctx.usage(**ctx.params["usage"])
+    return {}
+
+
+PUSHED: set[str] = set()
+
+
+@handler(engine="throttled", operation="call")
+async def pushed_back(ctx: JobContext) -> dict:
+    """The provider pushes back on the job's limit key the first time (`RateLimited` with
+    `key="key"`): the job goes back to the queue and its key is held for `push` seconds."""
+    if ctx.job_id not in PUSHED:
+        PUSHED.add(ctx.job_id)
+        raise RateLimited(ctx.params["push"], key="key")
     return {}
 
 
@@ -275,3 +290,87 @@ async def test_5_a_budget_crossed_by_a_worker_appears_under_the_bell_live(page, 
     await item.get_by_role("button", name="Mark read").click()
     await expect(bell).to_have_attribute("aria-label", "Notifications, 0 unread")
     assert (await api.get("/api/v1/jobs/notifications", headers=alice)).json()["unread_count"] == 0
+
+
+async def test_6_keys_at_their_limit_are_listed_under_their_engine_for_everyone(page, base, api):  # noqa: F811
+    limits = {"key": "params.account", "key_concurrency": 1}
+    assert (await api.put("/api/v1/jobs/queue/testing/limits", json=limits)).status_code == 200
+    r = await api.post("/api/v1/auth/keys", json={"name": "m", "user": "mia", "role": "member", "tenant": "demo"})
+    assert r.status_code == 201, r.text
+    mia = r.json()["token"]
+
+    async def submit(account: str, token: str | None = None) -> str:
+        job = {"engine": "testing", "operation": "wait_cancel", "parameters": {"account": account, "max": 60}}
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        r = await api.post("/api/v1/jobs/submit", json=job, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        return r.json()["id"]
+
+    async def statuses(ids: list[str]) -> list[str]:
+        return sorted([(await api.get(f"/api/v1/jobs/{i}/status")).json()["status"] for i in ids])
+
+    await signed_in(page, base)
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    keys = page.locator("tr[data-keys='testing']")
+    await expect(keys).to_be_hidden()  # no key at its limit yet
+    await page.evaluate("window.__marker = 'same page'")
+
+    # Two jobs of account a1: one runs, the other waits for it; a2's job runs beside them.
+    a1 = [await submit("a1"), await submit("a1")]
+    a2 = await submit("a2")
+    await eventually(lambda: _are(statuses, a1 + [a2], ["queued", "running", "running"]))
+    at_limit = (await queue(api, "testing"))["keys_at_limit"]
+    assert {"key": "default/a1", "limit": "concurrency", "running": 1, "until": None} in at_limit
+    await expect(keys).to_be_visible()
+
+    # The API may also list a2, at its one running job though nothing of it waits (a band's
+    # cursor lags its claims): the page lists what the API says, in its order.
+    async def as_the_api_says() -> bool:
+        said = [(k["key"], k["limit"]) for k in (await queue(api, "testing"))["keys_at_limit"]]
+        shown = await keys.locator("li").evaluate_all("(lis) => lis.map((li) => [li.dataset.key, li.dataset.limit])")
+        return [tuple(x) for x in shown] == said
+
+    await eventually(as_the_api_says)
+    await expect(keys.locator("li[data-key='default/a1']")).to_have_text(
+        "default/a1 concurrency limit 1 running · until one of its jobs ends"
+    )
+    await expect(keys.get_by_role("list", name="Keys of testing at their limit")).to_be_visible()
+    assert await page.evaluate("window.__marker") == "same page"  # brought by the job events, not a reload
+    await accessible(page, "the queues page with a key at its limit")
+
+    # Pushed back by the provider on its key: that key is held, until a time shown relative.
+    assert (await api.put("/api/v1/jobs/queue/throttled/limits", json={"key": "params.account"})).status_code == 200
+    job = {"engine": "throttled", "operation": "call", "parameters": {"account": "p1", "push": 60}}
+    assert (await api.post("/api/v1/jobs/submit", json=job)).status_code in (200, 201)
+    held = page.locator("tr[data-keys='throttled'] li")
+    await expect(held).to_have_attribute("data-limit", "held", timeout=TIMEOUT_MS)
+    await expect(held).to_have_text(re.compile(r"^default/p1 held by the provider 0 running · lifts in ([45]\d|60) s$"))
+    until = (await queue(api, "throttled"))["keys_at_limit"][0]["until"]
+    assert await held.locator("time").get_attribute("datetime") == _iso_ms(until)
+
+    # A member of another tenant sees its own keys only (the API scopes them), on the same page.
+    await submit("b1", mia)
+    await submit("b1", mia)
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, base, token=mia)
+    await expect(page.locator("#who")).to_have_text("mia · member")
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    await expect(page.locator("tr[data-keys='testing'] li")).to_have_attribute("data-key", "demo/b1")
+    await expect(page.locator("tr[data-keys='testing'] li")).to_have_count(1)
+    await expect(page.locator("tr[data-keys='throttled']")).to_be_hidden()
+
+    # Its key's jobs end (cancelled): nothing of demo's is at a limit any more, live.
+    mine = {"Authorization": f"Bearer {mia}"}
+    for b1 in (await api.get("/api/v1/jobs/?engine=testing", headers=mine)).json()["jobs"]:
+        assert (await api.post(f"/api/v1/jobs/{b1['id']}/cancel", headers=mine)).status_code == 200
+    await expect(page.locator("tr[data-keys='testing']")).to_be_hidden()
+
+
+async def _are(statuses, ids: list[str], expected: list[str]) -> bool:
+    return await statuses(ids) == expected
+
+
+def _iso_ms(at: str) -> str:
+    """The API's time as the page's <time datetime> writes it: UTC, to the millisecond."""
+    t = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
