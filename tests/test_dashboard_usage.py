@@ -1,6 +1,7 @@
 """The dashboard's execution controls in a real Chromium (the browser, server and page set-up
 of tests/test_dashboard.py): usage per day on the overview, a workflow's usage per step, an
-engine's limits on the queues page, and a budget notification arriving under the bell.
+engine's limits on the queues page (per-key limits and weights too), a budget notification
+arriving under the bell, and the keys at their limit under their engine.
 
 Usage comes from a handler reporting it through `ctx.usage`, run by the app's own workers;
 only the days before today are written straight into the `usage` collection, since the worker
@@ -8,11 +9,12 @@ stamps an attempt with the day it ends."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
 
 from playwright.async_api import expect
 
-from app import JobContext, handler
+from app import JobContext, RateLimited, handler
 from tests.helpers import eventually
 from tests.test_dashboard import TIMEOUT_MS, api, base, browser, page, queue, sign_in, signed_in  # noqa: F401 (fixtures)
 from tests.test_dashboard_a11y import AXE, AXE_URL, axe, axe_report
@@ -22,6 +24,19 @@ from tests.test_dashboard_a11y import AXE, AXE_URL, axe, axe_report
 async def call(ctx: JobContext) -> dict:
     """Reports the usage in its parameters, as a paid call would."""
     await ctx.usage(**ctx.params["usage"])
+    return {}
+
+
+PUSHED: set[str] = set()
+
+
+@handler(engine="throttled", operation="call")
+async def pushed_back(ctx: JobContext) -> dict:
+    """The provider pushes back on the job's limit key the first time (`RateLimited` with
+    `key="key"`): the job goes back to the queue and its key is held for `push` seconds."""
+    if ctx.job_id not in PUSHED:
+        PUSHED.add(ctx.job_id)
+        raise RateLimited(ctx.params["push"], key="key")
     return {}
 
 
@@ -139,10 +154,8 @@ async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_th
     await expect(more).to_have_attribute("aria-expanded", "true")
     editor = page.get_by_role("form", name="Limits of testing")
     await expect(editor.get_by_label("Concurrency", exact=True)).to_have_value("8")
-    # The per-key fields and the weights show only when the server's queue status has them.
-    per_key = "key" in await queue(api, "testing")
-    for field in ("key", "key_rate", "key_burst", "key_concurrency"):
-        await expect(editor.locator(f"[data-field='{field}']")).to_be_visible(visible=per_key)
+    for field in ("key", "key_rate", "key_burst", "key_concurrency"):  # per key: test_4
+        await expect(editor.locator(f"[data-field='{field}']")).to_be_visible()
 
     await editor.get_by_label("Concurrency", exact=True).fill("4")
     await editor.get_by_label("Rate", exact=True).fill("30/min")
@@ -193,72 +206,67 @@ async def test_3_the_admin_edits_an_engines_limits_and_no_one_else_is_offered_th
     await expect(page.get_by_role("form", name="Limits of testing")).to_have_count(0)
 
 
-async def test_4_per_key_limits_and_weights_render_when_the_server_has_them(page, base, api):  # noqa: F811
-    """Against the API contract of per-key limits and weights (issue 20): the queue
-    status is the server's with those fields added, and the PUT is answered here, so this
-    checks what the page shows and sends whether or not the server has them yet."""
-    extra = {"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
-             "weights": {"acme": 2.0, "beta": 1.5}}  # fmt: skip
-
-    async def status(route):
-        response = await route.fetch()
-        body = await response.json()
-        for q in body["queues"]:
-            if q["name"] == "testing":
-                q.update(extra)
-        await route.fulfill(response=response, json=body)
-
-    sent: list[dict] = []
-
-    async def limits(route):
-        sent.append(route.request.post_data_json)
-        if len(sent) == 1:  # the API's answer to two bad fields, as pydantic reports them
-            errors = [
-                {"field": "key_rate", "reason": "Value error, must be N/s, N/min or N/h", "type": "value_error"},
-                {"field": "weights", "reason": "Value error, weights.gamma: must be above 0", "type": "value_error"},
-            ]
-            error = {"code": "validation_error", "message": "key_rate: Value error, must be N/s, N/min or N/h",
-                     "field": "key_rate", "errors": errors}  # fmt: skip
-            await route.fulfill(status=422, json={"error": error})
-        else:
-            q = await queue(api, "testing")
-            await route.fulfill(json={**q, **extra, "key_concurrency": None, "weights": {"acme": 2.0, "gamma": 0.5}})
-
-    await page.route("**/api/v1/jobs/queue/status", status)
-    await page.route("**/api/v1/jobs/queue/testing/limits", limits)
+async def test_4_the_admin_sets_per_key_limits_and_a_weight_and_the_engine_has_them(page, base, api):  # noqa: F811
+    """The per-key limits and the weights through the real API: set, refused (nothing
+    changes), and the key cleared, which clears every per-key limit."""
+    sent: list[dict] = []  # what the page PUTs, observed (the server answers every one)
+    page.on("request", lambda rq: sent.append(rq.post_data_json) if rq.method == "PUT" else None)
     await signed_in(page, base)
     await page.get_by_role("link", name="Queues", exact=True).click()
     row = page.locator("tr[data-engine='testing']")
-    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
     await row.get_by_role("button", name="Edit all limits of testing").click()
     editor = page.get_by_role("form", name="Limits of testing")
-    await expect(editor.get_by_label("Limit key")).to_have_value("params.account")
-    await expect(editor.get_by_label("Rate per key")).to_have_value("10/min")
-    await expect(editor.get_by_label("Burst per key")).to_have_value("2")
-    await expect(editor.get_by_label("Weight of acme")).to_have_value("2")
+    key = editor.get_by_label("Limit key")
+    await expect(key).to_have_value("")
+    await expect(editor.get_by_label("Weight of acme")).to_have_count(0)
 
-    await editor.get_by_label("Concurrency per key").fill("")  # null: no per-key concurrency
-    await editor.get_by_label("Weight of beta").fill("")  # null: beta back to the default
-    await editor.get_by_label("Add a tenant").fill("gamma")
-    await editor.get_by_label("Its weight").fill("0.5")
-    await editor.get_by_role("button", name="Save limits").click()
-    # Each error beside its field: a weight's by the tenant its message names (here the new one).
-    await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text(
-        "Value error, must be N/s, N/min or N/h"
-    )
-    await expect(editor.get_by_label("Rate per key")).to_have_attribute("aria-invalid", "true")
-    await expect(editor.locator("#lim-testing-new-error")).to_have_text("Value error, weights.gamma: must be above 0")
-    await expect(editor.get_by_label("Its weight")).to_have_attribute("aria-invalid", "true")
-    await accessible(page, "the limits editor with a 422 marked")
-    # Only what changed is sent: a field left out is kept.
-    assert sent == [{"key_concurrency": None, "weights": {"beta": None, "gamma": 0.5}}]
-
+    await key.fill("params.account")
+    await editor.get_by_label("Rate per key").fill("10/min")
+    await editor.get_by_label("Burst per key").fill("2")
+    await editor.get_by_label("Concurrency per key").fill("3")
+    await editor.get_by_label("Add a tenant").fill("acme")
+    await editor.get_by_label("Its weight").fill("2.5")
     await editor.get_by_role("button", name="Save limits").click()
     await expect(editor.get_by_role("status")).to_have_text("Saved.")
-    await expect(editor.get_by_label("Weight of gamma")).to_have_value("0.5")
-    await expect(editor.get_by_label("Weight of beta")).to_have_count(0)
+    assert sent == [{"key": "params.account", "key_rate": "10/min", "key_burst": 2, "key_concurrency": 3,
+                     "weights": {"acme": 2.5}}]  # fmt: skip
+    per_key = ("key", "key_rate", "key_burst", "key_concurrency", "weights")
+    q = await queue(api, "testing")
+    assert {f: q[f] for f in per_key} == {"key": "params.account", "key_rate": "10/min", "key_burst": 2,
+                                          "key_concurrency": 3, "weights": {"acme": 2.5}}  # fmt: skip
+    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
+    await expect(editor.get_by_label("Weight of acme")).to_have_value("2.5")  # the editor shows what was saved
+    await expect(editor.get_by_label("Add a tenant")).to_have_value("")
+
+    # A key the API does not know: its 422 beside the key field, and nothing changed (not the
+    # valid per-key rate sent with it either).
+    await key.fill("account")
+    await editor.get_by_label("Rate per key").fill("20/min")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.locator("[data-field='key'] .field-error")).to_contain_text("unknown key 'account'")
+    await expect(key).to_have_attribute("aria-invalid", "true")
+    await expect(editor.locator("[data-field='key_rate'] .field-error")).to_have_text("")
     await expect(editor.get_by_label("Rate per key")).not_to_have_attribute("aria-invalid", "true")
-    assert len(sent) == 2 and sent[1] == sent[0]
+    await expect(editor.get_by_role("status")).to_have_text("")
+    assert sent[-1] == {"key": "account", "key_rate": "20/min"}
+    assert {f: (await queue(api, "testing"))[f] for f in per_key} == {f: q[f] for f in per_key}
+    await expect(row.locator("td").nth(2)).to_have_text("8 · per params.account: 3 at once, 10/min")
+    await accessible(page, "the limits editor with a 422 on the key")
+
+    # The key emptied: every per-key limit goes with it (the per-key rate typed above is not
+    # sent); the weight stays.
+    await key.fill("")
+    await editor.get_by_role("button", name="Save limits").click()
+    await expect(editor.get_by_role("status")).to_have_text("Saved.")
+    assert sent[-1] == {"key": None}
+    await expect(key).not_to_have_attribute("aria-invalid", "true")
+    for label in ("Rate per key", "Burst per key", "Concurrency per key"):
+        await expect(editor.get_by_label(label)).to_have_value("")
+    q = await queue(api, "testing")
+    assert {f: q[f] for f in per_key} == {"key": None, "key_rate": None, "key_burst": None, "key_concurrency": None,
+                                          "weights": {"acme": 2.5}}  # fmt: skip
+    await expect(row.locator("td").nth(2)).to_have_text("8")
+    assert len(sent) == 3
 
 
 async def test_5_a_budget_crossed_by_a_worker_appears_under_the_bell_live(page, base, api):  # noqa: F811
@@ -282,3 +290,87 @@ async def test_5_a_budget_crossed_by_a_worker_appears_under_the_bell_live(page, 
     await item.get_by_role("button", name="Mark read").click()
     await expect(bell).to_have_attribute("aria-label", "Notifications, 0 unread")
     assert (await api.get("/api/v1/jobs/notifications", headers=alice)).json()["unread_count"] == 0
+
+
+async def test_6_keys_at_their_limit_are_listed_under_their_engine_for_everyone(page, base, api):  # noqa: F811
+    limits = {"key": "params.account", "key_concurrency": 1}
+    assert (await api.put("/api/v1/jobs/queue/testing/limits", json=limits)).status_code == 200
+    r = await api.post("/api/v1/auth/keys", json={"name": "m", "user": "mia", "role": "member", "tenant": "demo"})
+    assert r.status_code == 201, r.text
+    mia = r.json()["token"]
+
+    async def submit(account: str, token: str | None = None) -> str:
+        job = {"engine": "testing", "operation": "wait_cancel", "parameters": {"account": account, "max": 60}}
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        r = await api.post("/api/v1/jobs/submit", json=job, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        return r.json()["id"]
+
+    async def statuses(ids: list[str]) -> list[str]:
+        return sorted([(await api.get(f"/api/v1/jobs/{i}/status")).json()["status"] for i in ids])
+
+    await signed_in(page, base)
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    keys = page.locator("tr[data-keys='testing']")
+    await expect(keys).to_be_hidden()  # no key at its limit yet
+    await page.evaluate("window.__marker = 'same page'")
+
+    # Two jobs of account a1: one runs, the other waits for it; a2's job runs beside them.
+    a1 = [await submit("a1"), await submit("a1")]
+    a2 = await submit("a2")
+    await eventually(lambda: _are(statuses, a1 + [a2], ["queued", "running", "running"]))
+    at_limit = (await queue(api, "testing"))["keys_at_limit"]
+    assert {"key": "default/a1", "limit": "concurrency", "running": 1, "until": None} in at_limit
+    await expect(keys).to_be_visible()
+
+    # The API may also list a2, at its one running job though nothing of it waits (a band's
+    # cursor lags its claims): the page lists what the API says, in its order.
+    async def as_the_api_says() -> bool:
+        said = [(k["key"], k["limit"]) for k in (await queue(api, "testing"))["keys_at_limit"]]
+        shown = await keys.locator("li").evaluate_all("(lis) => lis.map((li) => [li.dataset.key, li.dataset.limit])")
+        return [tuple(x) for x in shown] == said
+
+    await eventually(as_the_api_says)
+    await expect(keys.locator("li[data-key='default/a1']")).to_have_text(
+        "default/a1 concurrency limit 1 running · until one of its jobs ends"
+    )
+    await expect(keys.get_by_role("list", name="Keys of testing at their limit")).to_be_visible()
+    assert await page.evaluate("window.__marker") == "same page"  # brought by the job events, not a reload
+    await accessible(page, "the queues page with a key at its limit")
+
+    # Pushed back by the provider on its key: that key is held, until a time shown relative.
+    assert (await api.put("/api/v1/jobs/queue/throttled/limits", json={"key": "params.account"})).status_code == 200
+    job = {"engine": "throttled", "operation": "call", "parameters": {"account": "p1", "push": 60}}
+    assert (await api.post("/api/v1/jobs/submit", json=job)).status_code in (200, 201)
+    held = page.locator("tr[data-keys='throttled'] li")
+    await expect(held).to_have_attribute("data-limit", "held", timeout=TIMEOUT_MS)
+    await expect(held).to_have_text(re.compile(r"^default/p1 held by the provider 0 running · lifts in ([45]\d|60) s$"))
+    until = (await queue(api, "throttled"))["keys_at_limit"][0]["until"]
+    assert await held.locator("time").get_attribute("datetime") == _iso_ms(until)
+
+    # A member of another tenant sees its own keys only (the API scopes them), on the same page.
+    await submit("b1", mia)
+    await submit("b1", mia)
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, base, token=mia)
+    await expect(page.locator("#who")).to_have_text("mia · member")
+    await page.get_by_role("link", name="Queues", exact=True).click()
+    await expect(page.locator("tr[data-keys='testing'] li")).to_have_attribute("data-key", "demo/b1")
+    await expect(page.locator("tr[data-keys='testing'] li")).to_have_count(1)
+    await expect(page.locator("tr[data-keys='throttled']")).to_be_hidden()
+
+    # Its key's jobs end (cancelled): nothing of demo's is at a limit any more, live.
+    mine = {"Authorization": f"Bearer {mia}"}
+    for b1 in (await api.get("/api/v1/jobs/?engine=testing", headers=mine)).json()["jobs"]:
+        assert (await api.post(f"/api/v1/jobs/{b1['id']}/cancel", headers=mine)).status_code == 200
+    await expect(page.locator("tr[data-keys='testing']")).to_be_hidden()
+
+
+async def _are(statuses, ids: list[str], expected: list[str]) -> bool:
+    return await statuses(ids) == expected
+
+
+def _iso_ms(at: str) -> str:
+    """The API's time as the page's <time datetime> writes it: UTC, to the millisecond."""
+    t = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

@@ -102,6 +102,9 @@ export function limitsEditor(q, { onSaved }) {
       if (value === null && !field.nullable) continue; // cannot be cleared: left as it is
       if (value !== was) body[field.name] = value;
     }
+    // An emptied key clears every per-key limit: the other per-key fields, whatever they
+    // hold, are not sent with it (the API refuses a per-key limit on an engine with no key).
+    if (body.key === null) for (const f of FIELDS) if (f.keyed && f.name !== "key") delete body[f.name];
     if (!weightSet.hidden) {
       const weights = {};
       for (const [tenant, { input }] of weightRows) {

@@ -3,11 +3,14 @@
 // the concurrency limit (PUT .../{name}/limits). On the queues page the deployment's admin
 // also opens each engine's full limits editor (limits.js): rate, burst, per-key limits and
 // tenants' weights. Limits are the deployment admin's alone, so no one else is offered them.
+// Under an engine, the limit keys at their limit (`keys_at_limit`: each key with queued
+// jobs its per-key concurrency, its per-key rate or a provider's hold on it keeps from
+// starting), for everyone signed in: the API gives a tenant its own keys only.
 // Refreshed when a job event arrives (at most once a second) and every 5 s, since pausing
 // and limits are not events.
 
-import { get, post, put, explain, atLeast } from "../api.js";
-import { h, clear, fill, notice, throttle, fmtDuration } from "../dom.js";
+import { get, post, put, explain, atLeast, serverNow } from "../api.js";
+import { h, fill, notice, throttle, fmtDuration, fmtAgo, fmtTime, parseTime } from "../dom.js";
 import { limitsEditor } from "../limits.js";
 
 export async function render(ctx) {
@@ -30,6 +33,27 @@ export function limitText(q) {
   return parts.join(" · ");
 }
 
+const KEY_LIMITS = { concurrency: "concurrency limit", rate: "rate limit", held: "held by the provider" };
+
+/** One key at its limit: `<tenant>/<value>`, which limit, how many of its jobs run, and
+ * when it may start one (a rate's next slot, a hold's end; a concurrency limit, when one
+ * of its jobs ends), relative to the server's clock. */
+function keyItem(k, now) {
+  const at = parseTime(k.until);
+  let when = null;
+  if (at !== null) {
+    const rel = at - now < 1500 ? "any moment" : fmtAgo(at, now);
+    when = h("time", { datetime: new Date(at).toISOString(), title: fmtTime(at) },
+      k.limit === "held" ? `lifts ${rel}` : `next slot ${rel}`);
+  } else if (k.limit === "concurrency") {
+    when = "until one of its jobs ends";
+  }
+  return h("li", { "data-key": k.key, "data-limit": k.limit },
+    h("span", { class: "key-name" }, k.key), " ",
+    h("span", { class: "badge st-paused" }, KEY_LIMITS[k.limit] || k.limit), " ",
+    h("span", { class: "key-facts" }, [`${k.running} running`, when].filter(Boolean).flatMap((x, i) => (i ? [" · ", x] : [x]))));
+}
+
 /** The engines table inside `parent`; with `controls`, pause/resume and the concurrency
  * limit; with `editor` too, the deployment admin's full limits editor per engine. */
 export async function queueTable(ctx, parent, { controls = true, editor = false } = {}) {
@@ -48,6 +72,7 @@ export async function queueTable(ctx, parent, { controls = true, editor = false 
     `Your role (${ctx.app.me?.role}) may watch the queues; pausing, resuming and limits need the operator role.`);
   parent.insertBefore(why, wrap);
 
+  const cols = controls ? 7 : 6;
   const tbody = h("tbody");
   const table = h("table", { class: "engines" },
     h("caption", { class: "visually-hidden" }, "Engines: queued, running, limit and whether paused"),
@@ -87,6 +112,11 @@ export async function queueTable(ctx, parent, { controls = true, editor = false 
           if (open) ed.el.querySelector("input")?.focus();
         });
       }
+      // The keys at their limit: a row of their own under the engine's, shown when there are any.
+      r.keysList = h("ul", { class: "keys-at-limit", "aria-labelledby": `keys-${q.name}-h` });
+      r.keysRow = h("tr", { class: "keys-row", "data-keys": q.name, hidden: true },
+        h("td", { colspan: String(cols) },
+          h("span", { class: "keys-h", id: `keys-${q.name}-h` }, `Keys of ${q.name} at their limit`), r.keysList));
       const labels = { queued: "queued", running: "running", max_concurrent_jobs: "limit", age: "oldest" };
       for (const k of Object.keys(labels)) r.cells[k] = h("td", { class: k === "age" ? "wide" : "num", "data-label": labels[k] });
       r.tr = h("tr", { "data-engine": q.name },
@@ -117,6 +147,11 @@ export async function queueTable(ctx, parent, { controls = true, editor = false 
     const held = q.held_until == null ? ""
       : `held by the provider${q.held_key ? ` (${q.held_key})` : ""} until ${new Date(q.held_until).toLocaleTimeString()}`;
     r.state.textContent = q.paused ? "paused" : q.tenant_paused ? "paused for your tenant" : held || "active";
+    const keys = q.keys_at_limit || [];
+    r.keysRow.hidden = !keys.length;
+    r.tr.classList.toggle("has-keys", keys.length > 0);
+    const now = serverNow();
+    fill(r.keysList, ...keys.map((k) => keyItem(k, now)));
     r.toggle.textContent = ownPause(q) ? "Resume" : "Pause";
     r.toggle.setAttribute("aria-label", `${ownPause(q) ? "Resume" : "Pause"} ${q.name}`);
     if (!r.dirty && document.activeElement !== r.limitIn) r.limitIn.value = q.max_concurrent_jobs;
@@ -154,10 +189,10 @@ export async function queueTable(ctx, parent, { controls = true, editor = false 
       err.show("");
       for (const q of data.queues) row(q);
       const names = data.queues.map((q) => q.name);
-      for (const [name, r] of rows) if (!names.includes(name)) { r.tr.remove(); r.editorRow?.remove(); rows.delete(name); }
-      const shown = [...tbody.children].filter((tr) => !tr.dataset.editor).map((tr) => tr.dataset.engine || "-");
-      if (!names.length) fill(tbody, h("tr", {}, h("td", { colspan: "7", class: "muted" }, "No engines yet.")));
-      else if (shown.join() !== names.join()) fill(tbody, ...names.map((n) => [rows.get(n).tr, rows.get(n).editorRow])); // moving rows would lose focus
+      for (const [name, r] of rows) if (!names.includes(name)) { r.tr.remove(); r.keysRow.remove(); r.editorRow?.remove(); rows.delete(name); }
+      const shown = [...tbody.children].filter((tr) => !tr.dataset.editor && !tr.dataset.keys).map((tr) => tr.dataset.engine || "-");
+      if (!names.length) fill(tbody, h("tr", {}, h("td", { colspan: String(cols), class: "muted" }, "No engines yet.")));
+      else if (shown.join() !== names.join()) fill(tbody, ...names.map((n) => [rows.get(n).tr, rows.get(n).keysRow, rows.get(n).editorRow])); // moving rows would lose focus
     } catch (e) {
       if (!ctx.signal.aborted) err.show(`Queue status unavailable: ${explain(e)}`);
     }
