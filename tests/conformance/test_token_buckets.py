@@ -19,7 +19,7 @@ async def test_an_engine_bucket_is_capped_at_its_burst_and_refills_by_the_server
 
 
 async def test_a_keys_draw_holds_its_concurrency_and_its_bucket(store, jobs):
-    await store.engines.set_limits("testing", key="params.account", key_rate="10/s", key_burst=2, key_concurrency=1)
+    await store.engines.set_limits("testing", key="params.account", key_rate="6/min", key_burst=2, key_concurrency=1)
     job = await jobs.queued(parameters={"account": "a"})
     engine = await store.engines.get("testing")
     lane = job["lane"]
