@@ -24,9 +24,11 @@ The secret signs each attempt and goes nowhere else: no log line, no answer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections import defaultdict
 
@@ -39,8 +41,20 @@ from app.logs import get_logger
 from app.store.webhook_deliveries import DeliveryState, delivery_id
 from handlers.general import ServiceUnavailable, check_address
 
-log = get_logger("switchyard.webhooks")
 USER_AGENT = "Switchyard-Webhooks/1"
+_SENDING = contextvars.ContextVar("webhook_sending", default=False)
+
+
+class _QuietRequests(logging.Filter):
+    """Drops httpx's own line about a delivery's request: it names the URL, which may be a
+    credential itself (many receivers put a token in the path). `webhook.*` lines say what
+    happened instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _SENDING.get()
+
+
+logging.getLogger("httpx").addFilter(_QuietRequests())
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -110,6 +124,7 @@ class WebhookSender:
         self.stopping = False  # set before cancelling: the driver may turn a cancel into an error
         self.wake = asyncio.Event()
         self.inflight: set[asyncio.Task] = set()
+        self.log = get_logger("switchyard.webhooks")  # now, not at import: the configuration may change
 
     @property
     def lease_seconds(self) -> float:
@@ -128,7 +143,7 @@ class WebhookSender:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("webhooks.error", error=repr(exc))
+                    self.log.warning("webhooks.error", error=repr(exc))
                 for d in batch:
                     task = asyncio.create_task(self.attempt(d), name=f"webhook-{d['_id']}")
                     self.inflight.add(task)
@@ -153,14 +168,15 @@ class WebhookSender:
             wake.cancel()
 
     async def attempt(self, d: dict) -> None:
+        _SENDING.set(True)  # this task's own context: see _QuietRequests
         try:
             await self._attempt(d)
         except asyncio.CancelledError:
             raise
         except LeaseLost:
-            log.warning("webhook.lease_lost", delivery_id=d["_id"], tries=d["tries"])
+            self.log.warning("webhook.lease_lost", delivery_id=d["_id"], tries=d["tries"])
         except Exception as exc:  # a database error: the delivery is taken back after its lease
-            log.warning("webhooks.error", delivery_id=d["_id"], error=repr(exc))
+            self.log.warning("webhooks.error", delivery_id=d["_id"], error=repr(exc))
 
     async def _attempt(self, d: dict) -> None:
         hooks, outbox = self.store.webhooks, self.store.webhook_deliveries
@@ -202,12 +218,12 @@ class WebhookSender:
             await outbox.delivered(d["_id"], d["token"], attempt)
             metrics.WEBHOOK_ATTEMPTS.labels(outcome="delivered").inc()
             metrics.NOTIFICATIONS_SENT.labels(channel="webhook").inc()
-            log.info("webhook.delivered", **fields)
+            self.log.info("webhook.delivered", **fields)
             return
         state = await outbox.failed(d["_id"], d["token"], attempt, d["tries"])
         dead = state is DeliveryState.DEAD
         metrics.WEBHOOK_ATTEMPTS.labels(outcome="dead" if dead else "retry").inc()
-        (log.error if dead else log.warning)("webhook.failed", **fields, error=error[:300], next=state.value)
+        (self.log.error if dead else self.log.warning)("webhook.failed", **fields, error=error[:300], next=state.value)
 
     async def post(self, hook: dict, d: dict) -> int:
         """One signed POST of the delivery's body; the answer's status code."""
