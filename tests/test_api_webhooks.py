@@ -119,6 +119,7 @@ async def test_registered_then_listed_and_the_secret_is_never_shown(app, keys, s
         assert hook["tenant"] == "acme" and hook["owner"] == "acme/operator-acme"
         for method, path in (
             ("GET", "/api/v1/webhooks"),
+            ("GET", f"/api/v1/webhooks/{hook['id']}"),
             ("POST", f"/api/v1/webhooks/{hook['id']}/pause"),
             ("POST", f"/api/v1/webhooks/{hook['id']}/resume"),
             ("GET", f"/api/v1/webhooks/{hook['id']}/deliveries"),

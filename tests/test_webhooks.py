@@ -377,6 +377,7 @@ async def test_a_tenant_receives_and_sees_only_its_own(app, keys, store, live, w
             assert [w["id"] for w in listed] == [b["id"]]
             some = next(iter(await expected_for(store, a, a_jobs)))
             for method, path in (
+                ("GET", f"/api/v1/webhooks/{a['id']}"),
                 ("GET", f"/api/v1/webhooks/{a['id']}/deliveries"),
                 ("POST", f"/api/v1/webhooks/{a['id']}/pause"),
                 ("POST", f"/api/v1/webhooks/{a['id']}/resume"),

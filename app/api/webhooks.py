@@ -1,4 +1,4 @@
-"""`/api/v1/webhooks`: a tenant's webhooks (register, list, pause, resume, delete), their
+"""`/api/v1/webhooks`: a tenant's webhooks (register, list, get, pause, resume, delete), their
 deliveries with every attempt, and redelivery (docs/webhooks.md). Sending them is
 app/notifications/webhooks.py's.
 
@@ -220,6 +220,11 @@ async def list_webhooks(request: Request, who: Principal = Depends(require_princ
     """The caller's tenant's webhooks, newest first (every tenant's for the bootstrap admin)."""
     docs = await request.app.state.store.webhooks.list(tenant=who.scope)
     return WebhookList(webhooks=[WebhookOut.of(d) for d in docs], event_types=[*EVENT_TYPES, ALL])
+
+
+@router.get("/{webhook_id}", response_model=WebhookOut, dependencies=[strict_query()])
+async def get_webhook(request: Request, webhook_id: str = WebhookId, who: Principal = Depends(require_principal)):
+    return WebhookOut.of(await _webhook(request, who, webhook_id))
 
 
 @router.post("/{webhook_id}/pause", response_model=WebhookOut, dependencies=[strict_query()])
