@@ -3,7 +3,7 @@ back-off and a record of every attempt (docs/webhooks.md).
 
 States (`DeliveryState`, in the `state` field): `pending` (due at `next_attempt_at`) →
 `sending` (claimed by one sender, under a token until `lease_until`) → `delivered`, or back
-to `pending` with exponential back-off after a failure, or `dead` after
+to `pending` with exponential back-off (and jitter) after a failure, or `dead` after
 `webhook_max_attempts`; `held` while its webhook is paused. A redelivery moves a dead or
 delivered one back to `pending` with its tries reset.
 
@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -184,6 +185,7 @@ class DeliveryStore:
         else:
             state = DeliveryState.PENDING
             delay = min(s.webhook_retry_max_seconds, s.webhook_retry_base_seconds * 2 ** (tries - 1))
+            delay *= random.uniform(0.8, 1.0)  # jitter: a receiver back from an outage is not hit in lockstep
             update["next_attempt_at"] = now + timedelta(seconds=delay)
         update["state"] = state.value
         await self._guarded(
