@@ -23,6 +23,7 @@ from app.api import (
     notifications,
     queues,
     schedules,
+    webhooks,
     workflows,
 )
 from app.api import (
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(admin.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/dead-letter, /jobs/retry
     app.include_router(usage_api.router, responses=ERROR_RESPONSES)
     app.include_router(budgets.router, responses=ERROR_RESPONSES)
+    app.include_router(webhooks.router, responses=ERROR_RESPONSES)
     app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     app.openapi = lambda: _openapi(app)

@@ -17,6 +17,8 @@ Who increments what:
   rescuer in `app/worker/maintenance.py` (`job_rescued`);
 - `CLAIM_LATENCY`: the fetch loop in `app/worker/processor.py`, one claim round trip;
 - `NOTIFICATIONS_SENT`, `EMAIL_FAILURES`: the notification channels;
+- `WEBHOOK_ATTEMPTS`, `WEBHOOK_ATTEMPT_SECONDS`, `WEBHOOK_DELIVERIES_CREATED`: app/notifications/webhooks.py
+  (the notifier writes deliveries, a sender records each attempt);
 - `USAGE_TOKENS`, `USAGE_COST`: the worker that wrote an attempt's usage (`usage_recorded`,
   from `app/worker/processor.py`).
 """
@@ -49,6 +51,9 @@ __all__ = [
     "COUNTER_CORRECTIONS",
     "NOTIFICATIONS_SENT",
     "EMAIL_FAILURES",
+    "WEBHOOK_ATTEMPTS",
+    "WEBHOOK_ATTEMPT_SECONDS",
+    "WEBHOOK_DELIVERIES_CREATED",
     "USAGE_TOKENS",
     "USAGE_COST",
     "usage_recorded",
@@ -86,6 +91,19 @@ COUNTER_CORRECTIONS = Counter(
 RESCUES = Counter("switchyard_rescues_total", "Running jobs taken back from a worker whose lease expired")
 NOTIFICATIONS_SENT = Counter("switchyard_notifications_sent_total", "Notifications delivered, per channel", ["channel"])
 EMAIL_FAILURES = Counter("switchyard_email_failures_total", "Emails that could not be sent")
+WEBHOOK_DELIVERIES_CREATED = Counter(
+    "switchyard_webhook_deliveries_created_total", "Webhook deliveries written to the outbox"
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "switchyard_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome: delivered, retry (failed, tried again later) or dead (out of tries)",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "switchyard_webhook_attempt_seconds",
+    "One webhook delivery attempt, address check and request included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 USAGE_TOKENS = Counter(
     "switchyard_usage_tokens_total", "Tokens handlers reported (ctx.usage), in or out", ["engine", "direction"]
 )

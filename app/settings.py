@@ -267,6 +267,19 @@ class Settings(BaseSettings):
                     raise ValueError(f"{where}.{field}: must be a whole number from 1 to 100000")
         return v
 
+    # webhooks (app/notifications/webhooks.py, docs/webhooks.md); their addresses follow
+    # `http_allowlist`, as the http_request handler's do
+    webhook_max_attempts: int = Field(12, ge=1, le=1000, description="tries of one webhook delivery before it is dead")
+    webhook_retry_base_seconds: float = Field(
+        10.0, gt=0, description="first back-off of a failed delivery; it doubles with each try"
+    )
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="the longest back-off between two tries")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="one delivery attempt, connecting included; a slower answer is a failure"
+    )
+    webhook_concurrency: int = Field(16, ge=1, le=1000, description="deliveries one process sends at once")
+    webhook_max_per_tenant: int = Field(20, ge=1, le=10_000, description="webhooks a tenant may register")
+
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)

@@ -107,6 +107,12 @@ async def _is(api, job_id: str, status: str) -> bool:  # noqa: F811
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 async def test_every_page_has_no_serious_axe_violation(browser, base, api, scheme):  # noqa: F811
     assert AXE.exists(), f"{AXE} is missing: run ./scripts/_setup test (npm ci in tests/js)"
+    # A webhook whose host never resolves: its deliveries fail, with their attempts on screen.
+    hook = await api.post(
+        "/api/v1/webhooks",
+        json={"url": "https://hooks.example.invalid/switchyard", "events": ["*"], "secret": "a11y-secret-0123456789"},
+    )
+    assert hook.status_code == 201, hook.text
     data = await realistic_data(api)
     # Reduced motion: the CSS then drops its colour transitions, so axe reads the final colours.
     context = await browser.new_context(
@@ -166,6 +172,8 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
             ("submit", "#/submit", "Submit a workflow", "textarea"),
             ("queues", "#/queues", "Queues", "tr[data-engine='ledger'] .badge.st-paused"),
             ("notifications", "#/notifications", "Notifications", "li.notification"),
+            ("webhooks", "#/webhooks", "Webhooks", "table.webhooks tr[data-webhook]"),
+            ("a webhook's deliveries", f"#/webhooks/{hook.json()['id']}", "Webhook deliveries", ".attempts li"),
             # The dashboard has no schedules page: its route answers "Not found" (checked too).
             ("an unknown route", "#/schedules", "Not found", "text=No page here"),
         ]

@@ -1,7 +1,8 @@
 """Starts and stops this process's share of the live machinery: its hub (always), and the
-relay, the notifier and the mailer (in `serve` processes). The relay and the notifier run
-under leases, so any number of `serve` processes may start them; one works at a time and
-another takes over within a lease length when it stops or dies.
+relay, the notifier, the mailer and the webhook sender (in `serve` processes). The relay and
+the notifier run under leases, so any number of `serve` processes may start them; one works
+at a time and another takes over within a lease length when it stops or dies. The mailer
+and the webhook sender run in each of them, claiming each message or delivery first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from app.notifications.hub import Hub
 from app.notifications.recipients import NO_RECIPIENT, NoRecipient, explain
 from app.notifications.relay import EventRelay
 from app.notifications.service import DbChannel, EmailChannel, NotificationService
+from app.notifications.webhooks import WebhookChannel, WebhookSender
 
 
 class Live:
@@ -28,6 +30,7 @@ class Live:
         self.store, self.settings, self.no_recipient = store, settings, no_recipient
         self.hub = Hub(store, settings)
         self.mailer = Mailer(store, settings)
+        self.webhooks = WebhookSender(store, settings)
         self.relay = EventRelay(store, settings, lease_seconds=lease_seconds)
         self.notifier = NotificationService(
             store,
@@ -36,6 +39,7 @@ class Live:
             self.hub,
             lease_seconds=lease_seconds,
             no_recipient=no_recipient,
+            event_channels=[WebhookChannel(store, wake=self.webhooks.wake)],
         )
         self.background = background
         self._tasks: list[asyncio.Task] = []
@@ -46,12 +50,13 @@ class Live:
                 ("relay", self.relay.run()),
                 ("notifier", self.notifier.run()),
                 ("mailer", self.mailer.run()),
+                ("webhooks", self.webhooks.run()),
             ):
                 self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
         await self.hub.stop()
-        for loop in (self.relay, self.notifier, self.mailer):
+        for loop in (self.relay, self.notifier, self.mailer, self.webhooks):
             loop.stopping = True
         for t in self._tasks:
             t.cancel()

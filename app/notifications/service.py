@@ -1,7 +1,9 @@
 """NotificationService: reads the `events` log in order and fans each event that concerns
 a user out through `Channel`s: stored notifications (`DbChannel`) and email (`EmailChannel`,
 through the durable outbox). WebSocket pushes need no channel here: every API process's hub
-reads the same log and pushes to its own clients (see app/notifications/hub.py).
+reads the same log and pushes to its own clients (see app/notifications/hub.py). Event
+channels (`EventChannel`: webhooks, app/notifications/webhooks.py) take every event of a
+batch, whoever it concerns, before the per-user channels take theirs.
 
 One service runs per deployment at a time (the `notifier` lease); its checkpoint is the seq
 of the last event it fanned out, saved (at most once a second) after the channels took the
@@ -47,6 +49,15 @@ class Channel(Protocol):
     name: str
 
     async def deliver(self, notices: list[Notice]) -> None: ...
+
+
+class EventChannel(Protocol):
+    """A channel fed whole batches of events rather than per-user notices; idempotent per
+    event, as the others are per (event, user)."""
+
+    name: str
+
+    async def deliver_events(self, events: list[dict]) -> None: ...
 
 
 def title_of(event: dict) -> str:
@@ -231,10 +242,12 @@ class NotificationService(Singleton):
         hub,
         lease_seconds: float = 10.0,
         no_recipient: NoRecipient = NO_RECIPIENT,
+        event_channels: list[EventChannel] | None = None,
     ) -> None:
         super().__init__(store, lease_seconds)
         self.settings, self.hub, self.no_recipient = settings, hub, no_recipient
         self.channels = {c.name: c for c in channels}
+        self.event_channels = list(event_channels or [])
         self.types = _types(settings.notify_types)
         self.position = 0
         self._saved = 0.0
@@ -272,6 +285,8 @@ class NotificationService(Singleton):
         return await self.keep()
 
     async def fan_out(self, events: list[dict]) -> None:
+        for sink in self.event_channels:
+            await sink.deliver_events(events)
         owners = sorted({e["owner"] for e in events if e.get("owner")})
         prefs = await self.store.notifications.preferences_of(owners) if owners else {}
         by_channel: dict[str, list[Notice]] = {}

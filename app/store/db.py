@@ -110,7 +110,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 5  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 6  # raise it whenever an index or a migration changes
 
 
 class Store:
@@ -139,6 +139,8 @@ class Store:
         from app.store.schedules import ScheduleStore
         from app.store.steps import StepMoves
         from app.store.usage import UsageStore
+        from app.store.webhook_deliveries import DeliveryStore
+        from app.store.webhooks import WebhookStore
         from app.store.workers import WorkerStore
         from app.store.workflow_flow import WorkflowFlow
         from app.store.workflows import WorkflowStore
@@ -184,6 +186,8 @@ class Store:
         self.schedules = ScheduleStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.workflows)
         self.usage = UsageStore(self.db, jobs, self.clock)
         self.budgets = BudgetStore(self.db, self.usage, self.clock)
+        self.webhooks = WebhookStore(self.db, self.clock)
+        self.webhook_deliveries = DeliveryStore(self.db, settings, self.clock)
 
     def schema(self) -> dict:
         """What the database's indexes and migrations must match: this version's schema and
@@ -230,6 +234,8 @@ class Store:
             self.workflows.ensure_indexes(),
             self.schedules.ensure_indexes(),
             self.usage.ensure_indexes(),
+            self.webhooks.ensure_indexes(),
+            self.webhook_deliveries.ensure_indexes(),
         )
         await self.seed_event_relay()
         await self.db["meta"].replace_one({"_id": "schema"}, self.schema(), upsert=True)

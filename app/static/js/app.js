@@ -14,6 +14,7 @@ import * as workflow from "./pages/workflow.js";
 import * as submit from "./pages/submit.js";
 import * as queues from "./pages/queues.js";
 import * as notifications from "./pages/notifications.js";
+import * as webhooks from "./pages/webhooks.js";
 
 const ID = "([0-9a-f]{24})";
 const ROUTES = [
@@ -25,6 +26,8 @@ const ROUTES = [
   [/^\/submit$/, submit, "submit"],
   [/^\/queues$/, queues, "queues"],
   [/^\/notifications$/, notifications, "notifications"],
+  [/^\/webhooks\/?$/, webhooks, "webhooks"],
+  [new RegExp(`^/webhooks/${ID}$`), webhooks, "webhooks"],
 ];
 
 // Shared by the pages while signed in.
