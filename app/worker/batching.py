@@ -55,11 +55,13 @@ class Exits:
 
 class KeyReturns:
     """Key permits of ended jobs go back in one write per engine for everything that ended
-    within `window` (app/store/keylimits.py). A write that fails leaves the permits with
+    within `window` (app/store/keylimits.py): 10 ms, longer than the exits' 2 ms, since a
+    permit back a few ms later only delays the next start of a key at its cap, while each
+    write costs every claimer of the engine (its document is the one they all update). A write that fails leaves the permits with
     this worker, as a failed release of engine permits does: `drop_holds` returns them when
     it exits or is declared dead."""
 
-    def __init__(self, store, log, *, window: float = 0.002) -> None:
+    def __init__(self, store, log, *, window: float = 0.01) -> None:
         self.store, self.log, self.window = store, log, window
         self._pending: dict[tuple[str, str], Counter] = defaultdict(Counter)  # (engine, worker) -> lanes
         self._flusher: asyncio.Task | None = None
