@@ -86,12 +86,15 @@ class FlowSteps:
         """Deliver signal `name` to workflow `wf`: kept on the workflow, and given to its
         steps awaiting it now (the others take it when they start to await). `NotFound`
         when no step of the workflow waits for such a signal; `Conflict` when it was
-        delivered already; `InvalidTransition` when the workflow has finished."""
+        delivered already, or its steps have all finished; `InvalidTransition` when the
+        workflow has finished."""
         wf_id = wf["_id"]
-        steps = await self.jobs.steps_of(wf_id, {"kind": 1, "flow": 1, "step_key": 1})
+        steps = await self.jobs.steps_of(wf_id, {"kind": 1, "flow": 1, "step_key": 1, "status": 1})
         wanted = [s for s in steps if s.get("kind") == "signal" and (s.get("flow") or {}).get("signal") == name]
         if not wanted:
             raise NotFound(f"workflow {wf_id} has no step waiting for signal {name!r}", field="name")
+        if all(JobStatus(s["status"]).terminal for s in wanted):
+            raise Conflict(f"no step of workflow {wf_id} waits for signal {name!r} any more", field="name")
         now = self.clock.now()
         field = f"signals.{name}"  # `name` matched SIGNAL_PATTERN and a step's signal
         res = await self.workflows.col.update_one(
