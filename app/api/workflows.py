@@ -183,7 +183,7 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
                 cancel_reason=s.get("cancel_reason"),
                 why=why,
                 type=s.get("kind") or "job",
-                decision=s.get("decision"),
+                decision=redact(s["decision"]) if s.get("decision") else None,
                 can_decide=s["status"] == "awaiting" and decides(who, {**s, "tenant": wf["tenant"]}),
             )
         )

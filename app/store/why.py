@@ -155,7 +155,8 @@ def waits_for(job: dict, now) -> list[dict]:
     flow, status = job.get("flow") or {}, job["status"]
     until: datetime | None = job.get("wait_until") if status == JobStatus.AWAITING else job.get("run_at")
     left = max((until - now).total_seconds(), 0) if until else None
-    then = f"; {flow.get('on_timeout')} in {left:.0f}s if nobody does" if left is not None else ""
+    unless = "nobody decides" if job.get("kind") == "approval" else "it does not come"
+    then = f"; {flow.get('on_timeout')} in {left:.0f}s if {unless}" if left is not None else ""
     if status == JobStatus.AWAITING and job.get("kind") == "approval":
         who = " or ".join(flow.get("approvers") or [])
         return [
