@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from app import registry
 from app.api import (
     admin,
+    approvals,
     body,
     budgets,
     dashboard,
@@ -126,6 +127,8 @@ def create_app(
     app.include_router(live_api.router, responses=ERROR_RESPONSES)  # before workflows and jobs: /jobs/{id}/events
     app.include_router(notifications.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/notifications
     app.include_router(workflows.router, responses=ERROR_RESPONSES)
+    app.include_router(approvals.router, responses=ERROR_RESPONSES)  # a workflow's approvals and signals
+    app.include_router(approvals.inbox, responses=ERROR_RESPONSES)
     app.include_router(workers_api.router, responses=ERROR_RESPONSES)  # before jobs, as queues
     app.include_router(schedules.router, responses=ERROR_RESPONSES)  # before jobs, as queues
     app.include_router(

@@ -2,7 +2,8 @@
 
 axe-core comes from npm (tests/js/package.json, pinned; `scripts/_setup test` runs `npm ci`) and is
 injected into the page by Playwright. Each page is checked holding realistic data (jobs in every
-state, a workflow part done and part waiting on a paused engine, a failure and its notification),
+state, a workflow part done and part waiting on a paused engine, a failure and its notification,
+an approval awaiting the signed-in user, shown in "Needs action" and on its workflow's page),
 so status badges, DAG nodes and notices are all on screen, in the light and the dark colour
 scheme. The rule: no violation of impact serious or critical.
 """
@@ -95,9 +96,22 @@ async def realistic_data(api) -> dict:  # noqa: F811
     )
     assert wf.status_code in (200, 201), wf.text
     wf_id = wf.json()["id"]
-    for state in ("completed", "failed", "running", "scheduled", "queued", "cancelled"):
+    # An approval waiting for the signed-in admin: the "Needs action" inbox and its DAG node.
+    signoff = await api.post(
+        "/api/v1/jobs/workflows",
+        json={
+            "name": "sign-off",
+            "jobs": [
+                {"key": "draft", "engine": "testing", "operation": "ok", "parameters": {"text": "Quarterly letter"}},
+                {"key": "review", "type": "approval", "depends_on": ["draft"], "timeout_seconds": 3600},
+            ],
+        },
+    )
+    assert signoff.status_code == 201, signoff.text
+    ids["awaiting"] = signoff.json()["jobs"]["review"]
+    for state in ("completed", "failed", "running", "scheduled", "queued", "cancelled", "awaiting"):
         await eventually(lambda state=state: _is(api, ids[state], state))
-    return {**ids, "workflow": wf_id}
+    return {**ids, "workflow": wf_id, "approval": signoff.json()["id"]}
 
 
 async def _is(api, job_id: str, status: str) -> bool:  # noqa: F811
@@ -174,6 +188,13 @@ async def test_every_page_has_no_serious_axe_violation(browser, base, api, schem
             ("notifications", "#/notifications", "Notifications", "li.notification"),
             ("webhooks", "#/webhooks", "Webhooks", "table.webhooks tr[data-webhook]"),
             ("a webhook's deliveries", f"#/webhooks/{hook.json()['id']}", "Webhook deliveries", ".attempts li"),
+            ("needs action", "#/approvals", "Needs action", "li.approval textarea"),
+            (
+                "a workflow awaiting approval",
+                f"#/workflows/{data['approval']}",
+                "sign-off",
+                "svg.dag a.node.st-awaiting",
+            ),
             # The dashboard has no schedules page: its route answers "Not found" (checked too).
             ("an unknown route", "#/schedules", "Not found", "text=No page here"),
         ]

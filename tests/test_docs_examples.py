@@ -45,6 +45,8 @@ CREATED = 201  # every create endpoint's documented status (README's REST table,
 SKIP_RUN = {
     "docs/client.md:nightly": "its `fetch` step calls https://example.com; tests make no outbound requests",
     "docs/llm.md:haiku": "it calls the configured language model (OpenAI by default); tests make no outbound requests",
+    "docs/waiting-steps.md:launch post": "its approval waits for a person (tests/test_approvals.py decides them)",
+    "docs/waiting-steps.md:order 1042": "its signal step waits for a payment signal (tests/test_signals.py sends them)",
 }
 
 

@@ -8,6 +8,7 @@ import pathlib
 import re
 
 from app.domain.states import MOVES, TERMINAL, JobStatus, WorkflowStatus, allowed, diagram
+from app.store.decisions import Decisions
 from app.store.enqueue import Enqueuer
 from app.store.job_admin import JobAdmin
 from app.store.lifecycle import EXIT_TARGETS, Lifecycle
@@ -15,7 +16,9 @@ from app.store.steps import StepMoves
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The job moves live here; other modules write the status of other collections only.
-JOB_MOVERS = {"app/store/lifecycle.py", "app/store/enqueue.py", "app/store/steps.py"}
+# decisions.py: the moves of steps that wait for people, events and time (await, decide,
+# sleep, wake), kept out of lifecycle.py, which is long enough.
+JOB_MOVERS = {"app/store/lifecycle.py", "app/store/enqueue.py", "app/store/steps.py", "app/store/decisions.py"}
 OTHER_COLLECTIONS = {
     "app/store/mail.py": "mail outbox",
     "app/store/workers.py": "worker registry",
@@ -40,6 +43,10 @@ PRIMITIVES = {
     "cancel": Lifecycle.cancel,
     "retry": JobAdmin.retry_job,
     "reset": StepMoves.reset_steps,
+    "await": Decisions.await_steps,
+    "decide": Decisions.decide,
+    "sleep": Decisions.sleep_steps,
+    "wake": Decisions.wake_due,
 }
 
 

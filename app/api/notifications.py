@@ -32,6 +32,7 @@ class NotificationOut(BaseModel):
     status: str | None = None
     job_id: str | None = None
     workflow_id: str | None = None
+    step_key: str | None = Field(None, description="an approval request's step")
     error: dict[str, Any] | None = None
     read: bool
     seq: int

@@ -77,20 +77,20 @@ def under(prefix: str):
         ) from None
 
 
-def check_target(spec: ScheduleSpec, settings) -> None:
+def check_target(spec: ScheduleSpec, settings, tenant: str | None = None) -> None:
     if (spec.job is None) == (spec.workflow is None):
         raise ValidationFailed("give exactly one of job and workflow", field="job" if spec.job is None else "workflow")
     if spec.job is not None:
         registry.require(spec.job.engine, spec.job.operation, field="job.operation")
     else:
         with under("workflow"):
-            validate_steps(spec.workflow.jobs, cap=settings.workflow_max_steps)
+            validate_steps(spec.workflow.jobs, cap=settings.workflow_max_steps, tenant=tenant)
             require_handlers(spec.workflow.jobs)
 
 
 @router.post("", status_code=201, response_model=ScheduleOut)
 async def create(spec: ScheduleSpec, request: Request, who: Principal = Depends(require_principal)):
-    check_target(spec, request.app.state.settings)
+    check_target(spec, request.app.state.settings, tenant=who.tenant)
     store = request.app.state.store
     await admission(request).schedule(who.scope, spec.cron_spec())
     return ScheduleOut.of(await store.schedules.create(spec, owner=who.owner, now=store.clock.now()))

@@ -7,17 +7,20 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app import metrics, registry
+from app.api.approvals import decides
 from app.api.auth import Principal, require_principal, visible
 from app.api.jobs import ID_PATTERN, admit, strict_query
+from app.domain.flowsteps import FLOW_ENGINE
+from app.domain.models import tenant_of
 from app.domain.redact import redact
 from app.domain.workflow import AddSteps, WorkflowSpec, validate_steps
 from app.store.why import explain
 
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
-STEP_STATUSES = ("pending", "scheduled", "queued", "running", "completed", "failed", "cancelled")
+STEP_STATUSES = ("pending", "scheduled", "queued", "awaiting", "running", "completed", "failed", "cancelled")
 
 
 class Created(BaseModel):
@@ -38,6 +41,9 @@ class StepOut(BaseModel):
     progress: float = 0.0
     cancel_reason: str | None = None
     why: dict | None = None
+    type: str = Field("job", description="job, approval, signal or sleep (docs/waiting-steps.md)")
+    decision: dict | None = Field(None, description="an approval's decision, once made")
+    can_decide: bool = Field(False, description="an awaiting approval the caller may approve or reject")
 
 
 class WorkflowOut(BaseModel):
@@ -62,7 +68,8 @@ class WorkflowPage(BaseModel):
 
 def require_handlers(steps) -> None:
     for i, s in enumerate(steps):
-        registry.require(s.engine, s.operation, field=f"jobs[{i}].operation")
+        if s.type == "job" and s.engine is not None and s.operation is not None:  # else validate_steps says why
+            registry.require(s.engine, s.operation, field=f"jobs[{i}].operation")
 
 
 def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
@@ -102,10 +109,10 @@ def _view(wf: dict, steps: list[dict] | None) -> WorkflowOut:
 async def submit(spec: WorkflowSpec, request: Request, who: Principal = Depends(require_principal)):
     require_handlers(spec.jobs)
     # Before admit, so a refusal costs no token (the store checks again).
-    validate_steps(spec.jobs, cap=request.app.state.settings.workflow_max_steps)
+    validate_steps(spec.jobs, cap=request.app.state.settings.workflow_max_steps, tenant=tenant_of(who.owner))
     await admit(request, who, len(spec.jobs))
     wf = await request.app.state.store.workflows.create(spec, owner=who.owner)
-    metrics.jobs_created(s.engine for s in spec.jobs)
+    metrics.jobs_created(s.engine or FLOW_ENGINE for s in spec.jobs)
     return Created(id=wf["_id"], status=wf["status"], jobs={k: v["job_id"] for k, v in wf["steps"].items()})
 
 
@@ -146,6 +153,10 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
             "tenant": 1,
             "lane": 1,
             "limit_key": 1,
+            "kind": 1,  # steps that wait for people, events and time (app/api/approvals.py)
+            "flow": 1,
+            "wait_until": 1,
+            "decision": 1,
         },
     )
     view = _view(wf, steps)
@@ -171,6 +182,9 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
                 progress=(s.get("progress") or {}).get("percent", 0.0),
                 cancel_reason=s.get("cancel_reason"),
                 why=why,
+                type=s.get("kind") or "job",
+                decision=redact(s["decision"]) if s.get("decision") else None,
+                can_decide=s["status"] == "awaiting" and decides(who, {**s, "tenant": wf["tenant"]}),
             )
         )
     view.steps = out
@@ -183,10 +197,12 @@ async def add_jobs(workflow_id: str, body: AddSteps, request: Request, who: Prin
     store = request.app.state.store
     wf = visible(who, await store.workflows.get(workflow_id, steps=True), "workflow", "workflow_id")
     # Before admit, so a refusal costs no token (the store checks again, against the graph it reads).
-    validate_steps(body.jobs, existing=set(wf["steps"]), cap=request.app.state.settings.workflow_max_steps)
+    validate_steps(
+        body.jobs, existing=set(wf["steps"]), cap=request.app.state.settings.workflow_max_steps, tenant=wf["tenant"]
+    )
     await admit(request, who, len(body.jobs))
     ids = await store.workflows.add_steps(workflow_id, body.jobs, owner=who.owner)
-    metrics.jobs_created(s.engine for s in body.jobs)
+    metrics.jobs_created(s.engine or FLOW_ENGINE for s in body.jobs)
     wf = await store.workflows.get(workflow_id)
     return Created(id=workflow_id, status=wf["status"], jobs=ids)
 

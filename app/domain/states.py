@@ -1,9 +1,10 @@
 """The job and workflow state machines: the state enums, the terminal sets, and `MOVES`, the
 transition table that says which moves exist and what each implies.
 
-`app/store/lifecycle.py` is the only code that performs these moves, one named, guarded
-primitive per move (`tests/test_domain_states.py` checks that no other module writes a
-job's `status`, and that the diagram in `JobStatus`'s docstring is `diagram()`'s output).
+`app/store/lifecycle.py` performs these moves, one named, guarded primitive per move, with
+`enqueue.py`, `steps.py` and, for the steps that wait for people, events and time,
+`decisions.py` (`tests/test_domain_states.py` checks that no other module writes a job's
+`status`, and that the diagram in `JobStatus`'s docstring is `diagram()`'s output).
 """
 
 from __future__ import annotations
@@ -29,18 +30,27 @@ class JobStatus(StrEnum):
     running    ──rescue──────> queued       [fresh seq, lease cleared]
     running    ──exhaust─────> failed       [lease cleared, settle]
     running    ──stop────────> cancelled    [lease cleared, settle]
-    pending | scheduled | queued ──cancel──────> cancelled [settle]
+    pending | scheduled | queued | awaiting ──cancel──────> cancelled [settle]
     failed | cancelled ──retry───────> queued [fresh seq, attempts reset]
     failed | cancelled ──reset───────> pending [attempts reset]
+    pending    ──await───────> awaiting
+    awaiting   ──decide──────> completed | failed [settle]
+    pending    ──sleep───────> scheduled
+    scheduled  ──wake────────> completed    [settle]
     ```
     """
 
     PENDING = "pending"
     """Waits for its dependencies. Left by `ready` (its last parent completed) or `cancel`."""
     SCHEDULED = "scheduled"
-    """Waits for `run_at` (a delay or a retry back-off). Left by the promoter or by cancel."""
+    """Waits for `run_at` (a delay, a retry back-off, or a sleep step's wake-up). Left by the
+    promoter (a sleep step completes there: `wake`) or by cancel."""
     QUEUED = "queued"
     """Claimable now, ordered by (priority, seq). Left by a worker's claim or by cancel."""
+    AWAITING = "awaiting"
+    """A workflow step that waits for a person (an approval) or an event (a signal), holding
+    no worker slot. Left by `decide` (an approver, the signal, or the timeout sweep in
+    maintenance) or by cancel."""
     RUNNING = "running"
     """Leased by one worker (`lease_owner`, `lease_token`). Left only by that lease holder's
     guarded transitions, or by the rescuer once the lease has expired."""
@@ -58,7 +68,8 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-WAITING = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED})
+WAITING = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.AWAITING})
+"""Not started and not finished: a cancel moves these to cancelled at once."""
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
@@ -147,13 +158,24 @@ MOVES: dict[str, Move] = {
         Move("stop", (S.RUNNING,), S.CANCELLED, E.LEASE_CLEARED | E.SETTLE, "the lease holder, cancel requested"),
         Move(
             "cancel",
-            (S.PENDING, S.SCHEDULED, S.QUEUED),
+            (S.PENDING, S.SCHEDULED, S.QUEUED, S.AWAITING),
             S.CANCELLED,
             E.SETTLE,
             "a user, or a workflow's failure policy",
         ),
         Move("retry", (S.FAILED, S.CANCELLED), S.QUEUED, E.SEQ | E.RESET, "an operator (the dead letter)"),
         Move("reset", (S.FAILED, S.CANCELLED), S.PENDING, E.RESET, "a workflow retry; ready follows at once"),
+        # Steps that wait for people, events and time (app/store/decisions.py): their `ready`.
+        Move("await", (S.PENDING,), S.AWAITING, E.NONE, "the settle of its last parent: an approval or a signal"),
+        Move(
+            "decide",
+            (S.AWAITING,),
+            (S.COMPLETED, S.FAILED),
+            E.SETTLE,
+            "an approver, the signal's sender, or maintenance once its timeout passed",
+        ),
+        Move("sleep", (S.PENDING,), S.SCHEDULED, E.NONE, "the settle of its last parent: a sleep step, run_at set"),
+        Move("wake", (S.SCHEDULED,), S.COMPLETED, E.SETTLE, "the promoter, once a sleep step's run_at is due"),
     )
 }
 """Every move of a job. A rescue whose handler never started also refunds the attempt."""

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.domain.flowsteps import FlowFields, check_step
 from app.domain.models import JobSpec
 from app.domain.userjson import UserDict
 from app.errors import ValidationFailed
@@ -16,8 +17,9 @@ KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 StepKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 
 
-class StepSpec(JobSpec):
-    """One step: a job plus its key and the keys it depends on."""
+class StepSpec(FlowFields, JobSpec):
+    """One step: a job plus its key and the keys it depends on; or, by its `type`, a step
+    that waits for an approval, a signal or a time (app/domain/flowsteps.py)."""
 
     key: StepKey
     # Keys only, so an error about an unknown dependency names a step, never arbitrary text.
@@ -39,16 +41,19 @@ class AddSteps(BaseModel):
     jobs: list[StepSpec] = Field(min_length=1)
 
 
-def validate_steps(steps: list[StepSpec], *, existing: set[str] = frozenset(), cap: int = 10_000) -> list[str]:
+def validate_steps(
+    steps: list[StepSpec], *, existing: set[str] = frozenset(), cap: int = 10_000, tenant: str | None = None
+) -> list[str]:
     """Check a new set of steps (optionally joining `existing` keys, which may be depended
-    on but cannot depend on new ones). Returns the new keys in a topological order.
-    Raises ValidationFailed naming the problem."""
+    on but cannot depend on new ones) of a workflow in `tenant` (when known). Returns the
+    new keys in a topological order. Raises ValidationFailed naming the problem."""
     if len(steps) + len(existing) > cap:
         raise ValidationFailed(
             f"a workflow may have at most {cap} steps; this one would have {len(steps) + len(existing)}", field="jobs"
         )
     keys: dict[str, int] = {}
     for i, s in enumerate(steps):
+        check_step(i, s, tenant)  # what its type needs and forbids
         if s.key in keys or s.key in existing:
             raise ValidationFailed(f"duplicate step key {s.key!r}", field=f"jobs[{i}].key", key=s.key)
         keys[s.key] = i

@@ -1,6 +1,7 @@
-"""Direct notifications: those stored with no event behind them (`budget.warning` and
-`budget.reached`, app/notifications/budget.py), and how every API process pushes them to
-its WebSocket clients.
+"""Direct notifications: those stored with no event behind them, or for someone else than
+the event's owner (`budget.warning` and `budget.reached`, app/notifications/budget.py;
+`approval.requested`, app/notifications/approvals.py), and how every API process pushes
+them to its WebSocket clients.
 
 A job's or workflow's notification reaches the WebSocket from the `events` log, which every
 hub tails. A direct one has no event, and the process that stores it (a worker, charging an
@@ -36,7 +37,8 @@ log = get_logger("switchyard.hub")
 
 BUDGET_WARNING = "budget.warning"  # 80 % of a period's budget spent
 BUDGET_REACHED = "budget.reached"  # 100 %: the tenant's queued jobs wait
-DIRECT_TYPES = frozenset({BUDGET_WARNING, BUDGET_REACHED})
+APPROVAL_REQUESTED = "approval.requested"  # an approver is asked (app/notifications/approvals.py)
+DIRECT_TYPES = frozenset({BUDGET_WARNING, BUDGET_REACHED, APPROVAL_REQUESTED})
 
 
 def message(doc: dict) -> str:
@@ -53,6 +55,7 @@ def message(doc: dict) -> str:
             "status": doc.get("status"),
             "seq": doc.get("seq"),
             "budget": doc.get("budget"),
+            "step_key": doc.get("step_key"),
         },
         default=str,
         separators=(",", ":"),

@@ -27,6 +27,7 @@ from typing import Protocol
 from app import metrics
 from app.domain.redact import redact_text
 from app.leadership import Singleton
+from app.notifications.approvals import request_approvals
 from app.notifications.direct import DIRECT_TYPES
 from app.notifications.hub import Subscriber, Subscription
 from app.notifications.recipients import NO_RECIPIENT, NoRecipient, recipient
@@ -287,6 +288,7 @@ class NotificationService(Singleton):
     async def fan_out(self, events: list[dict]) -> None:
         for sink in self.event_channels:
             await sink.deliver_events(events)
+        await request_approvals(self.store, self.settings, events)  # approvers are not the owner
         owners = sorted({e["owner"] for e in events if e.get("owner")})
         prefs = await self.store.notifications.preferences_of(owners) if owners else {}
         by_channel: dict[str, list[Notice]] = {}

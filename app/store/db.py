@@ -110,7 +110,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 6  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 7  # raise it whenever an index or a migration changes
 
 
 class Store:
@@ -121,11 +121,13 @@ class Store:
     ) -> None:
         from app.store.budgets import BudgetStore
         from app.store.claimer import Claimer
+        from app.store.decisions import Decisions
         from app.store.dedupe import DedupeStore
         from app.store.engines import EngineStore
         from app.store.enqueue import Enqueuer
         from app.store.events import EventStore
         from app.store.feed import ChangeFeed
+        from app.store.flowsteps import FlowSteps
         from app.store.guard import AuditLog, RateLimits
         from app.store.job_admin import JobAdmin
         from app.store.jobs import JobQueries
@@ -173,6 +175,10 @@ class Store:
         self.job_admin = JobAdmin(jobs, self.engines, self.enqueuer, self.lifecycle, self.jobs, dedupe, self.clock)
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.steps)
         self.flow = WorkflowFlow(self.workflows, self.jobs, self.steps, self.clock)
+        # Steps that wait for people, events and time: their moves, and their kinds wired in.
+        self.decisions = Decisions(jobs, self.clock, expiry, self.lifecycle)
+        self.flowsteps = FlowSteps(self.decisions, self.steps, self.lifecycle, self.workflows, self.jobs, self.clock)
+        self.flowsteps.register()
         self.job_retention = JobRetention(jobs, dedupe)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)
@@ -224,6 +230,7 @@ class Store:
         longer queries it (docs/deployment.md)."""
         await asyncio.gather(
             self.jobs.ensure_indexes(),
+            self.decisions.ensure_indexes(),
             self.engines.ensure_indexes(),
             self.workers.ensure_indexes(),
             self.events.ensure_indexes(),

@@ -87,3 +87,11 @@ class KeyStore:
         if doc is None:
             raise NotFound(f"key {key_id!r} not found", field="key_id")
         return {**doc, "newly_revoked": bool(res.modified_count)}
+
+    async def users_with_roles(self, tenant: str, roles: list[str]) -> list[str]:
+        """The tenant's users holding a live key with one of `roles`, as owners
+        (`<tenant>/<user>`): who an approval naming a role is asked of."""
+        users = await self.col.distinct(
+            "user", {"tenant": str(tenant), "revoked_at": None, "role": {"$in": list(roles)}}
+        )
+        return sorted(f"{tenant}/{u}" for u in users)

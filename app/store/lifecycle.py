@@ -77,6 +77,9 @@ class Lifecycle:
         self.engines, self.enqueuer, self.dedupe, self.workers = engines, enqueuer, dedupe, workers
         self.settles, self.expiry = Settles(settle), expiry
         self._default_retry_doc: dict | None = None
+        # Due sleep steps complete instead of queueing (`wake`, app/store/decisions.py;
+        # wired by app/store/flowsteps.py). Until it is wired they are left scheduled.
+        self.wake: Callable[[list[JobDoc], datetime], Awaitable[int]] | None = None
         from app.store.debounce import Debouncer, DebounceStore
 
         self.debouncer = Debouncer(self, DebounceStore(col.database))
@@ -347,16 +350,20 @@ class Lifecycle:
 
     # --- maintenance ---------------------------------------------------------------------
     async def promote_due(self, now: datetime, limit: int = 500) -> int:
-        """scheduled → queued for every job whose `run_at` has come."""
+        """scheduled → queued for every job whose `run_at` has come; a due sleep step is
+        never queued: it completes (`wake`)."""
         due = (
             await self.col.find(
                 {"status": JobStatus.SCHEDULED.value, "run_at": {"$gte": EPOCH, "$lte": now}},
-                {**BAND_FIELDS},
+                {**BAND_FIELDS, "kind": 1, "run_at": 1},
             )
             .limit(limit)
             .to_list(limit)
         )
-        return await self.enqueuer.move(due, {"status": JobStatus.SCHEDULED.value}, {}) if due else 0
+        sleeping = [d for d in due if d.get("kind") == "sleep"]
+        woke = await self.wake(sleeping, now) if sleeping and self.wake else 0
+        due = [d for d in due if d.get("kind") != "sleep"]
+        return woke + (await self.enqueuer.move(due, {"status": JobStatus.SCHEDULED.value}, {}) if due else 0)
 
     async def reseq(self, stray: list[JobDoc]) -> int:
         """queued → queued with a fresh seq: orphans below their band's cursor (a writer died

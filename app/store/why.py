@@ -1,6 +1,8 @@
 """ "Why is it waiting?": a job's reasons for not running yet, as data.
 
-Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
+Reasons (any number, in this order): `dependencies` (unfinished parents, by step key);
+for a step that waits for a person, an event or a time, then only `approval`, `signal` or
+`sleeping` (`waits_for`); for a job,
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
 `until`), `budget_reached` (its tenant spent its daily or monthly cost budget: it waits
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from app.domain.flowsteps import FLOW_ENGINE
 from app.domain.states import JobStatus
 from app.store.bands import key_block, next_token_at
 from app.store.db import find_in
@@ -42,6 +45,9 @@ async def explain(
                 "message": f"waits for {len(waiting)} unfinished dependenc{'y' if len(waiting) == 1 else 'ies'}",
             }
         )
+    if job.get("engine") == FLOW_ENGINE:  # an approval, a signal, a sleep: no engine holds it
+        reasons += waits_for(job, store.clock.now())
+        return {"status": status.value, "reasons": reasons}
     if status == JobStatus.SCHEDULED:
         run_at: datetime | None = job.get("run_at")
         kind = "retry_backoff" if job.get("retry_count") else "run_at"
@@ -141,6 +147,49 @@ async def explain(
             entry["message"] = f"queued in {engine['_id']} at priority {job['priority']}"
         reasons.append(entry)
     return {"status": status.value, "reasons": reasons}
+
+
+def waits_for(job: dict, now) -> list[dict]:
+    """ "why" for a step that waits for a person, an event or a time (app/domain/flowsteps.py):
+    `approval` (by whom, until when), `signal` (its name), `sleeping` (until when)."""
+    flow, status = job.get("flow") or {}, job["status"]
+    until: datetime | None = job.get("wait_until") if status == JobStatus.AWAITING else job.get("run_at")
+    left = max((until - now).total_seconds(), 0) if until else None
+    unless = "nobody decides" if job.get("kind") == "approval" else "it does not come"
+    then = f"; {flow.get('on_timeout')} in {left:.0f}s if {unless}" if left is not None else ""
+    if status == JobStatus.AWAITING and job.get("kind") == "approval":
+        who = " or ".join(flow.get("approvers") or [])
+        return [
+            {
+                "reason": "approval",
+                "approvers": flow.get("approvers") or [],
+                "until": until,
+                "seconds_left": left,
+                "on_timeout": flow.get("on_timeout"),
+                "message": f"awaiting approval by {who}{then}",
+            }
+        ]
+    if status == JobStatus.AWAITING:
+        return [
+            {
+                "reason": "signal",
+                "signal": flow.get("signal"),
+                "until": until,
+                "seconds_left": left,
+                "on_timeout": flow.get("on_timeout"),
+                "message": f"awaiting signal {flow.get('signal')!r}{then}",
+            }
+        ]
+    if status == JobStatus.SCHEDULED:
+        return [
+            {
+                "reason": "sleeping",
+                "until": until,
+                "seconds_left": left,
+                "message": f"sleeps until {until.isoformat() if until else '?'} ({left or 0:.0f}s left)",
+            }
+        ]
+    return []
 
 
 def key_reason(engine: dict, job: dict, block: dict, now) -> dict:

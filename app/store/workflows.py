@@ -28,6 +28,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid
 
+from app.domain.flowsteps import StepType, flow_document
 from app.domain.models import tenant_of
 from app.domain.states import JobStatus, WorkflowStatus
 from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
@@ -93,6 +94,8 @@ class WorkflowStore:
         for n, s in enumerate(steps, start=first_ord):
             doc = self.lifecycle.build(s, owner, now, workflow_id=wf_id, step_key=s.key, depends_on=list(s.depends_on))
             doc["_id"] = ids[s.key]
+            if s.type != StepType.JOB:  # an approval, a signal, a sleep: no handler runs it
+                doc.update(flow_document(s))
             # a step with dependencies is born `pending` (new_job_document)
             doc.update(
                 parent_ids=[ids[d] for d in s.depends_on],
@@ -104,7 +107,7 @@ class WorkflowStore:
         return docs
 
     async def create(self, spec: WorkflowSpec, owner: str) -> dict:
-        order = validate_steps(spec.jobs, cap=self.settings.workflow_max_steps)
+        order = validate_steps(spec.jobs, cap=self.settings.workflow_max_steps, tenant=tenant_of(owner))
         wf_id = str(ObjectId())
         ids = {s.key: str(ObjectId()) for s in spec.jobs}
         by_key = {s.key: s for s in spec.jobs}
@@ -157,7 +160,9 @@ class WorkflowStore:
                 f"workflow {workflow_id} is {wf['status']}; steps can only be added while it runs", field="status"
             )
         existing = {k: v["job_id"] for k, v in wf["steps"].items()}
-        order = validate_steps(steps, existing=set(existing), cap=self.settings.workflow_max_steps)
+        order = validate_steps(
+            steps, existing=set(existing), cap=self.settings.workflow_max_steps, tenant=tenant_of(wf["owner"])
+        )
         ids = {**existing, **{s.key: str(ObjectId()) for s in steps}}
         by_key = {s.key: s for s in steps}
         res = await self.col.update_one(

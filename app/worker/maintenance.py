@@ -1,4 +1,5 @@
-"""Maintenance: the promoter (scheduled → queued when due), the rescuer (expired leases,
+"""Maintenance: the promoter (scheduled → queued when due; a due sleep step completes), the
+timeouts of approval and signal steps, the rescuer (expired leases,
 dead workers and their permits), the orphan sweeper (queued jobs a claimer's cursor passed),
 workflow repair, retention and the cron scheduler (app/worker/scheduler.py).
 
@@ -45,6 +46,7 @@ class Maintenance(Singleton):
             asyncio.create_task(self._every(fn, every), name=fn.__name__)
             for fn, every in (
                 (self.promote, s.promote_interval_seconds),
+                (self.expire_waits, max(0.2, s.promote_interval_seconds)),
                 (self.rescue, min(1.0, s.lease_seconds / 4)),
                 (self.sweep_orphans, 2.0),
                 (self.settle_steps, 2.0),
@@ -81,6 +83,14 @@ class Maintenance(Singleton):
         n = await self.store.lifecycle.promote_due(self.store.clock.now())
         if n:
             self.log.debug("maintenance.promoted", jobs=n)
+        return n
+
+    async def expire_waits(self) -> int:
+        """Approval and signal steps whose `timeout_seconds` passed: their `on_timeout`
+        applies (app/store/decisions.py). Due sleep steps wake in `promote`."""
+        n = await self.store.decisions.expire_due(self.store.clock.now())
+        if n:
+            self.log.info("maintenance.waits_timed_out", steps=n)
         return n
 
     async def rescue(self) -> int:

@@ -1,5 +1,6 @@
-// The dashboard's entry point: sign-in, the hash router (#/jobs/ID, #/workflows/ID: the
-// links in notification emails), the live connection shared by every page, and the bell.
+// The dashboard's entry point: sign-in, the hash router (#/jobs/ID, #/workflows/ID,
+// #/approvals/ID/KEY: the links in notification emails), the live connection shared by every
+// page, and the bell.
 
 import { h, clear, notice } from "./dom.js";
 import { session, checkToken, whenUnauthorized, explain, serverNow } from "./api.js";
@@ -15,6 +16,7 @@ import * as submit from "./pages/submit.js";
 import * as queues from "./pages/queues.js";
 import * as notifications from "./pages/notifications.js";
 import * as webhooks from "./pages/webhooks.js";
+import * as inbox from "./pages/inbox.js";
 
 const ID = "([0-9a-f]{24})";
 const ROUTES = [
@@ -28,6 +30,7 @@ const ROUTES = [
   [/^\/notifications$/, notifications, "notifications"],
   [/^\/webhooks\/?$/, webhooks, "webhooks"],
   [new RegExp(`^/webhooks/${ID}$`), webhooks, "webhooks"],
+  [new RegExp(`^/approvals(?:/${ID}/([A-Za-z0-9_][A-Za-z0-9_-]{0,63}))?$`), inbox, "approvals"], // "Needs action"
 ];
 
 // Shared by the pages while signed in.

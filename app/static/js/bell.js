@@ -25,7 +25,7 @@ export class Notifications extends EventTarget {
     if (this.items.has(msg.id)) return;
     this.items.set(msg.id, {
       id: msg.id, type: msg.event_type, title: msg.title, status: msg.status, job_id: msg.job_id,
-      workflow_id: msg.workflow_id, read: false, seq: msg.seq, created_at: new Date().toISOString(),
+      workflow_id: msg.workflow_id, step_key: msg.step_key, read: false, seq: msg.seq, created_at: new Date().toISOString(),
     });
     this.unread += 1;
     this.changed();
@@ -56,6 +56,7 @@ export class Notifications extends EventTarget {
 }
 
 export function notificationLink(n) {
+  if (n.type === "approval.requested" && n.workflow_id && n.step_key) return `#/approvals/${n.workflow_id}/${n.step_key}`;
   if (n.job_id) return `#/jobs/${n.job_id}`;
   if (n.workflow_id) return `#/workflows/${n.workflow_id}`;
   return null;

@@ -3,7 +3,7 @@
 // column are ordered by the average row of their parents, then of their children (two
 // sweeps of the barycentre heuristic), which keeps most edges short and uncrossed.
 // Every node is a link to its job; its colour is its status (CSS classes), and a waiting
-// node shows why it waits.
+// node shows why it waits (an approval, a signal or a sleep shows what it waits for).
 
 import { s } from "./dom.js";
 
@@ -95,8 +95,16 @@ export function whyShort(step) {
     case "engine_full": return r.limit ? `engine full (${r.running}/${r.limit})` : "engine full";
     case "position": return `${r.ahead} ahead in line`;
     case "scheduled": return r.seconds_left != null ? `${r.kind === "retry_backoff" ? "retry" : "runs"} in ${Math.ceil(r.seconds_left)} s` : "scheduled";
+    case "approval": return "awaiting approval";
+    case "signal": return `awaiting signal ${r.signal}`;
+    case "sleeping": return r.seconds_left != null ? `wakes in ${Math.ceil(r.seconds_left)} s` : "sleeping";
     default: return r.message || r.reason;
   }
+}
+
+/** What a step does: its handler, or its type (an approval, a signal, a sleep). */
+export function what(step) {
+  return step.type && step.type !== "job" ? step.type : `${step.engine}.${step.operation}`;
 }
 
 /** Every reason a step waits, in full. */
@@ -149,10 +157,10 @@ export function drawDag(steps, { label = "Workflow steps" } = {}) {
     const pct = n.step.status === "running" && n.step.progress ? ` ${Math.round(n.step.progress)}%` : "";
     const line = why ? `${n.step.status} · ${why}` : `${n.step.status}${pct}`;
     fit(n.keyText, n.step.key);
-    fit(n.opText, `${n.step.engine}.${n.step.operation}`);
+    fit(n.opText, what(n.step));
     fit(n.statusText, line);
     const more = whyFull && whyFull !== why ? `; ${whyFull}` : "";
-    const full = `${n.step.key} (${n.step.engine}.${n.step.operation}): ${line}${more}`;
+    const full = `${n.step.key} (${what(n.step)}): ${line}${more}`;
     n.title.textContent = full;
     n.a.setAttribute("aria-label", `Step ${full}. Open its job.`);
   }

@@ -91,7 +91,7 @@ export function fmtDuration(ms) {
 }
 
 export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-export const JOB_STATUSES = ["pending", "scheduled", "queued", "running", "completed", "failed", "cancelled"];
+export const JOB_STATUSES = ["pending", "scheduled", "queued", "awaiting", "running", "completed", "failed", "cancelled"];
 
 export function statusBadge(status) {
   return h("span", { class: `badge st-${status}`, "data-status": status }, status);

@@ -4,11 +4,13 @@
 // the reasons a waiting step waits, which events do not carry. Cancel and retry:
 // POST /api/v1/jobs/workflows/{id}/cancel, /retry. Usage: the steps' reported usage and
 // its total (GET /api/v1/usage?group_by=job&workflow_id=, usage.js), re-read when a step
-// finishes an attempt (an attempt's usage is written before its job moves on).
+// finishes an attempt (an attempt's usage is written before its job moves on). An approval
+// that awaits the signed-in user's decision gets Approve / Reject here (approve.js).
 
 import { get, post, explain } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtTime, statusBadge, progressBar, TERMINAL } from "../dom.js";
-import { drawDag, whyText } from "../dag.js";
+import { drawDag, whyText, what } from "../dag.js";
+import { decideForm } from "../approve.js";
 import { workflowUsage, usageTable } from "../usage.js";
 
 const MAX_DRAWN = 400; // more steps than this: the table only
@@ -25,7 +27,12 @@ export async function render(ctx) {
   const summary = h("div", { class: "wf-summary" });
   const graph = h("div", { class: "dag-wrap", tabindex: "-1" });
   const legend = h("p", { class: "legend", "aria-hidden": "true" },
-    ["pending", "scheduled", "queued", "running", "completed", "failed", "cancelled"].map((st) => h("span", { class: `key st-${st}` }, st)));
+    ["pending", "scheduled", "queued", "awaiting", "running", "completed", "failed", "cancelled"].map((st) => h("span", { class: `key st-${st}` }, st)));
+  // Approvals of this workflow that wait for the signed-in user (docs/waiting-steps.md).
+  const decideList = h("div");
+  const decideCard = h("section", { class: "card", "aria-labelledby": "decide-h", hidden: true },
+    h("h2", { id: "decide-h" }, "Waiting for your decision"), decideList);
+  const forms = new Map(); // step key -> its form, kept across re-reads
   const tbody = h("tbody");
   const usageErr = notice();
   const usageBody = h("div", { class: "table-wrap" });
@@ -34,7 +41,7 @@ export async function render(ctx) {
   ctx.main.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/workflows" }, "Workflows"), " / ", h("span", { class: "mono" }, id)),
     h("div", { class: "page-head" }, title, badge, h("div", { class: "actions" }, cancelBtn, retryBtn)),
-    summary, actionMsg, err,
+    summary, actionMsg, err, decideCard,
     h("section", { class: "card", "aria-labelledby": "dag-h" }, h("h2", { id: "dag-h" }, "Steps"), legend, graph),
     h("section", { class: "card", "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h" }, "Steps as a table"),
       h("div", { class: "table-wrap" }, h("table", { class: "steps" },
@@ -57,7 +64,7 @@ export async function render(ctx) {
     fill(badge, statusBadge(w.status));
     const c = w.counts;
     fill(summary, progressBar(w.progress, w.status, "workflow progress"),
-      h("span", { class: "muted" }, ` ${c.completed} completed, ${c.running} running, ${c.queued} queued, ${c.pending + c.scheduled} waiting, ${c.failed} failed, ${c.cancelled} cancelled of ${w.total}`),
+      h("span", { class: "muted" }, ` ${c.completed} completed, ${c.running} running, ${c.queued} queued, ${c.pending + c.scheduled + (c.awaiting || 0)} waiting, ${c.failed} failed, ${c.cancelled} cancelled of ${w.total}`),
       h("div", { class: "muted small" }, `policy ${w.failure_policy} · created ${fmtTime(w.created_at)}${w.completed_at ? ` · finished ${fmtTime(w.completed_at)}` : ""}`));
     cancelBtn.hidden = TERMINAL.has(w.status);
     retryBtn.hidden = !(c.failed > 0 || (w.status === "failed") || (w.status === "cancelled" && c.cancelled > 0));
@@ -84,13 +91,28 @@ export async function render(ctx) {
     }
     for (const st of byJob.values()) dag?.update(st);
     drawTable();
+    drawDecisions(steps);
+  }
+
+  function drawDecisions(steps) {
+    const mine = steps.filter((st) => st.type === "approval" && st.status === "awaiting" && st.can_decide);
+    for (const k of [...forms.keys()]) if (!mine.some((st) => st.key === k)) forms.delete(k);
+    for (const st of mine) {
+      if (!forms.has(st.key)) {
+        forms.set(st.key, h("div", { class: "decide-step", "data-key": st.key }, h("h3", {}, st.key),
+          h("p", { class: "muted small" }, whyText(st)),
+          decideForm(id, st.key, { name: `${st.key} of ${wf.name}`, onDone: (out) => { if (out) actionMsg.show(`${st.key}: ${out.decision.decision}.`, "info"); load(); } })));
+      }
+    }
+    decideCard.hidden = mine.length === 0;
+    fill(decideList, ...mine.map((st) => forms.get(st.key)));
   }
 
   function drawTable() {
     fill(tbody, ...[...byJob.values()].map((st) => h("tr", { "data-key": st.key, "data-status": st.status },
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${st.job_id}` }, st.key)),
       h("td", {}, statusBadge(st.status)),
-      h("td", { class: "wide" }, `${st.engine}.${st.operation}`),
+      h("td", { class: "wide" }, what(st)),
       h("td", { class: "wide" }, (st.depends_on || []).join(", ") || "—"),
       h("td", {}, st.status === "running" || TERMINAL.has(st.status) ? (st.cancel_reason || "—") : whyText(st) || "—"))));
   }
