@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from app import JobContext, PermanentError, get_settings, handler
+from handlers.inputs import text_input
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -193,7 +194,9 @@ def _safe_key(name: str) -> str:
 @handler(engine="general", operation="http_request")
 async def http_request(ctx: JobContext) -> dict:
     """Send one HTTP request to a public address (or an allowlisted one); no redirects followed.
-    The response's text is `body`, which a text step depending on this one reads as its input."""
+    The response's text is `body`, which a text step depending on this one reads as its input.
+    A POST, PUT or PATCH in a workflow with neither `body` nor `json` sends its parents' text
+    (handlers/inputs.py), so a `publish` step posts the draft it depends on."""
     p = ctx.params
     try:
         url = httpx.URL(_string(p, "url", None, 8192))
@@ -217,6 +220,8 @@ async def http_request(ctx: JobContext) -> dict:
     if "json" in p and "body" in p:
         raise _bad("body", "give json or body, not both")
     body = _string(p, "body", None, 10 * MiB) if "body" in p else None
+    if body is None and "json" not in p and method in ("POST", "PUT", "PATCH") and ctx.parents:
+        body = text_input(ctx)
     timeout = float(_number(p, "timeout_seconds", 30, 0.001, 300))
     max_bytes = _number(p, "max_bytes", MiB, 0, 10 * MiB, integer=True)
 

@@ -8,7 +8,8 @@ steps"):
 - An image handler takes `image_base64` from its parameters; without it, the image of a
   parent: a parent result's `data_base64` (what `render` and `resize` return) or
   `image_base64`. Exactly one parent may offer one, unless `input_from` names the parent.
-- A text handler takes `text` from its parameters; without it, the text of its parents: a
+- A text handler takes `text` from its parameters; then, in a mapped step (`map_over`), its
+  `item`: a string, or an object's `text`; without either, the text of its parents: a
   parent result's `text`, else `summary` (`summarize`), else `content` (`llm.chat`), else
   `body` (`http_request`). Several parents' texts are joined, in `depends_on` order, as
   paragraphs (a blank line between).
@@ -79,12 +80,18 @@ def image_input(ctx: JobContext) -> str:
 
 
 def text_input(ctx: JobContext) -> str:
-    """The text this step works on: `text`, else its parents' texts joined as paragraphs."""
+    """The text this step works on: `text`, else its item's, else its parents' texts joined
+    as paragraphs."""
     own = ctx.params.get("text")
     if own is not None:
         if not isinstance(own, str):
             raise _bad("text", "must be a string")
         return own
+    item = ctx.params.get("item")
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return item["text"]
+    if isinstance(item, str):
+        return item
     texts = [t for t in (_field(r, TEXT_FIELDS) for _, r in _sources(ctx)) if t is not None]
     if not texts:
         raise _bad(
@@ -93,3 +100,10 @@ def text_input(ctx: JobContext) -> str:
             f"{', '.join(TEXT_FIELDS[:-1])} or {TEXT_FIELDS[-1]} (e.g. general.http_request)",
         )
     return "\n\n".join(texts)
+
+
+def item_heading(ctx: JobContext) -> str | None:
+    """The heading of a mapped step's item (an `outline` section), to carry into its result."""
+    item = ctx.params.get("item")
+    heading = item.get("heading") if isinstance(item, dict) else None
+    return heading if isinstance(heading, str) else None

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from app import JobContext, PermanentError, handler
-from handlers.inputs import text_input
+from handlers.inputs import item_heading, text_input
 
 MAX_CHARS = 1_000_000
 WORDS_PER_MINUTE = 238
@@ -174,8 +174,11 @@ async def summarize(ctx: JobContext) -> dict:
     best = sorted(range(len(sents)), key=lambda i: (-scores[i], i))[:n]
     chosen = sorted(best)
     await ctx.progress(100, stage="done")
-    return {
+    out = {
         "summary": " ".join(sents[i] for i in chosen),
         "sentences": [{"index": i, "text": sents[i], "score": round(scores[i], 4)} for i in chosen],
         "total_sentences": len(sents),
     }
+    if (heading := item_heading(ctx)) is not None:  # a mapped section keeps its heading
+        out["heading"] = heading
+    return out

@@ -304,6 +304,17 @@ async def test_post_json_and_body(server, allow):
     assert (info["method"], info["body"]) == ("PUT", "raw text")
 
 
+async def test_a_post_in_a_workflow_without_a_body_sends_its_parents_text(server, allow):
+    allow("127.0.0.0/8")
+    ctx = make_ctx("http_request", {"url": url(server, "/publish"), "method": "POST"})
+    ctx.parents = {"assemble": {"text": "# Draft\n\nThe body.\n", "words": 3}}
+    info = json.loads((await http_request(ctx))["body"])
+    assert (info["method"], info["body"]) == ("POST", "# Draft\n\nThe body.\n")
+    ctx = make_ctx("http_request", {"url": url(server, "/publish")})  # a GET sends nothing
+    ctx.parents = {"assemble": {"text": "ignored"}}
+    assert json.loads((await http_request(ctx))["body"])["body"] == ""
+
+
 async def test_4xx_returns_redirects_not_followed_body_truncated(server, allow):
     allow("127.0.0.1")
     result = await http_request(make_ctx("http_request", {"url": url(server, "/missing")}))
