@@ -146,6 +146,9 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
             "tenant": 1,
             "lane": 1,
             "limit_key": 1,
+            "kind": 1,
+            "map_over": 1,
+            "map_children": 1,
         },
     )
     view = _view(wf, steps)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.domain import mapover
 from app.domain.models import JobSpec
 from app.domain.userjson import UserDict
 from app.errors import ValidationFailed
@@ -22,6 +23,12 @@ class StepSpec(JobSpec):
     key: StepKey
     # Keys only, so an error about an unknown dependency names a step, never arbitrary text.
     depends_on: list[StepKey] = Field(default_factory=list, max_length=10_000)
+    map_over: str | None = Field(
+        None,
+        max_length=mapover.MAX_PATH,
+        description="'<parent key>.<path to a list>' in that parent's result: the step runs once per item "
+        "(docs/map-steps.md)",
+    )
 
 
 class WorkflowSpec(BaseModel):
@@ -65,6 +72,8 @@ def validate_steps(steps: list[StepSpec], *, existing: set[str] = frozenset(), c
                 )
         if len(set(s.depends_on)) != len(s.depends_on):
             raise ValidationFailed(f"step {s.key!r} lists a dependency twice", field=f"jobs[{i}].depends_on", key=s.key)
+        if s.map_over is not None:
+            mapover.check(i, s.key, s.map_over, s.depends_on, s.parameters)
     return topological(steps, keys)
 
 

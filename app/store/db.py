@@ -133,6 +133,7 @@ class Store:
         from app.store.leases import LeaseStore
         from app.store.lifecycle import Lifecycle
         from app.store.mail import MailStore
+        from app.store.mapsteps import MapSteps
         from app.store.notifications import NotificationStore
         from app.store.quirks import BulkGate
         from app.store.retention import Expiry, JobRetention, WorkflowRetention
@@ -171,6 +172,7 @@ class Store:
         self.job_admin = JobAdmin(jobs, self.engines, self.enqueuer, self.lifecycle, self.jobs, dedupe, self.clock)
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.steps)
         self.flow = WorkflowFlow(self.workflows, self.jobs, self.steps, self.clock)
+        self.maps = MapSteps(jobs, settings, self.clock, self.workflows, self.lifecycle, self.steps)
         self.job_retention = JobRetention(jobs, dedupe)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)

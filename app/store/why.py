@@ -1,6 +1,7 @@
 """ "Why is it waiting?": a job's reasons for not running yet, as data.
 
-Reasons (any number, in this order): `dependencies` (unfinished parents, by step key),
+Reasons (any number, in this order): `dependencies` (unfinished parents, by step key), or
+`map_children` for a map step that made its children (how many it still waits for),
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
 `until`), `budget_reached` (its tenant spent its daily or monthly cost budget: it waits
@@ -29,7 +30,9 @@ async def explain(
     if status in (JobStatus.RUNNING,) or status.terminal:
         return None
     reasons: list[dict] = []
-    if status == JobStatus.PENDING:
+    if status == JobStatus.PENDING and job.get("kind") == "map_join":
+        reasons.append(map_reason(job))
+    elif status == JobStatus.PENDING:
         waiting = list(job.get("waiting_on") or {})
         keys = [key_of.get(i, i) for i in waiting] if key_of else None
         if keys is None and waiting:
@@ -141,6 +144,20 @@ async def explain(
             entry["message"] = f"queued in {engine['_id']} at priority {job['priority']}"
         reasons.append(entry)
     return {"status": status.value, "reasons": reasons}
+
+
+def map_reason(job: dict) -> dict:
+    """ "why" for a map step that made its children (app/store/mapsteps.py): how many it
+    still waits for, not their keys (a map may have thousands)."""
+    waiting, items, key = len(job.get("waiting_on") or {}), len(job.get("map_children") or []), job.get("step_key")
+    names = f"{key}[0]" if items == 1 else f"{key}[0] .. {key}[{items - 1}]"
+    return {
+        "reason": "map_children",
+        "waiting": waiting,
+        "items": items,
+        "map_over": job.get("map_over"),
+        "message": f"maps over {job.get('map_over')}: waits for {waiting} of its {items} children ({names})",
+    }
 
 
 def key_reason(engine: dict, job: dict, block: dict, now) -> dict:

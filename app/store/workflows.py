@@ -100,6 +100,8 @@ class WorkflowStore:
                 dependents=children[s.key],
                 ord=n,
             )
+            if s.map_over is not None:  # runs once per item when its parents complete (mapsteps.py)
+                doc.update(kind="map", map_over=s.map_over)
             docs.append(doc)
         return docs
 
