@@ -138,6 +138,7 @@ class Store:
         from app.store.quirks import BulkGate
         from app.store.retention import Expiry, JobRetention, WorkflowRetention
         from app.store.schedules import ScheduleStore
+        from app.store.spawn import Spawner
         from app.store.steps import StepMoves
         from app.store.usage import UsageStore
         from app.store.workers import WorkerStore
@@ -173,6 +174,7 @@ class Store:
         self.workflows = WorkflowStore(self.db, settings, self.clock, self.jobs, self.lifecycle, self.steps)
         self.flow = WorkflowFlow(self.workflows, self.jobs, self.steps, self.clock)
         self.maps = MapSteps(jobs, settings, self.clock, self.workflows, self.lifecycle, self.steps)
+        self.spawn = Spawner(jobs, settings, self.workflows, self.jobs, self.steps)
         self.job_retention = JobRetention(jobs, dedupe)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)
