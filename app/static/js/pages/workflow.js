@@ -4,7 +4,9 @@
 // the reasons a waiting step waits, which events do not carry. Cancel and retry:
 // POST /api/v1/jobs/workflows/{id}/cancel, /retry. Usage: the steps' reported usage and
 // its total (GET /api/v1/usage?group_by=job&workflow_id=, usage.js), re-read when a step
-// finishes an attempt (an attempt's usage is written before its job moves on).
+// finishes an attempt (an attempt's usage is written before its job moves on). Steps that
+// appear meanwhile (a map step's children, steps a handler added) come with their events'
+// re-read, and the DAG is drawn again.
 
 import { get, post, explain } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtTime, statusBadge, progressBar, TERMINAL } from "../dom.js";
@@ -91,8 +93,14 @@ export async function render(ctx) {
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${st.job_id}` }, st.key)),
       h("td", {}, statusBadge(st.status)),
       h("td", { class: "wide" }, `${st.engine}.${st.operation}`),
-      h("td", { class: "wide" }, (st.depends_on || []).join(", ") || "—"),
+      h("td", { class: "wide" }, deps(st.depends_on)),
       h("td", {}, st.status === "running" || TERMINAL.has(st.status) ? (st.cancel_reason || "—") : whyText(st) || "—"))));
+  }
+
+  // A map step depends on each of its children (`key[0]` .. `key[n-1]`): a range, not a list.
+  function deps(keys = []) {
+    if (keys.length <= 8) return keys.join(", ") || "—";
+    return `${keys.slice(0, 3).join(", ")}, … ${keys[keys.length - 1]} (${keys.length})`;
   }
 
   async function load() {
