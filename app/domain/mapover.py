@@ -100,9 +100,9 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, dict):
-        return f"an object of {len(value)} keys"
+        return f"an object of {len(value)} key{'' if len(value) == 1 else 's'}"
     if isinstance(value, list):
-        return f"a list of {len(value)} items"
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, int | float):
