@@ -344,3 +344,25 @@ async def test_a_1000_item_map_runs_to_its_fan_in(api, store, worker):
     steps = await docs(store, wf["id"])
     assert [r["params"]["item"] for r in steps["sink"]["result"]["parents"]["each"]] == items
     assert [r["params"]["index"] for r in steps["each"]["result"]] == list(range(1000))
+
+
+async def test_the_benchmarks_map_row_runs(db_url):
+    """scripts/bench's "a 1,000-item map makes its children" row, at a smaller size: the
+    code path it times expands the map on a real server."""
+    import sys
+    import uuid
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_switchyard
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        out = await bench_switchyard.map_expand(db_url, db, 50)
+    finally:
+        from pymongo import AsyncMongoClient
+
+        client = AsyncMongoClient(db_url)
+        await client.drop_database(db)
+        await client.close()
+    assert out["items"] == 50 and out["seconds"] > 0
