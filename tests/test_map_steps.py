@@ -366,3 +366,70 @@ async def test_the_benchmarks_map_row_runs(db_url):
         await client.drop_database(db)
         await client.close()
     assert out["items"] == 50 and out["seconds"] > 0
+
+
+async def test_a_map_survives_a_killed_worker(db_url, store, settings):
+    """Worker processes run a 40-item map; one is SIGKILLed while it holds children. Its
+    leases run out and the children run again elsewhere, fan-outs it never ran are repaired,
+    and the map step still joins every result, in item order, after its last child."""
+    import signal
+    from datetime import timedelta
+
+    from app.worker.maintenance import Maintenance
+    from tests.procs import start_worker, stop
+
+    await store.engines.set_limit("testing", 16)
+    items = list(range(40))
+    spec = WorkflowSpec(
+        name="kill",
+        jobs=[
+            StepSpec(key="src", engine="testing", operation="collect", parameters={"value": items}),
+            StepSpec(
+                key="each",
+                engine="testing",
+                operation="stubborn",
+                depends_on=["src"],
+                map_over="src.value",
+                parameters={"seconds": 0.4},
+                retry_config={"max_retries": 5, "retry_delay_seconds": 0.05},
+            ),
+            StepSpec(key="sink", engine="testing", operation="collect", depends_on=["each"]),
+        ],
+    )
+    maint = Maintenance(store, settings)
+    await maint.start()
+    workers = [start_worker(db_url, store.db.name, concurrency=8) for _ in range(2)]
+    try:
+        wf = await store.workflows.create(spec, owner="admin")
+
+        async def holders():
+            """pids of the worker processes holding mapped children."""
+            pid_of = {w["_id"]: w["pid"] for w in await store.workers.list()}
+            running = await store.jobs.col.find(
+                {"workflow_id": wf["_id"], "status": "running", "map_of": each_id}, {"lease_owner": 1}
+            ).to_list(None)
+            return {pid_of.get(r["lease_owner"]) for r in running} - {None}
+
+        each_id = wf["steps"]["each"]["job_id"]
+        pids = await eventually(holders, timeout=60)
+        victim = next(w for w in workers if w.pid in pids)
+        stop(victim, signal.SIGKILL)
+        workers.append(start_worker(db_url, store.db.name, concurrency=8))
+
+        async def done():
+            await store.flow.repair_stalled(store.clock.now() + timedelta(hours=1))  # as if quiet for 30 s
+            return (await store.workflows.get(wf["_id"]))["status"] != "running"
+
+        await eventually(done, timeout=120, interval=0.5)
+    finally:
+        for w in workers:
+            stop(w)
+        await maint.stop()
+    steps = await docs(store, wf["_id"])
+    assert (await store.workflows.get(wf["_id"]))["status"] == "completed"
+    each = steps["each"]
+    assert each["result"] == [steps[f"each[{i}]"]["result"] for i in items]
+    assert steps["sink"]["result"]["parents"]["each"] == each["result"]
+    assert all(each["completed_at"] >= steps[f"each[{i}]"]["completed_at"] for i in items)
+    assert steps["sink"]["started_at"] >= each["completed_at"]
+    assert sum(len(steps[f"each[{i}]"].get("errors") or []) for i in items) >= 1  # the kill cost some a lease
