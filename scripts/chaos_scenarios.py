@@ -697,10 +697,14 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
                 if x.parents is not None and sorted(x.parents) != sorted(want):
                     wrong_parents += 1
         release = []  # how long a step waited after its last parent finished
+        slowest = (0.0, "")
         for job, want in parents_of.items():
             ends = [ck.accepted_end(p, runs, docs) for p in want.values()]
             if want and runs.get(job) and None not in ends:
                 release.append(runs[job][0].start - max(ends))
+                slowest = max(slowest, (release[-1], f"{docs[job].get('step_key')} of {docs[job].get('workflow_id')}"))
+        if slowest[1]:
+            r.notes.append(f"slowest release: {slowest[1]}, {slowest[0]:.1f} s after its last parent")
         map_disorder = ck.map_order_violations(docs)
         for job, want in parents_of.items():  # and in the database: started after each parent completed
             d = docs.get(job) or {}

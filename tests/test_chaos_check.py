@@ -8,7 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from chaos_check import Run, accepted_end, intervals, map_order_violations, peak_concurrency  # noqa: E402
+from chaos_check import (  # noqa: E402
+    Run,
+    accepted_end,
+    intervals,
+    map_order_violations,
+    peak_concurrency,
+    stale_completions,
+)
 
 
 def runs(*rs: Run) -> dict[str, list[Run]]:
@@ -89,3 +96,12 @@ def test_a_map_result_out_of_item_order_is_counted():
         "waiting": {"kind": "map_join", "status": "pending", "map_children": ["a", "b"]},
     }
     assert map_order_violations(docs) == 1
+
+
+def test_a_map_step_is_not_a_completion_without_a_run():
+    """A map step completes by joining its children: no handler run of its own to find."""
+    docs = [
+        {"_id": "m", "status": "completed", "kind": "map_join", "map_children": []},
+        {"_id": "j", "status": "completed", "finished_token": "t"},
+    ]
+    assert stale_completions({}, docs)["completed_without_run"] == 1
