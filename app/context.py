@@ -1,5 +1,6 @@
-"""What a handler sees: `JobContext` (progress, cancellation, usage), and the exceptions it
-may raise on purpose: `Retry`, `PermanentError`, `RateLimited`."""
+"""What a handler sees: `JobContext` (progress, cancellation, usage, adding steps to its
+workflow), and the exceptions it may raise on purpose: `Retry`, `PermanentError`,
+`RateLimited`; `ctx.add_steps` raises `StepsRejected`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.domain.models import check_keys
 
 ProgressSink = Callable[[float, "str | None", dict], Awaitable[None]]
 UsageSink = Callable[[dict[str, float]], Awaitable[None]]
+SpawnSink = Callable[[list[dict]], Awaitable[dict[str, str]]]
 HOLD_KEY = re.compile(r"^(tenant:[A-Za-z0-9_-]{1,64}|key)$")
 COUNTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_HOLD_SECONDS = 3600.0  # a malformed Retry-After must not stop an engine for a day
@@ -35,6 +37,17 @@ class PermanentError(Exception):
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message or code
+
+
+class StepsRejected(PermanentError):
+    """`ctx.add_steps` refused the steps as `POST /jobs/workflows/{id}/jobs` refuses them with
+    a 422 (`field` names the problem, e.g. `jobs[0].depends_on`), or the job is no workflow
+    step, or its workflow has finished. Uncaught, it fails the job without a retry: the
+    same steps would be refused again."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__("steps_rejected", message)
+        self.field = field
 
 
 class RateLimited(Exception):
@@ -92,6 +105,7 @@ class JobContext:
     _sink: ProgressSink | None = None
     _lease_token: str | None = None
     _usage_sink: UsageSink | None = None
+    _spawn: SpawnSink | None = None
 
     @property
     def lease_token(self) -> str | None:
@@ -117,3 +131,22 @@ class JobContext:
         values = check_usage(tokens_in, tokens_out, cost, counters)
         if values and self._usage_sink is not None:
             await self._usage_sink(values)
+
+    async def add_steps(self, steps: list[Any]) -> dict[str, str]:
+        """Add steps to this job's workflow while it runs (docs/map-steps.md): each a dict (or
+        a `StepSpec`) as `POST /jobs/workflows/{id}/jobs` takes them, validated the same way.
+        Steps that depend on this one also wait for these, and get their results in
+        `ctx.parents`. Calling it again on a later attempt with the same keys adds nothing
+        twice. Returns `{key: job id}`; raises `StepsRejected` (a `PermanentError`)."""
+        if self.workflow_id is None:
+            raise StepsRejected(
+                f"job {self.job_id} is not a workflow step: only a step can add steps to its workflow",
+                field="workflow_id",
+            )
+        if not isinstance(steps, list) or not steps:
+            raise StepsRejected("add_steps takes a non-empty list of steps", field="jobs")
+        if self._spawn is None:
+            raise StepsRejected("adding steps is not available to this handler's context")
+        return await self._spawn(
+            [s.model_dump(mode="json", exclude_unset=True) if hasattr(s, "model_dump") else s for s in steps]
+        )

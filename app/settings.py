@@ -298,6 +298,13 @@ class Settings(BaseSettings):
     def handler_modules(self) -> list[str]:
         return [m.strip() for m in self.handlers.split(",") if m.strip()]
 
+    # map steps (docs/map-steps.md): the most items one map step expands into; a longer list
+    # fails the step. The workflow's own cap (`workflow_max_steps`) bounds it too.
+    map_max_items: int = Field(1000, ge=0, le=100_000, description="most children one map step makes")
+
+    def map_cap(self) -> int:
+        return min(self.map_max_items, self.workflow_max_steps)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -120,6 +120,18 @@ async def main() -> None:
         async with fresh_server(tmp, "wfsubmit") as url:
             async with sy.serving(url, "bench_wf") as base:
                 show("workflow_submit", await asyncio.to_thread(sy.workflow_submit, base, 1000 if q else 10_000))
+        async with fresh_server(tmp, "mapexpand") as url:
+            # A 1,000-item map making its children against a 1,000-step submit, on one server,
+            # alternated and compared by median (the machine is noisy).
+            submits, maps = [], []
+            async with sy.serving(url, "bench_wf1k") as base:
+                for i in range(1 if q else 3):
+                    submits.append(await asyncio.to_thread(sy.workflow_submit, base, 1000))
+                    maps.append(await sy.map_expand(url, f"bench_map{i}", 1000))
+            show("workflow_submit_1k_runs", [round(w["seconds"], 2) for w in submits])
+            show("map_expand_runs", [round(m["seconds"], 2) for m in maps])
+            show("workflow_submit_1k", {"steps": 1000, "seconds": statistics.median(w["seconds"] for w in submits)})
+            show("map_expand", {"items": 1000, "seconds": statistics.median(m["seconds"] for m in maps)})
         async with fresh_server(tmp, "live") as url:
             import bench_live
 
@@ -216,6 +228,23 @@ def report(o: dict) -> None:
         )
     w = o["workflow_submit"]
     rows.append((f"submit a {w['steps']:,}-step workflow (REST)", f"{w['seconds']:.2f} s", "<= 3 s"))
+    if "map_expand" in o:
+        w1, mx = o["workflow_submit_1k"], o["map_expand"]
+        rows.append(
+            (
+                f"submit a {w1['steps']:,}-step workflow (REST), same server as the map",
+                f"{w1['seconds']:.2f} s" + runs("workflow_submit_1k_runs", ".2f"),
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"a {mx['items']:,}-item map makes its children",
+                f"{mx['seconds']:.2f} s ({mx['seconds'] / w1['seconds']:.2f}x the submit)"
+                + runs("map_expand_runs", ".2f"),
+                f"<= {2 * w1['seconds']:.2f} s (2x the 1,000-step submit)",
+            )
+        )
     if "ws_fanout" in o:
         f = o["ws_fanout"]
         rows.append(

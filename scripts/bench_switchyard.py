@@ -305,3 +305,31 @@ def workflow_submit(base: str, n: int) -> dict:
         elapsed = time.monotonic() - t0
     assert r.status_code == 201, r.text[:300]
     return {"steps": n, "seconds": elapsed}
+
+
+async def map_expand(url: str, db: str, n: int) -> dict:
+    """A map step of `n` items makes its children: the workflow `src -> each (map_over
+    src.value) -> sink` is stored, `src` is claimed and completed with an n-item list here,
+    and the completion with its settle (which expands `each`: one insert of n children) is
+    timed. The same code path as a worker's; no worker runs, so nothing else competes."""
+    st = await fresh_store(url, db)
+    try:
+        spec = WorkflowSpec(
+            name="map",
+            jobs=[
+                StepSpec(key="src", engine="general", operation="noop"),
+                StepSpec(key="each", engine="general", operation="noop", depends_on=["src"], map_over="src.value"),
+                StepSpec(key="sink", engine="general", operation="noop", depends_on=["each"]),
+            ],
+        )
+        wf = await st.workflows.create(spec, owner="bench")
+        (job,) = await st.claimer.claim(await st.engines.get("general"), "wbench", 1)
+        t0 = time.monotonic()
+        await st.lifecycle.complete(job, job["lease_token"], {"value": [{"i": i} for i in range(n)]}, 1)
+        await st.lifecycle.drain()
+        elapsed = time.monotonic() - t0
+        doc = await st.workflows.get(wf["_id"])
+        assert doc["total"] == n + 3, doc
+        return {"items": n, "seconds": elapsed}
+    finally:
+        await st.close()

@@ -72,6 +72,8 @@ SHOW = {
         "order_violations",
         "workflows_stuck",
         "parents_mismatch",
+        "map_order_violations",
+        "mapped_children",
         "steps",
         "kills",
         "reruns",

@@ -14,6 +14,9 @@ killed, its `end` line, tied by (job, lease token).
   says another token ran it.
 - re-runs: runs beyond a job's first (expected after kills and stalls, counted);
   duplicate finishes: jobs whose handler returned normally more than once.
+- order (the `dags` scenario): a step's run began after each parent's accepted run ended; a
+  map step, which runs no handler, ends when its last mapped child does (`accepted_end`), and
+  its result lists its children's results in item order (`map_order_violations`).
 - peak concurrency: the most runs of one engine in progress at once, each run clipped at
   its process's SIGKILL/exit (for a quarantined run, also its owning worker's: the child
   exits with it, and the time its owner recorded the attempt's failure: the owner records
@@ -101,12 +104,40 @@ def duplicate_finishes(runs: dict[str, list[Run]]) -> int:
     return sum(1 for rs in runs.values() if sum(r.outcome == "ok" for r in rs) > 1)
 
 
+def accepted_end(job: str, runs: dict[str, list[Run]], docs: dict[str, dict]) -> float | None:
+    """When `job`'s accepted run (the one whose token finished it) ended; None if none did.
+    A map step runs no handler: it is done when the last of its mapped children is, or,
+    with no children, when its parents are (docs/map-steps.md)."""
+    d = docs.get(job) or {}
+    if d.get("kind") in ("map", "map_join"):
+        children = d.get("map_children") or []
+        waited = children or [p for p in d.get("parent_ids") or [] if p not in set(children)]
+        ends = [accepted_end(c, runs, docs) for c in waited]
+        return None if None in ends else max(ends, default=None)
+    ok = [r for r in runs.get(job, []) if r.outcome == "ok" and r.token == d.get("finished_token")]
+    return ok[0].end if ok else None
+
+
+def map_order_violations(docs: dict[str, dict]) -> int:
+    """Map steps whose result is not their children's results in item order (each child
+    of the chaos `step` handler returns its `index`)."""
+    bad = 0
+    for d in docs.values():
+        if d.get("kind") not in ("map", "map_join") or d.get("status") != "completed":
+            continue
+        children = d.get("map_children") or []
+        result = d.get("result") or []
+        expected = [(docs.get(c) or {}).get("result") for c in children]
+        bad += result != expected or [r.get("index") for r in result] != list(range(len(children)))
+    return bad
+
+
 def stale_completions(runs: dict[str, list[Run]], docs: list[dict]) -> dict:
     """Completed jobs whose accepted completion is not their latest run's."""
     accepted_stale, attempted_stale, unknown = 0, 0, 0
     for d in docs:
-        if d["status"] != "completed":
-            continue
+        if d["status"] != "completed" or d.get("kind") in ("map", "map_join"):
+            continue  # (a map step completes when its children have, running no handler itself)
         rs = runs.get(d["_id"], [])
         if not rs:
             unknown += 1

@@ -94,10 +94,17 @@ async def die(ctx: JobContext) -> dict:
 @handler(engine="chaos", operation="step")
 async def step(ctx: JobContext) -> dict:
     """A workflow step: records which parents' results it received, so the checker can
-    compare them with the DAG."""
+    compare them with the DAG. With `emit` = n it returns `items`, a list of n numbers, for
+    a map step to map over; a mapped child returns its `index` and `item`, so the checker
+    can see the map step's result is in item order."""
 
     async def body():
         await asyncio.sleep(float(ctx.params.get("seconds", 0.05)))
-        return {"key": ctx.params.get("key"), "parents": sorted(ctx.parents)}
+        out = {"key": ctx.params.get("key"), "parents": sorted(ctx.parents)}
+        if "emit" in ctx.params:
+            out["items"] = list(range(int(ctx.params["emit"])))
+        if "index" in ctx.params:
+            out.update(index=ctx.params["index"], item=ctx.params.get("item"))
+        return out
 
     return await _run(ctx, body)

@@ -586,11 +586,37 @@ def random_dags(n: int, seed: int) -> list[list[list[int]]]:
     return picked[:n]
 
 
+def with_map(shape: list[list[int]], rng: random.Random, seconds) -> tuple[dict, list[dict]]:
+    """A map step over the `items` one random node emits (0 to 12 of them), and a fan-in
+    after it: `({node index: extra parameters}, [the two extra steps])`."""
+    src, width = rng.randrange(len(shape)), rng.choice([0, 1, 3, 8, 12])
+    steps = [
+        {
+            "key": "m",
+            "engine": ENGINE,
+            "operation": "step",
+            "depends_on": [f"s{src}"],
+            "map_over": f"s{src}.items",
+            "parameters": {"key": "m", "seconds": seconds()},
+            "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2},
+        },
+        {
+            "key": "after_m",
+            "engine": ENGINE,
+            "operation": "step",
+            "depends_on": ["m"],
+            "parameters": {"key": "after_m", "seconds": seconds()},
+            "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2},
+        },
+    ]
+    return {src: {"emit": width}}, steps
+
+
 async def dags(tmp, quick: bool, seed: int) -> Result:
     n_wf, kills = (10, 4) if quick else (25, 10)
     r = Result(
         "dags",
-        f"{n_wf} random DAGs (hypothesis) with {kills} random worker kills",
+        f"{n_wf} random DAGs (hypothesis), each with a map step, with {kills} random worker kills",
         "order violations 0, workflows stuck 0",
     )
     cl = Cluster(tmp, "dags", limit=12)
@@ -605,6 +631,7 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         wf_ids, parents_of = [], {}
         async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
             for w, shape in enumerate(shapes):
+                emits, extra = with_map(shape, rng, lambda: round(rng.uniform(0.3, 1.5), 2))
                 body = {
                     "name": f"dag{w}",
                     "jobs": [
@@ -613,18 +640,23 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
                             "engine": ENGINE,
                             "operation": "step",
                             "depends_on": [f"s{p}" for p in ps],
-                            "parameters": {"key": f"s{i}", "seconds": round(rng.uniform(0.3, 1.5), 2)},
+                            "parameters": {
+                                "key": f"s{i}",
+                                "seconds": round(rng.uniform(0.3, 1.5), 2),
+                                **emits.get(i, {}),
+                            },
                             "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2},
                         }
                         for i, ps in enumerate(shape)
-                    ],
+                    ]
+                    + extra,
                 }
                 resp = await c.post("/api/v1/jobs/workflows", json=body)
                 resp.raise_for_status()
                 wf = resp.json()
                 wf_ids.append(wf["id"])
-                for i, ps in enumerate(shape):
-                    parents_of[wf["jobs"][f"s{i}"]] = {f"s{p}": wf["jobs"][f"s{p}"] for p in ps}
+                for st in body["jobs"]:
+                    parents_of[wf["jobs"][st["key"]]] = {p: wf["jobs"][p] for p in st["depends_on"]}
 
         async def all_done():
             wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
@@ -650,29 +682,30 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         steps = list(parents_of)
         out = await common(cl, r, steps, settle=10)
         runs, docs = out["runs"], {d["_id"]: d for d in out["docs"]}
+        maps = [d for d in docs.values() if d.get("kind") in ("map", "map_join")]
+        for d in docs.values():  # mapped children: they wait for what their map step waits for
+            if d.get("map_of"):
+                parents_of[d["_id"]] = dict(zip(d.get("depends_on") or [], d.get("parent_ids") or [], strict=True))
         violations, wrong_parents = 0, 0
         for job, rs in runs.items():
             want = parents_of.get(job, {})
             for x in rs:
                 for pid in want.values():  # the parent's accepted run ended before this run began
-                    prs = [
-                        y for y in runs.get(pid, []) if y.outcome == "ok" and y.token == docs[pid].get("finished_token")
-                    ]
-                    if not prs or prs[0].end > x.start:
+                    end = ck.accepted_end(pid, runs, docs)
+                    if end is None or end > x.start:
                         violations += 1
                 if x.parents is not None and sorted(x.parents) != sorted(want):
                     wrong_parents += 1
         release = []  # how long a step waited after its last parent finished
+        slowest = (0.0, "")
         for job, want in parents_of.items():
-            ends = [
-                min(
-                    (y.end for y in runs.get(p, []) if y.outcome == "ok" and y.token == docs[p].get("finished_token")),
-                    default=None,
-                )
-                for p in want.values()
-            ]
+            ends = [ck.accepted_end(p, runs, docs) for p in want.values()]
             if want and runs.get(job) and None not in ends:
                 release.append(runs[job][0].start - max(ends))
+                slowest = max(slowest, (release[-1], f"{docs[job].get('step_key')} of {docs[job].get('workflow_id')}"))
+        if slowest[1]:
+            r.notes.append(f"slowest release: {slowest[1]}, {slowest[0]:.1f} s after its last parent")
+        map_disorder = ck.map_order_violations(docs)
         for job, want in parents_of.items():  # and in the database: started after each parent completed
             d = docs.get(job) or {}
             for pid in want.values():
@@ -687,6 +720,9 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
             steps=len(steps),
             order_violations=violations,
             parents_mismatch=wrong_parents,
+            map_steps=len(maps),
+            mapped_children=sum(len(d.get("map_children") or []) for d in maps),
+            map_order_violations=map_disorder,
             workflows_stuck=stuck,
             workflow_statuses=dict(wf_status),
             max_release_s=round(max(release), 1) if release else None,
@@ -696,6 +732,7 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         )
         r.check(f"order violations {violations} == 0", violations == 0)
         r.check(f"steps that saw the wrong parents {wrong_parents} == 0", wrong_parents == 0)
+        r.check(f"map steps whose results are not in item order {map_disorder} == 0", map_disorder == 0)
         r.check(f"workflows stuck {stuck} == 0", stuck == 0)
         r.check("every workflow completed", wf_status.get("completed") == len(wf_ids))
     finally:

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from app import JobContext, PermanentError, Retry, handler
+from app import JobContext, PermanentError, Retry, StepsRejected, handler
 
 
 @handler(engine="testing", operation="ok")
@@ -103,3 +103,19 @@ async def spend(ctx: JobContext) -> dict:
     if ctx.params.get("cost"):
         await ctx.usage(cost=ctx.params["cost"])
     return {"cost": ctx.params.get("cost", 0)}
+
+
+@handler(engine="testing", operation="spawn")
+async def spawn(ctx: JobContext) -> dict:
+    """Adds the steps in `steps` to its workflow (`ctx.add_steps`). With `catch`, a refusal is
+    its result (`{"rejected": {field, message}}`) instead of its failure; with `fail_first`,
+    its first attempt fails (retryably) after adding them."""
+    try:
+        ids = await ctx.add_steps(ctx.params["steps"])
+    except StepsRejected as exc:
+        if not ctx.params.get("catch"):
+            raise
+        return {"rejected": {"field": exc.field, "message": exc.message}}
+    if ctx.params.get("fail_first") and ctx.attempt == 1:
+        raise ConnectionError("failed after adding its steps")
+    return {"added": ids, "pid": os.getpid()}

@@ -316,3 +316,33 @@ async def test_7_a_long_waits_for_label_stays_inside_its_node(page, base, api):
     assert await node.locator(".n-status > title").text_content() == full
     assert full in await node.locator(":scope > title").text_content()
     assert full in await node.get_attribute("aria-label")
+
+
+async def test_8_a_map_steps_children_appear_in_the_dag_as_it_expands(page, base, api):
+    """The map step waits for its list's step; once that completes, its three children join
+    the drawing (re-read on their events, no reload), with edges into the map step, which
+    says it waits for them; then everything completes."""
+    assert (await api.post("/api/v1/jobs/queue/testing/pause")).json()["paused"] is True
+    write = {"key": "write", "engine": "testing", "operation": "stubborn", "depends_on": ["outline"]}
+    doc = {
+        "name": "map",
+        "jobs": [
+            {"key": "outline", "engine": "testing", "operation": "collect", "parameters": {"value": ["a", "b", "c"]}},
+            {**write, "map_over": "outline.value", "parameters": {"seconds": 3}},
+            {"key": "assemble", "engine": "testing", "operation": "collect", "depends_on": ["write"]},
+        ],
+    }
+    r = await api.post("/api/v1/jobs/workflows", json=doc)
+    assert r.status_code == 201, r.text
+    await signed_in(page, base)
+    await page.goto(f"{base}/#/workflows/{r.json()['id']}")
+    nodes = page.locator("svg.dag a.node")
+    await expect(nodes).to_have_count(3)
+    assert (await api.post("/api/v1/jobs/queue/testing/resume")).status_code == 200
+    await expect(nodes).to_have_count(6)
+    for i in range(3):
+        await expect(page.locator(f"a.node[data-key='write[{i}]']")).to_be_visible()
+        edge = page.locator(f"svg.dag path.edge[data-from='write[{i}]'][data-to='write']")
+        await expect(edge).to_have_count(1)
+    await expect(page.locator("a.node[data-key='write'] .n-status")).to_contain_text("of 3 mapped")
+    await expect(page.locator("svg.dag a.node[data-status='completed']")).to_have_count(6)

@@ -170,8 +170,15 @@ def _check_article(steps: dict) -> None:
     assert steps["report"]["result"] == {"echo": {}}
 
 
+def _check_sections(steps: dict) -> None:
+    """docs/map-steps.md: one child per section, the results in item order, all completed."""
+    titles = ["Intro", "Method", "Results"]
+    assert steps["write"]["result"] == [{"echo": {"words": 200, "item": t, "index": i}} for i, t in enumerate(titles)]
+    assert [steps[f"write[{i}]"]["parameters"]["item"] for i in range(3)] == titles
+
+
 # Results the docs state, by example name.
-RESULTS = {"docs/workflows.md:article": _check_article}
+RESULTS = {"docs/workflows.md:article": _check_article, "docs/map-steps.md:sections": _check_sections}
 
 
 async def _run_job(api, job_id: str) -> dict:

@@ -41,6 +41,8 @@ PRIMITIVES = {
     "exhaust": Lifecycle.rescue,
     "stop": Lifecycle.stop,
     "cancel": Lifecycle.cancel,
+    "join": StepMoves.join,
+    "refuse": StepMoves.refuse,
     "retry": JobAdmin.retry_job,
     "reset": StepMoves.reset_steps,
     "await": Decisions.await_steps,

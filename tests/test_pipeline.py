@@ -89,14 +89,19 @@ async def app(store, settings):
 async def keys(app) -> dict[str, str]:
     out = {}
     async with client(app, TOKEN) as c:
-        for user, role, tenant in (("writer", "operator", "acme"), ("editor", "member", "acme"), ("eve", "admin", "globex")):
+        for user, role, tenant in (
+            ("writer", "operator", "acme"),
+            ("editor", "member", "acme"),
+            ("eve", "admin", "globex"),
+        ):
             r = await c.post("/api/v1/auth/keys", json={"name": user, "tenant": tenant, "user": user, "role": role})
             assert r.status_code == 201, r.text
             out[user] = r.json()["token"]
     return out
 
 
-async def test_the_content_pipeline_runs_end_to_end(app, keys, store, allow_loopback):
+@pytest.mark.usefixtures("allow_loopback")
+async def test_the_content_pipeline_runs_end_to_end(app, keys, store):
     cms, hooks = Receiver(), Receiver()
     try:
         async with client(app, keys["writer"]) as writer, client(app, keys["editor"]) as editor:
@@ -128,9 +133,7 @@ async def test_the_content_pipeline_runs_end_to_end(app, keys, store, allow_loop
                 assert r.status_code == 404, r.text
             r = await writer.post(f"/api/v1/jobs/workflows/{wf_id}/steps/review/approve", json={})
             assert r.status_code == 404, r.text  # the writer is not the listed approver
-            r = await editor.post(
-                f"/api/v1/jobs/workflows/{wf_id}/steps/review/approve", json={"comment": "Ship it"}
-            )
+            r = await editor.post(f"/api/v1/jobs/workflows/{wf_id}/steps/review/approve", json={"comment": "Ship it"})
             assert r.status_code == 200, r.text
 
             async def finished():

@@ -157,6 +157,8 @@ async def status(workflow_id: str, request: Request, who: Principal = Depends(re
             "flow": 1,
             "wait_until": 1,
             "decision": 1,
+            "map_over": 1,
+            "map_children": 1,
         },
     )
     view = _view(wf, steps)

@@ -85,7 +85,7 @@ class FlowFields(BaseModel):
 
 # Fields of `StepSpec` that make no sense on a step of another type than `job`, with what
 # their empty value is; and the fields of each type that other types may not give.
-JOB_ONLY = ("engine", "operation", "parameters", "retry_config", "run_at", "delay_seconds", "dedupe_key")
+JOB_ONLY = ("engine", "operation", "parameters", "retry_config", "run_at", "delay_seconds", "dedupe_key", "map_over")
 ONLY_FOR = {
     "approvers": (StepType.APPROVAL,),
     "on_timeout": (StepType.APPROVAL, StepType.SIGNAL),

@@ -31,6 +31,8 @@ class JobStatus(StrEnum):
     running    ──exhaust─────> failed       [lease cleared, settle]
     running    ──stop────────> cancelled    [lease cleared, settle]
     pending | scheduled | queued | awaiting ──cancel──────> cancelled [settle]
+    pending    ──join────────> completed    [settle]
+    pending    ──refuse──────> failed       [settle]
     failed | cancelled ──retry───────> queued [fresh seq, attempts reset]
     failed | cancelled ──reset───────> pending [attempts reset]
     pending    ──await───────> awaiting
@@ -41,7 +43,8 @@ class JobStatus(StrEnum):
     """
 
     PENDING = "pending"
-    """Waits for its dependencies. Left by `ready` (its last parent completed) or `cancel`."""
+    """Waits for its dependencies. Left by `ready` (its last parent completed) or `cancel`;
+    a map step by `join` or `refuse` instead of `ready` (app/store/mapsteps.py)."""
     SCHEDULED = "scheduled"
     """Waits for `run_at` (a delay, a retry back-off, or a sleep step's wake-up). Left by the
     promoter (a sleep step completes there: `wake`) or by cancel."""
@@ -163,6 +166,8 @@ MOVES: dict[str, Move] = {
             E.SETTLE,
             "a user, or a workflow's failure policy",
         ),
+        Move("join", (S.PENDING,), S.COMPLETED, E.SETTLE, "a map step: its mapped children all completed, or none"),
+        Move("refuse", (S.PENDING,), S.FAILED, E.SETTLE, "a map step whose parent's result cannot be mapped"),
         Move("retry", (S.FAILED, S.CANCELLED), S.QUEUED, E.SEQ | E.RESET, "an operator (the dead letter)"),
         Move("reset", (S.FAILED, S.CANCELLED), S.PENDING, E.RESET, "a workflow retry; ready follows at once"),
         # Steps that wait for people, events and time (app/store/decisions.py): their `ready`.

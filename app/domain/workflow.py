@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.domain import mapover
 from app.domain.flowsteps import FlowFields, check_step
 from app.domain.models import JobSpec
 from app.domain.userjson import UserDict
@@ -24,6 +25,12 @@ class StepSpec(FlowFields, JobSpec):
     key: StepKey
     # Keys only, so an error about an unknown dependency names a step, never arbitrary text.
     depends_on: list[StepKey] = Field(default_factory=list, max_length=10_000)
+    map_over: str | None = Field(
+        None,
+        max_length=mapover.MAX_PATH,
+        description="'<parent key>.<path to a list>' in that parent's result: the step runs once per item "
+        "(docs/map-steps.md)",
+    )
 
 
 class WorkflowSpec(BaseModel):
@@ -70,6 +77,8 @@ def validate_steps(
                 )
         if len(set(s.depends_on)) != len(s.depends_on):
             raise ValidationFailed(f"step {s.key!r} lists a dependency twice", field=f"jobs[{i}].depends_on", key=s.key)
+        if s.map_over is not None:
+            mapover.check(i, s.key, s.map_over, s.depends_on, s.parameters)
     return topological(steps, keys)
 
 

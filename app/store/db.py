@@ -135,10 +135,12 @@ class Store:
         from app.store.leases import LeaseStore
         from app.store.lifecycle import Lifecycle
         from app.store.mail import MailStore
+        from app.store.mapsteps import MapSteps
         from app.store.notifications import NotificationStore
         from app.store.quirks import BulkGate
         from app.store.retention import Expiry, JobRetention, WorkflowRetention
         from app.store.schedules import ScheduleStore
+        from app.store.spawn import Spawner
         from app.store.steps import StepMoves
         from app.store.usage import UsageStore
         from app.store.webhook_deliveries import DeliveryStore
@@ -179,6 +181,8 @@ class Store:
         self.decisions = Decisions(jobs, self.clock, expiry, self.lifecycle)
         self.flowsteps = FlowSteps(self.decisions, self.steps, self.lifecycle, self.workflows, self.jobs, self.clock)
         self.flowsteps.register()
+        self.maps = MapSteps(jobs, settings, self.clock, self.workflows, self.lifecycle, self.steps)
+        self.spawn = Spawner(jobs, settings, self.workflows, self.jobs, self.steps)
         self.job_retention = JobRetention(jobs, dedupe)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)

@@ -33,6 +33,9 @@ class StepMoves:
         # What a step of each non-job kind does when nothing is left to wait on (app/store/
         # flowsteps.py and friends register here); a job step is queued.
         self.kinds: dict[str, Callable[[list[dict], bool], Awaitable[int]]] = {}
+        # What a kind does to finish a move its process died in the middle of (a map step's
+        # expansion, app/store/mapsteps.py), given its pending steps of a quiet workflow.
+        self.resumers: dict[str, Callable[[list[dict]], Awaitable[int]]] = {}
 
     async def ready(self, steps: list[dict], exact: bool = False) -> int:
         """Steps with nothing left to wait on (guarded as `Enqueuer.ready` guards them): a job
@@ -48,6 +51,54 @@ class StepMoves:
             else:
                 moved += await self.kinds[kind](group, exact)
         return moved
+
+    async def resume(self, pending: list[dict]) -> int:
+        """Pending steps of a quiet workflow (`WorkflowFlow.repair_stalled`): those whose map
+        is empty but that never took their move (their process died between the `$unset`
+        and the move) take it now; those of a kind with a resumer are handed to it."""
+        stalled = [s["_id"] for s in pending if not s.get("waiting_on")]
+        found = await find_in(self.col, stalled, {"status": PENDING, "waiting_on": {}}, READY_FIELDS)
+        moved = await self.ready(found) if found else 0
+        for kind, resume in self.resumers.items():
+            mine = [s for s in pending if s.get("kind") == kind and s.get("waiting_on")]
+            moved += await resume(mine) if mine else 0
+        return moved
+
+    # --- a map step's own ends (app/store/mapsteps.py), each guarded on its kind and map --
+    async def join(self, step_id: str, guard: dict, result: list) -> bool:
+        """pending → completed: a map step whose mapped children all completed (or that had
+        no items) takes the list of their results, in item order. The caller settles it."""
+        res = await self.col.update_one(
+            {"_id": step_id, "status": PENDING, **guard},
+            {
+                "$set": {
+                    "status": JobStatus.COMPLETED.value,
+                    "result": result,
+                    "completed_at": self.clock.now(),
+                    "progress.percent": 100.0,
+                    "waiting_on": {},
+                }
+            },
+        )
+        return bool(res.modified_count)
+
+    async def refuse(self, step_id: str, guard: dict, error: dict) -> bool:
+        """pending → failed: a map step whose parent's result has no list to map at its
+        path, or a longer one than the cap. Marked unsettled; the caller settles it."""
+        now = self.clock.now()
+        res = await self.col.update_one(
+            {"_id": step_id, "status": PENDING, **guard},
+            {
+                "$set": {
+                    "status": JobStatus.FAILED.value,
+                    "last_error": error,
+                    "completed_at": now,
+                    **self.expiry.finished(True, JobStatus.FAILED.value, now),
+                },
+                "$push": {"errors": error},
+            },
+        )
+        return bool(res.modified_count)
 
     async def release_children(self, parent_ids: list[str], children: list[str]) -> int:
         """The parents completed: unblock their children and queue those with nothing left

@@ -1,7 +1,8 @@
 """ "Why is it waiting?": a job's reasons for not running yet, as data.
 
-Reasons (any number, in this order): `dependencies` (unfinished parents, by step key);
-for a step that waits for a person, an event or a time, then only `approval`, `signal` or
+Reasons (any number, in this order): `dependencies` (unfinished parents, by step key), or
+`map_children` for a map step that made its children (how many it still waits for); for a
+step that waits for a person, an event or a time, then only `approval`, `signal` or
 `sleeping` (`waits_for`); for a job,
 `scheduled` (waiting for `run_at`, a delay or a retry back-off), `paused` (its engine is
 paused), `held` (provider back-pressure holds its engine, or its tenant's key, until
@@ -32,7 +33,9 @@ async def explain(
     if status in (JobStatus.RUNNING,) or status.terminal:
         return None
     reasons: list[dict] = []
-    if status == JobStatus.PENDING:
+    if status == JobStatus.PENDING and job.get("kind") == "map_join":
+        reasons.append(map_reason(job))
+    elif status == JobStatus.PENDING:
         waiting = list(job.get("waiting_on") or {})
         keys = [key_of.get(i, i) for i in waiting] if key_of else None
         if keys is None and waiting:
@@ -190,6 +193,20 @@ def waits_for(job: dict, now) -> list[dict]:
             }
         ]
     return []
+
+
+def map_reason(job: dict) -> dict:
+    """ "why" for a map step that made its children (app/store/mapsteps.py): how many it
+    still waits for, not their keys (a map may have thousands)."""
+    waiting, items, key = len(job.get("waiting_on") or {}), len(job.get("map_children") or []), job.get("step_key")
+    names = f"{key}[0]" if items == 1 else f"{key}[0] .. {key}[{items - 1}]"
+    return {
+        "reason": "map_children",
+        "waiting": waiting,
+        "items": items,
+        "map_over": job.get("map_over"),
+        "message": f"maps over {job.get('map_over')}: waits for {waiting} of its {items} children ({names})",
+    }
 
 
 def key_reason(engine: dict, job: dict, block: dict, now) -> dict:

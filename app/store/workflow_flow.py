@@ -125,7 +125,7 @@ class WorkflowFlow:
         for wf in quiet:
             pending = [
                 s
-                for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1})
+                for s in await self.jobs.steps_of(wf["_id"], {"status": 1, "waiting_on": 1, "kind": 1})
                 if s["status"] == JobStatus.PENDING.value
             ]
             parents = sorted({p for s in pending for p in s.get("waiting_on") or {}})
@@ -133,6 +133,7 @@ class WorkflowFlow:
             if done:
                 children = [s["_id"] for s in pending if set(s.get("waiting_on") or {}) & set(done)]
                 released += await self.steps.release_children(done, children)
+            released += await self.steps.resume(pending)  # empty maps that never moved, half-done kinds
             await self.col.update_one({"_id": wf["_id"]}, {"$set": {"updated_at": self.clock.now()}})
             await self.recount(wf["_id"])
         return released

@@ -103,6 +103,8 @@ class WorkflowStore:
                 dependents=children[s.key],
                 ord=n,
             )
+            if s.map_over is not None:  # runs once per item when its parents complete (mapsteps.py)
+                doc.update(kind="map", map_over=s.map_over)
             docs.append(doc)
         return docs
 
@@ -150,10 +152,13 @@ class WorkflowStore:
             raise
         return {**wf, "steps": steps}
 
-    async def add_steps(self, workflow_id: str, steps: list[StepSpec], owner: str) -> dict[str, str]:
+    async def add_steps(
+        self, workflow_id: str, steps: list[StepSpec], owner: str, stamp: dict | None = None
+    ) -> dict[str, str]:
         """Add steps to an unfinished workflow. New steps may depend on existing ones; a
         completed one counts as satisfied. Races with parents finishing are closed by
-        registering the child with its parents first, then re-reading their status."""
+        registering the child with its parents first, then re-reading their status.
+        `stamp`: fields every new step's document carries (`spawned_by`, app/store/spawn.py)."""
         wf = await self.get(workflow_id, steps=True)
         if wf["status"] != RUNNING:
             raise InvalidTransition(
@@ -175,6 +180,8 @@ class WorkflowStore:
             {"$set": {f"steps.{k}": {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}},
         )
         docs = self._step_docs(workflow_id, [by_key[k] for k in order], ids, owner, first_ord=wf["total"])
+        for d in docs:
+            d.update(stamp or {})
         for d in docs:  # parents outside the batch learn of their new child first
             await self.steps.add_dependents([p for p in d["parent_ids"] if p in existing.values()], d["_id"])
         for d in docs:  # insert as pending on every parent, then release the finished ones

@@ -9,9 +9,14 @@ import asyncio
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from app import metrics, registry
-from app.context import JobContext
-from app.errors import LeaseLost
+from app.admission import limited_tenant
+from app.context import JobContext, Retry, StepsRejected
+from app.domain.userjson import field_path
+from app.domain.workflow import AddSteps
+from app.errors import InvalidTransition, LeaseLost, NotFound, RateLimited, ValidationFailed
 from app.logs import job_context, job_logger
 from app.notifications.budget import notify_budget
 from app.worker import outcome as oc
@@ -23,8 +28,9 @@ class Execution:
     finds the lease gone, `cancel_requested` when a user cancels, and `releasing` on
     shutdown; the running attempt reacts within one event-loop turn."""
 
-    def __init__(self, store, job: dict, worker: str, cancel_grace: float) -> None:
+    def __init__(self, store, job: dict, worker: str, cancel_grace: float, admission=None) -> None:
         self.store = store
+        self.admission = admission  # the worker's `Admission`: steps a handler adds count as created jobs
         self.job = job
         self.token: str = job["lease_token"]
         self.worker = worker
@@ -44,6 +50,7 @@ class Execution:
             _sink=self._progress,
             _lease_token=self.token,
             _usage_sink=self._usage,
+            _spawn=self._add_steps,
         )
         self.usage: dict[str, float] = {}  # this attempt's `ctx.usage` calls, added up
 
@@ -60,6 +67,31 @@ class Execution:
     async def _usage(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.usage[k] = self.usage.get(k, 0) + v
+
+    async def _add_steps(self, steps: list) -> dict[str, str]:
+        """`ctx.add_steps`: the endpoint's checks (the model, a handler for each step, the
+        tenant's admission), then the store's (app/store/spawn.py), fenced by this lease."""
+        try:
+            body = AddSteps.model_validate({"jobs": steps})
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = field_path(list(e.get("loc", ()))) or "jobs"
+            raise StepsRejected(f"{where}: {e.get('msg', 'invalid')}", field=where) from None
+        try:
+            for i, s in enumerate(body.jobs):
+                registry.require(s.engine, s.operation, field=f"jobs[{i}].operation")
+            if self.admission is not None:
+                await self.admission.jobs(limited_tenant(self.job.get("owner", "")), len(body.jobs))
+            ids = await self.store.spawn.add(self.job["_id"], self.token, body.jobs)
+        except LeaseLost:
+            self.lost.set()
+            raise
+        except RateLimited as exc:
+            raise Retry(after=exc.details.get("retry_after"), reason=exc.message) from None
+        except (ValidationFailed, InvalidTransition, NotFound) as exc:
+            raise StepsRejected(exc.message, field=exc.field) from None
+        metrics.jobs_created(s.engine for s in body.jobs)
+        return ids
 
     async def record_usage(self) -> None:
         """Write the attempt's usage, once, when it ends (app/store/usage.py)."""

@@ -21,6 +21,7 @@ from collections import defaultdict
 from datetime import UTC, timedelta
 
 from app import metrics
+from app.admission import Admission
 from app.errors import LeaseLost
 from app.logs import get_logger
 from app.store.engines import busy_bands, next_hold_end
@@ -62,6 +63,7 @@ class JobProcessor(LoopsMixin):
         self.leases: dict[str, int] = defaultdict(int)  # lease token → its jobs still running here
         self.done_leases: list[str] = []  # their start marks go with the next heartbeat
         self.results = ResultCache(2000)
+        self.admission = Admission(store, settings)  # steps handlers add (ctx.add_steps) are admitted here
         self.stopping = False
         self.contended = False  # the last fetch lost candidates to other claimers
         self.starved = False  # the last fetch found work but no free permit
@@ -288,7 +290,7 @@ class JobProcessor(LoopsMixin):
 
     # --- executing -----------------------------------------------------------------------
     def _launch(self, job: dict) -> None:
-        ex = Execution(self.store, job, self.worker_id, self.settings.cancel_grace_seconds)
+        ex = Execution(self.store, job, self.worker_id, self.settings.cancel_grace_seconds, self.admission)
         self.running[job["_id"]] = ex
         self.leases[ex.token] += 1
         self.busy[job["engine"]] += 1

@@ -8,7 +8,8 @@ attempt: it fails at once with the code `HandlerCrashed` (retryable like any err
 lease has to run out first.
 
 The child imports the same handler modules (`registry.load`) and runs the handler under a
-`JobContext` whose progress and cancellation travel over a pipe; the parent's `Execution`
+`JobContext` whose progress, usage, cancellation and `add_steps` (a request answered by the
+parent) travel over a pipe; the parent's `Execution`
 keeps timeouts, cancellation and lease loss exactly as for an in-process run (cancelling
 the parent's task kills the child, and a child whose worker died exits). A handler the
 child cannot find (registered outside a module) runs in-process as before.
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from app.context import JobContext, PermanentError, RateLimited, Retry
+from app.context import JobContext, PermanentError, RateLimited, Retry, StepsRejected
 
 
 class HandlerCrashed(Exception):
@@ -76,6 +77,9 @@ async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContex
                     if msg[0] == "usage":
                         await ctx.usage(**msg[1])
                         continue
+                    if msg[0] == "add_steps":
+                        parent.send(await _add_steps(ctx, msg[1]))
+                        continue
                     if msg[0] == "ok":
                         return msg[1]
                     if msg[0] == "nohandler":
@@ -94,6 +98,18 @@ async def run(ctx: JobContext, modules: list[str], fallback: Callable[[JobContex
         await asyncio.to_thread(proc.join, 5)
         parent.close()
     return await fallback(ctx)  # registered outside a module: the child could not find it
+
+
+async def _add_steps(ctx: JobContext, steps: list) -> tuple:
+    """The parent's answer to a child's `ctx.add_steps`."""
+    try:
+        return ("added", await ctx.add_steps(steps))
+    except StepsRejected as exc:
+        return ("add_rejected", exc.message, exc.field)
+    except Retry as exc:
+        return ("add_retry", exc.after, exc.reason)
+    except Exception as exc:  # noqa: BLE001 (the child raises it, by its class name)
+        return ("add_error", type(exc).__name__, str(exc))
 
 
 _preloaded: list[str] | None = None
@@ -152,14 +168,32 @@ async def _run_child(conn: Connection, h, fields: dict) -> tuple:
     async def usage(values: dict) -> None:
         conn.send(("usage", values))
 
-    ctx = JobContext(**fields, _sink=sink, _usage_sink=usage)
+    answers: asyncio.Queue = asyncio.Queue()
+    one_at_a_time = asyncio.Lock()
+
+    async def spawn(steps: list) -> dict:
+        async with one_at_a_time:
+            conn.send(("add_steps", steps))
+            answer = await answers.get()
+        if answer[0] == "added":
+            return answer[1]
+        if answer[0] == "add_rejected":
+            raise StepsRejected(answer[1], answer[2])
+        if answer[0] == "add_retry":
+            raise Retry(after=answer[1], reason=answer[2])
+        raise type(answer[1], (Exception,), {})(answer[2])
+
+    ctx = JobContext(**fields, _sink=sink, _usage_sink=usage, _spawn=spawn)
 
     def on_message() -> None:
         try:
-            if conn.recv()[0] == "cancel":
-                ctx.cancelled.set()
+            msg = conn.recv()
         except EOFError:  # the worker died: nobody can take our answer, and its lease runs out
             os._exit(70)
+        if msg[0] == "cancel":
+            ctx.cancelled.set()
+        else:  # the answer to an add_steps
+            answers.put_nowait(msg)
 
     loop.add_reader(conn.fileno(), on_message)
     try:

@@ -4,6 +4,8 @@
 // sweeps of the barycentre heuristic), which keeps most edges short and uncrossed.
 // Every node is a link to its job; its colour is its status (CSS classes), and a waiting
 // node shows why it waits (an approval, a signal or a sleep shows what it waits for).
+// node shows why it waits. The page draws it again when steps are added: a map step's
+// children (`key[i]`, docs/map-steps.md) appear between its list's step and itself.
 
 import { s } from "./dom.js";
 
@@ -91,6 +93,7 @@ export function whyShort(step) {
   if (!r) return "";
   switch (r.reason) {
     case "dependencies": return r.waiting_for ? `waits for ${r.waiting_for.join(", ")}` : "waits for its parents";
+    case "map_children": return `waits for ${r.waiting} of ${r.items} mapped`;
     case "paused": return "engine paused";
     case "engine_full": return r.limit ? `engine full (${r.running}/${r.limit})` : "engine full";
     case "position": return `${r.ahead} ahead in line`;

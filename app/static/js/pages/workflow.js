@@ -6,6 +6,9 @@
 // its total (GET /api/v1/usage?group_by=job&workflow_id=, usage.js), re-read when a step
 // finishes an attempt (an attempt's usage is written before its job moves on). An approval
 // that awaits the signed-in user's decision gets Approve / Reject here (approve.js).
+// finishes an attempt (an attempt's usage is written before its job moves on). Steps that
+// appear meanwhile (a map step's children, steps a handler added) come with their events'
+// re-read, and the DAG is drawn again.
 
 import { get, post, explain } from "../api.js";
 import { h, clear, fill, notice, throttle, fmtTime, statusBadge, progressBar, TERMINAL } from "../dom.js";
@@ -114,7 +117,15 @@ export async function render(ctx) {
       h("td", {}, statusBadge(st.status)),
       h("td", { class: "wide" }, what(st)),
       h("td", { class: "wide" }, (st.depends_on || []).join(", ") || "—"),
+      h("td", { class: "wide" }, `${st.engine}.${st.operation}`),
+      h("td", { class: "wide" }, deps(st.depends_on)),
       h("td", {}, st.status === "running" || TERMINAL.has(st.status) ? (st.cancel_reason || "—") : whyText(st) || "—"))));
+  }
+
+  // A map step depends on each of its children (`key[0]` .. `key[n-1]`): a range, not a list.
+  function deps(keys = []) {
+    if (keys.length <= 8) return keys.join(", ") || "—";
+    return `${keys.slice(0, 3).join(", ")}, … ${keys[keys.length - 1]} (${keys.length})`;
   }
 
   async function load() {
