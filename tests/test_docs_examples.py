@@ -47,6 +47,8 @@ SKIP_RUN = {
     "docs/llm.md:haiku": "it calls the configured language model (OpenAI by default); tests make no outbound requests",
     "docs/waiting-steps.md:launch post": "its approval waits for a person (tests/test_approvals.py decides them)",
     "docs/waiting-steps.md:order 1042": "its signal step waits for a payment signal (tests/test_signals.py sends them)",
+    "docs/pipelines.md:article: tea in the city": "it waits for an editor and an hour, then posts to "
+    "https://cms.example.com; tests/test_pipeline.py runs it end to end",
 }
 
 

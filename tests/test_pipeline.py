@@ -121,8 +121,8 @@ async def test_the_content_pipeline_runs_end_to_end(app, keys, store):
             await eventually(awaiting, timeout=60)
             # the map grew the workflow: one child per section, and the draft in section order
             status = (await writer.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
-            keys = [s["key"] for s in status["steps"]]
-            assert sorted(k for k in keys if k.startswith("sections[")) == ["sections[0]", "sections[1]", "sections[2]"]
+            step_keys = [s["key"] for s in status["steps"]]
+            assert sorted(k for k in step_keys if k.startswith("sections[")) == [f"sections[{i}]" for i in range(3)]
             draft = (await writer.get(f"/api/v1/jobs/{steps['draft']}/status")).json()["result"]["text"]
             assert draft.index("## Markets") < draft.index("## Weather") < draft.index("## People")
             assert draft.startswith("# Tea in the city\n")
