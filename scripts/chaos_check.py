@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC
 from itertools import pairwise
 from pathlib import Path
 
@@ -104,11 +105,19 @@ def duplicate_finishes(runs: dict[str, list[Run]]) -> int:
     return sum(1 for rs in runs.values() if sum(r.outcome == "ok" for r in rs) > 1)
 
 
+FLOW_KINDS = ("approval", "signal", "sleep")  # steps that wait, running no handler (docs/waiting-steps.md)
+
+
 def accepted_end(job: str, runs: dict[str, list[Run]], docs: dict[str, dict]) -> float | None:
     """When `job`'s accepted run (the one whose token finished it) ended; None if none did.
     A map step runs no handler: it is done when the last of its mapped children is, or,
-    with no children, when its parents are (docs/map-steps.md)."""
+    with no children, when its parents are (docs/map-steps.md). A step that waits for a
+    person, a signal or a time runs none either: it is done when it completed (its
+    `completed_at`, on this machine's clock like the runs')."""
     d = docs.get(job) or {}
+    if d.get("kind") in FLOW_KINDS:
+        at = d.get("completed_at") if d.get("status") == "completed" else None
+        return None if at is None else (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     if d.get("kind") in ("map", "map_join"):
         children = d.get("map_children") or []
         waited = children or [p for p in d.get("parent_ids") or [] if p not in set(children)]
@@ -136,8 +145,8 @@ def stale_completions(runs: dict[str, list[Run]], docs: list[dict]) -> dict:
     """Completed jobs whose accepted completion is not their latest run's."""
     accepted_stale, attempted_stale, unknown = 0, 0, 0
     for d in docs:
-        if d["status"] != "completed" or d.get("kind") in ("map", "map_join"):
-            continue  # (a map step completes when its children have, running no handler itself)
+        if d["status"] != "completed" or d.get("kind") in ("map", "map_join", *FLOW_KINDS):
+            continue  # (a map step, a signal, ... complete without running a handler)
         rs = runs.get(d["_id"], [])
         if not rs:
             unknown += 1

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import embedded  # noqa: E402
+from app.domain.flowsteps import FLOW_ENGINE  # noqa: E402
 from app.domain.models import JobSpec  # noqa: E402
 from app.domain.retry import RetryConfig  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -247,8 +248,8 @@ class Cluster:
 
     async def docs(self, ids: list[str] | None = None, projection: dict | None = None) -> list[dict]:
         col = self.store.jobs.col
-        if ids is None:
-            return await col.find({"engine": ENGINE}, projection).to_list(None)
+        if ids is None:  # the scenario's jobs, and its workflows' steps that run no handler
+            return await col.find({"engine": {"$in": [ENGINE, FLOW_ENGINE]}}, projection).to_list(None)
         out = []
         for i in range(0, len(ids), 1000):
             out += await col.find({"_id": {"$in": ids[i : i + 1000]}}, projection).to_list(None)

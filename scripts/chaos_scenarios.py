@@ -612,11 +612,32 @@ def with_map(shape: list[list[int]], rng: random.Random, seconds) -> tuple[dict,
     return {src: {"emit": width}}, steps
 
 
+def with_signal(shape: list[list[int]], rng: random.Random, seconds) -> list[dict]:
+    """A signal step after one random node, and a step after it: the signal is sent before
+    the step is ready or after, at random (docs/waiting-steps.md)."""
+    return [
+        {"key": "sig", "type": "signal", "name": "go", "depends_on": [f"s{rng.randrange(len(shape))}"]},
+        {
+            "key": "after_sig",
+            "engine": ENGINE,
+            "operation": "step",
+            "depends_on": ["sig"],
+            "parameters": {"key": "after_sig", "seconds": seconds()},
+            "retry_config": {"max_retries": 10, "retry_delay_seconds": 0.2},
+        },
+    ]
+
+
+async def signal_go(c: httpx.AsyncClient, wf_id: str, n: int) -> None:
+    resp = await c.post(f"/api/v1/jobs/workflows/{wf_id}/signals/go", json={"payload": {"workflow": n}})
+    resp.raise_for_status()
+
+
 async def dags(tmp, quick: bool, seed: int) -> Result:
     n_wf, kills = (10, 4) if quick else (25, 10)
     r = Result(
         "dags",
-        f"{n_wf} random DAGs (hypothesis), each with a map step, with {kills} random worker kills",
+        f"{n_wf} random DAGs (hypothesis), each with a map step and a signal step, with {kills} random worker kills",
         "order violations 0, workflows stuck 0",
     )
     cl = Cluster(tmp, "dags", limit=12)
@@ -628,10 +649,11 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         workers = [cl.worker(concurrency=6) for _ in range(3)]
         await cl.wait_workers(3)
         shapes = random_dags(n_wf, seed)
-        wf_ids, parents_of = [], {}
+        wf_ids, parents_of, late = [], {}, []
         async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
             for w, shape in enumerate(shapes):
                 emits, extra = with_map(shape, rng, lambda: round(rng.uniform(0.3, 1.5), 2))
+                extra += with_signal(shape, rng, lambda: round(rng.uniform(0.3, 1.5), 2))
                 body = {
                     "name": f"dag{w}",
                     "jobs": [
@@ -657,6 +679,11 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
                 wf_ids.append(wf["id"])
                 for st in body["jobs"]:
                     parents_of[wf["jobs"][st["key"]]] = {p: wf["jobs"][p] for p in st["depends_on"]}
+                if rng.random() < 0.5:  # early: kept on the workflow until its step is ready
+                    await signal_go(c, wf["id"], w)
+                else:
+                    late.append(wf["id"])
+        n_late = len(late)
 
         async def all_done():
             wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
@@ -665,6 +692,10 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         killed = 0
         while killed < kills and not await all_done():
             await asyncio.sleep(rng.uniform(1.0, 2.5))
+            if late:  # the late signals go out among the kills
+                async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
+                    wf_id = late.pop()
+                    await signal_go(c, wf_id, wf_ids.index(wf_id))
             busy = await running_owners(cl)  # a worker that holds running steps, chosen at random
             alive = [w for w in workers if w.poll() is None and busy.get(w.pid)]
             if not alive:
@@ -676,6 +707,10 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
             workers.remove(victim)
             workers.append(cl.worker(concurrency=6))
 
+        async with httpx.AsyncClient(base_url=cl.api, headers=HEADERS, timeout=60) as c:
+            for wf_id in late:
+                await signal_go(c, wf_id, wf_ids.index(wf_id))
+        late.clear()
         t0 = time.monotonic()
         await until(all_done, 180, 0.5)
         settle_s = time.monotonic() - t0
@@ -706,11 +741,17 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         if slowest[1]:
             r.notes.append(f"slowest release: {slowest[1]}, {slowest[0]:.1f} s after its last parent")
         map_disorder = ck.map_order_violations(docs)
+        signals = [d for d in docs.values() if d.get("kind") == "signal"]
+        wrong_signal = sum(
+            d.get("status") != "completed" or d.get("result") != {"workflow": wf_ids.index(d["workflow_id"])}
+            for d in signals
+        )
         for job, want in parents_of.items():  # and in the database: started after each parent completed
             d = docs.get(job) or {}
+            begun = d.get("started_at") or (d.get("completed_at") if d.get("kind") in ck.FLOW_KINDS else None)
             for pid in want.values():
                 p = docs.get(pid) or {}
-                if d.get("started_at") and (not p.get("completed_at") or p["completed_at"] > d["started_at"]):
+                if begun and (not p.get("completed_at") or p["completed_at"] > begun):
                     violations += 1
         wfs = await cl.store.workflows.col.find({"_id": {"$in": wf_ids}}, {"status": 1}).to_list(None)
         wf_status = Counter(w["status"] for w in wfs)
@@ -723,6 +764,9 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
             map_steps=len(maps),
             mapped_children=sum(len(d.get("map_children") or []) for d in maps),
             map_order_violations=map_disorder,
+            signal_steps=len(signals),
+            signals_sent_late=n_late,
+            signals_wrong=wrong_signal,
             workflows_stuck=stuck,
             workflow_statuses=dict(wf_status),
             max_release_s=round(max(release), 1) if release else None,
@@ -733,6 +777,7 @@ async def dags(tmp, quick: bool, seed: int) -> Result:
         r.check(f"order violations {violations} == 0", violations == 0)
         r.check(f"steps that saw the wrong parents {wrong_parents} == 0", wrong_parents == 0)
         r.check(f"map steps whose results are not in item order {map_disorder} == 0", map_disorder == 0)
+        r.check(f"signal steps not completed with their payload {wrong_signal} == 0", wrong_signal == 0)
         r.check(f"workflows stuck {stuck} == 0", stuck == 0)
         r.check("every workflow completed", wf_status.get("completed") == len(wf_ids))
     finally:
