@@ -131,9 +131,10 @@ def _run(fn, auth: Auth | None = None):
         raise typer.Exit(2) from None
 
 
-def load_spec(path: Path) -> dict:
-    """A job or workflow from a JSON or YAML file (by extension; otherwise JSON, then YAML).
-    A file that does not parse raises ValueError with one line: line, column, the reason."""
+def load_spec(path: Path) -> dict | list:
+    """A job, a workflow or a list of jobs from a JSON or YAML file (by extension; otherwise
+    JSON, then YAML). A file that does not parse raises ValueError with one line: line,
+    column, the reason."""
     import yaml
 
     text = path.read_text()
@@ -155,24 +156,31 @@ def load_spec(path: Path) -> dict:
         raise ValueError(where + ": ".join(filter(None, [exc.context, exc.problem]))) from None
     except yaml.YAMLError as exc:
         raise ValueError(" ".join(str(exc).split())) from None
+    if isinstance(doc, list) and doc and all(isinstance(j, dict) for j in doc):
+        return doc
     if not isinstance(doc, dict):
-        raise ValueError("the file must hold one object: a job, or a workflow with `jobs`")
+        raise ValueError("the file must hold a job, a workflow (an object with `jobs`) or a list of jobs")
     return doc
 
 
 def submit(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a job, or a workflow (an object with `jobs`)"),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="a job, a workflow (an object with `jobs`), or a list of jobs"
+    ),
     wait: bool = typer.Option(False, "--wait/--no-wait", metavar="", help="then follow it until it finishes"),
     as_json: bool = typer.Option(False, "--json", metavar="", help="print the API's answer as JSON"),
     url: str = UrlOption,
     token: str = TokenOption,
 ) -> None:
-    """Submit a job or a workflow from a JSON or YAML file."""
+    """Submit a job, a workflow, or a list of jobs (one batch: all or none) from a JSON or YAML
+    file."""
     try:
         spec = load_spec(file)
     except ValueError as exc:  # a UnicodeDecodeError too
         err.print(f"[red]cannot read {file}[/red]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    if isinstance(spec, list):
+        raise typer.Exit(_submit_batch(spec, as_json, wait, url, token))
     workflow = "jobs" in spec
     auth = find_token(token, url)
 
@@ -191,6 +199,45 @@ def submit(
             return _follow(c, body["id"], workflow) if wait else 0
 
     raise typer.Exit(_run(go, auth))
+
+
+def _submit_batch(specs: list[dict], as_json: bool, wait: bool, url: str, token: str) -> int:
+    """One batch; with `--wait`, a progress bar until every job has finished."""
+    auth = find_token(token, url)
+
+    def go():
+        with SwitchyardClient(url, auth.token) as c:
+            body = c.submit_many(specs)
+            if as_json:
+                out.print_json(data=body)
+            else:
+                again = f", {body['deduplicated']} existing (dedupe_key)" if body["deduplicated"] else ""
+                out.print(f"{len(body['jobs'])} jobs submitted: {body['created']} new{again}", highlight=False)
+                for job in body["jobs"]:
+                    out.print(f"  {job['id']} {job['status']}", highlight=False)
+            return _follow_many(c, [j["id"] for j in body["jobs"]]) if wait else 0
+
+    return _run(go, auth)
+
+
+def _follow_many(c: SwitchyardClient, ids: list[str], interval: float = 0.5) -> int:
+    """A progress bar over the jobs' completion; 1 if any did not complete. Each round reads
+    the first 50 unfinished jobs, in submit order: the batch runs roughly in that order."""
+    left, failed = list(ids), 0
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task(f"{len(ids)} jobs", total=len(ids))
+        while left:
+            for job_id in left[:50]:
+                body = c.status(job_id)
+                if body["status"] in FINISHED:
+                    left.remove(job_id)
+                    failed += body["status"] != "completed"
+                    bar.advance(task)
+            if left:
+                time.sleep(interval)
+    out.print(f"{len(ids) - failed} completed, {failed} did not", highlight=False)
+    return 1 if failed else 0
 
 
 def status(

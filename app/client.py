@@ -162,6 +162,7 @@ def _req(name: str, *args, **kw) -> tuple[str, str, dict]:
     a = args[0] if args else None
     return {
         "submit": lambda: ("POST", f"{API}/submit", {"json": _body(a)}),
+        "submit_many": lambda: ("POST", f"{API}/submit/batch", {"json": {"jobs": [_body(j) for j in a]}}),
         "submit_workflow": lambda: ("POST", f"{API}/workflows", {"json": _body(a)}),
         "status": lambda: ("GET", f"{API}/{a}/status", {}),
         "workflow_status": lambda: ("GET", f"{API}/workflows/{a}/status", {}),
@@ -221,6 +222,10 @@ class SwitchyardClient(_Base):
 
     def submit(self, job) -> dict:
         return self._call("submit", job)  # noqa: E704
+
+    def submit_many(self, jobs) -> dict:
+        """Many jobs in one request, all or none: `{jobs: [{id, status, deduplicated}], ...}`."""
+        return self._call("submit_many", list(jobs))  # noqa: E704
 
     def submit_workflow(self, spec) -> dict:
         return self._call("submit_workflow", spec)  # noqa: E704
@@ -344,6 +349,10 @@ class AsyncSwitchyardClient(_Base):
 
     async def submit(self, job) -> dict:
         return await self._call("submit", job)  # noqa: E704
+
+    async def submit_many(self, jobs) -> dict:
+        """Many jobs in one request, all or none: `{jobs: [{id, status, deduplicated}], ...}`."""
+        return await self._call("submit_many", list(jobs))  # noqa: E704
 
     async def submit_workflow(self, spec) -> dict:
         return await self._call("submit_workflow", spec)  # noqa: E704

@@ -18,11 +18,16 @@ class SwitchyardError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
+        """The error's body; `errors` (every problem, as a 422 from the schema lists them)
+        goes next to the first one's `field` rather than into `details`."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field:
             body["field"] = self.field
-        if self.details:
-            body["details"] = self.details
+        details = {k: v for k, v in self.details.items() if k != "errors"}
+        if details:
+            body["details"] = details
+        if "errors" in self.details:
+            body["errors"] = self.details["errors"]
         return body
 
 

@@ -13,6 +13,7 @@ from app import registry
 from app.api import (
     admin,
     approvals,
+    batch,
     body,
     budgets,
     dashboard,
@@ -138,6 +139,7 @@ def create_app(
     app.include_router(usage_api.router, responses=ERROR_RESPONSES)
     app.include_router(budgets.router, responses=ERROR_RESPONSES)
     app.include_router(webhooks.router, responses=ERROR_RESPONSES)
+    app.include_router(batch.router, responses=ERROR_RESPONSES)  # before jobs: /jobs/submit/batch
     app.include_router(jobs.router, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
     app.openapi = lambda: _openapi(app)

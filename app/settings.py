@@ -117,6 +117,7 @@ class Settings(BaseSettings):
 
     # workflows
     workflow_max_steps: int = Field(10_000, ge=1, le=100_000)
+    batch_max_jobs: int = Field(1000, ge=1, le=100_000, description="jobs one POST /jobs/submit/batch may carry")
 
     # retention (docs/retention.md): finished jobs and workflows are deleted this long after
     # they finished; failed ones are the dead letter and are kept longer

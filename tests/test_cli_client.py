@@ -65,6 +65,16 @@ def test_submit_a_json_job_then_follow_it(sy, tmp_path):
     assert f"job {job['id']} completed (100%)" in r.output and '"hi": 1' in r.output
 
 
+def test_submit_a_yaml_list_of_jobs_as_one_batch_and_wait(sy, tmp_path):
+    items = "\n".join(f"- {{engine: general, operation: echo, parameters: {{n: {i}}}}}" for i in range(5))
+    r = sy("submit", write(tmp_path, "jobs.yaml", items + "\n"), "--wait")
+    assert r.exit_code == 0, r.output
+    assert "5 jobs submitted: 5 new" in r.output and "5 completed, 0 did not" in r.output, r.output
+    bad = "- {engine: general, operation: echo}\n- {engine: general, operation: nope}\n"
+    r = sy("submit", write(tmp_path, "bad.yaml", bad))
+    assert r.exit_code != 0 and "jobs.1.operation" in r.output, r.output
+
+
 def test_submit_a_yaml_workflow_and_wait(sy, tmp_path):
     f = write(
         tmp_path,

@@ -112,23 +112,48 @@ class Lifecycle:
         job took this submit's parameters (debounce.py; `admit(new)` is called before it writes)."""
         if spec.debounce is not None:
             return await self.debouncer.submit(spec, owner, admit)
-        doc = self.build(spec, owner)
-        key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
-        while key:
-            bound = await self.dedupe.claim(key, doc["_id"])
-            if bound is None:
-                break
+        [(job, created)] = await self.submit_many([spec], owner)
+        return job, created
+
+    async def submit_many(self, specs: list[JobSpec], owner: str) -> list[tuple[JobDoc, bool]]:
+        """Insert jobs (no debounce) with one `insert_many`, one seq `$inc` per band. Returns
+        `(job, created)` in order; a spec whose `dedupe_key` is bound to a live job gets that
+        job, `created` False. Keys are bound before the insert and let go if it fails."""
+        out: list[tuple[JobDoc, bool]] = []
+        new: list[JobDoc] = []
+        bound_keys: list[tuple[str, str]] = []
+        mine: dict[str, JobDoc] = {}  # keys bound by this call: a repeat is a hit on its job
+        try:
+            for spec in specs:
+                doc = self.build(spec, owner)
+                key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
+                existing = mine.get(key) if key in mine else await self._bind(key, doc["_id"]) if key else None
+                if existing is not None:
+                    out.append((existing, False))
+                    continue
+                if key:
+                    bound_keys.append((key, doc["_id"]))
+                    mine[key] = doc
+                out.append((doc, True))
+                new.append(doc)
+            if new:
+                await self.enqueuer.insert(new)
+        except BaseException:
+            for key, job_id in bound_keys:
+                await self.dedupe.drop(key, job_id)
+            raise
+        return out
+
+    async def _bind(self, key: str, job_id: str) -> JobDoc | None:
+        """Bind a dedupe key to `job_id`, or return the live job it is bound to."""
+        while True:
+            bound = await self.dedupe.claim(key, job_id)
+            if bound is None or bound == job_id:
+                return None
             existing = await self.col.find_one({"_id": bound})
             if existing is not None and not JobStatus(existing["status"]).terminal:
-                return existing, False
+                return existing
             await self.dedupe.drop(key, bound)  # its job finished: the key is free
-        try:
-            await self.enqueuer.insert([doc])
-        except BaseException:
-            if key:
-                await self.dedupe.drop(key, doc["_id"])
-            raise
-        return doc, True
 
     # --- scheduled → scheduled: a debounced job's new parameters and start --------------
     async def rewait(self, job_id: str, key: str, parameters: dict, run_at: datetime) -> JobDoc | None:
