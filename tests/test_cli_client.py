@@ -143,7 +143,7 @@ def test_errors_are_reported_with_exit_codes(sy, tmp_path):
     r = sy("submit", write(tmp_path, "bad.json", json.dumps({"engine": "general", "operation": "echo", "priority": 0})))
     assert r.exit_code == 1 and "422 validation_error" in r.output and "(priority)" in r.output
     r = sy("submit", write(tmp_path, "list.yaml", "- 1\n- 2\n"))
-    assert r.exit_code == 2 and "one object" in r.output
+    assert r.exit_code == 2 and "a list of jobs" in r.output  # a list of non-objects
     r = sy("submit", write(tmp_path, "broken.json", "{nope"))
     assert r.exit_code == 2 and "cannot read" in r.output
     broken = write(tmp_path, "broken.yaml", "name: x\njobs: [1, 2\nother: 3\n")
