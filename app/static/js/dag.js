@@ -3,8 +3,8 @@
 // column are ordered by the average row of their parents, then of their children (two
 // sweeps of the barycentre heuristic), which keeps most edges short and uncrossed.
 // Every node is a link to its job; its colour is its status (CSS classes), and a waiting
-// node shows why it waits (an approval, a signal or a sleep shows what it waits for).
-// node shows why it waits. The page draws it again when steps are added: a map step's
+// node shows why it waits (an approval, a signal or a sleep shows what it waits for). The
+// page draws it again when steps are added: a map step's
 // children (`key[i]`, docs/map-steps.md) appear between its list's step and itself.
 
 import { s } from "./dom.js";

@@ -5,8 +5,7 @@
 // POST /api/v1/jobs/workflows/{id}/cancel, /retry. Usage: the steps' reported usage and
 // its total (GET /api/v1/usage?group_by=job&workflow_id=, usage.js), re-read when a step
 // finishes an attempt (an attempt's usage is written before its job moves on). An approval
-// that awaits the signed-in user's decision gets Approve / Reject here (approve.js).
-// finishes an attempt (an attempt's usage is written before its job moves on). Steps that
+// that awaits the signed-in user's decision gets Approve / Reject here (approve.js). Steps that
 // appear meanwhile (a map step's children, steps a handler added) come with their events'
 // re-read, and the DAG is drawn again.
 
@@ -116,8 +115,6 @@ export async function render(ctx) {
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${st.job_id}` }, st.key)),
       h("td", {}, statusBadge(st.status)),
       h("td", { class: "wide" }, what(st)),
-      h("td", { class: "wide" }, (st.depends_on || []).join(", ") || "—"),
-      h("td", { class: "wide" }, `${st.engine}.${st.operation}`),
       h("td", { class: "wide" }, deps(st.depends_on)),
       h("td", {}, st.status === "running" || TERMINAL.has(st.status) ? (st.cancel_reason || "—") : whyText(st) || "—"))));
   }
