@@ -11,7 +11,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from pymongo import AsyncMongoClient
+from bson.codec_options import CodecOptions
+from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
@@ -152,7 +153,13 @@ class Store:
         self.client = client
         self.secantus = secantus  # whether the embedded server's workarounds apply (quirks.py)
         self.settings = settings
-        self.db = client[db_name or settings.mongodb_db]
+        # tz-aware reads and majority, journaled writes whatever the client's own defaults:
+        # a producer (app/producer.py) may bring the application's client
+        self.db = client.get_database(
+            db_name or settings.mongodb_db,
+            codec_options=CodecOptions(tz_aware=True, tzinfo=UTC),
+            write_concern=WriteConcern(w=_w(settings), j=True),
+        )
         self.clock = Clock(self.db)
         self.engines = EngineStore(self.db, settings, self.clock)
         self.workers = WorkerStore(self.db, settings, self.clock)
@@ -288,6 +295,10 @@ def answers_ping(url: str, timeout_ms: int = 500) -> bool:
         return False
 
 
+def _w(settings: Settings) -> str | int:
+    return "majority" if settings.write_concern == "majority" else int(settings.write_concern)
+
+
 def connect(
     url: str, settings: Settings, db_name: str | None = None, *, secantus: bool | None = None, **client_options
 ) -> Store:
@@ -300,7 +311,7 @@ def connect(
     when not given). Options in the URL win over these defaults; `client_options` (such as
     `event_listeners`) go to the client as they are."""
     secantus = quirks.is_secantus(url) if secantus is None else secantus
-    w = "majority" if settings.write_concern == "majority" else int(settings.write_concern)
+    w = _w(settings)
     options = {
         "w": w,
         "journal": True,

@@ -16,15 +16,19 @@ class DedupeStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.col = db["dedupe"]
 
-    async def claim(self, key: str, job_id: str) -> str | None:
-        """Bind `key` to `job_id`. Returns None on success, or the job id already bound."""
+    async def claim(self, key: str, job_id: str, session=None) -> str | None:
+        """Bind `key` to `job_id`. Returns None on success, or the job id already bound.
+        `session`: in the caller's transaction (the binding exists only if it commits); read
+        first there, since a duplicate key error would abort the caller's transaction."""
+        if session is not None and (doc := await self.col.find_one({"_id": key}, session=session)) is not None:
+            return doc["job_id"]
         try:
-            await self.col.insert_one({"_id": key, "job_id": job_id})
+            await self.col.insert_one({"_id": key, "job_id": job_id}, session=session)
             return None
         except DuplicateKeyError:
-            doc = await self.col.find_one({"_id": key})
+            doc = await self.col.find_one({"_id": key}, session=session)
             return doc["job_id"] if doc else ""
 
-    async def drop(self, key: str, job_id: str) -> None:
+    async def drop(self, key: str, job_id: str, session=None) -> None:
         """Unbind `key` if it is still bound to `job_id`."""
-        await self.col.delete_one({"_id": key, "job_id": job_id})
+        await self.col.delete_one({"_id": key, "job_id": job_id}, session=session)

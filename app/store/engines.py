@@ -104,12 +104,14 @@ class EngineStore(PermitsMixin):
         return await self.col.find({}).sort("_id", 1).to_list(None)
 
     @asynccontextmanager
-    async def enqueue(self, engine: str, key: str, n: int, jobs: int | None = None):
+    async def enqueue(self, engine: str, key: str, n: int, jobs: int | None = None, deferred: list | None = None):
         """Take `n` consecutive sequence numbers of a band for jobs about to enter `queued`
         (yields the first) and count them as queued. Until the block has written the jobs,
         an `inflight` marker holds the band's cursor where it is, so a claimer can never move
         it past a job whose write has not landed yet. On exit the marker goes and claimers
-        are woken. `key` is the band (`band(priority, tenant)`)."""
+        are woken. `key` is the band (`band(priority, tenant)`). `deferred`: the marker is
+        appended there instead, `(engine, tag)`, for the caller to `land` once the jobs are
+        visible (after the commit of the transaction that wrote them, app/producer.py)."""
         tag = f"{key}_{uuid.uuid4().hex[:12]}"
         # `jobs` (default n) is how many jobs will use the n numbers: a sparse range is fine
         update: dict[str, Any] = {
@@ -136,6 +138,14 @@ class EngineStore(PermitsMixin):
         try:
             yield first
         finally:
+            if deferred is None:
+                self._land(engine, [tag])
+            else:
+                deferred.append((engine, tag))
+
+    def land(self, markers: list[tuple[str, str]]) -> None:
+        """Markers whose jobs are visible now (or never will be): cleared, claimers woken."""
+        for engine, tag in markers:
             self._land(engine, [tag])
 
     def _land(self, engine: str, tags: list[str]) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from app.domain.flowsteps import FLOW_ENGINE
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in
 from app.store.documents import JobDoc, band_of
@@ -57,28 +56,42 @@ class Enqueuer:
         docs = await find_in(self.col, [m["_id"] for m in members], None, {"seq": 1})
         return sum(first <= d.get("seq", -1) < first + span for d in docs)
 
-    async def insert(self, docs: list[JobDoc]) -> int:
+    async def insert(self, docs: list[JobDoc], session=None, deferred: list | None = None) -> int:
         """Insert new job documents (`new_job_document` output); queued ones take their seqs
         with one `$inc` per (engine, band). Returns how many queued jobs landed. Every job of
-        an engine with a limit key gets its key's lane first: it keeps it for life."""
+        an engine with a limit key gets its key's lane first: it keeps it for life.
+
+        `session`: the jobs are written in the caller's transaction, while the seqs, counts
+        and markers are taken outside it (the engine document is every claimer's: holding it
+        in a transaction would stall them). The markers go to `deferred` for the caller to
+        land after the commit; after an abort it gives the counts back (app/producer.py)."""
         await self.engines.keys.assign(docs)
         groups: dict[tuple[str, str], list[JobDoc]] = defaultdict(list)
         for d in docs:
             if d["status"] == QUEUED:
                 groups[(d["engine"], band_of(d))].append(d)
-        for engine in {d["engine"] for d in docs} - {e for e, _ in groups} - {FLOW_ENGINE}:  # no queue of its own
+        for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
             await self.engines.ensure(engine)
         # Every band's numbers are taken before one `insert_many` writes them all (a
         # 10,000-step workflow is one insert).
         async with AsyncExitStack() as stack:
             for (engine, key), members in groups.items():
-                first = await stack.enter_async_context(self.engines.enqueue(engine, key, len(members)))
+                first = await stack.enter_async_context(
+                    self.engines.enqueue(engine, key, len(members), deferred=deferred)
+                )
                 for n, d in enumerate(members):
                     d["seq"] = first + n
             try:
-                async with self.gate.hold(len(docs)):
-                    await self.col.insert_many(docs, ordered=False)
+                if session is not None:
+                    await self.col.insert_many(docs, ordered=False, session=session)
+                else:
+                    async with self.gate.hold(len(docs)):
+                        await self.col.insert_many(docs, ordered=False)
             except BaseException:
+                if session is not None:  # nothing of a failed write in a transaction stays
+                    for (engine, _), members in groups.items():
+                        await self.engines.count_left_queue(engine, len(members))
+                    raise
                 # Lost reply, or some documents refused (a duplicate _id): what landed holds
                 # our seq, whatever its status now (a worker may have claimed it already);
                 # the rest is given back, and any loss is raised.

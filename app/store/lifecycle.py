@@ -115,10 +115,13 @@ class Lifecycle:
         [(job, created)] = await self.submit_many([spec], owner)
         return job, created
 
-    async def submit_many(self, specs: list[JobSpec], owner: str) -> list[tuple[JobDoc, bool]]:
+    async def submit_many(
+        self, specs: list[JobSpec], owner: str, session=None, deferred: list | None = None
+    ) -> list[tuple[JobDoc, bool]]:
         """Insert jobs (no debounce) with one `insert_many`, one seq `$inc` per band. Returns
         `(job, created)` in order; a spec whose `dedupe_key` is bound to a live job gets that
-        job, `created` False. Keys are bound before the insert and let go if it fails."""
+        job, `created` False. Keys are bound before the insert and let go if it fails.
+        `session` and `deferred`: in the caller's transaction (`Enqueuer.insert`)."""
         out: list[tuple[JobDoc, bool]] = []
         new: list[JobDoc] = []
         bound_keys: list[tuple[str, str]] = []
@@ -127,7 +130,7 @@ class Lifecycle:
             for spec in specs:
                 doc = self.build(spec, owner)
                 key = f"{owner}:{spec.dedupe_key}" if spec.dedupe_key else None
-                existing = mine.get(key) if key in mine else await self._bind(key, doc["_id"]) if key else None
+                existing = mine.get(key) if key in mine else await self._bind(key, doc["_id"], session) if key else None
                 if existing is not None:
                     out.append((existing, False))
                     continue
@@ -137,23 +140,24 @@ class Lifecycle:
                 out.append((doc, True))
                 new.append(doc)
             if new:
-                await self.enqueuer.insert(new)
+                await self.enqueuer.insert(new, session=session, deferred=deferred)
         except BaseException:
-            for key, job_id in bound_keys:
-                await self.dedupe.drop(key, job_id)
+            if session is None:  # (in a transaction, its abort lets them go)
+                for key, job_id in bound_keys:
+                    await self.dedupe.drop(key, job_id)
             raise
         return out
 
-    async def _bind(self, key: str, job_id: str) -> JobDoc | None:
+    async def _bind(self, key: str, job_id: str, session=None) -> JobDoc | None:
         """Bind a dedupe key to `job_id`, or return the live job it is bound to."""
         while True:
-            bound = await self.dedupe.claim(key, job_id)
+            bound = await self.dedupe.claim(key, job_id, session)
             if bound is None or bound == job_id:
                 return None
-            existing = await self.col.find_one({"_id": bound})
+            existing = await self.col.find_one({"_id": bound}, session=session)
             if existing is not None and not JobStatus(existing["status"]).terminal:
                 return existing
-            await self.dedupe.drop(key, bound)  # its job finished: the key is free
+            await self.dedupe.drop(key, bound, session)  # its job finished: the key is free
 
     # --- scheduled → scheduled: a debounced job's new parameters and start --------------
     async def rewait(self, job_id: str, key: str, parameters: dict, run_at: datetime) -> JobDoc | None:
