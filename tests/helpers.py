@@ -34,6 +34,16 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.05):
 _pending: dict[int, list] = {}
 
 
+async def wait_workflow(api, wf_id: str, statuses=("completed",), timeout: float = 60.0) -> dict:
+    """A workflow's status (over the API) once it is in one of `statuses`."""
+
+    async def done():
+        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
+        return body if body["status"] in statuses else None
+
+    return await eventually(done, timeout=timeout, interval=0.1)
+
+
 async def recv(ws, timeout=20.0) -> dict:
     """The next message; a frame may carry several (a JSON array), handed out in order."""
     queue = _pending.setdefault(id(ws), [])

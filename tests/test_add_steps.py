@@ -13,7 +13,7 @@ import pytest
 from app.domain.retry import RetryConfig
 from app.worker.maintenance import Maintenance
 from app.worker.processor import JobProcessor
-from tests.helpers import eventually, wait_status
+from tests.helpers import eventually, wait_status, wait_workflow
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +38,6 @@ async def submit(api, body):
     return r.json()
 
 
-async def wait_wf(api, wf_id, statuses=("completed",), timeout=60):
-    async def done():
-        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
-        return body if body["status"] in statuses else None
-
-    return await eventually(done, timeout=timeout, interval=0.1)
-
-
 async def docs(store, wf_id):
     return {s["step_key"]: s for s in await store.jobs.steps_of(wf_id)}
 
@@ -57,7 +49,7 @@ async def test_a_fan_in_waits_for_the_steps_a_handler_added_and_gets_their_resul
         step("c", ["s"], parameters={"value": 3}),  # depends on the spawner itself: waits for it
     ]
     wf = await submit(api, spawning(spawned))
-    body = await wait_wf(api, wf["id"])
+    body = await wait_workflow(api, wf["id"])
     steps = await docs(store, wf["id"])
     assert set(steps["s"]["result"]["added"]) == {"a", "b", "c"}
     sink = steps["sink"]
@@ -86,7 +78,7 @@ async def test_a_sink_waits_while_a_spawned_step_runs(api, store, worker):
     sink = next(s for s in body["steps"] if s["key"] == "sink")
     assert sink["status"] == "pending" and sink["why"]["reasons"][0]["waiting_for"] == ["slow"]
     await api.post(f"/api/v1/jobs/{(await docs(store, wf['id']))['slow']['_id']}/cancel")
-    await wait_wf(api, wf["id"], ("cancelled",))
+    await wait_workflow(api, wf["id"], ("cancelled",))
     assert (await docs(store, wf["id"]))["sink"]["cancel_reason"] == "dependency_cancelled"
 
 
@@ -109,7 +101,7 @@ async def test_refusals_are_the_endpoints(api, store, worker, steps, field, need
     """The handler gets `StepsRejected` with the field and message the REST endpoint's 422
     gives for the same steps, and nothing is added."""
     wf = await submit(api, spawning(steps, catch=True))
-    await wait_wf(api, wf["id"])
+    await wait_workflow(api, wf["id"])
     got = (await docs(store, wf["id"]))["s"]["result"]["rejected"]
     live = await submit(api, {"name": "live", "jobs": [step("s", op="wait_cancel", parameters={"max": 60})]})
     r = await api.post(f"/api/v1/jobs/workflows/{live['id']}/jobs", json={"jobs": steps})
@@ -121,7 +113,7 @@ async def test_refusals_are_the_endpoints(api, store, worker, steps, field, need
 
 async def test_a_step_may_not_wait_for_what_waits_for_it(api, store, worker):
     wf = await submit(api, spawning([step("x", ["sink2"])], after=("sink", "sink2"), catch=True))
-    await wait_wf(api, wf["id"])
+    await wait_workflow(api, wf["id"])
     got = (await docs(store, wf["id"]))["s"]["result"]["rejected"]
     assert got == {
         "field": "jobs[0].depends_on",
@@ -133,7 +125,7 @@ async def test_an_uncaught_refusal_fails_the_step_without_a_retry(api, store, wo
     body = spawning([step("x", ["nope"])])
     body["jobs"][0]["retry_config"] = {"max_retries": 3, "retry_delay_seconds": 0.05}
     wf = await submit(api, body)
-    await wait_wf(api, wf["id"], ("failed",))
+    await wait_workflow(api, wf["id"], ("failed",))
     s = (await docs(store, wf["id"]))["s"]
     assert s["attempt"] == 1 and s["last_error"]["code"] == "steps_rejected"
     assert "unknown step 'nope'" in s["last_error"]["message"]
@@ -160,7 +152,7 @@ async def test_a_retried_step_adds_its_steps_once(api, store, worker):
     body = spawning([step("a", parameters={"value": 1})], fail_first=True)
     body["jobs"][0]["retry_config"] = {"max_retries": 2, "retry_delay_seconds": 0.05}
     wf = await submit(api, body)
-    res = await wait_wf(api, wf["id"])
+    res = await wait_workflow(api, wf["id"])
     steps = await docs(store, wf["id"])
     assert steps["s"]["attempt"] == 2 and steps["s"]["result"]["added"] == {"a": steps["a"]["_id"]}
     assert len(steps) == 3 and res["total"] == 3
@@ -184,7 +176,7 @@ async def test_a_quarantined_step_adds_its_steps_through_its_worker(api, store, 
     await maint.start()
     await proc.start()
     try:
-        await wait_wf(api, wf["id"])
+        await wait_workflow(api, wf["id"])
     finally:
         await proc.stop(grace=1)
         await maint.stop()

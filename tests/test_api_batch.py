@@ -4,15 +4,12 @@ cap, the tenant's rate limit charged per job, and the Python client's `submit_ma
 
 from __future__ import annotations
 
-import uuid
-
-import httpx
 import pytest
 
 from app.client import AsyncSwitchyardClient
 from tests.conftest import make_settings
 from tests.helpers import wait_status
-from tests.test_hostile_input import counts
+from tests.test_hostile_input import counts, member  # noqa: F401 (a fixture: a fresh tenant's member)
 
 BATCH = "/api/v1/jobs/submit/batch"
 OK = {"engine": "testing", "operation": "ok"}
@@ -22,18 +19,6 @@ OK = {"engine": "testing", "operation": "ok"}
 def settings():
     # a bucket of 5 that barely refills: a charge per job shows, and so would a stray one
     return make_settings(batch_max_jobs=20, rate_limit_per_second=0.01, rate_limit_burst=5)
-
-
-@pytest.fixture
-async def member(api):
-    tenant = f"t{uuid.uuid4().hex[:10]}"
-    r = await api.post("/api/v1/auth/keys", json={"name": "b", "tenant": tenant, "user": "m", "role": "member"})
-    assert r.status_code == 201, r.text
-    async with httpx.AsyncClient(
-        transport=api._transport, base_url="http://test", headers={"Authorization": f"Bearer {r.json()['token']}"}
-    ) as c:
-        c.tenant = tenant
-        yield c
 
 
 async def test_a_batch_is_written_in_order_and_runs(api, store, worker):
@@ -59,7 +44,7 @@ async def test_dedupe_hits_are_marked_within_the_batch_and_against_live_jobs(api
     assert await store.jobs.col.count_documents({}) == 3
 
 
-async def test_a_refused_batch_names_every_problem_and_changes_nothing(member, store):
+async def test_a_refused_batch_names_every_problem_and_changes_nothing(member, store):  # noqa: F811
     await member.post(BATCH, json={"jobs": [OK]})  # the tenant's bucket exists: a stray charge would show
     before = await counts(store, member.tenant)
     r = await member.post(BATCH, json={"jobs": [OK, {**OK, "priority": 99}, {"engine": "testing"}, OK]})
@@ -84,7 +69,7 @@ async def test_a_refused_batch_names_every_problem_and_changes_nothing(member, s
     assert after.pop("tokens") >= before.pop("tokens") and after == before  # refills only
 
 
-async def test_the_rate_limit_is_charged_per_job(member, store):
+async def test_the_rate_limit_is_charged_per_job(member, store):  # noqa: F811
     r = await member.post(BATCH, json={"jobs": [OK] * 4})
     assert r.status_code == 201, r.text
     before = await counts(store, member.tenant)

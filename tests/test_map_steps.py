@@ -13,7 +13,7 @@ from pymongo import monitoring
 from app import JobContext, PermanentError, handler
 from app.domain.workflow import StepSpec, WorkflowSpec
 from app.store import connect
-from tests.helpers import eventually
+from tests.helpers import eventually, wait_workflow
 
 
 @handler(engine="testing", operation="fail_item")
@@ -54,14 +54,6 @@ async def submit(api, body):
     return r.json()
 
 
-async def wait_wf(api, wf_id, statuses=("completed",), timeout=60):
-    async def done():
-        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
-        return body if body["status"] in statuses else None
-
-    return await eventually(done, timeout=timeout, interval=0.1)
-
-
 async def docs(store, wf_id):
     return {s["step_key"]: s for s in await store.jobs.steps_of(wf_id)}
 
@@ -69,7 +61,7 @@ async def docs(store, wf_id):
 @pytest.mark.parametrize("items", [[], ["only"], ["a", {"b": 2}, 3, None, ["e"]]], ids=["0", "1", "5"])
 async def test_a_map_gives_its_fan_in_the_results_in_item_order(api, store, worker, items):
     wf = await submit(api, mapped(items))
-    body = await wait_wf(api, wf["id"])
+    body = await wait_workflow(api, wf["id"])
     steps = await docs(store, wf["id"])
     each = steps["each"]
     assert each["status"] == "completed"
@@ -98,7 +90,7 @@ async def test_a_path_into_the_result(api, store, worker):
         ],
     }
     wf = await submit(api, body)
-    await wait_wf(api, wf["id"])
+    await wait_workflow(api, wf["id"])
     steps = await docs(store, wf["id"])
     assert [r["params"]["item"] for r in steps["rows"]["result"]] == [10, 20]
     assert [r["params"]["item"]["params"]["item"] for r in steps["whole"]["result"]] == [10, 20]
@@ -114,7 +106,7 @@ async def test_a_path_into_the_result(api, store, worker):
 )
 async def test_no_list_at_the_path_fails_the_step_clearly(api, store, worker, map_over, code, needle):
     wf = await submit(api, mapped("not a list", map_over=map_over))
-    body = await wait_wf(api, wf["id"], ("failed",))
+    body = await wait_workflow(api, wf["id"], ("failed",))
     steps = await docs(store, wf["id"])
     err = steps["each"]["last_error"]
     assert steps["each"]["status"] == "failed" and err["code"] == code and needle in err["message"], err
@@ -125,13 +117,13 @@ async def test_no_list_at_the_path_fails_the_step_clearly(api, store, worker, ma
 async def test_a_list_over_the_cap_fails_the_step_naming_path_and_length(api, store, worker, settings):
     settings.map_max_items = 3
     wf = await submit(api, mapped([1, 2, 3, 4]))
-    await wait_wf(api, wf["id"], ("failed",))
+    await wait_workflow(api, wf["id"], ("failed",))
     err = (await docs(store, wf["id"]))["each"]["last_error"]
     assert err["code"] == "map_too_large"
     assert err["message"] == "step 'each': map_over 'src.value' is a list of 4 items; a map step takes at most 3"
     settings.map_max_items, settings.workflow_max_steps = 1000, 6  # the workflow's cap bounds it too
     wf = await submit(api, mapped([1, 2, 3, 4]))
-    await wait_wf(api, wf["id"], ("failed",))
+    await wait_workflow(api, wf["id"], ("failed",))
     err = (await docs(store, wf["id"]))["each"]["last_error"]
     assert err["code"] == "map_too_large" and "the workflow would have 7 steps, at most 6" in err["message"]
 
@@ -143,7 +135,7 @@ async def test_a_failing_child_under_fail_fast(api, store, worker):
     body = mapped(items, op="fail_item", params={"bad": 0, "seconds": 30})
     body["jobs"].append(step("other", op="stubborn", parameters={"seconds": 30}))
     wf = await submit(api, body)
-    await wait_wf(api, wf["id"], ("failed",), timeout=30)
+    await wait_workflow(api, wf["id"], ("failed",), timeout=30)
     steps = await docs(store, wf["id"])
     assert steps["each[0]"]["status"] == "failed"
     assert steps["each"]["status"] == steps["sink"]["status"] == "cancelled"
@@ -161,7 +153,7 @@ async def test_a_failing_child_under_continue_then_a_retry(api, store, worker):
     body = mapped(["x", "y", "z"], policy="continue", op="fail_item", params={"bad": "y"})
     body["jobs"].append(step("other"))
     wf = await submit(api, body)
-    res = await wait_wf(api, wf["id"], ("failed",))
+    res = await wait_workflow(api, wf["id"], ("failed",))
     steps = await docs(store, wf["id"])
     assert [steps[f"each[{i}]"]["status"] for i in range(3)] == ["completed", "failed", "completed"]
     assert steps["each"]["status"] == "cancelled" and steps["each"]["cancel_reason"] == "dependency_failed"
@@ -171,7 +163,7 @@ async def test_a_failing_child_under_continue_then_a_retry(api, store, worker):
     await store.jobs.col.update_one({"_id": steps["each[1]"]["_id"]}, {"$set": {"parameters.bad": "none"}})
     r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/retry")
     assert r.status_code == 200 and set(r.json()["jobs"]) == {"each[1]", "each", "sink"}, r.text
-    await wait_wf(api, wf["id"])
+    await wait_workflow(api, wf["id"])
     steps = await docs(store, wf["id"])
     assert [r["item"] for r in steps["each"]["result"]] == ["x", "y", "z"]
     assert steps["sink"]["result"]["parents"]["each"] == steps["each"]["result"]
@@ -283,7 +275,7 @@ async def test_an_expansion_cut_short_is_finished_by_the_repair(api, store, work
     later = store.clock.now() + timedelta(hours=1)
     assert await store.flow.repair_stalled(later) == 1
     assert await store.flow.repair_stalled(later) == 0  # done once
-    body = await wait_wf(api, wf["id"])
+    body = await wait_workflow(api, wf["id"])
     assert body["total"] == 6
     assert [r["params"]["item"] for r in (await docs(store, wf["id"]))["each"]["result"]] == ["a", "b", "c"]
 
@@ -340,7 +332,7 @@ async def test_a_1000_item_map_is_made_in_a_few_bulk_writes(db_url, store, setti
 async def test_a_1000_item_map_runs_to_its_fan_in(api, store, worker):
     items = [{"n": i} for i in range(1000)]
     wf = await submit(api, mapped(items))
-    await wait_wf(api, wf["id"], timeout=180)
+    await wait_workflow(api, wf["id"], timeout=180)
     steps = await docs(store, wf["id"])
     assert [r["params"]["item"] for r in steps["sink"]["result"]["parents"]["each"]] == items
     assert [r["params"]["index"] for r in steps["each"]["result"]] == list(range(1000))

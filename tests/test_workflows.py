@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import dying_lifecycle
-from tests.helpers import eventually
+from tests.helpers import eventually, wait_workflow
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +26,6 @@ async def submit(api, steps, **kw):
     return r.json()
 
 
-async def wait_wf(api, wf_id, statuses=("completed",), timeout=60):
-    async def done():
-        body = (await api.get(f"/api/v1/jobs/workflows/{wf_id}/status")).json()
-        return body if body["status"] in statuses else None
-
-    return await eventually(done, timeout=timeout, interval=0.1)
-
-
 async def docs(store, wf):
     return {s["step_key"]: s for s in await store.jobs.steps_of(wf["id"])}
 
@@ -48,7 +40,7 @@ async def test_diamond_passes_results(api, store, worker):
     wf = await submit(
         api, [step("a", value=1), step("b", ["a"], value=2), step("c", ["a"], value=3), step("d", ["b", "c"])]
     )
-    body = await wait_wf(api, wf["id"])
+    body = await wait_workflow(api, wf["id"])
     assert body["counts"]["completed"] == 4 and body["progress"] == 100
     steps = await docs(store, wf)
     assert steps["d"]["result"]["parents"]["b"]["value"] == 2 and steps["d"]["result"]["parents"]["c"]["value"] == 3
@@ -58,14 +50,14 @@ async def test_diamond_passes_results(api, store, worker):
 
 async def test_chain_of_100(api, store, worker):
     wf = await submit(api, [step(f"s{i}", [f"s{i - 1}"] if i else [], op="ok") for i in range(100)])
-    await wait_wf(api, wf["id"], timeout=120)
+    await wait_workflow(api, wf["id"], timeout=120)
     assert_order(await docs(store, wf))
 
 
 async def test_fan_out_500_and_fan_in(api, store, worker):
     mids = [step(f"m{i}", ["root"], value=i) for i in range(500)]
     wf = await submit(api, [step("root"), *mids, step("sink", [m["key"] for m in mids])])
-    await wait_wf(api, wf["id"], timeout=120)
+    await wait_workflow(api, wf["id"], timeout=120)
     steps = await docs(store, wf)
     sink = steps["sink"]["result"]
     assert sink["n_parents"] == 500 and sorted(p["value"] for p in sink["parents"].values()) == list(range(500))
@@ -82,7 +74,7 @@ async def test_fail_fast_cancels_everything_unfinished(api, store, worker):
             step("later", ["slow"]),
         ],
     )
-    body = await wait_wf(api, wf["id"], ("failed",), timeout=30)
+    body = await wait_workflow(api, wf["id"], ("failed",), timeout=30)
     steps = await docs(store, wf)
     assert steps["bad"]["status"] == "failed"
     assert {k: steps[k]["status"] for k in ("after", "slow", "later")} == {
@@ -106,7 +98,7 @@ async def test_continue_runs_independent_branches(api, store, worker):
         ],
         failure_policy="continue",
     )
-    await wait_wf(api, wf["id"], ("failed",))
+    await wait_workflow(api, wf["id"], ("failed",))
     steps = await docs(store, wf)
     assert steps["other2"]["status"] == "completed"
     assert steps["child"]["cancel_reason"] == steps["grandchild"]["cancel_reason"] == "dependency_failed"
@@ -117,7 +109,7 @@ async def test_cancel_a_workflow(api, store, worker):
     await eventually(lambda: _status(store, wf, "slow", "running"))
     r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/cancel")
     assert r.status_code == 200
-    await wait_wf(api, wf["id"], ("cancelled",))
+    await wait_workflow(api, wf["id"], ("cancelled",))
     steps = await docs(store, wf)
     assert steps["slow"]["status"] == steps["next"]["status"] == "cancelled"
     r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/cancel")
@@ -144,7 +136,7 @@ async def test_add_steps_to_a_running_workflow(api, store, worker):
     bad = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/jobs", json={"jobs": [step("x", ["y"]), step("y", ["x"])]})
     assert bad.status_code == 422 and "cycle" in bad.json()["error"]["message"]
     await api.post(f"/api/v1/jobs/{steps['gate']['_id']}/cancel")
-    await wait_wf(api, wf["id"], ("cancelled",))
+    await wait_workflow(api, wf["id"], ("cancelled",))
     assert (await docs(store, wf))["after_gate"]["cancel_reason"] == "dependency_cancelled"
 
 
@@ -158,12 +150,12 @@ async def test_retry_keeps_completed_steps(api, store, worker, tmp_path):
             step("tail", ["flaky"]),
         ],
     )
-    await wait_wf(api, wf["id"], ("failed",))
+    await wait_workflow(api, wf["id"], ("failed",))
     before = await docs(store, wf)
     marker.write_text("now it works")
     r = await api.post(f"/api/v1/jobs/workflows/{wf['id']}/retry")
     assert r.status_code == 200 and set(r.json()["jobs"]) == {"flaky", "tail"}
-    await wait_wf(api, wf["id"])
+    await wait_workflow(api, wf["id"])
     after = await docs(store, wf)
     assert after["done"]["completed_at"] == before["done"]["completed_at"] and after["done"]["attempt"] == 1
     assert after["tail"]["status"] == "completed"

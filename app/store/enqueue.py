@@ -20,6 +20,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 
+from app.domain.flowsteps import FLOW_ENGINE
 from app.domain.states import JobStatus
 from app.store.db import chunks, find_in
 from app.store.documents import JobDoc, band_of
@@ -70,7 +71,7 @@ class Enqueuer:
         for d in docs:
             if d["status"] == QUEUED:
                 groups[(d["engine"], band_of(d))].append(d)
-        for engine in {d["engine"] for d in docs} - {e for e, _ in groups}:
+        for engine in {d["engine"] for d in docs} - {e for e, _ in groups} - {FLOW_ENGINE}:  # no queue of its own
             await self.engines.ensure(engine)
         # Every band's numbers are taken before one `insert_many` writes them all (a
         # 10,000-step workflow is one insert).
