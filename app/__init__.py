@@ -4,8 +4,8 @@ The public handler API lives here: `from app import handler, JobContext, Retry, 
 RateLimited, StepsRejected`.
 """
 
-from app.context import JobContext, PermanentError, RateLimited, Retry, StepsRejected
-from app.registry import handler
-from app.settings import get_settings
+from .context import JobContext, PermanentError, RateLimited, Retry, StepsRejected
+from .registry import handler
+from .settings import get_settings
 
 __all__ = ["handler", "JobContext", "Retry", "PermanentError", "RateLimited", "StepsRejected", "get_settings"]

@@ -31,8 +31,8 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
-from app.domain.schedule import Cron
-from app.errors import Conflict, RateLimited, ValidationFailed
+from .domain.schedule import Cron
+from .errors import Conflict, RateLimited, ValidationFailed
 
 BOOTSTRAP_OWNER = "admin"  # `Principal.owner` of the bootstrap admin
 # The window the shortest gap between ticks is looked for in. A cron's fire times are a
@@ -47,7 +47,7 @@ UTC = UTC
 def limited_tenant(owner: str) -> str | None:
     """The tenant whose limits a resource owned by `owner` counts against; None for the
     bootstrap admin, who is not limited."""
-    from app.domain.models import tenant_of
+    from .domain.models import tenant_of
 
     return None if owner == BOOTSTRAP_OWNER else tenant_of(owner)
 

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from app.settings import Settings
+from .settings import Settings
 
 cli = typer.Typer(
     add_completion=False,
@@ -29,8 +29,8 @@ def _settings(handlers: str | None, lease_seconds: float | None = None) -> Setti
         s.handlers = ",".join(filter(None, [s.handlers, handlers]))
     if lease_seconds:
         s.lease_seconds = lease_seconds
-    from app.domain import redact
-    from app.logs import configure
+    from .domain import redact
+    from .logs import configure
 
     configure(s.log_level, s.log_json)
     redact.configure(s.secret_param_names, s.secret_allow_names)  # a worker's log lines too
@@ -55,7 +55,7 @@ def _admin_token(s: Settings) -> str:
 def _load_handlers(s: Settings) -> None:
     """Import the handler modules now: a module that cannot be imported is one line on
     stderr and exit code 2, not a traceback from deep inside the server."""
-    from app import registry
+    from . import registry
 
     try:
         registry.load(s.handler_modules())
@@ -97,10 +97,10 @@ def serve(
     """Run the API, the dashboard and a supervised pool of worker processes."""
     import uvicorn
 
-    from app import embedded
-    from app.http_limits import uvicorn_options
-    from app.main import create_app
-    from app.worker.supervisor import Supervisor
+    from . import embedded
+    from .http_limits import uvicorn_options
+    from .main import create_app
+    from .worker.supervisor import Supervisor
 
     s = _settings(handlers)
     _load_handlers(s)
@@ -114,7 +114,7 @@ def serve(
     s.admin_token = _admin_token(s)
     if not Settings().admin_token:
         typer.echo(f"admin token (from {s.data_dir / 'admin_token'}): {s.admin_token}", err=True)
-        from app.cli_client import record_serve  # client commands find this token from any directory
+        from .cli_client import record_serve  # client commands find this token from any directory
 
         record_serve(s.data_dir, host, port)
     if "public_url" not in s.model_fields_set:  # links in emails and logs point here
@@ -166,7 +166,7 @@ def worker(
     parent_pid: int = typer.Option(None, hidden=True, help="exit when this process is gone"),
 ) -> None:
     """Run a separate worker process against the same database."""
-    from app import embedded
+    from . import embedded
 
     s = _settings(handlers)
     s.metrics_port = metrics_port or s.metrics_port  # or SWITCHYARD_METRICS_PORT
@@ -184,8 +184,8 @@ def migrate() -> None:
     """Create the database's indexes and run its migrations, then exit: run it once before a
     rolling deploy (every process also migrates at start when the database is behind, one
     at a time)."""
-    from app import embedded
-    from app.store import connect
+    from . import embedded
+    from .store import connect
 
     s = _settings(None)
     url = s.mongodb_url or embedded.recorded_url(s.data_dir.resolve())
@@ -213,18 +213,18 @@ async def _run_worker(
     supervisor: str | None = None,
     parent_pid: int | None = None,
 ) -> None:
-    from app.store import connect
-    from app.worker.maintenance import Maintenance
-    from app.worker.processor import JobProcessor
+    from .store import connect
+    from .worker.maintenance import Maintenance
+    from .worker.processor import JobProcessor
 
     if s.metrics_port:  # first: a port in use fails before the worker registers
-        from app.metrics import serve_worker_metrics
+        from .metrics import serve_worker_metrics
 
         serve_worker_metrics(s.metrics_port, s.metrics_addr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if parent_pid:
-        from app.worker.supervisor import watch_parent
+        from .worker.supervisor import watch_parent
 
         watch_parent(parent_pid, lambda: loop.call_soon_threadsafe(stop.set), s.shutdown_grace_seconds + 5)
     store = connect(url, s)
@@ -244,7 +244,7 @@ async def _run_worker(
     await store.close()
 
 
-from app.cli_client import register  # noqa: E402  (the client commands: submit, status, queues, workers)
+from .cli_client import register  # noqa: E402  (the client commands: submit, status, queues, workers)
 
 register(cli)
 

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.client import DEFAULT_URL, FINISHED, SwitchyardAPIError, SwitchyardClient
+from .client import DEFAULT_URL, FINISHED, SwitchyardAPIError, SwitchyardClient
 
 out = Console()
 err = Console(stderr=True)
@@ -95,7 +95,7 @@ class Auth:
 def find_token(token: str | None, url: str) -> Auth:
     if token:
         return Auth(token, "--token or SWITCHYARD_TOKEN")
-    from app.settings import Settings
+    from .settings import Settings
 
     s = Settings()
     if s.admin_token:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.domain.models import check_keys
+from .domain.models import check_keys
 
 ProgressSink = Callable[[float, "str | None", dict], Awaitable[None]]
 UsageSink = Callable[[dict[str, float]], Awaitable[None]]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.store.db import answers_ping
+from .store.db import answers_ping
 
 
 def die_with_parent(sig: int = signal.SIGTERM):

@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 
-from app.logs import get_logger
+from .logs import get_logger
 
 
 class Singleton:

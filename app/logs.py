@@ -20,7 +20,7 @@ import structlog
 def _redact(_, __, event: dict) -> dict:
     """Secrets (app/domain/redact.py) never reach a log line: run last before rendering, so
     the message, every field and a formatted traceback all go through it."""
-    from app.domain.redact import redact
+    from .domain.redact import redact
 
     return redact(event)
 

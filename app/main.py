@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import registry
-from app.api import (
+from . import registry
+from .api import (
     admin,
     approvals,
     batch,
@@ -28,22 +28,22 @@ from app.api import (
     webhooks,
     workflows,
 )
-from app.api import (
+from .api import (
     live as live_api,
 )
-from app.api import (
+from .api import (
     usage as usage_api,
 )
-from app.api import (
+from .api import (
     workers as workers_api,
 )
-from app.api.schemas import ERROR_RESPONSES, error_responses
-from app.domain import redact
-from app.notifications.runtime import Live
-from app.settings import Settings
-from app.store import Store, connect
-from app.worker.maintenance import Maintenance
-from app.worker.processor import JobProcessor
+from .api.schemas import ERROR_RESPONSES, error_responses
+from .domain import redact
+from .notifications.runtime import Live
+from .settings import Settings
+from .store import Store, connect
+from .worker.maintenance import Maintenance
+from .worker.processor import JobProcessor
 
 
 def create_app(

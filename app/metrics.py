@@ -38,7 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from app.domain import states
+from .domain import states
 
 __all__ = [
     "CONTENT_TYPE_LATEST",

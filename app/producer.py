@@ -25,14 +25,14 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from app import registry
-from app.admission import Admission
-from app.domain.models import JobSpec, tenant_of
-from app.domain.states import JobStatus
-from app.domain.workflow import WorkflowSpec
-from app.errors import ValidationFailed
-from app.settings import Settings
-from app.store.db import Store, connect
+from . import registry
+from .admission import Admission
+from .domain.models import JobSpec, tenant_of
+from .domain.states import JobStatus
+from .domain.workflow import WorkflowSpec
+from .errors import ValidationFailed
+from .settings import Settings
+from .store.db import Store, connect
 
 QUEUED = JobStatus.QUEUED.value
 

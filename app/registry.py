@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.context import JobContext
-from app.domain.models import NAME_PATTERN
-from app.errors import ValidationFailed
+from .context import JobContext
+from .domain.models import NAME_PATTERN
+from .errors import ValidationFailed
 
 HandlerFn = Callable[[JobContext], Awaitable[Any]]
 _NAME = re.compile(NAME_PATTERN)

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.domain.limitkeys import parse_key_spec
-from app.domain.rates import parse_rate
+from .domain.limitkeys import parse_key_spec
+from .domain.rates import parse_rate
 
 # Seed 001's `default_queues`. An engine not named here starts with `general`'s limit.
 DEFAULT_QUEUE_LIMITS: dict[str, int] = {

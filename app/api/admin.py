@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app import metrics
-from app.api.auth import Principal, audit, can_see, require_principal
-from app.api.jobs import ID_PATTERN, strict_query
-from app.api.schemas import JobOut, JobPage
-from app.domain.models import NAME_PATTERN
-from app.errors import Conflict, Forbidden, NotFound
-from app.logs import get_logger
+from .. import metrics
+from ..domain.models import NAME_PATTERN
+from ..errors import Conflict, Forbidden, NotFound
+from ..logs import get_logger
+from .auth import Principal, audit, can_see, require_principal
+from .jobs import ID_PATTERN, strict_query
+from .schemas import JobOut, JobPage
 
 router = APIRouter(tags=["dead letter"])
 CODE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"

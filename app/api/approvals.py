@@ -18,13 +18,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Principal, audit, require_principal, visible
-from app.api.jobs import ID_PATTERN, strict_query
-from app.domain.flowsteps import SIGNAL_PATTERN, may_decide, preview
-from app.domain.redact import redact
-from app.domain.userjson import UserDict
-from app.domain.workflow import KEY_PATTERN
-from app.errors import NotFound
+from ..domain.flowsteps import SIGNAL_PATTERN, may_decide, preview
+from ..domain.redact import redact
+from ..domain.userjson import UserDict
+from ..domain.workflow import KEY_PATTERN
+from ..errors import NotFound
+from .auth import Principal, audit, require_principal, visible
+from .jobs import ID_PATTERN, strict_query
 
 inbox = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])

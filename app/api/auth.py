@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.domain.models import tenant_of
-from app.errors import Forbidden, Unauthorized
+from ..domain.models import tenant_of
+from ..errors import Forbidden, Unauthorized
 
 ROLES = ("member", "operator", "admin")
 BOOTSTRAP_OWNER = "admin"
@@ -138,7 +138,7 @@ def require_role(role: str):
 def visible(who: Principal, doc: dict, what: str, field: str) -> dict:
     """`doc` if `who` may see it; otherwise exactly the error a missing one gets."""
     if not can_see(who, doc.get("owner")):
-        from app.errors import NotFound
+        from ..errors import NotFound
 
         raise NotFound(f"{what} {doc.get('_id')!r} not found", field=field)
     return doc

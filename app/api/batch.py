@@ -14,11 +14,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import metrics, registry
-from app.api.auth import Principal, require_principal
-from app.api.jobs import admit, strict_query
-from app.domain.models import JobSpec
-from app.errors import ValidationFailed
+from .. import metrics, registry
+from ..domain.models import JobSpec
+from ..errors import ValidationFailed
+from .auth import Principal, require_principal
+from .jobs import admit, strict_query
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

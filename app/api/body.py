@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from app.domain.userjson import field_path
+from ..domain.userjson import field_path
 
 # A `\uD800`-`\uDFFF` escape: only then can the decoded JSON hold a lone surrogate (a
 # valid pair decodes to one character), so only then is the body parsed here.

@@ -12,11 +12,11 @@ from datetime import datetime
 from fastapi import APIRouter, Body, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.admin import require_admin
-from app.api.auth import NAME, Principal, audit, require_role
-from app.api.jobs import strict_query
-from app.errors import NotFound
-from app.store.budgets import PERIODS, period_bounds
+from ..errors import NotFound
+from ..store.budgets import PERIODS, period_bounds
+from .admin import require_admin
+from .auth import NAME, Principal, audit, require_role
+from .jobs import strict_query
 
 router = APIRouter(prefix="/api/v1/admin/tenants", tags=["admin"])
 Tenant = Path(pattern=NAME.pattern, description="the tenant's name")

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-from app.errors import NotFound
+from ..errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

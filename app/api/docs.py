@@ -20,7 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-from app.errors import NotFound
+from ..errors import NotFound
 
 ASSETS = Path(str(files("fastapi_offline") / "static"))
 ASSET_URL = "/docs/assets"

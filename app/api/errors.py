@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.domain.userjson import field_path
-from app.errors import SwitchyardError
+from ..domain.userjson import field_path
+from ..errors import SwitchyardError
 
 
 class ErrorResponse(JSONResponse):

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from app import metrics
-from app.api.auth import require_principal
-from app.api.queues import queue_status
-from app.errors import Unauthorized
+from .. import metrics
+from ..errors import Unauthorized
+from .auth import require_principal
+from .queues import queue_status
 
 router = APIRouter(tags=["health"])
 EMAIL_STATUS_TIMEOUT = 3.0  # seconds; a hung SMTP probe must not hang /health

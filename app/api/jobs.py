@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app import metrics, registry
-from app.admission import Admission
-from app.api.auth import Principal, require_principal, visible
-from app.api.schemas import History, JobOut, JobPage, SubmitOut
-from app.domain.models import NAME_PATTERN, JobSpec
-from app.domain.states import JobStatus
-from app.domain.userjson import label
-from app.errors import ValidationFailed
-from app.store.why import explain
+from .. import metrics, registry
+from ..admission import Admission
+from ..domain.models import NAME_PATTERN, JobSpec
+from ..domain.states import JobStatus
+from ..domain.userjson import label
+from ..errors import ValidationFailed
+from ..store.why import explain
+from .auth import Principal, require_principal, visible
+from .schemas import History, JobOut, JobPage, SubmitOut
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ID_PATTERN = r"^[0-9a-f]{24}$"

@@ -13,9 +13,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import RESERVED_TENANTS, ROLES, Principal, audit, require_principal, require_role
-from app.api.jobs import ID_PATTERN, strict_query
-from app.errors import Forbidden, ValidationFailed
+from ..errors import Forbidden, ValidationFailed
+from .auth import RESERVED_TENANTS, ROLES, Principal, audit, require_principal, require_role
+from .jobs import ID_PATTERN, strict_query
 
 router = APIRouter(tags=["auth"])
 NAME = r"^[A-Za-z0-9_-]{1,64}$"

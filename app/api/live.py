@@ -20,13 +20,13 @@ import time
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from app.api.auth import Principal, authenticate, bearer, can_see, require_principal
-from app.api.jobs import strict_query
-from app.api.stream_guard import MAX_FRAME, auth_token, known_query, parse, seq, watch_of
-from app.domain.events import is_terminal
-from app.domain.redact import redact
-from app.errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
-from app.notifications.hub import Subscriber, Subscription
+from ..domain.events import is_terminal
+from ..domain.redact import redact
+from ..errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
+from ..notifications.hub import Subscriber, Subscription
+from .auth import Principal, authenticate, bearer, can_see, require_principal
+from .jobs import strict_query
+from .stream_guard import MAX_FRAME, auth_token, known_query, parse, seq, watch_of
 
 router = APIRouter(tags=["live"])
 ID = re.compile(r"^[0-9a-f]{24}$")
@@ -71,7 +71,7 @@ async def _subject(store, who: Principal, *, job_id=None, workflow_id=None) -> d
 
 async def _subscription(msg: dict, store=None, who: Principal | None = None) -> Subscription:
     if msg.get("notifications") is True:
-        from app.notifications.service import routes_for
+        from ..notifications.service import routes_for
 
         prefs = await store.notifications.preferences(who.owner)
         return Subscription(notify=frozenset(routes_for(store.settings, prefs, "websocket")), user=who.owner)

@@ -9,12 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.api.auth import Principal, require_principal
-from app.api.jobs import strict_query
-from app.domain.states import JobStatus
-from app.domain.userjson import INT64_MAX
-from app.notifications.email import valid_address
-from app.notifications.service import CHANNELS
+from ..domain.states import JobStatus
+from ..domain.userjson import INT64_MAX
+from ..notifications.email import valid_address
+from ..notifications.service import CHANNELS
+from .auth import Principal, require_principal
+from .jobs import strict_query
 
 router = APIRouter(prefix="/api/v1/jobs/notifications", tags=["notifications"])
 EVENT_TYPES = sorted(

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from app import registry
-from app.api.auth import Principal, audit, require_principal, require_role
-from app.api.schemas import KeyOut, LimitsIn, QueueOut, QueueStatus
-from app.domain.models import NAME_PATTERN
-from app.errors import Forbidden, NotFound, ValidationFailed
-from app.store.bands import band_lane, key_block, key_running
-from app.store.engines import budget_hold, busy_bands, held_until
+from .. import registry
+from ..domain.models import NAME_PATTERN
+from ..errors import Forbidden, NotFound, ValidationFailed
+from ..store.bands import band_lane, key_block, key_running
+from ..store.engines import budget_hold, busy_bands, held_until
+from .auth import Principal, audit, require_principal, require_role
+from .schemas import KeyOut, LimitsIn, QueueOut, QueueStatus
 
 router = APIRouter(prefix="/api/v1/jobs/queue", tags=["queues"])
 QueueName = Path(pattern=NAME_PATTERN, description="the engine's name")

@@ -16,14 +16,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from app import registry
-from app.api.auth import Principal, require_principal, visible
-from app.api.jobs import ID_PATTERN, admission, strict_query
-from app.api.workflows import require_handlers
-from app.domain.redact import redact
-from app.domain.schedule import ScheduleSpec
-from app.domain.workflow import validate_steps
-from app.errors import ValidationFailed
+from .. import registry
+from ..domain.redact import redact
+from ..domain.schedule import ScheduleSpec
+from ..domain.workflow import validate_steps
+from ..errors import ValidationFailed
+from .auth import Principal, require_principal, visible
+from .jobs import ID_PATTERN, admission, strict_query
+from .workflows import require_handlers
 
 router = APIRouter(prefix="/api/v1/jobs/schedules", tags=["schedules"])
 ScheduleId = Path(pattern=ID_PATTERN, description="the schedule's id")

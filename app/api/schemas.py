@@ -8,12 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.domain.limitkeys import check_weight, parse_key_spec
-from app.domain.models import NAME_PATTERN
-from app.domain.rates import MAX_BURST, parse_rate
-from app.domain.redact import redact
-from app.domain.retry import RetryConfig
-from app.domain.states import JobStatus
+from ..domain.limitkeys import check_weight, parse_key_spec
+from ..domain.models import NAME_PATTERN
+from ..domain.rates import MAX_BURST, parse_rate
+from ..domain.redact import redact
+from ..domain.retry import RetryConfig
+from ..domain.states import JobStatus
 
 
 class Progress(BaseModel):

@@ -30,10 +30,10 @@ import json
 import re
 import time
 
-from app.api.auth import Principal
-from app.errors import ValidationFailed
-from app.logs import get_logger
-from app.notifications.hub import Subscriber
+from ..errors import ValidationFailed
+from ..logs import get_logger
+from ..notifications.hub import Subscriber
+from .auth import Principal
 
 log = get_logger("switchyard.streams")
 UNAUTHORIZED = 4401

@@ -11,11 +11,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.auth import Principal, require_principal
-from app.api.jobs import ID_PATTERN, strict_query
-from app.api.schemas import UsageOut
-from app.domain.models import NAME_PATTERN
-from app.errors import ValidationFailed
+from ..domain.models import NAME_PATTERN
+from ..errors import ValidationFailed
+from .auth import Principal, require_principal
+from .jobs import ID_PATTERN, strict_query
+from .schemas import UsageOut
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
 MAX_DAYS = 366  # a range wider than this is refused: the (tenant, day) index bounds the read

@@ -25,14 +25,15 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app import PermanentError
-from app.api.auth import Principal, audit, require_principal, require_role, visible
-from app.api.jobs import ID_PATTERN, strict_query
-from app.api.notifications import EVENT_TYPES
-from app.domain.models import tenant_of
-from app.errors import Conflict, ValidationFailed
-from app.store.webhook_deliveries import DeliveryState
 from handlers.general import ServiceUnavailable, check_address
+
+from .. import PermanentError
+from ..domain.models import tenant_of
+from ..errors import Conflict, ValidationFailed
+from ..store.webhook_deliveries import DeliveryState
+from .auth import Principal, audit, require_principal, require_role, visible
+from .jobs import ID_PATTERN, strict_query
+from .notifications import EVENT_TYPES
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 ALL = "*"

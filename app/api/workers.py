@@ -14,8 +14,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app.api.auth import Principal, require_role
-from app.api.jobs import strict_query
+from .auth import Principal, require_role
+from .jobs import strict_query
 
 router = APIRouter(prefix="/api/v1/jobs/workers", tags=["workers"])
 

@@ -9,15 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app import metrics, registry
-from app.api.approvals import decides
-from app.api.auth import Principal, require_principal, visible
-from app.api.jobs import ID_PATTERN, admit, strict_query
-from app.domain.flowsteps import FLOW_ENGINE
-from app.domain.models import tenant_of
-from app.domain.redact import redact
-from app.domain.workflow import AddSteps, WorkflowSpec, validate_steps
-from app.store.why import explain
+from .. import metrics, registry
+from ..domain.flowsteps import FLOW_ENGINE
+from ..domain.models import tenant_of
+from ..domain.redact import redact
+from ..domain.workflow import AddSteps, WorkflowSpec, validate_steps
+from ..store.why import explain
+from .approvals import decides
+from .auth import Principal, require_principal, visible
+from .jobs import ID_PATTERN, admit, strict_query
 
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
 STEP_STATUSES = ("pending", "scheduled", "queued", "awaiting", "running", "completed", "failed", "cancelled")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.domain.models import tenant_of
+from .models import tenant_of
 
 JOB_TERMINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
 WORKFLOW_TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.domain.models import NAME_PATTERN
-from app.errors import ValidationFailed
+from ..errors import ValidationFailed
+from .models import NAME_PATTERN
 
 FLOW_ENGINE = "_flow"  # no handler is registered for it (a name a client's engine cannot take)
 ROLES = ("member", "operator", "admin")  # as app/api/auth.py: each includes the one before

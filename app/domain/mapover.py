@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 MAX_SEGMENTS = 16
 MAX_PATH = 500

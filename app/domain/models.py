@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.domain.retry import RetryConfig
-from app.domain.userjson import UserDict, check_json
+from .retry import RetryConfig
+from .userjson import UserDict, check_json
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 check_keys = check_json  # handler results and progress data obey the same rules (app/worker, app/context.py)
@@ -131,7 +131,7 @@ def new_job_document(
     The store adds `seq` to queued ones."""
     from datetime import timedelta
 
-    from app.domain.states import JobStatus
+    from .states import JobStatus
 
     run_at = spec.run_at or (now + timedelta(seconds=spec.delay_seconds) if spec.delay_seconds else None)
     d = spec.debounce

@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.domain.models import JobSpec
-from app.domain.workflow import WorkflowSpec
+from .models import JobSpec
+from .workflow import WorkflowSpec
 
 UTC = UTC
 MisfirePolicy = Literal["skip", "catch_up"]

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain import mapover
-from app.domain.flowsteps import FlowFields, check_step
-from app.domain.models import JobSpec
-from app.domain.userjson import UserDict
-from app.errors import ValidationFailed
+from ..errors import ValidationFailed
+from . import mapover
+from .flowsteps import FlowFields, check_step
+from .models import JobSpec
+from .userjson import UserDict
 
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 StepKey = Annotated[str, Field(pattern=KEY_PATTERN)]

@@ -18,12 +18,12 @@ notification preferences) or `SWITCHYARD_ALERT_EMAIL`, as alerts do.
 
 from __future__ import annotations
 
-from app import metrics
-from app.domain.flowsteps import DEFAULT_APPROVERS, FLOW_ENGINE, roles_at_least
-from app.domain.redact import redact_text
-from app.notifications.direct import APPROVAL_REQUESTED
-from app.notifications.recipients import NO_RECIPIENT, recipient
-from app.store.notifications import notification_id
+from .. import metrics
+from ..domain.flowsteps import DEFAULT_APPROVERS, FLOW_ENGINE, roles_at_least
+from ..domain.redact import redact_text
+from ..store.notifications import notification_id
+from .direct import APPROVAL_REQUESTED
+from .recipients import NO_RECIPIENT, recipient
 
 BOOTSTRAP_OWNER = "admin"  # the bootstrap admin's owner stamp, tenant `default` (app/api/auth.py)
 

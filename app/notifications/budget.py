@@ -16,10 +16,10 @@ endpoint accepts, and can never be an event's `<seq>:<tenant>~<user>`.
 
 from __future__ import annotations
 
-from app import metrics
-from app.notifications.direct import BUDGET_REACHED, BUDGET_WARNING
-from app.notifications.recipients import NO_RECIPIENT, recipient
-from app.notifications.service import channels_for
+from .. import metrics
+from .direct import BUDGET_REACHED, BUDGET_WARNING
+from .recipients import NO_RECIPIENT, recipient
+from .service import channels_for
 
 
 def budget_notification_id(crossing: dict, owner: str) -> str:

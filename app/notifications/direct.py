@@ -30,8 +30,8 @@ import json
 
 from pymongo.errors import OperationFailure
 
-from app.logs import get_logger
-from app.store.feed import HISTORY_LOST, next_batch
+from ..logs import get_logger
+from ..store.feed import HISTORY_LOST, next_batch
 
 log = get_logger("switchyard.hub")
 

@@ -25,9 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from app import metrics
-from app.errors import LeaseLost
-from app.logs import get_logger
+from .. import metrics
+from ..errors import LeaseLost
+from ..logs import get_logger
 
 log = get_logger("switchyard.mailer")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

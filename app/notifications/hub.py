@@ -22,9 +22,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.domain.events import public
-from app.logs import get_logger
-from app.notifications.direct import DIRECT_TYPES, DirectPush
+from ..domain.events import public
+from ..logs import get_logger
+from .direct import DIRECT_TYPES, DirectPush
 
 log = get_logger("switchyard.hub")
 
@@ -35,8 +35,8 @@ def encode(event: dict) -> str:
 
 def notification(event: dict, user: str) -> str:
     """An event as the notification it is for `user` (same id as the stored one)."""
-    from app.notifications.service import title_of
-    from app.store.notifications import notification_id
+    from ..store.notifications import notification_id
+    from .service import title_of
 
     return json.dumps(
         {

@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from app.logs import get_logger
-from app.notifications.email import valid_address
+from ..logs import get_logger
+from .email import valid_address
 
 LOG_EVERY = 600.0  # seconds between warnings for one alert kind
 RECENT = 3600.0  # seconds a suppression keeps /health at "no_recipient"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from app.domain.events import from_change, static_fields
-from app.leadership import Singleton
-from app.store.feed import HistoryLost
+from ..domain.events import from_change, static_fields
+from ..leadership import Singleton
+from ..store.feed import HistoryLost
 
 LEASE = "event-relay"
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-from app.notifications.email import Mailer
-from app.notifications.hub import Hub
-from app.notifications.recipients import NO_RECIPIENT, NoRecipient, explain
-from app.notifications.relay import EventRelay
-from app.notifications.service import DbChannel, EmailChannel, NotificationService
-from app.notifications.webhooks import WebhookChannel, WebhookSender
+from .email import Mailer
+from .hub import Hub
+from .recipients import NO_RECIPIENT, NoRecipient, explain
+from .relay import EventRelay
+from .service import DbChannel, EmailChannel, NotificationService
+from .webhooks import WebhookChannel, WebhookSender
 
 
 class Live:

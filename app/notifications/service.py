@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from app import metrics
-from app.domain.redact import redact_text
-from app.leadership import Singleton
-from app.notifications.approvals import request_approvals
-from app.notifications.direct import DIRECT_TYPES
-from app.notifications.hub import Subscriber, Subscription
-from app.notifications.recipients import NO_RECIPIENT, NoRecipient, recipient
-from app.store.notifications import notification_id
+from .. import metrics
+from ..domain.redact import redact_text
+from ..leadership import Singleton
+from ..store.notifications import notification_id
+from .approvals import request_approvals
+from .direct import DIRECT_TYPES
+from .hub import Subscriber, Subscription
+from .recipients import NO_RECIPIENT, NoRecipient, recipient
 
 LEASE = "notifier"
 CHANNELS = ("db", "email", "websocket")

@@ -34,12 +34,13 @@ from collections import defaultdict
 
 import httpx
 
-from app import PermanentError, metrics
-from app.domain.events import public
-from app.errors import LeaseLost
-from app.logs import get_logger
-from app.store.webhook_deliveries import DeliveryState, delivery_id
 from handlers.general import ServiceUnavailable, check_address
+
+from .. import PermanentError, metrics
+from ..domain.events import public
+from ..errors import LeaseLost
+from ..logs import get_logger
+from ..store.webhook_deliveries import DeliveryState, delivery_id
 
 USER_AGENT = "Switchyard-Webhooks/1"
 _SENDING = contextvars.ContextVar("webhook_sending", default=False)

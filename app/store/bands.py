@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.domain.limitkeys import lane_base
+from ..domain.limitkeys import lane_base
 
 DEFAULT_TENANT = "default"
 

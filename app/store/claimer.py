@@ -40,11 +40,11 @@ from datetime import timedelta
 
 from pymongo.errors import PyMongoError
 
-from app.domain.limitkeys import shares, unspend
-from app.domain.states import JobStatus
-from app.store.db import find_in
-from app.store.documents import BAND_FIELDS
-from app.store.engines import DEFAULT_TENANT, band_floor, band_lane, busy_bands, parse_band
+from ..domain.limitkeys import shares, unspend
+from ..domain.states import JobStatus
+from .db import find_in
+from .documents import BAND_FIELDS
+from .engines import DEFAULT_TENANT, band_floor, band_lane, busy_bands, parse_band
 
 QUEUED = JobStatus.QUEUED.value
 MAX_WINDOW = 1 << 20

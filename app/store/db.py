@@ -17,8 +17,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
-from app.settings import Settings
-from app.store import quirks
+from ..settings import Settings
+from . import quirks
 
 
 async def ensure_index(col: AsyncCollection, keys, **options) -> str:
@@ -120,35 +120,35 @@ class Store:
     def __init__(
         self, client: AsyncMongoClient, settings: Settings, db_name: str | None = None, *, secantus: bool = True
     ) -> None:
-        from app.store.budgets import BudgetStore
-        from app.store.claimer import Claimer
-        from app.store.decisions import Decisions
-        from app.store.dedupe import DedupeStore
-        from app.store.engines import EngineStore
-        from app.store.enqueue import Enqueuer
-        from app.store.events import EventStore
-        from app.store.feed import ChangeFeed
-        from app.store.flowsteps import FlowSteps
-        from app.store.guard import AuditLog, RateLimits
-        from app.store.job_admin import JobAdmin
-        from app.store.jobs import JobQueries
-        from app.store.keys import KeyStore
-        from app.store.leases import LeaseStore
-        from app.store.lifecycle import Lifecycle
-        from app.store.mail import MailStore
-        from app.store.mapsteps import MapSteps
-        from app.store.notifications import NotificationStore
-        from app.store.quirks import BulkGate
-        from app.store.retention import Expiry, JobRetention, WorkflowRetention
-        from app.store.schedules import ScheduleStore
-        from app.store.spawn import Spawner
-        from app.store.steps import StepMoves
-        from app.store.usage import UsageStore
-        from app.store.webhook_deliveries import DeliveryStore
-        from app.store.webhooks import WebhookStore
-        from app.store.workers import WorkerStore
-        from app.store.workflow_flow import WorkflowFlow
-        from app.store.workflows import WorkflowStore
+        from .budgets import BudgetStore
+        from .claimer import Claimer
+        from .decisions import Decisions
+        from .dedupe import DedupeStore
+        from .engines import EngineStore
+        from .enqueue import Enqueuer
+        from .events import EventStore
+        from .feed import ChangeFeed
+        from .flowsteps import FlowSteps
+        from .guard import AuditLog, RateLimits
+        from .job_admin import JobAdmin
+        from .jobs import JobQueries
+        from .keys import KeyStore
+        from .leases import LeaseStore
+        from .lifecycle import Lifecycle
+        from .mail import MailStore
+        from .mapsteps import MapSteps
+        from .notifications import NotificationStore
+        from .quirks import BulkGate
+        from .retention import Expiry, JobRetention, WorkflowRetention
+        from .schedules import ScheduleStore
+        from .spawn import Spawner
+        from .steps import StepMoves
+        from .usage import UsageStore
+        from .webhook_deliveries import DeliveryStore
+        from .webhooks import WebhookStore
+        from .workers import WorkerStore
+        from .workflow_flow import WorkflowFlow
+        from .workflows import WorkflowStore
 
         self.client = client
         self.secantus = secantus  # whether the embedded server's workarounds apply (quirks.py)
@@ -263,7 +263,7 @@ class Store:
         version writes a job. Without it the first relay starts its change stream whenever
         it first leads, and the writes made before that (a submit racing start-up) would
         never become events. Where change streams are missing, the relay cannot run anyway."""
-        from app.notifications.relay import LEASE
+        from ..notifications.relay import LEASE
 
         try:
             token = await self.feed.position()

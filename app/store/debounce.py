@@ -25,10 +25,10 @@ from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from app.domain.models import JobSpec, tenant_of
-from app.domain.states import JobStatus
-from app.errors import Conflict
-from app.store.documents import JobDoc
+from ..domain.models import JobSpec, tenant_of
+from ..domain.states import JobStatus
+from ..errors import Conflict
+from .documents import JobDoc
 
 # Called before a submit writes: `True` for a new job, `False` for a replacement
 # (app/admission.py counts a replacement as a request but not as a waiting job).

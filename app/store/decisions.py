@@ -27,11 +27,11 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from app.domain.flowsteps import BY_TIMEOUT, TIMEOUT, TIMEOUT_REJECTED, iso
-from app.domain.states import JobStatus
-from app.errors import InvalidTransition
-from app.store.db import find_in
-from app.store.documents import error_entry
+from ..domain.flowsteps import BY_TIMEOUT, TIMEOUT, TIMEOUT_REJECTED, iso
+from ..domain.states import JobStatus
+from ..errors import InvalidTransition
+from .db import find_in
+from .documents import error_entry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PENDING = JobStatus.PENDING.value

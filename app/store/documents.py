@@ -14,7 +14,7 @@ from typing import Any, NotRequired, TypedDict
 
 import bson
 
-from app.store.engines import band
+from .engines import band
 
 LEASE_FIELDS = ("lease_owner", "lease_token", "lease_expires_at")
 """Stamped by a claim, removed by every move out of `running`."""

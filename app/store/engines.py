@@ -42,10 +42,10 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.domain.rates import default_burst, parse_rate
-from app.errors import NotFound
-from app.settings import Settings
-from app.store.bands import (  # noqa: F401 (the band helpers, imported from here too)
+from ..domain.rates import default_burst, parse_rate
+from ..errors import NotFound
+from ..settings import Settings
+from .bands import (  # noqa: F401 (the band helpers, imported from here too)
     DEFAULT_TENANT,
     band,
     band_floor,
@@ -57,8 +57,8 @@ from app.store.bands import (  # noqa: F401 (the band helpers, imported from her
     parse_band,
     tenant_key,
 )
-from app.store.keylimits import KeyLimits
-from app.store.permits import PermitsMixin
+from .keylimits import KeyLimits
+from .permits import PermitsMixin
 
 RATE_FIELDS = ("rate", "rate_per_s", "burst", "rate_tokens", "rate_at", "rate_took")
 CLEAR_DELAY = 0.005  # seconds a landed marker waits for the next enqueue to carry its removal

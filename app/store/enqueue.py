@@ -20,11 +20,11 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from app.domain.flowsteps import FLOW_ENGINE
-from app.domain.states import JobStatus
-from app.store.db import chunks, find_in
-from app.store.documents import JobDoc, band_of
-from app.store.quirks import BulkGate
+from ..domain.flowsteps import FLOW_ENGINE
+from ..domain.states import JobStatus
+from .db import chunks, find_in
+from .documents import JobDoc, band_of
+from .quirks import BulkGate
 
 QUEUED = JobStatus.QUEUED.value
 

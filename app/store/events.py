@@ -18,10 +18,10 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.domain.redact import redact
-from app.logs import get_logger
-from app.store.db import ensure_index, ensure_ttl
-from app.store.feed import next_batch
+from ..domain.redact import redact
+from ..logs import get_logger
+from .db import ensure_index, ensure_ttl
+from .feed import next_batch
 
 log = get_logger("switchyard.events")
 REDACTED = ("name", "progress", "error", "reason")

@@ -18,9 +18,9 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
-from app.domain.events import JOB_STATIC, WORKFLOW_STATIC
-from app.store.db import find_in
-from app.store.quirks import BulkGate
+from ..domain.events import JOB_STATIC, WORKFLOW_STATIC
+from .db import find_in
+from .quirks import BulkGate
 
 HISTORY_LOST = {260, 280, 286}  # InvalidResumeToken, ChangeStreamFatalError, ChangeStreamHistoryLost
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.domain.flowsteps import REJECTED, iso
-from app.domain.states import JobStatus, WorkflowStatus
-from app.errors import Conflict, InvalidTransition, NotFound
-from app.store.db import find_in
+from ..domain.flowsteps import REJECTED, iso
+from ..domain.states import JobStatus, WorkflowStatus
+from ..errors import Conflict, InvalidTransition, NotFound
+from .db import find_in
 
 AWAITING = JobStatus.AWAITING.value
 INBOX_FIELDS = {

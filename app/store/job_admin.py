@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.domain import states
-from app.domain.retry import RetryConfig
-from app.domain.states import JobStatus
-from app.errors import Conflict, InvalidTransition
+from ..domain import states
+from ..domain.retry import RetryConfig
+from ..domain.states import JobStatus
+from ..errors import Conflict, InvalidTransition
 
 FAILED = JobStatus.FAILED.value
 RETRYABLE = tuple(s.value for s in states.RETRYABLE)

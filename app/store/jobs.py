@@ -15,11 +15,11 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING
 
-from app.domain.states import JobStatus
-from app.errors import NotFound
-from app.store.db import ensure_index, find_in
-from app.store.engines import DEFAULT_TENANT, band, band_floor, busy_bands
-from app.store.retention import EPOCH, UNSETTLED
+from ..domain.states import JobStatus
+from ..errors import NotFound
+from .db import ensure_index, find_in
+from .engines import DEFAULT_TENANT, band, band_floor, busy_bands
+from .retention import EPOCH, UNSETTLED
 
 POSITION_CAP = 1000  # most sequence numbers one position count looks at
 CLAIM_INDEX = [

@@ -21,10 +21,10 @@ from typing import Any
 
 from pymongo import ReturnDocument
 
-from app.domain.limitkeys import VALUE_CHARS, key_id, key_value, lane_base
-from app.domain.rates import default_burst, parse_rate
-from app.store.bands import band_lane
-from app.store.permits import tokens_now
+from ..domain.limitkeys import VALUE_CHARS, key_id, key_value, lane_base
+from ..domain.rates import default_burst, parse_rate
+from .bands import band_lane
+from .permits import tokens_now
 
 SPEC_TTL = 2.0  # seconds an enqueuer trusts the key spec it read: a changed key applies after it
 KEY_FIELDS = ("key", "key_rate", "key_rate_per_s", "key_burst", "key_concurrency")

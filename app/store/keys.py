@@ -15,7 +15,7 @@ from datetime import datetime
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.errors import NotFound
+from ..errors import NotFound
 
 PREFIX = "sy_"
 

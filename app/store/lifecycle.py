@@ -27,13 +27,13 @@ from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
-from app.domain.models import JobSpec, new_job_document
-from app.domain.retry import RetryConfig
-from app.domain.states import JobStatus
-from app.errors import InvalidTransition, LeaseLost, NotFound
-from app.store.documents import BAND_FIELDS, LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
-from app.store.retention import Expiry
-from app.store.settles import Settles
+from ..domain.models import JobSpec, new_job_document
+from ..domain.retry import RetryConfig
+from ..domain.states import JobStatus
+from ..errors import InvalidTransition, LeaseLost, NotFound
+from .documents import BAND_FIELDS, LEASE_FIELDS, JobDoc, bson_size, by_size, error_entry, is_step
+from .retention import Expiry
+from .settles import Settles
 
 EPOCH = datetime(1970, 1, 1)
 RUNNING = JobStatus.RUNNING.value
@@ -80,7 +80,7 @@ class Lifecycle:
         # Due sleep steps complete instead of queueing (`wake`, app/store/decisions.py;
         # wired by app/store/flowsteps.py). Until it is wired they are left scheduled.
         self.wake: Callable[[list[JobDoc], datetime], Awaitable[int]] | None = None
-        from app.store.debounce import Debouncer, DebounceStore
+        from .debounce import Debouncer, DebounceStore
 
         self.debouncer = Debouncer(self, DebounceStore(col.database))
 

@@ -19,7 +19,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.errors import LeaseLost
+from ..errors import LeaseLost
 
 
 class MailStore:

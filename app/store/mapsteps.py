@@ -33,12 +33,12 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.domain.mapover import NotMappable, child_key, resolve, split
-from app.domain.models import JobSpec
-from app.domain.retry import RetryConfig
-from app.domain.states import JobStatus, WorkflowStatus
-from app.store.db import find_in
-from app.store.documents import bson_size, error_entry
+from ..domain.mapover import NotMappable, child_key, resolve, split
+from ..domain.models import JobSpec
+from ..domain.retry import RetryConfig
+from ..domain.states import JobStatus, WorkflowStatus
+from .db import find_in
+from .documents import bson_size, error_entry
 
 MAP, JOIN = "map", "map_join"
 PENDING = JobStatus.PENDING.value

@@ -14,8 +14,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.errors import NotFound
-from app.store.db import ensure_ttl
+from ..errors import NotFound
+from .db import ensure_ttl
 
 
 def notification_id(seq: int, user: str) -> str:

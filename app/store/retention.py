@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
-from app.domain.states import JobStatus, WorkflowStatus
+from ..domain.states import JobStatus, WorkflowStatus
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAILED = JobStatus.FAILED.value

@@ -46,10 +46,10 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from app.domain.models import JobSpec, tenant_of
-from app.domain.schedule import Cron, ScheduleSpec
-from app.domain.workflow import WorkflowSpec
-from app.errors import NotFound
+from ..domain.models import JobSpec, tenant_of
+from ..domain.schedule import Cron, ScheduleSpec
+from ..domain.workflow import WorkflowSpec
+from ..errors import NotFound
 
 
 def tick_job_id(schedule_id: str, tick: datetime) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from app.logs import get_logger
+from ..logs import get_logger
 
 WINDOW = 0.003  # seconds a batch waits for more steps
 BATCH = 500

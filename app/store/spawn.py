@@ -24,10 +24,10 @@ Invariants:
 
 from __future__ import annotations
 
-from app.domain.states import JobStatus
-from app.domain.workflow import StepSpec, descendants, validate_steps
-from app.errors import LeaseLost, ValidationFailed
-from app.store.db import find_in
+from ..domain.states import JobStatus
+from ..domain.workflow import StepSpec, descendants, validate_steps
+from ..errors import LeaseLost, ValidationFailed
+from .db import find_in
 
 PENDING = JobStatus.PENDING.value
 

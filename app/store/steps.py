@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from app.domain import states
-from app.domain.states import JobStatus
-from app.store.db import chunks, find_in, update_in
-from app.store.documents import BAND_FIELDS
-from app.store.retention import UNSETTLED
+from ..domain import states
+from ..domain.states import JobStatus
+from .db import chunks, find_in, update_in
+from .documents import BAND_FIELDS
+from .retention import UNSETTLED
 
 PENDING = JobStatus.PENDING.value
 WAITING = tuple(s.value for s in states.WAITING)

@@ -34,8 +34,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.errors import Conflict, LeaseLost, NotFound
-from app.store.db import ensure_ttl
+from ..errors import Conflict, LeaseLost, NotFound
+from .db import ensure_ttl
 
 LOG_LIMIT = 50
 

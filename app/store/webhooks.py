@@ -23,8 +23,8 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.domain.models import tenant_of
-from app.errors import NotFound
+from ..domain.models import tenant_of
+from ..errors import NotFound
 
 PUBLIC = {"secret": 0}  # the projection of every read that may reach an answer
 

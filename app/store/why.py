@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.domain.flowsteps import FLOW_ENGINE
-from app.domain.states import JobStatus
-from app.store.bands import key_block, next_token_at
-from app.store.db import find_in
-from app.store.engines import budget_hold, held_until
+from ..domain.flowsteps import FLOW_ENGINE
+from ..domain.states import JobStatus
+from .bands import key_block, next_token_at
+from .db import find_in
+from .engines import budget_hold, held_until
 
 
 async def explain(

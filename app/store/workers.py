@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.settings import Settings
+from ..settings import Settings
 
 EPOCH = datetime(1970, 1, 1)
 SUPERVISOR = "supervisor"

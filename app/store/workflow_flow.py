@@ -5,10 +5,10 @@ documents and graphs), the job queries, and the step moves."""
 
 from __future__ import annotations
 
-from app.domain.states import JobStatus, WorkflowStatus
-from app.domain.workflow import descendants
-from app.errors import InvalidTransition
-from app.store.retention import awaits_fanout
+from ..domain.states import JobStatus, WorkflowStatus
+from ..domain.workflow import descendants
+from ..errors import InvalidTransition
+from .retention import awaits_fanout
 
 RUNNING = WorkflowStatus.RUNNING.value
 DEPENDENCY_FAILED = "dependency_failed"

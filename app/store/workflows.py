@@ -28,11 +28,11 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid
 
-from app.domain.flowsteps import StepType, flow_document
-from app.domain.models import tenant_of
-from app.domain.states import JobStatus, WorkflowStatus
-from app.domain.workflow import StepSpec, WorkflowSpec, validate_steps
-from app.errors import InvalidTransition, NotFound
+from ..domain.flowsteps import StepType, flow_document
+from ..domain.models import tenant_of
+from ..domain.states import JobStatus, WorkflowStatus
+from ..domain.workflow import StepSpec, WorkflowSpec, validate_steps
+from ..errors import InvalidTransition, NotFound
 
 RUNNING = WorkflowStatus.RUNNING.value
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 
-from app.errors import LeaseLost
-from app.store.lifecycle import Exit
+from ..errors import LeaseLost
+from ..store.lifecycle import Exit
 
 
 class Exits:

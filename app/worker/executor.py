@@ -11,16 +11,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import metrics, registry
-from app.admission import limited_tenant
-from app.context import JobContext, Retry, StepsRejected
-from app.domain.userjson import field_path
-from app.domain.workflow import AddSteps
-from app.errors import InvalidTransition, LeaseLost, NotFound, RateLimited, ValidationFailed
-from app.logs import job_context, job_logger
-from app.notifications.budget import notify_budget
-from app.worker import outcome as oc
-from app.worker import quarantine
+from .. import metrics, registry
+from ..admission import limited_tenant
+from ..context import JobContext, Retry, StepsRejected
+from ..domain.userjson import field_path
+from ..domain.workflow import AddSteps
+from ..errors import InvalidTransition, LeaseLost, NotFound, RateLimited, ValidationFailed
+from ..logs import job_context, job_logger
+from ..notifications.budget import notify_budget
+from . import outcome as oc
+from . import quarantine
 
 
 class Execution:

@@ -9,9 +9,9 @@ import asyncio
 import time
 import uuid
 
-from app.errors import LeaseLost
-from app.logs import get_logger
-from app.store import quirks
+from ..errors import LeaseLost
+from ..logs import get_logger
+from ..store import quirks
 
 
 def new_worker_id() -> str:

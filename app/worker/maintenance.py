@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from app import metrics
-from app.leadership import Singleton
-from app.logs import job_logger
-from app.worker.scheduler import Scheduler
+from .. import metrics
+from ..leadership import Singleton
+from ..logs import job_logger
+from .scheduler import Scheduler
 
 
 class Maintenance(Singleton):

@@ -15,15 +15,15 @@ from typing import Any
 
 from bson.errors import InvalidDocument
 
-from app import metrics
-from app.context import PermanentError, RateLimited, Retry
-from app.domain.models import check_keys
-from app.domain.retry import RetryConfig
-from app.domain.states import JobStatus
-from app.errors import SwitchyardError
-from app.store.bands import lane_hold_key, tenant_key
-from app.store.documents import bson_size, error_entry
-from app.store.lifecycle import EXIT_TARGETS, Exit
+from .. import metrics
+from ..context import PermanentError, RateLimited, Retry
+from ..domain.models import check_keys
+from ..domain.retry import RetryConfig
+from ..domain.states import JobStatus
+from ..errors import SwitchyardError
+from ..store.bands import lane_hold_key, tenant_key
+from ..store.documents import bson_size, error_entry
+from ..store.lifecycle import EXIT_TARGETS, Exit
 
 MAX_RESULT_BYTES = 12 * 1024 * 1024  # encoded as BSON: a job document must stay under MongoDB's 16 MiB
 

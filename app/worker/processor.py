@@ -20,15 +20,15 @@ import time
 from collections import defaultdict
 from datetime import UTC, timedelta
 
-from app import metrics
-from app.admission import Admission
-from app.errors import LeaseLost
-from app.logs import get_logger
-from app.store.engines import busy_bands, next_hold_end
-from app.worker import outcome as oc
-from app.worker.batching import Exits, KeyReturns
-from app.worker.executor import Execution, ResultCache
-from app.worker.loops import LoopsMixin, new_worker_id
+from .. import metrics
+from ..admission import Admission
+from ..errors import LeaseLost
+from ..logs import get_logger
+from ..store.engines import busy_bands, next_hold_end
+from . import outcome as oc
+from .batching import Exits, KeyReturns
+from .executor import Execution, ResultCache
+from .loops import LoopsMixin, new_worker_id
 
 
 def has_work(engine: dict, now=None) -> bool:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from app.context import JobContext, PermanentError, RateLimited, Retry, StepsRejected
+from ..context import JobContext, PermanentError, RateLimited, Retry, StepsRejected
 
 
 class HandlerCrashed(Exception):
@@ -143,7 +143,7 @@ def _rebuild(msg: tuple) -> Exception:
 
 
 def _child(conn: Connection, modules: list[str], fields: dict) -> None:
-    from app import registry
+    from .. import registry
 
     try:
         registry.load(modules)

@@ -16,12 +16,12 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from app import metrics
-from app.admission import Admission, limited_tenant
-from app.domain.schedule import Cron, plan
-from app.errors import RateLimited, SwitchyardError
-from app.logs import get_logger
-from app.notifications.service import notify_schedule_refused
+from .. import metrics
+from ..admission import Admission, limited_tenant
+from ..domain.schedule import Cron, plan
+from ..errors import RateLimited, SwitchyardError
+from ..logs import get_logger
+from ..notifications.service import notify_schedule_refused
 
 # A claim older than this is taken as its process's death. Launching one tick is a single
 # insert (or one workflow's inserts), far below this.

@@ -28,8 +28,8 @@ import time
 import uuid
 from datetime import timedelta
 
-from app.embedded import die_with_parent
-from app.logs import get_logger
+from ..embedded import die_with_parent
+from ..logs import get_logger
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
