@@ -101,15 +101,17 @@ async def test_a_plain_user_sees_only_their_own_failed_jobs(as_user, jobs):
 
 # --- retrying one job --------------------------------------------------------------------
 async def test_retry_requeues_with_a_fresh_budget_and_keeps_the_history(api, store, jobs, worker):
-    await store.engines.set_paused("testing", True)  # the factory's own claim must win, not the worker's
+    # Paused until the answer is read: the factory's own claim must win, not the worker's, and
+    # the answer (the job as re-read) must not race the worker's claim of the retried job.
+    await store.engines.set_paused("testing", True)
     job = await jobs.failed(engine="testing", code="timeout", retry_config={"max_retries": 0})
-    await store.engines.set_paused("testing", False)
     before = await queued_counter(store, "testing")
     r = await api.post(f"/api/v1/jobs/{job['_id']}/retry")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "queued" and body["attempt"] == 0 and body["retry_count"] == 0
     assert [e["code"] for e in body["errors"]] == ["timeout"] and body["completed_at"] is None
+    await store.engines.set_paused("testing", False)
     done = await wait_status(store, job["_id"], "completed")
     assert done["attempt"] == 1 and done["result"]["attempt"] == 1 and len(done["errors"]) == 1
     assert await queued_counter(store, "testing") == before == 0  # counted in, and out again by the claim
