@@ -101,9 +101,13 @@ LOOSE_LIMITS = {"rate": "1000000/s", "key": "params.account", "key_rate": "10000
 ACCOUNTS = 8
 
 
-async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64, limited: bool = False) -> dict:
+async def drain(
+    url: str, n: int, processes: int = 2, concurrency: int = 64, limited: bool = False, serve: bool | None = None
+) -> dict:
     """A queue pre-filled with `n` no-op jobs, drained by `processes` worker processes.
-    `limited`: with LOOSE_LIMITS on the engine and the jobs spread over ACCOUNTS keys."""
+    `limited`: with LOOSE_LIMITS on the engine and the jobs spread over ACCOUNTS keys.
+    `serve`: as deployed, with a `switchyard serve --workers 0` process beside the workers,
+    running the event relay, notifier and mailer (True) or not (False, SWITCHYARD_RUN_RELAY=false)."""
     db = "bench_drain"
     st = await fresh_store(url, db)
     await st.engines.set_paused("general", True)
@@ -118,6 +122,16 @@ async def drain(url: str, n: int, processes: int = 2, concurrency: int = 64, lim
         ]
     )
     procs = [spawn(["worker", "--concurrency", str(concurrency)], url, db) for _ in range(processes)]
+    if serve is not None:
+        port = embedded.free_port()
+        relay = "true" if serve else "false"
+        procs.append(spawn(["serve", "--port", str(port), "--workers", "0"], url, db, SWITCHYARD_RUN_RELAY=relay))
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
     while await st.workers.alive_count() < processes:
         await asyncio.sleep(0.1)
     t0 = time.monotonic()
