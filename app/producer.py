@@ -23,8 +23,6 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pymongo import AsyncMongoClient
-
 from . import registry
 from .admission import Admission
 from .domain.models import JobSpec, tenant_of
@@ -32,7 +30,7 @@ from .domain.states import JobStatus
 from .domain.workflow import WorkflowSpec
 from .errors import ValidationFailed
 from .settings import Settings
-from .store.db import Store, connect
+from .store.db import AsyncMongoClient, Store, connect
 
 QUEUED = JobStatus.QUEUED.value
 

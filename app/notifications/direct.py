@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-
-from pymongo.errors import OperationFailure
+from contextlib import aclosing
 
 from ..logs import get_logger
-from ..store.feed import HISTORY_LOST, next_batch
+from ..store.feed import HistoryLost
 
 log = get_logger("switchyard.hub")
 
@@ -65,8 +64,8 @@ def message(doc: dict) -> str:
 class DirectPush:
     """One process's follower of direct notifications, feeding its hub's subscribers."""
 
-    def __init__(self, hub, col, gate=None, max_await_ms: int = 1000, min_interval: float = 0.25) -> None:
-        self.hub, self.col, self.gate = hub, col, gate
+    def __init__(self, hub, notifications, gate=None, max_await_ms: int = 1000, min_interval: float = 0.25) -> None:
+        self.hub, self.notifications, self.gate = hub, notifications, gate
         self.max_await_ms, self.min_interval = max_await_ms, min_interval
         self._task: asyncio.Task | None = None  # the follower that serves new subscriptions
         self._tasks: set[asyncio.Task] = set()  # and any still closing its stream
@@ -107,18 +106,17 @@ class DirectPush:
     async def _run(self) -> None:
         me = asyncio.current_task()
         token, backoff = None, 1.0
-        pipeline = [{"$match": {"operationType": "insert", "fullDocument.type": {"$in": sorted(DIRECT_TYPES)}}}]
         while True:
             try:
-                async with await self.col.watch(
-                    pipeline, resume_after=token, max_await_time_ms=self.max_await_ms
-                ) as stream:
-                    self._ready.set()
-                    backoff = 1.0
-                    while stream.alive:
-                        changes = await next_batch(stream, 1000, min_interval=self.min_interval, gate=self.gate)
-                        token = stream.resume_token or token
-                        self.dispatch([c["fullDocument"] for c in changes if c.get("fullDocument")])
+                feed = self.notifications.inserted(
+                    DIRECT_TYPES, token, max_await_ms=self.max_await_ms, min_interval=self.min_interval, gate=self.gate
+                )
+                async with aclosing(feed):  # leaving closes the stream at once
+                    async for docs, at in feed:
+                        self._ready.set()  # (the first, empty, batch: the stream is open)
+                        backoff = 1.0
+                        token = at or token
+                        self.dispatch(docs)
                         if not self.wanted():
                             # Given up before the stream closes (an await): a subscription
                             # made from here on starts a follower of its own.
@@ -127,12 +125,9 @@ class DirectPush:
                             return
             except asyncio.CancelledError:
                 raise
-            except OperationFailure as exc:
-                if exc.code not in HISTORY_LOST:
-                    backoff = await self._failed(exc, backoff)
-                else:
-                    log.error("hub.direct_history_lost", error=str(exc), action="following from now")
-                    token = None
+            except HistoryLost as exc:
+                log.error("hub.direct_history_lost", error=str(exc), action="following from now")
+                token = None
             except Exception as exc:
                 backoff = await self._failed(exc, backoff)
 

@@ -133,7 +133,7 @@ class Hub:
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self.closed = False
-        self.direct = DirectPush(self, store.notifications.col, getattr(store.events, "gate", None))
+        self.direct = DirectPush(self, store.notifications, getattr(store.events, "gate", None))
 
     async def attach(self, sub: Subscriber) -> None:
         if self.closed:

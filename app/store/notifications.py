@@ -8,14 +8,16 @@ the same id the client later marks read.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from ..errors import NotFound
 from .db import ensure_ttl
+from .feed import HISTORY_LOST, HistoryLost, next_batch
 
 
 def notification_id(seq: int, user: str) -> str:
@@ -33,6 +35,27 @@ class NotificationStore:
         await self.col.create_index([("user", ASCENDING), ("seq", DESCENDING)])
         await self.col.create_index([("user", ASCENDING), ("read", ASCENDING), ("seq", DESCENDING)])
         await ensure_ttl(self.col, "created_at", int(self.settings.event_retention_seconds) * 4)
+
+    async def inserted(
+        self, types, resume_token: Any | None, *, max_await_ms: int, min_interval: float, gate=None
+    ) -> AsyncIterator[tuple[list[dict], Any]]:
+        """Follows the inserts of notifications of `types` (app/notifications/direct.py): yields
+        `([], token)` once the change stream is open, then `(notifications, token)` per server
+        reply, the token to resume after them. Raises `HistoryLost` when the resume point is
+        older than the server's log."""
+        pipeline = [{"$match": {"operationType": "insert", "fullDocument.type": {"$in": sorted(types)}}}]
+        try:
+            async with await self.col.watch(
+                pipeline, resume_after=resume_token, max_await_time_ms=max_await_ms
+            ) as stream:
+                yield [], stream.resume_token or resume_token
+                while stream.alive:
+                    changes = await next_batch(stream, 1000, min_interval=min_interval, gate=gate)
+                    yield [c["fullDocument"] for c in changes if c.get("fullDocument")], stream.resume_token
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST:
+                raise HistoryLost(str(exc)) from exc
+            raise
 
     async def add_many(self, docs: list[dict]) -> int:
         if not docs:
