@@ -395,12 +395,19 @@ async def test_a_map_survives_a_killed_worker(db_url, store, settings):
         wf = await store.workflows.create(spec, owner="admin")
 
         async def holders():
-            """pids of the worker processes holding mapped children."""
-            pid_of = {w["_id"]: w["pid"] for w in await store.workers.list()}
+            """pids of the worker processes running mapped children's handlers: claimed and
+            the claim's start recorded, so the kill charges an attempt (a claim killed before
+            its start mark is refunded with no error, rightly)."""
+            by_id = {w["_id"]: w for w in await store.workers.list()}
             running = await store.jobs.col.find(
-                {"workflow_id": wf["_id"], "status": "running", "map_of": each_id}, {"lease_owner": 1}
+                {"workflow_id": wf["_id"], "status": "running", "map_of": each_id},
+                {"lease_owner": 1, "lease_token": 1},
             ).to_list(None)
-            return {pid_of.get(r["lease_owner"]) for r in running} - {None}
+            return {
+                by_id[r["lease_owner"]]["pid"]
+                for r in running
+                if r.get("lease_owner") in by_id and r["lease_token"] in (by_id[r["lease_owner"]].get("started") or {})
+            }
 
         each_id = wf["steps"]["each"]["job_id"]
         pids = await eventually(holders, timeout=60)
