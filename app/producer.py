@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import Counter
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +30,7 @@ from .domain.workflow import WorkflowSpec
 from .errors import ValidationFailed
 from .settings import Settings
 from .store.db import AsyncMongoClient, Store, connect
+from .store.enqueue import TxLedger
 
 QUEUED = JobStatus.QUEUED.value
 
@@ -55,7 +55,7 @@ class AsyncProducer:
         self.owner, self.tenant = owner, tenant_of(owner)
         self.check_handlers = check_handlers  # on when this process loaded the handlers
         self.admission = Admission(self.store, self.settings)
-        self._tx: dict[int, _Tx] = {}  # id(session) -> the open transaction's bookkeeping
+        self._tx: dict[int, TxLedger] = {}  # id(session) -> the open transaction's bookkeeping
 
     async def enqueue(self, spec: JobSpec | dict, *, session=None) -> str:
         return (await self.enqueue_many([spec], session=session))[0]
@@ -64,11 +64,7 @@ class AsyncProducer:
         """The jobs' ids, in order (a dedupe hit: the live job's id). All are validated first;
         `session` must be inside `transaction(session)`."""
         jobs = [self._spec(s, i) for i, s in enumerate(specs)]
-        tx = self._tx.get(id(session)) if session is not None else None
-        if session is not None and tx is None:
-            raise ValidationFailed(
-                "session: enqueue inside `async with producer.transaction(session)`", field="session"
-            )
+        tx = self._joined(session)
         await self.admission.jobs(self.tenant if self.tenant != "default" else None, len(jobs))
         if tx is None:
             done = await self.store.lifecycle.submit_many(jobs, self.owner)
@@ -77,33 +73,48 @@ class AsyncProducer:
             tx.queued.update(job["engine"] for job, new in done if new and job["status"] == QUEUED)
         return [job["_id"] for job, _ in done]
 
-    async def submit_workflow(self, spec: WorkflowSpec | dict) -> dict[str, Any]:
-        """`{id, jobs: {key: job id}}`; validated and admitted as `POST /jobs/workflows`."""
+    async def submit_workflow(self, spec: WorkflowSpec | dict, *, session=None) -> dict[str, Any]:
+        """`{id, jobs: {key: job id}}`; validated and admitted as `POST /jobs/workflows`.
+        `session` must be inside `transaction(session)`: the workflow exists only if it commits."""
         wf = spec if isinstance(spec, WorkflowSpec) else WorkflowSpec.model_validate(spec)
+        tx = self._joined(session)
         if self.check_handlers:
             for i, s in enumerate(wf.jobs):
                 if s.type == "job":
                     registry.require(s.engine, s.operation, field=f"jobs[{i}].operation")
         await self.admission.jobs(self.tenant if self.tenant != "default" else None, len(wf.jobs))
-        created = await self.store.workflows.create(wf, self.owner)
+        created = await self.store.workflows.create(wf, self.owner, session=session, tx=tx)
         return {"id": created["_id"], "jobs": {k: v["job_id"] for k, v in created["steps"].items()}}
+
+    def _joined(self, session) -> TxLedger | None:
+        """The open `transaction(session)`'s ledger; None without a session."""
+        if session is None:
+            return None
+        if (tx := self._tx.get(id(session))) is None:
+            raise ValidationFailed(
+                "session: enqueue inside `async with producer.transaction(session)`", field="session"
+            )
+        return tx
 
     @asynccontextmanager
     async def transaction(self, session):
         """Run the block in a transaction of `session` (from the same client): committed at
         the end, aborted on an exception; the producer's bookkeeping follows either way."""
-        tx = self._tx[id(session)] = _Tx()
+        tx = self._tx[id(session)] = TxLedger()
         try:
             async with await session.start_transaction():
                 yield session
         except BaseException:
             for engine, n in tx.queued.items():  # the jobs never existed
                 await self.store.engines.count_left_queue(engine, n)
+            tx.ready.clear()
             raise
         finally:
             del self._tx[id(session)]
             self.store.engines.land(tx.markers)  # after the commit or abort: wake the workers
             await self.store.engines.flush()
+        if tx.ready:  # committed: workflow roots of another kind (an approval, a sleep) move
+            await self.store.steps.ready(tx.ready)
 
     def _spec(self, spec: JobSpec | dict, i: int) -> JobSpec:
         job = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
@@ -125,12 +136,6 @@ class AsyncProducer:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
-
-
-class _Tx:
-    def __init__(self) -> None:
-        self.markers: list[tuple[str, str]] = []
-        self.queued: Counter = Counter()
 
 
 class Producer:

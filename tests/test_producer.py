@@ -77,11 +77,53 @@ async def test_an_aborted_transaction_leaves_nothing(producer, store):
     assert await engine_at_rest(store) == {"queued": 0, "inflight": {}}
 
 
+WORKFLOW = {
+    "name": "order",
+    "jobs": [
+        {"key": "nap", "type": "sleep", "seconds": 0.2},  # a root of another kind: moves after the commit
+        {"key": "bill", **OK},
+        {"key": "ship", "depends_on": ["nap", "bill"], **OK},
+    ],
+}
+
+
+async def test_a_workflow_in_a_committed_transaction_runs(producer, store, worker):
+    async with store.client.start_session() as s:
+        async with producer.transaction(s):
+            await store.db["orders"].insert_one({"_id": "o3"}, session=s)
+            wf = await producer.submit_workflow(WORKFLOW, session=s)
+            assert await store.workflows.col.find_one({"_id": wf["id"]}) is None  # not before the commit
+            assert await store.jobs.col.count_documents({}) == 0
+    assert (await store.jobs.get(wf["jobs"]["nap"]))["status"] == "scheduled"  # the sleep took its move
+    await wait_status(store, wf["jobs"]["ship"], "completed")
+
+    async def finished():
+        return (await store.workflows.get(wf["id"]))["status"] == "completed" or None
+
+    await eventually(finished)
+    assert await engine_at_rest(store) == {"queued": 0, "inflight": {}}
+
+
+async def test_a_workflow_in_an_aborted_transaction_leaves_nothing(producer, store):
+    with pytest.raises(RuntimeError, match="out of stock"):
+        async with store.client.start_session() as s:
+            async with producer.transaction(s):
+                await producer.submit_workflow(WORKFLOW, session=s)
+                await producer.enqueue(OK, session=s)
+                raise RuntimeError("out of stock")
+    for name in ("workflows", "workflow_graphs", "jobs"):
+        assert await store.db[name].count_documents({}) == 0, name
+    assert await engine_at_rest(store) == {"queued": 0, "inflight": {}}
+
+
 async def test_a_session_outside_a_producer_transaction_is_refused(producer, store):
     async with store.client.start_session() as s:
         with pytest.raises(ValidationFailed, match="transaction"):
             await producer.enqueue(OK, session=s)
+        with pytest.raises(ValidationFailed, match="transaction"):
+            await producer.submit_workflow(WORKFLOW, session=s)
     assert await store.jobs.col.count_documents({}) == 0
+    assert await store.workflows.col.count_documents({}) == 0
 
 
 async def test_the_blocking_producer_on_a_url(db_url, store, settings, worker):

@@ -13,9 +13,10 @@ mends it from the jobs.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import UpdateOne
@@ -27,6 +28,17 @@ from .documents import JobDoc, band_of
 from .quirks import BulkGate
 
 QUEUED = JobStatus.QUEUED.value
+
+
+@dataclass
+class TxLedger:
+    """What enqueueing inside a caller's transaction leaves for after it (app/producer.py):
+    the bands' in-flight `markers` to land, the `queued` count per engine to give back on an
+    abort, and steps to move once committed (`ready`)."""
+
+    markers: list[tuple[str, str]] = field(default_factory=list)
+    queued: Counter = field(default_factory=Counter)
+    ready: list[JobDoc] = field(default_factory=list)
 
 
 class Enqueuer:

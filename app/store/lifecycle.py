@@ -170,8 +170,8 @@ class Lifecycle:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def insert_many(self, docs: list[JobDoc]) -> None:
-        await self.enqueuer.insert(docs)
+    async def insert_many(self, docs: list[JobDoc], session=None, deferred: list | None = None) -> None:
+        await self.enqueuer.insert(docs, session=session, deferred=deferred)
 
     # --- queued → running ----------------------------------------------------------------
     async def take(self, ids: list[str], stamp: dict[str, Any]) -> int:

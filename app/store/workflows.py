@@ -33,6 +33,7 @@ from ..domain.models import tenant_of
 from ..domain.states import JobStatus, WorkflowStatus
 from ..domain.workflow import StepSpec, WorkflowSpec, validate_steps
 from ..errors import InvalidTransition, NotFound
+from .enqueue import TxLedger
 
 RUNNING = WorkflowStatus.RUNNING.value
 
@@ -108,7 +109,12 @@ class WorkflowStore:
             docs.append(doc)
         return docs
 
-    async def create(self, spec: WorkflowSpec, owner: str) -> dict:
+    async def create(self, spec: WorkflowSpec, owner: str, session=None, tx: TxLedger | None = None) -> dict:
+        """Store a workflow, its graph and its steps. With `session` (and the producer's
+        `tx`), all of it is written in the caller's transaction: the steps' seqs and markers
+        go to `tx` as `Enqueuer.insert` says, and roots of another kind than a job are left
+        for `tx.ready`, moved after the commit (a crash in between leaves them pending with
+        nothing to wait on, which `WorkflowFlow.repair_stalled` resumes)."""
         order = validate_steps(spec.jobs, cap=self.settings.workflow_max_steps, tenant=tenant_of(owner))
         wf_id = str(ObjectId())
         ids = {s.key: str(ObjectId()) for s in spec.jobs}
@@ -131,8 +137,8 @@ class WorkflowStore:
             "n_cancelled": 0,
         }
         steps = {k: {"job_id": ids[k], "depends_on": by_key[k].depends_on} for k in order}
-        await self.graphs.insert_one({"_id": wf_id, "steps": steps})  # first: a workflow always has its graph
-        await self.col.insert_one(wf)
+        await self.graphs.insert_one({"_id": wf_id, "steps": steps}, session=session)  # first: a workflow has its graph
+        await self.col.insert_one(wf, session=session)
         docs = self._step_docs(wf_id, [by_key[k] for k in order], ids, owner)
         # A root of another kind than a job (an approval, a sleep) is born pending, and takes
         # its kind's move once stored, as it would when its last parent completed.
@@ -140,6 +146,11 @@ class WorkflowStore:
         for d in special:
             d["status"] = JobStatus.PENDING.value
             d.pop("queued_at", None)
+        if session is not None:  # an abort undoes all of it: no cleanup of our own
+            await self.lifecycle.insert_many(docs, session=session, deferred=tx.markers)
+            tx.queued.update(d["engine"] for d in docs if d["status"] == JobStatus.QUEUED.value)
+            tx.ready.extend(special)
+            return {**wf, "steps": steps}
         try:
             await self.lifecycle.insert_many(docs)
             if special:
