@@ -87,7 +87,11 @@ class WireCounter:
         netloc = parts.netloc.rsplit("@", 1)
         host = f"127.0.0.1:{self.port}"
         netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
-        query = parts.query if "directConnection" in parts.query else "&".join(filter(None, [parts.query, "directConnection=true"]))
+        query = (
+            parts.query
+            if "directConnection" in parts.query
+            else "&".join(filter(None, [parts.query, "directConnection=true"]))
+        )
         return urlunsplit((parts.scheme, netloc, parts.path or "/", query, parts.fragment))
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
