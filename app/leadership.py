@@ -34,10 +34,12 @@ class Singleton:
     async def run(self) -> None:
         while not self.stopping:
             try:
-                lease = await self.store.leases.acquire(self.lease, self.holder, self.lease_seconds)
-                self.leading = lease is not None
-                if lease is None:
-                    await asyncio.sleep(self.lease_seconds / 3)
+                lease = await self.store.leases.take(self.lease, self.holder, self.lease_seconds)
+                self.leading = lease["holder"] == self.holder
+                if not self.leading:
+                    # A follower sends nothing until the holder's lease can run out: one
+                    # round trip per lease length, however many processes follow.
+                    await asyncio.sleep(self.until(lease["expires_at"]))
                     continue
                 self._renewed = time.monotonic()
                 await self.lead(lease["state"])
@@ -52,9 +54,18 @@ class Singleton:
                 self.log.warning(f"{self.lease}.error", error=repr(exc))
                 await asyncio.sleep(1.0)
 
+    def until(self, expires_at) -> float:
+        """Seconds (on the database clock) until a lease expiring at `expires_at` is free."""
+        left = (expires_at - self.store.clock.now()).total_seconds()
+        return min(max(left, 0.0) + 0.05, self.lease_seconds)
+
+    def renew_in(self) -> float:
+        """Seconds until `keep()` next renews."""
+        return max(0.0, self._renewed + self.lease_seconds / 3 - time.monotonic())
+
     async def keep(self) -> bool:
         """Renew the lease when a third of it has passed; False once another holds it."""
-        if time.monotonic() - self._renewed > self.lease_seconds / 3:
+        if time.monotonic() - self._renewed >= self.lease_seconds / 3:
             if await self.store.leases.acquire(self.lease, self.holder, self.lease_seconds) is None:
                 self.leading = False
                 return False

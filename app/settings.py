@@ -97,7 +97,20 @@ class Settings(BaseSettings):
     # leases and the worker loop
     lease_seconds: float = Field(30.0, gt=0.2, le=3600)
     poll_interval_seconds: float = Field(2.0, gt=0, le=60)
-    promote_interval_seconds: float = Field(0.25, gt=0, le=60)
+    promote_interval_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="the shortest gap between two due passes (promote, wait timeouts, cron ticks); their cadence "
+        "where change streams are unavailable",
+    )
+    safety_interval_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="how often maintenance's safety nets run (orphaned queued jobs, unsettled steps, stalled "
+        "workflows), and the longest the due pass and the rescuer sleep",
+    )
     claim_batch: int = Field(64, ge=1, le=1000)
     cancel_grace_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
@@ -137,7 +150,6 @@ class Settings(BaseSettings):
     )
 
     # cron schedules (app/worker/scheduler.py)
-    schedule_interval_seconds: float = Field(1.0, gt=0, le=60, description="how often each process looks for due ticks")
     schedule_max_catchup: int = Field(100, ge=1, le=100_000, description="most missed ticks a catch_up schedule runs")
 
     # handlers

@@ -319,8 +319,9 @@ class EngineStore(PermitsMixin):
                 del update[op]
         return await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
 
-    def watch(self):
-        """A change stream of the writes that may give claimers new work."""
+    def watch(self, max_await_ms: int = 500):
+        """A change stream of the writes that may give claimers new work; each round trip
+        waits up to `max_await_ms` for one."""
         return self.col.watch(
             [
                 {
@@ -332,7 +333,7 @@ class EngineStore(PermitsMixin):
                     }
                 }
             ],
-            max_await_time_ms=500,
+            max_await_time_ms=max_await_ms,
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -26,21 +27,43 @@ class LeaseStore:
 
     async def acquire(self, name: str, holder: str, seconds: float) -> dict | None:
         """Take or renew the lease; returns its document (with `state`) when held."""
+        doc = await self.take(name, holder, seconds)
+        return doc if doc["holder"] == holder else None
+
+    async def take(self, name: str, holder: str, seconds: float) -> dict:
+        """Take or renew the lease in one round trip, and return the lease as it now is:
+        held when its `holder` is ours, else its `expires_at` says when it may be taken.
+        Tiny collection: `find_one_and_update` is fine here (DESIGN.md §5)."""
         now = self.clock.now()
-        until = now + timedelta(seconds=seconds)
-        # Tiny collection: `$or` is fine here (DESIGN.md §5). Renewing or taking over is the
-        # common case; the insert only ever succeeds once per name.
-        res = await self.col.update_one(
-            {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
-            {"$set": {"holder": holder, "expires_at": until}},
+        ours = {
+            "$or": [
+                {"$eq": [{"$ifNull": ["$holder", None]}, holder]},
+                {"$lt": [{"$ifNull": ["$expires_at", EPOCH]}, now]},
+            ]
+        }
+        for attempt in (0, 1):
+            try:
+                return await self._take(name, holder, now + timedelta(seconds=seconds), ours)
+            except DuplicateKeyError:  # two first takers upserted at once: the other won
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _take(self, name: str, holder: str, until, ours: dict) -> dict:
+        return await self.col.find_one_and_update(
+            {"_id": name},
+            [
+                {
+                    "$set": {
+                        "holder": {"$cond": [ours, holder, "$holder"]},
+                        "expires_at": {"$cond": [ours, until, "$expires_at"]},
+                        "state": {"$ifNull": ["$state", {}]},
+                    }
+                }
+            ],
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
         )
-        if res.matched_count:
-            return await self.col.find_one({"_id": name, "holder": holder})
-        try:
-            await self.col.insert_one({"_id": name, "holder": holder, "expires_at": until, "state": {}})
-            return {"_id": name, "holder": holder, "expires_at": until, "state": {}}
-        except DuplicateKeyError:
-            return None
 
     async def seed(self, name: str, state: dict[str, Any]) -> bool:
         """Give a lease that has never saved a checkpoint this one (creating the lease, free,

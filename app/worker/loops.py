@@ -23,7 +23,7 @@ class LoopsMixin:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             try:
-                await self.store.clock.sync()
+                await self.store.clock.fresh()
                 done, self.done_leases = self.done_leases, []
                 try:
                     alive = await self.store.workers.beat(self.worker_id, list(self.running), done)
@@ -86,11 +86,16 @@ class LoopsMixin:
     async def _wake_loop(self) -> None:
         """Watch `engines` only while this worker is idle. A change stream costs the server a
         round trip for every write anywhere, and a busy worker claims again by itself; the
-        stream closes after a second of being busy and reopens when the worker idles."""
+        stream closes after a second of being busy and reopens when the worker idles. While
+        it is open, each round trip waits up to 10 s on the server for a change, so an idle
+        worker sends one `getMore` per 10 s (on MongoDB; on SecantusDB any write answers it),
+        and the fetch loop's own look is only a safety net (`_idle_wait`)."""
+        wait_ms = min(10_000, self.settings.db_timeout_ms // 2)
         while True:
             await self.idle.wait()
             try:
-                async with await self.store.engines.watch() as stream:
+                async with await self.store.engines.watch(wait_ms) as stream:
+                    self.watching = True
                     self.wake.set()  # anything that landed before the stream was open
                     while self.idle.is_set() or time.monotonic() - self.busy_since < 1.0:
                         asked = time.monotonic()
@@ -108,3 +113,5 @@ class LoopsMixin:
             except Exception as exc:  # no change streams here: polling covers it
                 self.log.debug("worker.watch_error", error=repr(exc))
                 await asyncio.sleep(2)
+            finally:
+                self.watching = False

@@ -6,18 +6,26 @@ workflow repair, retention and the cron scheduler (app/worker/scheduler.py).
 Every move it makes is guarded, so any number of processes could run it at once; one
 process of the deployment does, under the `maintenance` lease (app/leadership.py), because
 twenty processes each polling every loop cost the server more than the jobs did (the chaos
-claim race). The lease is short (at most the job lease), so when its holder dies another
+claim race). The lease is short (half the job lease, at most 15 s), so when its holder dies another
 process takes over before the dead holder's job leases have run out.
+
+At rest it sends next to nothing (docs/deployment.md, "At rest"): the due pass sleeps until
+the earliest due time the database holds, woken early by a change stream of the writes that
+can bring it forward (app/store/due.py); the rescuer sleeps until the earliest lease or
+registration can expire; the safety nets run every `safety_interval_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from datetime import timedelta
 
 from .. import metrics
 from ..leadership import Singleton
 from ..logs import job_logger
+from ..store import quirks
 from .scheduler import Scheduler
 
 
@@ -25,7 +33,7 @@ class Maintenance(Singleton):
     lease = "maintenance"
 
     def __init__(self, store, settings) -> None:
-        super().__init__(store, lease_seconds=max(1.0, min(10.0, settings.lease_seconds)))
+        super().__init__(store, lease_seconds=max(1.0, min(15.0, settings.lease_seconds / 2)))
         self.settings = settings
         self.scheduler = Scheduler(store, settings)
         self._runner: asyncio.Task | None = None
@@ -43,22 +51,24 @@ class Maintenance(Singleton):
         s = self.settings
         self.log.info("maintenance.leading", holder=self.holder)
         tasks = [
+            asyncio.create_task(self._due_loop(), name="due"),
+            asyncio.create_task(self._rescue_loop(), name="rescue"),
+        ] + [
             asyncio.create_task(self._every(fn, every), name=fn.__name__)
             for fn, every in (
-                (self.promote, s.promote_interval_seconds),
-                (self.expire_waits, max(0.2, s.promote_interval_seconds)),
-                (self.rescue, min(1.0, s.lease_seconds / 4)),
-                (self.sweep_orphans, 2.0),
-                (self.settle_steps, 2.0),
-                (self.repair_workflows, 10.0),
+                # Safety nets: each repairs what a process that died mid-move left behind,
+                # which the live paths never leave (queued jobs below a claim cursor,
+                # fan-outs older than 10 s, workflows quiet for 30 s).
+                (self.sweep_orphans, s.safety_interval_seconds),
+                (self.settle_steps, s.safety_interval_seconds),
+                (self.repair_workflows, s.safety_interval_seconds),
                 (self.reconcile, s.reconcile_interval_seconds),
                 (self.expire, s.retention_interval_seconds),
-                (self.run_schedules, s.schedule_interval_seconds),
             )
         ]
         try:
             while await self.keep():
-                await asyncio.sleep(self.lease_seconds / 6)
+                await asyncio.sleep(self.renew_in() + 0.01)
             self.log.info("maintenance.deposed", holder=self.holder)
         finally:
             for t in tasks:
@@ -67,13 +77,78 @@ class Maintenance(Singleton):
 
     async def _every(self, fn, seconds: float) -> None:
         while True:
+            await self._guarded(fn)
+            await asyncio.sleep(seconds)
+
+    async def _guarded(self, fn):
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.warning("maintenance.error", task=fn.__name__, error=repr(exc))
+            return None
+
+    async def due_pass(self) -> None:
+        """Everything that waits on a time: jobs and sleep steps due, waits timed out, cron ticks."""
+        for fn in (self.promote, self.expire_waits, self.run_schedules):
+            await self._guarded(fn)
+
+    async def _due_loop(self) -> None:
+        """The due pass, then sleep until the earliest due time the database holds, or
+        until the due stream reports a write that may be due sooner (app/store/due.py).
+        Two passes are at least `promote_interval_seconds` apart; without change streams
+        that is their cadence."""
+        s = self.settings
+        self.due_soon, self.due_watched = asyncio.Event(), False
+        watcher = asyncio.create_task(self._watch_due(), name="due-watch")
+        try:
+            while True:
+                started = time.monotonic()
+                self.due_soon.clear()
+                await self.due_pass()
+                wait = s.safety_interval_seconds if self.due_watched else s.promote_interval_seconds
+                if (nxt := await self._guarded(self.store.due.next_due)) is not None:
+                    wait = min(wait, (nxt - self.store.clock.now()).total_seconds())
+                await _wait(self.due_soon, wait)
+                await asyncio.sleep(max(0.0, started + s.promote_interval_seconds - time.monotonic()))
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch_due(self) -> None:
+        # A getMore waits up to 10 s for a change; on SecantusDB any write answers it, so
+        # round trips are spaced there (quirks.wake_spacing), as the workers' wake streams are.
+        wait_ms = min(10_000, self.settings.db_timeout_ms // 2)
+        while True:
             try:
-                await fn()
+                async with await self.store.due.watch(wait_ms) as stream:
+                    self.due_watched = True
+                    self.due_soon.set()  # anything written before the stream opened
+                    while True:
+                        asked = time.monotonic()
+                        if await stream.try_next() is not None:
+                            self.due_soon.set()
+                        spacing = max(quirks.wake_spacing(self.store.secantus), self.settings.promote_interval_seconds)
+                        if self.store.secantus:
+                            await asyncio.sleep(max(0.0, spacing - (time.monotonic() - asked)))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                self.log.warning("maintenance.error", task=fn.__name__, error=repr(exc))
-            await asyncio.sleep(seconds)
+            except Exception as exc:  # no change streams here: the due pass polls
+                self.due_watched = False
+                self.log.debug("maintenance.due_watch_error", error=repr(exc))
+                await asyncio.sleep(self.settings.safety_interval_seconds)
+
+    async def _rescue_loop(self) -> None:
+        """The rescuer runs when the earliest lease or registration can have expired; one
+        taken after its read expires no sooner than a lease length later."""
+        s = self.settings
+        while True:
+            await self._guarded(self.rescue)
+            wait = min(s.lease_seconds, s.safety_interval_seconds)
+            if (nxt := await self._guarded(self.store.due.next_expiry)) is not None:
+                wait = min(wait, (nxt - self.store.clock.now()).total_seconds() + 0.05)
+            await asyncio.sleep(max(wait, min(1.0, s.lease_seconds / 4)))
 
     async def run_schedules(self) -> int:
         """Fire due cron ticks (app/worker/scheduler.py)."""
@@ -95,7 +170,7 @@ class Maintenance(Singleton):
 
     async def rescue(self) -> int:
         """Dead workers first (their permits come back), then jobs whose lease expired."""
-        now = await self.store.clock.sync()
+        now = await self.store.clock.fresh()
         for worker in await self.store.workers.expired(now):
             if await self.store.workers.mark_dead(worker, now):
                 permits = await self.store.engines.drop_holds(worker)
@@ -154,3 +229,8 @@ class Maintenance(Singleton):
         if released:
             self.log.warning("maintenance.workflow_children_released", jobs=released)
         return released
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), max(seconds, 0.0))

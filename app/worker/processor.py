@@ -67,6 +67,7 @@ class JobProcessor(LoopsMixin):
         self.stopping = False
         self.contended = False  # the last fetch lost candidates to other claimers
         self.starved = False  # the last fetch found work but no free permit
+        self.watching = False  # the wake stream is open: the idle poll is only a safety net
         self.hold_ends: list = []  # when the back-pressure holds seen by the last fetch end
         self.key_permits: dict[str, int] = {}  # job id -> the lane whose key permit it holds
         self.key_returns = KeyReturns(store, get_logger("switchyard.worker", worker=self.worker_id))
@@ -158,9 +159,11 @@ class JobProcessor(LoopsMixin):
                 await asyncio.sleep(1)
 
     def _idle_wait(self) -> float:
-        """The poll interval, or less when a back-pressure hold ends or a rate limit's next
-        token is due sooner: nothing wakes workers then, so they look again by themselves."""
-        wait = self.settings.poll_interval_seconds
+        """The poll interval (the safety interval while the wake stream is open), or less
+        when a back-pressure hold ends or a rate limit's next token is due sooner: nothing
+        wakes workers then, so they look again by themselves."""
+        s = self.settings
+        wait = max(s.poll_interval_seconds, s.safety_interval_seconds) if self.watching else s.poll_interval_seconds
         if self.hold_ends:
             left = (min(self.hold_ends) - self.store.clock.now()).total_seconds()
             wait = min(wait, max(left, 0.0) + 0.01)

@@ -1,5 +1,5 @@
-"""The scheduler: fires the due ticks of cron schedules. Maintenance runs `tick()` every
-`SWITCHYARD_SCHEDULE_INTERVAL_SECONDS` in every process; any number may run at once.
+"""The scheduler: fires the due ticks of cron schedules. Maintenance runs `tick()` in its due
+pass, at the earliest `next_run_at` (app/worker/maintenance.py); any number may run at once.
 
 It owns the order of moves, not their safety: every move is a guarded write in
 `app/store/schedules.py` (claim, launch, commit), which is where exactly-once is argued.

@@ -1,0 +1,82 @@
+"""When maintenance next has something to do, read from the database, and a change stream
+that says when that may have moved earlier. Owns no writes.
+
+The due pass (promote scheduled jobs and due sleep steps, time out approval and signal
+waits, fire cron ticks) sleeps until `next_due()`; the rescuer until `next_expiry()`.
+Invariant: anything that can make a pass due sooner than it last read is a write that
+`watch()` reports: a job or step entering `scheduled` or `awaiting` (or its `run_at`
+moving), and any change to a schedule. A lease or registration taken after the rescuer's
+read expires no sooner than a lease length later, so the rescuer never sleeps longer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from ..domain.states import JobStatus
+from .leases import EPOCH
+
+SCHEDULED, AWAITING, RUNNING = JobStatus.SCHEDULED.value, JobStatus.AWAITING.value, JobStatus.RUNNING.value
+
+
+class DueTimes:
+    def __init__(self, db: AsyncDatabase, engines) -> None:
+        self.db, self.engines = db, engines
+        self.jobs, self.schedules, self.workers = db["jobs"], db["schedules"], db["workers"]
+
+    async def _first(self, col, query: dict, field: str) -> datetime | None:
+        # The partial indexes on `run_at` and `wait_until` (and schedules' (paused,
+        # next_run_at)) answer these with one entry each.
+        doc = await col.find_one(query, {field: 1}, sort=[(field, 1)])
+        return doc.get(field) if doc else None
+
+    async def next_due(self) -> datetime | None:
+        """The earliest of: a scheduled job's `run_at`, an awaiting step's `wait_until`, an
+        unpaused schedule's `next_run_at`. None: nothing is waiting on time."""
+        times = [
+            await self._first(self.jobs, {"status": SCHEDULED, "run_at": {"$gte": EPOCH}}, "run_at"),
+            await self._first(self.jobs, {"status": AWAITING, "wait_until": {"$gte": EPOCH}}, "wait_until"),
+            await self._first(self.schedules, {"paused": False, "next_run_at": {"$gte": EPOCH}}, "next_run_at"),
+        ]
+        return min((t for t in times if t), default=None)
+
+    async def next_expiry(self) -> datetime | None:
+        """The earliest expiry of a running job's lease or a live worker's registration."""
+        times = [await self._first(self.workers, {"status": "alive", "expires_at": {"$gte": EPOCH}}, "expires_at")]
+        for engine in await self.engines.list():
+            # Every engine: a dead worker's jobs still run on leases after its permits
+            # (the engine's `holds`) were dropped, and those are the leases that matter.
+            running = await self.jobs.find(
+                {"engine": engine["_id"], "status": RUNNING}, {"lease_expires_at": 1}
+            ).to_list(None)
+            times += [j.get("lease_expires_at") for j in running]
+        return min((t for t in times if t), default=None)
+
+    def watch(self, max_await_ms: int):
+        """A change stream of the writes that can make the due pass due sooner."""
+        entering = {"$in": [SCHEDULED, AWAITING]}
+        return self.db.watch(
+            [
+                {
+                    "$match": {
+                        "ns.coll": {"$in": ["jobs", "schedules"]},
+                        "operationType": {"$in": ["insert", "update", "replace"]},
+                    }
+                },
+                {
+                    "$match": {
+                        "$or": [
+                            {"ns.coll": "schedules"},
+                            {"fullDocument.status": entering},
+                            {"updateDescription.updatedFields.status": entering},
+                            {"updateDescription.updatedFields.run_at": {"$exists": True}},
+                            {"updateDescription.updatedFields.wait_until": {"$exists": True}},
+                        ]
+                    }
+                },
+                {"$project": {"_id": 1}},
+            ],
+            max_await_time_ms=max_await_ms,
+        )
