@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     )
     email_types: str = Field("job.failed,workflow.failed", description="event types that send email by default")
     run_relay: bool = Field(True, description="this serve process may run the event relay, notifier and mailer")
+    outbox_check_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="the longest the mailer and the webhook sender sleep between two looks at their outbox; they "
+        "wake sooner for the next due item and for what this process adds",
+    )
     ws_queue_max: int = Field(1000, ge=10, le=100_000, description="undelivered events before a client is dropped")
 
     # leases and the worker loop

@@ -121,10 +121,22 @@ class Mailer:
                 sent = 0
             if not sent:
                 try:
-                    await asyncio.wait_for(self.wake.wait(), 1.0)
+                    await asyncio.wait_for(self.wake.wait(), await self._rest())
                 except TimeoutError:
                     pass
                 self.wake.clear()
+
+    async def _rest(self) -> float:
+        """Seconds until the outbox's next due message (a retry's back-off, a sender's
+        lease), at most `outbox_check_seconds`: what another process adds is found then."""
+        limit = self.settings.outbox_check_seconds
+        if self.smtp is None:
+            return limit
+        try:
+            nxt = await self.store.mail.next_due()
+        except Exception:
+            return 1.0
+        return limit if nxt is None else min(limit, max(0.0, (nxt - self.store.clock.now()).total_seconds()) + 0.01)
 
     async def drain(self) -> int:
         if self.smtp is None:

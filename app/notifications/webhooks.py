@@ -157,12 +157,23 @@ class WebhookSender:
                 task.cancel()
 
     async def _idle(self) -> None:
-        """Until woken (new deliveries), a slot frees, or the next poll."""
+        """Until woken (new deliveries from this process), a slot frees, or the outbox's
+        next due delivery (a back-off, a sender's lease), at most `outbox_check_seconds`:
+        deliveries another process adds are found then."""
+        rest = self.settings.outbox_check_seconds
+        try:
+            if (nxt := await self.store.webhook_deliveries.next_due()) is not None:
+                rest = min(rest, max(0.0, (nxt - self.store.clock.now()).total_seconds()) + 0.01)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.warning("webhooks.error", error=repr(exc))
+            rest = 1.0
         wake = asyncio.ensure_future(self.wake.wait())
         try:
             await asyncio.wait(
                 {wake, *self.inflight},
-                timeout=min(1.0, self.settings.poll_interval_seconds),
+                timeout=rest,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

@@ -20,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from ..errors import LeaseLost
+from .leases import EPOCH
 
 
 class MailStore:
@@ -46,6 +47,18 @@ class MailStore:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
             return exc.details.get("nInserted", 0)
+
+    async def next_due(self) -> datetime | None:
+        """When the next message is due: the earliest pending `next_attempt_at`, or the
+        earliest lease of one being sent (it is taken back when that runs out)."""
+        times = []
+        for query, field in (
+            ({"status": "pending", "next_attempt_at": {"$gte": EPOCH}}, "next_attempt_at"),
+            ({"status": "sending", "lease_until": {"$gte": EPOCH}}, "lease_until"),
+        ):
+            doc = await self.col.find_one(query, {field: 1}, sort=[(field, 1)])
+            times.append(doc and doc.get(field))
+        return min((t for t in times if t), default=None)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[dict]:
         """Claim up to `limit` due messages, each with its own token; first take back the

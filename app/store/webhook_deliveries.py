@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError
 
 from ..errors import Conflict, LeaseLost, NotFound
 from .db import ensure_ttl
+from .leases import EPOCH
 
 LOG_LIMIT = 50
 
@@ -118,6 +119,18 @@ class DeliveryStore:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
             return exc.details.get("nInserted", 0)
+
+    async def next_due(self) -> datetime | None:
+        """When the next delivery is due: the earliest pending `next_attempt_at`, or the
+        earliest lease of one being sent (it is taken back when that runs out)."""
+        times = []
+        for query, field in (
+            ({"state": DeliveryState.PENDING.value, "next_attempt_at": {"$gte": EPOCH}}, "next_attempt_at"),
+            ({"state": DeliveryState.SENDING.value, "lease_until": {"$gte": EPOCH}}, "lease_until"),
+        ):
+            doc = await self.col.find_one(query, {field: 1}, sort=[(field, 1)])
+            times.append(doc and doc.get(field))
+        return min((t for t in times if t), default=None)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[DeliveryDoc]:
         """Claim up to `limit` due deliveries, each under its own token, counting a try;

@@ -60,6 +60,7 @@ class Maintenance(Singleton):
                 # which the live paths never leave (queued jobs below a claim cursor,
                 # fan-outs older than 10 s, workflows quiet for 30 s).
                 (self.sweep_orphans, s.safety_interval_seconds),
+                (self.return_late_permits, s.safety_interval_seconds),
                 (self.settle_steps, s.safety_interval_seconds),
                 (self.repair_workflows, s.safety_interval_seconds),
                 (self.reconcile, s.reconcile_interval_seconds),
@@ -95,10 +96,11 @@ class Maintenance(Singleton):
             await self._guarded(fn)
 
     async def _due_loop(self) -> None:
-        """The due pass, then sleep until the earliest due time the database holds, or
-        until the due stream reports a write that may be due sooner (app/store/due.py).
-        Two passes are at least `promote_interval_seconds` apart; without change streams
-        that is their cadence."""
+        """Read the earliest due time the database holds; when it has come, run the due
+        pass (and read again: a pass that hit its batch limit leaves more due at once),
+        else sleep until it, or until the due stream reports a write that may be due
+        sooner (app/store/due.py). Two passes or reads are at least
+        `promote_interval_seconds` apart; without change streams that is their cadence."""
         s = self.settings
         self.due_soon, self.due_watched = asyncio.Event(), False
         watcher = asyncio.create_task(self._watch_due(), name="due-watch")
@@ -106,11 +108,19 @@ class Maintenance(Singleton):
             while True:
                 started = time.monotonic()
                 self.due_soon.clear()
-                await self.due_pass()
-                wait = s.safety_interval_seconds if self.due_watched else s.promote_interval_seconds
-                if (nxt := await self._guarded(self.store.due.next_due)) is not None:
-                    wait = min(wait, (nxt - self.store.clock.now()).total_seconds())
-                await _wait(self.due_soon, wait)
+                try:
+                    nxt = await self.store.due.next_due()
+                    left = None if nxt is None else (nxt - self.store.clock.now()).total_seconds()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning("maintenance.error", task="next_due", error=repr(exc))
+                    left = 0.0  # unknown: run the pass, as a poll would
+                if left is not None and left <= 0:
+                    await self.due_pass()
+                else:
+                    wait = s.safety_interval_seconds if self.due_watched else s.promote_interval_seconds
+                    await _wait(self.due_soon, wait if left is None else min(wait, left))
                 await asyncio.sleep(max(0.0, started + s.promote_interval_seconds - time.monotonic()))
         finally:
             watcher.cancel()
@@ -140,15 +150,25 @@ class Maintenance(Singleton):
                 await asyncio.sleep(self.settings.safety_interval_seconds)
 
     async def _rescue_loop(self) -> None:
-        """The rescuer runs when the earliest lease or registration can have expired; one
-        taken after its read expires no sooner than a lease length later."""
+        """The rescuer runs when the earliest lease or registration has expired, read from
+        the database; a lease or registration taken after that read expires no sooner than
+        a lease length later, so the loop reads again at least that often."""
         s = self.settings
         while True:
-            await self._guarded(self.rescue)
+            try:
+                nxt = await self.store.due.next_expiry()
+                left = None if nxt is None else (nxt - await self.store.clock.fresh()).total_seconds()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("maintenance.error", task="next_expiry", error=repr(exc))
+                left = 0.0  # unknown: rescue, as a poll would
+            if left is not None and left <= 0:
+                await self._guarded(self.rescue)  # then read again, after the shortest gap
             wait = min(s.lease_seconds, s.safety_interval_seconds)
-            if (nxt := await self._guarded(self.store.due.next_expiry)) is not None:
-                wait = min(wait, (nxt - self.store.clock.now()).total_seconds() + 0.05)
-            await asyncio.sleep(max(wait, min(1.0, s.lease_seconds / 4)))
+            await asyncio.sleep(
+                max(min(wait, left + 0.05) if left is not None else wait, min(1.0, s.lease_seconds / 4))
+            )
 
     async def run_schedules(self) -> int:
         """Fire due cron ticks (app/worker/scheduler.py)."""
@@ -175,12 +195,7 @@ class Maintenance(Singleton):
             if await self.store.workers.mark_dead(worker, now):
                 permits = await self.store.engines.drop_holds(worker)
                 self.log.warning("maintenance.worker_dead", dead_worker=worker, permits_returned=permits)
-        # Permits a dead worker took after it was marked dead (a reservation in flight at
-        # the time) would otherwise never come back.
-        holders = {w for e in await self.store.engines.list() for w in (e.get("holds") or {})}
-        for worker in await self.store.workers.not_alive(sorted(holders)):
-            if permits := await self.store.engines.drop_holds(worker):
-                self.log.warning("maintenance.late_permits_returned", dead_worker=worker, permits_returned=permits)
+        await self.return_late_permits()
         rescued = 0
         for job in await self.store.jobs.expired_leases(now):
             status = await self.store.lifecycle.rescue(job, now)
@@ -189,6 +204,17 @@ class Maintenance(Singleton):
                 metrics.job_rescued(job["engine"], status)
                 job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))
         return rescued
+
+    async def return_late_permits(self) -> int:
+        """Permits a dead worker took after it was marked dead (a reservation in flight at
+        the time) would otherwise never come back."""
+        returned = 0
+        holders = {w for e in await self.store.engines.list() for w in (e.get("holds") or {})}
+        for worker in await self.store.workers.not_alive(sorted(holders)):
+            if permits := await self.store.engines.drop_holds(worker):
+                returned += permits
+                self.log.warning("maintenance.late_permits_returned", dead_worker=worker, permits_returned=permits)
+        return returned
 
     async def reconcile(self) -> int:
         """Re-derive the engines' counters from the jobs and correct any drift."""
