@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,3 +63,37 @@ async def test_serve_at_rest(db_url, store):
             await asyncio.to_thread(stop, p)
         await counter.stop()
     assert rate <= LIMIT, dict(counter.counts)
+
+
+async def test_resting_maintenance_still_promotes_on_time(db_url, store):
+    """The due pass sleeps to the earliest due time, and a write of something due sooner
+    wakes it: a delay or a retry runs when due, not when the (long) safety net comes round."""
+    from app.store.lifecycle import Exit
+    from app.worker.maintenance import Maintenance
+    from tests.conftest import make_settings
+    from tests.factories import JobFactory
+    from tests.helpers import eventually, wait_status
+
+    settings = make_settings(safety_interval_seconds=600, retry_delay_seconds=1, retry_max_delay_seconds=1)
+    maint = Maintenance(store, settings)
+    await maint.start()
+    try:
+        await eventually(lambda: _ready(maint), timeout=20)
+        jobs = JobFactory(store)
+        await asyncio.sleep(1)  # the pass has read that nothing is due, and rests
+        delayed = await jobs.scheduled(delay_seconds=1)
+        await wait_status(store, delayed["_id"], "queued", timeout=60)
+        # A retry: the worker's backoff move, due a second after the failure.
+        job = await jobs.running()
+        error = {"code": "boom", "message": "a retryable failure", "attempt": 1, "at": None, "worker": None}
+        due = store.clock.now() + timedelta(seconds=1)
+        await store.lifecycle.leave(Exit(job, job["lease_token"], "backoff", error=error, run_at=due))
+        assert (await store.jobs.get(job["_id"]))["status"] == "scheduled"
+        await wait_status(store, job["_id"], "queued", timeout=60)
+    finally:
+        await maint.stop()
+
+
+async def _ready(maint) -> bool:
+    # Leading, with the due stream open (or, without change streams, polling).
+    return maint.leading and getattr(maint, "due_soon", None) is not None
