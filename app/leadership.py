@@ -5,6 +5,11 @@ Subclasses implement `lead(state)`: it runs while the lease is held, calls `keep
 (which renews the lease when due and says whether it is still held), checkpoints with
 `save()`, and returns when it lost the lease. Invariant: a checkpoint is only written under
 the holder's own lease, so whoever leads next resumes from the last one a leader wrote.
+
+Taking and renewing are one `findAndModify` each (app/store/leases.py). A process that does
+not hold the lease sends nothing until the holder's lease can have run out (the expiry the
+failed take returned), so a follower costs one round trip per lease length; a holder that
+stops releases its lease, and a follower takes it at that expiry at the latest.
 """
 
 from __future__ import annotations
