@@ -59,10 +59,7 @@ class Maintenance(Singleton):
                 # Safety nets: each repairs what a process that died mid-move left behind,
                 # which the live paths never leave (queued jobs below a claim cursor,
                 # fan-outs older than 10 s, workflows quiet for 30 s).
-                (self.sweep_orphans, s.safety_interval_seconds),
-                (self.return_late_permits, s.safety_interval_seconds),
-                (self.settle_steps, s.safety_interval_seconds),
-                (self.repair_workflows, s.safety_interval_seconds),
+                (self.safety_pass, s.safety_interval_seconds),
                 (self.reconcile, s.reconcile_interval_seconds),
                 (self.expire, s.retention_interval_seconds),
             )
@@ -81,14 +78,22 @@ class Maintenance(Singleton):
             await self._guarded(fn)
             await asyncio.sleep(seconds)
 
-    async def _guarded(self, fn):
+    async def _guarded(self, fn, *args):
         try:
-            return await fn()
+            return await fn(*args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.log.warning("maintenance.error", task=fn.__name__, error=repr(exc))
             return None
+
+    async def safety_pass(self) -> None:
+        """The safety nets, one after the other, sharing one read of the engines."""
+        engines = await self.store.engines.list()
+        await self._guarded(self.sweep_orphans, engines)
+        await self._guarded(self.return_late_permits, engines)
+        await self._guarded(self.settle_steps)
+        await self._guarded(self.repair_workflows)
 
     async def due_pass(self) -> None:
         """Everything that waits on a time: jobs and sleep steps due, waits timed out, cron ticks."""
@@ -205,11 +210,12 @@ class Maintenance(Singleton):
                 job_logger(job).warning("job.rescued", new_status=status, lease_owner=job.get("lease_owner"))
         return rescued
 
-    async def return_late_permits(self) -> int:
+    async def return_late_permits(self, engines: list[dict] | None = None) -> int:
         """Permits a dead worker took after it was marked dead (a reservation in flight at
         the time) would otherwise never come back."""
         returned = 0
-        holders = {w for e in await self.store.engines.list() for w in (e.get("holds") or {})}
+        engines = await self.store.engines.list() if engines is None else engines
+        holders = {w for e in engines for w in (e.get("holds") or {})}
         for worker in await self.store.workers.not_alive(sorted(holders)):
             if permits := await self.store.engines.drop_holds(worker):
                 returned += permits
@@ -224,9 +230,9 @@ class Maintenance(Singleton):
             self.log.warning("engine.counter_corrected", **c)
         return len(fixed)
 
-    async def sweep_orphans(self) -> int:
+    async def sweep_orphans(self, engines: list[dict] | None = None) -> int:
         moved = 0
-        for engine in await self.store.engines.list():
+        for engine in await self.store.engines.list() if engines is None else engines:
             moved += await self.store.claimer.requeue_orphans(engine)
         if moved:
             self.log.info("maintenance.orphans_requeued", jobs=moved)
