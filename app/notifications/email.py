@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from urllib.parse import unquote, urlsplit
@@ -132,11 +132,12 @@ class Mailer:
         limit = self.settings.outbox_check_seconds
         if self.smtp is None:
             return limit
+        now = self.store.clock.now()
         try:
-            nxt = await self.store.mail.next_due()
+            nxt = await self.store.mail.next_due(now + timedelta(seconds=limit))
         except Exception:
             return 1.0
-        return limit if nxt is None else min(limit, max(0.0, (nxt - self.store.clock.now()).total_seconds()) + 0.01)
+        return limit if nxt is None else min(limit, max(0.0, (nxt - now).total_seconds()) + 0.01)
 
     async def drain(self) -> int:
         if self.smtp is None:

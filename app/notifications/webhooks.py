@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from datetime import timedelta
 
 import httpx
 
@@ -160,10 +161,10 @@ class WebhookSender:
         """Until woken (new deliveries from this process), a slot frees, or the outbox's
         next due delivery (a back-off, a sender's lease), at most `outbox_check_seconds`:
         deliveries another process adds are found then."""
-        rest = self.settings.outbox_check_seconds
+        rest, now = self.settings.outbox_check_seconds, self.store.clock.now()
         try:
-            if (nxt := await self.store.webhook_deliveries.next_due()) is not None:
-                rest = min(rest, max(0.0, (nxt - self.store.clock.now()).total_seconds()) + 0.01)
+            if (nxt := await self.store.webhook_deliveries.next_due(now + timedelta(seconds=rest))) is not None:
+                rest = min(rest, max(0.0, (nxt - now).total_seconds()) + 0.01)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

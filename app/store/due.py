@@ -32,13 +32,16 @@ class DueTimes:
         doc = await col.find_one(query, {field: 1}, sort=[(field, 1)])
         return doc.get(field) if doc else None
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, until: datetime) -> datetime | None:
         """The earliest of: a scheduled job's `run_at`, an awaiting step's `wait_until`, an
-        unpaused schedule's `next_run_at`. None: nothing is waiting on time."""
+        unpaused schedule's `next_run_at`, looking no further than `until`. None: nothing
+        is due by then. The range is bounded on both sides so that the read matches only
+        what is due soon, however many jobs wait further out (DESIGN.md §5)."""
+        window = {"$gte": EPOCH, "$lte": until}
         times = [
-            await self._first(self.jobs, {"status": SCHEDULED, "run_at": {"$gte": EPOCH}}, "run_at"),
-            await self._first(self.jobs, {"status": AWAITING, "wait_until": {"$gte": EPOCH}}, "wait_until"),
-            await self._first(self.schedules, {"paused": False, "next_run_at": {"$gte": EPOCH}}, "next_run_at"),
+            await self._first(self.jobs, {"status": SCHEDULED, "run_at": window}, "run_at"),
+            await self._first(self.jobs, {"status": AWAITING, "wait_until": window}, "wait_until"),
+            await self._first(self.schedules, {"paused": False, "next_run_at": window}, "next_run_at"),
         ]
         return min((t for t in times if t), default=None)
 

@@ -48,13 +48,14 @@ class MailStore:
                 raise
             return exc.details.get("nInserted", 0)
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, until: datetime) -> datetime | None:
         """When the next message is due: the earliest pending `next_attempt_at`, or the
-        earliest lease of one being sent (it is taken back when that runs out)."""
+        earliest lease of one being sent (it is taken back when that runs out), looking no
+        further than `until`: bounded on both sides, the read matches only what is due soon."""
         times = []
         for query, field in (
-            ({"status": "pending", "next_attempt_at": {"$gte": EPOCH}}, "next_attempt_at"),
-            ({"status": "sending", "lease_until": {"$gte": EPOCH}}, "lease_until"),
+            ({"status": "pending", "next_attempt_at": {"$gte": EPOCH, "$lte": until}}, "next_attempt_at"),
+            ({"status": "sending", "lease_until": {"$gte": EPOCH, "$lte": until}}, "lease_until"),
         ):
             doc = await self.col.find_one(query, {field: 1}, sort=[(field, 1)])
             times.append(doc and doc.get(field))

@@ -113,9 +113,11 @@ class Maintenance(Singleton):
             while True:
                 started = time.monotonic()
                 self.due_soon.clear()
+                wait = s.safety_interval_seconds if self.due_watched else s.promote_interval_seconds
                 try:
-                    nxt = await self.store.due.next_due()
-                    left = None if nxt is None else (nxt - self.store.clock.now()).total_seconds()
+                    now = self.store.clock.now()
+                    nxt = await self.store.due.next_due(now + timedelta(seconds=wait))
+                    left = None if nxt is None else (nxt - now).total_seconds()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -124,7 +126,6 @@ class Maintenance(Singleton):
                 if left is not None and left <= 0:
                     await self.due_pass()
                 else:
-                    wait = s.safety_interval_seconds if self.due_watched else s.promote_interval_seconds
                     await _wait(self.due_soon, wait if left is None else min(wait, left))
                 await asyncio.sleep(max(0.0, started + s.promote_interval_seconds - time.monotonic()))
         finally:
