@@ -99,42 +99,17 @@ class ChangeFeed:
                     ],
                 }
             },
-            {
-                "$set": {
-                    "updateDescription.updatedFields": {
-                        "$cond": [
-                            {"$eq": ["$operationType", "update"]},
-                            {
-                                "$arrayToObject": {
-                                    "$filter": {
-                                        "input": {
-                                            "$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}
-                                        },
-                                        "cond": {
-                                            "$not": [
-                                                {
-                                                    "$in": [
-                                                        {"$arrayElemAt": [{"$split": ["$$this.k", "."]}, 0]},
-                                                        list(BULKY),
-                                                    ]
-                                                }
-                                            ]
-                                        },
-                                    }
-                                }
-                            },
-                            "$$REMOVE",
-                        ]
-                    }
-                }
-            },
             # Events need none of the bulky fields, and a change event, like a document, may
-            # not pass 16 MiB: a result near the cap would stop the relay for good. An update's
-            # fields are filtered by their top-level name (`errors.3` is a `$push`, above).
-            # Nor what the relay does not read (it keeps `_id`, the resume token).
+            # not pass 16 MiB: a result near the cap would stop the relay for good. Removed by
+            # name, which is cheap (filtering every updated field by its top-level name cost
+            # most of the server's time in the relay's stream): the store sets these fields
+            # whole (`result`), or in pieces of bounded size (`errors.3`, a `$push` of an
+            # entry of at most 2,000 characters). Nor what the relay does not read (it keeps
+            # `_id`, the resume token).
             {
                 "$unset": [
                     *(f"fullDocument.{f}" for f in BULKY),
+                    *(f"updateDescription.updatedFields.{f}" for f in BULKY),
                     "updateDescription.updatedFields.progress.data",
                     "fullDocument.progress.data",
                     "updateDescription.removedFields",
