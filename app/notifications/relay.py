@@ -15,9 +15,10 @@ from collections import OrderedDict
 
 from ..domain.events import from_change, static_fields
 from ..leadership import Singleton
+from ..store.events import RELAY_LEASE
 from ..store.feed import HistoryLost
 
-LEASE = "event-relay"
+LEASE = RELAY_LEASE
 
 
 class _Known:

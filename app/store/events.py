@@ -26,6 +26,7 @@ from .quirks import Pace
 
 log = get_logger("switchyard.events")
 REDACTED = ("name", "progress", "error", "reason")
+RELAY_LEASE = "event-relay"  # app/notifications/relay.py: its checkpoint holds a seq the log reached
 
 
 class EventStore:
@@ -100,8 +101,13 @@ class EventStore:
         return {d["token"] for d in docs if d.get("token")}
 
     async def last_seq(self) -> int:
-        doc = await self.col.find_one({}, {"_id": 1}, sort=[("_id", -1)])
-        return doc["_id"] if doc else 0
+        """The log's last seq (or the last it reached, when expiry emptied it). Read from the
+        relay's checkpoint on: a sorted read of the whole log grows with it on SecantusDB
+        (200 ms at 20,000 events), the events after a checkpoint are at most a minute's."""
+        lease = await self.db["leases"].find_one({"_id": RELAY_LEASE}, {"state.seq": 1})
+        floor = max(self.top, int(((lease or {}).get("state") or {}).get("seq") or 0))
+        doc = await self.col.find_one({"_id": {"$gte": floor}}, {"_id": 1}, sort=[("_id", -1)])
+        return doc["_id"] if doc else floor
 
     async def since(
         self, after: int, *, job_id: str | None = None, workflow_id: str | None = None, limit: int = 1000
