@@ -5,8 +5,8 @@
 seq in the log, and inserted in that order; an event whose token is already in the log is
 skipped, and a seq another appender took first is given again, so the events visible at any
 moment are a prefix of the log, without gaps. That is what lets a reader that has seen seq N ask for
-`_id > N` and get no gaps and no duplicates, and why `tail` may switch between the change
-stream and polling freely.
+`_id > N` and get no gaps and no duplicates, and why `tail` may switch freely between what
+this process's relay hands over, the change stream and polling.
 """
 
 from __future__ import annotations
