@@ -105,7 +105,9 @@ def from_change(change: dict, static: dict | None, last_status: str | None, now:
             event["error"] = {"code": err.get("code"), "message": err.get("message")}
         if touched.get("cancel_reason") and etype == "job.cancelled":
             event["reason"] = touched["cancel_reason"]
-    return event
+    # Stored without its empty fields (a standalone job has no workflow, most no name): readers
+    # take a missing field for null, and `public` never shows a null one.
+    return {k: v for k, v in event.items() if v is not None}
 
 
 def static_fields(kind: str, doc: dict) -> dict:

@@ -1,8 +1,9 @@
 """Hub: this process's live subscribers (WebSocket connections and SSE streams), fed from
 the `events` log.
 
-The hub tails `events` (change stream, or polling) while anyone is subscribed and hands
-each event to the subscribers that want it and may see it. Invariants:
+The hub tails `events` while anyone is subscribed (`EventStore.tail`: what this process's
+relay appends while it leads, else a change stream, else polling) and hands each event to
+the subscribers that want it and may see it. Invariants:
 - A subscriber never gets the same seq twice, and a subscription opened with `since` gets
   every matching event after it: its live events are buffered while the missed ones are
   read from the log, then the buffer is flushed past what the replay already sent.

@@ -15,9 +15,10 @@ from collections import OrderedDict
 
 from ..domain.events import from_change, static_fields
 from ..leadership import Singleton
+from ..store.events import RELAY_LEASE
 from ..store.feed import HistoryLost
 
-LEASE = "event-relay"
+LEASE = RELAY_LEASE
 
 
 class _Known:
@@ -52,29 +53,39 @@ class EventRelay(Singleton):
 
     async def lead(self, state: dict) -> None:
         token, floor = state.get("token"), state.get("seq", 0)
-        saved = time.monotonic()
+        saved, appended = time.monotonic(), False
         done = await self.store.events.recent_tokens() if token is not None else set()
+        # The log's last seq, read once per takeover: while this relay leads it is the only
+        # appender, so it counts on from there (a deposed one still finishing costs a retry).
+        last = max(await self.store.events.last_seq(), floor)
+        self.store.events.local = True  # this process's hub follows our appends, no stream
         try:
             async for changes, new_token in self.store.feed.batches(token):
                 if changes:
                     events = [e for e in await self.derive(changes) if e["token"] not in done]
                     if events:
-                        self.appended += await self.store.events.append(events, floor)
-                        floor = max(floor, events[-1]["_id"])
+                        added = await self.store.events.append(events, floor, last)
+                        if added:
+                            self.appended += added
+                            last = floor = max(floor, self.store.events.top)
+                        appended = True
                 if not await self.keep():
                     return  # deposed: whoever leads now resumes from the saved checkpoint
-                # At most one save a second: a replay after a crash is idempotent, and every
-                # write costs the server (and wakes every change stream on SecantusDB).
+                # At most one save a second after events, one a minute without (the token then
+                # only moved past others' writes, which a replay skips): every write costs the
+                # server, and wakes every change stream on SecantusDB.
                 now = time.monotonic()
-                if new_token != token and (token is None or now - saved > (1.0 if changes else 5.0)):
+                if new_token != token and (token is None or now - saved > (1.0 if appended else 60.0)):
                     if not await self.save({"token": new_token, "seq": floor}):
                         return
-                    token, saved = new_token, now
+                    token, saved, appended = new_token, now, False
         except HistoryLost as exc:
             self.log.error(
                 "relay.history_lost", error=str(exc), action="restarting from now; events in between are lost"
             )
             await self.save({"token": None, "seq": floor})
+        finally:
+            self.store.events.local = False
 
     async def derive(self, changes: list[dict]) -> list[dict]:
         """Events for a batch of changes, in order, reading unknown jobs' fields in one go."""

@@ -32,11 +32,13 @@ Kept where the code they shape lives (each says so in a comment), all correct on
 | new jobs stored without their empty fields (every update re-encodes the whole document) | `app/domain/models.py` `SPARSE_FIELDS` | none |
 | bulk inserts hold this process's change streams (`BulkGate`) | here; used by `enqueue.py`, `feed.py`, `events.py` | none: off on MongoDB |
 | wake streams space their round trips (a waiting `getMore` returns on any write) | here (`wake_spacing`); used by `app/worker/loops.py` | none: no spacing on MongoDB |
+| the event streams (relay, hub) pause after an empty reply (`Pace`) | here; used by `feed.py`, `events.py` | none: no pause on MongoDB |
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from functools import lru_cache
 
@@ -105,3 +107,44 @@ class BulkGate:
 
     async def wait(self) -> None:
         await self._open.wait()
+
+
+class Pace:
+    """Spacing of an event stream's round trips (the relay's change feed, a hub's tail).
+    Each waits on the server for up to `AWAIT_MS`; MongoDB answers sooner only for a
+    matching change, SecantusDB for any write to any database, so there a stream that asked
+    again at once after an empty early reply would make a round trip per unrelated write
+    (lease renewals, heartbeats, the relay's own inserts) however many come. On SecantusDB
+    an empty reply that came soon (under `QUIET` s) is followed by a pause that doubles from
+    `busy` up to `IDLE_MAX`, and one after a quiet spell by none; a write made during a pause
+    still wakes the next round trip at once, so an event waits at most `IDLE_MAX`, and none
+    after a quiet spell (the first write of an enqueue is its engine's counter, which finds
+    the stream waiting; the job's insert follows while it asks again).
+    After a reply with changes the pause is `busy` on both servers: what comes meanwhile
+    comes in one reply, and is written in one insert.
+    Cost on MongoDB: none (it answers empty only when the wait is over, and gets no pause)."""
+
+    AWAIT_MS = 5_000
+    IDLE_MAX = 0.25
+    QUIET = 1.0
+
+    def __init__(self, secantus: bool, busy: float = 0.05) -> None:
+        self.secantus, self.busy = secantus, busy
+        self._gap = 0.0
+        self._next = 0.0
+
+    def done(self, changes: int, waited: float) -> None:
+        """A reply came with `changes` changes after `waited` seconds: when the next round
+        trip may go."""
+        if changes:
+            self._gap, pause = 0.0, self.busy
+        elif not self.secantus or waited >= self.QUIET:
+            self._gap, pause = 0.0, 0.0
+        else:
+            self._gap = pause = min(self.IDLE_MAX, max(self.busy, 2 * self._gap))
+        self._next = time.monotonic() + pause
+
+    async def wait(self) -> None:
+        rest = self._next - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
