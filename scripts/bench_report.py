@@ -103,15 +103,16 @@ def rows(o: dict) -> list[tuple[str, str, str, str]]:
     else:
         add("drain as deployed against Agenda 6", "(Agenda skipped)", ">= 5x Agenda")
     if anow:
-        add(
-            "single enqueue against agenda.now(): library / REST",
-            f"{lib / anow['per_s']:.2f}x / {rest / anow['per_s']:.2f}x",
-            ">= 1x / >= 0.5x",
-            lib >= anow["per_s"] and rest >= 0.5 * anow["per_s"],
-        )
+        for who, rate, times in (("library", lib, 1.0), ("REST", rest, 0.5)):
+            add(
+                f"single enqueue against agenda.now(), {who}",
+                f"{rate / anow['per_s']:.2f}x",
+                f">= {times * anow['per_s']:.0f}/s ({times:g}x)",
+                rate >= times * anow["per_s"],
+            )
         add("  agenda.now(), one client, nothing processing", f"{anow['per_s']:.0f}/s")
     else:
-        add("single enqueue against agenda.now()", "(Agenda skipped)", ">= 1x library, >= 0.5x REST")
+        add("single enqueue against agenda.now()", "(Agenda skipped)")
     # 9
     lat = o["latency"]
     add(
