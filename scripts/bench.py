@@ -1,7 +1,11 @@
-"""Switchyard benchmarks, printed as a table. See docs/benchmarks.md for recorded runs.
+"""Switchyard benchmarks: issue 22's rows side by side with Celery and Agenda 6, printed as
+one table (scripts/bench_report.py). See docs/benchmarks.md for recorded runs.
 
-Everything runs on one SecantusDB server started here with `--sync-on-commit` (the embedded
-mode's durability setting), with real `switchyard serve` / `switchyard worker` processes.
+Everything runs on one machine against SecantusDB started here with `--sync-on-commit` (the
+embedded mode's durability setting), a fresh server for each phase, with real `switchyard
+serve` / `switchyard worker` processes (scripts/bench_switchyard.py, bench_phases.py,
+bench_floor.py), Celery (bench_celery.py) and Agenda under Node (bench_agenda.py). This
+module owns the order of the phases, their sizes (`--quick`) and the progress it prints.
 """
 
 from __future__ import annotations
