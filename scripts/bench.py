@@ -182,7 +182,7 @@ async def measure(args, q: bool, tmp: Path, phase, show, skip_agenda: bool) -> N
             phase(f"Agenda 6: drain {n} jobs (2 Node processes x 32, processEvery {every} ms)")
             async with fresh_server(tmp, f"agenda_drain{every}") as url:
                 runs.append(
-                    await asyncio.to_thread(bench_agenda.drain, url, n, process_every_ms=every, cap=60 if q else 240)
+                    await asyncio.to_thread(bench_agenda.drain, url, n, process_every_ms=every, cap=60 if q else 150)
                 )
             print(f"  processEvery {every} ms: {runs[-1]}", flush=True)
         show("agenda_drain_runs", {r["process_every_ms"]: round(r["jobs_per_s"], 1) for r in runs})

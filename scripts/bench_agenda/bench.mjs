@@ -104,8 +104,13 @@ async function drain(n, processes, concurrency, processEvery, capSeconds) {
   const capped = done < n;
   if (capped) last = Date.now();
   clearInterval(tick);
+  // A stop unlocks the jobs a process holds; on a swamped server that can take minutes, so
+  // a worker still up after 10 s is killed (the figures are taken already).
+  const exited = kids.map((kid) => new Promise((r) => kid.on('exit', r)));
   for (const kid of kids) kid.send('stop');
-  await Promise.all(kids.map((kid) => new Promise((r) => kid.on('exit', r))));
+  const killer = setTimeout(() => kids.forEach((kid) => kid.kill('SIGKILL')), 10_000);
+  await Promise.all(exited);
+  clearTimeout(killer);
   const finishedInDb = await jobs.countDocuments({ lastFinishedAt: { $ne: null } });
   await db.dropDatabase();
   await client.close();
