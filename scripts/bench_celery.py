@@ -13,6 +13,9 @@ API (each returns a dict):
   are stored: ``{"jobs", "seconds", "jobs_per_s"}``.
 * ``delay_rate(url, seconds)``: one client calling ``delay()`` in a loop, no workers:
   ``{"calls", "per_s"}``.
+* ``submit_to_start(url, samples, poll)``: on warm idle workers polling every ``poll``
+  seconds, from ``delay()`` to the task's start, one at a time:
+  ``{"p50_ms", "p99_ms", "samples", "poll_s"}``.
 * ``end_to_end(url, n, processes, threads, timeout, window)``: warm workers first,
   then ``n`` tasks submitted one ``delay()`` at a time with at most ``window`` in
   flight, timed until all results are stored: ``{"jobs", "seconds", "jobs_per_s"}``.
@@ -47,6 +50,7 @@ ENV_POLL = "SWITCHYARD_BENCH_CELERY_POLL"
 DB = "celery_bench"
 QUEUE = "celery_bench"
 TASK = "bench_celery.noop"
+STAMP = "bench_celery.stamp"
 RESULTS = "celery_taskmeta"  # Celery's MongoDB backend default collection
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,6 +79,11 @@ def make_app(url: str):
     def noop():
         return None
 
+    @app.task(name=STAMP)
+    def stamp():
+        return time.time()  # when the task started, on this machine's clock
+
+    app.stamp = stamp
     return app, noop
 
 
@@ -262,6 +271,43 @@ def end_to_end(
             finally:
                 _stop_workers(procs)
     return _rate(n, seconds)
+
+
+def submit_to_start(url: str, samples: int = 50, poll: float = 0.05, processes: int = 2, threads: int = 8) -> dict:
+    """On an idle system (warm workers polling every ``poll`` seconds): ``delay()`` one
+    task, wait for its result, which is the time the task started; one at a time, 0.15 s
+    apart, as Switchyard's measure. ``{"p50_ms", "p99_ms", "samples", "poll_s"}``."""
+    old = os.environ.get(ENV_POLL)
+    os.environ[ENV_POLL] = str(poll)  # the workers and this client's app
+    try:
+        with _session(url) as (task, db):
+            stamp = task.app.stamp
+            with tempfile.TemporaryFile() as log:
+                procs = _start_workers(url, processes, threads, log)
+                try:
+                    for _ in range(processes):  # warm-up: workers up and consuming
+                        stamp.delay().get(timeout=120, interval=0.01)
+                    time.sleep(1.0)
+                    lat = []
+                    for _ in range(samples):
+                        t = time.time()
+                        started = stamp.delay().get(timeout=60, interval=0.01)
+                        lat.append((started - t) * 1000)
+                        time.sleep(0.15)
+                finally:
+                    _stop_workers(procs)
+    finally:
+        if old is None:
+            os.environ.pop(ENV_POLL, None)
+        else:
+            os.environ[ENV_POLL] = old
+    lat.sort()
+    return {
+        "p50_ms": lat[len(lat) // 2],
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "samples": samples,
+        "poll_s": poll,
+    }
 
 
 def main(argv=None) -> None:
