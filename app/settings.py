@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         "where change streams are unavailable",
     )
     safety_interval_seconds: float = Field(
-        15.0,
+        30.0,
         gt=0,
         le=3600,
         description="how often maintenance's safety nets run (orphaned queued jobs, unsettled steps, stalled "

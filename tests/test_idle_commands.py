@@ -1,7 +1,7 @@
 """At rest, each process sends the database at most 2 commands a second, counted at the wire
-(scripts/wirecount.py): a `switchyard worker`, and a `switchyard serve` with the event relay
-off (its own loops; the relay has its own budget). Both run with the default cadences, not
-the tests' fast ones, since the defaults are what a deployment pays for."""
+(scripts/wirecount.py): a `switchyard worker`, and a `switchyard serve` as deployed (API,
+maintenance, event relay, notifier, hub and outboxes; no job slots). Both run with the default
+cadences, not the tests' fast ones, since the defaults are what a deployment pays for."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def test_worker_at_rest(db_url, store):
 
 async def test_serve_at_rest(db_url, store):
     counter = await counter_for(db_url)
-    _, procs = await serve_processes(counter.url(db_url), store.db.name, [0], SWITCHYARD_RUN_RELAY="false", **DEFAULTS)
+    _, procs = await serve_processes(counter.url(db_url), store.db.name, [0], **DEFAULTS)
     try:
         rate = await at_rest(counter)
         assert procs[0].poll() is None, procs[0].stderr.read().decode()[-2000:]

@@ -111,33 +111,41 @@ class Mailer:
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
+        claim = True  # the first pass looks, then only when something is due or we are woken
         while not self.stopping:  # set before cancelling: the driver may turn a cancel into an error
+            sent = 0
             try:
-                sent = await self.drain()
+                if claim:
+                    sent = await self.drain()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("mailer.error", error=repr(exc))
-                sent = 0
             if not sent:
+                rest, claim = await self._rest()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), await self._rest())
+                    await asyncio.wait_for(self.wake.wait(), rest)
+                    claim = True
                 except TimeoutError:
                     pass
                 self.wake.clear()
 
-    async def _rest(self) -> float:
+    async def _rest(self) -> tuple[float, bool]:
         """Seconds until the outbox's next due message (a retry's back-off, a sender's
-        lease), at most `outbox_check_seconds`: what another process adds is found then."""
+        lease), at most `outbox_check_seconds`: what another process adds is found then;
+        and whether anything falls due in that time (an idle outbox costs this one read per
+        rest: the claim's reads only run when they can find something)."""
         limit = self.settings.outbox_check_seconds
         if self.smtp is None:
-            return limit
+            return limit, False
         now = self.store.clock.now()
         try:
             nxt = await self.store.mail.next_due(now + timedelta(seconds=limit))
         except Exception:
-            return 1.0
-        return limit if nxt is None else min(limit, max(0.0, (nxt - now).total_seconds()) + 0.01)
+            return 1.0, True
+        if nxt is None:
+            return limit, False
+        return min(limit, max(0.0, (nxt - now).total_seconds()) + 0.01), True
 
     async def drain(self) -> int:
         if self.smtp is None:

@@ -135,13 +135,16 @@ class WebhookSender:
 
     async def run(self) -> None:
         room = self.settings.webhook_concurrency
+        claim = True  # the first pass looks, then only when something is due or we are woken
         try:
             while not self.stopping:
                 self.wake.clear()
                 batch = []
                 try:
-                    free = room - len(self.inflight)
-                    batch = await self.store.webhook_deliveries.claim_due(free, self.lease_seconds)
+                    if claim:
+                        batch = await self.store.webhook_deliveries.claim_due(
+                            room - len(self.inflight), self.lease_seconds
+                        )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -152,33 +155,37 @@ class WebhookSender:
                     task.add_done_callback(self.inflight.discard)
                 if batch and len(self.inflight) < room:
                     continue  # more may be due now
-                await self._idle()
+                claim = await self._idle()
         finally:
             for task in list(self.inflight):  # theirs are taken back after their lease
                 task.cancel()
 
-    async def _idle(self) -> None:
+    async def _idle(self) -> bool:
         """Until woken (new deliveries from this process), a slot frees, or the outbox's
         next due delivery (a back-off, a sender's lease), at most `outbox_check_seconds`:
-        deliveries another process adds are found then."""
+        deliveries another process adds are found then. Says whether to claim: not after a
+        full rest with nothing due in it, so an idle outbox costs one read of when its next
+        delivery is due per rest (the claim's reads only run when they can find something)."""
         rest, now = self.settings.outbox_check_seconds, self.store.clock.now()
+        due = False
         try:
             if (nxt := await self.store.webhook_deliveries.next_due(now + timedelta(seconds=rest))) is not None:
-                rest = min(rest, max(0.0, (nxt - now).total_seconds()) + 0.01)
+                rest, due = min(rest, max(0.0, (nxt - now).total_seconds()) + 0.01), True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.log.warning("webhooks.error", error=repr(exc))
-            rest = 1.0
+            rest, due = 1.0, True
         wake = asyncio.ensure_future(self.wake.wait())
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 {wake, *self.inflight},
                 timeout=rest,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             wake.cancel()
+        return due or bool(done)
 
     async def attempt(self, d: dict) -> None:
         _SENDING.set(True)  # this task's own context: see _QuietRequests
