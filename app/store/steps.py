@@ -12,6 +12,7 @@ parents as for a fan-in of 10,000.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from ..domain import states
@@ -112,14 +113,26 @@ class StepMoves:
             return 0
         one = [{p: 1} for p in dict.fromkeys(parent_ids)]
         direct_filter = {"status": PENDING, "waiting_on": one[0] if len(one) == 1 else {"$in": one}}
+
+        def read(part: list[str]) -> asyncio.Task:
+            return asyncio.ensure_future(find_in(self.col, part, direct_filter, {**READY_FIELDS, "waiting_on": 1}))
+
+        parts = list(chunks(children))
         moved, rest = 0, []
-        for part in chunks(children):
-            direct = await find_in(self.col, part, direct_filter, {**READY_FIELDS, "waiting_on": 1})
-            n = await self.ready(direct, exact=True) if direct else 0
-            moved += n
-            found = {d["_id"] for d in direct}
-            # a map changed under us: those take the general path too (guarded on pending)
-            rest += [c for c in part if c not in found or n < len(direct)]
+        # The next chunk is read while this one is queued: the queueing is the slow half.
+        ahead = read(parts[0])
+        try:
+            for i, part in enumerate(parts):
+                direct = await ahead
+                if i + 1 < len(parts):
+                    ahead = read(parts[i + 1])
+                n = await self.ready(direct, exact=True) if direct else 0
+                moved += n
+                found = {d["_id"] for d in direct}
+                # a map changed under us: those take the general path too (guarded on pending)
+                rest += [c for c in part if c not in found or n < len(direct)]
+        finally:
+            ahead.cancel()
         if rest:
             await update_in(
                 self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}}
