@@ -12,6 +12,7 @@ parents as for a fan-in of 10,000.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from ..domain import states
@@ -102,24 +103,36 @@ class StepMoves:
 
     async def release_children(self, parent_ids: list[str], children: list[str]) -> int:
         """The parents completed: unblock their children and queue those with nothing left
-        to wait on. Children that waited only on these parents (a fan-out) go straight to
-        queued, guarded on the exact map they had; the rest have the parents unset from
+        to wait on. Children that waited only on one of these parents (a fan-out) go
+        straight to queued, guarded on the exact map they had, chunk by chunk, so workers
+        start on the first while later ones are read; the rest have the parents unset from
         their maps (one write, however many parents finished together) and are queued if
-        that emptied them."""
+        that emptied them. A fan-in's wide map is never read here: the direct children are
+        found by their map's value, not by reading every child's map."""
         if not children:
             return 0
-        done = set(parent_ids)
-        docs = await find_in(
-            self.col,
-            children,
-            {"status": PENDING},
-            {**READY_FIELDS, "waiting_on": 1},
-        )
-        direct = [d for d in docs if set(d.get("waiting_on") or {}) <= done]
-        moved = await self.ready(direct, exact=True) if direct else 0
-        rest = [d["_id"] for d in docs if d not in direct]
-        if moved < len(direct):  # a map changed under us: those take the general path
-            rest += [d["_id"] for d in direct]
+        one = [{p: 1} for p in dict.fromkeys(parent_ids)]
+        direct_filter = {"status": PENDING, "waiting_on": one[0] if len(one) == 1 else {"$in": one}}
+
+        def read(part: list[str]) -> asyncio.Task:
+            return asyncio.ensure_future(find_in(self.col, part, direct_filter, {**READY_FIELDS, "waiting_on": 1}))
+
+        parts = list(chunks(children))
+        moved, rest = 0, []
+        # The next chunk is read while this one is queued: the queueing is the slow half.
+        ahead = read(parts[0])
+        try:
+            for i, part in enumerate(parts):
+                direct = await ahead
+                if i + 1 < len(parts):
+                    ahead = read(parts[i + 1])
+                n = await self.ready(direct, exact=True) if direct else 0
+                moved += n
+                found = {d["_id"] for d in direct}
+                # a map changed under us: those take the general path too (guarded on pending)
+                rest += [c for c in part if c not in found or n < len(direct)]
+        finally:
+            ahead.cancel()
         if rest:
             await update_in(
                 self.col, rest, {"status": PENDING}, {"$unset": {f"waiting_on.{p}": "" for p in parent_ids}}
