@@ -21,7 +21,7 @@ from ..errors import Conflict, Forbidden, NotFound
 from ..logs import get_logger
 from .auth import Principal, audit, can_see, require_principal
 from .jobs import ID_PATTERN, strict_query
-from .schemas import JobOut, JobPage
+from .schemas import JobOut, JobPage, Stamp
 
 router = APIRouter(tags=["dead letter"])
 CODE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -42,8 +42,8 @@ class BulkRetryIn(BaseModel):
     engine: str | None = Field(None, pattern=NAME_PATTERN)
     operation: str | None = Field(None, pattern=NAME_PATTERN)
     error_code: str | None = Field(None, pattern=CODE_PATTERN, description="the code of the job's last error")
-    failed_after: datetime | None = Field(None, description="failed at or after this time")
-    failed_before: datetime | None = Field(None, description="failed before this time")
+    failed_after: Stamp | None = Field(None, description="failed at or after this time")
+    failed_before: Stamp | None = Field(None, description="failed before this time")
     limit: int = Field(100, ge=1, le=10_000, description="retry at most this many jobs, oldest failures first")
 
     @model_validator(mode="after")
@@ -73,13 +73,13 @@ class StuckJob(BaseModel):
     engine: str
     workflow_id: str | None = None
     lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
+    lease_expires_at: Stamp | None = None
     attempt: int
     new_status: str = Field(description='queued, failed (no attempts left), or "" when it moved on meanwhile')
 
 
 class ResetStuckOut(BaseModel):
-    checked_at: datetime
+    checked_at: Stamp
     dry_run: bool
     requeued: int
     failed: int

@@ -12,7 +12,6 @@ A signal may be sent by anyone who may see the workflow.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -25,6 +24,7 @@ from ..domain.workflow import KEY_PATTERN
 from ..errors import NotFound
 from .auth import Principal, audit, require_principal, visible
 from .jobs import ID_PATTERN, strict_query
+from .schemas import Stamp
 
 inbox = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
@@ -65,7 +65,7 @@ class SignalIn(BaseModel):
 class SignalOut(BaseModel):
     workflow_id: str
     name: str
-    received_at: datetime
+    received_at: Stamp
     delivered_to: list[str] = Field(description="keys of the steps it completed now; later ones take it when ready")
 
 
@@ -75,8 +75,8 @@ class ApprovalOut(BaseModel):
     step_key: str
     job_id: str
     name: str | None = None
-    waiting_since: datetime | None = None
-    until: datetime | None = Field(None, description="when on_timeout applies (no timeout: null)")
+    waiting_since: Stamp | None = None
+    until: Stamp | None = Field(None, description="when on_timeout applies (no timeout: null)")
     on_timeout: str | None = None
     approvers: list[str]
     parents: dict[str, Any] = Field(description="the results of the steps it depends on, by key (previews)")

@@ -7,8 +7,6 @@ and the hold they cause are app/store/budgets.py's.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Body, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +15,7 @@ from ..store.budgets import PERIODS, period_bounds
 from .admin import require_admin
 from .auth import NAME, Principal, audit, require_role
 from .jobs import strict_query
+from .schemas import Stamp
 
 router = APIRouter(prefix="/api/v1/admin/tenants", tags=["admin"])
 Tenant = Path(pattern=NAME.pattern, description="the tenant's name")
@@ -37,7 +36,7 @@ class PeriodOut(BaseModel):
     spend: float = Field(description="the tenant's reported cost in the period so far")
     percent: float | None = Field(description="spend as a percentage of the budget")
     reached: bool = Field(description="spend is at the budget: the tenant's queued jobs wait")
-    rolls_over_at: datetime
+    rolls_over_at: Stamp
 
 
 class BudgetOut(BaseModel):
@@ -45,7 +44,7 @@ class BudgetOut(BaseModel):
     daily: float | None
     monthly: float | None
     periods: dict[str, PeriodOut]
-    updated_at: datetime | None = None
+    updated_at: Stamp | None = None
 
 
 async def budget_out(store, tenant: str) -> BudgetOut:

@@ -8,14 +8,13 @@ bootstrap admin's own (app/api/auth.py). Nobody creates a key with a role above 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import Forbidden, ValidationFailed
 from .auth import RESERVED_TENANTS, ROLES, Principal, audit, require_principal, require_role
 from .jobs import ID_PATTERN, strict_query
+from .schemas import Stamp
 
 router = APIRouter(tags=["auth"])
 NAME = r"^[A-Za-z0-9_-]{1,64}$"
@@ -39,9 +38,9 @@ class KeyOut(BaseModel):
     user: str
     role: str
     tenant: str
-    created_at: datetime
+    created_at: Stamp
     created_by: str | None = None
-    revoked_at: datetime | None = None
+    revoked_at: Stamp | None = None
 
     @classmethod
     def of(cls, doc: dict) -> KeyOut:
@@ -61,7 +60,7 @@ class Me(BaseModel):
 
 class AuditEntry(BaseModel):
     id: str
-    at: datetime
+    at: Stamp
     actor: str
     role: str
     tenant: str

@@ -3,7 +3,6 @@ preferences: which channels each event type goes to, and their email address."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -15,6 +14,7 @@ from ..notifications.email import valid_address
 from ..notifications.service import CHANNELS
 from .auth import Principal, require_principal
 from .jobs import strict_query
+from .schemas import Stamp
 
 router = APIRouter(prefix="/api/v1/jobs/notifications", tags=["notifications"])
 EVENT_TYPES = sorted(
@@ -36,7 +36,7 @@ class NotificationOut(BaseModel):
     error: dict[str, Any] | None = None
     read: bool
     seq: int
-    created_at: datetime
+    created_at: Stamp
 
     @classmethod
     def of(cls, doc: dict) -> NotificationOut:

@@ -10,7 +10,6 @@ schedules, and a minimum gap between its ticks.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -23,6 +22,7 @@ from ..domain.workflow import validate_steps
 from ..errors import ValidationFailed
 from .auth import Principal, require_principal, visible
 from .jobs import ID_PATTERN, admission, strict_query
+from .schemas import Stamp
 from .workflows import require_handlers
 
 router = APIRouter(prefix="/api/v1/jobs/schedules", tags=["schedules"])
@@ -37,14 +37,14 @@ class ScheduleOut(BaseModel):
     timezone: str
     misfire_policy: str
     paused: bool
-    next_run_at: datetime = Field(description="the next tick that has not run yet (UTC)")
+    next_run_at: Stamp = Field(description="the next tick that has not run yet (UTC)")
     job: dict[str, Any] | None = Field(None, description="the job template, when the schedule submits a job")
     workflow: dict[str, Any] | None = Field(None, description="the workflow template, when it submits a workflow")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Stamp
+    updated_at: Stamp
     run_count: int = 0
-    last_run_at: datetime | None = Field(None, description="the tick that last ran")
-    last_fired_at: datetime | None = Field(None, description="when that tick was launched")
+    last_run_at: Stamp | None = Field(None, description="the tick that last ran")
+    last_fired_at: Stamp | None = Field(None, description="when that tick was launched")
     last_job_id: str | None = None
     last_workflow_id: str | None = None
     last_error: dict[str, Any] | None = None

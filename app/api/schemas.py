@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator, model_validator
 
+from ..domain.flowsteps import iso
 from ..domain.limitkeys import check_weight, parse_key_spec
 from ..domain.models import NAME_PATTERN
 from ..domain.rates import MAX_BURST, parse_rate
 from ..domain.redact import redact
 from ..domain.retry import RetryConfig
 from ..domain.states import JobStatus
+
+# Every timestamp in an API answer: milliseconds, always (MongoDB keeps no more), so a
+# stamp on a whole second is `...:08.000Z`, never `...:08Z`.
+Stamp = Annotated[
+    datetime,
+    PlainSerializer(iso, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class Progress(BaseModel):
@@ -26,7 +35,7 @@ class JobError(BaseModel):
     code: str
     message: str
     attempt: int | None = None
-    at: datetime | None = None
+    at: Stamp | None = None
     worker: str | None = None
 
 
@@ -50,11 +59,11 @@ class JobOut(BaseModel):
     priority: int
     parameters: dict[str, Any]
     owner: str | None = None
-    created_at: datetime
-    queued_at: datetime | None = None
-    run_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    created_at: Stamp
+    queued_at: Stamp | None = None
+    run_at: Stamp | None = None
+    started_at: Stamp | None = None
+    completed_at: Stamp | None = None
     execution_time_ms: int | None = None
     result: Any = None
     last_error: JobError | None = None
@@ -71,7 +80,7 @@ class JobOut(BaseModel):
     cancel_requested: bool = False
     cancel_reason: str | None = None
     lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
+    lease_expires_at: Stamp | None = None
     usage: JobUsage | None = Field(None, description="what its attempts reported with ctx.usage, summed")
     backpressure_count: int = Field(0, description="times the provider pushed it back (RateLimited), uncharged")
     why: dict | None = Field(None, description="why a job that is not running yet waits: reasons as data")
@@ -109,7 +118,7 @@ class KeyOut(BaseModel):
     key: str = Field(description="`<tenant>/<value>`")
     limit: str = Field(description="`concurrency`, `rate` or `held` (provider back-pressure)")
     running: int
-    until: datetime | None = Field(None, description="its next slot (rate) or the hold's end")
+    until: Stamp | None = Field(None, description="its next slot (rate) or the hold's end")
 
 
 class QueueOut(BaseModel):
@@ -120,7 +129,7 @@ class QueueOut(BaseModel):
     paused: bool = Field(description="the whole engine is paused (by the bootstrap admin)")
     tenant_paused: bool = Field(False, description="the caller's tenant paused its own work on this engine")
     oldest_queued_age_seconds: float | None = None
-    held_until: datetime | None = Field(
+    held_until: Stamp | None = Field(
         None,
         description="provider back-pressure holds this engine until then: the whole engine, or "
         "(for a tenant) its own key; null when nothing holds it",
@@ -129,7 +138,7 @@ class QueueOut(BaseModel):
     budget_reached: bool = Field(
         False, description="the caller's tenant spent its cost budget: its queued jobs here wait (docs/limits.md)"
     )
-    budget_until: datetime | None = Field(None, description="when the reached budget period rolls over")
+    budget_until: Stamp | None = Field(None, description="when the reached budget period rolls over")
     rate: str | None = Field(None, description="the engine's rate limit (`60/min`), across every worker; null: none")
     burst: int | None = Field(None, description="the rate limit's burst")
     key: str | None = Field(None, description="what the per-key limits count by (`params.account`); null: none")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from typing import Any, Literal
 
 import httpx
@@ -34,6 +33,7 @@ from ..store.webhook_deliveries import DeliveryState
 from .auth import Principal, audit, require_principal, require_role, visible
 from .jobs import ID_PATTERN, strict_query
 from .notifications import EVENT_TYPES
+from .schemas import Stamp
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 ALL = "*"
@@ -128,8 +128,8 @@ class WebhookOut(BaseModel):
     paused: bool = Field(description="paused: deliveries are written and wait; they go out after a resume")
     owner: str
     tenant: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Stamp
+    updated_at: Stamp
 
     @classmethod
     def of(cls, doc: dict) -> WebhookOut:
@@ -142,7 +142,7 @@ class WebhookList(BaseModel):
 
 
 class AttemptOut(BaseModel):
-    at: datetime
+    at: Stamp
     status_code: int | None = Field(
         None, description="the receiver's answer; none after a time-out or connection error"
     )
@@ -157,9 +157,9 @@ class DeliveryOut(BaseModel):
     event_type: str
     state: DeliveryState
     tries: int = Field(description="tries since written or redelivered, out of SWITCHYARD_WEBHOOK_MAX_ATTEMPTS")
-    next_attempt_at: datetime | None = Field(None, description="when it is due, while pending")
-    created_at: datetime
-    delivered_at: datetime | None = None
+    next_attempt_at: Stamp | None = Field(None, description="when it is due, while pending")
+    created_at: Stamp
+    delivered_at: Stamp | None = None
     last_error: str | None = None
     attempts: list[AttemptOut] = Field(description="its recorded attempts (the last 50), oldest first")
     event: dict[str, Any] = Field(description="the body it sends")

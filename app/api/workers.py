@@ -8,7 +8,6 @@ returned); one that shut down cleanly is `stopped`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from .auth import Principal, require_role
 from .jobs import strict_query
+from .schemas import Stamp
 
 router = APIRouter(prefix="/api/v1/jobs/workers", tags=["workers"])
 
@@ -32,10 +32,10 @@ class WorkerOut(BaseModel):
     running: int = Field(description="jobs running at its last heartbeat (of the caller's tenant)")
     running_jobs: list[str] = Field(description="ids of those jobs (only the caller's tenant's)")
     status: WorkerStatus
-    started_at: datetime
-    last_seen: datetime = Field(description="its last heartbeat")
-    expires_at: datetime | None = Field(None, description="when it counts as dead without another heartbeat")
-    died_at: datetime | None = Field(None, description="when maintenance marked it dead")
+    started_at: Stamp
+    last_seen: Stamp = Field(description="its last heartbeat")
+    expires_at: Stamp | None = Field(None, description="when it counts as dead without another heartbeat")
+    died_at: Stamp | None = Field(None, description="when maintenance marked it dead")
 
     @classmethod
     def of(cls, doc: dict) -> WorkerOut:

@@ -3,7 +3,6 @@ cancel and retry (seed 001, DESIGN.md §3)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,6 +17,7 @@ from ..store.why import explain
 from .approvals import decides
 from .auth import Principal, require_principal, visible
 from .jobs import ID_PATTERN, admit, strict_query
+from .schemas import Stamp
 
 router = APIRouter(prefix="/api/v1/jobs/workflows", tags=["workflows"])
 STEP_STATUSES = ("pending", "scheduled", "queued", "awaiting", "running", "completed", "failed", "cancelled")
@@ -36,8 +36,8 @@ class StepOut(BaseModel):
     engine: str
     operation: str
     depends_on: list[str]
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    started_at: Stamp | None = None
+    completed_at: Stamp | None = None
     progress: float = 0.0
     cancel_reason: str | None = None
     why: dict | None = None
@@ -52,9 +52,9 @@ class WorkflowOut(BaseModel):
     status: str
     failure_policy: str
     metadata: dict[str, Any] = {}
-    created_at: datetime
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    created_at: Stamp
+    started_at: Stamp | None = None
+    completed_at: Stamp | None = None
     total: int
     counts: dict[str, int]
     progress: float

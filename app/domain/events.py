@@ -124,5 +124,6 @@ def public(event: dict) -> dict:
     out["seq"] = event["_id"]
     at = event.get("at")
     if isinstance(at, datetime):
-        out["at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+        # Always with its fraction: a whole second is `...:08.000000+00:00`, not `...:08+00:00`.
+        out["at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat(timespec="microseconds")
     return out
