@@ -51,10 +51,14 @@ class DueTimes:
         for engine in await self.engines.list():
             # Every engine: a dead worker's jobs still run on leases after its permits
             # (the engine's `holds`) were dropped, and those are the leases that matter.
-            running = await self.jobs.find(
-                {"engine": engine["_id"], "status": RUNNING}, {"lease_expires_at": 1}
-            ).to_list(None)
-            times += [j.get("lease_expires_at") for j in running]
+            # Its earliest lease only: one document back, however many jobs run.
+            times.append(
+                await self._first(
+                    self.jobs,
+                    {"engine": engine["_id"], "status": RUNNING, "lease_expires_at": {"$gte": EPOCH}},
+                    "lease_expires_at",
+                )
+            )
         return min((t for t in times if t), default=None)
 
     def watch(self, max_await_ms: int):
