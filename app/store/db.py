@@ -67,6 +67,28 @@ async def find_in(col: AsyncCollection, ids, filt: dict | None = None, projectio
     return out
 
 
+async def earliest(col: AsyncCollection, query: dict, field: str):
+    """The smallest `field` of the documents matching `query`, or None: one sorted document
+    back (an index on `field`, or one whose prefix `query` pins, answers it with one entry)."""
+    doc = await col.find_one(query, {field: 1}, sort=[(field, 1)])
+    return doc.get(field) if doc else None
+
+
+async def outbox_next_due(col: AsyncCollection, state: str, pending: str, sending: str, until):
+    """An outbox's next due time (mail, webhook deliveries): the earliest pending
+    `next_attempt_at`, or the earliest lease of one being sent (taken back when it runs
+    out), looking no further than `until`: bounded on both sides, the reads match only what
+    is due soon."""
+    from .leases import EPOCH
+
+    window = {"$gte": EPOCH, "$lte": until}
+    times = [
+        await earliest(col, {state: pending, "next_attempt_at": window}, "next_attempt_at"),
+        await earliest(col, {state: sending, "lease_until": window}, "lease_until"),
+    ]
+    return min((t for t in times if t), default=None)
+
+
 async def update_in(col: AsyncCollection, ids, filt: dict | None, update) -> int:
     """`update_many({_id: {$in: ids}, **filt}, update)`, chunked; returns how many changed.
     Each document's update is guarded by `filt` on its own, so chunking changes nothing."""

@@ -16,6 +16,7 @@ from datetime import datetime
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..domain.states import JobStatus
+from .db import earliest
 from .leases import EPOCH
 
 SCHEDULED, AWAITING, RUNNING = JobStatus.SCHEDULED.value, JobStatus.AWAITING.value, JobStatus.RUNNING.value
@@ -26,34 +27,30 @@ class DueTimes:
         self.db, self.engines = db, engines
         self.jobs, self.schedules, self.workers = db["jobs"], db["schedules"], db["workers"]
 
-    async def _first(self, col, query: dict, field: str) -> datetime | None:
-        # The partial indexes on `run_at` and `wait_until` (and schedules' (paused,
-        # next_run_at)) answer these with one entry each.
-        doc = await col.find_one(query, {field: 1}, sort=[(field, 1)])
-        return doc.get(field) if doc else None
-
     async def next_due(self, until: datetime) -> datetime | None:
         """The earliest of: a scheduled job's `run_at`, an awaiting step's `wait_until`, an
         unpaused schedule's `next_run_at`, looking no further than `until`. None: nothing
         is due by then. The range is bounded on both sides so that the read matches only
         what is due soon, however many jobs wait further out (DESIGN.md §5)."""
         window = {"$gte": EPOCH, "$lte": until}
+        # The partial indexes on `run_at` and `wait_until` (and schedules' (paused,
+        # next_run_at)) answer these with one entry each.
         times = [
-            await self._first(self.jobs, {"status": SCHEDULED, "run_at": window}, "run_at"),
-            await self._first(self.jobs, {"status": AWAITING, "wait_until": window}, "wait_until"),
-            await self._first(self.schedules, {"paused": False, "next_run_at": window}, "next_run_at"),
+            await earliest(self.jobs, {"status": SCHEDULED, "run_at": window}, "run_at"),
+            await earliest(self.jobs, {"status": AWAITING, "wait_until": window}, "wait_until"),
+            await earliest(self.schedules, {"paused": False, "next_run_at": window}, "next_run_at"),
         ]
         return min((t for t in times if t), default=None)
 
     async def next_expiry(self) -> datetime | None:
         """The earliest expiry of a running job's lease or a live worker's registration."""
-        times = [await self._first(self.workers, {"status": "alive", "expires_at": {"$gte": EPOCH}}, "expires_at")]
+        times = [await earliest(self.workers, {"status": "alive", "expires_at": {"$gte": EPOCH}}, "expires_at")]
         for engine in await self.engines.list():
             # Every engine: a dead worker's jobs still run on leases after its permits
             # (the engine's `holds`) were dropped, and those are the leases that matter.
             # Its earliest lease only: one document back, however many jobs run.
             times.append(
-                await self._first(
+                await earliest(
                     self.jobs,
                     {"engine": engine["_id"], "status": RUNNING, "lease_expires_at": {"$gte": EPOCH}},
                     "lease_expires_at",

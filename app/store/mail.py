@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from ..errors import LeaseLost
-from .leases import EPOCH
+from .db import outbox_next_due
 
 
 class MailStore:
@@ -49,17 +49,8 @@ class MailStore:
             return exc.details.get("nInserted", 0)
 
     async def next_due(self, until: datetime) -> datetime | None:
-        """When the next message is due: the earliest pending `next_attempt_at`, or the
-        earliest lease of one being sent (it is taken back when that runs out), looking no
-        further than `until`: bounded on both sides, the read matches only what is due soon."""
-        times = []
-        for query, field in (
-            ({"status": "pending", "next_attempt_at": {"$gte": EPOCH, "$lte": until}}, "next_attempt_at"),
-            ({"status": "sending", "lease_until": {"$gte": EPOCH, "$lte": until}}, "lease_until"),
-        ):
-            doc = await self.col.find_one(query, {field: 1}, sort=[(field, 1)])
-            times.append(doc and doc.get(field))
-        return min((t for t in times if t), default=None)
+        """When the next message is due, looking no further than `until` (`outbox_next_due`)."""
+        return await outbox_next_due(self.col, "status", "pending", "sending", until)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[dict]:
         """Claim up to `limit` due messages, each with its own token; first take back the

@@ -35,8 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from ..errors import Conflict, LeaseLost, NotFound
-from .db import ensure_ttl
-from .leases import EPOCH
+from .db import ensure_ttl, outbox_next_due
 
 LOG_LIMIT = 50
 
@@ -121,20 +120,8 @@ class DeliveryStore:
             return exc.details.get("nInserted", 0)
 
     async def next_due(self, until: datetime) -> datetime | None:
-        """When the next delivery is due: the earliest pending `next_attempt_at`, or the
-        earliest lease of one being sent (it is taken back when that runs out), looking no
-        further than `until`: bounded on both sides, the read matches only what is due soon."""
-        times = []
-        for query, field in (
-            (
-                {"state": DeliveryState.PENDING.value, "next_attempt_at": {"$gte": EPOCH, "$lte": until}},
-                "next_attempt_at",
-            ),
-            ({"state": DeliveryState.SENDING.value, "lease_until": {"$gte": EPOCH, "$lte": until}}, "lease_until"),
-        ):
-            doc = await self.col.find_one(query, {field: 1}, sort=[(field, 1)])
-            times.append(doc and doc.get(field))
-        return min((t for t in times if t), default=None)
+        """When the next delivery is due, looking no further than `until` (`outbox_next_due`)."""
+        return await outbox_next_due(self.col, "state", DeliveryState.PENDING.value, DeliveryState.SENDING.value, until)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[DeliveryDoc]:
         """Claim up to `limit` due deliveries, each under its own token, counting a try;
