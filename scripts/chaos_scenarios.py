@@ -1145,7 +1145,10 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
         "lost 0, charged without a run 0, stranded 0, counters at rest",
     )
     rng = random.Random(seed)
-    cl = Cluster(tmp, "lost_reply", limit=12)
+    # The staged race needs a worker to find the job by its own look while the submitter's
+    # read-back is held: no wake comes until that read-back lets the marker clear, and an
+    # idle worker watching its wake stream looks only every SAFETY_INTERVAL (30 s default).
+    cl = Cluster(tmp, "lost_reply", limit=12, env={"SWITCHYARD_SAFETY_INTERVAL_SECONDS": "0.5"})
     retry = RetryConfig(max_retries=0)
     proxy = sub = None
     try:
