@@ -242,16 +242,31 @@ async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
     assert doc["seq"]["p5"] == 200 and not doc.get("inflight")
 
 
-async def test_the_next_enqueue_carries_the_markers_that_landed_before_it(jobs, store, monkeypatch):
-    """A landed job's marker is removed, with the wake-up, by the next enqueue's own write
-    when one comes within CLEAR_DELAY, else by a write of its own after it."""
-    monkeypatch.setattr("app.store.engines.CLEAR_DELAY", 0.5)  # so the next enqueue surely comes first
-    first = await jobs.queued()
+async def test_a_lone_enqueue_clears_its_marker_and_wakes_claimers_before_it_returns(jobs, store, monkeypatch):
+    """No other enqueue of its engine came within STREAK_GAP: its wake-up is on the path from
+    submit to start, so it is written before the enqueue returns, without a flush."""
+    monkeypatch.setattr("app.store.engines.STREAK_GAP", 0.0)
+    await jobs.queued()
     wake = (await store.engines.get("testing")).get("wake", 0)
+    await jobs.queued()
+    doc = await store.engines.get("testing")
+    assert not doc.get("inflight") and doc["wake"] == wake + 1
+
+
+async def test_in_a_stream_the_next_enqueue_carries_the_markers_that_landed_before_it(jobs, store, monkeypatch):
+    """Enqueues in a stream: a landed job's marker is removed, with the wake-up, by the next
+    enqueue's own write when one comes within CLEAR_DELAY, else by a write of its own after it."""
+    monkeypatch.setattr("app.store.engines.STREAK_GAP", 60.0)
+    monkeypatch.setattr("app.store.engines.CLEAR_DELAY", 0.5)  # so the next enqueue surely comes first
+    await jobs.queued()  # the first of the stream clears its own
+    second = await jobs.queued()
+    doc = await store.engines.get("testing")
+    assert len(doc["inflight"]) == 1  # the second's marker waits for the next enqueue
+    wake = doc.get("wake", 0)
     async with store.engines.enqueue("testing", "p5", 1) as seq:
         doc = await store.engines.get("testing")
-        assert list(doc["inflight"]) != [] and len(doc["inflight"]) == 1  # only this enqueue's own
-        assert doc["wake"] == wake + 1 and seq == first["seq"] + 1
+        assert len(doc["inflight"]) == 1  # only this enqueue's own
+        assert doc["wake"] == wake + 1 and seq == second["seq"] + 1
         await store.lifecycle.insert_many([{**store.lifecycle.build(jobs.spec(), "admin"), "seq": seq}])
     await store.engines.flush()
     doc = await store.engines.get("testing")

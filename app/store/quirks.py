@@ -31,7 +31,7 @@ Kept where the code they shape lives (each says so in a comment), all correct on
 | retention by a sparse `expires_at` range, not a TTL index on `jobs` (its sweeper decodes every document) | `retention.py` | a sweep query a minute |
 | new jobs stored without their empty fields (every update re-encodes the whole document) | `app/domain/models.py` `SPARSE_FIELDS` | none |
 | bulk inserts hold this process's change streams (`BulkGate`) | here; used by `enqueue.py`, `feed.py`, `events.py` | none: off on MongoDB |
-| wake streams space their round trips (a waiting `getMore` returns on any write) | here (`wake_spacing`); used by `app/worker/loops.py` | none: no spacing on MongoDB |
+| wake streams pace their round trips (a waiting `getMore` returns on any write) | here (`wake_pace`, `wake_spacing`); used by `app/worker/loops.py`, `maintenance.py` | none: no spacing on MongoDB |
 | the event streams (relay, hub) pause after an empty reply (`Pace`) | here; used by `feed.py`, `events.py` | none: no pause on MongoDB |
 """
 
@@ -70,9 +70,21 @@ def timeout_options(url: str, timeout_ms: int, secantus: bool | None = None) -> 
 
 
 def wake_spacing(secantus: bool) -> float:
-    """Seconds between a wake stream's round trips: SecantusDB answers a waiting `getMore`
-    on any write, so there an unspaced stream is a poll loop; MongoDB's waits for a match."""
+    """Seconds between a due stream's round trips (app/worker/maintenance.py): SecantusDB
+    answers a waiting `getMore` on any write, so there an unspaced stream is a poll loop;
+    MongoDB's waits for a match."""
     return WAKE_SPACING if secantus else 0.0
+
+
+def wake_pace(secantus: bool) -> Pace:
+    """The pacing of a worker's wake stream. SecantusDB answers a waiting `getMore` on any
+    write, so there an unpaced stream is a poll loop. After a quiet spell it asks again at
+    once (a reply that waited 0.1 s or more); replies that come sooner space its round
+    trips from 2 ms up to `WAKE_SPACING`, so the enqueue's own writes (its counter, then the
+    job's insert) do not push back the wake-up that follows them by a whole spacing, and a
+    stream on a busy server still asks at most every `WAKE_SPACING`.
+    Cost on MongoDB: none (it answers only a match, or at the end of the wait)."""
+    return Pace(secantus, busy=0.002, idle_max=WAKE_SPACING, quiet=0.1)
 
 
 class BulkGate:
@@ -128,21 +140,22 @@ class Pace:
     IDLE_MAX = 0.25
     QUIET = 1.0
 
-    def __init__(self, secantus: bool, busy: float = 0.05) -> None:
-        self.secantus, self.busy = secantus, busy
+    def __init__(self, secantus: bool, busy: float = 0.05, idle_max: float = IDLE_MAX, quiet: float = QUIET) -> None:
+        self.secantus, self.busy, self.idle_max, self.quiet = secantus, busy, idle_max, quiet
         self._gap = 0.0
         self._next = 0.0
 
-    def done(self, changes: int, waited: float) -> None:
+    def done(self, changes: int, waited: float) -> float:
         """A reply came with `changes` changes after `waited` seconds: when the next round
-        trip may go."""
+        trip may go. Returns the pause before it."""
         if changes:
             self._gap, pause = 0.0, self.busy
-        elif not self.secantus or waited >= self.QUIET:
+        elif not self.secantus or waited >= self.quiet:
             self._gap, pause = 0.0, 0.0
         else:
-            self._gap = pause = min(self.IDLE_MAX, max(self.busy, 2 * self._gap))
+            self._gap = pause = min(self.idle_max, max(self.busy, 2 * self._gap))
         self._next = time.monotonic() + pause
+        return pause
 
     async def wait(self) -> None:
         rest = self._next - time.monotonic()

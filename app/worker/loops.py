@@ -97,17 +97,20 @@ class LoopsMixin:
                 async with await self.store.engines.watch(wait_ms) as stream:
                     self.watching = True
                     self.wake.set()  # anything that landed before the stream was open
+                    pace = quirks.wake_pace(self.store.secantus)
                     while self.idle.is_set() or time.monotonic() - self.busy_since < 1.0:
                         asked = time.monotonic()
-                        if await stream.try_next() is not None:
+                        changed = await stream.try_next() is not None
+                        if changed:
                             self.wake.set()
-                        # SecantusDB answers a stream's round trip on every write anywhere,
-                        # so on a busy server an unspaced stream is a poll loop: each round
-                        # trip costs the server a scan of its log. A change still wakes us
-                        # at once; the next round trip waits out the spacing. A starved
-                        # worker waits for a permit, not for work, and spaces them widely.
-                        spacing = 0.25 if self.starved else quirks.wake_spacing(self.store.secantus)
-                        await asyncio.sleep(max(0.0, spacing - (time.monotonic() - asked)))
+                        # A change wakes us at once; the next round trip waits out the pace
+                        # (quirks.wake_pace). A starved worker waits for a permit, not for
+                        # work, and spaces them widely.
+                        pace.done(int(changed), time.monotonic() - asked)
+                        if self.starved:
+                            await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - asked)))
+                        else:
+                            await pace.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no change streams here: polling covers it
