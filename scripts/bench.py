@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_agenda  # noqa: E402
+import bench_floor  # noqa: E402
 import bench_phases as phases  # noqa: E402
 import bench_report  # noqa: E402
 import bench_switchyard as sy  # noqa: E402
@@ -133,6 +134,9 @@ async def measure(args, q: bool, tmp: Path, phase, show, skip_agenda: bool) -> N
     phase("library single enqueue (AsyncProducer.enqueue)")
     async with fresh_server(tmp, "library") as url:
         show("library_enqueue", await phases.library_enqueue_rate(url, secs))
+    phase("the enqueue's floor: one insert_one, and the engine's findAndModify + the insert")
+    async with fresh_server(tmp, "enqueue_floor") as url:
+        show("enqueue_floor", await bench_floor.enqueue_floor(url, secs))
     phase("REST single-job submit, no consumers")
     async with fresh_server(tmp, "rest") as url:  # no consumers, as for Celery's delay()
         async with sy.serving(url, "bench_rest", workers=0) as base:
@@ -144,10 +148,16 @@ async def measure(args, q: bool, tmp: Path, phase, show, skip_agenda: bool) -> N
     async with fresh_server(tmp, "batch") as url:
         async with sy.serving(url, "bench_batch", workers=0) as base:
             show("rest_batch", await asyncio.to_thread(phases.rest_batch_rate, base, 3 if q else 8))
+    phase("the batch's floor: insert_many of 1,000 job documents")
+    async with fresh_server(tmp, "batch_floor") as url:
+        show("batch_floor", await bench_floor.batch_floor(url, 3 if q else 8))
     phase("REST single-job submit while 2 workers run every job")
     async with fresh_server(tmp, "rest_busy") as url:
         async with sy.serving(url, "bench_rest_busy", workers=2) as base:
             show("rest_submit_consumed_per_s", await asyncio.to_thread(sy.rest_submit_rate, base, secs))
+    phase("the floor of submitting while draining: a bare insert_one loop, idle and during a drain")
+    async with fresh_server(tmp, "busy_floor") as url:
+        show("busy_floor", await bench_floor.insert_while_draining(url, secs, 1500 if q else 4000))
     phase("submit-to-start on an idle system")
     async with fresh_server(tmp, "latency") as url:
         async with sy.serving(url, "bench_latency", workers=2) as base:

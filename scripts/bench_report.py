@@ -43,6 +43,16 @@ def rows(o: dict) -> list[tuple[str, str, str, str]]:
     )
     if cdl:
         add("  Celery delay(), one client, no workers", f"{cdl['per_s']:.0f}/s")
+    if ef := o.get("enqueue_floor"):
+        add(
+            "  floor: one client writing job documents: one insert_one each; findAndModify + insert_one",
+            f"{ef['one_insert']:.0f}/s; {ef['two_writes']:.0f}/s (library {lib / ef['two_writes']:.2f}x the latter)",
+        )
+    if bf := o.get("batch_floor"):
+        add(
+            f"  floor: insert_many of {bf['size']:,} job documents, {bf['batches']} in a row, per job",
+            f"{bf['per_s']:.0f}/s (REST batch {b['per_s'] / bf['per_s']:.2f}x)",
+        )
     # 3
     fl = o["floor_per_s"]
     add(
@@ -60,6 +70,11 @@ def rows(o: dict) -> list[tuple[str, str, str, str]]:
         f">= {0.7 * rest:.0f}/s (0.7x idle)",
         busy >= 0.7 * rest,
     )
+    if wf := o.get("busy_floor"):
+        add(
+            "  floor: a bare insert_one loop beside serve + 2 workers, while they drain, against idle",
+            f"{wf['draining_per_s']:.0f}/s against {wf['idle_per_s']:.0f}/s ({wf['ratio']:.2f}x)",
+        )
     # 5, 6
     dd, nr, half_raw = o["deployed_drain"], o["no_relay_drain"], o["raw_writes_per_s"] / 2
     add(

@@ -72,3 +72,20 @@ def test_a_skipped_baseline_is_named_not_judged():
     lines = render(table).splitlines()
     assert lines[0].split() == ["measure", "result", "target", "met"]
     assert len(lines) == len(table) + 2
+
+
+def test_floors_are_shown_beside_their_rows_with_the_ratio_to_them():
+    o = figures(
+        enqueue_floor={"one_insert": 600.0, "two_writes": 400.0},
+        batch_floor={"batches": 3, "size": 1000, "per_s": 20_000.0},
+        busy_floor={"idle_per_s": 600.0, "draining_per_s": 150.0, "ratio": 0.25, "still_queued": 10},
+    )
+    names = [m.strip() for m, *_ in rows(o)]
+    results = {m.strip(): result for m, result, *_ in rows(o)}
+    enqueue = "floor: one client writing job documents: one insert_one each; findAndModify + insert_one"
+    assert names.index(enqueue) > names.index("library single enqueue, one client (AsyncProducer.enqueue)")
+    assert results[enqueue] == "600/s; 400/s (library 2.50x the latter)"
+    assert results["floor: insert_many of 1,000 job documents, 3 in a row, per job"] == "20000/s (REST batch 0.50x)"
+    busy = "floor: a bare insert_one loop beside serve + 2 workers, while they drain, against idle"
+    assert results[busy] == "150/s against 600/s (0.25x)"
+    assert enqueue not in [m.strip() for m, *_ in rows(figures())]  # a run without the floors has no such row
