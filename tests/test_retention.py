@@ -4,6 +4,7 @@ their steps, and the cleaner's races and crashes (docs/retention.md)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,12 +14,14 @@ from app.worker.maintenance import Maintenance
 from tests.conftest import make_settings
 from tests.helpers import eventually
 
-KEEP, KEEP_FAILED = 100, 1000
+KEEP, KEEP_FAILED, EVENTS_KEEP = 100, 1000, 3600
 
 
 @pytest.fixture
 def settings():
-    return make_settings(retention_completed_seconds=KEEP, retention_failed_seconds=KEEP_FAILED)
+    return make_settings(
+        retention_completed_seconds=KEEP, retention_failed_seconds=KEEP_FAILED, event_retention_seconds=EVENTS_KEEP
+    )
 
 
 def later(doc, seconds):
@@ -107,8 +110,6 @@ async def test_a_retried_job_leaves_retention_until_it_finishes_again(store, job
 
 
 async def test_maintenance_runs_the_cleaner(db_url):
-    import uuid
-
     from app.store import connect
 
     settings = make_settings(retention_completed_seconds=0)
@@ -211,3 +212,51 @@ async def test_a_stale_tombstone_of_a_live_workflow_is_dropped(store, worker):
     assert await store.workflow_retention.expire_workflows(now + timedelta(minutes=6)) == 1
     assert await store.jobs.col.count_documents({"_id": {"$in": step_ids(wf)}}) == 0
     assert await store.workflow_retention.tombstones.count_documents({}) == 0
+
+
+# --- events ----------------------------------------------------------------------------
+async def log_events(store, ages: list[float], floor: int = 0) -> list[dict]:
+    """Append events whose `at` lies `age` seconds before now, in this order."""
+    now = store.clock.now()
+    evs = [
+        {"token": uuid.uuid4().hex, "type": "job.completed", "kind": "job", "at": now - timedelta(seconds=a)}
+        for a in ages
+    ]
+    await store.events.append(evs, floor=floor)
+    return evs
+
+
+async def seqs(store) -> list[int]:
+    return [e["_id"] for e in await store.events.col.find({}, {"_id": 1}).sort("_id", 1).to_list(None)]
+
+
+async def test_events_older_than_their_retention_go_oldest_first(store):
+    old, new = 2 * EVENTS_KEEP, EVENTS_KEEP / 2
+    evs = await log_events(store, [old] * 5 + [new] * 3)
+    assert await store.event_retention.expire_events(store.clock.now()) == 5
+    assert await seqs(store) == [e["_id"] for e in evs[5:]]
+    assert await store.event_retention.expire_events(store.clock.now()) == 0  # from its head mark on
+    head = await store.db["meta"].find_one({"_id": "events_head"})
+    assert head["seq"] == evs[5]["_id"]
+
+
+async def test_an_event_out_of_order_waits_for_the_ones_before_it(store):
+    evs = await log_events(store, [2 * EVENTS_KEEP, 10, 2 * EVENTS_KEEP])
+    assert await store.event_retention.expire_events(store.clock.now()) == 1
+    assert await seqs(store) == [e["_id"] for e in evs[1:]]
+    later = store.clock.now() + timedelta(seconds=EVENTS_KEEP)
+    assert await store.event_retention.expire_events(later) == 2
+
+
+async def test_a_backlog_goes_window_by_window(store):
+    evs = await log_events(store, [2 * EVENTS_KEEP] * 250 + [1])
+    assert await store.event_retention.expire_events(store.clock.now(), batch=64) == 250
+    assert await seqs(store) == [evs[-1]["_id"]]
+
+
+async def test_a_head_mark_behind_the_log_finds_the_first_event(store):
+    """The log may start far past the mark: seeded from a floor, or a mark lost after a delete."""
+    evs = await log_events(store, [2 * EVENTS_KEEP] * 3 + [1], floor=50_000)
+    assert evs[0]["_id"] == 50_001
+    assert await store.event_retention.expire_events(store.clock.now(), batch=64) == 3
+    assert await seqs(store) == [evs[-1]["_id"]]

@@ -141,7 +141,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 7  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 8  # raise it whenever an index or a migration changes
 
 
 class Store:
@@ -170,7 +170,7 @@ class Store:
         from .mapsteps import MapSteps
         from .notifications import NotificationStore
         from .quirks import BulkGate
-        from .retention import Expiry, JobRetention, WorkflowRetention
+        from .retention import EventRetention, Expiry, JobRetention, WorkflowRetention
         from .schedules import ScheduleStore
         from .spawn import Spawner
         from .steps import StepMoves
@@ -222,6 +222,7 @@ class Store:
         self.maps = MapSteps(jobs, settings, self.clock, self.workflows, self.lifecycle, self.steps)
         self.spawn = Spawner(jobs, settings, self.workflows, self.jobs, self.steps)
         self.job_retention = JobRetention(jobs, dedupe)
+        self.event_retention = EventRetention(self.db["events"], settings)
         self.workflow_retention = WorkflowRetention(self.workflows, self.steps)
         self.events = EventStore(self.db, settings, gate=self.bulk)
         self.feed = ChangeFeed(self.db, gate=self.bulk)

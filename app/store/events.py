@@ -1,4 +1,5 @@
-"""The `events` collection: the ordered, expiring log of job and workflow events.
+"""The `events` collection: the ordered, expiring log of job and workflow events (expired
+by `EventRetention`, app/store/retention.py).
 
 `_id` is the event's seq, given here at append; `token` (unique) is the change it came from
 (see app/domain/events.py). Invariant: seqs are given in change order, one after the last
@@ -20,7 +21,7 @@ from pymongo.errors import BulkWriteError
 
 from ..domain.redact import redact
 from ..logs import get_logger
-from .db import ensure_index, ensure_ttl
+from .db import ensure_index
 from .feed import next_batch
 from .quirks import Pace
 
@@ -49,7 +50,10 @@ class EventStore:
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         # An event's identity: its change's resume token. Sparse: events of older versions lack it.
         await ensure_index(c, "token", unique=True, sparse=True, name="token")
-        await ensure_ttl(c, "at", int(self.settings.event_retention_seconds))
+        # Expiry reads `_id` windows (app/store/retention.py); the TTL index of earlier
+        # versions cost every insert an index entry and, on SecantusDB, a sweep of the log.
+        if "retention" in await c.index_information():
+            await c.drop_index("retention")
 
     async def append(self, events: list[dict], floor: int = 0, last: int | None = None) -> int:
         """Give `events` (in change order) the seqs after the log's last (and after `floor`,

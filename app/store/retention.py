@@ -17,6 +17,10 @@ failed ones, the dead letter, `retention_failed_seconds`.
   bounded `_id` range: an ObjectId starts with its creation time, and a workflow finished
   before a cutoff was created before it.
 
+- Events (`EventRetention`) are deleted `event_retention_seconds` after their `at`, oldest
+  seq first, by `_id` windows from the log's head: no index on `at` (one more index on
+  every event insert) and no TTL index (SecantusDB's sweep, below).
+
 Invariant for workflows: the workflow document is deleted first, guarded on the status and
 finish time that were read (a retry in between wins), and a tombstone holding its step ids
 is written before that, so a cleaner that dies half-way leaves a tombstone that the next
@@ -173,3 +177,49 @@ class WorkflowRetention:
                 await self._delete_steps(t["_id"], t.get("job_ids") or [])
             elif t["at"] < now - STALE_TOMBSTONE:
                 await self.tombstones.delete_one({"_id": t["_id"], "at": t["at"]})
+
+
+class EventRetention:
+    """Deletes events older than `event_retention_seconds`. The log's seqs are dense and each
+    event's `at` is its write's time, appended in change order, so what has expired is a
+    prefix of the log: read in `_id` windows from its head (`meta.events_head`, the first
+    seq that may remain), each a range bounded on both sides, and deleted by range. An
+    event whose `at` is out of order waits for the ones before it."""
+
+    HEAD = "events_head"
+
+    def __init__(self, events, settings) -> None:
+        self.col, self.settings = events, settings
+        self.meta = events.database["meta"]
+
+    async def expire_events(self, now: datetime, batch: int = 1000, budget_seconds: float = 20.0) -> int:
+        cutoff = now - timedelta(seconds=int(self.settings.event_retention_seconds))
+        head = int(((await self.meta.find_one({"_id": self.HEAD})) or {}).get("seq", 0))
+        deleted, deadline = 0, time.monotonic() + budget_seconds
+        while time.monotonic() < deadline:
+            window = (
+                await self.col.find({"_id": {"$gte": head, "$lt": head + batch}}, {"at": 1})
+                .sort("_id", 1)
+                .to_list(batch)
+            )
+            if not window:  # the head mark is behind the log (a lost mark, a log seeded later)
+                first = await self.col.find_one({"_id": {"$gte": head}}, {"at": 1}, sort=[("_id", 1)])
+                if first is None:
+                    break
+                head = first["_id"]
+                continue
+            expired = 0
+            for e in window:
+                at = e.get("at")
+                if at is None or (at if at.tzinfo else at.replace(tzinfo=UTC)) >= cutoff:
+                    break
+                expired += 1
+            if not expired:
+                break
+            end = window[expired - 1]["_id"] + 1
+            deleted += (await self.col.delete_many({"_id": {"$gte": head, "$lt": end}})).deleted_count
+            head = end
+            await self.meta.update_one({"_id": self.HEAD}, {"$max": {"seq": head}}, upsert=True)
+            if expired < len(window):
+                break
+        return deleted

@@ -244,13 +244,15 @@ class Maintenance(Singleton):
         return len(stragglers)
 
     async def expire(self) -> int:
-        """Retention (docs/retention.md): delete finished jobs and workflows kept long enough."""
+        """Retention (docs/retention.md): delete finished jobs and workflows kept long enough,
+        and events older than their retention."""
         now = self.store.clock.now()
         jobs = await self.store.job_retention.expire_jobs(now)
         workflows = await self.store.workflow_retention.expire_workflows(now)
-        if jobs or workflows:
-            self.log.info("maintenance.expired", jobs=jobs, workflows=workflows)
-        return jobs + workflows
+        events = await self.store.event_retention.expire_events(now)
+        if jobs or workflows or events:
+            self.log.info("maintenance.expired", jobs=jobs, workflows=workflows, events=events)
+        return jobs + workflows + events
 
     async def repair_workflows(self) -> int:
         """Workflows quiet for 30 s: release children of completed steps whose worker died
