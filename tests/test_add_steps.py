@@ -74,9 +74,13 @@ async def test_a_sink_waits_while_a_spawned_step_runs(api, store, worker):
 
     await eventually(slow_running)
     await eventually(lambda: _is(store, wf["id"], "s", "completed"))
-    body = (await api.get(f"/api/v1/jobs/workflows/{wf['id']}/status")).json()
-    sink = next(s for s in body["steps"] if s["key"] == "sink")
-    assert sink["status"] == "pending" and sink["why"]["reasons"][0]["waiting_for"] == ["slow"]
+
+    async def sink_waits_for_slow_alone():  # once `s`'s settle (batched after its exit) ran
+        body = (await api.get(f"/api/v1/jobs/workflows/{wf['id']}/status")).json()
+        sink = next(s for s in body["steps"] if s["key"] == "sink")
+        return sink if sink["why"]["reasons"][0]["waiting_for"] == ["slow"] else None
+
+    assert (await eventually(sink_waits_for_slow_alone))["status"] == "pending"
     await api.post(f"/api/v1/jobs/{(await docs(store, wf['id']))['slow']['_id']}/cancel")
     await wait_workflow(api, wf["id"], ("cancelled",))
     assert (await docs(store, wf["id"]))["sink"]["cancel_reason"] == "dependency_cancelled"

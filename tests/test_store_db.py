@@ -1,5 +1,5 @@
-"""`app/store/db.py`'s chunked `_id $in` helpers against the real server: every id is
-reached however long the list, and each document's own filter still guards its write."""
+"""`app/store/db.py` against the real server: the chunked `_id $in` helpers reach every id
+however long the list, and each document's own filter still guards its write."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from ..logs import get_logger
 from ..settings import Settings
 from . import quirks
 
@@ -254,7 +255,15 @@ class Store:
         meta = self.db["meta"]
         holder = f"migrate-{uuid.uuid4().hex[:12]}"
         deadline = time.monotonic() + wait_seconds
-        while (await meta.find_one({"_id": "schema"}, {"_id": 0})) != self.schema():
+        while (found := await meta.find_one({"_id": "schema"}, {"_id": 0})) != self.schema():
+            if found and int(found.get("version", 0)) > SCHEMA_VERSION:
+                # A newer version migrated it, mid rolling deploy: its schema keeps what this
+                # version queries (docs/deployment.md), and migrating back would re-create
+                # the indexes it dropped and make every newer process migrate again.
+                get_logger("switchyard.store").warning(
+                    "store.schema_newer", database=found.get("version"), ours=SCHEMA_VERSION
+                )
+                return
             if await self.leases.acquire("migrate", holder, seconds=max(60.0, wait_seconds)):
                 try:
                     await self.migrate()

@@ -1,5 +1,5 @@
-"""Event completeness, BSON-sized batches and start-up after a changed setting, on any
-server."""
+"""Event completeness, BSON-sized batches, start-up after a changed setting, and start-up on
+an older or a newer schema, on any server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 from app.domain.models import JobSpec
 from app.notifications.relay import EventRelay
 from app.store import connect
+from app.store.db import SCHEMA_VERSION
 from app.store.lifecycle import Exit
 from app.worker import outcome as oc
 from tests.helpers import eventually
@@ -64,12 +65,9 @@ async def test_start_up_after_a_retention_setting_changed(db_url, settings, stor
     again = connect(db_url, changed, db_name=store.db.name)
     await again.start()  # IndexOptionsConflict unless collMod
     try:
-        for col, want in (
-            ("events", changed.event_retention_seconds),
-            ("notifications", changed.event_retention_seconds * 4),
-        ):
-            info = await again.db[col].index_information()
-            assert info["retention"]["expireAfterSeconds"] == want
+        info = await again.db["notifications"].index_information()
+        assert info["retention"]["expireAfterSeconds"] == changed.event_retention_seconds * 4
+        assert "retention" not in await again.db["events"].index_information()  # expired by range
         await again.lifecycle.submit(JobSpec(engine="up", operation="ok"), owner="admin")
     finally:
         await again.close()
@@ -165,3 +163,23 @@ async def test_change_events_carry_no_results_errors_or_progress_data(store, job
     assert not [u for u in updates if any(k.split(".")[0] in ("result", "errors", "parameters") for k in u)]
     progress = [u["progress"] for u in updates if "progress" in u]
     assert progress and all("data" not in p for p in progress)
+
+
+async def test_start_migrates_an_older_schema_and_records_this_ones(store):
+    meta = store.db["meta"]
+    await meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION - 1}, upsert=True)
+    await store.events.col.create_index("at", expireAfterSeconds=3600, name="retention")  # the older version's
+    await store.start()
+    assert await meta.find_one({"_id": "schema"}, {"_id": 0}) == store.schema()
+    assert "retention" not in await store.events.col.index_information()
+
+
+async def test_start_leaves_a_newer_schema_alone(store):
+    """Mid rolling deploy an older process must not migrate back what a newer one migrated."""
+    meta = store.db["meta"]
+    newer = {"version": SCHEMA_VERSION + 1, "event_retention_seconds": 60}
+    await meta.replace_one({"_id": "schema"}, newer, upsert=True)
+    await store.events.col.drop_indexes()
+    await store.start(wait_seconds=1)
+    assert await meta.find_one({"_id": "schema"}, {"_id": 0}) == newer
+    assert list(await store.events.col.index_information()) == ["_id_"]  # nothing re-created
