@@ -17,6 +17,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from . import quirks
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a seeded lease is free to take
 
 
@@ -43,11 +45,15 @@ class LeaseStore:
         }
         for attempt in (0, 1):
             try:
-                return await self._take(name, holder, now + timedelta(seconds=seconds), ours)
+                doc = await self._take(name, holder, now + timedelta(seconds=seconds), ours)
             except DuplicateKeyError:  # two first takers upserted at once: the other won
                 if attempt:
                     raise
-        raise AssertionError("unreachable")
+                continue
+            doc = await quirks.upserted(doc, lambda: self.col.find_one({"_id": name}))
+            if doc is not None:
+                return doc
+        raise RuntimeError(f"lease {name!r} was neither taken nor found")
 
     async def _take(self, name: str, holder: str, until, ours: dict) -> dict:
         return await self.col.find_one_and_update(

@@ -33,6 +33,7 @@ Kept where the code they shape lives (each says so in a comment), all correct on
 | bulk inserts hold this process's change streams (`BulkGate`) | here; used by `enqueue.py`, `feed.py`, `events.py` | none: off on MongoDB |
 | wake streams pace their round trips (a waiting `getMore` returns on any write) | here (`wake_pace`, `wake_spacing`); used by `app/worker/loops.py`, `maintenance.py` | none: no spacing on MongoDB |
 | the event streams (relay, hub) pause after an empty reply (`Pace`) | here; used by `feed.py`, `events.py` | none: no pause on MongoDB |
+| a racing upsert through `findAndModify` may answer nothing: read back (`upserted`) | here; used by `leases.py` | none: MongoDB never answers nothing |
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def wake_pace(secantus: bool) -> Pace:
     stream on a busy server still asks at most every `WAKE_SPACING`.
     Cost on MongoDB: none (it answers only a match, or at the end of the wait)."""
     return Pace(secantus, busy=0.002, idle_max=WAKE_SPACING, quiet=0.1)
+
+
+async def upserted(doc: dict | None, read_back) -> dict | None:
+    """What a `find_one_and_update(upsert=True, return_document=AFTER)` left. When racing
+    upserts of one `_id` meet, SecantusDB answers one of them with nothing (16 first takers
+    of a lease: 236 of 800 got None), where MongoDB returns the document or raises
+    DuplicateKeyError: read the document back (`read_back()`). Cost on MongoDB: none."""
+    return doc if doc is not None else await read_back()
 
 
 class BulkGate:
