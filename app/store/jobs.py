@@ -260,6 +260,16 @@ class JobQueries:
     async def steps_of(self, workflow_id: str, projection: dict | None = None) -> list[dict]:
         return await self.col.find({"workflow_id": workflow_id}, projection).to_list(None)
 
+    async def status_counts_of(self, workflow_id: str) -> dict[str, int]:
+        """`{status: steps}` of a workflow, counted on the server (the workflow index bounds
+        the `$match`): one small answer, not every step's status."""
+        rows = await (
+            await self.col.aggregate(
+                [{"$match": {"workflow_id": workflow_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+            )
+        ).to_list(None)
+        return {r["_id"]: r["n"] for r in rows}
+
     async def by_ids(self, ids: list[str], filt: dict | None = None, projection: dict | None = None) -> list[dict]:
         """These jobs (those matching `filt`, a filter built by the store), read in chunks."""
         return await find_in(self.col, ids, filt, projection)

@@ -146,7 +146,7 @@ class WorkflowFlow:
         wf = await self.col.find_one({"_id": workflow_id}, {"status": 1, "open": 1})
         if not wf or wf["status"] != RUNNING or (wf.get("open", 1) > 0 and not verify_always):
             return None
-        by_status = await self._status_counts(workflow_id)
+        by_status = await self.jobs.status_counts_of(workflow_id)
         still_open = sum(n for s, n in by_status.items() if not JobStatus(s).terminal)
         failed, cancelled = by_status.get("failed", 0), by_status.get("cancelled", 0)
         if still_open:  # the counter drifted (a replayed settle): mend it from the truth
@@ -171,16 +171,6 @@ class WorkflowFlow:
             },
         )
         return final if res.modified_count else None
-
-    async def _status_counts(self, workflow_id: str) -> dict[str, int]:
-        """`{status: steps}` of the workflow, counted on the server (the workflow index
-        bounds the `$match`): one small answer, not every step's status."""
-        rows = await (
-            await self.jobs.col.aggregate(
-                [{"$match": {"workflow_id": workflow_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
-            )
-        ).to_list(None)
-        return {r["_id"]: r["n"] for r in rows}
 
     async def cancel(self, workflow_id: str) -> dict:
         wf = await self.workflows.get(workflow_id)
