@@ -260,3 +260,36 @@ async def test_a_head_mark_behind_the_log_finds_the_first_event(store):
     assert evs[0]["_id"] == 50_001
     assert await store.event_retention.expire_events(store.clock.now(), batch=64) == 3
     assert await seqs(store) == [evs[-1]["_id"]]
+
+
+async def test_an_undated_event_goes_with_the_next_dated_one(store):
+    evs = await log_events(store, [2 * EVENTS_KEEP] * 3 + [1])
+    await store.events.col.update_one({"_id": evs[1]["_id"]}, {"$unset": {"at": ""}})
+    await store.events.col.update_one({"_id": evs[3]["_id"]}, {"$set": {"at": "not a date"}})
+    assert await store.event_retention.expire_events(store.clock.now()) == 3
+    assert await seqs(store) == [evs[3]["_id"]]  # last, undated: it waits for a dated one after it
+
+
+async def test_a_head_mark_ahead_of_the_log_is_brought_back_to_it(store):
+    """A mark restored from elsewhere, or written by another deployment on this database."""
+    evs = await log_events(store, [2 * EVENTS_KEEP] * 3 + [1])
+    await store.db["meta"].replace_one({"_id": "events_head"}, {"seq": 90_000}, upsert=True)
+    assert await store.event_retention.expire_events(store.clock.now()) == 3
+    assert await store.event_retention.head() == evs[-1]["_id"]
+
+
+async def test_a_log_emptied_by_expiry_numbers_on_after_what_it_held(store):
+    evs = await log_events(store, [2 * EVENTS_KEEP] * 3)
+    assert await store.event_retention.expire_events(store.clock.now()) == 3
+    assert await seqs(store) == []
+    store.events.top = 0  # another process, which never appended: only the database says
+    assert await store.events.last_seq() >= evs[-1]["_id"]
+
+
+async def test_a_failing_part_of_retention_leaves_the_others_running(store, monkeypatch):
+    async def broken(now):
+        raise RuntimeError("the database blinked")
+
+    monkeypatch.setattr(store.job_retention, "expire_jobs", broken)
+    await log_events(store, [2 * EVENTS_KEEP] * 2)
+    assert await Maintenance(store, store.settings).expire() == 2

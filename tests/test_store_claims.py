@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from app.domain.retry import RetryConfig
 
 
@@ -333,3 +335,21 @@ async def test_a_heartbeat_forgets_the_start_marks_of_finished_leases(store):
     assert await store.workers.handler_started("wbeat", "t1") is False
     assert await store.workers.handler_started("wbeat", "t2") is True
     assert await store.workers.handler_started("wunknown", "t2") is None
+
+
+async def test_a_lone_clear_cancelled_midway_leaves_its_markers_to_the_flusher(jobs, store, monkeypatch):
+    """A submit cancelled as it returns (a client gone) must not drop the markers it took."""
+    job = await jobs.queued()
+    await store.engines.col.update_one({"_id": "testing"}, {"$set": {"inflight.p5_cancelled": store.clock.now()}})
+    real = store.engines.col.update_one
+
+    async def cancelled(*a, **kw):
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(store.engines.col, "update_one", cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await store.engines._clear("testing", ["p5_cancelled"])
+    monkeypatch.setattr(store.engines.col, "update_one", real)
+    await store.engines.flush()
+    doc = await store.engines.get("testing")
+    assert "p5_cancelled" not in (doc.get("inflight") or {}) and job["seq"] < doc["seq"]["p5"]

@@ -129,7 +129,8 @@ class EngineStore(PermitsMixin):
             update["$inc"]["wake"] = 1
         at = time.monotonic()
         streaming = at - self._last.get(engine, float("-inf")) < STREAK_GAP
-        self._last[engine] = at
+        if deferred is None:  # a transaction's markers land after its commit, not here
+            self._last[engine] = at
         # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
         # a retry would then count the jobs twice. The document is created first, once.
         try:
@@ -173,6 +174,9 @@ class EngineStore(PermitsMixin):
             await self.col.update_one(
                 {"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}}
             )
+        except asyncio.CancelledError:  # (the submit was cancelled as it returned)
+            self._land(engine, tags)
+            raise
         except Exception:
             self._land(engine, tags)
 

@@ -80,12 +80,12 @@ def wake_spacing(secantus: bool) -> float:
 def wake_pace(secantus: bool) -> Pace:
     """The pacing of a worker's wake stream. SecantusDB answers a waiting `getMore` on any
     write, so there an unpaced stream is a poll loop. After a quiet spell it asks again at
-    once (a reply that waited 0.1 s or more); replies that come sooner space its round
-    trips from 2 ms up to `WAKE_SPACING`, so the enqueue's own writes (its counter, then the
-    job's insert) do not push back the wake-up that follows them by a whole spacing, and a
-    stream on a busy server still asks at most every `WAKE_SPACING`.
-    Cost on MongoDB: none (it answers only a match, or at the end of the wait)."""
-    return Pace(secantus, busy=0.002, idle_max=WAKE_SPACING, quiet=0.1)
+    once (a reply that waited 0.1 s or more); replies that come sooner, with changes or
+    not, space its round trips from 2 ms up to `WAKE_SPACING`, so the enqueue's own writes
+    (its counter, then the job's insert) do not push back the wake-up that follows them by
+    a whole spacing, and a stream on a busy server still asks at most every `WAKE_SPACING`.
+    Cost on MongoDB: none (no pause: it answers only a match, or at the end of the wait)."""
+    return Pace(secantus, busy=0.002, idle_max=WAKE_SPACING, quiet=0.1, batches=False)
 
 
 async def upserted(doc: dict | None, read_back) -> dict | None:
@@ -149,15 +149,18 @@ class Pace:
     IDLE_MAX = 0.25
     QUIET = 1.0
 
-    def __init__(self, secantus: bool, busy: float = 0.05, idle_max: float = IDLE_MAX, quiet: float = QUIET) -> None:
+    def __init__(
+        self, secantus: bool, busy: float = 0.05, idle_max: float = IDLE_MAX, quiet: float = QUIET, batches: bool = True
+    ) -> None:
         self.secantus, self.busy, self.idle_max, self.quiet = secantus, busy, idle_max, quiet
+        self.batches = batches  # False: a reply with changes is paced like any other (wake streams)
         self._gap = 0.0
         self._next = 0.0
 
     def done(self, changes: int, waited: float) -> float:
         """A reply came with `changes` changes after `waited` seconds: when the next round
         trip may go. Returns the pause before it."""
-        if changes:
+        if changes and self.batches:
             self._gap, pause = 0.0, self.busy
         elif not self.secantus or waited >= self.quiet:
             self._gap, pause = 0.0, 0.0

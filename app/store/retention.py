@@ -184,7 +184,8 @@ class EventRetention:
     event's `at` is its write's time, appended in change order, so what has expired is a
     prefix of the log: read in `_id` windows from its head (`meta.events_head`, the first
     seq that may remain), each a range bounded on both sides, and deleted by range. An
-    event whose `at` is out of order waits for the ones before it."""
+    event whose `at` is out of order waits for the ones before it; one without a date goes
+    with the next dated one."""
 
     HEAD = "events_head"
 
@@ -194,7 +195,7 @@ class EventRetention:
 
     async def expire_events(self, now: datetime, batch: int = 1000, budget_seconds: float = 20.0) -> int:
         cutoff = now - timedelta(seconds=int(self.settings.event_retention_seconds))
-        head = int(((await self.meta.find_one({"_id": self.HEAD})) or {}).get("seq", 0))
+        head = await self.head()
         deleted, deadline = 0, time.monotonic() + budget_seconds
         while time.monotonic() < deadline:
             window = (
@@ -202,18 +203,21 @@ class EventRetention:
                 .sort("_id", 1)
                 .to_list(batch)
             )
-            if not window:  # the head mark is behind the log (a lost mark, a log seeded later)
-                first = await self.col.find_one({"_id": {"$gte": head}}, {"at": 1}, sort=[("_id", 1)])
-                if first is None:
+            if not window:
+                first = await self._first(head)
+                if first is None or first == head:
                     break
-                head = first["_id"]
+                head = first
+                await self.meta.update_one({"_id": self.HEAD}, {"$set": {"seq": head}}, upsert=True)
                 continue
             expired = 0
-            for e in window:
+            for i, e in enumerate(window):
                 at = e.get("at")
-                if at is None or (at if at.tzinfo else at.replace(tzinfo=UTC)) >= cutoff:
+                if not isinstance(at, datetime):
+                    continue  # undated: it goes with the next dated event
+                if (at if at.tzinfo else at.replace(tzinfo=UTC)) >= cutoff:
                     break
-                expired += 1
+                expired = i + 1
             if not expired:
                 break
             end = window[expired - 1]["_id"] + 1
@@ -223,3 +227,17 @@ class EventRetention:
             if expired < len(window):
                 break
         return deleted
+
+    async def head(self) -> int:
+        """The first seq that may remain in the log (0 before any expiry)."""
+        return int(((await self.meta.find_one({"_id": self.HEAD})) or {}).get("seq", 0))
+
+    async def _first(self, head: int) -> int | None:
+        """The log's first seq when the head mark is not inside it: the log starts later (a
+        lost mark, a log seeded from a floor), or earlier (the log was dropped and began
+        again, or the mark was restored from elsewhere). None: the log is empty."""
+        for side in ({"$gte": head}, {"$lt": head}):
+            doc = await self.col.find_one({"_id": side}, {"_id": 1}, sort=[("_id", 1)])
+            if doc is not None:
+                return doc["_id"]
+        return None

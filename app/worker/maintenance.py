@@ -246,13 +246,19 @@ class Maintenance(Singleton):
     async def expire(self) -> int:
         """Retention (docs/retention.md): delete finished jobs and workflows kept long enough,
         and events older than their retention."""
-        now = self.store.clock.now()
-        jobs = await self.store.job_retention.expire_jobs(now)
-        workflows = await self.store.workflow_retention.expire_workflows(now)
-        events = await self.store.event_retention.expire_events(now)
-        if jobs or workflows or events:
-            self.log.info("maintenance.expired", jobs=jobs, workflows=workflows, events=events)
-        return jobs + workflows + events
+        now, done = self.store.clock.now(), {}
+        for part, expire in (
+            ("jobs", self.store.job_retention.expire_jobs),
+            ("workflows", self.store.workflow_retention.expire_workflows),
+            ("events", self.store.event_retention.expire_events),
+        ):
+            try:  # each on its own: one that fails waits for the next pass, the others go on
+                done[part] = await expire(now)
+            except Exception as exc:
+                self.log.warning("maintenance.expire_failed", part=part, error=repr(exc))
+        if any(done.values()):
+            self.log.info("maintenance.expired", **done)
+        return sum(done.values())
 
     async def repair_workflows(self) -> int:
         """Workflows quiet for 30 s: release children of completed steps whose worker died
