@@ -9,7 +9,9 @@ between reads, so trickling bytes does not extend them:
 
 - header: the request line and all headers within `http_header_timeout_seconds` of the
   connection opening or, on a kept-alive connection, of the request's first byte; else the
-  server answers 408 and closes;
+  server answers 408, ends its side of the connection, drops whatever still arrives and
+  closes `LINGER` seconds later (closing a socket with unread bytes sends a reset, which can
+  discard the 408 before the client has read it); its place under the cap is free at once;
 - body: the whole body within `http_body_timeout_seconds` of the end of the headers; else
   the connection is closed and the application's `receive()` sees a disconnect.
 
@@ -27,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
 
+LINGER = 1.0  # seconds a connection cut with 408 stays open for its client to read the answer
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout"
@@ -45,6 +48,11 @@ class DeadlineProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._cut = False  # answered 408: what still arrives is dropped
+
+    def data_received(self, data: bytes) -> None:
+        if not self._cut:
+            super().data_received(data)
 
     def _arm(self, seconds: float, on_expiry) -> None:
         self._disarm()
@@ -86,9 +94,15 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self.logger.warning("Request header not received within %s s; closing the connection.", self.header_timeout)
-        if self.cycle is None or self.cycle.response_complete:  # no response of ours is being written
+        if (self.cycle is None or self.cycle.response_complete) and self.transport.can_write_eof():
+            # no response of ours is being written
+            self._cut = True
+            self.connections.discard(self)  # its place under the cap is free at once
             self.transport.write(_REQUEST_TIMEOUT)
-        self.transport.close()
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
     def _body_expired(self) -> None:
         self._deadline = None
