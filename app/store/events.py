@@ -24,6 +24,7 @@ from ..logs import get_logger
 from .db import ensure_index
 from .feed import next_batch
 from .quirks import Pace
+from .retention import EventRetention
 
 log = get_logger("switchyard.events")
 REDACTED = ("name", "progress", "error", "reason")
@@ -113,7 +114,7 @@ class EventStore:
         checkpoint, and expiry's head mark, are floors). Read from the relay's checkpoint on: a sorted read of the whole log grows with it on SecantusDB
         (200 ms at 20,000 events), the events after a checkpoint are at most a minute's."""
         lease = await self.db["leases"].find_one({"_id": RELAY_LEASE}, {"state.seq": 1})
-        head = await self.db["meta"].find_one({"_id": "events_head"}, {"seq": 1})  # expiry's mark
+        head = await self.db["meta"].find_one({"_id": EventRetention.HEAD}, {"seq": 1})  # expiry's mark
         floor = max(
             self.top, int(((lease or {}).get("state") or {}).get("seq") or 0), int((head or {}).get("seq", 1)) - 1
         )
