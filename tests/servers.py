@@ -33,7 +33,23 @@ async def uvicorn_app(app):
         yield f"127.0.0.1:{port}"
     finally:
         srv.should_exit = True
-        await asyncio.wait_for(task, 20)
+        done, _ = await asyncio.wait([task], timeout=20)
+        if not done:  # name what is stuck: each live task's stack, then fail
+            stacks = "\n".join(_stack(t) for t in asyncio.all_tasks() if t is not asyncio.current_task())
+            task.cancel()
+            raise AssertionError(f"the app did not shut down within 20 s; live tasks:\n{stacks}")
+        task.result()
+
+
+def _stack(task: asyncio.Task) -> str:
+    """Where `task` waits: its coroutine and each one it awaits in turn."""
+    lines, coro = [f"--- {task.get_name()}"], task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return "\n".join(lines)
 
 
 async def serve_processes(

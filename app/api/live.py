@@ -24,6 +24,7 @@ from ..domain.events import is_terminal
 from ..domain.redact import redact
 from ..errors import NotFound, SwitchyardError, Unauthorized, ValidationFailed
 from ..notifications.hub import Subscriber, Subscription
+from ..tasks import halt
 from .auth import Principal, authenticate, bearer, can_see, require_principal
 from .jobs import strict_query
 from .stream_guard import MAX_FRAME, auth_token, known_query, parse, seq, watch_of
@@ -143,8 +144,7 @@ async def websocket(ws: WebSocket):
     finally:
         watch.remove(sub)
         hub.detach(sub)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        await halt([sender])
 
 
 async def _handle(raw: str, store, hub, watch, sub: Subscriber, who: Principal, since: int | None) -> None:

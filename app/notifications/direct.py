@@ -31,6 +31,7 @@ from contextlib import aclosing
 
 from ..logs import get_logger
 from ..store.feed import HistoryLost
+from ..tasks import halt
 
 log = get_logger("switchyard.hub")
 
@@ -98,9 +99,7 @@ class DirectPush:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await halt(list(self._tasks))
         self._task = None
 
     async def _run(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..domain.events import public
 from ..logs import get_logger
+from ..tasks import halt
 from .direct import DIRECT_TYPES, DirectPush
 
 log = get_logger("switchyard.hub")
@@ -153,9 +154,7 @@ class Hub:
     async def stop(self) -> None:
         self.closed = True
         await self.direct.stop()
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await halt([self._task])
         for sub in list(self.subscribers):
             sub.drop("server shutting down")
 

@@ -26,6 +26,7 @@ from .. import metrics
 from ..leadership import Singleton
 from ..logs import job_logger
 from ..store import quirks
+from ..tasks import halt
 from .scheduler import Scheduler
 
 
@@ -43,9 +44,7 @@ class Maintenance(Singleton):
 
     async def stop(self) -> None:
         self.stopping = True
-        if self._runner:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        await halt([self._runner])
 
     async def lead(self, state: dict) -> None:
         s = self.settings
@@ -69,7 +68,7 @@ class Maintenance(Singleton):
                 await asyncio.sleep(self.renew_in() + 0.01)
             self.log.info("maintenance.deposed", holder=self.holder)
         finally:
-            await _halt(tasks)
+            await halt(tasks)
 
     async def _every(self, fn, seconds: float) -> None:
         while True:
@@ -127,7 +126,7 @@ class Maintenance(Singleton):
                     await _wait(self.due_soon, wait if left is None else min(wait, left))
                 await asyncio.sleep(max(0.0, started + s.promote_interval_seconds - time.monotonic()))
         finally:
-            await _halt([watcher])
+            await halt([watcher])
 
     async def _watch_due(self) -> None:
         # A getMore waits up to 10 s for a change; on SecantusDB any write answers it, so
@@ -272,15 +271,3 @@ class Maintenance(Singleton):
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), max(seconds, 0.0))
-
-
-async def _halt(tasks: list[asyncio.Task]) -> None:
-    """Cancel `tasks` and wait until every one has ended. A cancel can be lost (Python
-    3.11's `wait_for` drops one that lands as its wait ends; the driver may turn one into an
-    error that a loop logs and survives), so a task still running a second later is
-    cancelled again, until none is left."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)

@@ -25,6 +25,7 @@ from ..admission import Admission
 from ..errors import LeaseLost
 from ..logs import get_logger
 from ..store.engines import busy_bands, next_hold_end
+from ..tasks import halt
 from . import outcome as oc
 from .batching import Exits, KeyReturns
 from .executor import Execution, ResultCache
@@ -110,9 +111,7 @@ class JobProcessor(LoopsMixin):
         if self._execs:
             await asyncio.wait(self._execs, timeout=10)
         await self.store.lifecycle.drain()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await halt(self._tasks)
         await self.store.engines.drop_holds(self.worker_id)  # every permit, and our entries
         self.held.clear()
         await self.store.workers.stop(self.worker_id)

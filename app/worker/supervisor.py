@@ -30,6 +30,7 @@ from datetime import timedelta
 
 from ..embedded import die_with_parent
 from ..logs import get_logger
+from ..tasks import halt
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -174,9 +175,7 @@ class Supervisor:
             except TimeoutError:
                 p.kill()
                 await p.wait()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await halt(self._tasks)
         try:
             await self.store.workers.unsupervise(self.id)
         except Exception as exc:

@@ -1,0 +1,21 @@
+"""Stopping background tasks: the one way the service cancels a task and waits for it.
+
+A plain `task.cancel(); await task` can wait forever. A cancel can be lost: Python 3.11's
+`asyncio.wait_for` drops one that lands just as the awaited call finishes, and the driver
+may turn one into an error that a loop logs and survives. `halt` cancels again each
+`retry` seconds until every task has ended, so a stop always returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+async def halt(tasks: Iterable[asyncio.Task | None], retry: float = 1.0) -> None:
+    """Cancel `tasks` (None entries are skipped) and return once every one has ended."""
+    pending = {t for t in tasks if t is not None and not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=retry)
