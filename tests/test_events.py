@@ -128,10 +128,11 @@ async def test_only_one_relay_leads_and_a_replayed_batch_adds_nothing(store, set
         assert sum(r.leading for r in relays) == 1
         all_events = await store.events.since(0)
         assert len(all_events) == 20 and len({e["job_id"] for e in all_events}) == 20
-        # A deposed leader replaying the same changes writes nothing new, and order holds.
+        # A deposed leader replaying the same changes, from where it last knew the log,
+        # writes nothing new, and order holds.
         again = await relays[0].derive([])  # nothing in, nothing out
         assert again == []
-        assert await store.events.append([dict(e) for e in all_events[5:]]) == 0
+        assert await store.events.append([dict(e) for e in all_events[5:]], last=all_events[4]["_id"]) == 0
         assert [e["_id"] for e in await store.events.since(0)] == [e["_id"] for e in all_events]
     finally:
         for t in tasks:
@@ -188,13 +189,17 @@ async def test_workflow_events(store, relay, api, worker):
     assert all(e["workflow_id"] == wf["id"] for e in evs)
 
 
-async def test_the_log_has_no_ttl_index_and_an_earlier_ones_is_dropped(store):
+async def test_the_log_has_no_ttl_or_token_index_and_earlier_ones_are_dropped(store):
     """Expiry reads `_id` windows (tests/test_retention.py); a TTL index would cost every
-    insert an index entry and, on SecantusDB, a sweep of the whole log every minute."""
-    assert "retention" not in await store.events.col.index_information()
-    await store.events.col.create_index("at", expireAfterSeconds=3600, name="retention")  # an earlier version's
+    insert an index entry and, on SecantusDB, a sweep of the whole log every minute. An
+    event's identity is kept by `append`; a unique index on `token` cost every insert a
+    unique check."""
+    assert {"retention", "token"}.isdisjoint(await store.events.col.index_information())
+    await store.events.col.create_index("at", expireAfterSeconds=3600, name="retention")  # earlier versions'
+    await store.events.col.create_index("token", unique=True, sparse=True, name="token")
     await store.events.ensure_indexes()
-    assert not any("expireAfterSeconds" in i for i in (await store.events.col.index_information()).values())
+    indexes = await store.events.col.index_information()
+    assert "token" not in indexes and not any("expireAfterSeconds" in i for i in indexes.values())
 
 
 async def test_changes_that_share_a_cluster_time_each_get_their_event(store, settings):

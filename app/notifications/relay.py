@@ -4,8 +4,9 @@ One relay runs per deployment at a time (the `event-relay` lease); every `serve`
 stands ready to take over. The checkpoint is the change stream's resume token and the last
 seq, saved under the lease after the batch it covers is in `events`. A relay that dies
 between the append and the save replays that batch; its successor skips the changes whose
-token is among the log's recent events, and the log's unique token index refuses any other,
-so every write yields its event exactly once (identity: the change's resume token).
+token is among the log's events after the checkpoint, and `EventStore.append` skips any a
+deposed relay adds meanwhile, so every write yields its event exactly once (identity: the
+change's resume token).
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class EventRelay(Singleton):
     async def lead(self, state: dict) -> None:
         token, floor = state.get("token"), state.get("seq", 0)
         saved, appended = time.monotonic(), False
-        done = await self.store.events.recent_tokens() if token is not None else set()
         # The log's last seq, read once per takeover: while this relay leads it is the only
         # appender, so it counts on from there (a deposed one still finishing costs a retry).
         last = max(await self.store.events.last_seq(), floor)
+        # The replayed changes already in the log: every event after the checkpoint, read
+        # after `last`, so what a deposed relay appends later lands past `last`, where
+        # `append` finds it (without a checkpoint the stream starts now: nothing replays).
+        done = await self.store.events.tokens_after(floor) if token is not None else set()
         self.store.events.local = True  # this process's hub follows our appends, no stream
         try:
             async for changes, new_token in self.store.feed.batches(token):

@@ -1,11 +1,15 @@
 """The `events` collection: the ordered, expiring log of job and workflow events (expired
 by `EventRetention`, app/store/retention.py).
 
-`_id` is the event's seq, given here at append; `token` (unique) is the change it came from
-(see app/domain/events.py). Invariant: seqs are given in change order, one after the last
-seq in the log, and inserted in that order; an event whose token is already in the log is
-skipped, and a seq another appender took first is given again, so the events visible at any
-moment are a prefix of the log, without gaps. That is what lets a reader that has seen seq N ask for
+`_id` is the event's seq, given here at append; `token` is the change it came from (see
+app/domain/events.py). Invariant: seqs are given in change order, one after the last seq in
+the log, and inserted in that order, so the events visible at any moment are a prefix of the
+log, without gaps. A change yields one event: an appender knows the log up to a seq (`last`),
+and one that finds that seq's successor taken (a deposed relay still finishing, or its
+successor) reads the events past it and drops those whose token is among them before it
+numbers the rest again. The relay's takeover covers the changes it replays
+(`tokens_after`). No unique index on `token` is needed, which saves every insert a unique
+check (docs/benchmarks.md). That is what lets a reader that has seen seq N ask for
 `_id > N` and get no gaps and no duplicates, and why `tail` may switch freely between what
 this process's relay hands over, the change stream and polling.
 """
@@ -49,13 +53,13 @@ class EventStore:
         # Sparse, not partial: SecantusDB's planner never uses a partial index for these.
         await ensure_index(c, [("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
-        # An event's identity: its change's resume token. Sparse: events of older versions lack it.
-        await ensure_index(c, "token", unique=True, sparse=True, name="token")
-        # Expiry reads `_id` windows (app/store/retention.py); the TTL index of earlier
-        # versions cost every insert an index entry and, on SecantusDB, a sweep of the log.
-        if "retention" in await c.index_information():
+        # Indexes of earlier versions: expiry reads `_id` windows (app/store/retention.py)
+        # where a TTL index cost every insert an entry and, on SecantusDB, a sweep of the log;
+        # an event's identity is kept by `append` where a unique index on `token` cost every
+        # insert a unique check.
+        for gone in {"retention", "token"} & set(await c.index_information()):
             try:
-                await c.drop_index("retention")
+                await c.drop_index(gone)
             except OperationFailure as exc:
                 if exc.code != 27:  # IndexNotFound: another process dropped it first
                     raise
@@ -63,10 +67,12 @@ class EventStore:
     async def append(self, events: list[dict], floor: int = 0, last: int | None = None) -> int:
         """Give `events` (in change order) the seqs after the log's last (and after `floor`,
         a seq the log once reached: expiry may have emptied it), and insert them in that
-        order, in one insert, skipping any whose token is already in. `last`: the log's
-        last seq as the caller knows it (the leading relay counts them), which saves asking;
-        a wrong guess costs a retry, never a gap. Returns how many were new; each event
-        holds the seq it was last given, and `top` the last seq inserted."""
+        order, in one insert. `last`: the log's last seq as the caller knows it (the leading
+        relay counts them), which saves asking; the caller has made sure no event at or
+        below it is one of these (the relay's takeover reads `tokens_after` its checkpoint).
+        Past it, an event whose token is already in the log is skipped: a guess that is
+        behind costs a read and a retry, never a gap or a duplicate. Returns how many were
+        new; each event holds the seq it was last given, and `top` the last seq inserted."""
         for e in events:  # what jobs wrote freely; the rest (ids, type, token) is ours
             for f in REDACTED:
                 if f in e:
@@ -92,10 +98,11 @@ class EventStore:
                 added += at
                 if at:
                     self.top = todo[at - 1]["_id"]
-                seen = "token" in (errors[0].get("keyPattern") or {}) or "token" in str(errors[0].get("errmsg", ""))
-                # a token already in: that event is skipped; a seq taken by another appender
-                # (a deposed relay still finishing): renumber the rest after the new last seq
-                todo = todo[at + 1 :] if seen else todo[at:]
+                # Another appender took that seq. It may have written some of these same
+                # changes (a deposed relay still finishing, or the one that took over): the
+                # events past what went in say which; the rest are numbered after them.
+                seen = await self.tokens_after(todo[at]["_id"] - 1)
+                todo = [e for e in todo[at:] if e.get("token") not in seen]
         if added:
             # Handed over as inserted when every event went in as first numbered (the common
             # case); after a skip or a renumbering the tails read the log instead.
@@ -103,10 +110,10 @@ class EventStore:
                 inbox.put(events if clean else [], stale=not clean)
         return added
 
-    async def recent_tokens(self, n: int = 5000) -> set[str]:
-        """Tokens of the last `n` events: a relay taking over skips the changes it replays
-        from the saved checkpoint that are already in the log."""
-        docs = await self.col.find({}, {"token": 1}).sort("_id", -1).limit(n).to_list(n)
+    async def tokens_after(self, seq: int) -> set[str]:
+        """The tokens of the events after `seq`: what a relay taking over from a checkpoint
+        at `seq` may replay, and what an appender that found `seq + 1` taken must skip."""
+        docs = await self.col.find({"_id": {"$gt": int(seq)}}, {"token": 1}).to_list(None)
         return {d["token"] for d in docs if d.get("token")}
 
     async def last_seq(self) -> int:

@@ -4,6 +4,7 @@ an older or a newer schema, on any server."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from app.domain.models import JobSpec
 from app.notifications.relay import EventRelay
@@ -168,10 +169,60 @@ async def test_change_events_carry_no_results_errors_or_progress_data(store, job
 async def test_start_migrates_an_older_schema_and_records_this_ones(store):
     meta = store.db["meta"]
     await meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION - 1}, upsert=True)
-    await store.events.col.create_index("at", expireAfterSeconds=3600, name="retention")  # the older version's
+    await store.events.col.create_index("at", expireAfterSeconds=3600, name="retention")  # older versions'
+    await store.events.col.create_index("token", unique=True, sparse=True, name="token")
     await store.start()
     assert await meta.find_one({"_id": "schema"}, {"_id": 0}) == store.schema()
-    assert "retention" not in await store.events.col.index_information()
+    assert {"retention", "token"}.isdisjoint(await store.events.col.index_information())
+
+
+def _changes(n: int) -> list[dict]:
+    return [
+        {"token": uuid.uuid4().hex, "type": "job.queued", "kind": "job", "status": "queued", "job_id": f"j{i}"}
+        for i in range(n)
+    ]
+
+
+async def _log(store) -> list[tuple[int, str]]:
+    return [(e["_id"], e["token"]) for e in await store.events.since(0)]
+
+
+async def test_two_relays_appending_the_same_changes_log_each_once_in_order(store, db_url, settings):
+    """A deposed relay still finishing and the one that took over append the same changes,
+    each from where it last knew the log, in either order and overlapping: each change
+    is in the log once, and seqs stay consecutive."""
+    other = connect(db_url, settings, db_name=store.db.name)
+    await other.start()
+    try:
+        start = await store.events.last_seq()
+        changes = _changes(8)
+        assert await store.events.append([dict(c) for c in changes[:5]], last=start) == 5  # the deposed one
+        # the successor knew the log up to `start`: it replays all 8
+        assert await other.events.append([dict(c) for c in changes], last=start) == 3
+        # the deposed one finishes its next batch, late: all of it is in already
+        assert await store.events.append([dict(c) for c in changes[5:]], last=start + 5) == 0
+        log = await _log(store)
+        assert [t for _, t in log] == [c["token"] for c in changes]
+        assert [seq for seq, _ in log] == list(range(start + 1, start + 9))
+        # others' events in between are kept, and only the copies are skipped
+        more = _changes(4)
+        assert await other.events.append([dict(c) for c in more[:2]], last=start + 8) == 2
+        assert await store.events.append([dict(c) for c in more], last=start + 8) == 2
+        assert [t for _, t in await _log(store)] == [c["token"] for c in changes + more]
+    finally:
+        await other.close()
+
+
+async def test_a_relay_taking_over_skips_what_its_predecessor_logged_after_the_checkpoint(store, settings):
+    """The predecessor appended, then died before saving its checkpoint: the successor
+    replays from the checkpoint and adds nothing twice."""
+    start = await store.events.last_seq()
+    changes = _changes(6)
+    await store.events.append([dict(c) for c in changes[:4]], last=start)
+    done = await store.events.tokens_after(start)  # what EventRelay.lead reads at takeover
+    replay = [dict(c) for c in changes if c["token"] not in done]
+    assert await store.events.append(replay, last=await store.events.last_seq()) == 2
+    assert [t for _, t in await _log(store)] == [c["token"] for c in changes]
 
 
 async def test_start_leaves_a_newer_schema_alone(store):
