@@ -50,9 +50,12 @@ class Singleton:
                 await self.lead(lease["state"])
             except asyncio.CancelledError:
                 if self.leading:  # hand over at once instead of after the lease runs out
+                    # shielded: a stop cancels again each second (app/tasks.py), and the
+                    # release, once sent, should finish rather than leave the lease to run out
+                    release = asyncio.ensure_future(self.store.leases.release(self.lease, self.holder))
                     try:
-                        await asyncio.wait_for(self.store.leases.release(self.lease, self.holder), 2.0)
-                    except Exception:
+                        await asyncio.wait_for(asyncio.shield(release), 2.0)
+                    except (Exception, asyncio.CancelledError):
                         pass  # it runs out by itself
                 raise
             except Exception as exc:

@@ -82,7 +82,6 @@ class EventStore:
             if not todo:
                 break
             base = max(await self.last_seq() if last is None else last, floor)
-            last = None  # a conflict below means the guess was stale: ask next time
             for i, e in enumerate(todo):
                 e["_id"] = base + 1 + i
             try:
@@ -92,17 +91,23 @@ class EventStore:
                 break
             except BulkWriteError as exc:
                 errors, clean = exc.details.get("writeErrors", []), False
-                if not errors or any(e.get("code") != 11000 for e in errors):
+                if not errors or not all(_seq_taken(e) for e in errors):
                     raise
                 at = errors[0]["index"]  # ordered: everything before it went in
                 added += at
                 if at:
                     self.top = todo[at - 1]["_id"]
                 # Another appender took that seq. It may have written some of these same
-                # changes (a deposed relay still finishing, or the one that took over): the
-                # events past what went in say which; the rest are numbered after them.
-                seen = await self.tokens_after(todo[at]["_id"] - 1)
+                # changes (a deposed relay still finishing, or the one that took over).
+                # One read of the events past what went in says which, and where the log
+                # ends: it grows only at its end, so what is added after this read lands
+                # past the new `last`, where the next insert finds it taken.
+                after = todo[at]["_id"] - 1
+                found = await self._after(after)
+                last, seen = max([after, *found]), set(found.values())
                 todo = [e for e in todo[at:] if e.get("token") not in seen]
+        else:
+            raise RuntimeError(f"events: {len(todo)} still unwritten after {len(events) + 10} tries")
         if added:
             # Handed over as inserted when every event went in as first numbered (the common
             # case); after a skip or a renumbering the tails read the log instead.
@@ -112,9 +117,12 @@ class EventStore:
 
     async def tokens_after(self, seq: int) -> set[str]:
         """The tokens of the events after `seq`: what a relay taking over from a checkpoint
-        at `seq` may replay, and what an appender that found `seq + 1` taken must skip."""
+        at `seq` may replay."""
+        return {t for t in (await self._after(seq)).values() if t}
+
+    async def _after(self, seq: int) -> dict[int, str | None]:
         docs = await self.col.find({"_id": {"$gt": int(seq)}}, {"token": 1}).to_list(None)
-        return {d["token"] for d in docs if d.get("token")}
+        return {d["_id"]: d.get("token") for d in docs}
 
     async def last_seq(self) -> int:
         """The log's last seq (or the last it reached, when expiry emptied it: the relay's
@@ -237,3 +245,12 @@ class _Inbox:
         self._ready.clear()
         items, self.items = self.items, []
         return items
+
+
+def _seq_taken(error: dict) -> bool:
+    """A write error of an insert into the log that means another appender took the seq:
+    a duplicate `_id`. Any other error (another unique index) is not for `append` to retry."""
+    if error.get("code") != 11000:
+        return False
+    pattern = error.get("keyPattern")
+    return pattern == {"_id": 1} if pattern else " _id_ " in str(error.get("errmsg", ""))

@@ -213,6 +213,35 @@ async def test_two_relays_appending_the_same_changes_log_each_once_in_order(stor
         await other.close()
 
 
+async def test_an_appender_raced_right_after_its_read_still_logs_each_change_once(store, db_url, settings):
+    """The other appender writes between the read that follows a collision and the next
+    insert: that insert finds its seq taken again, so nothing is written twice."""
+    other = connect(db_url, settings, db_name=store.db.name)
+    await other.start()
+    try:
+        start = await store.events.last_seq()
+        changes = _changes(8)
+        assert await other.events.append([dict(c) for c in changes[:2]], last=start) == 2
+        read, raced = store.events._after, []
+
+        async def read_then_race(seq):
+            found = await read(seq)
+            if not raced:
+                raced.append(seq)
+                assert await other.events.append([dict(c) for c in changes[2:6]], last=start + 2) == 4
+            return found
+
+        store.events._after = read_then_race
+        assert await store.events.append([dict(c) for c in changes], last=start) == 2
+        assert raced == [start]
+        log = await _log(store)
+        assert [t for _, t in log] == [c["token"] for c in changes]
+        assert [seq for seq, _ in log] == list(range(start + 1, start + 9))
+    finally:
+        store.events.__dict__.pop("_after", None)
+        await other.close()
+
+
 async def test_a_relay_taking_over_skips_what_its_predecessor_logged_after_the_checkpoint(store, settings):
     """The predecessor appended, then died before saving its checkpoint: the successor
     replays from the checkpoint and adds nothing twice."""
