@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.read_concern import ReadConcern
 
 from ..domain.redact import redact
 from ..logs import get_logger
@@ -39,6 +40,10 @@ class EventStore:
     def __init__(self, db: AsyncDatabase, settings, gate=None) -> None:
         self.db = db
         self.col = db["events"]
+        # What an appender decides from reading the log (where it ends, which changes are
+        # in) it reads majority-committed: a write it saw that a failover then rolled back
+        # would otherwise leave a gap, or a change skipped for an event that is gone.
+        self.committed = self.col.with_options(read_concern=ReadConcern("majority"))
         self.settings = settings
         self.gate = gate
         self.secantus = bool(gate is not None and gate.enabled)  # the gate is on exactly on SecantusDB (db.py)
@@ -106,6 +111,8 @@ class EventStore:
                 found = await self._after(after)
                 last, seen = max([after, *found]), set(found.values())
                 todo = [e for e in todo[at:] if e.get("token") not in seen]
+                if after + 1 not in found:  # the seq is taken by a write not yet committed
+                    await asyncio.sleep(0.05)
         else:
             raise RuntimeError(f"events: {len(todo)} still unwritten after {len(events) + 10} tries")
         if added:
@@ -121,7 +128,7 @@ class EventStore:
         return {t for t in (await self._after(seq)).values() if t}
 
     async def _after(self, seq: int) -> dict[int, str | None]:
-        docs = await self.col.find({"_id": {"$gt": int(seq)}}, {"token": 1}).to_list(None)
+        docs = await self.committed.find({"_id": {"$gt": int(seq)}}, {"token": 1}).to_list(None)
         return {d["_id"]: d.get("token") for d in docs}
 
     async def last_seq(self) -> int:
@@ -133,7 +140,7 @@ class EventStore:
         floor = max(
             self.top, int(((lease or {}).get("state") or {}).get("seq") or 0), int((head or {}).get("seq", 1)) - 1
         )
-        doc = await self.col.find_one({"_id": {"$gte": floor}}, {"_id": 1}, sort=[("_id", -1)])
+        doc = await self.committed.find_one({"_id": {"$gte": floor}}, {"_id": 1}, sort=[("_id", -1)])
         return doc["_id"] if doc else floor
 
     async def since(

@@ -242,6 +242,19 @@ async def test_an_appender_raced_right_after_its_read_still_logs_each_change_onc
         await other.close()
 
 
+async def test_what_an_appender_reads_of_the_log_is_majority_committed_and_sees_its_appends(store):
+    """The log's end and the tokens past a seq decide what `append` numbers and skips: read
+    majority-committed, so a write that a failover rolls back cannot leave a gap or a
+    skipped change. An acknowledged append (written with majority) is in those reads."""
+    assert store.events.committed.read_concern.level == "majority"
+    start = await store.events.last_seq()
+    changes = _changes(3)
+    assert await store.events.append([dict(c) for c in changes], last=start) == 3
+    store.events.top = 0  # last_seq would otherwise start from this process's own count
+    assert await store.events.last_seq() == start + 3
+    assert await store.events.tokens_after(start) == {c["token"] for c in changes}
+
+
 async def test_a_relay_taking_over_skips_what_its_predecessor_logged_after_the_checkpoint(store, settings):
     """The predecessor appended, then died before saving its checkpoint: the successor
     replays from the checkpoint and adds nothing twice."""
