@@ -4,14 +4,15 @@ by `EventRetention`, app/store/retention.py).
 `_id` is the event's seq, given here at append; `token` is the change it came from (see
 app/domain/events.py). Invariant: seqs are given in change order, one after the last seq in
 the log, and inserted in that order, so the events visible at any moment are a prefix of the
-log, without gaps. A change yields one event: an appender knows the log up to a seq (`last`),
-and one that finds that seq's successor taken (a deposed relay still finishing, or its
-successor) reads the events past it and drops those whose token is among them before it
-numbers the rest again. The relay's takeover covers the changes it replays
-(`tokens_after`). No unique index on `token` is needed, which saves every insert a unique
-check (docs/benchmarks.md). That is what lets a reader that has seen seq N ask for
-`_id > N` and get no gaps and no duplicates, and why `tail` may switch freely between what
-this process's relay hands over, the change stream and polling.
+log, without gaps. That is what lets a reader that has seen seq N ask for `_id > N` and get
+no gaps and no duplicates, and why `tail` may switch freely between what this process's
+relay hands over, the change stream and polling.
+
+A change yields one event: an appender knows the log up to a seq (`last`), and one that
+finds that seq's successor taken (a deposed relay still finishing, or its successor) reads
+the events past it and drops those whose token is among them before it numbers the rest
+again. The relay's takeover covers the changes it replays (`tokens_after`). No unique index
+on `token` is needed, which saves every insert a unique check (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class EventStore:
         # in) it reads majority-committed: a write it saw that a failover then rolled back
         # would otherwise leave a gap, or a change skipped for an event that is gone.
         self.committed = self.col.with_options(read_concern=ReadConcern("majority"))
+        self.retention = EventRetention(self.col, settings)  # its head mark floors `last_seq`
         self.settings = settings
         self.gate = gate
         self.secantus = bool(gate is not None and gate.enabled)  # the gate is on exactly on SecantusDB (db.py)
@@ -133,13 +135,12 @@ class EventStore:
 
     async def last_seq(self) -> int:
         """The log's last seq (or the last it reached, when expiry emptied it: the relay's
-        checkpoint, and expiry's head mark, are floors). Read from the relay's checkpoint on: a sorted read of the whole log grows with it on SecantusDB
-        (200 ms at 20,000 events), the events after a checkpoint are at most a minute's."""
+        checkpoint, and expiry's head mark, are floors). Read from the relay's checkpoint on:
+        a sorted read of the whole log grows with it on SecantusDB (200 ms at 20,000
+        events), the events after a checkpoint are at most a minute's."""
         lease = await self.db["leases"].find_one({"_id": RELAY_LEASE}, {"state.seq": 1})
-        head = await self.db["meta"].find_one({"_id": EventRetention.HEAD}, {"seq": 1})  # expiry's mark
-        floor = max(
-            self.top, int(((lease or {}).get("state") or {}).get("seq") or 0), int((head or {}).get("seq", 1)) - 1
-        )
+        checkpoint = int(((lease or {}).get("state") or {}).get("seq") or 0)
+        floor = max(self.top, checkpoint, await self.retention.head() - 1)
         doc = await self.committed.find_one({"_id": {"$gte": floor}}, {"_id": 1}, sort=[("_id", -1)])
         return doc["_id"] if doc else floor
 
