@@ -281,3 +281,41 @@ async def test_queue_status_lists_a_key_at_its_limit_only_while_it_has_queued_jo
     await jobs.queued(engine="keyed", operation="call", owner="acme/ann")
     [row] = await listed()
     assert (row["key"], row["limit"], row["running"]) == ("acme/acme/ann", "concurrency", 1)
+
+
+class _ReleaseAfterRead:
+    """The engines collection, with the worker's own last release landing right after the
+    first read of `drop`: the race a stopping worker's final returns run with it."""
+
+    def __init__(self, col, release) -> None:
+        self._col, self._release, self.raced = col, release, False
+
+    def __getattr__(self, name):
+        return getattr(self._col, name)
+
+    def find(self, *args, **kwargs):
+        cursor, outer = self._col.find(*args, **kwargs), self
+
+        class _Cursor:
+            async def to_list(self, n):
+                docs = await cursor.to_list(n)
+                if not outer.raced:
+                    outer.raced = True
+                    await outer._release()
+                return docs
+
+        return _Cursor()
+
+
+async def test_dropping_a_workers_key_permits_reads_again_after_its_own_release_races(store):
+    await store.engines.set_limits("ledger", limit=50, key="params.account", key_concurrency=2)
+    keys = store.engines.keys
+    await keys.col.update_one({"_id": "ledger"}, {"$set": {"keys.k1.running": 2, "kholds.w1": {"k1": 2}}})
+    col = keys.col
+    keys.col = _ReleaseAfterRead(col, lambda: keys.release("ledger", "w1", {1: 1}))
+    try:
+        assert await keys.drop("w1") == 1  # the other went back through the release
+    finally:
+        keys.col = col
+    assert (await store.engines.get("ledger")).get("kholds", {}) == {}
+    assert (await store.engines.get("ledger"))["keys"]["k1"]["running"] == 0

@@ -182,15 +182,21 @@ class KeyLimits:
         return sum(lanes.values())
 
     async def drop(self, worker: str) -> int:
-        """Give back every key permit a dead worker held, guarded by the holds as read."""
+        """Give back every key permit a dead worker held, guarded by the holds as read, so a
+        race with the worker's own release (a stopping worker's last returns) reads again
+        instead of double counting or leaving the worker's entry behind."""
         dropped = 0
         field = f"kholds.{worker}"
-        for doc in await self.col.find({field: {"$exists": True}}, {field: 1}).to_list(None):
-            held = (doc.get("kholds") or {}).get(worker) or {}
-            inc = {f"keys.{k}.running": -n for k, n in held.items() if n}
-            res = await self.col.update_one(
-                {"_id": doc["_id"], field: held},
-                {"$unset": {field: ""}, **({"$inc": {**inc, "wake": 1}} if inc else {})},
-            )
-            dropped += sum(held.values()) if res.modified_count else 0
+        for _ in range(10):
+            docs = await self.col.find({field: {"$exists": True}}, {field: 1}).to_list(None)
+            if not docs:
+                break
+            for doc in docs:
+                held = (doc.get("kholds") or {}).get(worker) or {}
+                inc = {f"keys.{k}.running": -n for k, n in held.items() if n}
+                res = await self.col.update_one(
+                    {"_id": doc["_id"], field: held},
+                    {"$unset": {field: ""}, **({"$inc": {**inc, "wake": 1}} if inc else {})},
+                )
+                dropped += sum(held.values()) if res.modified_count else 0
         return dropped
