@@ -24,7 +24,8 @@ It holds what every worker must agree on:
   bucket drawn from with the permits (app/store/permits.py); absent when no rate is set;
 - `key`, `lanes`, `keys`, `kholds` and the `key_*` settings: per-key limits, owned by
   `KeyLimits` (app/store/keylimits.py); `weights.<tenant>`: the tenants' claim weights;
-- `queued`: a counter kept with `$inc` next to every move in and out of `queued`;
+- `queued`: a counter kept with `$inc` next to every move in and out of `queued` (high by
+  the unused numbers of open seq blocks, app/store/seqblocks.py, until they close);
 - `wake`: bumped whenever claimers may have new work (enqueue, resume, limit raised, permits
   returned to a saturated engine); workers watch it through a change stream.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -60,6 +62,7 @@ from .bands import (  # noqa: F401 (the band helpers, imported from here too)
 )
 from .keylimits import KeyLimits
 from .permits import PermitsMixin
+from .seqblocks import Block, SeqBlocks
 
 RATE_FIELDS = ("rate", "rate_per_s", "burst", "rate_tokens", "rate_at", "rate_took")
 CLEAR_DELAY = 0.005  # seconds a landed marker waits for the next enqueue to carry its removal
@@ -72,6 +75,8 @@ class EngineStore(PermitsMixin):
         self.keys = KeyLimits(self.col)
         self._known: set[str] = set()  # engines whose document exists
         self._landed: dict[str, list[str]] = {}  # inflight markers whose writes have landed
+        self._giveback: Counter = Counter()  # engine -> jobs counted for seqs a closed block never used
+        self.blocks = SeqBlocks(self._block_landed)
         self._flusher: asyncio.Task | None = None
         self._last: dict[str, float] = {}  # engine -> when this process last took its seqs
         self.settings = settings
@@ -114,34 +119,57 @@ class EngineStore(PermitsMixin):
         it past a job whose write has not landed yet. On exit the marker goes and claimers
         are woken (`_clear`). `key` is the band (`band(priority, tenant)`). `deferred`: the
         marker is appended there instead, `(engine, tag)`, for the caller to `land` once the
-        jobs are visible (after the commit of the transaction that wrote them, app/producer.py)."""
+        jobs are visible (after the commit of the transaction that wrote them, app/producer.py).
+        A single job in a stream takes its seq from this process's block (app/store/seqblocks.py)."""
+        at = time.monotonic()
+        streaming = at - self._last.get(engine, float("-inf")) < STREAK_GAP
+        single = n == 1 and jobs in (None, 1) and deferred is None
+        if deferred is None:  # a transaction's markers land after its commit, not here
+            self._last[engine] = at
+        if single and streaming and (held := await self.blocks.take_or_wait(engine, key)) is not None:
+            blk, first = held
+            try:
+                yield first
+            finally:
+                self.blocks.release(blk)
+            return
+        take = self.blocks.size(engine, key, streaming) if single else n
         tag = f"{key}_{uuid.uuid4().hex[:12]}"
-        # `jobs` (default n) is how many jobs will use the n numbers: a sparse range is fine
+        # Markers of earlier enqueues that have landed go in this same write, with the
+        # wake-up and the count of closed blocks' unused seqs, instead of a write of their
+        # own (see `_clear`). `jobs` (default n) is how many jobs will use the n numbers: a
+        # sparse range is fine.
+        landed, back = self._landed.pop(engine, []), self._giveback.pop(engine, 0)
         update: dict[str, Any] = {
-            "$inc": {f"seq.{key}": n, "queued": n if jobs is None else jobs},
+            "$inc": {f"seq.{key}": take, "queued": (take if jobs is None or single else jobs) - back},
             "$set": {f"inflight.{tag}": self.clock.now()},
         }
-        # Markers of earlier enqueues that have landed go in this same write, with the
-        # wake-up, instead of a write of their own (see `_clear`).
-        landed = self._landed.pop(engine, [])
         if landed:
             update["$unset"] = {f"inflight.{t}": "" for t in landed}
             update["$inc"]["wake"] = 1
-        at = time.monotonic()
-        streaming = at - self._last.get(engine, float("-inf")) < STREAK_GAP
-        if deferred is None:  # a transaction's markers land after its commit, not here
-            self._last[engine] = at
         # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
         # a retry would then count the jobs twice. The document is created first, once.
+        if single and streaming:
+            self.blocks.taking(engine, key)
         try:
             if engine not in self._known:
                 await self.ensure(engine)
             await self.keys.open_band(engine, key)
             doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
         except BaseException:
-            self._land(engine, landed)  # cleared later; unsetting twice is harmless
+            self._land(engine, landed, back)  # cleared later; unsetting twice is harmless
+            if single and streaming:
+                self.blocks.taken(engine, key)
             raise
-        first = doc["seq"][key] - n
+        first = doc["seq"][key] - take
+        if single and streaming:
+            blk = self.blocks.opened(engine, key, tag, first, take)
+            self.blocks.taken(engine, key)
+            try:
+                yield first
+            finally:
+                self.blocks.release(blk)
+            return
         try:
             yield first
         finally:
@@ -157,11 +185,26 @@ class EngineStore(PermitsMixin):
         for engine, tag in markers:
             self._land(engine, [tag])
 
-    def _land(self, engine: str, tags: list[str]) -> None:
-        if tags:
+    def _block_landed(self, blk: Block, unused: int) -> None:
+        self._land(blk.engine, [blk.tag], unused)
+
+    def _land(self, engine: str, tags: list[str], back: int = 0) -> None:
+        """Queue `tags` for removal, and `back` jobs counted for seqs never used for giving
+        back, in the next write to the engine (an enqueue's, or the flusher's)."""
+        if tags or back:
             self._landed.setdefault(engine, []).extend(tags)
+            self._giveback[engine] += back
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.create_task(self._clear_landed())
+
+    def _cleared(self, engine: str, tags: list[str]) -> tuple[dict, int]:
+        """The write that removes `tags`, wakes claimers and gives back the unused count."""
+        back = self._giveback.pop(engine, 0)
+        inc = {"wake": 1, "queued": -back} if back else {"wake": 1}
+        update: dict[str, Any] = {"$inc": inc}
+        if tags:
+            update["$unset"] = {f"inflight.{t}": "" for t in tags}
+        return update, back
 
     async def _clear(self, engine: str, tags: list[str]) -> None:
         """A lone enqueue (none of its engine within STREAK_GAP before it) clears its marker
@@ -170,15 +213,14 @@ class EngineStore(PermitsMixin):
         that landed meanwhile go in the same write. If the write fails the marker is left to
         the flusher."""
         tags = tags + self._landed.pop(engine, [])
+        update, back = self._cleared(engine, tags)
         try:
-            await self.col.update_one(
-                {"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}}
-            )
+            await self.col.update_one({"_id": engine}, update)
         except asyncio.CancelledError:  # (the submit was cancelled as it returned)
-            self._land(engine, tags)
+            self._land(engine, tags, back)
             raise
         except Exception:
-            self._land(engine, tags)
+            self._land(engine, tags, back)
 
     async def _clear_landed(self) -> None:
         """Remove the markers of enqueues whose writes have landed and wake claimers: one
@@ -191,15 +233,16 @@ class EngineStore(PermitsMixin):
         await asyncio.sleep(CLEAR_DELAY)
         while self._landed:
             engine, tags = self._landed.popitem()
+            update, _ = self._cleared(engine, tags)
             try:
-                await self.col.update_one(
-                    {"_id": engine}, {"$unset": {f"inflight.{t}": "" for t in tags}, "$inc": {"wake": 1}}
-                )
+                await self.col.update_one({"_id": engine}, update)
             except Exception:  # the database blinked: maintenance drops the marker later
                 pass
 
     async def flush(self) -> None:
-        """Wait until every landed enqueue has cleared its marker (tests, shutdown)."""
+        """Close this process's seq blocks and wait until every landed enqueue has cleared
+        its marker (tests, shutdown)."""
+        self.blocks.close_all()
         while self._flusher is not None and not self._flusher.done():
             await asyncio.wait([self._flusher])
 
@@ -248,10 +291,10 @@ class EngineStore(PermitsMixin):
           once it rests.
         - `running` must equal the sum of `holds`; both live in this document, so it is
           recomputed from them in one guarded write."""
+        await self.flush()  # this process's landed enqueues and open blocks, before the read
         docs = [d for d in await self.list() if names is None or d["_id"] in names]
         out: list[dict] = []
         seen: dict[str, tuple[int, int]] = {}
-        await self.flush()  # this process's landed enqueues
         for d in docs:
             seen[d["_id"]] = (d.get("queued", 0), await count_queued(d["_id"]))
             running, held = d.get("running", 0), sum((d.get("holds") or {}).values())
