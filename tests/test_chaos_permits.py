@@ -6,6 +6,10 @@ engine's capacity shrank with every restart.
   dead id after its permits were dropped, and nothing ever dropped them again.
 - The worker changed identity in the heartbeat task while a fetch was in flight, so one
   fetch could reserve under one id and claim or give back under the other.
+- Under injected command failures (fail_command) a release to a saturated engine landed and
+  then raised, when its wake-up failed: the worker kept counting the permits it had given
+  back, ran one job more than the limit, and later gave back more than it held (a no-op),
+  leaving permits held at rest.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import sys
 import time
 from datetime import timedelta
 
+import pytest
+from pymongo.errors import OperationFailure
+
 from app import embedded
 from app.domain.models import JobSpec
 from app.settings import Settings
@@ -24,6 +31,56 @@ from app.store import connect
 from app.worker.maintenance import Maintenance
 from tests.helpers import eventually, wait_status
 from tests.procs import start_worker, stop
+
+
+class _WakeFails:
+    """The engines collection, whose plain `update_one`s (the release's wake-up) fail."""
+
+    def __init__(self, col) -> None:
+        self._col = col
+
+    def __getattr__(self, name):
+        return getattr(self._col, name)
+
+    async def update_one(self, *a, **kw):
+        raise OperationFailure("injected: failCommand", code=1)
+
+
+async def test_a_release_that_landed_is_not_undone_by_its_wake_up_failing(store):
+    await store.engines.set_limit("ledger", 2)
+    assert await store.engines.reserve("ledger", "w1", 2)  # saturated: a release wakes
+    col = store.engines.col
+    store.engines.col = _WakeFails(col)
+    try:
+        assert await store.engines.release("ledger", "w1", 1) is True
+    finally:
+        store.engines.col = col
+    engine = await store.engines.get("ledger")
+    assert engine["holds"] == {"w1": 1} and engine["running"] == 1
+
+
+async def test_a_worker_whose_release_raised_holds_what_the_engine_records(store, settings):
+    """Whatever a failed release did, the worker then counts exactly the permits the engine
+    records for it: never more (it would run jobs past the limit), never fewer."""
+    from app.worker.processor import JobProcessor
+
+    await store.engines.set_limit("ledger", 4)
+    proc = JobProcessor(store, settings, concurrency=2)
+    assert await store.engines.reserve("ledger", proc.worker_id, 3)
+    proc.held["ledger"] = 3
+    release = store.engines.release
+
+    async def lands_then_raises(engine, worker, n):
+        await release(engine, worker, n)
+        raise OperationFailure("injected: reply lost", code=1)
+
+    store.engines.release = lands_then_raises
+    try:
+        with pytest.raises(OperationFailure):
+            await proc._give_back("ledger", 2)
+    finally:
+        del store.engines.release
+    assert proc.held["ledger"] == 1 == (await store.engines.get("ledger"))["holds"][proc.worker_id]
 
 
 async def test_permits_taken_under_a_dead_id_come_back(store, settings):

@@ -16,6 +16,7 @@ refilled from `rate_at` by the database's clock (`$$NOW`), never a worker's.
 from __future__ import annotations
 
 from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
 
 _NOW_MS = {"$toLong": "$$NOW"}  # (SecantusDB cannot subtract two dates: compare them as ms)
 
@@ -68,7 +69,13 @@ class PermitsMixin:
         if before.get("running", 0) >= before["limit"]:
             # Only a saturated engine has workers waiting for a permit. Waking every idle
             # worker on every release made them all peek at once (the chaos claim race).
-            await self.col.update_one({"_id": engine}, {"$inc": {"wake": 1}})
+            # The release has landed whatever happens to the wake-up: raising here made the
+            # caller keep permits it had given back, and run more jobs than the limit
+            # (chaos fail_command). A starved worker that misses it looks again on its poll.
+            try:
+                await self.col.update_one({"_id": engine}, {"$inc": {"wake": 1}})
+            except PyMongoError:
+                pass
         return True
 
     async def drop_holds(self, worker: str) -> int:

@@ -239,9 +239,11 @@ class JobProcessor(LoopsMixin):
         return took
 
     async def _read_back(self, engine: str) -> None:
+        """After a permit write whose outcome is unknown (a reservation or a draw that may
+        have landed, a release that may have): hold exactly what the engine records."""
         holds = await self.store.engines.holds_of(engine, self.worker_id)
-        if holds is not None and holds > self.held[engine]:
-            self.held[engine] = holds  # it landed
+        if holds is not None:
+            self.held[engine] = holds
 
     async def _reserve(self, engine: str, n: int) -> bool:
         """Take `n` permits. A reservation whose reply was lost may have landed: our holds as
@@ -286,8 +288,14 @@ class JobProcessor(LoopsMixin):
             self.key_returns.give(job["engine"], self.worker_id, lane)
 
     async def _give_back(self, engine: str, n: int) -> None:
+        """Invariant: `held` never counts more than the engine records for us, or this
+        worker would run jobs on permits another worker has taken."""
         if n > 0:
-            await self.store.engines.release(engine, self.worker_id, n)
+            try:
+                await self.store.engines.release(engine, self.worker_id, n)
+            except Exception:
+                await self._read_back(engine)
+                raise
             self.held[engine] -= n
 
     # --- executing -----------------------------------------------------------------------
