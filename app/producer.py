@@ -106,13 +106,13 @@ class AsyncProducer:
                 yield session
         except BaseException:
             for engine, n in tx.queued.items():  # the jobs never existed
-                await self.store.engines.count_left_queue(engine, n)
+                await self.store.numbers.count_left_queue(engine, n)
             tx.ready.clear()
             raise
         finally:
             del self._tx[id(session)]
-            self.store.engines.land(tx.markers)  # after the commit or abort: wake the workers
-            await self.store.engines.flush()
+            self.store.numbers.land(tx.markers)  # after the commit or abort: wake the workers
+            await self.store.numbers.flush()
         if tx.ready:  # committed: workflow roots of another kind (an approval, a sleep) move
             await self.store.steps.ready(tx.ready)
 
@@ -129,7 +129,7 @@ class AsyncProducer:
         return self
 
     async def close(self) -> None:
-        await self.store.engines.flush()
+        await self.store.numbers.flush()
 
     async def __aenter__(self) -> AsyncProducer:
         return await self.start()

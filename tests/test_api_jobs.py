@@ -71,7 +71,7 @@ async def test_history_and_queue_controls(api, jobs, store):
     await jobs.completed(engine="testing")
     await jobs.failed(engine="testing")
     await jobs.queued()
-    await store.engines.flush()  # the queued counter counts an open seq block's numbers until it closes
+    await store.numbers.flush()  # the queued counter counts an open seq block's numbers until it closes
     h = (await api.get("/api/v1/jobs/history")).json()
     assert h["counts"]["completed"] == 1 and h["counts"]["failed"] == 1 and h["success_rate"] == 0.5
     assert h["avg_execution_time_ms"] == 5

@@ -46,7 +46,7 @@ async def fail_next(st, mode, commands=("update",)) -> None:
 
 async def queued_job(st, **kw) -> dict:
     job, _ = await st.lifecycle.submit(JobSpec(engine="fx", operation="ok", **kw), owner="t")
-    await st.engines.flush()  # its enqueue marker is cleared: no update left in flight
+    await st.numbers.flush()  # its enqueue marker is cleared: no update left in flight
     return job
 
 

@@ -23,7 +23,7 @@ async def producer(store, settings):
 
 
 async def engine_at_rest(store, engine: str = "testing") -> dict:
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get(engine)
     return {"queued": doc.get("queued", 0), "inflight": doc.get("inflight") or {}}
 

@@ -43,7 +43,7 @@ async def test_claimers_holding_permits_take_their_own_windows(jobs, store, sett
     monkeypatch.setattr("app.store.seqblocks.BLOCK_MAX", 1)  # dense seqs: a batch ahead is `batch` jobs
     batch = settings.claim_batch
     made = [(await jobs.queued())["_id"] for _ in range(batch * 4)]
-    await store.engines.flush()  # no write in flight holds the cursor
+    await store.numbers.flush()  # no write in flight holds the cursor
     for w in ("w0", "w1"):
         assert await store.engines.reserve("testing", w, 1)
     engine = await store.engines.get("testing")
@@ -208,7 +208,7 @@ async def test_orphan_below_the_cursor_is_requeued(jobs, store):
 async def test_queue_counter_follows_claims_and_oldest_age(jobs, store):
     for _ in range(3):
         await jobs.queued()
-    await store.engines.flush()  # an open seq block counts its seqs until it closes
+    await store.numbers.flush()  # an open seq block counts its seqs until it closes
     doc = await store.engines.get("testing")
     assert doc["queued"] == 3 and await store.jobs.count_queued("testing") == 3
     oldest = await store.jobs.oldest_queued_at(doc)
@@ -240,7 +240,7 @@ async def test_claim_window_is_an_index_scan_bounded_by_the_window(jobs, store):
 
 async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
     await asyncio.gather(*(jobs.queued(engine="brand_new") for _ in range(200)))
-    await store.engines.flush()  # markers are cleared just after each write lands
+    await store.numbers.flush()  # markers are cleared just after each write lands
     doc = await store.engines.get("brand_new")
     assert doc["queued"] == 200 == await store.jobs.count_queued("brand_new")
     assert not doc.get("inflight")
@@ -251,7 +251,7 @@ async def test_concurrent_submits_to_a_new_engine_count_exactly(jobs, store):
 async def test_a_lone_enqueue_clears_its_marker_and_wakes_claimers_before_it_returns(jobs, store, monkeypatch):
     """No other enqueue of its engine came within STREAK_GAP: its wake-up is on the path from
     submit to start, so it is written before the enqueue returns, without a flush."""
-    monkeypatch.setattr("app.store.engines.STREAK_GAP", 0.0)
+    monkeypatch.setattr("app.store.numbering.STREAK_GAP", 0.0)
     await jobs.queued()
     wake = (await store.engines.get("testing")).get("wake", 0)
     await jobs.queued()
@@ -262,19 +262,19 @@ async def test_a_lone_enqueue_clears_its_marker_and_wakes_claimers_before_it_ret
 async def test_in_a_stream_the_next_enqueue_carries_the_markers_that_landed_before_it(jobs, store, monkeypatch):
     """Enqueues in a stream: a landed job's marker is removed, with the wake-up, by the next
     enqueue's own write when one comes within CLEAR_DELAY, else by a write of its own after it."""
-    monkeypatch.setattr("app.store.engines.STREAK_GAP", 60.0)
-    monkeypatch.setattr("app.store.engines.CLEAR_DELAY", 0.5)  # so the next enqueue surely comes first
+    monkeypatch.setattr("app.store.numbering.STREAK_GAP", 60.0)
+    monkeypatch.setattr("app.store.numbering.CLEAR_DELAY", 0.5)  # so the next enqueue surely comes first
     await jobs.queued()  # the first of the stream clears its own
     second = await jobs.queued()
     doc = await store.engines.get("testing")
     assert len(doc["inflight"]) == 1  # the second's marker waits for the next enqueue
     wake = doc.get("wake", 0)
-    async with store.engines.enqueue("testing", "p5", 1) as seq:
+    async with store.numbers.enqueue("testing", "p5", 1) as seq:
         doc = await store.engines.get("testing")
         assert len(doc["inflight"]) == 1  # only this enqueue's own
         assert doc["wake"] == wake + 1 and seq == second["seq"] + 1
         await store.lifecycle.insert_many([{**store.lifecycle.build(jobs.spec(), "admin"), "seq": seq}])
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get("testing")
     assert not doc.get("inflight") and doc["wake"] == wake + 2
 
@@ -352,8 +352,8 @@ async def test_a_lone_clear_cancelled_midway_leaves_its_markers_to_the_flusher(j
 
     monkeypatch.setattr(store.engines.col, "update_one", cancelled)
     with pytest.raises(asyncio.CancelledError):
-        await store.engines._clear("testing", ["p5_cancelled"])
+        await store.numbers._clear("testing", ["p5_cancelled"])
     monkeypatch.setattr(store.engines.col, "update_one", real)
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get("testing")
     assert "p5_cancelled" not in (doc.get("inflight") or {}) and job["seq"] < doc["seq"]["p5"]

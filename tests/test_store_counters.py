@@ -133,10 +133,10 @@ async def test_the_reconciler_corrects_drift_and_reports_it(store, jobs):
 
 async def test_the_reconciler_leaves_an_engine_alone_while_an_enqueue_is_in_flight(store, jobs):
     await jobs.queued(engine="counted")
-    async with store.engines.enqueue("counted", "p5", 1):  # counted, not written yet
+    async with store.numbers.enqueue("counted", "p5", 1):  # counted, not written yet
         assert await store.engines.reconcile(store.jobs.count_queued, pause=0.05) == []
         assert (await store.engines.get("counted"))["queued"] == 2
-    await store.engines.count_left_queue("counted", 1)
+    await store.numbers.count_left_queue("counted", 1)
     assert await truth(store, "counted") == (1, 1)
 
 

@@ -1,4 +1,4 @@
-"""Seq blocks (`app/store/seqblocks.py`): a stream of single enqueues takes its seqs in blocks,
+"""Seq blocks (`app/store/seqblocks.py`, used by `app/store/numbering.py`): a stream of single enqueues takes its seqs in blocks,
 and every block is held by its marker until the jobs written with its seqs are visible."""
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ class Counting:
 @pytest.fixture(autouse=True)
 def stream(monkeypatch):
     """Every enqueue here is part of a stream, however slow a loaded machine makes it."""
-    monkeypatch.setattr("app.store.engines.STREAK_GAP", 60.0)
+    monkeypatch.setattr("app.store.numbering.STREAK_GAP", 60.0)
 
 
 @pytest.fixture
 def counting(store):
-    col = store.engines.col
-    store.engines.col = Counting(col)
-    yield store.engines.col
-    store.engines.col = col
+    col = store.numbers.col
+    store.numbers.col = Counting(col)
+    yield store.numbers.col
+    store.numbers.col = col
 
 
 async def test_a_stream_of_single_enqueues_takes_its_seqs_in_blocks(jobs, store, counting, monkeypatch):
@@ -46,7 +46,7 @@ async def test_a_stream_of_single_enqueues_takes_its_seqs_in_blocks(jobs, store,
     assert counting.takes == 7  # blocks of 1, 1, 2, 4, 8, 16, 32 (the first enqueue is lone)
     assert [j["seq"] for j in made] == sorted(j["seq"] for j in made)  # FIFO within a process
     assert len({j["seq"] for j in made}) == 40
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get("counted")
     assert not doc.get("inflight") and await truth(store, "counted") == (40, 40)  # 24 unused given back
 
@@ -64,7 +64,7 @@ async def test_an_open_block_holds_the_cursor_until_its_jobs_are_written(jobs, s
     assert late["seq"] == first[-1]["seq"] + 1
     (again,) = await store.claimer.claim(await store.engines.get("counted"), "w1", 10)
     assert again["_id"] == late["_id"]
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get("counted")
     assert not doc.get("inflight") and await truth(store, "counted") == (0, 0)
 
@@ -94,7 +94,7 @@ async def test_concurrent_enqueues_share_one_take(jobs, store, counting, monkeyp
     before = counting.takes
     made = await asyncio.gather(*(jobs.queued(engine="counted") for _ in range(2)))
     assert counting.takes == before + 1 and made[1]["seq"] == made[0]["seq"] + 1
-    await store.engines.flush()
+    await store.numbers.flush()
     assert await truth(store, "counted") == (4, 4)
 
 
@@ -106,7 +106,7 @@ async def test_a_failed_write_with_a_seq_from_a_block_gives_its_count_back(jobs,
     with pytest.raises(AutoReconnect):
         await store.lifecycle.submit(spec(), owner="admin")
     assert store.enqueuer.col.fired == 1
-    await store.engines.flush()
+    await store.numbers.flush()
     doc = await store.engines.get("counted")
     assert not doc.get("inflight") and await truth(store, "counted") == (3, 3)
 
@@ -115,7 +115,7 @@ async def test_a_lone_enqueue_takes_one_seq_and_ends_the_stream(jobs, store, mon
     """Outside a stream nothing is taken ahead: seqs stay dense, and the next stream starts
     again from blocks of one."""
     monkeypatch.setattr(seqblocks, "BLOCK_AGE", 60.0)
-    monkeypatch.setattr("app.store.engines.STREAK_GAP", 0.0)
+    monkeypatch.setattr("app.store.numbering.STREAK_GAP", 0.0)
     made = [await jobs.queued(engine="counted") for _ in range(5)]
     assert [j["seq"] for j in made] == list(range(made[0]["seq"], made[0]["seq"] + 5))
     doc = await store.engines.get("counted")

@@ -65,9 +65,9 @@ class Claimed(list):
 
 
 class Claimer:
-    def __init__(self, col, settings, clock, engines, lifecycle) -> None:
+    def __init__(self, col, settings, clock, engines, numbers, lifecycle) -> None:
         self.col, self.settings, self.clock = col, settings, clock
-        self.engines, self.lifecycle = engines, lifecycle
+        self.engines, self.numbers, self.lifecycle = engines, numbers, lifecycle
         self._spread: dict[str, int] = {}  # per engine: claim contention (see the module's docstring)
         self._ahead: dict[tuple[str, str], tuple] = {}  # per band: (cursor, since when, end of our last claim ahead)
         self._passes: dict[tuple[str, int], dict[str, float]] = {}  # per (engine, priority): tenants' stride passes
@@ -266,7 +266,7 @@ class Claimer:
             failure = exc
         for key, _, _, lo, _ in bands:
             end_ = lows[key]
-            ceiling = self.engines.cursor_ceiling(engine, key)
+            ceiling = self.numbers.cursor_ceiling(engine, key)
             if ceiling is not None:
                 end_ = min(end_, ceiling)
             if end_ > lo:
@@ -305,7 +305,7 @@ class Claimer:
     async def requeue_orphans(self, engine: dict, limit: int = 100) -> int:
         """Queued jobs below their band's cursor get a fresh seq so claimers see them. They
         exist only if a writer died mid-enqueue, so its stale marker goes first."""
-        await self.engines.drop_stale_inflight(engine, self.clock.now() - timedelta(seconds=60))
+        await self.numbers.drop_stale_inflight(engine, self.clock.now() - timedelta(seconds=60))
         moved = 0
         for key, cursor in (engine.get("cursor") or {}).items():
             p, tenant = parse_band(key)

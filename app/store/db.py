@@ -194,11 +194,12 @@ class Store:
         )
         self.clock = Clock(self.db)
         self.engines = EngineStore(self.db, settings, self.clock)
+        self.numbers = self.engines.numbers  # seqs and in-flight markers (numbering.py)
         self.workers = WorkerStore(self.db, settings, self.clock)
         self.bulk = BulkGate(enabled=secantus)
         # The jobs collection's collaborators: who reads, who numbers, who moves, who claims.
         jobs, dedupe, expiry = self.db["jobs"], DedupeStore(self.db), Expiry(settings)
-        self.enqueuer = Enqueuer(jobs, self.engines, self.clock, self.bulk)
+        self.enqueuer = Enqueuer(jobs, self.engines, self.numbers, self.clock, self.bulk)
         self.lifecycle = Lifecycle(
             jobs,
             settings,
@@ -210,7 +211,7 @@ class Store:
             settle=lambda ids: self.flow.settle_many(ids),
             expiry=expiry,
         )
-        self.claimer = Claimer(jobs, settings, self.clock, self.engines, self.lifecycle)
+        self.claimer = Claimer(jobs, settings, self.clock, self.engines, self.numbers, self.lifecycle)
         self.jobs = JobQueries(jobs, settings, self.engines, self.claimer)
         self.steps = StepMoves(jobs, self.clock, self.enqueuer, expiry)
         self.job_admin = JobAdmin(jobs, self.engines, self.enqueuer, self.lifecycle, self.jobs, dedupe, self.clock)
@@ -321,7 +322,7 @@ class Store:
             return False
 
     async def close(self) -> None:
-        await self.engines.flush()
+        await self.numbers.flush()
         await self.client.close()
 
 

@@ -1,9 +1,9 @@
 """Entering `queued`: the only code that takes seqs from an engine and counts jobs in its
-`queued` counter (`EngineStore.enqueue`).
+`queued` counter (`Numbering.enqueue`, app/store/numbering.py).
 
 Invariant: a job gets a fresh, higher seq from its band every time it enters `queued`
 (docs/claiming.md), and the engine's `queued` counter moves with it. Every write here is
-made inside `EngineStore.enqueue`, which counts the jobs before the write; what the write
+made inside `Numbering.enqueue`, which counts the jobs before the write; what the write
 did not move is given back at once. When the write fails, or its reply is lost, the jobs
 are read back: those that are queued with one of the seqs taken here landed, and the count
 of the rest is given back, so no failed path leaves a phantom `queued` count. If even the
@@ -42,24 +42,24 @@ class TxLedger:
 
 
 class Enqueuer:
-    def __init__(self, col, engines, clock, gate: BulkGate) -> None:
-        self.col, self.engines, self.clock, self.gate = col, engines, clock, gate
+    def __init__(self, col, engines, numbers, clock, gate: BulkGate) -> None:
+        self.col, self.engines, self.numbers, self.clock, self.gate = col, engines, numbers, clock, gate
 
     async def _enter(
         self, engine: str, key: str, members: list[JobDoc], span: int, write: Callable[[int], Awaitable[int]]
     ) -> int:
         """Take `span` seqs of band `key` for `members`, run `write(first)`, which returns how
         many of them it moved, and give back the count of the rest. Returns how many moved."""
-        async with self.engines.enqueue(engine, key, span, jobs=len(members)) as first:
+        async with self.numbers.enqueue(engine, key, span, jobs=len(members)) as first:
             try:
                 moved = await write(first)
             except BaseException:
                 moved = await self._landed(members, first, span)
-                await self.engines.count_left_queue(engine, len(members) - moved)
+                await self.numbers.count_left_queue(engine, len(members) - moved)
                 if not moved:
                     raise
                 return moved
-        await self.engines.count_left_queue(engine, len(members) - moved)
+        await self.numbers.count_left_queue(engine, len(members) - moved)
         return moved
 
     async def _landed(self, members: list[JobDoc], first: int, span: int) -> int:
@@ -90,7 +90,7 @@ class Enqueuer:
         async with AsyncExitStack() as stack:
             for (engine, key), members in groups.items():
                 first = await stack.enter_async_context(
-                    self.engines.enqueue(engine, key, len(members), deferred=deferred)
+                    self.numbers.enqueue(engine, key, len(members), deferred=deferred)
                 )
                 for n, d in enumerate(members):
                     d["seq"] = first + n
@@ -103,7 +103,7 @@ class Enqueuer:
             except BaseException:
                 if session is not None:  # nothing of a failed write in a transaction stays
                     for (engine, _), members in groups.items():
-                        await self.engines.count_left_queue(engine, len(members))
+                        await self.numbers.count_left_queue(engine, len(members))
                     raise
                 # Lost reply, or some documents refused (a duplicate _id): what landed holds
                 # our seq, whatever its status now (a worker may have claimed it already);
@@ -114,7 +114,7 @@ class Enqueuer:
                 missing = 0
                 for (engine, _), members in groups.items():
                     gone = sum(found.get(d["_id"]) != d["seq"] for d in members)
-                    await self.engines.count_left_queue(engine, gone)
+                    await self.numbers.count_left_queue(engine, gone)
                     missing += gone
                 unqueued = [d["_id"] for d in docs if d["status"] != QUEUED]
                 if missing or len(await find_in(self.col, unqueued, None, {"_id": 1})) < len(unqueued):
@@ -194,4 +194,4 @@ class Enqueuer:
 
     async def left(self, engine: str, n: int) -> None:
         """`n` jobs of `engine` left queued other than by a claim (a cancel)."""
-        await self.engines.count_left_queue(engine, n)
+        await self.numbers.count_left_queue(engine, n)

@@ -1,6 +1,6 @@
 """Seq blocks: the numbers one process takes ahead for its own stream of single enqueues.
 
-A job entering `queued` needs a seq from its band (`EngineStore.enqueue`), and taking one is
+A job entering `queued` needs a seq from its band (`Numbering.enqueue`), and taking one is
 a write to the engine document, every claimer's document. One client enqueueing jobs one at
 a time paid that write for every job, on top of the job's own insert. In a stream (each
 enqueue within `STREAK_GAP` of the last of its engine) this process takes a block of seqs

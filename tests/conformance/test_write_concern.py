@@ -54,7 +54,7 @@ async def test_every_write_is_majority_and_journaled(db_url, settings):
         other, _ = await st.lifecycle.submit(JobSpec(engine="wc", operation="ok"), owner="admin")
         await st.lifecycle.cancel(other["_id"])
         await st.lifecycle.drain()
-        await st.engines.flush()
+        await st.numbers.flush()
     finally:
         await st.client.drop_database(name)
         await st.close()
