@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 BLOCK_MAX = 32  # seqs one block takes at most
-BLOCK_AGE = 0.01  # seconds a block hands out seqs before it closes
+BLOCK_AGE = 0.02  # seconds a block hands out seqs before it closes (as long as STREAK_GAP)
 
 
 @dataclass
