@@ -14,6 +14,7 @@ async def test_submit_queues_with_a_sequence_number(jobs, store):
     b = await jobs.queued()
     assert a["status"] == b["status"] == "queued"
     assert b["seq"] == a["seq"] + 1
+    await store.numbers.flush()
     engine = await store.engines.get("testing")
     assert engine["queued"] == 2
     assert engine["limit"] == 2  # not in seed 001's queues: general's limit
@@ -98,6 +99,7 @@ async def test_cancel_waiting_jobs_at_once(jobs, store):
     for j in (q, s):
         out = await store.lifecycle.cancel(j["_id"])
         assert out["status"] == "cancelled"
+    await store.numbers.flush()
     assert (await store.engines.get("testing"))["queued"] == 0
     with pytest.raises(InvalidTransition):
         await store.lifecycle.cancel(q["_id"])

@@ -137,6 +137,7 @@ async def test_graceful_stop_releases_without_counting(store, settings, jobs):
     await proc.stop(grace=0.2)
     back = await store.jobs.get(job["_id"])
     assert back["status"] == "queued" and back["attempt"] == 0
+    await store.numbers.flush()
     engine = await store.engines.get("testing")
     assert engine.get("running", 0) == 0 and engine["queued"] == 1
 
