@@ -60,16 +60,33 @@ class Numbering:
         at = time.monotonic()
         streaming = at - self._last.get(engine, float("-inf")) < STREAK_GAP
         single = n == 1 and jobs in (None, 1) and deferred is None
+        blocked = single and streaming  # the seq comes from, or opens, this process's block
         if deferred is None:  # a transaction's markers land after its commit, not here
             self._last[engine] = at
-        if single and streaming and (held := await self.blocks.take_or_wait(engine, key)) is not None:
-            blk, first = held
-            try:
-                yield first
-            finally:
+        held = await self.blocks.take_or_wait(engine, key) if blocked else None
+        if held is not None:
+            (blk, first), tag = held, None
+        else:
+            take = self.blocks.size(engine, key, streaming) if single else n
+            first, tag, blk = await self._take(engine, key, take, jobs, blocked)
+        try:
+            yield first
+        finally:
+            if blk is not None:
                 self.blocks.release(blk)
-            return
-        take = self.blocks.size(engine, key, streaming) if single else n
+            elif deferred is not None:
+                deferred.append((engine, tag))
+            elif streaming:
+                self._land(engine, [tag])
+            else:
+                await self._clear(engine, [tag])
+
+    async def _take(
+        self, engine: str, key: str, take: int, jobs: int | None, blocked: bool
+    ) -> tuple[int, str, Block | None]:
+        """The write that takes `take` seqs of a band, counts them and sets their marker:
+        the first seq and the marker's tag. `blocked`: the seqs open a block (returned),
+        which lands the marker; its first seq is the caller's, held until `release`."""
         tag = f"{key}_{uuid.uuid4().hex[:12]}"
         # Markers of earlier enqueues that have landed go in this same write, with the
         # wake-up and the count of closed blocks' unused seqs, instead of a write of their
@@ -77,16 +94,16 @@ class Numbering:
         # sparse range is fine.
         landed, back = self._landed.pop(engine, []), self._giveback.pop(engine, 0)
         update: dict[str, Any] = {
-            "$inc": {f"seq.{key}": take, "queued": (take if jobs is None or single else jobs) - back},
+            "$inc": {f"seq.{key}": take, "queued": (take if jobs is None or blocked else jobs) - back},
             "$set": {f"inflight.{tag}": self.clock.now()},
         }
         if landed:
             update["$unset"] = {f"inflight.{t}": "" for t in landed}
             update["$inc"]["wake"] = 1
+        if blocked:
+            self.blocks.taking(engine, key)
         # Never an upsert here: SecantusDB can apply a racing upsert yet return nothing, and
         # a retry would then count the jobs twice. The document is created first, once.
-        if single and streaming:
-            self.blocks.taking(engine, key)
         try:
             if engine not in self._known:
                 await self._ensure(engine)
@@ -95,27 +112,15 @@ class Numbering:
             doc = await self.col.find_one_and_update({"_id": engine}, update, return_document=ReturnDocument.AFTER)
         except BaseException:
             self._land(engine, landed, back)  # cleared later; unsetting twice is harmless
-            if single and streaming:
+            if blocked:
                 self.blocks.taken(engine, key)
             raise
         first = doc["seq"][key] - take
-        if single and streaming:
+        blk = None
+        if blocked:
             blk = self.blocks.opened(engine, key, tag, first, take)
             self.blocks.taken(engine, key)
-            try:
-                yield first
-            finally:
-                self.blocks.release(blk)
-            return
-        try:
-            yield first
-        finally:
-            if deferred is not None:
-                deferred.append((engine, tag))
-            elif streaming:
-                self._land(engine, [tag])
-            else:
-                await self._clear(engine, [tag])
+        return first, tag, blk
 
     def land(self, markers: list[tuple[str, str]]) -> None:
         """Markers whose jobs are visible now (or never will be): cleared, claimers woken."""
