@@ -45,9 +45,10 @@ def make_app(url: str):
 
     @asynccontextmanager
     async def lifespan(_app):
-        await col.drop()
+        await st.client.drop_database(DB)
+        await st.start()  # Switchyard's indexes on `jobs`, as the other floors have them
         yield
-        await st.client.close()
+        await st.close()
 
     api = FastAPI(lifespan=lifespan)
 
