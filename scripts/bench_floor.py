@@ -16,6 +16,12 @@ collection with Switchyard's indexes.
 - `batch_floor`: `insert_many` of 1,000 job documents, the REST batch's own write.
 - `insert_while_draining`: a bare `insert_one` loop on an idle deployment and while two
   workers drain a queue: how much the drain slows any writer on this server.
+- The relay's floor (`event_sink`): the least an event relay does, run beside a drain with
+  Switchyard's relay off: one change stream on `jobs` asked at the relay's busy pace, and
+  one `insert_many` a reply of an event document a status change into `events`, with its
+  indexes (`bench_switchyard.drain(sink=True)`).
+
+      python scripts/bench_floor.py relay MONGODB_URL DB RESUME_TOKEN
 """
 
 from __future__ import annotations
@@ -165,7 +171,59 @@ def connect_to(url: str, db: str):
     return connect(url, Settings(queue_limits={"general": 10_000}), db_name=db)
 
 
+async def event_sink(url: str, db: str, start: str, pace: float = 0.05) -> None:
+    """Until terminated: the relay's floor, from the resume token `start`. Prints `ready`
+    once its stream is open. A round trip at most every `pace` s, as the relay's while
+    changes come (app/store/quirks.Pace)."""
+    import asyncio
+    import time
+    from datetime import UTC, datetime
+
+    from pymongo import ASCENDING
+
+    st = connect_to(url, db)
+    events = st.client[db]["events"]
+    await events.create_index([("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
+    await events.create_index([("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
+    status_set = {"updateDescription.updatedFields.status": {"$exists": True}}
+    pipeline = [
+        {"$match": {"ns.coll": "jobs", "$or": [{"operationType": "insert"}, status_set]}},
+        {"$project": {"documentKey": 1, "fullDocument.status": 1, "updateDescription.updatedFields.status": 1}},
+    ]
+    seq = 0
+    async with await st.client[db].watch(pipeline, resume_after={"_data": start}, max_await_time_ms=5_000) as stream:
+        print("ready", flush=True)
+        while True:
+            started = time.monotonic()
+            changes = [await stream.try_next()]
+            while changes[-1] is not None and len(getattr(getattr(stream, "_cursor", None), "_data", ())):
+                changes.append(await stream.try_next())
+            docs = []
+            for ch in filter(None, changes):
+                status = (ch.get("fullDocument") or ch["updateDescription"]["updatedFields"])["status"]
+                seq += 1
+                docs.append(
+                    {
+                        "_id": seq,
+                        "token": ch["_id"]["_data"],
+                        "type": f"job.{status}",
+                        "kind": "job",
+                        "status": status,
+                        "at": datetime.now(UTC),
+                        "job_id": ch["documentKey"]["_id"],
+                    }
+                )
+            if docs:
+                await events.insert_many(docs)
+            await asyncio.sleep(max(0.0, pace - (time.monotonic() - started)))
+
+
 def main() -> None:
+    import asyncio
+
+    if sys.argv[1] == "relay":
+        asyncio.run(event_sink(*sys.argv[2:5]))
+        return
     import uvicorn
 
     from app.http_limits import uvicorn_options

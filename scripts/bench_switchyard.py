@@ -102,17 +102,25 @@ ACCOUNTS = 8
 
 
 async def drain(
-    url: str, n: int, processes: int = 2, concurrency: int = 64, limited: bool = False, serve: bool | None = None
+    url: str,
+    n: int,
+    processes: int = 2,
+    concurrency: int = 64,
+    limited: bool = False,
+    serve: bool | None = None,
+    sink: bool = False,
 ) -> dict:
     """A queue pre-filled with `n` no-op jobs, drained by `processes` worker processes.
     `limited`: with LOOSE_LIMITS on the engine and the jobs spread over ACCOUNTS keys.
     `serve`: as deployed, with a `switchyard serve --workers 0` process beside the workers,
-    running the event relay, notifier and mailer (True) or not (False, SWITCHYARD_RUN_RELAY=false)."""
+    running the event relay, notifier and mailer (True) or not (False, SWITCHYARD_RUN_RELAY=false).
+    `sink`: the relay's floor beside them (scripts/bench_floor.py, `event_sink`)."""
     db = "bench_drain"
     st = await fresh_store(url, db)
     await st.engines.set_paused("general", True)
     if limited:
         await st.engines.set_limits("general", **LOOSE_LIMITS)
+    start = await st.feed.position()  # the relay's floor, as the relay, starts before the inserts
     await st.lifecycle.insert_many(
         [
             st.lifecycle.build(
@@ -132,6 +140,16 @@ async def drain(
                     break
             except httpx.HTTPError:
                 await asyncio.sleep(0.1)
+    if sink:
+        floor = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "bench_floor.py"), "relay", url, db, start["_data"]],
+            cwd=ROOT,
+            env=env_for(url, db),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(floor)
+        assert (await asyncio.to_thread(floor.stdout.readline)).strip() == "ready", "the relay's floor did not start"
     while await st.workers.alive_count() < processes:
         await asyncio.sleep(0.1)
     t0 = time.monotonic()
