@@ -107,7 +107,7 @@ async def measure(args, q: bool, tmp: Path, phase, show, skip_agenda: bool) -> N
     # The machine is shared and noisy, so the raw limit, the drain as deployed and the same
     # with the relay off are measured in alternating rounds and compared by median.
     n = 300 if q else 1000
-    raws, deployed, quiet = [], [], []
+    raws, deployed, quiet, sunk = [], [], [], []
     for i in range(1 if q else 3):
         phase(f"round {i + 1}: raw write limit")
         async with fresh_server(tmp, f"raw{i}") as url:
@@ -118,15 +118,19 @@ async def measure(args, q: bool, tmp: Path, phase, show, skip_agenda: bool) -> N
         phase(f"round {i + 1}: the same with the relay off")
         async with fresh_server(tmp, f"norelay{i}") as url:
             quiet.append(await sy.drain(url, n, concurrency=32, serve=False))
+        phase(f"round {i + 1}: the relay's floor (relay off + a bare change stream writing the events)")
+        async with fresh_server(tmp, f"relayfloor{i}") as url:
+            sunk.append(await sy.drain(url, n, concurrency=32, serve=False, sink=True))
         print(
             f"  round {i + 1}: raw {raws[-1]:.0f}/s, deployed {deployed[-1]['jobs_per_s']:.0f} jobs/s, "
-            f"relay off {quiet[-1]['jobs_per_s']:.0f} jobs/s",
+            f"relay off {quiet[-1]['jobs_per_s']:.0f} jobs/s, relay's floor {sunk[-1]['jobs_per_s']:.0f} jobs/s",
             flush=True,
         )
     show("raw_runs", [round(r, 1) for r in raws])
     show("raw_writes_per_s", statistics.median(raws))
     show("relay_ratios", [round(d["jobs_per_s"] / r["jobs_per_s"], 3) for d, r in zip(deployed, quiet, strict=True)])
-    for key, runs in (("deployed_drain", deployed), ("no_relay_drain", quiet)):
+    show("relay_floor_ratios", [round(f["jobs_per_s"] / r["jobs_per_s"], 3) for f, r in zip(sunk, quiet, strict=True)])
+    for key, runs in (("deployed_drain", deployed), ("no_relay_drain", quiet), ("relay_floor_drain", sunk)):
         runs.sort(key=lambda d: d["jobs_per_s"])
         show(f"{key}_runs", [round(d["jobs_per_s"], 1) for d in runs])
         show(key, runs[len(runs) // 2])

@@ -18,8 +18,8 @@ collection with Switchyard's indexes.
   workers drain a queue: how much the drain slows any writer on this server.
 - The relay's floor (`event_sink`): the least an event relay does, run beside a drain with
   Switchyard's relay off: one change stream on `jobs` asked at the relay's busy pace, and
-  one `insert_many` a reply of an event document a status change into `events`, with its
-  indexes (`bench_switchyard.drain(sink=True)`).
+  one insert a reply of the page of its events (an event a status change) into `events`,
+  with its indexes (`bench_switchyard.drain(sink=True)`).
 
       python scripts/bench_floor.py relay MONGODB_URL DB RESUME_TOKEN
 """
@@ -181,6 +181,8 @@ async def event_sink(url: str, db: str, start: str, pace: float = 0.05) -> None:
 
     from pymongo import ASCENDING
 
+    from app.store.eventpages import pages_of
+
     st = connect_to(url, db)
     events = st.client[db]["events"]
     await events.create_index([("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
@@ -214,7 +216,7 @@ async def event_sink(url: str, db: str, start: str, pace: float = 0.05) -> None:
                     }
                 )
             if docs:
-                await events.insert_many(docs)
+                await events.insert_many(pages_of(docs))  # the log's own form: a page a reply
             await asyncio.sleep(max(0.0, pace - (time.monotonic() - started)))
 
 

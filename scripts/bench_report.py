@@ -99,6 +99,13 @@ def rows(o: dict) -> list[tuple[str, str, str, str]]:
         ">= 0.85",
         ratio >= 0.85,
     )
+    if fr := o.get("relay_floor_ratios"):
+        fd = o["relay_floor_drain"]
+        add(
+            "  floor: relay off + a bare change stream writing each reply's events as a page, / relay off",
+            f"{statistics.median(fr):.2f} ({fd['jobs_per_s']:.0f} jobs/s, {fd['jobs_per_s'] / half_raw:.2f}x raw/2)"
+            + _runs(o, "relay_floor_ratios", ".2f"),
+        )
     # 7, 8
     if ad:
         add(

@@ -215,19 +215,32 @@ async def test_a_stale_tombstone_of_a_live_workflow_is_dropped(store, worker):
 
 
 # --- events ----------------------------------------------------------------------------
-async def log_events(store, ages: list[float], floor: int = 0) -> list[dict]:
-    """Append events whose `at` lies `age` seconds before now, in this order."""
+async def log_events(store, ages: list[float], floor: int = 0, page: int = 1) -> list[dict]:
+    """Append events whose `at` lies `age` seconds before now, in this order, `page` to an
+    append (and so to a page of the log)."""
     now = store.clock.now()
     evs = [
         {"token": uuid.uuid4().hex, "type": "job.completed", "kind": "job", "at": now - timedelta(seconds=a)}
         for a in ages
     ]
-    await store.events.append(evs, floor=floor)
+    for i in range(0, len(evs), page):
+        await store.events.append(evs[i : i + page], floor=floor)
     return evs
 
 
 async def seqs(store) -> list[int]:
-    return [e["_id"] for e in await store.events.col.find({}, {"_id": 1}).sort("_id", 1).to_list(None)]
+    return [e["_id"] for e in await store.events.since(0, limit=100_000)]
+
+
+async def test_a_page_goes_whole_once_its_newest_event_is_past_retention(store):
+    old = 2 * EVENTS_KEEP
+    evs = await log_events(store, [old, old, 10, old, old, old], page=3)
+    assert await store.events.col.count_documents({}) == 2
+    assert await store.event_retention.expire_events(store.clock.now()) == 0  # the first page holds a young one
+    assert await seqs(store) == [e["_id"] for e in evs]
+    assert await store.event_retention.expire_events(store.clock.now() + timedelta(seconds=EVENTS_KEEP)) == 6
+    assert await seqs(store) == []
+    assert await store.event_retention.head() == evs[-1]["_id"] + 1
 
 
 async def test_events_older_than_their_retention_go_oldest_first(store):

@@ -1,7 +1,8 @@
 """The `events` collection: the ordered, expiring log of job and workflow events (expired
-by `EventRetention`, app/store/retention.py).
+by `EventRetention`, app/store/retention.py), stored in pages of consecutive events
+(app/store/eventpages.py): what an append inserts is one page, or a few.
 
-`_id` is the event's seq, given here at append; `token` is the change it came from (see
+An event's `_id` is its seq, given here at append; `token` is the change it came from (see
 app/domain/events.py). Invariant: seqs are given in change order, one after the last seq in
 the log, and inserted in that order, so the events visible at any moment are a prefix of the
 log, without gaps. That is what lets a reader that has seen seq N ask for `_id > N` and get
@@ -28,6 +29,7 @@ from pymongo.read_concern import ReadConcern
 from ..domain.redact import redact
 from ..logs import get_logger
 from .db import ensure_index
+from .eventpages import MAX, events_in, from_page, last_of, pages_of
 from .feed import next_batch
 from .quirks import Pace
 from .retention import EventRetention
@@ -57,6 +59,7 @@ class EventStore:
 
     async def ensure_indexes(self) -> None:
         c = self.col
+        # A page's jobs and workflows (arrays: multikey; an event of the earlier form holds one).
         # Sparse, not partial: SecantusDB's planner never uses a partial index for these.
         await ensure_index(c, [("job_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
         await ensure_index(c, [("workflow_id", ASCENDING), ("_id", ASCENDING)], sparse=True)
@@ -74,12 +77,14 @@ class EventStore:
     async def append(self, events: list[dict], floor: int = 0, last: int | None = None) -> int:
         """Give `events` (in change order) the seqs after the log's last (and after `floor`,
         a seq the log once reached: expiry may have emptied it), and insert them in that
-        order, in one insert. `last`: the log's last seq as the caller knows it (the leading
-        relay counts them), which saves asking; the caller has made sure no event at or
-        below it is one of these (the relay's takeover reads `tokens_after` its checkpoint).
-        Past it, an event whose token is already in the log is skipped: a guess that is
-        behind costs a read and a retry, never a gap or a duplicate. Returns how many were
-        new; each event holds the seq it was last given, and `top` the last seq inserted."""
+        order, in one insert of their pages. `last`: the log's last seq as the caller knows
+        it (the leading relay counts them), which saves asking; the caller has made sure no
+        event at or below it is one of these (the relay's takeover reads `tokens_after` its
+        checkpoint). `last` and `floor` are seqs the log ended at, never one inside a page
+        (app/store/eventpages.py): what `top`, `last_seq` and a checkpoint hold. Past it, an
+        event whose token is already in the log is skipped: a guess that is behind costs a
+        read and a retry, never a gap or a duplicate. Returns how many were new; each event
+        holds the seq it was last given, and `top` the last seq inserted."""
         for e in events:  # what jobs wrote freely; the rest (ids, type, token) is ours
             for f in REDACTED:
                 if f in e:
@@ -91,16 +96,17 @@ class EventStore:
             base = max(await self.last_seq() if last is None else last, floor)
             for i, e in enumerate(todo):
                 e["_id"] = base + 1 + i
+            pages = pages_of(todo)
             try:
-                res = await self.col.insert_many(todo, ordered=True)
-                added += len(res.inserted_ids)
+                await self.col.insert_many(pages, ordered=True)
+                added += len(todo)
                 self.top = todo[-1]["_id"]
                 break
             except BulkWriteError as exc:
                 errors, clean = exc.details.get("writeErrors", []), False
                 if not errors or not all(_seq_taken(e) for e in errors):
                     raise
-                at = errors[0]["index"]  # ordered: everything before it went in
+                at = sum(len(p["events"]) for p in pages[: errors[0]["index"]])  # ordered: those went in
                 added += at
                 if at:
                     self.top = todo[at - 1]["_id"]
@@ -130,8 +136,17 @@ class EventStore:
         return {t for t in (await self._after(seq)).values() if t}
 
     async def _after(self, seq: int) -> dict[int, str | None]:
-        docs = await self.committed.find({"_id": {"$gt": int(seq)}}, {"token": 1}).to_list(None)
-        return {d["_id"]: d.get("token") for d in docs}
+        start = await self._start(self.committed, seq)
+        fields = {"token": 1, "last": 1, "events._id": 1, "events.token": 1}
+        pages = await self.committed.find({"_id": start}, fields).to_list(None)
+        return {e["_id"]: e.get("token") for p in pages for e in events_in(p, seq)}
+
+    @staticmethod
+    async def _start(col, after: int) -> dict:
+        """The `_id` range of the pages with events after seq `after`: the page that holds
+        `after + 1` starts at most MAX seqs before it (one bounded read)."""
+        before = await col.find({"_id": {"$lte": after, "$gt": after - MAX}}, {"last": 1}).sort("_id", -1).to_list(1)
+        return from_page(before, after)
 
     async def last_seq(self) -> int:
         """The log's last seq (or the last it reached, when expiry emptied it: the relay's
@@ -141,19 +156,31 @@ class EventStore:
         lease = await self.db["leases"].find_one({"_id": RELAY_LEASE}, {"state.seq": 1})
         checkpoint = int(((lease or {}).get("state") or {}).get("seq") or 0)
         floor = max(self.top, checkpoint, await self.retention.head() - 1)
-        doc = await self.committed.find_one({"_id": {"$gte": floor}}, {"_id": 1}, sort=[("_id", -1)])
-        return doc["_id"] if doc else floor
+        doc = await self.committed.find_one({"_id": {"$gt": floor - MAX}}, {"last": 1}, sort=[("_id", -1)])
+        return max(last_of(doc), floor) if doc else floor
 
     async def since(
         self, after: int, *, job_id: str | None = None, workflow_id: str | None = None, limit: int = 1000
     ) -> list[dict]:
         """Events after seq `after`, oldest first, for one job, one workflow, or all."""
-        filt: dict = {"_id": {"$gt": int(after)}}
+        after = int(after)
+        job_id = None if job_id is None else str(job_id)
+        workflow_id = None if workflow_id is None or job_id is not None else str(workflow_id)
+        filt: dict = {"_id": await self._start(self.col, after)}
         if job_id is not None:
-            filt["job_id"] = str(job_id)
+            filt["job_id"] = job_id
         elif workflow_id is not None:
-            filt["workflow_id"] = str(workflow_id)
-        return await self.col.find(filt).sort("_id", 1).limit(limit).to_list(limit)
+            filt["workflow_id"] = workflow_id
+        out: list[dict] = []
+        cursor = self.col.find(filt).sort("_id", 1).limit(limit).batch_size(min(limit, 64))
+        try:
+            async for page in cursor:  # a page holds at least one event: `limit` pages at most
+                out += events_in(page, after, job_id, workflow_id)
+                if len(out) >= limit:
+                    break
+        finally:
+            await cursor.close()
+        return out[:limit]
 
     async def tail(self, after: int, poll_seconds: float = 0.5) -> AsyncIterator[list[dict]]:
         """Batches of new events after seq `after`, forever, in seq order: from what this
@@ -177,9 +204,10 @@ class EventStore:
                     pace = Pace(self.secantus, busy=0.04)
                     while stream.alive and not self.local:
                         batch = [
-                            c["fullDocument"]
+                            e
                             for c in await next_batch(stream, 1000, gate=self.gate, pace=pace)
-                            if c.get("fullDocument") and c["fullDocument"]["_id"] > last
+                            if c.get("fullDocument")
+                            for e in events_in(c["fullDocument"], last)
                         ]
                         if batch:
                             last = batch[-1]["_id"]

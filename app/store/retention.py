@@ -38,6 +38,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from ..domain.states import JobStatus, WorkflowStatus
+from .eventpages import last_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAILED = JobStatus.FAILED.value
@@ -180,12 +181,13 @@ class WorkflowRetention:
 
 
 class EventRetention:
-    """Deletes events older than `event_retention_seconds`. The log's seqs are dense and each
-    event's `at` is its write's time, appended in change order, so what has expired is a
-    prefix of the log: read in `_id` windows from its head (`meta.events_head`, the first
-    seq that may remain), each a range bounded on both sides, and deleted by range. An
-    event whose `at` is out of order waits for the ones before it; one without a date goes
-    with the next dated one."""
+    """Deletes events older than `event_retention_seconds`, a page at a time (its newest
+    event's `at`: app/store/eventpages.py). The log's seqs are dense and each event's `at`
+    is its write's time, appended in change order, so what has expired is a prefix of the
+    log: read in `_id` windows from its head (`meta.events_head`, the first seq that may
+    remain), each a range bounded on both sides, and deleted by range. A page whose `at`
+    is out of order waits for the ones before it; one without a date goes with the next
+    dated one. Returns the events deleted."""
 
     HEAD = "events_head"
 
@@ -199,7 +201,7 @@ class EventRetention:
         deleted, deadline = 0, time.monotonic() + budget_seconds
         while time.monotonic() < deadline:
             window = (
-                await self.col.find({"_id": {"$gte": head, "$lt": head + batch}}, {"at": 1})
+                await self.col.find({"_id": {"$gte": head, "$lt": head + batch}}, {"at": 1, "last": 1})
                 .sort("_id", 1)
                 .to_list(batch)
             )
@@ -220,8 +222,11 @@ class EventRetention:
                 expired = i + 1
             if not expired:
                 break
-            end = window[expired - 1]["_id"] + 1
-            deleted += (await self.col.delete_many({"_id": {"$gte": head, "$lt": end}})).deleted_count
+            end = last_of(window[expired - 1]) + 1
+            res = await self.col.delete_many({"_id": {"$gte": head, "$lt": end}})
+            if res.deleted_count:
+                gone = window[:expired] if res.deleted_count == expired else []  # else: someone else's too
+                deleted += sum(last_of(p) - p["_id"] + 1 for p in gone) or res.deleted_count
             head = end
             await self.meta.update_one({"_id": self.HEAD}, {"$max": {"seq": head}}, upsert=True)
             if expired < len(window):

@@ -9,6 +9,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from app.store import quirks
+from app.store.eventpages import MAX
 from tests.conformance.plans import assert_index_bounded
 
 
@@ -139,6 +140,19 @@ async def test_events_after_a_seq(store, bounded):
     await store.events.col.insert_many([{"_id": i, "token": f"t{i}", "at": store.clock.now()} for i in range(1, 200)])
     plan = await explain(store, "events", {"_id": {"$gt": 150}}, {"_id": 1}, 1000)
     bounded(plan, max_keys=50)
+
+
+async def test_a_jobs_pages_of_the_log_and_the_page_before_a_seq(store, bounded):
+    for i in range(60):  # pages of three events, one of them job j7's in every fifth page
+        evs = [
+            {"token": f"t{i}-{k}", "type": "job.queued", "job_id": "j7" if k == 0 and i % 5 == 0 else f"j{i}"}
+            for k in range(3)
+        ]
+        await store.events.append(evs, 0, 3 * i)
+    plan = await explain(store, "events", {"job_id": "j7", "_id": {"$gte": 1}}, {"_id": 1}, 1000)
+    bounded(plan, {"job_id": 1, "_id": 1}, max_keys=13)  # its 12 pages, and the key past them
+    plan = await explain(store, "events", {"_id": {"$lte": 100, "$gt": 100 - MAX}}, {"_id": -1}, 1)
+    bounded(plan, max_keys=1, unlimited_keys=34)
 
 
 async def tenant_jobs(store, jobs, tenant: str, n: int) -> None:
