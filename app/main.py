@@ -122,6 +122,7 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
+    app.include_router(jobs.submit_router, responses=ERROR_RESPONSES)  # first: the hottest path
     app.include_router(health.router, responses=error_responses(400, 404, 413, 422, 429))
     app.include_router(docs.router)  # GET /docs: Swagger UI from the package, no CDN
     app.include_router(keys.router, responses=ERROR_RESPONSES)
