@@ -46,7 +46,7 @@ def rows(o: dict) -> list[tuple[str, str, str, str]]:
     if ef := o.get("enqueue_floor"):
         add(
             "  floor: one client writing job documents: one insert_one each; findAndModify + insert_one",
-            f"{ef['one_insert']:.0f}/s; {ef['two_writes']:.0f}/s (library {lib / ef['two_writes']:.2f}x the latter)",
+            f"{ef['one_insert']:.0f}/s; {ef['two_writes']:.0f}/s (library {lib / ef['one_insert']:.2f}x the former)",
         )
     if bf := o.get("batch_floor"):
         add(

@@ -79,12 +79,20 @@ def test_floors_are_shown_beside_their_rows_with_the_ratio_to_them():
         enqueue_floor={"one_insert": 600.0, "two_writes": 400.0},
         batch_floor={"batches": 3, "size": 1000, "per_s": 20_000.0},
         busy_floor={"idle_per_s": 600.0, "draining_per_s": 150.0, "ratio": 0.25, "still_queued": 10},
+        relay_floor_ratios=[0.9, 0.7, 0.8],
+        relay_floor_drain={"jobs": 1000, "seconds": 2.5, "jobs_per_s": 400.0},
     )
     names = [m.strip() for m, *_ in rows(o)]
     results = {m.strip(): result for m, result, *_ in rows(o)}
     enqueue = "floor: one client writing job documents: one insert_one each; findAndModify + insert_one"
     assert names.index(enqueue) > names.index("library single enqueue, one client (AsyncProducer.enqueue)")
-    assert results[enqueue] == "600/s; 400/s (library 2.50x the latter)"
+    assert results[enqueue] == "600/s; 400/s (library 1.67x the former)"
+    relay = "floor: relay off + a bare change stream writing each reply's events as a page, / relay off"
+    assert (
+        names.index(relay)
+        == names.index("drain as deployed / the same with the relay off (SWITCHYARD_RUN_RELAY=false), alternated") + 1
+    )
+    assert results[relay] == "0.80 (400 jobs/s, 0.80x raw/2) (median of 3: 0.90, 0.70, 0.80)"
     assert results["floor: insert_many of 1,000 job documents, 3 in a row, per job"] == "20000/s (REST batch 0.50x)"
     busy = "floor: a bare insert_one loop beside serve + 2 workers, while they drain, against idle"
     assert results[busy] == "150/s against 600/s (0.25x)"

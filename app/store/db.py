@@ -142,7 +142,7 @@ class Clock:
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-SCHEMA_VERSION = 9  # raise it whenever an index or a migration changes
+SCHEMA_VERSION = 10  # raise it whenever an index, a migration or a stored format changes (10: event pages)
 
 
 class Store:

@@ -24,14 +24,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-MAX = 256  # events a page; a page is at most a few MiB: an event's strings are bounded
+import bson
+
+# Events a page. Part of the stored format: a reader resuming inside a page looks back MAX
+# seqs for its start, so MAX may grow between versions but never shrink.
+MAX = 256
+# A page's bytes, well under a document's 16 MiB, and under a change event's, which carries
+# the page whole to every tail.
+MAX_BYTES = 2 * 1024 * 1024
+
+
+def _chunks(events: list[dict]) -> list[list[dict]]:
+    chunks: list[list[dict]] = [[]]
+    size = 0
+    for e in events:
+        n = len(bson.encode(e))
+        if chunks[-1] and (len(chunks[-1]) >= MAX or size + n > MAX_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(e)
+        size += n
+    return [c for c in chunks if c]
 
 
 def pages_of(events: list[dict]) -> list[dict]:
-    """Pages for `events`, already numbered in order (each its `_id`), at most MAX each."""
+    """Pages for `events`, already numbered in order (each its `_id`): at most MAX events
+    and MAX_BYTES each (an event larger than that alone)."""
     pages = []
-    for i in range(0, len(events), MAX):
-        chunk = events[i : i + MAX]
+    for chunk in _chunks(events):
         page: dict[str, Any] = {"_id": chunk[0]["_id"], "last": chunk[-1]["_id"]}
         for field in ("job_id", "workflow_id"):
             ids = sorted({e[field] for e in chunk if e.get(field)})

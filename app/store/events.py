@@ -172,9 +172,11 @@ class EventStore:
         elif workflow_id is not None:
             filt["workflow_id"] = workflow_id
         out: list[dict] = []
-        cursor = self.col.find(filt).sort("_id", 1).limit(limit).batch_size(min(limit, 64))
+        # A page holds at least one event after `after`, except the first (the one holding
+        # `after` itself may hold none of these): `limit + 1` pages at most.
+        cursor = self.col.find(filt).sort("_id", 1).limit(limit + 1).batch_size(min(limit + 1, 64))
         try:
-            async for page in cursor:  # a page holds at least one event: `limit` pages at most
+            async for page in cursor:
                 out += events_in(page, after, job_id, workflow_id)
                 if len(out) >= limit:
                     break

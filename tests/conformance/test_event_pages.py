@@ -29,7 +29,16 @@ def test_a_page_lists_its_jobs_and_workflows_once_and_its_newest_time():
     assert (page["_id"], page["last"], page["job_id"], page["workflow_id"]) == (7, 10, ["a", "b", "c"], ["w"])
     assert page["at"] == t + timedelta(seconds=2) and page["events"] == evs
     (bare,) = pages_of([{"_id": 1, "token": "t", "type": "job.queued"}])
-    assert "job_id" not in bare and "workflow_id" not in bare and "at" not in bare  # sparse indexes skip it
+    assert "job_id" not in bare and "workflow_id" not in bare and "at" not in bare
+
+
+def test_a_page_closes_at_its_byte_budget(monkeypatch):
+    monkeypatch.setattr(eventpages, "MAX_BYTES", 1000)
+    evs = [dict(event(f"j{i}"), _id=i, stage="x" * 300) for i in range(1, 8)]
+    evs[4]["stage"] = "y" * 5000  # larger than a page alone: a page of its own
+    pages = pages_of(evs)
+    assert [(p["_id"], p["last"]) for p in pages] == [(1, 2), (3, 4), (5, 5), (6, 7)]
+    assert [e for p in pages for e in p["events"]] == evs
 
 
 def test_events_split_into_pages_of_at_most_max(monkeypatch):
@@ -56,6 +65,9 @@ async def test_a_reader_resuming_inside_a_page_gets_only_what_follows(store):
     assert [e["_id"] for e in await store.events.since(2, limit=3)] == [3, 4, 5]  # across a page's edge
     assert await store.events.tokens_after(7) == {e["token"] for e in await store.events.since(7)}
     assert await store.events.since(9) == []
+    # The page holding `after` may hold the job only up to it: read, it counts for nothing.
+    await store.events.append([event("b"), event("c")], 0, 9)
+    assert [e["_id"] for e in await store.events.since(8, job_id="b", limit=1)] == [10]
 
 
 async def test_a_log_of_single_events_and_pages_reads_as_one(store):
