@@ -1148,7 +1148,18 @@ async def lost_reply(tmp, quick: bool, seed: int) -> Result:
     # The staged race needs a worker to find the job by its own look while the submitter's
     # read-back is held: no wake comes until that read-back lets the marker clear, and an
     # idle worker watching its wake stream looks only every SAFETY_INTERVAL (30 s default).
-    cl = Cluster(tmp, "lost_reply", limit=12, env={"SWITCHYARD_SAFETY_INTERVAL_SECONDS": "0.5"})
+    # A lost reply closes its connection, and the driver then holds every other operation of
+    # that process about 0.5 s while it looks at the server again (its monitor's least
+    # interval; measured 0.50-0.51 s, docs/reliability.md). Under the harness's 2 s lease a few
+    # of those in a row lapsed a worker's registration, and its started jobs were charged and
+    # failed: a stall past the lease, which `sigstop` tests. 6 s keeps this scenario to lost
+    # replies (the production default is 30 s).
+    cl = Cluster(
+        tmp,
+        "lost_reply",
+        limit=12,
+        env={"SWITCHYARD_SAFETY_INTERVAL_SECONDS": "0.5", "SWITCHYARD_LEASE_SECONDS": str(3 * LEASE)},
+    )
     retry = RetryConfig(max_retries=0)
     proxy = sub = None
     try:
