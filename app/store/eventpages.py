@@ -89,3 +89,16 @@ def from_page(pages: list[dict], after: int) -> dict:
         if last_of(page) > after:
             return {"$gte": int(page["_id"])}
     return {"$gt": after}
+
+
+def only(after: int, field: str, value: str) -> dict:
+    """A projection that sends only a page's events of one job or workflow (`field`) after
+    `after`, so a job's history does not carry its pages' other events over the wire; a
+    document of the earlier form comes whole, as a page of one (`$$ROOT`)."""
+    keep = {"$and": [{"$gt": ["$$e._id", after]}, {"$eq": [f"$$e.{field}", value]}]}
+    return {
+        "last": 1,
+        "events": {
+            "$cond": [{"$isArray": "$events"}, {"$filter": {"input": "$events", "as": "e", "cond": keep}}, ["$$ROOT"]]
+        },
+    }

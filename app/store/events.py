@@ -29,7 +29,7 @@ from pymongo.read_concern import ReadConcern
 from ..domain.redact import redact
 from ..logs import get_logger
 from .db import ensure_index
-from .eventpages import MAX, events_in, from_page, last_of, pages_of
+from .eventpages import MAX, events_in, from_page, last_of, only, pages_of
 from .feed import next_batch
 from .quirks import Pace
 from .retention import EventRetention
@@ -167,14 +167,17 @@ class EventStore:
         job_id = None if job_id is None else str(job_id)
         workflow_id = None if workflow_id is None or job_id is not None else str(workflow_id)
         filt: dict = {"_id": await self._start(self.col, after)}
+        fields = None
         if job_id is not None:
             filt["job_id"] = job_id
+            fields = only(after, "job_id", job_id)
         elif workflow_id is not None:
             filt["workflow_id"] = workflow_id
+            fields = only(after, "workflow_id", workflow_id)
         out: list[dict] = []
         # A page holds at least one event after `after`, except the first (the one holding
         # `after` itself may hold none of these): `limit + 1` pages at most.
-        cursor = self.col.find(filt).sort("_id", 1).limit(limit + 1).batch_size(min(limit + 1, 64))
+        cursor = self.col.find(filt, fields).sort("_id", 1).limit(limit + 1).batch_size(min(limit + 1, 64))
         try:
             async for page in cursor:
                 out += events_in(page, after, job_id, workflow_id)

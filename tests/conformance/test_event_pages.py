@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.store import eventpages
-from app.store.eventpages import pages_of
+from app.store.eventpages import only, pages_of
 
 
 def event(job: str, workflow: str | None = None, at: datetime | None = None) -> dict:
@@ -97,3 +97,11 @@ async def test_an_append_colliding_on_a_later_page_keeps_what_went_in_and_number
         e["token"] for e in ours[4:]
     ]
     assert store.events.top == 9
+
+
+async def test_a_filtered_read_brings_only_that_jobs_later_events_over_the_wire(store):
+    await store.events.col.insert_one(dict(event("a"), _id=1))  # the earlier form
+    await store.events.append([event("a"), event("b"), event("a"), event("b")], 0, 1)
+    docs = await store.events.col.find({"job_id": "a"}, only(2, "job_id", "a")).sort("_id", 1).to_list(None)
+    assert [[e["_id"] for e in d["events"]] for d in docs] == [[1], [4]]  # a page of one comes whole
+    assert docs[0]["events"][0]["token"] and set(docs[1]) == {"_id", "last", "events"}
