@@ -224,9 +224,9 @@ class EventRetention:
                 break
             end = last_of(window[expired - 1]) + 1
             res = await self.col.delete_many({"_id": {"$gte": head, "$lt": end}})
-            if res.deleted_count:
-                gone = window[:expired] if res.deleted_count == expired else []  # else: someone else's too
-                deleted += sum(last_of(p) - p["_id"] + 1 for p in gone) or res.deleted_count
+            # The events of the pages read, unless the delete found others too (then its count).
+            events = sum(last_of(p) - p["_id"] + 1 for p in window[:expired])
+            deleted += events if res.deleted_count == expired else res.deleted_count
             head = end
             await self.meta.update_one({"_id": self.HEAD}, {"$max": {"seq": head}}, upsert=True)
             if expired < len(window):
